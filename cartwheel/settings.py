@@ -1,0 +1,94 @@
+"""All configuration, read from ``CARTWHEEL_*`` environment variables in one place.
+
+Defaults are safe for one laptop: loopback addresses, SQLite files under ``var/``, and
+secrets generated once and kept in ``var/secrets.json`` (mode 0600), never hard-coded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SERVICES: tuple[str, ...] = ("catalog", "cart", "inventory", "orders", "payments")
+"""Backend services, each with its own process and database (the gateway is separate)."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CARTWHEEL_", extra="ignore")
+
+    var_dir: Path = Field(Path("var"), description="Where SQLite files, NATS data and generated secrets live.")
+    nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server(s), comma-separated.")
+    embedded_nats: bool = Field(True, description="`cartwheel up` starts its own nats-server on the port of `nats_url`.")
+    stream_replicas: int = Field(1, ge=1, le=5, description="JetStream replicas for streams and buckets (3 on a cluster).")
+
+    catalog_database_url: str | None = Field(None, description="Default: sqlite:///<var_dir>/catalog.db")
+    cart_database_url: str | None = Field(None, description="Default: sqlite:///<var_dir>/cart.db")
+    inventory_database_url: str | None = Field(None, description="Default: sqlite:///<var_dir>/inventory.db")
+    orders_database_url: str | None = Field(None, description="Default: sqlite:///<var_dir>/orders.db")
+    payments_database_url: str | None = Field(None, description="Default: sqlite:///<var_dir>/payments.db")
+
+    gateway_host: str = Field("127.0.0.1", description="Address the gateway binds to.")
+    gateway_port: int = Field(8080, ge=1, le=65535, description="Port the gateway serves HTTP on.")
+    gateway_workers: int = Field(2, ge=1, le=64, description="Gateway worker processes (gevent).")
+    metrics_port: int = Field(
+        9100, ge=0, le=65535,
+        description="Port of a service's /metrics and /healthz; `cartwheel up` gives service i port+i; 0 disables.",
+    )
+
+    admin_token: SecretStr | None = Field(None, description="Bearer token of the admin API; generated into var/ if unset.")
+    secret: SecretStr | None = Field(None, description="Key that signs cookies; generated into var/ if unset.")
+
+    request_timeout: float = Field(5.0, gt=0, le=120, description="Seconds the gateway waits for a service to answer.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = Field("text", description="`json` for log collectors.")
+    tenant: str = Field("default", description="Tenant id stamped on messages.")
+
+    def database_url(self, service: str) -> str:
+        if service not in SERVICES:
+            raise ValueError(f"unknown service {service!r}")
+        url = getattr(self, f"{service}_database_url")
+        return url or f"sqlite:///{(self.var_dir / f'{service}.db').resolve()}"
+
+    @property
+    def nats_servers(self) -> list[str]:
+        return [s.strip() for s in self.nats_url.split(",") if s.strip()]
+
+    def with_secrets(self) -> Settings:
+        """Fill admin token and cookie secret from env, else from (or into) ``var/secrets.json``."""
+        if self.admin_token and self.secret:
+            return self
+        stored = _load_or_create_secrets(self.var_dir / "secrets.json")
+        return self.model_copy(update={
+            "admin_token": self.admin_token or SecretStr(stored["admin_token"]),
+            "secret": self.secret or SecretStr(stored["secret"]),
+        })
+
+
+def _load_or_create_secrets(path: Path) -> dict[str, str]:
+    if path.exists():
+        return json.loads(path.read_text())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    values = {"admin_token": secrets.token_urlsafe(24), "secret": secrets.token_urlsafe(32)}
+    # Written whole, then linked: two processes starting at once agree on one file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(values))
+    tmp.chmod(0o600)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        values = json.loads(path.read_text())
+    finally:
+        tmp.unlink()
+    return values
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings().with_secrets()

@@ -1,0 +1,1 @@
+"""Cartwheel services, one package each."""

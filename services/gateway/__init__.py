@@ -1,0 +1,1 @@
+"""The HTTP gateway: Flask in front of NATS."""
