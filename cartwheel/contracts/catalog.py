@@ -1,0 +1,128 @@
+"""Messages owned by the catalog service."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, ClassVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints, model_validator
+
+from cartwheel import subjects
+from cartwheel.contracts.base import Message
+
+# Active ISO 4217 codes (2026), minus funds and precious-metal codes a shop does not price in.
+ISO_4217 = frozenset(
+    "AED AFN ALL AMD AOA ARS AUD AWG AZN BAM BBD BDT BHD BIF BMD BND BOB BRL BSD BTN BWP BYN BZD CAD CDF "
+    "CHF CLP CNY COP CRC CUP CVE CZK DJF DKK DOP DZD EGP ERN ETB EUR FJD FKP GBP GEL GHS GIP GMD GNF GTQ "
+    "GYD HKD HNL HTG HUF IDR ILS INR IQD IRR ISK JMD JOD JPY KES KGS KHR KMF KPW KRW KWD KYD KZT LAK LBP "
+    "LKR LRD LSL LYD MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR MWK MXN MYR MZN NAD NGN NIO NOK NPR NZD OMR "
+    "PAB PEN PGK PHP PKR PLN PYG QAR RON RSD RUB RWF SAR SBD SCR SDG SEK SGD SHP SLE SOS SRD SSP STN SVC "
+    "SYP SZL THB TJS TMT TND TOP TRY TTD TWD TZS UAH UGX USD UYU UZS VED VES VND VUV WST XAF XCD XCG XOF "
+    "XPF YER ZAR ZMW ZWG".split()
+)
+
+MAX_PRICE_CENTS = 100_000_000_00  # 100 million in major units: far beyond any product, well inside BIGINT.
+
+
+def _known_currency(code: str) -> str:
+    if code not in ISO_4217:
+        raise ValueError(f"{code!r} is not an ISO 4217 currency code")
+    return code
+
+
+Sku = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Description = Annotated[str, StringConstraints(max_length=10_000)]
+PriceCents = Annotated[StrictInt, Field(ge=0, le=MAX_PRICE_CENTS)]
+Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$"), AfterValidator(_known_currency)]
+Stock = Annotated[StrictInt, Field(ge=0, le=10_000_000)]
+
+
+class ProductDraft(BaseModel):
+    """A new product as an admin submits it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sku: Sku
+    name: Name
+    description: Description = ""
+    price_cents: PriceCents
+    currency: Currency
+    active: StrictBool = True
+    stock: Stock | None = Field(None, description="Initial stock on hand, handed to inventory.")
+
+
+class ProductPatch(BaseModel):
+    """Fields an admin may change; at least one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sku: Sku | None = None
+    name: Name | None = None
+    description: Description | None = None
+    price_cents: PriceCents | None = None
+    currency: Currency | None = None
+    active: StrictBool | None = None
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> ProductPatch:
+        if not self.model_fields_set:
+            raise ValueError("give at least one field to change")
+        for field in self.model_fields_set:
+            if getattr(self, field) is None:
+                raise ValueError(f"{field} cannot be null")
+        return self
+
+
+class Product(BaseModel):
+    id: str
+    sku: str
+    name: str
+    description: str
+    price_cents: int
+    currency: str
+    active: bool
+    version: int = Field(description="Increases with every change; caches keep the highest.")
+    created_at: datetime
+    updated_at: datetime
+
+
+class ProductPage(BaseModel):
+    items: list[Product]
+    next_cursor: str | None = None
+
+
+class CreateProduct(Message):
+    subject: ClassVar[str] = subjects.CATALOG_PRODUCTS_CREATE
+    draft: ProductDraft
+
+
+class UpdateProduct(Message):
+    subject: ClassVar[str] = subjects.CATALOG_PRODUCTS_UPDATE
+    product_id: str
+    patch: ProductPatch
+
+
+class GetProduct(Message):
+    subject: ClassVar[str] = subjects.CATALOG_PRODUCTS_GET
+    id_or_sku: str = Field(min_length=1, max_length=200)
+
+
+class ListProducts(Message):
+    subject: ClassVar[str] = subjects.CATALOG_PRODUCTS_LIST
+    q: str | None = Field(None, max_length=200)
+    limit: int = Field(20, ge=1, le=100)
+    cursor: str | None = Field(None, max_length=500)
+    include_inactive: bool = False
+
+
+class ProductCreated(Message):
+    subject: ClassVar[str] = subjects.CATALOG_PRODUCT_CREATED
+    product: Product
+    stock: int | None = None
+
+
+class ProductUpdated(Message):
+    subject: ClassVar[str] = subjects.CATALOG_PRODUCT_UPDATED
+    product: Product
+    changed: list[str]
