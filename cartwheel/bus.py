@@ -1,0 +1,133 @@
+"""The messaging platform: broker factory, stream and bucket declarations, request helper."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+from faststream.nats import NatsBroker
+from faststream.nats.prometheus import NatsPrometheusMiddleware
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType, StreamConfig
+from prometheus_client import CollectorRegistry
+
+from cartwheel import subjects
+from cartwheel.contracts.base import Message, Reply
+from cartwheel.errors import DomainError, ServiceUnavailable
+from cartwheel.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DAY = 24 * 3600.0
+
+
+def make_broker(settings: Settings, service: str, registry: CollectorRegistry | None = None) -> NatsBroker:
+    """A FastStream broker for ``service``, with Prometheus metrics when a registry is given."""
+    middlewares = [NatsPrometheusMiddleware(registry=registry, app_name=service)] if registry else []
+    return NatsBroker(
+        settings.nats_servers,
+        name=f"cartwheel-{service}",
+        middlewares=middlewares,
+        max_reconnect_attempts=-1,
+        logger=logging.getLogger(f"cartwheel.{service}.bus"),
+    )
+
+
+def stream_configs(settings: Settings) -> list[StreamConfig]:
+    """Every stream Cartwheel owns. Declared by :func:`declare_topology`, never by FastStream."""
+    return [
+        StreamConfig(
+            name=subjects.EVENTS_STREAM,
+            subjects=[subjects.EVENTS_ALL],
+            storage=StorageType.FILE,
+            num_replicas=settings.stream_replicas,
+            max_age=30 * DAY,
+            duplicate_window=120.0,
+        ),
+    ]
+
+
+def bucket_configs(settings: Settings) -> list[KeyValueConfig]:
+    return [
+        KeyValueConfig(
+            bucket=subjects.CATALOG_CACHE_BUCKET,
+            description="Catalog read cache: product JSON by id, filled on miss, replaced on change.",
+            history=1,
+            ttl=DAY,
+            storage=StorageType.FILE,
+            replicas=settings.stream_replicas,
+        ),
+    ]
+
+
+async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    """Create the stream, or bring an existing one to ``config``; safe to call from every replica."""
+    try:
+        info = await js.stream_info(config.name)
+    except nats.js.errors.NotFoundError:
+        try:
+            await js.add_stream(config)
+            log.info("stream %s created", config.name)
+            return
+        except nats.js.errors.BadRequestError:
+            info = await js.stream_info(config.name)  # another replica won the race
+    wanted = replace(info.config, **{key: getattr(config, key) for key in _MANAGED})
+    if any(getattr(info.config, key) != getattr(wanted, key) for key in _MANAGED):
+        await js.update_stream(wanted)
+        log.info("stream %s updated", config.name)
+
+
+# What Cartwheel decides about its streams; anything else an operator set is left alone.
+_MANAGED = ("subjects", "num_replicas", "max_age", "duplicate_window", "description")
+
+
+async def ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> None:
+    try:
+        await js.key_value(config.bucket)
+    except nats.js.errors.BucketNotFoundError:
+        try:
+            await js.create_key_value(config)
+            log.info("bucket %s created", config.bucket)
+        except nats.js.errors.BadRequestError:
+            await js.key_value(config.bucket)  # created meanwhile by another replica
+
+
+async def declare_topology(js: JetStreamContext, settings: Settings) -> None:
+    """Declare every stream and bucket, idempotently. Run by each service at start."""
+    for stream in stream_configs(settings):
+        await ensure_stream(js, stream)
+    for bucket in bucket_configs(settings):
+        await ensure_bucket(js, bucket)
+
+
+async def request(nc: NatsClient, message: Message, timeout: float, subject: str | None = None) -> Any:
+    """Send ``message`` to its subject and return the reply's data; raise what the reply says."""
+    subject = subject or message.subject  # type: ignore[attr-defined]
+    try:
+        raw = await nc.request(subject, message.model_dump_json().encode(), timeout=timeout)
+    except nats.errors.NoRespondersError:
+        raise ServiceUnavailable(subject, "no service is listening") from None
+    except (TimeoutError, nats.errors.TimeoutError):
+        raise ServiceUnavailable(subject, f"no answer within {timeout:g} s") from None
+    return unwrap(raw.data, subject)
+
+
+def unwrap(data: bytes, subject: str) -> Any:
+    try:
+        reply = Reply.model_validate_json(data)
+    except ValueError:
+        raise ServiceUnavailable(subject, f"unreadable reply {data[:80]!r}") from None
+    if reply.ok:
+        return reply.data
+    assert reply.error is not None
+    details = {k: v for k, v in reply.error.model_dump().items() if k not in ("code", "message")}
+    raise DomainError(reply.error.message, code=reply.error.code, **details)
+
+
+def encode(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), default=str).encode()
