@@ -35,6 +35,7 @@ def make_broker(settings: Settings, service: str, registry: CollectorRegistry | 
         middlewares=middlewares,
         max_reconnect_attempts=-1,
         logger=logging.getLogger(f"cartwheel.{service}.bus"),
+        log_level=logging.DEBUG,  # one line per message is too loud at INFO under load
     )
 
 

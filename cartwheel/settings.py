@@ -25,8 +25,12 @@ class Settings(BaseSettings):
 
     var_dir: Path = Field(Path("var"), description="Where SQLite files, NATS data and generated secrets live.")
     nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server(s), comma-separated.")
-    embedded_nats: bool = Field(True, description="`cartwheel up` starts its own nats-server on the port of `nats_url`.")
-    stream_replicas: int = Field(1, ge=1, le=5, description="JetStream replicas for streams and buckets (3 on a cluster).")
+    embedded_nats: bool = Field(
+        True, description="`cartwheel up` starts its own nats-server on the port of `nats_url`."
+    )
+    stream_replicas: int = Field(
+        1, ge=1, le=5, description="JetStream replicas for streams and buckets (3 on a cluster)."
+    )
 
     catalog_database_url: str | None = Field(None, description="Default: sqlite:///<var_dir>/catalog.db")
     cart_database_url: str | None = Field(None, description="Default: sqlite:///<var_dir>/cart.db")
@@ -38,11 +42,17 @@ class Settings(BaseSettings):
     gateway_port: int = Field(8080, ge=1, le=65535, description="Port the gateway serves HTTP on.")
     gateway_workers: int = Field(2, ge=1, le=64, description="Gateway worker processes (gevent).")
     metrics_port: int = Field(
-        9100, ge=0, le=65535,
+        9100,
+        ge=0,
+        le=65535,
         description="Port of a service's /metrics and /healthz; `cartwheel up` gives service i port+i; 0 disables.",
     )
 
-    admin_token: SecretStr | None = Field(None, description="Bearer token of the admin API; generated into var/ if unset.")
+    metrics_host: str = Field("127.0.0.1", description="Address of the services' metrics port (0.0.0.0 in containers).")
+
+    admin_token: SecretStr | None = Field(
+        None, description="Bearer token of the admin API; generated into var/ if unset."
+    )
     secret: SecretStr | None = Field(None, description="Key that signs cookies; generated into var/ if unset.")
 
     request_timeout: float = Field(5.0, gt=0, le=120, description="Seconds the gateway waits for a service to answer.")
@@ -65,10 +75,12 @@ class Settings(BaseSettings):
         if self.admin_token and self.secret:
             return self
         stored = _load_or_create_secrets(self.var_dir / "secrets.json")
-        return self.model_copy(update={
-            "admin_token": self.admin_token or SecretStr(stored["admin_token"]),
-            "secret": self.secret or SecretStr(stored["secret"]),
-        })
+        return self.model_copy(
+            update={
+                "admin_token": self.admin_token or SecretStr(stored["admin_token"]),
+                "secret": self.secret or SecretStr(stored["secret"]),
+            }
+        )
 
 
 def _load_or_create_secrets(path: Path) -> dict[str, str]:

@@ -1,0 +1,152 @@
+"""Transactional outbox: events are rows written with the state change, then relayed to JetStream.
+
+Consumers record the event ids they handled (:func:`first_delivery`) so a redelivered or
+re-published event has no second effect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import datetime, timedelta
+from functools import partial
+
+from nats.js import JetStreamContext
+from sqlalchemy import Integer, String, Text, delete, select, update
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from cartwheel.contracts.base import Message, utcnow
+from cartwheel.db import Database, PlatformBase, UTCDateTime
+
+log = logging.getLogger(__name__)
+
+
+class OutboxEvent(PlatformBase):
+    __tablename__ = "outbox"
+
+    position: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(64), unique=True)
+    subject: Mapped[str] = mapped_column(String(255))
+    payload: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class ProcessedEvent(PlatformBase):
+    __tablename__ = "processed_events"
+
+    consumer: Mapped[str] = mapped_column(String(100), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    processed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+def record_event(session: Session, event: Message) -> None:
+    """Queue ``event`` in the same transaction as the change that caused it."""
+    session.add(OutboxEvent(event_id=event.id, subject=event.subject, payload=event.model_dump_json()))  # type: ignore[attr-defined]
+
+
+def first_delivery(session: Session, consumer: str, event_id: str) -> bool:
+    """True the first time ``consumer`` sees ``event_id`` (recorded in the caller's transaction)."""
+    if session.get(ProcessedEvent, (consumer, event_id)) is not None:
+        return False
+    session.add(ProcessedEvent(consumer=consumer, event_id=event_id))
+    session.flush()  # a concurrent twin fails here on the primary key, rolling its work back
+    return True
+
+
+class OutboxRelay:
+    """Publishes unpublished outbox rows in order, with their event id as ``Nats-Msg-Id``.
+
+    Woken by :meth:`notify` after a commit and every ``interval`` seconds regardless, so
+    rows left behind by a crash go out after restart. Several replicas may relay at once:
+    JetStream's duplicate window drops the second copy and consumers dedupe by event id.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        js: JetStreamContext,
+        *,
+        batch: int = 200,
+        interval: float = 1.0,
+        keep: timedelta = timedelta(days=7),
+    ) -> None:
+        self.db = db
+        self.js = js
+        self.batch = batch
+        self.interval = interval
+        self.keep = keep
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="outbox-relay")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.relay_pending()  # best effort: what fails stays for the next start
+
+    async def _run(self) -> None:
+        next_prune = 0.0
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            self._wake.clear()
+            try:
+                while await self.relay_pending() == self.batch:
+                    pass
+                if time.monotonic() >= next_prune:
+                    await self.db.run(self._prune)
+                    next_prune = time.monotonic() + 3600
+            except Exception:
+                log.exception("outbox relay failed; retrying in %.1f s", self.interval)
+
+    async def relay_pending(self) -> int:
+        rows = await self.db.run(self._pending)
+        published: list[int] = []
+        for position, event_id, subject, payload in rows:
+            try:
+                await self.js.publish(subject, payload.encode(), headers={"Nats-Msg-Id": event_id}, timeout=5)
+            except Exception as exc:
+                log.warning("event %s on %s not published yet: %s", event_id, subject, exc)
+                await self.db.run(partial(self._failed, position=position, error=repr(exc)))
+                break  # keep order: nothing after a failed event goes out before it
+            published.append(position)
+        if published:
+            await self.db.run(lambda s: self._published(s, published))
+        return len(rows)
+
+    def _pending(self, session: Session) -> list[tuple[int, str, str, str]]:
+        query = (
+            select(OutboxEvent.position, OutboxEvent.event_id, OutboxEvent.subject, OutboxEvent.payload)
+            .where(OutboxEvent.published_at.is_(None))
+            .order_by(OutboxEvent.position)
+            .limit(self.batch)
+        )
+        return [tuple(row) for row in session.execute(query)]  # type: ignore[misc]
+
+    @staticmethod
+    def _published(session: Session, positions: list[int]) -> None:
+        session.execute(update(OutboxEvent).where(OutboxEvent.position.in_(positions)).values(published_at=utcnow()))
+
+    @staticmethod
+    def _failed(session: Session, position: int, error: str) -> None:
+        session.execute(
+            update(OutboxEvent)
+            .where(OutboxEvent.position == position)
+            .values(attempts=OutboxEvent.attempts + 1, last_error=error[:2000])
+        )
+
+    def _prune(self, session: Session) -> None:
+        cutoff = utcnow() - self.keep
+        session.execute(delete(OutboxEvent).where(OutboxEvent.published_at < cutoff))
+        session.execute(delete(ProcessedEvent).where(ProcessedEvent.processed_at < cutoff))

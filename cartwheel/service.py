@@ -1,0 +1,156 @@
+"""The runtime every backend service stands on: broker, database, outbox, health, metrics, lifecycle.
+
+A service's ``app.py`` builds a :class:`Service` and registers handlers with :meth:`Service.handle`;
+``python -m services.<name>`` runs it until SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from faststream import FastStream
+from faststream.nats import NatsMessage
+from nats.js import JetStreamContext
+from prometheus_client import CollectorRegistry
+from pydantic import BaseModel, ValidationError
+
+from cartwheel import subjects
+from cartwheel.bus import declare_topology, encode, make_broker
+from cartwheel.contracts.base import Reply
+from cartwheel.db import Database, migrate
+from cartwheel.errors import DomainError
+from cartwheel.observability import ServiceMetrics, configure_logging, message_id, start_ops_server
+from cartwheel.outbox import OutboxRelay
+from cartwheel.settings import Settings, get_settings
+
+M = TypeVar("M", bound=BaseModel)
+Handler = Callable[[M], Awaitable[Any]]
+
+
+def validation_details(exc: ValidationError) -> list[dict[str, str]]:
+    return [{"field": ".".join(str(p) for p in err["loc"]) or "body", "message": err["msg"]} for err in exc.errors()]
+
+
+class Service:
+    def __init__(self, name: str, settings: Settings | None = None) -> None:
+        self.name = name
+        self.settings = settings or get_settings()
+        self.log = logging.getLogger(f"cartwheel.{name}")
+        self.registry = CollectorRegistry()
+        self.metrics = ServiceMetrics(name, self.registry)
+        self.broker = make_broker(self.settings, name, self.registry)
+        self.db = Database(self.settings.database_url(name))
+        self.instance = f"{socket.gethostname()}-{os.getpid()}"
+        self._on_start: list[Callable[[], Awaitable[None]]] = []
+        self.relay: OutboxRelay | None = None
+        self.app = FastStream(
+            self.broker,
+            logger=self.log,
+            on_startup=[self._startup],
+            after_startup=[self._after_startup],
+            on_shutdown=[self._shutdown],
+        )
+        self.broker.subscriber(subjects.health(name))(self._health)
+
+    @property
+    def js(self) -> JetStreamContext:
+        return self.broker.connection.jetstream()
+
+    def on_start(self, hook: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        """Run ``hook`` once connected and declared, before handlers receive messages."""
+        self._on_start.append(hook)
+        return hook
+
+    def handle(self, subject: str, model: type[M]) -> Callable[[Handler[M]], Handler[M]]:
+        """Answer requests on ``subject`` (queue group = service): parse into ``model``, reply in the envelope."""
+
+        def register(fn: Handler[M]) -> Handler[M]:
+            async def endpoint(msg: NatsMessage) -> bytes:
+                return await self._answer(subject, model, fn, msg)
+
+            endpoint.__name__ = fn.__name__
+            self.broker.subscriber(subject, queue=self.name)(endpoint)
+            return fn
+
+        return register
+
+    async def _answer(self, subject: str, model: type[M], fn: Handler[M], msg: NatsMessage) -> bytes:
+        token = message_id.set(msg.message_id or "-")
+        try:
+            try:
+                request = model.model_validate_json(msg.body)
+            except ValidationError as exc:
+                self.metrics.refusals.labels(self.name, subject, "validation_failed").inc()
+                return (
+                    Reply.failure("validation_failed", "invalid request", fields=validation_details(exc))
+                    .model_dump_json()
+                    .encode()
+                )
+            message_id.set(getattr(request, "id", None) or msg.message_id or "-")
+            data = await fn(request)
+            return encode({"ok": True, "data": data})
+        except DomainError as exc:
+            self.metrics.refusals.labels(self.name, subject, exc.code).inc()
+            return Reply.failure(exc.code, exc.message, **exc.details).model_dump_json().encode()
+        except Exception:
+            self.metrics.failures.labels(self.name, subject).inc()
+            self.log.exception("handler for %s failed", subject)
+            return (
+                Reply.failure("internal_error", f"{self.name} could not handle the request").model_dump_json().encode()
+            )
+        finally:
+            message_id.reset(token)
+
+    async def _health(self, msg: NatsMessage) -> bytes:
+        db_ok = await asyncio.get_running_loop().run_in_executor(None, self.db.ping)
+        return encode(
+            {
+                "service": self.name,
+                "instance": self.instance,
+                "status": "ok" if db_ok else "degraded",
+                "database": db_ok,
+            }
+        )
+
+    def notify_outbox(self) -> None:
+        """Wake the outbox relay after a transaction that recorded events."""
+        if self.relay:
+            self.relay.notify()
+
+    async def _startup(self) -> None:
+        started = time.monotonic()
+        await asyncio.get_running_loop().run_in_executor(None, migrate, self.name, self.db.url)
+        await self.broker.connect()
+        await declare_topology(self.js, self.settings)
+        self.relay = OutboxRelay(self.db, self.js)
+        for hook in self._on_start:
+            await hook()
+        self.log.info("migrated and connected in %.2f s", time.monotonic() - started)
+
+    async def _after_startup(self) -> None:
+        assert self.relay is not None
+        self.relay.start()
+        start_ops_server(self.settings.metrics_port, self.registry, self.db.ping, self.settings.metrics_host)
+        self.log.info("%s ready (instance %s)", self.name, self.instance)
+
+    async def _shutdown(self) -> None:
+        if self.relay:
+            await self.relay.stop()
+        await asyncio.get_running_loop().run_in_executor(None, self.db.close)
+        self.log.info("%s stopped", self.name)
+
+
+def main(name: str) -> int:
+    """Entry point of ``python -m services.<name>`` and ``cartwheel run <name>``."""
+    settings = get_settings()
+    configure_logging(name, settings.log_level, settings.log_format)
+    service: Service = importlib.import_module(f"services.{name}.app").build(settings)
+    asyncio.run(service.app.run())
+    return 0
