@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, ClassVar
+from typing import Annotated, Any, ClassVar
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
+    SerializationInfo,
     StrictBool,
     StrictInt,
     StringConstraints,
+    field_serializer,
     model_validator,
 )
 
@@ -111,6 +113,10 @@ class UpdateProduct(Message):
     subject: ClassVar[str] = subjects.CATALOG_PRODUCTS_UPDATE
     product_id: str
     patch: ProductPatch
+
+    @field_serializer("patch")
+    def _only_given_fields(self, patch: ProductPatch, info: SerializationInfo) -> dict[str, Any]:
+        return patch.model_dump(mode=info.mode, exclude_unset=True)
 
 
 class GetProduct(Message):

@@ -1,0 +1,20 @@
+"""Wires the catalog service: products, prices, the KV read cache."""
+
+from __future__ import annotations
+
+from cartwheel import subjects
+from cartwheel.contracts.catalog import CreateProduct, GetProduct, ListProducts, UpdateProduct
+from cartwheel.service import Service
+from cartwheel.settings import Settings
+from services.catalog.handlers import CatalogHandlers
+
+
+def build(settings: Settings) -> Service:
+    service = Service("catalog", settings)
+    handlers = CatalogHandlers(service)
+    service.on_start(handlers.open_cache)
+    service.handle(subjects.CATALOG_PRODUCTS_CREATE, CreateProduct)(handlers.create_product)
+    service.handle(subjects.CATALOG_PRODUCTS_UPDATE, UpdateProduct)(handlers.update_product)
+    service.handle(subjects.CATALOG_PRODUCTS_GET, GetProduct)(handlers.get_product)
+    service.handle(subjects.CATALOG_PRODUCTS_LIST, ListProducts)(handlers.list_products)
+    return service

@@ -1,0 +1,70 @@
+"""Catalog request handlers: decode (done by the runtime), call the store, record events, refresh the cache."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from cartwheel import subjects
+from cartwheel.contracts.catalog import (
+    CreateProduct,
+    GetProduct,
+    ListProducts,
+    Product,
+    ProductCreated,
+    ProductUpdated,
+    UpdateProduct,
+)
+from cartwheel.outbox import record_event
+from cartwheel.service import Service
+from services.catalog import store
+from services.catalog.cache import ProductCache
+
+
+class CatalogHandlers:
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.db = service.db
+        self.cache: ProductCache | None = None
+
+    async def open_cache(self) -> None:
+        self.cache = ProductCache(await self.service.js.key_value(subjects.CATALOG_CACHE_BUCKET))
+
+    async def create_product(self, cmd: CreateProduct) -> dict[str, Any]:
+        def work(session: Session) -> Product:
+            product = store.create_product(session, cmd.draft, cmd.tenant)
+            record_event(session, ProductCreated(tenant=cmd.tenant, product=product, stock=cmd.draft.stock))
+            return product
+
+        product = await self.db.run(work)
+        self.service.notify_outbox()
+        await self._cache().replace(product)
+        return product.model_dump(mode="json")
+
+    async def update_product(self, cmd: UpdateProduct) -> dict[str, Any]:
+        def work(session: Session) -> Product:
+            product, changed = store.update_product(session, cmd.product_id, cmd.patch)
+            if changed:
+                record_event(session, ProductUpdated(tenant=cmd.tenant, product=product, changed=changed))
+            return product
+
+        product = await self.db.run(work)
+        self.service.notify_outbox()
+        await self._cache().replace(product)
+        return product.model_dump(mode="json")
+
+    async def get_product(self, query: GetProduct) -> dict[str, Any]:
+        product = await self.db.run(lambda s: store.get_product(s, query.id_or_sku))
+        await self._cache().fill(product)
+        return product.model_dump(mode="json")
+
+    async def list_products(self, query: ListProducts) -> dict[str, Any]:
+        page = await self.db.run(
+            lambda s: store.list_products(s, query.q, query.limit, query.cursor, query.include_inactive)
+        )
+        return page.model_dump(mode="json")
+
+    def _cache(self) -> ProductCache:
+        assert self.cache is not None, "cache opens at service start"
+        return self.cache

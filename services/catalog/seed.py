@@ -1,0 +1,38 @@
+"""The demo catalog `cartwheel up` adds on first start: a dozen products, created through the catalog service."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import nats
+
+from cartwheel.bus import request
+from cartwheel.contracts.catalog import CreateProduct, ProductDraft
+from cartwheel.errors import DomainError
+from cartwheel.settings import Settings
+
+DEMO_PRODUCTS = Path(__file__).with_name("demo_products.json")
+
+
+async def seed_demo_async(settings: Settings) -> int:
+    nc = await nats.connect(settings.nats_servers, name="cartwheel-seed")
+    created = 0
+    try:
+        for fields in json.loads(DEMO_PRODUCTS.read_text()):
+            draft = ProductDraft.model_validate(fields)
+            try:
+                await request(nc, CreateProduct(tenant=settings.tenant, draft=draft), settings.request_timeout)
+                created += 1
+            except DomainError as exc:
+                if exc.code != "duplicate_sku":
+                    raise
+    finally:
+        await nc.close()
+    return created
+
+
+def seed_demo(settings: Settings) -> int:
+    """Create the demo products that don't exist yet; returns how many were created."""
+    return asyncio.run(seed_demo_async(settings))

@@ -1,0 +1,108 @@
+"""Catalog queries; each takes the caller's Session (one transaction per request)."""
+
+from __future__ import annotations
+
+from sqlalchemy import or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from cartwheel.contracts.base import new_id, utcnow
+from cartwheel.contracts.catalog import Product, ProductDraft, ProductPage, ProductPatch
+from cartwheel.errors import DomainError, NotFound
+from services.catalog import domain
+from services.catalog.models import ProductRow
+
+
+def to_product(row: ProductRow) -> Product:
+    return Product.model_validate(row, from_attributes=True)
+
+
+def _duplicate_sku(sku: str) -> DomainError:
+    return DomainError(f"a product with sku {sku!r} already exists", code="duplicate_sku", sku=sku)
+
+
+def _sku_taken(session: Session, sku: str, other_than: str | None = None) -> bool:
+    query = select(ProductRow.id).where(ProductRow.sku == sku)
+    if other_than:
+        query = query.where(ProductRow.id != other_than)
+    return session.scalar(query) is not None
+
+
+def _flush_unique(session: Session, sku: str) -> None:
+    try:
+        session.flush()
+    except IntegrityError:  # a replica inserted the same sku between our check and our write
+        raise _duplicate_sku(sku) from None
+
+
+def create_product(session: Session, draft: ProductDraft, tenant: str) -> Product:
+    if _sku_taken(session, draft.sku):
+        raise _duplicate_sku(draft.sku)
+    now = utcnow()
+    row = ProductRow(
+        id=new_id(),
+        tenant=tenant,
+        version=1,
+        created_at=now,
+        updated_at=now,
+        **draft.model_dump(exclude={"stock"}),
+    )
+    session.add(row)
+    _flush_unique(session, draft.sku)
+    return to_product(row)
+
+
+def find_row(session: Session, id_or_sku: str) -> ProductRow:
+    row = session.scalar(select(ProductRow).where(or_(ProductRow.id == id_or_sku, ProductRow.sku == id_or_sku)))
+    if row is None:
+        raise NotFound(f"no product {id_or_sku!r}", id=id_or_sku)
+    return row
+
+
+def get_product(session: Session, id_or_sku: str) -> Product:
+    return to_product(find_row(session, id_or_sku))
+
+
+def update_product(session: Session, product_id: str, patch: ProductPatch) -> tuple[Product, list[str]]:
+    row = session.scalar(select(ProductRow).where(ProductRow.id == product_id).with_for_update())
+    if row is None:
+        raise NotFound(f"no product {product_id!r}", id=product_id)
+    changed = domain.changes(to_product(row).model_dump(), patch)
+    if not changed:
+        return to_product(row), []
+    if "sku" in changed and _sku_taken(session, changed["sku"], other_than=product_id):
+        raise _duplicate_sku(changed["sku"])
+    for field, value in changed.items():
+        setattr(row, field, value)
+    row.version += 1
+    row.updated_at = utcnow()
+    _flush_unique(session, row.sku)
+    return to_product(row), sorted(changed)
+
+
+def list_products(
+    session: Session, q: str | None, limit: int, cursor: str | None, include_inactive: bool
+) -> ProductPage:
+    query = select(ProductRow).where(ProductRow.seq > domain.decode_cursor(cursor))
+    if not include_inactive:
+        query = query.where(ProductRow.active.is_(True))
+    if q and q.strip():
+        needle = q.strip().lower()
+        query = query.where(
+            or_(
+                *(
+                    col.ilike(f"%{_escape_like(needle)}%", escape="\\")
+                    for col in (ProductRow.name, ProductRow.description, ProductRow.sku)
+                )
+            )
+        )
+    rows = list(session.scalars(query.order_by(ProductRow.seq).limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return ProductPage(
+        items=[to_product(r) for r in rows], next_cursor=domain.encode_cursor(rows[-1].seq) if more else None
+    )
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

@@ -1,0 +1,3 @@
+from cartwheel.db import PlatformBase, run_migrations
+
+run_migrations(PlatformBase.metadata)
