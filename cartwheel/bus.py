@@ -36,6 +36,7 @@ def make_broker(settings: Settings, service: str, registry: CollectorRegistry | 
         max_reconnect_attempts=-1,
         logger=logging.getLogger(f"cartwheel.{service}.bus"),
         log_level=logging.DEBUG,  # one line per message is too loud at INFO under load
+        graceful_timeout=5.0,  # finish in-flight handlers on stop, within the 10 s a Ctrl-C allows
     )
 
 

@@ -10,6 +10,7 @@ import asyncio
 import importlib
 import logging
 import os
+import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -47,7 +48,7 @@ class Service:
         self.metrics = ServiceMetrics(name, self.registry)
         self.broker = make_broker(self.settings, name, self.registry)
         self.db = Database(self.settings.database_url(name))
-        self.instance = f"{socket.gethostname()}-{os.getpid()}"
+        self.instance = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
         self._on_start: list[Callable[[], Awaitable[None]]] = []
         self.relay: OutboxRelay | None = None
         self.app = FastStream(
@@ -55,7 +56,8 @@ class Service:
             logger=self.log,
             on_startup=[self._startup],
             after_startup=[self._after_startup],
-            on_shutdown=[self._shutdown],
+            on_shutdown=[self._stop_relay],
+            after_shutdown=[self._close],
         )
         self.broker.subscriber(subjects.health(name))(self._health)
 
@@ -140,9 +142,12 @@ class Service:
         start_ops_server(self.settings.metrics_port, self.registry, self.db.ping, self.settings.metrics_host)
         self.log.info("%s ready (instance %s)", self.name, self.instance)
 
-    async def _shutdown(self) -> None:
+    async def _stop_relay(self) -> None:
+        # Before the broker drains: events recorded after this go out at the next start.
         if self.relay:
             await self.relay.stop()
+
+    async def _close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.db.close)
         self.log.info("%s stopped", self.name)
 

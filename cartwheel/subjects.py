@@ -19,6 +19,7 @@ EVENTS_STREAM = "EVENTS"
 EVENTS_ALL = "events.>"
 CATALOG_PRODUCT_CREATED = "events.catalog.product_created"
 CATALOG_PRODUCT_UPDATED = "events.catalog.product_updated"
+CATALOG_EVENTS = "events.catalog.>"
 
 # Key-value buckets.
 CATALOG_CACHE_BUCKET = "catalog_products"

@@ -1,0 +1,208 @@
+"""The catalog service against a real nats-server and a real database (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import nats
+import pytest
+from tests.helpers import random_sku
+
+from cartwheel import subjects
+from cartwheel.bus import request
+from cartwheel.contracts.catalog import (
+    CreateProduct,
+    GetProduct,
+    ListProducts,
+    Product,
+    ProductDraft,
+    ProductPatch,
+    UpdateProduct,
+)
+from cartwheel.errors import DomainError
+
+TIMEOUT = 5.0
+
+
+def draft(**fields: Any) -> ProductDraft:
+    return ProductDraft.model_validate(
+        {"sku": random_sku(), "name": "Mug", "price_cents": 1200, "currency": "EUR", **fields}
+    )
+
+
+async def create(nc: nats.NATS, **fields: Any) -> dict[str, Any]:
+    return await request(nc, CreateProduct(draft=draft(**fields)), TIMEOUT)
+
+
+@pytest.fixture
+def catalog(database_url: str, start_service):
+    return start_service("catalog", catalog_database_url=database_url)
+
+
+def test_create_then_read_by_id_and_sku(catalog, client) -> None:
+    async def scenario(nc: nats.NATS) -> None:
+        made = await create(nc, description="blue rim", stock=5)
+        assert made["version"] == 1 and made["active"] is True
+        assert await request(nc, GetProduct(id_or_sku=made["id"]), TIMEOUT) == made
+        assert await request(nc, GetProduct(id_or_sku=made["sku"]), TIMEOUT) == made
+
+    client.run(scenario)
+
+
+def test_duplicate_sku_is_refused(catalog, client) -> None:
+    async def scenario(nc: nats.NATS) -> None:
+        made = await create(nc)
+        with pytest.raises(DomainError) as caught:
+            await create(nc, sku=made["sku"])
+        assert caught.value.code == "duplicate_sku"
+        other = await create(nc)
+        with pytest.raises(DomainError) as caught:
+            await request(nc, UpdateProduct(product_id=other["id"], patch=ProductPatch(sku=made["sku"])), TIMEOUT)
+        assert caught.value.code == "duplicate_sku"
+
+    client.run(scenario)
+
+
+def test_concurrent_creates_of_one_sku_make_one_product(catalog, client) -> None:
+    async def scenario(nc: nats.NATS) -> None:
+        sku = random_sku()
+        results = await asyncio.gather(*(create(nc, sku=sku) for _ in range(10)), return_exceptions=True)
+        assert sum(isinstance(r, dict) for r in results) == 1
+        assert all(r.code == "duplicate_sku" for r in results if isinstance(r, DomainError))
+
+    client.run(scenario)
+
+
+def test_update_bumps_version_and_unknown_ids_are_not_found(catalog, client) -> None:
+    async def scenario(nc: nats.NATS) -> None:
+        made = await create(nc)
+        updated = await request(nc, UpdateProduct(product_id=made["id"], patch=ProductPatch(price_cents=990)), TIMEOUT)
+        assert (updated["price_cents"], updated["version"]) == (990, 2)
+        same = await request(nc, UpdateProduct(product_id=made["id"], patch=ProductPatch(price_cents=990)), TIMEOUT)
+        assert same["version"] == 2  # nothing changed, no new version
+        for bad in (
+            GetProduct(id_or_sku="no-such-thing"),
+            UpdateProduct(product_id="00000000-0000-0000-0000-000000000000", patch=ProductPatch(name="x")),
+        ):
+            with pytest.raises(DomainError) as caught:
+                await request(nc, bad, TIMEOUT)
+            assert caught.value.code == "not_found"
+
+    client.run(scenario)
+
+
+def test_list_pages_are_stable_under_inserts_and_hide_inactive(catalog, client) -> None:
+    async def scenario(nc: nats.NATS) -> None:
+        made = [await create(nc, name=f"Item {i}") for i in range(7)]
+        await request(nc, UpdateProduct(product_id=made[3]["id"], patch=ProductPatch(active=False)), TIMEOUT)
+        first = await request(nc, ListProducts(limit=3), TIMEOUT)
+        await create(nc, name="Added while paging")
+        seen = [p["id"] for p in first["items"]]
+        cursor = first["next_cursor"]
+        while cursor:
+            page = await request(nc, ListProducts(limit=3, cursor=cursor), TIMEOUT)
+            seen += [p["id"] for p in page["items"]]
+            cursor = page["next_cursor"]
+        expected = [p["id"] for i, p in enumerate(made) if i != 3]
+        assert seen[:6] == expected and len(seen) == 7 and len(set(seen)) == 7
+        everything = await request(nc, ListProducts(limit=100, include_inactive=True), TIMEOUT)
+        assert made[3]["id"] in {p["id"] for p in everything["items"]}
+
+    client.run(scenario)
+
+
+def test_text_query_matches_name_description_sku_and_treats_wildcards_literally(catalog, client) -> None:
+    async def scenario(nc: nats.NATS) -> None:
+        tag = random_sku().lower()
+        by_name = await create(nc, name=f"Kettle {tag}")
+        by_desc = await create(nc, description=f"pairs with {tag.upper()}")
+        await create(nc, name="100% wool", description=f"{tag}-other")
+        found = await request(nc, ListProducts(q=tag, limit=100), TIMEOUT)
+        assert {by_name["id"], by_desc["id"]} <= {p["id"] for p in found["items"]}
+        percent = await request(nc, ListProducts(q="%", limit=100), TIMEOUT)
+        assert all("%" in p["name"] + p["description"] + p["sku"] for p in percent["items"])
+        injected = await request(nc, ListProducts(q="' OR 1=1; DROP TABLE products; --", limit=100), TIMEOUT)
+        assert injected["items"] == []
+        assert (await request(nc, GetProduct(id_or_sku=by_name["id"]), TIMEOUT))["id"] == by_name["id"]
+
+    client.run(scenario)
+
+
+def test_bad_requests_get_a_validation_reply_not_silence(catalog, client) -> None:
+    async def scenario(nc: nats.NATS) -> None:
+        for payload in (b"not json", b"[]", json.dumps({"draft": {"sku": "x"}}).encode()):
+            reply = json.loads((await nc.request(subjects.CATALOG_PRODUCTS_CREATE, payload, timeout=TIMEOUT)).data)
+            assert reply["ok"] is False and reply["error"]["code"] == "validation_failed"
+        with pytest.raises(DomainError) as caught:
+            await request(nc, ListProducts(cursor="not-a-cursor"), TIMEOUT)
+        assert caught.value.code == "validation_failed"
+
+    client.run(scenario)
+
+
+def test_changes_are_published_once_with_their_event_id(catalog, client) -> None:
+    async def scenario(nc: nats.NATS) -> None:
+        js = nc.jetstream()
+        made = await create(nc, stock=7)
+        await request(nc, UpdateProduct(product_id=made["id"], patch=ProductPatch(name="Renamed")), TIMEOUT)
+        sub = await js.subscribe(
+            "events.catalog.>", ordered_consumer=True, deliver_policy=nats.js.api.DeliverPolicy.ALL
+        )
+        mine: list[tuple[str, dict[str, Any]]] = []
+        deadline = asyncio.get_running_loop().time() + 10
+        while len(mine) < 2 and asyncio.get_running_loop().time() < deadline:
+            try:
+                msg = await sub.next_msg(timeout=1)
+            except nats.errors.TimeoutError:
+                continue
+            body = json.loads(msg.data)
+            if body["product"]["id"] == made["id"]:
+                assert msg.headers and msg.headers["Nats-Msg-Id"] == body["id"]
+                mine.append((msg.subject, body))
+        await sub.unsubscribe()
+        assert [s for s, _ in mine] == [subjects.CATALOG_PRODUCT_CREATED, subjects.CATALOG_PRODUCT_UPDATED]
+        created, updated = (b for _, b in mine)
+        assert created["stock"] == 7 and created["tenant"] == "default" and created["schema_version"] == 1
+        assert updated["changed"] == ["name"] and updated["product"]["version"] == 2
+
+    client.run(scenario)
+
+
+def test_reads_fill_the_cache_and_changes_replace_it(catalog, client) -> None:
+    async def scenario(nc: nats.NATS) -> None:
+        kv = await nc.jetstream().key_value(subjects.CATALOG_CACHE_BUCKET)
+        made = await create(nc)
+        key = subjects.catalog_cache_key(made["id"])
+        await kv.delete(key)
+        await request(nc, GetProduct(id_or_sku=made["id"]), TIMEOUT)
+        assert Product.model_validate_json((await kv.get(key)).value).version == 1
+        await request(nc, UpdateProduct(product_id=made["id"], patch=ProductPatch(price_cents=1)), TIMEOUT)
+        cached = Product.model_validate_json((await kv.get(key)).value)
+        assert (cached.version, cached.price_cents) == (2, 1)
+
+    client.run(scenario)
+
+
+def test_two_replicas_serve_one_database_and_reads_see_every_update(database_url, start_service, client) -> None:
+    replicas = [start_service("catalog", catalog_database_url=database_url) for _ in range(2)]
+
+    async def scenario(nc: nats.NATS) -> None:
+        kv = await nc.jetstream().key_value(subjects.CATALOG_CACHE_BUCKET)
+        made = await create(nc)
+        for price in range(1, 21):
+            await request(nc, UpdateProduct(product_id=made["id"], patch=ProductPatch(price_cents=price)), TIMEOUT)
+            read = await request(nc, GetProduct(id_or_sku=made["id"]), TIMEOUT)
+            cached = Product.model_validate_json((await kv.get(subjects.catalog_cache_key(made["id"]))).value)
+            assert read["price_cents"] == cached.price_cents == price
+
+    client.run(scenario)
+    handled = [
+        r.service.registry.get_sample_value(
+            "faststream_received_messages_total",
+            {"app_name": "catalog", "broker": "nats", "handler": subjects.CATALOG_PRODUCTS_UPDATE},
+        )
+        for r in replicas
+    ]
+    assert all(handled), f"both replicas should share the work, got {handled}"
