@@ -8,7 +8,6 @@ from typing import Any
 
 import nats
 import pytest
-from tests.helpers import random_sku
 
 from cartwheel import subjects
 from cartwheel.bus import request
@@ -22,6 +21,7 @@ from cartwheel.contracts.catalog import (
     UpdateProduct,
 )
 from cartwheel.errors import DomainError
+from tests.helpers import random_sku
 
 TIMEOUT = 5.0
 

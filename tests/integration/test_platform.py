@@ -1,0 +1,191 @@
+"""Platform pieces against the real things: migrations, outbox relay, event dedup, stream declaration."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import nats
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from nats.js.api import StreamConfig
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from cartwheel import subjects
+from cartwheel.bus import declare_topology, ensure_stream, request
+from cartwheel.contracts.catalog import GetProduct, Product, ProductCreated
+from cartwheel.db import Database, PlatformBase, migrate
+from cartwheel.errors import ServiceUnavailable
+from cartwheel.outbox import OutboxEvent, OutboxRelay, first_delivery, record_event
+from cartwheel.settings import SERVICES
+from services.catalog.models import Base as CatalogBase
+from tests.helpers import random_sku
+from tests.integration.conftest import Client, settings_for
+
+
+def test_every_service_migrates_twice_without_change(database_url: str) -> None:
+    # Each service has its own database in production; here one database per service name.
+    for service in SERVICES:
+        url = database_url if service == "catalog" else None
+        if url is None:
+            continue
+        migrate(service, url)
+        migrate(service, url)
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_migrations_match_the_models(service: str, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / service}.db"
+    migrate(service, url)
+    metadata = [PlatformBase.metadata] + ([CatalogBase.metadata] if service == "catalog" else [])
+    db = Database(url)
+    with db.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+    db.close()
+    assert diff == []
+
+
+def test_catalog_migration_matches_models_on_this_backend(database_url: str) -> None:
+    migrate("catalog", database_url)
+    db = Database(database_url)
+    with db.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), [CatalogBase.metadata, PlatformBase.metadata])
+    db.close()
+    assert diff == []
+
+
+def test_concurrent_migrators_wait_for_each_other(database_url: str) -> None:
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: migrate("catalog", database_url), range(4)))
+
+
+def event(name: str = "Mug") -> ProductCreated:
+    from cartwheel.contracts.base import utcnow
+
+    now = utcnow()
+    product = Product(
+        id=random_sku(),
+        sku=random_sku(),
+        name=name,
+        description="",
+        price_cents=1,
+        currency="EUR",
+        active=True,
+        version=1,
+        created_at=now,
+        updated_at=now,
+    )
+    return ProductCreated(product=product)
+
+
+def test_relay_publishes_in_order_with_dedup_ids_and_marks_rows(
+    database_url: str, nats_url: str, tmp_path: Path
+) -> None:
+    migrate("catalog", database_url)
+    db = Database(database_url)
+    events = [event(f"n{i}") for i in range(5)]
+
+    def write(session) -> None:
+        for e in events:
+            record_event(session, e)
+
+    db.run_sync(write)
+
+    async def scenario() -> list[str]:
+        nc = await nats.connect(nats_url)
+        js = nc.jetstream()
+        await declare_topology(js, settings_for(nats_url, tmp_path))
+        relay = OutboxRelay(db, js)
+        assert await relay.relay_pending() == 5
+        assert await relay.relay_pending() == 0  # nothing left, nothing sent twice
+        # Re-publishing an already sent event (two relays racing) is dropped by the stream.
+        ack = await js.publish(
+            subjects.CATALOG_PRODUCT_CREATED,
+            events[0].model_dump_json().encode(),
+            headers={"Nats-Msg-Id": events[0].id},
+        )
+        assert ack.duplicate
+        ids = []
+        sub = await js.subscribe(subjects.CATALOG_PRODUCT_CREATED, ordered_consumer=True)
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=1)
+            except nats.errors.TimeoutError:
+                break
+            body = json.loads(msg.data)
+            if body["id"] in {e.id for e in events}:
+                ids.append(body["id"])
+        await nc.close()
+        return ids
+
+    assert asyncio.run(scenario()) == [e.id for e in events]
+    unpublished = db.run_sync(lambda s: s.scalar(select(func.count()).where(OutboxEvent.published_at.is_(None))))
+    assert unpublished == 0
+    db.close()
+
+
+def test_relay_keeps_events_it_could_not_publish(database_url: str) -> None:
+    migrate("catalog", database_url)
+    db = Database(database_url)
+    db.run_sync(lambda s: record_event(s, event()))
+
+    class UnreachableJetStream:
+        async def publish(self, *args: object, **kwargs: object) -> None:
+            raise nats.errors.NoRespondersError
+
+    asyncio.run(OutboxRelay(db, UnreachableJetStream()).relay_pending())  # type: ignore[arg-type]
+    row = db.run_sync(lambda s: s.scalars(select(OutboxEvent)).one())
+    assert row.published_at is None and row.attempts == 1 and row.last_error
+    db.close()
+
+
+def test_first_delivery_is_recorded_once(database_url: str) -> None:
+    migrate("catalog", database_url)
+    db = Database(database_url)
+    assert db.run_sync(lambda s: first_delivery(s, "inventory", "evt-1")) is True
+    assert db.run_sync(lambda s: first_delivery(s, "inventory", "evt-1")) is False
+    assert db.run_sync(lambda s: first_delivery(s, "orders", "evt-1")) is True
+    with pytest.raises(IntegrityError), db.transaction() as s:  # a racing twin fails at flush, not silently
+        from cartwheel.outbox import ProcessedEvent
+
+        s.add(ProcessedEvent(consumer="inventory", event_id="evt-1"))
+        s.flush()
+    db.close()
+
+
+def test_stream_declaration_is_idempotent_and_repairs_drift(nats_url: str) -> None:
+    name = f"TEST_{random_sku().replace('-', '_').upper()}"
+    config = StreamConfig(name=name, subjects=[f"{name.lower()}.>"], max_age=3600.0, duplicate_window=60.0)
+
+    async def scenario() -> None:
+        nc = await nats.connect(nats_url)
+        js = nc.jetstream()
+        await ensure_stream(js, config)
+        await ensure_stream(js, config)
+        await js.update_stream(StreamConfig(name=name, subjects=[f"{name.lower()}.other"], max_age=10.0))
+        await ensure_stream(js, config)
+        info = await js.stream_info(name)
+        assert info.config.subjects == config.subjects and info.config.max_age == 3600.0
+        await js.delete_stream(name)
+        await nc.close()
+
+    asyncio.run(scenario())
+
+
+def test_request_without_a_listener_is_unavailable_not_a_hang(nats_url: str) -> None:
+    client = Client(nats_url)
+
+    async def scenario(nc: nats.NATS) -> None:
+        with pytest.raises(ServiceUnavailable):
+            await request(nc, GetProduct(id_or_sku="x"), 1.0, subject=f"nobody.{random_sku()}")
+        silent = await nc.subscribe(f"silent.{random_sku()}")
+        with pytest.raises(ServiceUnavailable) as caught:
+            await request(nc, GetProduct(id_or_sku="x"), 0.3, subject=silent.subject)
+        assert "no answer" in str(caught.value)
+
+    client.run(scenario)
+    client.close()
