@@ -1,0 +1,51 @@
+"""The gateway's Flask app factory."""
+
+from __future__ import annotations
+
+import sys
+
+from flask import Flask
+
+from cartwheel.settings import Settings, get_settings
+from services.gateway import api, ops, products
+from services.gateway.bridge import NatsBridge
+from services.gateway.context import EXTENSION, Bus, Gateway, gateway
+from services.gateway.errors import install_error_handlers
+from services.gateway.metrics import GatewayMetrics
+
+MAX_JSON_BODY = 1024 * 1024  # routes that take larger bodies (images) raise request.max_content_length
+
+
+def create_app(settings: Settings | None = None, bridge: Bus | None = None) -> Flask:
+    """The gateway app. Without ``bridge`` it makes a :class:`NatsBridge`, started by the server's
+    ``post_worker_init`` hook (or, failing that, by the first request) — never at import."""
+    settings = settings or get_settings()
+    app = Flask(__name__, static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_JSON_BODY
+    app.extensions[EXTENSION] = context = Gateway(settings, bridge or NatsBridge(settings))
+    metrics = app.extensions["cartwheel.metrics"] = GatewayMetrics()
+    metrics.install(app)
+    app.before_request(_start_bridge)
+    if _gevent_patched():
+        app.before_request(_yield_to_other_greenlets)
+    install_error_handlers(app)
+    context.operations = api.register(app, [ops.routes, products.routes])
+    return app
+
+
+def _start_bridge() -> None:
+    bus = gateway().bus
+    if not bus.started:
+        bus.start()
+
+
+def _gevent_patched() -> bool:
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and monkey.is_module_patched("socket")
+
+
+def _yield_to_other_greenlets() -> None:
+    # gevent's worker doesn't yield between keep-alive requests; this evens out latency tails.
+    import gevent
+
+    gevent.sleep(0)

@@ -1,0 +1,237 @@
+"""One NATS connection per worker process, on a background asyncio loop, used by views as blocking calls.
+
+Under gunicorn's gevent worker, :meth:`NatsBridge.start` runs after monkey-patching, so the
+"thread" that runs the loop is a greenlet and waiting on a call yields to other requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import greenlet
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+from cartwheel import bus
+from cartwheel.contracts.base import Message
+from cartwheel.errors import ServiceUnavailable
+from cartwheel.settings import Settings
+
+log = logging.getLogger("cartwheel.gateway.bridge")
+
+T = TypeVar("T")
+Work = Awaitable[T] | Callable[[], Awaitable[T]]
+
+KV_TIMEOUT = 1.0
+GRACE = 0.5  # Extra seconds the bridge waits so the bus's own timeout fires first and names the subject.
+
+
+class NatsBridge:
+    """Owns the event loop, the NATS client and the JetStream handles of one worker process."""
+
+    def __init__(self, settings: Settings, *, name: str = "cartwheel-gateway") -> None:
+        self.settings = settings
+        self.name = name
+        self.loop_kind: str | None = None  # "greenlet" or "thread", once started
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: threading.Thread | None = None
+        self._nc: NatsClient | None = None
+        self._js: JetStreamContext | None = None
+        self._buckets: dict[str, KeyValue] = {}
+        self._lock = threading.Lock()
+        self._failures = 0
+        self._connecting: asyncio.Task[None] | None = None
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    @property
+    def started(self) -> bool:
+        return self._loop is not None
+
+    @property
+    def connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+    def start(self, wait: float = 0.0) -> None:
+        """Start the loop and begin connecting (forever, in the background); wait up to ``wait`` s."""
+        with self._lock:
+            if self._loop is not None:
+                return
+            ready = threading.Event()
+            self._runner = threading.Thread(target=self._run, args=(ready,), name="nats-bridge", daemon=True)
+            self._runner.start()
+            ready.wait()
+        if wait > 0:
+            self.wait_connected(wait)
+
+    def _run(self, ready: threading.Event) -> None:
+        # An OS thread's current greenlet is that thread's root (no parent); a gevent greenlet has the hub.
+        self.loop_kind = "greenlet" if greenlet.getcurrent().parent is not None else "thread"
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._connecting = loop.create_task(self._connect())
+        self._connecting.add_done_callback(_log_failure)
+        loop.call_soon(ready.set)
+        log.info("gateway nats bridge loop running in a %s", self.loop_kind)
+        try:
+            loop.run_forever()
+        finally:
+            loop.close()
+
+    async def _connect(self) -> None:
+        self._nc = NatsClient()
+        await self._nc.connect(
+            self.settings.nats_servers,
+            name=self.name,
+            max_reconnect_attempts=-1,  # also retries the first connect forever
+            reconnect_time_wait=1,
+            connect_timeout=2,
+            error_cb=self._on_error,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
+        )
+        self._js = self._nc.jetstream(timeout=self.settings.request_timeout)
+        self._failures = 0
+        log.info("gateway connected to nats")
+
+    async def _on_error(self, error: Exception) -> None:
+        self._failures += 1
+        # Log the first failure and then every 30th, so a NATS outage doesn't flood the log.
+        if self._failures == 1 or self._failures % 30 == 0:
+            log.warning("gateway nats error (%d so far): %r", self._failures, error)
+
+    async def _on_disconnected(self) -> None:
+        log.warning("gateway disconnected from nats; reconnecting")
+
+    async def _on_reconnected(self) -> None:
+        self._failures = 0
+        log.info("gateway reconnected to nats")
+
+    def wait_connected(self, timeout: float) -> bool:
+        """Block until connected or ``timeout`` seconds passed; True when connected."""
+        try:
+            self.call(self._until_connected(), timeout)
+        except ServiceUnavailable:
+            return False
+        return True
+
+    async def _until_connected(self) -> None:
+        while not self.connected:
+            await asyncio.sleep(0.05)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Drain the connection and stop the loop. Safe to call twice."""
+        loop, runner = self._loop, self._runner
+        if loop is None or runner is None or loop.is_closed():
+            return
+        if self._nc is not None and not self._nc.is_closed:
+            try:
+                self.call(self._nc.close(), timeout)
+            except Exception:  # a close that fails leaves nothing to clean up
+                log.warning("gateway nats close failed", exc_info=True)
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join(timeout)
+        self._loop = None
+
+    # -- calls from views --------------------------------------------------------------------
+
+    def call(self, work: Work[T], timeout: float, what: str = "nats") -> T:
+        """Run ``work`` (a coroutine, or a function returning one) on the loop; wait at most ``timeout`` s.
+
+        On timeout the coroutine is cancelled and :class:`ServiceUnavailable` raised; any other
+        exception of the coroutine is raised here.
+        """
+        loop = self._loop
+        if loop is None:
+            _discard(work)
+            raise ServiceUnavailable(what, "the gateway's nats bridge is not started")
+        if threading.current_thread() is self._runner:
+            _discard(work)
+            raise RuntimeError("NatsBridge.call from the bridge's own loop would deadlock; await instead")
+        future = asyncio.run_coroutine_threadsafe(_invoke(work), loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise ServiceUnavailable(what, f"no answer within {timeout:g} s") from None
+
+    @property
+    def nc(self) -> NatsClient:
+        """The connected client; raises :class:`ServiceUnavailable` while NATS is unreachable."""
+        if self._nc is None or not self._nc.is_connected:
+            raise ServiceUnavailable("nats", "not connected")
+        return self._nc
+
+    @property
+    def js(self) -> JetStreamContext:
+        self.nc  # noqa: B018 -- raises while disconnected
+        assert self._js is not None, "the jetstream context is set once connected"
+        return self._js
+
+    def request(self, message: Message, timeout: float | None = None) -> Any:
+        """Send ``message`` to its subject and return the reply's data (see :func:`cartwheel.bus.request`)."""
+        timeout = timeout or self.settings.request_timeout
+        nc = self.nc
+        return self.call(bus.request(nc, message, timeout), timeout + GRACE, what=message.subject)  # type: ignore[attr-defined]
+
+    def ping(self, subject: str, payload: bytes, timeout: float) -> bytes:
+        """A raw request (health probes): the reply's bytes."""
+        nc = self.nc
+
+        async def ask() -> bytes:
+            try:
+                return (await nc.request(subject, payload, timeout=timeout)).data
+            except nats.errors.NoRespondersError:
+                raise ServiceUnavailable(subject, "no service is listening") from None
+            except (TimeoutError, nats.errors.TimeoutError):
+                raise ServiceUnavailable(subject, f"no answer within {timeout:g} s") from None
+
+        return self.call(ask(), timeout + GRACE, what=subject)
+
+    def kv_get(self, bucket: str, key: str, timeout: float | None = None) -> bytes | None:
+        """The value under ``key`` in ``bucket``; None when the key or the bucket doesn't exist.
+
+        Raises :class:`ServiceUnavailable` when NATS doesn't answer within ``timeout`` (default: 1 s at most).
+        """
+        timeout = timeout or min(KV_TIMEOUT, self.settings.request_timeout)
+        self.nc  # noqa: B018 -- fail fast while disconnected
+        return self.call(self._kv_get(bucket, key), timeout, what=bucket)
+
+    async def key_value(self, bucket: str) -> KeyValue:
+        """The bucket's handle, looked up once per worker (runs on the loop)."""
+        kv = self._buckets.get(bucket)
+        if kv is None:
+            kv = self._buckets[bucket] = await self.js.key_value(bucket)
+        return kv
+
+    async def _kv_get(self, bucket: str, key: str) -> bytes | None:
+        try:
+            kv = await self.key_value(bucket)
+            entry = await kv.get(key)
+        except nats.js.errors.NotFoundError:  # no such bucket, key, or a deleted key
+            return None
+        except (nats.errors.Error, TimeoutError) as error:
+            raise ServiceUnavailable(bucket, repr(error)) from None
+        return entry.value
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("gateway cannot connect to nats", exc_info=task.exception())
+
+
+async def _invoke(work: Work[T]) -> T:
+    return await (work() if callable(work) else work)
+
+
+def _discard(work: Work[Any]) -> None:
+    if asyncio.iscoroutine(work):
+        work.close()  # never awaited: close it so Python doesn't warn

@@ -1,0 +1,49 @@
+"""What views reach through the app: settings, the bus port (the NATS bridge or a fake), the route table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from flask import current_app
+
+from cartwheel.contracts.base import Message
+from cartwheel.settings import Settings
+
+if TYPE_CHECKING:
+    from services.gateway.api import Operation
+
+EXTENSION = "cartwheel.gateway"
+
+
+class Bus(Protocol):
+    """What views need from NATS; :class:`services.gateway.bridge.NatsBridge` is the real one."""
+
+    @property
+    def started(self) -> bool: ...
+
+    @property
+    def connected(self) -> bool: ...
+
+    loop_kind: str | None
+
+    def start(self, wait: float = 0.0) -> None: ...
+
+    def request(self, message: Message, timeout: float | None = None) -> Any: ...
+
+    def kv_get(self, bucket: str, key: str, timeout: float | None = None) -> bytes | None: ...
+
+    def ping(self, subject: str, payload: bytes, timeout: float) -> bytes: ...
+
+    def close(self, timeout: float = 5.0) -> None: ...
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    bus: Bus
+    operations: list[Operation] = field(default_factory=list)
+
+
+def gateway() -> Gateway:
+    return current_app.extensions[EXTENSION]

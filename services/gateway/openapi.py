@@ -1,0 +1,87 @@
+"""OpenAPI 3.1 from the route table: the very models the routes validate with."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
+
+from services.gateway.api import Operation
+from services.gateway.schemas import ErrorResponse
+
+REF_TEMPLATE = "#/components/schemas/{model}"
+SECURITY = {"admin": [{"adminBearer": []}], "optional": [{}, {"adminBearer": []}]}
+RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
+
+
+def build_spec(operations: list[Operation], *, title: str = "Cartwheel", version: str = "0.1.0") -> dict[str, Any]:
+    wanted: list[tuple[type[BaseModel], JsonSchemaMode]] = [(ErrorResponse, "serialization")]
+    for op in operations:
+        wanted += [(op.body, "validation")] if op.body else []
+        wanted += [(op.response, "serialization")] if op.response else []
+    refs, definitions = models_json_schema(wanted, ref_template=REF_TEMPLATE)
+    schemas: dict[str, Any] = dict(definitions.get("$defs", {}))
+    paths: dict[str, dict[str, Any]] = {}
+    for op in operations:
+        paths.setdefault(op.path, {})[op.method.lower()] = _operation(op, refs, schemas)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": version, "description": "The Cartwheel shop API (see API.md)."},
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"adminBearer": {"type": "http", "scheme": "bearer", "description": "The admin token."}},
+        },
+    }
+
+
+def _operation(op: Operation, refs: dict[Any, Any], schemas: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "operationId": op.endpoint.replace(".", "_"),
+        "summary": op.summary,
+        "tags": [op.tag],
+        "parameters": [_path_param(name) for name in op.path_params] + _query_params(op, schemas),
+        "responses": {str(op.status): _success(op, refs)},
+    }
+    if op.body:
+        body = {"application/json": {"schema": refs[(op.body, "validation")]}}
+        spec["requestBody"] = {"required": True, "content": body}
+    if op.auth in SECURITY:
+        spec["security"] = SECURITY[op.auth]
+    error = refs[(ErrorResponse, "serialization")]
+    for status in op.error_statuses:
+        spec["responses"][str(status)] = {
+            "description": HTTPStatus(status).phrase,
+            "content": {"application/json": {"schema": error}},
+            **({"headers": RETRY_AFTER} if status in (429, 503) else {}),
+        }
+    return spec
+
+
+def _success(op: Operation, refs: dict[Any, Any]) -> dict[str, Any]:
+    if op.response:
+        schema = refs[(op.response, "serialization")]
+    else:
+        schema = {"type": "object"} if op.media_type == "application/json" else {"type": "string"}
+    return {"description": HTTPStatus(op.status).phrase, "content": {op.media_type: {"schema": schema}}}
+
+
+def _path_param(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _query_params(op: Operation, schemas: dict[str, Any]) -> list[dict[str, Any]]:
+    if not op.query:
+        return []
+    schema = op.query.model_json_schema(ref_template=REF_TEMPLATE)
+    schemas.update(schema.get("$defs", {}))
+    required = set(schema.get("required", []))
+    params = []
+    for name, prop in schema["properties"].items():
+        param = {"name": name, "in": "query", "required": name in required, "schema": prop}
+        if "description" in prop:
+            param["description"] = prop["description"]
+        params.append(param)
+    return params

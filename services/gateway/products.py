@@ -1,0 +1,127 @@
+"""Product routes: reads (KV cache first, then the catalog) and the admin's create and update."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from pydantic import ValidationError
+
+from cartwheel import subjects
+from cartwheel.contracts.catalog import (
+    CreateProduct,
+    GetProduct,
+    ListProducts,
+    Product,
+    ProductDraft,
+    ProductPage,
+    ProductPatch,
+    UpdateProduct,
+)
+from cartwheel.errors import NotFound, ServiceUnavailable
+from services.gateway.api import Routes
+from services.gateway.auth import is_admin
+from services.gateway.context import gateway
+from services.gateway.errors import ApiError
+from services.gateway.schemas import ProductList, ProductListQuery, ProductOut
+
+log = logging.getLogger("cartwheel.gateway.products")
+routes = Routes(tag="products")
+
+UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+MAX_IDENTIFIER = 200
+
+
+@routes.get(
+    "/api/products",
+    summary="List active products (admins: include_inactive=true)",
+    query=ProductListQuery,
+    response=ProductList,
+    errors=(503,),
+    auth="optional",
+)
+def list_products(query: ProductListQuery) -> ProductList:
+    admin = is_admin()
+    if query.include_inactive and not admin:
+        raise ApiError(401, "unauthorized", "include_inactive needs the admin token")
+    ctx = gateway()
+    message = ListProducts(tenant=ctx.settings.tenant, **query.model_dump())
+    page = ProductPage.model_validate(ctx.bus.request(message))
+    items = [ProductOut.from_product(p) for p in page.items if p.active or query.include_inactive]
+    return ProductList(items=items, next_cursor=page.next_cursor)
+
+
+@routes.get(
+    "/api/products/{id_or_sku}",
+    summary="One product by id or sku",
+    response=ProductOut,
+    errors=(404, 503),
+    auth="optional",
+)
+def get_product(id_or_sku: str) -> ProductOut:
+    admin = is_admin()
+    if len(id_or_sku) > MAX_IDENTIFIER:
+        raise NotFound("no such product")
+    product = _cached(id_or_sku) or _ask_catalog(id_or_sku)
+    if not product.active and not admin:
+        raise NotFound("no such product")
+    return ProductOut.from_product(product)
+
+
+@routes.post(
+    "/api/admin/products",
+    summary="Create a product",
+    body=ProductDraft,
+    response=ProductOut,
+    status=201,
+    errors=(409, 503),
+    auth="admin",
+    tag="admin",
+)
+def create_product(body: ProductDraft) -> tuple[ProductOut, dict[str, str]]:
+    ctx = gateway()
+    data = ctx.bus.request(CreateProduct(tenant=ctx.settings.tenant, draft=body))
+    product = ProductOut.from_product(Product.model_validate(data))
+    return product, {"Location": f"/api/products/{product.id}"}
+
+
+@routes.patch(
+    "/api/admin/products/{id}",
+    summary="Change a product's fields",
+    body=ProductPatch,
+    response=ProductOut,
+    errors=(404, 409, 503),
+    auth="admin",
+    tag="admin",
+)
+def update_product(id: str, body: ProductPatch) -> ProductOut:
+    if len(id) > MAX_IDENTIFIER:
+        raise NotFound("no such product")
+    ctx = gateway()
+    data = ctx.bus.request(UpdateProduct(tenant=ctx.settings.tenant, product_id=id, patch=body))
+    return ProductOut.from_product(Product.model_validate(data))
+
+
+def _cached(identifier: str) -> Product | None:
+    """The product from the catalog's KV cache; None on a miss, for a sku, or for an unreadable entry."""
+    if not UUID.match(identifier):
+        return None
+    key = subjects.catalog_cache_key(identifier.lower())
+    try:
+        raw = gateway().bus.kv_get(subjects.CATALOG_CACHE_BUCKET, key)
+    except ServiceUnavailable as error:  # the catalog may still answer
+        log.info("gateway skips the catalog cache: %s", error)
+        return None
+    if raw is None:
+        return None
+    try:
+        return Product.model_validate_json(raw)
+    except ValidationError:
+        log.warning("gateway ignores an unreadable catalog cache entry %s", key)
+        return None
+
+
+def _ask_catalog(identifier: str) -> Product:
+    ctx = gateway()
+    data = ctx.bus.request(GetProduct(tenant=ctx.settings.tenant, id_or_sku=identifier))
+    return Product.model_validate(data)

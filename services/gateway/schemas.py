@@ -1,0 +1,79 @@
+"""What the HTTP API takes in query strings and gives back; request bodies are the contracts' own models."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cartwheel.contracts.catalog import Product
+
+
+class FieldError(BaseModel):
+    field: str | None = Field(description="Dotted path of the offending field; null for the body as a whole.")
+    message: str
+
+
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    code: str = Field(description="Stable machine-readable code, e.g. `not_found`, `duplicate_sku`.")
+    message: str = Field(description="Human-readable explanation.")
+    fields: list[FieldError] | None = Field(None, description="Per-field problems (400 and 422).")
+
+
+class ErrorResponse(BaseModel):
+    """The one shape of every error the gateway returns."""
+
+    error: ErrorDetail
+
+
+class ProductOut(BaseModel):
+    id: str
+    sku: str
+    name: str
+    description: str
+    price_cents: int
+    currency: str
+    active: bool
+    image_url: str | None = Field(None, description="Null until the product has an image.")
+    available: int | None = Field(None, description="Units that can be bought now; null when unknown.")
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_product(cls, product: Product) -> ProductOut:
+        return cls.model_validate(product.model_dump(exclude={"version"}))
+
+
+class ProductList(BaseModel):
+    items: list[ProductOut]
+    next_cursor: str | None = Field(None, description="Pass as `cursor` to get the next page; null on the last.")
+
+
+class ProductListQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    q: str | None = Field(None, max_length=200, description="Words to search in sku, name and description.")
+    limit: int = Field(20, ge=1, le=100)
+    cursor: str | None = Field(None, max_length=500, description="`next_cursor` of the previous page.")
+    include_inactive: bool = Field(False, description="Admins only: list inactive products too.")
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    service: str = "gateway"
+
+
+class ServiceStatus(BaseModel):
+    status: Literal["ok", "degraded", "unavailable"]
+    answer: Any = Field(None, description="What the service said about itself, as it said it.")
+    reason: str | None = None
+
+
+class Readiness(BaseModel):
+    status: Literal["ready"] = "ready"
+    nats: Literal["connected"] = "connected"
+    worker: dict[str, Any] = Field(description="This worker process: pid and how its NATS loop runs.")
+    services: dict[str, ServiceStatus] = Field(description="Answers of the services' health subjects (info only).")

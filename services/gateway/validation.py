@@ -1,0 +1,87 @@
+"""Turn a request's JSON body or query string into a pydantic model, or into a 400/413/415/422 ApiError.
+
+400 when the request is malformed (not JSON, not an object, wrong JSON types, unknown query
+parameters); 422 when it is well-formed but a value is refused (out of range, bad pattern, ...).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from flask import Request
+from pydantic import BaseModel, ValidationError
+
+from services.gateway.errors import ApiError
+
+M = TypeVar("M", bound=BaseModel)
+
+MALFORMED_SUFFIXES = ("_type", "_parsing")
+MALFORMED_TYPES = {"int_from_float", "json_invalid"}
+
+
+def is_json(mimetype: str) -> bool:
+    return mimetype == "application/json" or (mimetype.startswith("application/") and mimetype.endswith("+json"))
+
+
+def parse_body(request: Request, model: type[M]) -> M:
+    if not is_json(request.mimetype):
+        raise ApiError(415, "unsupported_media_type", "send the body as application/json")
+    raw = request.get_data(cache=False)  # raises 413 from Content-Length alone, before reading
+    try:
+        data = json.loads(raw, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as error:
+        raise ApiError(400, "bad_request", f"the body is not valid JSON: {_short(error)}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "bad_request", "the body must be a JSON object")
+    return validate(model, data, source="body")
+
+
+def parse_query(request: Request, model: type[M]) -> M:
+    data: dict[str, str] = {}
+    for name, values in request.args.lists():
+        if len(values) > 1:
+            raise ApiError(400, "bad_request", f"query parameter {name!r} is given more than once")
+        if values[0] != "":  # `?q=` means the parameter is not given
+            data[name] = values[0]
+    return validate(model, data, source="query")
+
+
+def validate(model: type[M], data: dict[str, Any], *, source: str) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise invalid(error, source) from None
+
+
+def invalid(error: ValidationError, source: str) -> ApiError:
+    problems = error.errors(include_url=False, include_input=False)
+    fields = [{"field": _field(p["loc"]), "message": _message(p, source)} for p in problems]
+    if any(_malformed(p["type"], source) for p in problems):
+        where = "query string" if source == "query" else "body"
+        return ApiError(400, "bad_request", f"the {where} is malformed", fields=fields)
+    return ApiError(422, "validation_failed", "some values are not acceptable", fields=fields)
+
+
+def _malformed(kind: str, source: str) -> bool:
+    if source == "query" and kind == "extra_forbidden":
+        return True
+    return kind in MALFORMED_TYPES or kind.endswith(MALFORMED_SUFFIXES)
+
+
+def _field(loc: tuple[int | str, ...]) -> str | None:
+    return ".".join(str(part) for part in loc) or None
+
+
+def _message(problem: Any, source: str) -> str:
+    if problem["type"] == "extra_forbidden":
+        return "unknown query parameter" if source == "query" else "unknown field"
+    return problem["msg"].removeprefix("Value error, ")
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _short(error: Exception) -> str:
+    return "nested too deeply" if isinstance(error, RecursionError) else str(error)[:200]

@@ -1,0 +1,143 @@
+"""Liveness, readiness, metrics and the OpenAPI document, over a fake bus."""
+
+from __future__ import annotations
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from cartwheel import subjects
+from cartwheel.contracts.catalog import ListProducts
+from cartwheel.settings import Settings
+from services.gateway.app import create_app
+from services.gateway.context import gateway
+from services.gateway.openapi import REF_TEMPLATE
+from services.gateway.testing import FakeBus
+
+
+@pytest.fixture
+def bus() -> FakeBus:
+    return FakeBus({ListProducts: lambda m: {"items": [], "next_cursor": None}})
+
+
+@pytest.fixture
+def app(bus: FakeBus) -> Flask:
+    return create_app(Settings(admin_token="t" * 24, secret="s" * 32), bus)
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+def test_healthz_is_200_even_without_nats(client: FlaskClient, bus: FakeBus) -> None:
+    bus.connected = False
+    response = client.get("/healthz")
+    assert response.status_code == 200 and response.get_json() == {"status": "ok", "service": "gateway"}
+
+
+def test_readyz_is_503_with_retry_after_until_nats_is_connected(client: FlaskClient, bus: FakeBus) -> None:
+    bus.connected = False
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert int(response.headers["Retry-After"]) > 0
+    assert response.get_json()["error"]["code"] == "service_unavailable"
+
+
+def test_readyz_reports_what_services_say(client: FlaskClient, bus: FakeBus) -> None:
+    bus.health[subjects.health("catalog")] = b'{"service": "catalog", "status": "ok", "database": true}'
+    body = client.get("/readyz").get_json()
+    assert body["status"] == "ready"
+    assert body["services"]["catalog"]["status"] == "ok"
+    assert body["services"]["catalog"]["answer"]["database"] is True
+
+
+def test_readyz_is_200_while_a_service_is_down(client: FlaskClient) -> None:
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.get_json()["services"]["catalog"]["status"] == "unavailable"
+
+
+def test_readyz_reports_a_degraded_service(client: FlaskClient, bus: FakeBus) -> None:
+    bus.health[subjects.health("catalog")] = b'{"status": "degraded", "database": false}'
+    assert client.get("/readyz").get_json()["services"]["catalog"]["status"] == "degraded"
+
+
+def test_metrics_count_requests_by_route_template(client: FlaskClient) -> None:
+    client.get("/api/products")
+    client.get("/api/products/one-sku")  # no catalog answer: 503
+    client.get("/api/products/another-sku")
+    client.get("/no/such/route")
+    response = client.get("/metrics")
+    assert response.status_code == 200 and response.mimetype == "text/plain"
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(response.get_data(as_text=True))
+        for s in family.samples
+    }
+
+    def requests(route: str, status: str) -> float:
+        key = (("method", "GET"), ("route", route), ("status", status))
+        return samples[("cartwheel_gateway_http_requests_total", key)]
+
+    assert requests("/api/products", "200") == 1
+    assert requests("/api/products/<id_or_sku>", "503") == 2
+    assert requests("<unmatched>", "404") == 1
+    count = ("cartwheel_gateway_http_request_duration_seconds_count", (("route", "/api/products/<id_or_sku>"),))
+    assert samples[count] == 2
+
+
+def test_every_route_is_in_the_spec_and_every_spec_path_is_a_route(app: Flask, client: FlaskClient) -> None:
+    spec = client.get("/openapi.json").get_json()
+    assert spec["openapi"].startswith("3.1")
+    routes = {
+        (rule.rule.replace("<", "{").replace(">", "}"), method.lower())
+        for rule in app.url_map.iter_rules()
+        if rule.endpoint != "static"
+        for method in rule.methods - {"HEAD", "OPTIONS"}
+    }
+    documented = {(path, method) for path, item in spec["paths"].items() for method in item}
+    assert routes == documented
+
+
+def test_the_spec_documents_the_models_the_routes_validate_with(app: Flask, client: FlaskClient) -> None:
+    spec = client.get("/openapi.json").get_json()
+    schemas = spec["components"]["schemas"]
+    with app.app_context():
+        operations = gateway().operations
+    assert any(op.body for op in operations) and any(op.query for op in operations)
+    for op in operations:
+        documented = spec["paths"][op.path][op.method.lower()]
+        assert app.view_functions[op.endpoint].__name__ == op.view.__name__
+        if op.body:
+            ref = documented["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+            expected = op.body.model_json_schema(ref_template=REF_TEMPLATE)
+            expected.pop("$defs", None)
+            assert schemas[ref.rsplit("/", 1)[-1]] == expected
+        else:
+            assert "requestBody" not in documented
+        query = {p["name"] for p in documented["parameters"] if p["in"] == "query"}
+        assert query == (set(op.query.model_fields) if op.query else set())
+
+
+def test_every_error_response_is_the_error_schema(client: FlaskClient) -> None:
+    spec = client.get("/openapi.json").get_json()
+    error = spec["components"]["schemas"]["ErrorResponse"]
+    assert error["properties"]["error"]["$ref"] == "#/components/schemas/ErrorDetail"
+    for item in spec["paths"].values():
+        for operation in item.values():
+            statuses = [int(s) for s in operation["responses"]]
+            assert 500 in statuses
+            for status in statuses:
+                if status >= 400:
+                    schema = operation["responses"][str(status)]["content"]["application/json"]["schema"]
+                    assert schema == {"$ref": "#/components/schemas/ErrorResponse"}
+
+
+def test_admin_routes_declare_the_bearer_scheme(client: FlaskClient) -> None:
+    spec = client.get("/openapi.json").get_json()
+    assert spec["components"]["securitySchemes"]["adminBearer"]["scheme"] == "bearer"
+    create = spec["paths"]["/api/admin/products"]["post"]
+    assert create["security"] == [{"adminBearer": []}]
+    assert {"201", "401", "409", "413", "415", "422", "503"} <= set(create["responses"])
