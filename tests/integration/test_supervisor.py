@@ -1,0 +1,285 @@
+"""The process side of ``cartwheel up``: nats-server from the wheel, port refusal, ordered stop, no leftovers."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import nats
+import pytest
+
+from cartwheel.natsserver import NatsServer, PortInUse, free_port, port_is_free
+from cartwheel.supervisor import NAMES, Children, Console
+from tests.helpers import random_sku
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def alive(pid: int) -> bool:
+    """True for a running process; a zombie (dead, not yet reaped by its parent) counts as gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return fields[0] != "Z"
+
+
+def wait_until(condition: object, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return True
+        time.sleep(0.05)
+    return bool(condition())  # type: ignore[operator]
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Pids whose command line or environment contains ``text``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            blob = (entry / "cmdline").read_bytes() + (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if text.encode() in blob and alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture
+def held_port() -> Iterator[int]:
+    """A loopback port another program listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+# -- nats-server from the wheel ------------------------------------------------------------
+
+
+def test_nats_server_from_the_wheel_serves_jetstream_and_leaves_nothing(tmp_path: Path) -> None:
+    server = NatsServer(tmp_path / "nats", free_port())
+    stream, subject = random_sku("PROBE").replace("-", "_"), random_sku("probe")
+
+    async def roundtrip() -> bytes:
+        nc = await nats.connect(server.url)
+        try:
+            js = nc.jetstream()
+            await js.add_stream(name=stream, subjects=[subject])
+            ack = await js.publish(subject, b"hello")
+            return (await js.get_msg(stream, ack.seq)).data or b""
+        finally:
+            await nc.close()
+
+    with server:
+        assert asyncio.run(roundtrip()) == b"hello"
+        assert server.process is not None
+        pid = server.process.pid
+    assert not alive(pid)
+    assert port_is_free(server.port)
+    assert (tmp_path / "nats" / "jetstream").is_dir()
+
+
+def test_nats_server_refuses_a_taken_port(tmp_path: Path, held_port: int) -> None:
+    with pytest.raises(PortInUse):
+        NatsServer(tmp_path, held_port).start()
+
+
+def test_nats_server_dies_with_a_sigkilled_parent(tmp_path: Path) -> None:
+    script = textwrap.dedent(f"""
+        import time
+        from cartwheel.natsserver import NatsServer, free_port
+        server = NatsServer({str(tmp_path)!r}, free_port())
+        server.start()
+        print(server.process.pid, flush=True)
+        time.sleep(120)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        server_pid = int(parent.stdout.readline())
+        assert alive(server_pid)
+        parent.kill()
+        parent.wait()
+        assert wait_until(lambda: not alive(server_pid), 5), "nats-server outlived its SIGKILLed parent"
+    finally:
+        parent.kill()
+
+
+# -- `cartwheel up` refuses taken ports before starting anything ---------------------------
+
+
+def run_up(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("CARTWHEEL_")}
+    environ |= {"CARTWHEEL_VAR_DIR": str(tmp_path / "var"), "NO_COLOR": "1", **env}
+    return subprocess.run(
+        [sys.executable, "-m", "cartwheel.cli", "up"],
+        cwd=ROOT,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_up_refuses_a_taken_gateway_port_with_one_line(tmp_path: Path, held_port: int) -> None:
+    result = run_up(
+        tmp_path, CARTWHEEL_GATEWAY_PORT=str(held_port), CARTWHEEL_NATS_URL=f"nats://127.0.0.1:{free_port()}"
+    )
+    assert result.returncode != 0
+    assert (result.stdout + result.stderr).splitlines() == [
+        f"cartwheel: port {held_port} is already in use (gateway); set CARTWHEEL_GATEWAY_PORT or stop the other program"
+    ]
+    assert not (tmp_path / "var" / "nats").exists(), "nats-server was started anyway"
+
+
+def test_up_refuses_a_taken_nats_port_with_one_line(tmp_path: Path, held_port: int) -> None:
+    result = run_up(
+        tmp_path, CARTWHEEL_GATEWAY_PORT=str(free_port()), CARTWHEEL_NATS_URL=f"nats://127.0.0.1:{held_port}"
+    )
+    assert result.returncode != 0
+    assert (result.stdout + result.stderr).splitlines() == [
+        f"cartwheel: port {held_port} is already in use (nats-server); set CARTWHEEL_NATS_URL or stop the other program"
+    ]
+
+
+# -- children: output, unexpected exits, ordered stop within 10 s --------------------------
+
+STUBBORN = """
+import signal, subprocess, sys, time
+IGNORE_TERM = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+worker = subprocess.Popen([sys.executable, "-c", IGNORE_TERM])
+print("pids", worker.pid, flush=True)
+time.sleep(120)
+"""
+
+POLITE = """
+import signal, sys, time
+def stop(*_):
+    print("got SIGTERM at", time.monotonic(), flush=True)
+    time.sleep(0.3)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+print("up", flush=True)
+time.sleep(120)
+"""
+
+
+def python(code: str) -> list[str]:
+    return [sys.executable, "-c", textwrap.dedent(code)]
+
+
+@pytest.fixture
+def children() -> Iterator[tuple[Children, io.StringIO]]:
+    out = io.StringIO()
+    kids = Children(Console(out, NAMES))
+    yield kids, out
+    kids.stop([list(kids.all)], timeout=10)
+
+
+def lines_of(out: io.StringIO, name: str) -> list[str]:
+    return [line.split("| ", 1)[1] for line in out.getvalue().splitlines() if line.startswith(f"{name} ")]
+
+
+def test_output_is_prefixed_and_an_unexpected_exit_is_reported(children: tuple[Children, io.StringIO]) -> None:
+    kids, out = children
+    kids.spawn("cart", python("print('cart says hi', flush=True); raise SystemExit(3)"))
+    kids.spawn("orders", python(POLITE))
+    kids.watch()
+    assert wait_until(lambda: "cart exited unexpectedly (code 3)" in out.getvalue(), 10), out.getvalue()
+    assert "cart        | cart says hi" in out.getvalue()
+    assert kids.unexpected_exits == {"cart": 3}
+    assert kids.all["orders"].alive
+    assert not kids.all_exited.is_set()
+
+
+def test_stop_signals_services_before_nats_server(children: tuple[Children, io.StringIO]) -> None:
+    kids, out = children
+    kids.spawn("catalog", python(POLITE))
+    kids.spawn(NAMES[0], python(POLITE))
+    assert wait_until(lambda: len(lines_of(out, "catalog") + lines_of(out, NAMES[0])) == 2, 10), out.getvalue()
+    kids.stop([["catalog"], [NAMES[0]]], timeout=10)
+    catalog_at = float(lines_of(out, "catalog")[-1].split()[-1])
+    nats_at = float(lines_of(out, NAMES[0])[-1].split()[-1])
+    assert nats_at >= catalog_at + 0.3, "nats-server was asked to stop before catalog had exited"
+    assert not any(child.alive for child in kids.all.values())
+
+
+def test_stubborn_children_and_their_workers_are_gone_within_10_s(children: tuple[Children, io.StringIO]) -> None:
+    kids, out = children
+    for name in ("gateway", "inventory", NAMES[0]):
+        kids.spawn(name, python(STUBBORN))
+    assert wait_until(lambda: out.getvalue().count("pids") == 3, 15), out.getvalue()
+    pids = [child.process.pid for child in kids.all.values()]
+    pids += [int(line.split()[-1]) for line in out.getvalue().splitlines() if "| pids" in line]
+    started = time.monotonic()
+    kids.stop([["gateway", "inventory"], [NAMES[0]]], timeout=10)
+    elapsed = time.monotonic() - started
+    assert elapsed < 10, f"stop took {elapsed:.1f} s"
+    assert wait_until(lambda: not any(alive(pid) for pid in pids), 2), [p for p in pids if alive(p)]
+
+
+# -- the real thing (needs every service and the gateway) ---------------------------------
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(
+    not (ROOT / "services" / "gateway" / "server.py").exists(), reason="services.gateway.server has not landed yet"
+)
+def test_up_serves_until_sigint_then_stops_everything(tmp_path: Path) -> None:
+    var_dir = tmp_path / "var"
+    gateway_port = free_port()
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("CARTWHEEL_")}
+    environ |= {
+        "CARTWHEEL_VAR_DIR": str(var_dir),
+        "CARTWHEEL_GATEWAY_PORT": str(gateway_port),
+        "CARTWHEEL_NATS_URL": f"nats://127.0.0.1:{free_port()}",
+        "CARTWHEEL_METRICS_PORT": "0",
+        "NO_COLOR": "1",
+    }
+    up = subprocess.Popen(
+        [sys.executable, "-m", "cartwheel.cli", "up"],
+        cwd=ROOT,
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    seen: list[str] = []
+    try:
+        assert up.stdout is not None
+        for line in up.stdout:
+            seen.append(line)
+            if line.startswith("cartwheel: the shop is at"):
+                break
+        else:
+            pytest.fail("cartwheel up ended before it was ready:\n" + "".join(seen[-60:]))
+        assert f"http://127.0.0.1:{gateway_port}/" in seen[-1]
+        assert "admin token: " in seen[-1]
+        assert processes_mentioning(str(var_dir))
+        started = time.monotonic()
+        up.send_signal(signal.SIGINT)
+        rest, _ = up.communicate(timeout=15)
+        elapsed = time.monotonic() - started
+    finally:
+        up.kill()
+    assert up.returncode == 0, "".join(seen[-30:]) + rest
+    assert elapsed < 10, f"stopping took {elapsed:.1f} s"
+    assert "exited unexpectedly" not in "".join(seen) + rest
+    assert wait_until(lambda: not processes_mentioning(str(var_dir)), 2), processes_mentioning(str(var_dir))
+    assert port_is_free(gateway_port)

@@ -1,0 +1,75 @@
+"""How ``cartwheel up`` shows its children's output, and what it hands them."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from cartwheel.settings import SERVICES, Settings
+from cartwheel.supervisor import NAMES, Console, child_env, describe_exit, use_colour
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_prefix_is_fixed_width_for_every_name() -> None:
+    console = Console(io.StringIO(), NAMES)
+    prefixes = [console.prefix(name, "x") for name in NAMES]
+    assert console.prefix("catalog", "listening") == "catalog     | listening"
+    assert len({p.index("|") for p in prefixes}) == 1
+
+
+def test_lines_go_out_prefixed_without_colour() -> None:
+    out = io.StringIO()
+    console = Console(out, NAMES, colour=False)
+    console.child_line("cart", "hello")
+    console.say("starting nats-server…")
+    assert out.getvalue() == "cart        | hello\ncartwheel: starting nats-server…\n"
+    assert "\033[" not in out.getvalue()
+
+
+def test_colour_differs_per_child_and_resets() -> None:
+    console = Console(io.StringIO(), NAMES, colour=True)
+    catalog, cart = console.prefix("catalog", "a"), console.prefix("cart", "a")
+    assert catalog.startswith("\033[") and "\033[0m" in catalog
+    assert catalog.split("m", 1)[0] != cart.split("m", 1)[0]
+
+
+def test_colour_only_on_a_terminal_and_never_with_no_color() -> None:
+    assert use_colour(FakeTerminal(), {}) is True
+    assert use_colour(io.StringIO(), {}) is False
+    assert use_colour(FakeTerminal(), {"NO_COLOR": "1"}) is False
+
+
+def test_a_closed_output_does_not_raise() -> None:
+    out = io.StringIO()
+    out.close()
+    Console(out, NAMES).child_line("orders", "still fine")
+
+
+def test_exit_descriptions() -> None:
+    assert describe_exit(3) == "code 3"
+    assert describe_exit(-9) == "signal SIGKILL"
+
+
+def test_children_read_back_exactly_the_supervisors_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings(
+        var_dir=tmp_path, nats_url="nats://127.0.0.1:4333", gateway_port=8181, embedded_nats=True
+    ).model_copy(update={"admin_token": SecretStr("admin-t"), "secret": SecretStr("cookie-s")})
+    env = child_env(settings, metrics_port=9102)
+    assert env["CARTWHEEL_METRICS_PORT"] == "9102"
+    assert env["CARTWHEEL_ADMIN_TOKEN"] == "admin-t"
+    for key, value in env.items():
+        if key.startswith("CARTWHEEL_"):
+            monkeypatch.setenv(key, value)
+    child = Settings()
+    expected = settings.model_copy(
+        update={f"{s}_database_url": settings.database_url(s) for s in SERVICES} | {"metrics_port": 9102}
+    )
+    assert child.model_dump(mode="json") == expected.model_dump(mode="json")
+    assert child.secret is not None and child.secret.get_secret_value() == "cookie-s"
