@@ -49,6 +49,7 @@ class NatsBridge:
         self._lock = threading.Lock()
         self._failures = 0
         self._connecting: asyncio.Task[None] | None = None
+        self._closing = False
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -109,7 +110,8 @@ class NatsBridge:
             log.warning("gateway nats error (%d so far): %r", self._failures, error)
 
     async def _on_disconnected(self) -> None:
-        log.warning("gateway disconnected from nats; reconnecting")
+        if not self._closing:
+            log.warning("gateway disconnected from nats; reconnecting")
 
     async def _on_reconnected(self) -> None:
         self._failures = 0
@@ -128,18 +130,24 @@ class NatsBridge:
             await asyncio.sleep(0.05)
 
     def close(self, timeout: float = 5.0) -> None:
-        """Drain the connection and stop the loop. Safe to call twice."""
+        """Close the connection (or stop connecting) and stop the loop. Safe to call twice."""
         loop, runner = self._loop, self._runner
         if loop is None or runner is None or loop.is_closed():
             return
-        if self._nc is not None and not self._nc.is_closed:
-            try:
-                self.call(self._nc.close(), timeout)
-            except Exception:  # a close that fails leaves nothing to clean up
-                log.warning("gateway nats close failed", exc_info=True)
+        self._closing = True
+        try:
+            self.call(self._shutdown(), timeout)
+        except Exception:  # a close that fails leaves nothing to clean up
+            log.warning("gateway nats close failed", exc_info=True)
         loop.call_soon_threadsafe(loop.stop)
         runner.join(timeout)
         self._loop = None
+
+    async def _shutdown(self) -> None:
+        if self._connecting is not None and not self._connecting.done():
+            self._connecting.cancel()
+        if self._nc is not None and not self._nc.is_closed:
+            await self._nc.close()
 
     # -- calls from views --------------------------------------------------------------------
 

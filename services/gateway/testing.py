@@ -103,7 +103,16 @@ class FakeCatalog:
 
     def add(self, **fields: Any) -> Product:
         now = datetime.now(UTC)
-        defaults = {"id": str(uuid.uuid4()), "description": "", "currency": "EUR", "active": True, "version": 1}
+        defaults = {
+            "id": str(uuid.uuid4()),
+            "sku": f"sku-{uuid.uuid4().hex[:12]}",
+            "name": "Product",
+            "description": "",
+            "price_cents": 1000,
+            "currency": "EUR",
+            "active": True,
+            "version": 1,
+        }
         product = Product.model_validate({**defaults, "created_at": now, "updated_at": now, **fields})
         self.products[product.id] = product
         return product

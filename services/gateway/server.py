@@ -1,0 +1,155 @@
+"""Serve the gateway with gunicorn's gevent workers: ``cartwheel run gateway`` / ``python -m services.gateway``.
+
+Nothing here imports the app, NATS or prometheus_client at module level: the master only forks,
+and each worker imports the app after gevent's monkey-patching (the worker's ``init_process``),
+then starts its NATS bridge in ``post_worker_init``, so the bridge's loop runs as a greenlet.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+from gunicorn.glogging import Logger as GunicornLogger
+
+from cartwheel.observability import configure_logging
+from cartwheel.settings import Settings
+
+log = logging.getLogger("cartwheel.gateway.server")
+
+WORKER_CONNECTIONS = 2000  # must exceed the peak number of open SSE streams per worker
+GRACEFUL_TIMEOUT = 5  # Ctrl-C stops everything well within 10 s
+LINGER_SECONDS = 1.0  # after a 413, read (and drop) what the client still sends, so it sees the answer
+LINGER_BYTES = 1024 * 1024
+
+
+def serve(settings: Settings) -> int:
+    """Run gunicorn in the foreground until it is stopped; its exit status."""
+    if settings.admin_token is None:
+        settings = settings.with_secrets()
+    configure_logging("gateway", settings.log_level, settings.log_format)
+    prepare_metrics_dir(settings)
+    log.info(
+        "gateway serving http://%s:%s with %d gevent workers",
+        settings.gateway_host,
+        settings.gateway_port,
+        settings.gateway_workers,
+    )
+    try:
+        GatewayServer(settings).run()
+    except SystemExit as stop:  # gunicorn's arbiter leaves through sys.exit
+        return stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 1
+    return 0
+
+
+def prepare_metrics_dir(settings: Settings) -> Path:
+    """Point prometheus_client's multiprocess mode at an empty directory (the operator's, else one in var/)."""
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    path = Path(given) if given else settings.var_dir / "prometheus" / f"gateway-{settings.gateway_port}"
+    if path.exists():
+        for stale in path.glob("*.db"):
+            stale.unlink()
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path.resolve())
+    if "prometheus_client" in sys.modules:  # imported before the variable was set: choose the value class again
+        from prometheus_client import values
+
+        values.ValueClass = values.get_value_class()
+    return path
+
+
+def gunicorn_options(settings: Settings) -> dict[str, Any]:
+    host = f"[{settings.gateway_host}]" if ":" in settings.gateway_host else settings.gateway_host
+    return {
+        "bind": [f"{host}:{settings.gateway_port}"],
+        "workers": settings.gateway_workers,
+        "worker_class": "gevent",
+        "worker_connections": WORKER_CONNECTIONS,
+        "graceful_timeout": GRACEFUL_TIMEOUT,
+        "timeout": 30,
+        "keepalive": 5,
+        "preload_app": False,  # a NATS connection must never cross a fork
+        "accesslog": None,
+        "errorlog": "-",
+        "loglevel": settings.log_level.lower(),
+        "logger_class": PropagatingLogger,
+        "proc_name": "cartwheel-gateway",
+        "control_socket_disable": True,  # it would write to ~/.gunicorn; containers run with a read-only root
+        "post_worker_init": start_bridge,
+        "worker_exit": close_bridge,
+        "child_exit": forget_worker_metrics,
+        "post_request": close_after_refused_body,
+    }
+
+
+class GatewayServer(BaseApplication):
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in gunicorn_options(self.settings).items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        from services.gateway.app import create_app  # in the worker, after gevent's patching
+
+        return create_app(self.settings)
+
+
+class PropagatingLogger(GunicornLogger):
+    """gunicorn's messages go through the root logger, so they carry the service name like every other line."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for logger in (self.error_log, self.access_log):
+            for handler in list(logger.handlers):
+                logger.removeHandler(handler)
+            logger.propagate = True
+
+
+def start_bridge(worker: Any) -> None:
+    from services.gateway.context import EXTENSION
+
+    worker.wsgi.extensions[EXTENSION].bus.start()
+
+
+def close_bridge(server: Any, worker: Any) -> None:
+    from services.gateway.context import EXTENSION
+
+    app = getattr(worker, "wsgi", None)
+    if app is not None:
+        app.extensions[EXTENSION].bus.close(timeout=2.0)
+
+
+def forget_worker_metrics(server: Any, worker: Any) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def close_after_refused_body(worker: Any, req: Any, environ: dict[str, Any], resp: Any) -> None:
+    """After a 413 the body is left unread: close the connection instead of reading it to reach the next request.
+
+    A short lingering close (stop writing, drop what arrives for a moment) lets the client read the
+    413 before the connection goes.
+    """
+    if resp is None or resp.status_code != 413:
+        return
+    req.must_close = True
+    sock = environ.get("gunicorn.socket")
+    if sock is None:
+        return
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(LINGER_SECONDS)
+        drained = 0
+        while drained < LINGER_BYTES and (chunk := sock.recv(65536)):
+            drained += len(chunk)
+    except OSError:
+        pass

@@ -1,0 +1,171 @@
+"""The real server: gunicorn with gevent workers in a subprocess, against a real nats-server and a fake catalog."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from cartwheel import natsserver
+from services.gateway.testing import FakeCatalog
+from tests.helpers import random_sku
+
+ROOT = Path(__file__).resolve().parents[2]
+TOKEN = "t" * 24
+
+
+@dataclass
+class Gateway:
+    process: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def get(self, path: str, **kwargs: object) -> requests.Response:
+        return requests.get(f"{self.url}{path}", timeout=15, **kwargs)  # type: ignore[arg-type]
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start_gateway(nats_url: str, tmp_path: Path, workers: int) -> Gateway:
+    port = natsserver.free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CARTWHEEL_", "PROMETHEUS_"))}
+    env.update(
+        CARTWHEEL_NATS_URL=nats_url,
+        CARTWHEEL_GATEWAY_PORT=str(port),
+        CARTWHEEL_GATEWAY_WORKERS=str(workers),
+        CARTWHEEL_VAR_DIR=str(tmp_path / "var"),
+        CARTWHEEL_ADMIN_TOKEN=TOKEN,
+        CARTWHEEL_SECRET="s" * 32,
+        CARTWHEEL_REQUEST_TIMEOUT="20",
+    )
+    log = tmp_path / f"gateway-{port}.log"
+    with log.open("wb") as out:
+        process = natsserver.spawn([sys.executable, "-m", "services.gateway"], output=out, env=env, cwd=ROOT)
+    gateway = Gateway(process, f"http://127.0.0.1:{port}", log)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"the gateway exited with {process.returncode}:\n{gateway.output()}"
+        try:
+            if gateway.get("/readyz").status_code == 200:
+                return gateway
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.1)
+    natsserver.terminate(process)
+    raise AssertionError(f"the gateway was not ready within 30 s:\n{gateway.output()}")
+
+
+@pytest.fixture(scope="module")
+def catalog(nats_url: str) -> Iterator[FakeCatalog]:
+    catalog = FakeCatalog(nats_url).start()
+    yield catalog
+    catalog.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(nats_url: str, catalog: FakeCatalog, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """One worker, so every request below is served by the same process as the slow one."""
+    gateway = start_gateway(nats_url, tmp_path_factory.mktemp("gateway"), workers=1)
+    yield gateway
+    natsserver.terminate(gateway.process)
+
+
+def test_the_nats_loop_runs_as_a_greenlet(gateway: Gateway) -> None:
+    body = gateway.get("/readyz").json()
+    assert body["worker"]["loop"] == "greenlet"
+    assert body["services"]["catalog"]["status"] == "ok"
+    assert "MonkeyPatchWarning" not in gateway.output()
+
+
+def test_concurrent_requests_share_the_connection(gateway: Gateway, catalog: FakeCatalog) -> None:
+    products = [catalog.add() for _ in range(10)]
+
+    def fetch(i: int) -> tuple[int, str]:
+        product = products[i % len(products)]
+        response = gateway.get(f"/api/products/{product.sku}")
+        return response.status_code, response.json().get("id", "")
+
+    with ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(fetch, range(200)))
+    assert results == [(200, products[i % len(products)].id) for i in range(200)]
+
+
+def test_a_slow_reply_does_not_block_other_requests(gateway: Gateway, catalog: FakeCatalog) -> None:
+    slow, fast = catalog.add(), catalog.add()
+    arrived = catalog.hold(slow.sku)
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(gateway.get, f"/api/products/{slow.sku}")
+        try:
+            assert arrived.wait(15), "the slow request never reached the catalog"
+            # The slow reply is held until these are answered: they can only pass if the worker isn't blocked.
+            for _ in range(20):
+                assert gateway.get(f"/api/products/{fast.sku}").status_code == 200
+                assert gateway.get("/healthz").status_code == 200
+            assert not pending.done()
+        finally:
+            catalog.release(slow.sku)
+        assert pending.result().status_code == 200
+
+
+def test_admin_create_over_http(gateway: Gateway) -> None:
+    draft = {"sku": random_sku(), "name": "Kettle", "price_cents": 4000, "currency": "EUR"}
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    created = requests.post(f"{gateway.url}/api/admin/products", json=draft, headers=headers, timeout=15)
+    assert created.status_code == 201
+    assert gateway.get(created.headers["Location"]).json()["sku"] == draft["sku"]
+    assert TOKEN not in gateway.output()
+
+
+def test_a_10_mb_body_is_refused_without_reading_it(gateway: Gateway) -> None:
+    host, port = gateway.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=15) as sock:
+        sock.sendall(
+            b"POST /api/admin/products HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {TOKEN}\r\nContent-Length: {10 * 1024 * 1024}\r\n\r\n".encode()
+            + b"x" * 65536
+        )
+        answer = b""
+        while b"\r\n\r\n" not in answer and (chunk := sock.recv(65536)):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413")
+
+
+def test_errors_are_json_on_the_real_server(gateway: Gateway) -> None:
+    missing = gateway.get("/no/such/page")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    wrong = requests.put(f"{gateway.url}/api/products", timeout=15)
+    assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_two_workers_add_up_their_metrics_and_stop_on_ctrl_c(
+    nats_url: str, catalog: FakeCatalog, tmp_path: Path
+) -> None:
+    gateway = start_gateway(nats_url, tmp_path, workers=2)
+    try:
+        pids, asked = set(), 0
+        while len(pids) < 2 and asked < 2000:  # until both workers have answered some
+            pids.add(gateway.get("/readyz").json()["worker"]["pid"])
+            asked += 1
+        assert len(pids) == 2
+        metrics = gateway.get("/metrics").text
+        line = next(
+            line
+            for line in metrics.splitlines()
+            if line.startswith('cartwheel_gateway_http_requests_total{method="GET",route="/readyz",status="200"}')
+        )
+        assert float(line.rsplit(" ", 1)[1]) >= asked  # both workers' counts, whichever one served /metrics
+        gateway.process.send_signal(signal.SIGINT)
+        assert gateway.process.wait(timeout=10) == 0
+    finally:
+        natsserver.terminate(gateway.process)
