@@ -27,7 +27,9 @@ def is_json(mimetype: str) -> bool:
 def parse_body(request: Request, model: type[M]) -> M:
     if not is_json(request.mimetype):
         raise ApiError(415, "unsupported_media_type", "send the body as application/json")
-    raw = request.get_data(cache=False)  # raises 413 from Content-Length alone, before reading
+    stream = request.stream  # raises 413 from Content-Length alone, before reading a byte
+    raw = stream.read()
+    stream.read(1)  # a streamed (chunked) body stops at the limit; reading on raises 413
     try:
         data = json.loads(raw, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as error:

@@ -169,6 +169,29 @@ def test_a_10_mb_body_gets_413_without_being_read(client: FlaskClient, bus: Fake
     assert bus.sent == []
 
 
+def test_a_chunked_body_over_the_limit_is_413(client: FlaskClient) -> None:
+    body = io.BytesIO(b'{"name": "' + b"x" * (2 * MAX_JSON_BODY) + b'"}')
+    response = client.post(
+        "/api/admin/products",
+        headers=ADMIN,
+        content_type="application/json",
+        environ_overrides={"wsgi.input": body, "wsgi.input_terminated": True, "CONTENT_LENGTH": ""},
+    )
+    assert error_of(response, 413)["code"] == "payload_too_large"
+    assert body.tell() <= MAX_JSON_BODY + 64 * 1024
+
+
+def test_a_chunked_body_under_the_limit_is_read(client: FlaskClient) -> None:
+    body = io.BytesIO(json.dumps(draft()).encode())
+    response = client.post(
+        "/api/admin/products",
+        headers=ADMIN,
+        content_type="application/json",
+        environ_overrides={"wsgi.input": body, "wsgi.input_terminated": True, "CONTENT_LENGTH": ""},
+    )
+    assert response.status_code == 201
+
+
 def test_a_body_over_the_limit_is_413(client: FlaskClient) -> None:
     body = b'{"name": "' + b"x" * MAX_JSON_BODY + b'"}'
     assert error_of(post(client, raw=body), 413)["code"] == "payload_too_large"
