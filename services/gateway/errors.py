@@ -44,7 +44,7 @@ def error_response(
     details: dict[str, Any] | None = None,
 ) -> Response:
     extra = {k: v for k, v in (details or {}).items() if k not in ("code", "message")}
-    body = json.dumps({"error": {"code": code, "message": message, **extra}})
+    body = json.dumps({"error": {"code": code, "message": message, **extra}}, sort_keys=False, separators=(",", ":"))
     return Response(body, status=status, headers=headers, mimetype="application/json")
 
 

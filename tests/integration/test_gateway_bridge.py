@@ -16,7 +16,7 @@ from cartwheel.errors import ServiceUnavailable
 from cartwheel.settings import Settings
 from services.gateway.app import create_app
 from services.gateway.bridge import NatsBridge
-from services.gateway.testing import FakeCatalog
+from services.gateway.fake_catalog import FakeCatalog
 from tests.helpers import random_sku
 
 TOKEN = "t" * 24
