@@ -24,7 +24,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CARTWHEEL_", extra="ignore")
 
     var_dir: Path = Field(Path("var"), description="Where SQLite files, NATS data and generated secrets live.")
-    nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server(s), comma-separated.")
+    # Not 4222: the embedded server must not collide with a NATS a developer already runs there.
+    nats_url: str = Field("nats://127.0.0.1:4223", description="NATS server(s), comma-separated.")
     embedded_nats: bool = Field(
         True, description="`cartwheel up` starts its own nats-server on the port of `nats_url`."
     )
