@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from http import HTTPStatus
+from importlib import metadata
 from typing import Any
 
 from pydantic import BaseModel
@@ -11,12 +12,13 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from services.gateway.api import Operation
 from services.gateway.schemas import ErrorResponse
 
+DESCRIPTION = "The Cartwheel shop API: JSON in and out, money as integer cents, one error shape."
 REF_TEMPLATE = "#/components/schemas/{model}"
 SECURITY = {"admin": [{"adminBearer": []}], "optional": [{}, {"adminBearer": []}]}
 RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
 
 
-def build_spec(operations: list[Operation], *, title: str = "Cartwheel", version: str = "0.1.0") -> dict[str, Any]:
+def build_spec(operations: list[Operation], *, title: str = "Cartwheel", version: str | None = None) -> dict[str, Any]:
     wanted: list[tuple[type[BaseModel], JsonSchemaMode]] = [(ErrorResponse, "serialization")]
     for op in operations:
         wanted += [(op.body, "validation")] if op.body else []
@@ -28,13 +30,20 @@ def build_spec(operations: list[Operation], *, title: str = "Cartwheel", version
         paths.setdefault(op.path, {})[op.method.lower()] = _operation(op, refs, schemas)
     return {
         "openapi": "3.1.0",
-        "info": {"title": title, "version": version, "description": "The Cartwheel shop API (see API.md)."},
+        "info": {"title": title, "version": version or _package_version(), "description": DESCRIPTION},
         "paths": paths,
         "components": {
             "schemas": schemas,
             "securitySchemes": {"adminBearer": {"type": "http", "scheme": "bearer", "description": "The admin token."}},
         },
     }
+
+
+def _package_version() -> str:
+    try:
+        return metadata.version("cartwheel")
+    except metadata.PackageNotFoundError:  # running from a source tree that isn't installed
+        return "0.0.0"
 
 
 def _operation(op: Operation, refs: dict[Any, Any], schemas: dict[str, Any]) -> dict[str, Any]:
