@@ -62,9 +62,12 @@ def _api_error(error: ApiError) -> Response:
 
 def _domain_error(error: DomainError) -> Response:
     status = status_for(error.code)
+    if status in (429, 503):
+        retry = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        return error_response(status, error.code, error.message, headers=retry, details=error.details)
     if status >= 500:
         log.error("gateway service error %s %s: %s %s", request.method, request.path, error.code, error.message)
-        return error_response(status, "internal_error", "the request failed inside the shop; it has been logged")
+        return error_response(500, "internal_error", "the request failed inside the shop; it has been logged")
     return error_response(status, error.code, error.message, details=error.details)
 
 

@@ -322,3 +322,11 @@ def test_a_service_internal_error_is_a_500_without_its_message(client: FlaskClie
     response = client.get("/api/products")
     assert error_of(response, 500)["code"] == "internal_error"
     assert "fire" not in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize(("code", "status"), [("service_unavailable", 503), ("rate_limited", 429)])
+def test_a_service_saying_try_later_gets_retry_after(client: FlaskClient, bus: FakeBus, code: str, status: int) -> None:
+    bus.handlers[ListProducts] = raising(DomainError("busy", code=code))
+    response = client.get("/api/products")
+    assert error_of(response, status)["code"] == code
+    assert int(response.headers["Retry-After"]) > 0
