@@ -82,29 +82,37 @@ class OutboxRelay:
         self.keep = keep
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def notify(self) -> None:
         self._wake.set()
 
     def start(self) -> None:
+        self._stopping = False
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
 
     async def stop(self) -> None:
+        """Let the relay finish its round, send what is pending one last time, and end.
+
+        A flag rather than ``Task.cancel()``: on Python 3.11 a cancel that lands as
+        ``wait_for`` completes can be swallowed, and the relay would then never stop.
+        """
+        self._stopping = True
+        self._wake.set()
         if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        await self.relay_pending()  # best effort: what fails stays for the next start
+            await self._task
 
     async def _run(self) -> None:
         next_prune = 0.0
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+                async with asyncio.timeout(self.interval):
+                    await self._wake.wait()
             self._wake.clear()
             try:
-                while await self.relay_pending() == self.batch:
+                while await self.relay_pending() == self.batch and not self._stopping:
                     pass
-                if time.monotonic() >= next_prune:
+                if time.monotonic() >= next_prune and not self._stopping:
                     await self.db.run(self._prune)
                     next_prune = time.monotonic() + 3600
             except Exception:

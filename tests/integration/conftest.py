@@ -51,6 +51,8 @@ class ServiceThread:
         if self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(20)
+        if self._thread.is_alive():  # a service still answering would poison later tests
+            raise RuntimeError(f"{self.service.name} did not stop within 20 s")
 
 
 def settings_for(nats_url: str, tmp_path: Path, **overrides: Any) -> Settings:

@@ -143,6 +143,26 @@ def test_relay_keeps_events_it_could_not_publish(database_url: str) -> None:
     db.close()
 
 
+def test_relay_stops_promptly_even_when_woken_as_it_stops(tmp_path: Path) -> None:
+    migrate("catalog", f"sqlite:///{tmp_path}/c.db")
+    db = Database(f"sqlite:///{tmp_path}/c.db")
+
+    class NoJetStream:
+        async def publish(self, *args: object, **kwargs: object) -> None:
+            raise AssertionError("nothing to publish")
+
+    async def scenario() -> None:
+        for _ in range(200):
+            relay = OutboxRelay(db, NoJetStream(), interval=0.01)  # type: ignore[arg-type]
+            relay.start()
+            await asyncio.sleep(0)
+            relay.notify()  # the wake-up and the stop arrive together
+            await asyncio.wait_for(relay.stop(), 5)
+
+    asyncio.run(scenario())
+    db.close()
+
+
 def test_first_delivery_is_recorded_once(database_url: str) -> None:
     migrate("catalog", database_url)
     db = Database(database_url)
