@@ -27,14 +27,17 @@ from tests.helpers import random_sku
 from tests.integration.conftest import Client, settings_for
 
 
-def test_every_service_migrates_twice_without_change(database_url: str) -> None:
-    # Each service has its own database in production; here one database per service name.
-    for service in SERVICES:
-        url = database_url if service == "catalog" else None
-        if url is None:
-            continue
-        migrate(service, url)
-        migrate(service, url)
+@pytest.mark.parametrize("service", SERVICES)
+def test_every_service_starts_migrates_and_answers_health(service: str, database_url: str, start_service,
+                                                          client: Client) -> None:
+    runner = start_service(service, **{f"{service}_database_url": database_url})
+    migrate(service, database_url)  # again: a second migrator finds nothing to do
+
+    async def ask(nc: nats.NATS) -> dict:
+        return json.loads((await nc.request(subjects.health(service), b"", timeout=5)).data)
+
+    answer = client.run(ask)
+    assert answer == {"service": service, "instance": runner.service.instance, "status": "ok", "database": True}
 
 
 @pytest.mark.parametrize("service", SERVICES)

@@ -1,0 +1,172 @@
+"""The catalog over HTTP through the real gateway, real NATS and real services, as `cartwheel up` runs them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+
+from cartwheel.natsserver import free_port
+from cartwheel.supervisor import System, child_env
+from tests.helpers import random_sku
+
+TIMEOUT = 10
+
+
+def admin(system: System) -> dict[str, str]:
+    return {"Authorization": f"Bearer {system.admin_token}"}
+
+
+def create(system: System, **fields: Any) -> dict[str, Any]:
+    body = {"sku": random_sku(), "name": "Kettle", "price_cents": 3900, "currency": "EUR", **fields}
+    resp = requests.post(f"{system.base_url}/api/admin/products", json=body, headers=admin(system), timeout=TIMEOUT)
+    assert resp.status_code == 201, resp.text
+    return resp.json()
+
+
+def test_the_demo_catalog_is_listed(system: System) -> None:
+    resp = requests.get(f"{system.base_url}/api/products", params={"limit": 100}, timeout=TIMEOUT)
+    assert resp.status_code == 200
+    skus = {p["sku"] for p in resp.json()["items"]}
+    assert {"CW-MUG-01", "CW-LAMP-01"} <= skus and len([s for s in skus if s.startswith("CW-")]) == 12
+
+
+def test_create_read_list_and_search(system: System) -> None:
+    made = create(system, description="whistles when ready")
+    assert set(made) >= {"id", "sku", "name", "description", "price_cents", "currency", "active", "image_url",
+                         "available"}
+    for key in (made["id"], made["sku"]):
+        read = requests.get(f"{system.base_url}/api/products/{key}", timeout=TIMEOUT)
+        assert read.status_code == 200 and read.json()["id"] == made["id"]
+    found = requests.get(f"{system.base_url}/api/products", params={"q": made["sku"]}, timeout=TIMEOUT).json()
+    assert [p["id"] for p in found["items"]] == [made["id"]]
+
+
+def test_duplicate_sku_is_a_conflict(system: System) -> None:
+    made = create(system)
+    body = {"sku": made["sku"], "name": "Other", "price_cents": 1, "currency": "EUR"}
+    resp = requests.post(f"{system.base_url}/api/admin/products", json=body, headers=admin(system), timeout=TIMEOUT)
+    assert resp.status_code == 409 and resp.json()["error"]["code"] == "duplicate_sku"
+
+
+def test_next_read_sees_every_update(system: System) -> None:
+    made = create(system)
+    url = f"{system.base_url}/api/products/{made['id']}"
+    requests.get(url, timeout=TIMEOUT)  # cached now
+    for price in range(100, 110):
+        patch = requests.patch(f"{system.base_url}/api/admin/products/{made['id']}", json={"price_cents": price},
+                               headers=admin(system), timeout=TIMEOUT)
+        assert patch.status_code == 200, patch.text
+        assert requests.get(url, timeout=TIMEOUT).json()["price_cents"] == price
+
+
+def test_deactivated_products_leave_the_shop(system: System) -> None:
+    made = create(system)
+    resp = requests.patch(f"{system.base_url}/api/admin/products/{made['id']}", json={"active": False},
+                          headers=admin(system), timeout=TIMEOUT)
+    assert resp.status_code == 200 and resp.json()["active"] is False
+    assert requests.get(f"{system.base_url}/api/products/{made['id']}", timeout=TIMEOUT).status_code == 404
+    listed = requests.get(f"{system.base_url}/api/products", params={"q": made["sku"]}, timeout=TIMEOUT).json()
+    assert listed["items"] == []
+
+
+@pytest.fixture
+def second_catalog(system: System) -> Iterator[int]:
+    """Another catalog replica on the same database, as `--scale catalog=2` would run it; yields its metrics port."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "services.catalog"], env=child_env(system.settings, port),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                break
+        except requests.ConnectionError:
+            time.sleep(0.2)
+    else:
+        process.kill()
+        pytest.fail("the second catalog replica did not become healthy in 30 s")
+    yield port
+    process.terminate()
+    process.wait(15)
+
+
+def handled_updates(metrics_port: int) -> float:
+    text = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=TIMEOUT).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("faststream_received_messages_total") and "catalog.products.update" in line)
+
+
+def test_updates_are_seen_with_two_catalog_replicas(system: System, second_catalog: int) -> None:
+    made = create(system)
+    url = f"{system.base_url}/api/products/{made['id']}"
+    for price in range(200, 240):
+        patch = requests.patch(f"{system.base_url}/api/admin/products/{made['id']}", json={"price_cents": price},
+                               headers=admin(system), timeout=TIMEOUT)
+        assert patch.status_code == 200, patch.text
+        assert requests.get(url, timeout=TIMEOUT).json()["price_cents"] == price
+        by_sku = requests.get(f"{system.base_url}/api/products/{made['sku']}", timeout=TIMEOUT).json()
+        assert by_sku["price_cents"] == price
+    assert handled_updates(second_catalog) > 0, "the second replica should have taken part of the updates"
+
+
+BAD_REQUESTS = [
+    # (method, path, kwargs, expected status, admin?)
+    ("POST", "/api/admin/products", {"data": "{not json", "headers": {"Content-Type": "application/json"}}, 400, True),
+    ("POST", "/api/admin/products", {"json": ["a", "list"]}, 400, True),
+    ("POST", "/api/admin/products", {"json": {"sku": "A1", "name": "x", "price_cents": "12", "currency": "EUR"}},
+     400, True),
+    ("POST", "/api/admin/products", {"json": {"sku": "A1", "name": "x", "price_cents": 12.5, "currency": "EUR"}},
+     400, True),
+    ("POST", "/api/admin/products",
+     {"json": {"sku": "A1", "name": "x", "price_cents": 1, "currency": "EUR", "colour": "red"}}, 422, True),
+    ("POST", "/api/admin/products", {"json": {"sku": "A1", "name": "x", "price_cents": -5, "currency": "EUR"}},
+     422, True),
+    ("POST", "/api/admin/products",
+     {"json": {"sku": "'; DROP TABLE products;--", "name": "x", "price_cents": 1, "currency": "EUR"}}, 422, True),
+    ("POST", "/api/admin/products", {"json": {"sku": "A1", "name": "x", "price_cents": 1, "currency": "ZZZ"}},
+     422, True),
+    ("POST", "/api/admin/products", {"data": "sku=A1", "headers": {"Content-Type": "text/plain"}}, 415, True),
+    ("POST", "/api/admin/products", {"data": b"{" + b" " * (10 * 1024 * 1024) + b"}",
+                                     "headers": {"Content-Type": "application/json"}}, 413, True),
+    ("POST", "/api/admin/products", {"json": {"sku": "A1", "name": "x", "price_cents": 1, "currency": "EUR"}},
+     401, False),
+    ("PATCH", "/api/admin/products/00000000-0000-0000-0000-000000000000", {"json": {"name": "x"}}, 404, True),
+    ("PATCH", "/api/admin/products/whatever", {"json": {}}, 422, True),
+    ("GET", "/api/products/00000000-0000-0000-0000-000000000000", {}, 404, False),
+    ("GET", "/api/products/' OR '1'='1", {}, 404, False),
+    ("GET", "/api/products?limit=0", {}, 422, False),
+    ("GET", "/api/products?limit=abc", {}, 400, False),
+    ("GET", "/api/products?cursor=forged", {}, 422, False),
+    ("GET", "/api/products?q=' OR 1=1;--", {}, 200, False),
+    ("GET", "/api/no/such/route", {}, 404, False),
+    ("DELETE", "/api/products", {}, 405, False),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "kwargs", "status", "as_admin"), BAD_REQUESTS,
+                         ids=[f"{m} {p[:40]} -> {s}" for m, p, _, s, _ in BAD_REQUESTS])
+def test_bad_input_gets_its_4xx_in_the_error_shape(system: System, method: str, path: str, kwargs: dict[str, Any],
+                                                   status: int, as_admin: bool) -> None:
+    headers = {**kwargs.pop("headers", {}), **(admin(system) if as_admin else {})}
+    resp = requests.request(method, system.base_url + path, headers=headers, timeout=TIMEOUT, **kwargs)
+    assert resp.status_code == status, resp.text[:300]
+    assert resp.headers["Content-Type"].startswith("application/json")
+    if status >= 400:
+        error = resp.json()["error"]
+        assert isinstance(error["code"], str) and isinstance(error["message"], str)
+        assert "Traceback" not in resp.text
+
+
+def test_operations_endpoints(system: System) -> None:
+    assert requests.get(f"{system.base_url}/healthz", timeout=TIMEOUT).status_code == 200
+    assert requests.get(f"{system.base_url}/readyz", timeout=TIMEOUT).status_code == 200
+    metrics = requests.get(f"{system.base_url}/metrics", timeout=TIMEOUT)
+    assert metrics.status_code == 200 and "# TYPE" in metrics.text
+    spec = requests.get(f"{system.base_url}/openapi.json", timeout=TIMEOUT).json()
+    assert {"/api/products", "/api/products/{id_or_sku}", "/api/admin/products"} <= set(spec["paths"])
