@@ -17,15 +17,30 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run one service in the foreground (what containers do)")
     run.add_argument("service", choices=RUNNABLE)
     migrate = sub.add_parser("migrate", help="apply database migrations (all services unless named)")
-    migrate.add_argument("services", nargs="*", choices=[[], *SERVICES], metavar="SERVICE")
+    migrate.add_argument("services", nargs="*", metavar="SERVICE")
     sub.add_parser("seed", help="add the demo catalog (skips products whose sku exists)")
     health = sub.add_parser("health", help="ask services over NATS whether they are healthy; exit 1 if not")
-    health.add_argument("services", nargs="*", choices=[[], *RUNNABLE], metavar="SERVICE")
+    health.add_argument(
+        "--local",
+        action="store_true",
+        help="ask this machine's instance on its metrics port instead of any replica (container health checks)",
+    )
+    health.add_argument("services", nargs="*", metavar="SERVICE")
     return parser
 
 
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    allowed = {"migrate": SERVICES, "health": RUNNABLE}.get(args.command, ())
+    for name in getattr(args, "services", []):
+        if name not in allowed:
+            parser.error(f"unknown service {name!r} (choose from {', '.join(allowed)})")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     settings = get_settings()
     if args.command == "up":
         from cartwheel.supervisor import up
@@ -53,9 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"seed: {created} products created")
         return 0
     if args.command == "health":
-        from cartwheel.health import check_services
+        from cartwheel.health import check_local, check_services
 
-        return 0 if check_services(settings, args.services or list(RUNNABLE)) else 1
+        names = args.services or list(RUNNABLE)
+        healthy = check_local(settings, names) if args.local else check_services(settings, names)
+        return 0 if healthy else 1
     return 2
 
 

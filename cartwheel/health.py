@@ -22,13 +22,27 @@ async def ping(nc: nats.NATS, service: str, timeout: float = 2.0) -> dict[str, A
     return json.loads(reply.data)
 
 
-def gateway_healthy(settings: Settings, timeout: float = 2.0) -> bool:
-    host = "127.0.0.1" if settings.gateway_host in ("0.0.0.0", "::") else settings.gateway_host
+def http_healthy(host: str, port: int, timeout: float = 2.0) -> bool:
+    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     try:
-        with urllib.request.urlopen(f"http://{host}:{settings.gateway_port}/healthz", timeout=timeout) as resp:
+        with urllib.request.urlopen(f"http://{host}:{port}/healthz", timeout=timeout) as resp:
             return resp.status == 200
     except OSError:
         return False
+
+
+def gateway_healthy(settings: Settings, timeout: float = 2.0) -> bool:
+    return http_healthy(settings.gateway_host, settings.gateway_port, timeout)
+
+
+def check_local(settings: Settings, names: list[str]) -> bool:
+    """This machine's instance only (its own /healthz), so one sick replica of several is seen as sick."""
+    ok = all(
+        gateway_healthy(settings) if name == "gateway" else http_healthy(settings.metrics_host, settings.metrics_port)
+        for name in names
+    )
+    print(f"{', '.join(names)} (this instance): {'ok' if ok else 'NOT HEALTHY'}")
+    return ok
 
 
 async def _check(settings: Settings, names: list[str]) -> dict[str, bool]:

@@ -21,7 +21,7 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
-from cartwheel.cli import RUNNABLE, build_parser
+from cartwheel.cli import RUNNABLE, parse
 from cartwheel.settings import SERVICES, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,9 +38,9 @@ INTERPOLATION = re.compile(r"\$\{(?P<name>\w+)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\
 
 def parse_cli(argv: list[str]) -> Any:
     try:
-        return build_parser().parse_args([str(a) for a in argv])
+        return parse([str(a) for a in argv])
     except SystemExit:
-        pytest.fail(f"`cartwheel {shlex.join(map(str, argv))}` is rejected by cartwheel.cli.build_parser()")
+        pytest.fail(f"`cartwheel {shlex.join(map(str, argv))}` is rejected by cartwheel.cli.parse()")
 
 
 def setting_field(var: str) -> str:
@@ -196,7 +196,7 @@ def test_compose_healthchecks_are_valid_commands() -> None:
         if name in SERVICES:
             assert test[1] == "cartwheel", name
             args = parse_cli(test[2:])
-            assert (args.command, args.services) == ("health", [name])
+            assert (args.command, args.services, args.local) == ("health", [name], True)
     gateway = compose_services()["gateway"]["healthcheck"]["test"]
     assert gateway[1:3] == ["python", "-c"]
     compile(gateway[3], "<gateway healthcheck>", "exec")

@@ -32,3 +32,13 @@ def test_unknown_service_and_bad_values(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         Settings(gateway_port=0)
     assert Settings(nats_url="nats://a:4222, nats://b:4222").nats_servers == ["nats://a:4222", "nats://b:4222"]
+
+
+def test_cli_refuses_unknown_services_and_knows_local_health() -> None:
+    from cartwheel.cli import parse
+
+    assert parse(["health", "--local", "catalog"]).local is True
+    assert parse(["migrate"]).services == []
+    for argv in (["migrate", "gateway"], ["health", "bogus"], ["run", "bogus"]):
+        with pytest.raises(SystemExit):
+            parse(argv)
