@@ -60,6 +60,9 @@ def service_metadata() -> MetaData:
     return MetaData(naming_convention=NAMING)
 
 
+READ_ONLY = "cartwheel_read_only"
+
+
 def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
@@ -79,10 +82,11 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         cursor.close()
 
     @event.listens_for(engine, "begin")
-    def _begin_immediate(conn: Connection) -> None:
-        # Take the write lock up front: a deferred transaction that later writes fails with
-        # SQLITE_BUSY at once when another process (a second replica) holds the lock.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    def _begin(conn: Connection) -> None:
+        # Writers take the write lock up front: a deferred transaction that later writes fails
+        # with SQLITE_BUSY at once when another process (a second replica) holds the lock.
+        # Readers stay deferred, so in WAL mode they run beside the writer.
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
 
     return engine
 
@@ -98,9 +102,14 @@ class Database:
         self.url = url
         self.engine = make_engine(url, pool_size=pool_size)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
-        # SQLite has one writer at a time: one thread avoids lock contention inside the process.
-        workers = 1 if is_sqlite(self.engine) else pool_size
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="db")
+        self._read_sessions = sessionmaker(self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)
+        self._executor = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="db")
+        # SQLite has one writer at a time: one writing thread avoids lock contention in the process.
+        self._write_executor = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-write")
+            if is_sqlite(self.engine)
+            else self._executor
+        )
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -113,7 +122,15 @@ class Database:
 
     async def run(self, work: Callable[[Session], T]) -> T:
         """Run ``work(session)`` in one transaction on a worker thread; commit if it returns."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self.run_sync, work)
+        return await asyncio.get_running_loop().run_in_executor(self._write_executor, self.run_sync, work)
+
+    def read_sync(self, work: Callable[[Session], T]) -> T:
+        with self._read_sessions.begin() as session:
+            return work(session)
+
+    async def read(self, work: Callable[[Session], T]) -> T:
+        """Run read-only ``work(session)``; on SQLite it does not wait for the write lock."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.read_sync, work)
 
     def ping(self) -> bool:
         try:
@@ -125,6 +142,7 @@ class Database:
             return False
 
     def close(self) -> None:
+        self._write_executor.shutdown(wait=True)
         self._executor.shutdown(wait=True)
         self.engine.dispose()
 

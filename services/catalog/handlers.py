@@ -55,12 +55,12 @@ class CatalogHandlers:
         return product.model_dump(mode="json")
 
     async def get_product(self, query: GetProduct) -> dict[str, Any]:
-        product = await self.db.run(lambda s: store.get_product(s, query.id_or_sku))
+        product = await self.db.read(lambda s: store.get_product(s, query.id_or_sku))
         await self._cache().fill(product)
         return product.model_dump(mode="json")
 
     async def list_products(self, query: ListProducts) -> dict[str, Any]:
-        page = await self.db.run(
+        page = await self.db.read(
             lambda s: store.list_products(s, query.q, query.limit, query.cursor, query.include_inactive)
         )
         return page.model_dump(mode="json")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,13 +15,14 @@ from alembic.migration import MigrationContext
 from nats.js.api import StreamConfig
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from cartwheel import subjects
 from cartwheel.bus import declare_topology, ensure_stream, request
 from cartwheel.contracts.catalog import GetProduct, Product, ProductCreated
 from cartwheel.db import Database, PlatformBase, migrate
 from cartwheel.errors import ServiceUnavailable
-from cartwheel.outbox import OutboxEvent, OutboxRelay, first_delivery, record_event
+from cartwheel.outbox import OutboxEvent, OutboxRelay, ProcessedEvent, first_delivery, record_event
 from cartwheel.settings import SERVICES
 from services.catalog.models import Base as CatalogBase
 from tests.helpers import random_sku
@@ -59,6 +61,29 @@ def test_catalog_migration_matches_models_on_this_backend(database_url: str) -> 
         diff = compare_metadata(MigrationContext.configure(conn), [CatalogBase.metadata, PlatformBase.metadata])
     db.close()
     assert diff == []
+
+
+def test_readers_do_not_wait_for_a_writer(database_url: str) -> None:
+    migrate("catalog", database_url)
+    db = Database(database_url)
+    writing, release = threading.Event(), threading.Event()
+
+    def slow_write(session: Session) -> None:
+        first_delivery(session, "test", "evt-held")
+        writing.set()
+        release.wait(10)
+
+    writer = threading.Thread(target=db.run_sync, args=(slow_write,))
+    writer.start()
+    try:
+        assert writing.wait(10)
+        seen = db.read_sync(lambda s: s.get(ProcessedEvent, ("test", "evt-held")))
+        assert seen is None  # read committed data at once, while the write lock is held
+    finally:
+        release.set()
+        writer.join(10)
+    assert db.read_sync(lambda s: s.get(ProcessedEvent, ("test", "evt-held"))) is not None
+    db.close()
 
 
 def test_concurrent_migrators_wait_for_each_other(database_url: str) -> None:
@@ -173,8 +198,6 @@ def test_first_delivery_is_recorded_once(database_url: str) -> None:
     assert db.run_sync(lambda s: first_delivery(s, "inventory", "evt-1")) is False
     assert db.run_sync(lambda s: first_delivery(s, "orders", "evt-1")) is True
     with pytest.raises(IntegrityError), db.transaction() as s:  # a racing twin fails at flush, not silently
-        from cartwheel.outbox import ProcessedEvent
-
         s.add(ProcessedEvent(consumer="inventory", event_id="evt-1"))
         s.flush()
     db.close()
