@@ -17,14 +17,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from faststream import FastStream
-from faststream.nats import NatsMessage
+from faststream.nats import JStream, NatsMessage
 from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ValidationError
 
 from cartwheel import subjects
 from cartwheel.bus import declare_topology, encode, make_broker
-from cartwheel.contracts.base import Reply
+from cartwheel.contracts.base import Message, Reply
 from cartwheel.db import Database, migrate
 from cartwheel.errors import DomainError
 from cartwheel.observability import ServiceMetrics, configure_logging, message_id, start_ops_server
@@ -79,6 +80,33 @@ class Service:
 
             endpoint.__name__ = fn.__name__
             self.broker.subscriber(subject, queue=self.name)(endpoint)
+            return fn
+
+        return register
+
+    def consume(self, subject: str, model: type[M], durable: str) -> Callable[[Handler[M]], Handler[M]]:
+        """Handle events on ``subject`` from the EVENTS stream, at least once, shared by the service's replicas.
+
+        A durable consumer remembers its place across restarts; a handler that raises gets the
+        event again. Handlers must tolerate repeats (compare versions, or use ``first_delivery``).
+        """
+
+        def register(fn: Handler[M]) -> Handler[M]:
+            async def endpoint(msg: NatsMessage) -> None:
+                event = model.model_validate_json(msg.body)
+                token = message_id.set(event.id if isinstance(event, Message) else "-")
+                try:
+                    await fn(event)
+                finally:
+                    message_id.reset(token)
+
+            endpoint.__name__ = fn.__name__
+            self.broker.subscriber(
+                subject,
+                queue=durable,  # nats-py makes the queue name the durable consumer's name and deliver group
+                deliver_policy=DeliverPolicy.NEW,
+                stream=JStream(subjects.EVENTS_STREAM, declare=False),  # declared by declare_topology
+            )(endpoint)
             return fn
 
         return register

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 # Core request/reply queries and commands; each service answers in a queue group named after itself.
 CATALOG_PRODUCTS_GET = "catalog.products.get"
 CATALOG_PRODUCTS_LIST = "catalog.products.list"
@@ -27,3 +29,8 @@ CATALOG_CACHE_BUCKET = "catalog_products"
 
 def catalog_cache_key(product_id: str) -> str:
     return f"product.{product_id}"
+
+
+def catalog_sku_key(sku: str) -> str:
+    """Key of the sku → product id entry; base64url because a sku may hold dots a key can't."""
+    return "sku." + base64.urlsafe_b64encode(sku.encode()).decode().rstrip("=")

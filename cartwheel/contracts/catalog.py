@@ -132,13 +132,17 @@ class ListProducts(Message):
     include_inactive: bool = False
 
 
-class ProductCreated(Message):
-    subject: ClassVar[str] = subjects.CATALOG_PRODUCT_CREATED
+class ProductEvent(Message):
+    """What every catalog event carries: the product as it is after the change."""
+
     product: Product
+
+
+class ProductCreated(ProductEvent):
+    subject: ClassVar[str] = subjects.CATALOG_PRODUCT_CREATED
     stock: int | None = None
 
 
-class ProductUpdated(Message):
+class ProductUpdated(ProductEvent):
     subject: ClassVar[str] = subjects.CATALOG_PRODUCT_UPDATED
-    product: Product
     changed: list[str]

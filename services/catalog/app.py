@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cartwheel import subjects
-from cartwheel.contracts.catalog import CreateProduct, GetProduct, ListProducts, UpdateProduct
+from cartwheel.contracts.catalog import CreateProduct, GetProduct, ListProducts, ProductEvent, UpdateProduct
 from cartwheel.service import Service
 from cartwheel.settings import Settings
 from services.catalog.handlers import CatalogHandlers
@@ -17,4 +17,5 @@ def build(settings: Settings) -> Service:
     service.handle(subjects.CATALOG_PRODUCTS_UPDATE, UpdateProduct)(handlers.update_product)
     service.handle(subjects.CATALOG_PRODUCTS_GET, GetProduct)(handlers.get_product)
     service.handle(subjects.CATALOG_PRODUCTS_LIST, ListProducts)(handlers.list_products)
+    service.consume(subjects.CATALOG_EVENTS, ProductEvent, durable="catalog-cache")(handlers.repair_cache)
     return service

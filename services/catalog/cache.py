@@ -3,6 +3,10 @@
 Reads fill it on a miss with ``create`` (never overwriting); every change writes the new
 version with compare-and-set, keeping the highest ``version``, so a slow fill can never
 put an older product back over a newer one.
+
+A second kind of entry maps a sku to its product id. It may be stale after a sku change
+races a fill, so readers check the product they find has that sku (and ask the catalog
+when not); the next fill or change overwrites it.
 """
 
 from __future__ import annotations
@@ -24,30 +28,41 @@ class ProductCache:
 
     async def fill(self, product: Product) -> None:
         try:
+            await self.kv.put(subjects.catalog_sku_key(product.sku), product.id.encode())
             await self.kv.create(subjects.catalog_cache_key(product.id), product.model_dump_json().encode())
         except nats.js.errors.KeyWrongLastSequenceError:
             pass  # someone cached it first; a change always writes through, so that copy is current
         except Exception as exc:
             log.warning("cache fill for %s failed: %s", product.id, exc)
 
-    async def replace(self, product: Product, attempts: int = 10) -> None:
+    async def replace(self, product: Product, previous_sku: str | None = None, attempts: int = 10) -> None:
+        """Write ``product`` unless the cache holds the same or a newer version; drop the entry if that fails."""
         key = subjects.catalog_cache_key(product.id)
-        value = product.model_dump_json().encode()
         try:
-            for _ in range(attempts):
-                try:
-                    entry = await self.kv.get(key)
-                except nats.js.errors.KeyNotFoundError:
-                    entry = None
-                try:
-                    if entry is None:
-                        await self.kv.create(key, value)
-                    elif Product.model_validate_json(entry.value or b"{}").version < product.version:
-                        await self.kv.update(key, value, last=entry.revision)
-                    return
-                except nats.js.errors.KeyWrongLastSequenceError:
-                    continue  # raced another writer: look again
-            raise RuntimeError(f"no stable write after {attempts} attempts")
+            if previous_sku and previous_sku != product.sku:
+                await self.kv.delete(subjects.catalog_sku_key(previous_sku))
+            await self.kv.put(subjects.catalog_sku_key(product.sku), product.id.encode())
+            await self._write_newer(key, product, attempts)
         except Exception as exc:
             log.error("cache write for %s failed (%s); dropping the entry", product.id, exc)
-            await self.kv.delete(key)
+            try:
+                await self.kv.delete(key)
+            except Exception:
+                log.exception("cache entry %s may be stale until the product event repairs it", key)
+
+    async def _write_newer(self, key: str, product: Product, attempts: int) -> None:
+        value = product.model_dump_json().encode()
+        for _ in range(attempts):
+            try:
+                entry = await self.kv.get(key)
+            except nats.js.errors.KeyNotFoundError:
+                entry = None
+            try:
+                if entry is None:
+                    await self.kv.create(key, value)
+                elif Product.model_validate_json(entry.value or b"{}").version < product.version:
+                    await self.kv.update(key, value, last=entry.revision)
+                return
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue  # raced another writer: look again
+        raise RuntimeError(f"no stable write after {attempts} attempts")

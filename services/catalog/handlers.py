@@ -13,6 +13,7 @@ from cartwheel.contracts.catalog import (
     ListProducts,
     Product,
     ProductCreated,
+    ProductEvent,
     ProductUpdated,
     UpdateProduct,
 )
@@ -43,15 +44,15 @@ class CatalogHandlers:
         return product.model_dump(mode="json")
 
     async def update_product(self, cmd: UpdateProduct) -> dict[str, Any]:
-        def work(session: Session) -> Product:
-            product, changed = store.update_product(session, cmd.product_id, cmd.patch)
+        def work(session: Session) -> tuple[Product, Product]:
+            before, after, changed = store.update_product(session, cmd.product_id, cmd.patch)
             if changed:
-                record_event(session, ProductUpdated(tenant=cmd.tenant, product=product, changed=changed))
-            return product
+                record_event(session, ProductUpdated(tenant=cmd.tenant, product=after, changed=changed))
+            return before, after
 
-        product = await self.db.run(work)
+        before, product = await self.db.run(work)
         self.service.notify_outbox()
-        await self._cache().replace(product)
+        await self._cache().replace(product, previous_sku=before.sku)
         return product.model_dump(mode="json")
 
     async def get_product(self, query: GetProduct) -> dict[str, Any]:
@@ -64,6 +65,10 @@ class CatalogHandlers:
             lambda s: store.list_products(s, query.q, query.limit, query.cursor, query.include_inactive)
         )
         return page.model_dump(mode="json")
+
+    async def repair_cache(self, event: ProductEvent) -> None:
+        """Every change reaches the cache even if the write after commit was lost (a crash, a NATS blip)."""
+        await self._cache().replace(event.product)
 
     def _cache(self) -> ProductCache:
         assert self.cache is not None, "cache opens at service start"

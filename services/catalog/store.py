@@ -63,13 +63,15 @@ def get_product(session: Session, id_or_sku: str) -> Product:
     return to_product(find_row(session, id_or_sku))
 
 
-def update_product(session: Session, product_id: str, patch: ProductPatch) -> tuple[Product, list[str]]:
+def update_product(session: Session, product_id: str, patch: ProductPatch) -> tuple[Product, Product, list[str]]:
+    """Apply ``patch``; returns the product before and after, and the names of the fields that changed."""
     row = session.scalar(select(ProductRow).where(ProductRow.id == product_id).with_for_update())
     if row is None:
         raise NotFound(f"no product {product_id!r}", id=product_id)
-    changed = domain.changes(to_product(row).model_dump(), patch)
+    before = to_product(row)
+    changed = domain.changes(before.model_dump(), patch)
     if not changed:
-        return to_product(row), []
+        return before, before, []
     if "sku" in changed and _sku_taken(session, changed["sku"], other_than=product_id):
         raise _duplicate_sku(changed["sku"])
     for field, value in changed.items():
@@ -77,7 +79,7 @@ def update_product(session: Session, product_id: str, patch: ProductPatch) -> tu
     row.version += 1
     row.updated_at = utcnow()
     _flush_unique(session, row.sku)
-    return to_product(row), sorted(changed)
+    return before, to_product(row), sorted(changed)
 
 
 def list_products(

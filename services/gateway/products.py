@@ -103,21 +103,35 @@ def update_product(id: str, body: ProductPatch) -> ProductOut:
 
 
 def _cached(identifier: str) -> Product | None:
-    """The product from the catalog's KV cache; None on a miss, for a sku, or for an unreadable entry."""
-    if not UUID.match(identifier):
-        return None
-    key = subjects.catalog_cache_key(identifier.lower())
-    try:
-        raw = gateway().bus.kv_get(subjects.CATALOG_CACHE_BUCKET, key)
-    except ServiceUnavailable as error:  # the catalog may still answer
-        log.info("gateway skips the catalog cache: %s", error)
-        return None
+    """The product from the catalog's KV cache; None on a miss or an unreadable entry.
+
+    A sku goes through its sku → id entry, which may be stale after a sku change: the
+    product found must carry that sku, or the catalog is asked.
+    """
+    if UUID.match(identifier):
+        return _cached_product(identifier.lower())
+    product_id = _kv_get(subjects.catalog_sku_key(identifier))
+    product = _cached_product(product_id.decode()) if product_id and UUID.match(product_id.decode()) else None
+    return product if product and product.sku == identifier else None
+
+
+def _cached_product(product_id: str) -> Product | None:
+    key = subjects.catalog_cache_key(product_id)
+    raw = _kv_get(key)
     if raw is None:
         return None
     try:
         return Product.model_validate_json(raw)
     except ValidationError:
         log.warning("gateway ignores an unreadable catalog cache entry %s", key)
+        return None
+
+
+def _kv_get(key: str) -> bytes | None:
+    try:
+        return gateway().bus.kv_get(subjects.CATALOG_CACHE_BUCKET, key)
+    except ServiceUnavailable as error:  # the catalog may still answer
+        log.info("gateway skips the catalog cache: %s", error)
         return None
 
 

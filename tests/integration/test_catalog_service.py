@@ -18,6 +18,7 @@ from cartwheel.contracts.catalog import (
     Product,
     ProductDraft,
     ProductPatch,
+    ProductUpdated,
     UpdateProduct,
 )
 from cartwheel.errors import DomainError
@@ -206,3 +207,39 @@ def test_two_replicas_serve_one_database_and_reads_see_every_update(database_url
         for r in replicas
     ]
     assert all(handled), f"both replicas should share the work, got {handled}"
+
+
+def test_the_sku_index_follows_sku_changes(catalog, client) -> None:
+    async def scenario(nc: nats.NATS) -> None:
+        kv = await nc.jetstream().key_value(subjects.CATALOG_CACHE_BUCKET)
+        made = await create(nc)
+        assert (await kv.get(subjects.catalog_sku_key(made["sku"]))).value == made["id"].encode()
+        new_sku = random_sku()
+        await request(nc, UpdateProduct(product_id=made["id"], patch=ProductPatch(sku=new_sku)), TIMEOUT)
+        assert (await kv.get(subjects.catalog_sku_key(new_sku))).value == made["id"].encode()
+        with pytest.raises(nats.js.errors.KeyNotFoundError):
+            await kv.get(subjects.catalog_sku_key(made["sku"]))
+
+    client.run(scenario)
+
+
+def test_a_change_whose_cache_write_was_lost_is_repaired_from_its_event(catalog, client) -> None:
+    async def scenario(nc: nats.NATS) -> None:
+        kv = await nc.jetstream().key_value(subjects.CATALOG_CACHE_BUCKET)
+        made = Product.model_validate(await create(nc))
+        # As if the catalog crashed after committing version 2 and before writing the cache:
+        # the outbox relays the event at restart, and the cache consumer applies it.
+        newer = made.model_copy(update={"version": 2, "price_cents": 4242})
+        await nc.jetstream().publish(
+            subjects.CATALOG_PRODUCT_UPDATED,
+            ProductUpdated(product=newer, changed=["price_cents"]).model_dump_json().encode(),
+        )
+        key = subjects.catalog_cache_key(made.id)
+        for _ in range(100):
+            cached = Product.model_validate_json((await kv.get(key)).value)
+            if cached.version == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert (cached.version, cached.price_cents) == (2, 4242)
+
+    client.run(scenario)

@@ -124,10 +124,27 @@ def test_a_cache_miss_asks_the_catalog_with_the_tenant(
     assert isinstance(message, GetProduct) and message.id_or_sku == product.id and message.tenant == tenant
 
 
-def test_a_sku_skips_the_cache(client: FlaskClient, bus: FakeBus, catalog: Catalog) -> None:
+def test_a_sku_is_read_through_its_index_entry(client: FlaskClient, bus: FakeBus, catalog: Catalog) -> None:
+    product = make_product()
+    cache(bus, product)
+    bus.kv[(subjects.CATALOG_CACHE_BUCKET, subjects.catalog_sku_key(product.sku))] = product.id.encode()
+    assert client.get(f"/api/products/{product.sku}").get_json()["id"] == product.id
+    assert bus.sent == []
+
+
+def test_a_stale_sku_entry_falls_back_to_the_catalog(client: FlaskClient, bus: FakeBus, catalog: Catalog) -> None:
+    renamed = make_product()  # its sku changed: the index still points the old sku at it
+    cache(bus, renamed)
+    current = catalog.add()
+    bus.kv[(subjects.CATALOG_CACHE_BUCKET, subjects.catalog_sku_key(current.sku))] = renamed.id.encode()
+    assert client.get(f"/api/products/{current.sku}").get_json()["id"] == current.id
+    assert len(bus.sent) == 1
+
+
+def test_a_sku_missing_from_the_cache_asks_the_catalog(client: FlaskClient, bus: FakeBus, catalog: Catalog) -> None:
     product = catalog.add()
     assert client.get(f"/api/products/{product.sku}").get_json()["id"] == product.id
-    assert bus.kv_reads == []
+    assert len(bus.sent) == 1
 
 
 def test_an_unreadable_cache_entry_falls_back_to_the_catalog(
