@@ -39,9 +39,10 @@ class ProductCache:
         """Write ``product`` unless the cache holds the same or a newer version; drop the entry if that fails."""
         key = subjects.catalog_cache_key(product.id)
         try:
-            if previous_sku and previous_sku != product.sku:
-                await self.kv.delete(subjects.catalog_sku_key(previous_sku))
-            await self.kv.put(subjects.catalog_sku_key(product.sku), product.id.encode())
+            if previous_sku != product.sku:  # None: the caller doesn't know, so write it
+                if previous_sku:
+                    await self.kv.delete(subjects.catalog_sku_key(previous_sku))
+                await self.kv.put(subjects.catalog_sku_key(product.sku), product.id.encode())
             await self._write_newer(key, product, attempts)
         except Exception as exc:
             log.error("cache write for %s failed (%s); dropping the entry", product.id, exc)

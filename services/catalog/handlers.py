@@ -40,7 +40,7 @@ class CatalogHandlers:
 
         product = await self.db.run(work)
         self.service.notify_outbox()
-        await self._cache().replace(product)
+        await self._cache().replace(product, previous_sku=None)
         return product.model_dump(mode="json")
 
     async def update_product(self, cmd: UpdateProduct) -> dict[str, Any]:
