@@ -10,19 +10,14 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `tests.helpers` and the packages import from a fresh clone too
-    sys.path.insert(0, str(ROOT))
-
-from cartwheel import natsserver  # noqa: E402
-from tests.helpers import random_email, random_sku, random_tenant  # noqa: E402
+from cartwheel import natsserver
+from tests.helpers import random_email, random_sku, random_tenant  # importable: pytest's pythonpath = ["."]
 
 NATS_IMAGE = "nats:2.11"
 POSTGRES_IMAGE = "postgres:16"
