@@ -41,3 +41,51 @@ def drop_platform_tables_v1() -> None:
     op.drop_table("processed_events")
     op.drop_index("ix_outbox_published_at", table_name="outbox")
     op.drop_table("outbox")
+
+
+def create_lane_tables_v1() -> None:
+    """State, applied command ids, alarms and cursors of the lanes runtime (see :mod:`cartwheel.lanes`)."""
+    op.create_table(
+        "lane_state",
+        sa.Column("lane", sa.String(64), nullable=False),
+        sa.Column("key", sa.String(200), nullable=False),
+        sa.Column("state", sa.Text(), nullable=False),
+        sa.Column("updated_at", UTCDateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("lane", "key", name="pk_lane_state"),
+    )
+    op.create_table(
+        "lane_commands",
+        sa.Column("lane", sa.String(64), nullable=False),
+        sa.Column("command_id", sa.String(100), nullable=False),
+        sa.Column("reply", sa.Text(), nullable=False),
+        sa.Column("applied_at", UTCDateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("lane", "command_id", name="pk_lane_commands"),
+    )
+    op.create_index("ix_lane_commands_applied_at", "lane_commands", ["applied_at"])
+    op.create_table(
+        "lane_alarms",
+        sa.Column("lane", sa.String(64), nullable=False),
+        sa.Column("alarm_id", sa.String(100), nullable=False),
+        sa.Column("partition", sa.Integer(), nullable=False),
+        sa.Column("key", sa.String(200), nullable=False),
+        sa.Column("due_at", UTCDateTime(), nullable=False),
+        sa.Column("body", sa.Text(), nullable=False),
+        sa.PrimaryKeyConstraint("lane", "alarm_id", name="pk_lane_alarms"),
+    )
+    op.create_index("ix_lane_alarms_due", "lane_alarms", ["lane", "partition", "due_at"])
+    op.create_table(
+        "lane_cursors",
+        sa.Column("lane", sa.String(64), nullable=False),
+        sa.Column("partition", sa.Integer(), nullable=False),
+        sa.Column("last_sequence", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("lane", "partition", name="pk_lane_cursors"),
+    )
+
+
+def drop_lane_tables_v1() -> None:
+    op.drop_table("lane_cursors")
+    op.drop_index("ix_lane_alarms_due", table_name="lane_alarms")
+    op.drop_table("lane_alarms")
+    op.drop_index("ix_lane_commands_applied_at", table_name="lane_commands")
+    op.drop_table("lane_commands")
+    op.drop_table("lane_state")

@@ -1,0 +1,62 @@
+"""What a lane handler sees and returns. Handlers are pure: no I/O, no clock (use ``command.issued_at``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel
+
+from cartwheel.contracts.base import Message
+
+S = TypeVar("S", bound=BaseModel)
+
+ALARM = "alarm"
+"""``LaneCommand.kind`` of a due alarm; its ``id`` is the alarm id and ``body`` the alarm's body."""
+
+
+@dataclass(frozen=True)
+class LaneCommand:
+    id: str
+    """Command id (the caller's ``Nats-Msg-Id``); applied at most once, retries get the first reply."""
+    key: str
+    kind: str
+    body: dict[str, Any]
+    sequence: int
+    """Position in the lane's stream: commands of one partition apply in this order."""
+    issued_at: datetime
+    """When the stream stored the command: the handler's "now", the same on every replay."""
+
+
+@dataclass(frozen=True)
+class Alarm:
+    id: str
+    at: datetime
+    body: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Outcome(Generic[S]):
+    """What applying one command does. Raise :class:`cartwheel.errors.DomainError` instead to refuse it
+    (the refusal is recorded and replayed to retries; state, events and alarms stay as they were)."""
+
+    reply: dict[str, Any]
+    state: S | None = None
+    """The key's new state; ``None`` leaves it as it was."""
+    events: list[Message] = field(default_factory=list)
+    alarms: list[Alarm] = field(default_factory=list)
+    """Alarms to set (an existing alarm with the same id is moved)."""
+    cancel_alarms: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LaneSpec(Generic[S]):
+    name: str
+    """Lane name: subjects ``<name>.cmd.<key>``, stream ``LANE_<NAME>``."""
+    state: type[S]
+    initial: Callable[[str], S]
+    """State of a key never seen before."""
+    handle: Callable[[S, LaneCommand], Outcome[S]]
+    partitions: int = 16
