@@ -51,13 +51,14 @@ class Service:
         self.db = Database(self.settings.database_url(name))
         self.instance = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
         self._on_start: list[Callable[[], Awaitable[None]]] = []
+        self._on_stop: list[Callable[[], Awaitable[None]]] = []
         self.relay: OutboxRelay | None = None
         self.app = FastStream(
             self.broker,
             logger=self.log,
             on_startup=[self._startup],
             after_startup=[self._after_startup],
-            on_shutdown=[self._stop_relay],
+            on_shutdown=[self._before_broker_stops],
             after_shutdown=[self._close],
         )
         self.broker.subscriber(subjects.health(name))(self._health)
@@ -69,6 +70,11 @@ class Service:
     def on_start(self, hook: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
         """Run ``hook`` once connected and declared, before handlers receive messages."""
         self._on_start.append(hook)
+        return hook
+
+    def on_stop(self, hook: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        """Run ``hook`` at shutdown, while the connection is still up (in reverse order of registration)."""
+        self._on_stop.append(hook)
         return hook
 
     def handle(self, subject: str, model: type[M]) -> Callable[[Handler[M]], Handler[M]]:
@@ -170,7 +176,12 @@ class Service:
         start_ops_server(self.settings.metrics_port, self.registry, self.db.ping, self.settings.metrics_host)
         self.log.info("%s ready (instance %s)", self.name, self.instance)
 
-    async def _stop_relay(self) -> None:
+    async def _before_broker_stops(self) -> None:
+        for hook in reversed(self._on_stop):
+            try:
+                await hook()
+            except Exception:
+                self.log.exception("stop hook %s failed", getattr(hook, "__qualname__", hook))
         # Before the broker drains: events recorded after this go out at the next start.
         if self.relay:
             await self.relay.stop()

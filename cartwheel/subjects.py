@@ -9,6 +9,11 @@ CATALOG_PRODUCTS_GET = "catalog.products.get"
 CATALOG_PRODUCTS_LIST = "catalog.products.list"
 CATALOG_PRODUCTS_CREATE = "catalog.products.create"
 CATALOG_PRODUCTS_UPDATE = "catalog.products.update"
+INVENTORY_STOCK_GET = "inventory.stock.get"
+INVENTORY_STOCKS_GET = "inventory.stock.get_many"
+INVENTORY_RESTOCK = "inventory.stock.restock"
+INVENTORY_SET_STOCK = "inventory.stock.set"
+INVENTORY_LANE = "inventory"  # lane of stock commands (inventory.cmd.<product_id>), one key per product
 
 
 def health(service: str) -> str:
@@ -22,6 +27,12 @@ EVENTS_ALL = "events.>"
 CATALOG_PRODUCT_CREATED = "events.catalog.product_created"
 CATALOG_PRODUCT_UPDATED = "events.catalog.product_updated"
 CATALOG_EVENTS = "events.catalog.>"
+INVENTORY_RESERVED = "events.inventory.reserved"
+INVENTORY_RELEASED = "events.inventory.released"
+INVENTORY_COMMITTED = "events.inventory.committed"
+INVENTORY_EXPIRED = "events.inventory.expired"
+INVENTORY_STOCK_CHANGED = "events.inventory.stock_changed"
+INVENTORY_OUT_OF_STOCK = "events.inventory.out_of_stock"
 
 # Key-value buckets.
 CATALOG_CACHE_BUCKET = "catalog_products"
@@ -34,3 +45,35 @@ def catalog_cache_key(product_id: str) -> str:
 def catalog_sku_key(sku: str) -> str:
     """Key of the sku → product id entry; base64url because a sku may hold dots a key can't."""
     return "sku." + base64.urlsafe_b64encode(sku.encode()).decode().rstrip("=")
+
+
+# Lanes (see cartwheel/lanes): commands enter on <lane>.cmd.<key> and are stored per partition.
+LANE_REPLY_HEADER = "Cartwheel-Reply"
+
+
+def lane_stream(lane: str) -> str:
+    return f"LANE_{lane.upper()}"
+
+
+def lane_command(lane: str, key: str) -> str:
+    return f"{lane}.cmd.{key}"
+
+
+def lane_partition(lane: str, partition: int) -> str:
+    """Filter of one partition's commands, as the stream stores them: ``<lane>.part.<n>.<key>``."""
+    return f"{lane}.part.{partition}.*"
+
+
+def lane_partition_transform(lane: str, partitions: int) -> tuple[str, str]:
+    """Source and destination of the stream's subject transform that maps keys onto partitions."""
+    return f"{lane}.cmd.*", f"{lane}.part.{{{{partition({partitions},1)}}}}.{{{{wildcard(1)}}}}"
+
+
+def lane_outcome(lane: str) -> str:
+    """Where a caller asks for the recorded reply of a command id (after a retry found it a duplicate)."""
+    return f"{lane}.outcome"
+
+
+def lane_bucket(lane: str) -> str:
+    """KV bucket of the lane's replica membership and partition leases."""
+    return f"lanes_{lane}"

@@ -14,7 +14,8 @@ from cartwheel.contracts.base import Message
 S = TypeVar("S", bound=BaseModel)
 
 ALARM = "alarm"
-"""``LaneCommand.kind`` of a due alarm; its ``id`` is the alarm id and ``body`` the alarm's body."""
+"""``LaneCommand.kind`` of a due alarm. Its ``body`` is ``{"alarm_id", "due_at", "body": <the alarm's body>}``;
+its ``id`` is unique per firing, so an alarm set again under the same id fires again."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,101 @@
+"""Calling a lane: ``await client.call(key, kind, body)`` → the handler's reply, applied exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+import uuid
+from typing import Any
+
+import nats.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from cartwheel import subjects
+from cartwheel.bus import unwrap
+from cartwheel.errors import Invalid, ServiceUnavailable
+
+TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
+
+
+class LaneClient:
+    """One shared reply inbox for all calls of this client; safe to use from many tasks at once.
+
+    The first send is a plain publish (one message, no acknowledgement to wait for). If no
+    reply arrives in time the command is sent again with the same id, acknowledged by the
+    stream: if the stream already had it, the client asks for the recorded reply, and
+    otherwise keeps waiting. A retry can never apply a command twice.
+    """
+
+    def __init__(self, nc: NatsClient, lane: str) -> None:
+        self.nc = nc
+        self.lane = lane
+        self.js = nc.jetstream()
+        self._inbox = ""
+        self._sub: Subscription | None = None
+        self._waiting: dict[str, asyncio.Future[bytes]] = {}
+
+    async def start(self) -> LaneClient:
+        self._inbox = self.nc.new_inbox()
+        self._sub = await self.nc.subscribe(f"{self._inbox}.*", cb=self._on_reply)
+        return self
+
+    async def close(self) -> None:
+        if self._sub:
+            await self._sub.unsubscribe()
+            self._sub = None
+
+    async def _on_reply(self, msg: Msg) -> None:
+        waiter = self._waiting.get(msg.subject.rsplit(".", 1)[1])
+        if waiter and not waiter.done():
+            waiter.set_result(msg.data)
+
+    async def call(self, key: str, kind: str, body: dict[str, Any], command_id: str | None = None,
+                   timeout: float = 5.0, attempts: int = 3) -> Any:
+        """Apply ``kind`` to ``key``; the reply's data, or DomainError / ServiceUnavailable."""
+        if not TOKEN.match(key):
+            raise Invalid(f"lane key {key!r} is not a plain token", fields=[{"field": "key", "message": "invalid"}])
+        command_id = command_id or uuid.uuid4().hex
+        if not TOKEN.match(command_id):
+            raise Invalid(f"command id {command_id!r} is not a plain token")
+        if self._sub is None:
+            raise RuntimeError("LaneClient.start() first")
+        subject = subjects.lane_command(self.lane, key)
+        payload = json.dumps({"kind": kind, "body": body}, separators=(",", ":"), default=str).encode()
+        headers = {"Nats-Msg-Id": command_id, subjects.LANE_REPLY_HEADER: f"{self._inbox}.{command_id}"}
+        waiter: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._waiting[command_id] = waiter
+        deadline = time.monotonic() + timeout
+        try:
+            await self.nc.publish(subject, payload, headers=headers)
+            for attempt in range(attempts):
+                left = deadline - time.monotonic()
+                try:
+                    async with asyncio.timeout(max(0.0, left) / (attempts - attempt)):
+                        return unwrap(await asyncio.shield(waiter), subject)
+                except TimeoutError:
+                    pass
+                if attempt + 1 < attempts and (data := await self._resend(subject, payload, headers, command_id)):
+                    return unwrap(data, subject)
+            raise ServiceUnavailable(subject, f"no reply within {timeout:g} s (command {command_id})")
+        finally:
+            self._waiting.pop(command_id, None)
+
+    async def _resend(self, subject: str, payload: bytes, headers: dict[str, str], command_id: str) -> bytes | None:
+        """Send again with an acknowledgement; the recorded reply if the command was already applied."""
+        try:
+            ack = await self.js.publish(subject, payload, headers=headers, timeout=2)
+        except (nats.errors.Error, TimeoutError):
+            return None  # NATS itself is struggling: wait, then try once more
+        if not ack.duplicate:
+            return None  # the first send never arrived; this one will be applied and answered
+        try:
+            answer = await self.nc.request(subjects.lane_outcome(self.lane),
+                                           json.dumps({"command_id": command_id}).encode(), timeout=2)
+        except (nats.errors.Error, TimeoutError):
+            return None
+        found = json.loads(answer.data)
+        return json.dumps(found["reply"]).encode() if found.get("found") else None

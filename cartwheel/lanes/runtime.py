@@ -1,0 +1,289 @@
+"""The lanes runtime inside a service: owns partitions, applies their commands in order, fires alarms."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Any
+
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig, SubjectTransform
+from prometheus_client import Counter, Gauge, Histogram
+
+from cartwheel import subjects
+from cartwheel.bus import ensure_stream
+from cartwheel.contracts.base import utcnow
+from cartwheel.lanes import store
+from cartwheel.lanes.ownership import Ownership
+from cartwheel.lanes.store import Incoming
+from cartwheel.lanes.types import ALARM, LaneCommand, LaneSpec
+from cartwheel.service import Service
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 500
+DAY = 86400.0
+PURGE_EVERY = 10.0  # seconds between trimming applied commands off a partition
+
+
+def stream_config(spec: LaneSpec[Any], replicas: int) -> StreamConfig:
+    source, destination = subjects.lane_partition_transform(spec.name, spec.partitions)
+    return StreamConfig(
+        name=subjects.lane_stream(spec.name),
+        description=f"commands of lane {spec.name}, {spec.partitions} partitions",
+        subjects=[source],
+        subject_transform=SubjectTransform(src=source, dest=destination),
+        storage=StorageType.FILE,
+        num_replicas=replicas,
+        max_age=7 * DAY,  # owners purge what they applied; this only bounds a lane nobody runs
+        duplicate_window=120.0,
+    )
+
+
+class LaneMetrics:
+    def __init__(self, service: Service, lane: str) -> None:
+        labels = {"service": service.name, "lane": lane}
+        reg = service.registry
+        self.commands = Counter("cartwheel_lane_commands", "Commands applied", ["service", "lane"],
+                                registry=reg).labels(**labels)
+        self.duplicates = Counter("cartwheel_lane_duplicates", "Commands seen again (retries, redeliveries)",
+                                  ["service", "lane"], registry=reg).labels(**labels)
+        self.batch = Histogram("cartwheel_lane_batch_size", "Commands per transaction", ["service", "lane"],
+                               buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500), registry=reg).labels(**labels)
+        self.apply = Histogram("cartwheel_lane_apply_seconds", "Time to apply and commit one batch",
+                               ["service", "lane"], registry=reg).labels(**labels)
+        self.owned = Gauge("cartwheel_lane_partitions_owned", "Partitions this replica applies",
+                           ["service", "lane"], registry=reg).labels(**labels)
+        self.restarts = Counter("cartwheel_lane_partition_restarts", "Partitions re-read from their cursor",
+                                ["service", "lane"], registry=reg).labels(**labels)
+
+
+class PartitionWorker:
+    """Reads one partition in stream order from its database cursor and applies it batch by batch."""
+
+    def __init__(self, runtime: LaneRuntime, partition: int) -> None:
+        self.runtime = runtime
+        self.partition = partition
+        self.queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self.cursor = 0
+        self._sub: Subscription | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._next_purge = time.monotonic() + PURGE_EVERY
+
+    async def start(self) -> None:
+        rt = self.runtime
+        self.cursor = await rt.service.db.read(lambda s: store.cursor(s, rt.spec.name, self.partition))
+        self._sub = await rt.service.js.subscribe(
+            subjects.lane_partition(rt.spec.name, self.partition),
+            stream=subjects.lane_stream(rt.spec.name),
+            ordered_consumer=True,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.cursor + 1),
+            cb=self._receive,
+            pending_msgs_limit=-1,
+        )
+        self._task = asyncio.create_task(self._run(), name=f"lane-{rt.spec.name}-{self.partition}")
+
+    async def _receive(self, msg: Msg) -> None:
+        self.queue.put_nowait(msg)
+
+    async def stop(self) -> None:
+        """Finish the batch in hand; what is queued stays in the stream for the next owner."""
+        if self._sub:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self.queue.get()]
+            while len(batch) < MAX_BATCH and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            try:
+                # Shielded: a stop waits for the transaction in hand instead of abandoning it half-way.
+                await asyncio.shield(self._apply(batch))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("lane %s partition %d: batch failed; re-reading from the cursor",
+                              self.runtime.spec.name, self.partition)
+                await self._restart()
+                return
+
+    async def _apply(self, batch: list[Msg]) -> None:
+        rt = self.runtime
+        incoming = [item for item in map(self._decode, batch) if item.command.sequence > self.cursor]
+        if not incoming:
+            return
+        started = time.perf_counter()
+        result = await rt.service.db.run(
+            lambda s: store.apply_batch(s, rt.spec, self.partition, self.cursor, incoming))
+        if not result.applied:
+            log.warning("lane %s partition %d: cursor moved to %d elsewhere; re-reading",
+                        rt.spec.name, self.partition, result.last_sequence)
+            await self._restart()
+            return
+        self.cursor = result.last_sequence
+        rt.metrics.apply.observe(time.perf_counter() - started)
+        rt.metrics.batch.observe(len(incoming))
+        rt.metrics.commands.inc(len(incoming) - result.duplicates)
+        rt.metrics.duplicates.inc(result.duplicates)
+        nc = rt.service.broker.connection
+        for reply_to, data in result.replies:
+            await nc.publish(reply_to, data)
+        if result.events:
+            rt.service.notify_outbox()
+        if result.alarms_changed:
+            rt.alarms_changed.set()
+        if time.monotonic() >= self._next_purge:
+            self._next_purge = time.monotonic() + PURGE_EVERY
+            await self._purge_applied()
+
+    async def _purge_applied(self) -> None:
+        """Drop what this partition applied from the stream; the database keeps the record of it."""
+        lane = self.runtime.spec.name
+        try:
+            await self.runtime.service.js.purge_stream(
+                subjects.lane_stream(lane), seq=self.cursor + 1, subject=subjects.lane_partition(lane, self.partition))
+        except Exception as exc:
+            log.warning("lane %s partition %d: purge failed (%s); retrying later", lane, self.partition, exc)
+
+    def _decode(self, msg: Msg) -> Incoming:
+        meta = msg.metadata
+        envelope = json.loads(msg.data)
+        headers = msg.headers or {}
+        command = LaneCommand(
+            id=headers.get("Nats-Msg-Id") or f"seq-{meta.sequence.stream}",
+            key=msg.subject.split(".", 3)[3],
+            kind=str(envelope.get("kind", "")),
+            body=envelope.get("body") or {},
+            sequence=meta.sequence.stream,
+            issued_at=meta.timestamp,
+        )
+        return Incoming(command=command, reply_to=headers.get(subjects.LANE_REPLY_HEADER))
+
+    async def _restart(self) -> None:
+        self.runtime.metrics.restarts.inc()
+        asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.runtime.restart(self.partition)))
+
+
+class LaneRuntime:
+    """Runs ``spec``'s lane in ``service``: construct it before the service starts."""
+
+    def __init__(self, service: Service, spec: LaneSpec[Any], *, lease_ttl: float = 3.0, tick: float = 0.5) -> None:
+        self.service = service
+        self.spec = spec
+        self.metrics = LaneMetrics(service, spec.name)
+        self.workers: dict[int, PartitionWorker] = {}
+        self.alarms_changed = asyncio.Event()
+        self.lease_ttl = lease_ttl
+        self.tick = tick
+        self.ownership: Ownership | None = None
+        self._alarm_task: asyncio.Task[None] | None = None
+        self._outcomes: Subscription | None = None
+        service.on_start(self.start)
+        service.on_stop(self.stop)
+
+    async def start(self) -> None:
+        js = self.service.js
+        await ensure_stream(js, stream_config(self.spec, self.service.settings.stream_replicas))
+        nc = self.service.broker.connection
+        self._outcomes = await nc.subscribe(subjects.lane_outcome(self.spec.name), queue=self.service.name,
+                                            cb=self._answer_outcome)
+        self.ownership = Ownership(js, self.spec.name, self.spec.partitions, self.service.instance,
+                                   acquire=self._acquire, release=self._release, ttl=self.lease_ttl, tick=self.tick,
+                                   replicas=self.service.settings.stream_replicas)
+        await self.ownership.start()
+        self._alarm_task = asyncio.create_task(self._fire_alarms(), name=f"lane-{self.spec.name}-alarms")
+
+    async def stop(self) -> None:
+        if self._alarm_task:
+            self._alarm_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._alarm_task
+        if self.ownership:
+            await self.ownership.stop()
+        if self._outcomes:
+            with contextlib.suppress(Exception):
+                await self._outcomes.unsubscribe()
+
+    @property
+    def owned(self) -> list[int]:
+        return sorted(self.workers)
+
+    async def _acquire(self, partition: int) -> None:
+        worker = PartitionWorker(self, partition)
+        await worker.start()
+        self.workers[partition] = worker
+        self.metrics.owned.set(len(self.workers))
+        self.alarms_changed.set()
+        log.info("lane %s: applying partition %d from sequence %d", self.spec.name, partition, worker.cursor + 1)
+
+    async def _release(self, partition: int) -> None:
+        worker = self.workers.pop(partition, None)
+        if worker:
+            await worker.stop()
+            log.info("lane %s: handed partition %d over", self.spec.name, partition)
+        self.metrics.owned.set(len(self.workers))
+
+    async def restart(self, partition: int) -> None:
+        """Re-read a partition from its database cursor (after a failed batch or a moved cursor)."""
+        if partition in self.workers:
+            await self._release(partition)
+            if self.ownership and partition in self.ownership.held:
+                await self._acquire(partition)
+
+    async def _answer_outcome(self, msg: Msg) -> None:
+        try:
+            command_id = str(json.loads(msg.data)["command_id"])
+        except (ValueError, KeyError, TypeError):
+            await msg.respond(b'{"found": false, "reply": null}')
+            return
+        reply = await self.service.db.read(lambda s: store.recorded_reply(s, self.spec.name, command_id))
+        await msg.respond(b'{"found": true, "reply": ' + reply.encode() + b"}" if reply else
+                          b'{"found": false, "reply": null}')
+
+    async def _fire_alarms(self) -> None:
+        """Publish due alarms of owned partitions as commands on their keys' lanes."""
+        sent: dict[str, float] = {}
+        while True:
+            try:
+                wait = await self._fire_due(sent)
+            except Exception:
+                log.exception("lane %s: firing alarms failed", self.spec.name)
+                wait = 1.0
+            self.alarms_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self.alarms_changed.wait()
+
+    async def _fire_due(self, sent: dict[str, float]) -> float:
+        partitions = self.owned
+        if not partitions:
+            return 1.0
+        now = utcnow()
+        due = await self.service.db.read(lambda s: store.due_alarms(s, self.spec.name, partitions, now))
+        js = self.service.js
+        clock = time.monotonic()
+        for alarm in due:
+            fired_id = f"alarm:{alarm.alarm_id}:{int(alarm.due_at.timestamp() * 1000)}"
+            if sent.get(fired_id, 0) > clock:
+                continue  # published moments ago; it is on its way through the lane
+            body = {"alarm_id": alarm.alarm_id, "due_at": alarm.due_at.isoformat(), "body": json.loads(alarm.body)}
+            await js.publish(subjects.lane_command(self.spec.name, alarm.key),
+                             json.dumps({"kind": ALARM, "body": body}).encode(),
+                             headers={"Nats-Msg-Id": fired_id}, timeout=5)
+            sent[fired_id] = clock + 30  # republished after 30 s if still pending (ids dedupe it)
+        for key in [k for k, until in sent.items() if until < clock]:
+            del sent[key]
+        upcoming = await self.service.db.read(lambda s: store.next_alarm_at(s, self.spec.name, partitions))
+        if upcoming is None:
+            return 5.0
+        return max(0.05, min(5.0, (upcoming - utcnow()).total_seconds()))
+
