@@ -22,11 +22,15 @@ from cartwheel.bus import declare_topology, ensure_stream, request
 from cartwheel.contracts.catalog import GetProduct, Product, ProductCreated
 from cartwheel.db import Database, PlatformBase, migrate
 from cartwheel.errors import ServiceUnavailable
+from cartwheel.lanes.models import LanesBase
 from cartwheel.outbox import OutboxEvent, OutboxRelay, ProcessedEvent, first_delivery, record_event
 from cartwheel.settings import SERVICES
 from services.catalog.models import Base as CatalogBase
 from tests.helpers import random_sku
 from tests.integration.conftest import Client, settings_for
+
+# Tables each service has beyond the platform's.
+SERVICE_METADATA = {"catalog": [CatalogBase.metadata], "inventory": [LanesBase.metadata]}
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -46,7 +50,7 @@ def test_every_service_starts_migrates_and_answers_health(service: str, database
 def test_migrations_match_the_models(service: str, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / service}.db"
     migrate(service, url)
-    metadata = [PlatformBase.metadata] + ([CatalogBase.metadata] if service == "catalog" else [])
+    metadata = [PlatformBase.metadata, *SERVICE_METADATA.get(service, [])]
     db = Database(url)
     with db.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
