@@ -82,6 +82,9 @@ class Routes:
     def patch(self, path: str, **options: Any) -> Callable[[View], View]:
         return self.route("PATCH", path, **options)
 
+    def put(self, path: str, **options: Any) -> Callable[[View], View]:
+        return self.route("PUT", path, **options)
+
 
 def register(app: Flask, groups: Iterable[Routes]) -> list[Operation]:
     operations = [op for group in groups for op in group.operations]

@@ -1,4 +1,4 @@
-"""Product routes: reads (KV cache first, then the catalog) and the admin's create and update."""
+"""Product routes: reads (KV cache, else the catalog; availability from inventory), the admin's create and update."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from cartwheel.contracts.catalog import (
     UpdateProduct,
 )
 from cartwheel.errors import NotFound, ServiceUnavailable
+from services.gateway import stock
 from services.gateway.api import Routes
 from services.gateway.auth import is_admin
 from services.gateway.context import gateway
@@ -47,7 +48,9 @@ def list_products(query: ProductListQuery) -> ProductList:
     ctx = gateway()
     message = ListProducts(tenant=ctx.settings.tenant, **query.model_dump())
     page = ProductPage.model_validate(ctx.bus.request(message))
-    items = [ProductOut.from_product(p) for p in page.items if p.active or query.include_inactive]
+    products = [p for p in page.items if p.active or query.include_inactive]
+    available = stock.available_of([p.id for p in products])  # one request per page
+    items = [ProductOut.from_product(p, available.get(p.id)) for p in products]
     return ProductList(items=items, next_cursor=page.next_cursor)
 
 
@@ -60,12 +63,10 @@ def list_products(query: ProductListQuery) -> ProductList:
 )
 def get_product(id_or_sku: str) -> ProductOut:
     admin = is_admin()
-    if len(id_or_sku) > MAX_IDENTIFIER:
-        raise NotFound("no such product")
-    product = _cached(id_or_sku) or _ask_catalog(id_or_sku)
+    product = find_product(id_or_sku)
     if not product.active and not admin:
         raise NotFound("no such product")
-    return ProductOut.from_product(product)
+    return ProductOut.from_product(product, stock.available(product.id))
 
 
 @routes.post(
@@ -100,6 +101,13 @@ def update_product(id: str, body: ProductPatch) -> ProductOut:
     ctx = gateway()
     data = ctx.bus.request(UpdateProduct(tenant=ctx.settings.tenant, product_id=id, patch=body))
     return ProductOut.from_product(Product.model_validate(data))
+
+
+def find_product(id_or_sku: str) -> Product:
+    """The product (active or not) by id or sku: from the KV cache, else the catalog; NotFound if none."""
+    if len(id_or_sku) > MAX_IDENTIFIER:
+        raise NotFound("no such product")
+    return _cached(id_or_sku) or _ask_catalog(id_or_sku)
 
 
 def _cached(identifier: str) -> Product | None:

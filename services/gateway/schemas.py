@@ -43,8 +43,8 @@ class ProductOut(BaseModel):
     updated_at: datetime
 
     @classmethod
-    def from_product(cls, product: Product) -> ProductOut:
-        return cls.model_validate(product.model_dump(exclude={"version"}))
+    def from_product(cls, product: Product, available: int | None = None) -> ProductOut:
+        return cls.model_validate({**product.model_dump(exclude={"version"}), "available": available})
 
 
 class ProductList(BaseModel):

@@ -9,8 +9,10 @@ import pytest
 from flask.testing import FlaskClient
 
 from cartwheel import subjects
+from cartwheel.contracts.base import Message
 from cartwheel.contracts.catalog import CreateProduct, GetProduct, ListProducts, Product, UpdateProduct
-from cartwheel.errors import NotFound
+from cartwheel.contracts.inventory import GetStock, GetStocks
+from cartwheel.errors import DomainError, NotFound, ServiceUnavailable
 from cartwheel.settings import Settings
 from services.gateway.app import create_app
 from services.gateway.testing import FakeBus
@@ -74,18 +76,46 @@ class Catalog:
 
 
 @pytest.fixture
+def tenant() -> str:
+    return random_tenant()
+
+
+class Inventory:
+    """Answers like inventory: ``available`` per product id, zeros for products it never heard of."""
+
+    def __init__(self) -> None:
+        self.available: dict[str, int] = {}
+
+    def level(self, product_id: str) -> dict[str, Any]:
+        available = self.available.get(product_id, 0)
+        return {"product_id": product_id, "on_hand": available, "reserved": 0, "available": available}
+
+    def get(self, message: GetStock) -> dict[str, Any]:
+        return self.level(message.product_id)
+
+    def get_many(self, message: GetStocks) -> dict[str, Any]:
+        return {"items": [self.level(p) for p in message.product_ids]}
+
+
+@pytest.fixture
 def catalog() -> Catalog:
     return Catalog()
 
 
 @pytest.fixture
-def tenant() -> str:
-    return random_tenant()
+def inventory() -> Inventory:
+    return Inventory()
 
 
 @pytest.fixture
-def bus(catalog: Catalog) -> FakeBus:
-    return FakeBus({GetProduct: catalog.get, ListProducts: catalog.list})
+def bus(catalog: Catalog, inventory: Inventory) -> FakeBus:
+    return FakeBus(
+        {GetProduct: catalog.get, ListProducts: catalog.list, GetStock: inventory.get, GetStocks: inventory.get_many}
+    )
+
+
+def sent(bus: FakeBus, kind: type[Message]) -> list[Any]:
+    return [message for message in bus.sent if isinstance(message, kind)]
 
 
 @pytest.fixture
@@ -97,11 +127,12 @@ def cache(bus: FakeBus, product: Product) -> None:
     bus.kv[(subjects.CATALOG_CACHE_BUCKET, subjects.catalog_cache_key(product.id))] = product.model_dump_json().encode()
 
 
-def test_a_product_has_the_api_shape(client: FlaskClient, catalog: Catalog) -> None:
+def test_a_product_has_the_api_shape(client: FlaskClient, catalog: Catalog, inventory: Inventory) -> None:
     product = catalog.add()
+    inventory.available[product.id] = 4
     body = client.get(f"/api/products/{product.id}").get_json()
     assert set(body) == API_FIELDS
-    assert body["image_url"] is None and body["available"] is None
+    assert body["image_url"] is None and body["available"] == 4
     assert body["price_cents"] == 1200 and body["sku"] == product.sku
 
 
@@ -111,7 +142,7 @@ def test_a_cached_product_is_served_without_asking_the_catalog(client: FlaskClie
     response = client.get(f"/api/products/{product.id}")
     assert response.status_code == 200
     assert response.get_json()["name"] == "Cached mug"
-    assert bus.sent == []
+    assert sent(bus, GetProduct) == []
 
 
 def test_a_cache_miss_asks_the_catalog_with_the_tenant(
@@ -120,7 +151,7 @@ def test_a_cache_miss_asks_the_catalog_with_the_tenant(
     product = catalog.add()
     assert client.get(f"/api/products/{product.id}").status_code == 200
     assert bus.kv_reads == [(subjects.CATALOG_CACHE_BUCKET, subjects.catalog_cache_key(product.id))]
-    (message,) = bus.sent
+    (message,) = sent(bus, GetProduct)
     assert isinstance(message, GetProduct) and message.id_or_sku == product.id and message.tenant == tenant
 
 
@@ -129,7 +160,7 @@ def test_a_sku_is_read_through_its_index_entry(client: FlaskClient, bus: FakeBus
     cache(bus, product)
     bus.kv[(subjects.CATALOG_CACHE_BUCKET, subjects.catalog_sku_key(product.sku))] = product.id.encode()
     assert client.get(f"/api/products/{product.sku}").get_json()["id"] == product.id
-    assert bus.sent == []
+    assert sent(bus, GetProduct) == []
 
 
 def test_a_stale_sku_entry_falls_back_to_the_catalog(client: FlaskClient, bus: FakeBus, catalog: Catalog) -> None:
@@ -138,13 +169,13 @@ def test_a_stale_sku_entry_falls_back_to_the_catalog(client: FlaskClient, bus: F
     current = catalog.add()
     bus.kv[(subjects.CATALOG_CACHE_BUCKET, subjects.catalog_sku_key(current.sku))] = renamed.id.encode()
     assert client.get(f"/api/products/{current.sku}").get_json()["id"] == current.id
-    assert len(bus.sent) == 1
+    assert len(sent(bus, GetProduct)) == 1
 
 
 def test_a_sku_missing_from_the_cache_asks_the_catalog(client: FlaskClient, bus: FakeBus, catalog: Catalog) -> None:
     product = catalog.add()
     assert client.get(f"/api/products/{product.sku}").get_json()["id"] == product.id
-    assert len(bus.sent) == 1
+    assert len(sent(bus, GetProduct)) == 1
 
 
 def test_an_unreadable_cache_entry_falls_back_to_the_catalog(
@@ -153,7 +184,7 @@ def test_an_unreadable_cache_entry_falls_back_to_the_catalog(
     product = catalog.add()
     bus.kv[(subjects.CATALOG_CACHE_BUCKET, subjects.catalog_cache_key(product.id))] = b"{not json"
     assert client.get(f"/api/products/{product.id}").status_code == 200
-    assert len(bus.sent) == 1
+    assert len(sent(bus, GetProduct)) == 1
 
 
 def test_an_inactive_product_is_hidden_from_the_public(client: FlaskClient, bus: FakeBus, catalog: Catalog) -> None:
@@ -184,14 +215,14 @@ def test_the_list_passes_the_query_and_hides_inactive_products(
     body = client.get("/api/products?q=mug&limit=5&cursor=abc").get_json()
     assert [item["id"] for item in body["items"]] == [active.id]
     assert set(body["items"][0]) == API_FIELDS
-    (message,) = bus.sent
+    (message,) = sent(bus, ListProducts)
     assert (message.q, message.limit, message.cursor, message.include_inactive) == ("mug", 5, "abc", False)
     assert message.tenant == tenant
 
 
 def test_empty_query_values_are_not_given(client: FlaskClient, bus: FakeBus) -> None:
     assert client.get("/api/products?q=&limit=&cursor=").status_code == 200
-    (message,) = bus.sent
+    (message,) = sent(bus, ListProducts)
     assert (message.q, message.limit, message.cursor) == (None, 20, None)
 
 
@@ -207,7 +238,7 @@ def test_include_inactive_is_for_admins(client: FlaskClient, bus: FakeBus, catal
     assert client.get("/api/products?include_inactive=true").status_code == 401
     body = client.get("/api/products?include_inactive=true", headers=ADMIN).get_json()
     assert len(body["items"]) == 1
-    assert bus.sent[-1].include_inactive is True
+    assert sent(bus, ListProducts)[-1].include_inactive is True
 
 
 def test_create_returns_201_with_location(client: FlaskClient, bus: FakeBus, tenant: str) -> None:
@@ -243,3 +274,82 @@ def test_update_of_an_unknown_product_is_404(client: FlaskClient, bus: FakeBus) 
     bus.handlers[UpdateProduct] = missing
     response = client.patch(f"/api/admin/products/{uuid.uuid4()}", json={"name": "New"}, headers=ADMIN)
     assert response.status_code == 404 and response.get_json()["error"]["code"] == "not_found"
+
+
+# -- availability from inventory --------------------------------------------------------------
+
+
+def test_a_product_read_asks_inventory_once_with_the_product_id(
+    client: FlaskClient, bus: FakeBus, inventory: Inventory, tenant: str
+) -> None:
+    product = make_product()
+    cache(bus, product)
+    inventory.available[product.id] = 7
+    bus.kv[(subjects.CATALOG_CACHE_BUCKET, subjects.catalog_sku_key(product.sku))] = product.id.encode()
+    assert client.get(f"/api/products/{product.sku}").get_json()["available"] == 7
+    (message,) = sent(bus, GetStock)
+    assert message.product_id == product.id and message.tenant == tenant
+
+
+def test_a_list_page_asks_inventory_once_for_all_its_products(
+    client: FlaskClient, bus: FakeBus, catalog: Catalog, inventory: Inventory
+) -> None:
+    products = [catalog.add() for _ in range(3)]
+    catalog.add(active=False)
+    inventory.available.update({products[0].id: 5, products[2].id: 1})
+    body = client.get("/api/products").get_json()
+    assert [item["available"] for item in body["items"]] == [5, 0, 1]
+    (message,) = sent(bus, GetStocks)
+    assert message.product_ids == [p.id for p in products]
+    assert sent(bus, GetStock) == []
+
+
+def test_an_empty_page_asks_inventory_nothing(client: FlaskClient, bus: FakeBus) -> None:
+    assert client.get("/api/products").get_json()["items"] == []
+    assert sent(bus, GetStocks) == []
+
+
+def test_a_hidden_product_asks_inventory_nothing(client: FlaskClient, bus: FakeBus, catalog: Catalog) -> None:
+    product = catalog.add(active=False)
+    assert client.get(f"/api/products/{product.id}").status_code == 404
+    assert sent(bus, GetStock) == []
+
+
+@pytest.mark.parametrize(
+    "failure", [ServiceUnavailable("inventory.stock.get", "no answer"), DomainError("boom", code="internal_error")]
+)
+def test_products_are_served_with_unknown_availability_when_inventory_fails(
+    client: FlaskClient, bus: FakeBus, catalog: Catalog, failure: Exception
+) -> None:
+    def fail(message: Message) -> None:
+        raise failure
+
+    bus.handlers[GetStock] = bus.handlers[GetStocks] = fail
+    product = catalog.add()
+    response = client.get(f"/api/products/{product.id}")
+    assert response.status_code == 200 and response.get_json()["available"] is None
+    page = client.get("/api/products")
+    assert page.status_code == 200 and [item["available"] for item in page.get_json()["items"]] == [None]
+
+
+def test_products_are_served_while_inventory_is_not_running(
+    client: FlaskClient, bus: FakeBus, catalog: Catalog
+) -> None:
+    del bus.handlers[GetStock], bus.handlers[GetStocks]
+    product = catalog.add()
+    assert client.get(f"/api/products/{product.id}").get_json()["available"] is None
+    assert client.get("/api/products").get_json()["items"][0]["available"] is None
+
+
+def test_availability_waits_less_than_a_whole_request(client: FlaskClient, bus: FakeBus, catalog: Catalog) -> None:
+    timeouts: list[float | None] = []
+    request = bus.request
+
+    def timed(message: Message, timeout: float | None = None) -> Any:
+        if isinstance(message, GetStock):
+            timeouts.append(timeout)
+        return request(message, timeout)
+
+    bus.request = timed  # type: ignore[method-assign]
+    client.get(f"/api/products/{catalog.add().id}")
+    assert timeouts and all(t is not None and t <= 1.0 for t in timeouts)
