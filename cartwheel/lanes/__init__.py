@@ -8,4 +8,12 @@ replies. See README "Lanes" for the guarantees.
 
 from cartwheel.lanes.types import ALARM, Alarm, LaneCommand, LaneSpec, Outcome
 
-__all__ = ["ALARM", "Alarm", "LaneCommand", "LaneSpec", "Outcome"]
+__all__ = ["ALARM", "Alarm", "LaneCommand", "LaneSpec", "Outcome", "partition_of"]
+
+
+def partition_of(key: str, partitions: int) -> int:
+    """The partition NATS maps ``key`` to (its ``partition()`` subject transform: FNV-1a 32-bit, mod N)."""
+    h = 0x811C9DC5
+    for byte in key.encode():
+        h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return h % partitions

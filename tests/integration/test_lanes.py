@@ -1,0 +1,303 @@
+"""The lanes runtime with real replica processes on a real nats-server and database (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import nats.js.errors
+import pytest
+
+from cartwheel import subjects
+from cartwheel.db import Database
+from cartwheel.errors import DomainError, ServiceUnavailable
+from cartwheel.lanes import partition_of
+from cartwheel.lanes.client import LaneClient
+from cartwheel.lanes.store import load_states
+from tests.integration.conftest import Client
+from tests.lane_replica import LANE, PARTITIONS, Ledger
+
+
+class Replicas:
+    """Replica processes of the test lane, and what the lease bucket says about them."""
+
+    def __init__(self, nats_url: str, database_url: str, var_dir: Path) -> None:
+        self.env = {
+            **os.environ,
+            "CARTWHEEL_NATS_URL": nats_url,
+            "CARTWHEEL_VAR_DIR": str(var_dir),
+            "CARTWHEEL_INVENTORY_DATABASE_URL": database_url,
+            "CARTWHEEL_METRICS_PORT": "0",
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.var_dir = var_dir
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.monitor = Client(nats_url)  # its own connection: scenarios run on the test's client
+
+    def start(self, count: int = 1) -> None:
+        for _ in range(count):
+            log = (self.var_dir / f"replica-{len(self.processes)}.log").open("wb")
+            self.processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "tests.lane_replica"], env=self.env, stdout=log, stderr=subprocess.STDOUT
+                )
+            )
+        self.wait_for(
+            lambda owners: set(owners) == set(range(PARTITIONS)) and self.live_pids() <= self.owner_pids(owners),
+            "every partition owned and every replica working",
+        )
+        died = [p.args for p in self.processes[-count:] if p.poll() is not None]
+        assert not died, f"a replica exited at start; see {self.var_dir}/replica-*.log"
+
+    def live_pids(self) -> set[int]:
+        return {p.pid for p in self.processes if p.poll() is None}
+
+    @staticmethod
+    def owner_pids(owners: dict[int, str]) -> set[int]:
+        return {int(member.split("-")[-2]) for member in owners.values()}
+
+    def owners(self) -> dict[int, str]:
+        async def read(nc: nats.NATS) -> dict[int, str]:
+            kv = await nc.jetstream().key_value(subjects.lane_bucket(LANE))
+            found = {}
+            for p in range(PARTITIONS):
+                with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+                    found[p] = (await kv.get(f"lease.{p}")).value.decode()
+            return found
+
+        try:
+            return self.monitor.run(read)
+        except nats.js.errors.BucketNotFoundError:
+            return {}
+
+    def wait_for(self, condition: Callable[[dict[int, str]], bool], what: str, timeout: float = 20.0) -> dict[int, str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            owners = self.owners()
+            if condition(owners):
+                return owners
+            time.sleep(0.1)
+        raise AssertionError(f"not reached within {timeout} s: {what}; owners now {self.owners()}")
+
+    def owner_of(self, key: str) -> int:
+        return int(self.owners()[partition_of(key, PARTITIONS)].split("-")[-2])
+
+    def kill(self, pid: int, sig: int = signal.SIGKILL) -> None:
+        os.kill(pid, sig)
+        next(p for p in self.processes if p.pid == pid).wait(15)
+
+    def stop(self) -> None:
+        for p in self.processes:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.processes:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        self.monitor.close()
+
+
+@pytest.fixture
+def replicas(nats_url: str, database_url: str, tmp_path: Path) -> Iterator[Replicas]:
+    async def fresh_lane(nc: nats.NATS) -> None:
+        js = nc.jetstream()
+        for remove in (js.delete_stream(subjects.lane_stream(LANE)), js.delete_key_value(subjects.lane_bucket(LANE))):
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await remove
+
+    group = Replicas(nats_url, database_url, tmp_path)
+    group.monitor.run(fresh_lane)  # tests share one NATS: no commands of an earlier test may linger
+    yield group
+    group.stop()
+
+
+def ledger(database_url: str, key: str) -> Ledger:
+    db = Database(database_url)
+    state = db.read_sync(lambda s: load_states(s, LANE, [key])).get(key)
+    db.close()
+    return Ledger.model_validate_json(state) if state else Ledger()
+
+
+async def lane_client(nc: nats.NATS) -> LaneClient:
+    return await LaneClient(nc, LANE).start()
+
+
+def test_partition_of_is_the_servers_mapping(replicas: Replicas, client: Client) -> None:
+    replicas.start(1)
+
+    async def scenario(nc: nats.NATS) -> dict[str, int]:
+        js = nc.jetstream()
+        keys = [f"key-{i}" for i in range(64)]
+        for key in keys:
+            await js.publish(
+                subjects.lane_command(LANE, "x" + key), json.dumps({"kind": "append", "body": {}}).encode()
+            )
+        stored = {}
+        sub = await js.subscribe(f"{LANE}.part.*.*", stream=subjects.lane_stream(LANE), ordered_consumer=True)
+        while len(stored) < len(keys):
+            msg = await sub.next_msg(timeout=5)
+            stored[msg.subject.split(".", 3)[3][1:]] = int(msg.subject.split(".")[2])
+        await sub.unsubscribe()
+        return stored
+
+    for key, partition in client.run(scenario).items():
+        assert partition == partition_of("x" + key, PARTITIONS), key
+
+
+def test_one_key_applies_in_stream_order_across_three_replicas(
+    replicas: Replicas, database_url: str, client: Client
+) -> None:
+    replicas.start(3)
+
+    async def scenario(nc: nats.NATS) -> list[tuple[int, list[dict[str, Any]]]]:
+        client = await lane_client(nc)
+
+        async def caller(n: int) -> tuple[int, list[dict[str, Any]]]:
+            return n, [await client.call("hot", "append", {"caller": n}, timeout=15) for _ in range(25)]
+
+        return await asyncio.gather(*(caller(n) for n in range(20)))
+
+    results = client.run(scenario)
+    replies = sorted((r for _, rs in results for r in rs), key=lambda r: r["sequence"])
+    assert [r["position"] for r in replies] == list(range(1, len(replies) + 1))  # applied in stream order
+    for _, own in results:  # each caller's commands, sent one after another, applied in that order
+        assert [r["sequence"] for r in own] == sorted(r["sequence"] for r in own)
+    assert ledger(database_url, "hot").applied == [r["sequence"] for r in replies]
+
+
+def test_partitions_spread_evenly_and_hand_over(replicas: Replicas, client: Client) -> None:
+    replicas.start(3)
+    owners = replicas.owners()
+    assert sorted(Counter(owners.values()).values()) == [2, 3, 3]
+    leaving = replicas.owner_of("any-key")
+    started = time.monotonic()
+    replicas.kill(leaving, signal.SIGTERM)
+    owners = replicas.wait_for(
+        lambda o: len(o) == PARTITIONS and leaving not in replicas.owner_pids(o),
+        "the leaving replica's partitions taken over",
+        timeout=10,
+    )
+    handed_over_in = time.monotonic() - started
+    assert sorted(Counter(owners.values()).values()) == [4, 4]
+    assert handed_over_in < 5, f"graceful hand-over took {handed_over_in:.1f} s"
+    replicas.start(1)
+    assert sorted(Counter(replicas.owners().values()).values()) == [2, 3, 3]
+
+
+def test_a_killed_owner_loses_nothing_and_applies_nothing_twice(
+    replicas: Replicas, database_url: str, client: Client
+) -> None:
+    stock = 2000
+    replicas.start(3)
+    outcome: dict[str, Any] = {"sold": [], "refused": 0, "retries": 0, "kills_during_sale": 0}
+
+    async def scenario(nc: nats.NATS) -> None:
+        client = await lane_client(nc)
+        await client.call("hot", "stock", {"stock": stock}, timeout=15)
+        done = asyncio.Event()
+
+        async def buyer(n: int) -> None:
+            i = 0
+            while not done.is_set():
+                command_id = f"buyer{n}-{i}"
+                while True:
+                    try:
+                        reply = await client.call("hot", "take", {}, command_id=command_id, timeout=3)
+                        outcome["sold"].append(reply["sequence"])
+                        break
+                    except DomainError as refusal:
+                        assert refusal.code == "out_of_stock"
+                        outcome["refused"] += 1
+                        done.set()
+                        break
+                    except ServiceUnavailable:
+                        outcome["retries"] += 1  # the same id again: applied at most once
+                i += 1
+
+        async def killer() -> None:
+            for _ in range(3):
+                while len(outcome["sold"]) < 50 and not done.is_set():  # strike while the sale is on
+                    await asyncio.sleep(0.01)
+                victim = await asyncio.to_thread(replicas.owner_of, "hot")
+                outcome["kills_during_sale"] += not done.is_set()
+                await asyncio.to_thread(replicas.kill, victim)
+                await asyncio.to_thread(replicas.start, 1)  # as an orchestrator would replace it
+                outcome["sold_at_kill"] = len(outcome["sold"])
+
+        await asyncio.gather(killer(), *(buyer(n) for n in range(20)))
+
+    client.run(scenario)
+    state = ledger(database_url, "hot")
+    assert outcome["kills_during_sale"] == 3, outcome
+    assert len(outcome["sold"]) == stock, outcome
+    assert len(set(outcome["sold"])) == stock  # every success a distinct command
+    assert state.stock == 0
+    assert len(state.applied) == len(set(state.applied))  # nothing applied twice
+    assert set(outcome["sold"]) <= set(state.applied)  # every success is in the database
+    owners = replicas.wait_for(
+        lambda o: len(o) == PARTITIONS and replicas.owner_pids(o) <= replicas.live_pids(),
+        "partitions owned by live replicas only",
+    )
+    assert sorted(Counter(owners.values()).values()) == [2, 3, 3]
+
+
+def test_a_retried_command_id_gets_the_first_reply(replicas: Replicas, database_url: str, client: Client) -> None:
+    replicas.start(1)
+
+    async def scenario(nc: nats.NATS) -> None:
+        client = await lane_client(nc)
+        await client.call("k1", "stock", {"stock": 5})
+        first = await client.call("k1", "take", {}, command_id="take-once")
+        again = await client.call("k1", "take", {}, command_id="take-once")
+        assert first == again and first["left"] == 4
+        # Past the stream's duplicate window the database's record answers: ask it the way a retry does.
+        answer = await nc.request(subjects.lane_outcome(LANE), json.dumps({"command_id": "take-once"}).encode(), 5)
+        assert json.loads(answer.data) == {"found": True, "reply": {"ok": True, "data": first, "error": None}}
+
+    client.run(scenario)
+    assert ledger(database_url, "k1").stock == 4
+
+
+def test_alarms_fire_through_the_lane_and_survive_a_restart(
+    replicas: Replicas, database_url: str, client: Client
+) -> None:
+    replicas.start(1)
+
+    async def set_alarms(nc: nats.NATS) -> None:
+        client = await lane_client(nc)
+        await client.call("k2", "remind", {"alarm": "soon", "after": 2})
+        await client.call("k2", "remind", {"alarm": "never", "after": 2})
+        await client.call("k2", "forget", {"alarm": "never"})
+
+    client.run(set_alarms)
+    replicas.kill(replicas.live_pids().pop(), signal.SIGTERM)  # down before the alarm is due
+    time.sleep(2.5)
+    replicas.start(1)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and ledger(database_url, "k2").fired != ["soon"]:
+        time.sleep(0.2)
+    assert ledger(database_url, "k2").fired == ["soon"]
+
+
+def test_a_key_must_be_a_plain_token(replicas: Replicas, client: Client) -> None:
+    replicas.start(1)
+
+    async def scenario(nc: nats.NATS) -> None:
+        client = await lane_client(nc)
+        for key in ("a.b", "a b", "*", ">", ""):
+            with pytest.raises(DomainError):
+                await client.call(key, "append", {})
+
+    client.run(scenario)
