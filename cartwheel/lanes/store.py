@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from cartwheel.contracts.base import Reply, utcnow
@@ -73,6 +73,7 @@ def apply_batch(session: Session, spec: LaneSpec[Any], partition: int, expected:
 
     result = BatchResult(applied=True, last_sequence=batch[-1].command.sequence)
     dirty: set[str] = set()
+    records: list[dict[str, Any]] = []
     now = utcnow()
     for item in batch:
         command = item.command
@@ -81,16 +82,18 @@ def apply_batch(session: Session, spec: LaneSpec[Any], partition: int, expected:
             result.duplicates += 1
         else:
             if command.kind == ALARM and not _alarm_still_due(pending_alarms, command):
-                reply = Reply.success({"skipped": "alarm was cancelled or moved"}).model_dump_json()
+                reply = _success({"skipped": "alarm was cancelled or moved"})
             else:
                 if command.kind == ALARM:
                     session.delete(pending_alarms.pop(_alarm_id(command)))
                 reply = _handle(session, spec, partition, command, states, dirty, result)
             recorded[command.id] = reply
-            session.add(LaneCommandRecord(lane=lane, command_id=command.id, reply=reply, applied_at=now))
+            records.append({"lane": lane, "command_id": command.id, "reply": reply, "applied_at": now})
         if item.reply_to:
             result.replies.append((item.reply_to, reply.encode()))
 
+    if records:  # one multi-row insert: per-object ORM adds cost more than the handlers themselves
+        session.execute(insert(LaneCommandRecord.__table__), records)
     for key in dirty:
         encoded = states[key].model_dump_json()
         if key in rows:
@@ -126,7 +129,11 @@ def _handle(session: Session, spec: LaneSpec[Any], partition: int, command: Lane
         session.merge(LaneAlarm(lane=spec.name, alarm_id=alarm.id, partition=partition, key=command.key,
                                 due_at=alarm.at, body=json.dumps(alarm.body)))
         result.alarms_changed = True
-    return Reply.success(outcome.reply).model_dump_json()
+    return _success(outcome.reply)
+
+
+def _success(data: dict[str, Any]) -> str:
+    return json.dumps({"ok": True, "data": data, "error": None}, separators=(",", ":"), default=str)
 
 
 def _alarm_id(command: LaneCommand) -> str:
