@@ -52,18 +52,20 @@ class InventoryHandlers:
         """A new product gets its stock row; the event id is the command id, so a redelivery changes nothing."""
         try:
             init = InitStock(id=event.id, tenant=event.tenant, product_id=event.product.id, stock=event.stock)
-            await self.send(init)
+            await self.apply(init)
         except (ValidationError, DomainError) as refusal:  # final: another delivery would be refused the same
             log.error("product %s gets no stock row: %s", event.product.id, refusal)
-        # ServiceUnavailable propagates: the event comes again.
+        # ServiceUnavailable propagates, so the event is delivered again.
 
     async def send(self, cmd: StockCommand) -> dict[str, Any]:
-        assert self.lane is not None, "the lane client opens at service start"
+        """Apply ``cmd`` for a request; a lane that doesn't answer is a 503 the caller may retry."""
         try:
-            return await self.lane.call(
-                cmd.product_id, cmd.kind, cmd.model_dump(mode="json"), command_id=cmd.id, timeout=self.lane_timeout
-            )
+            return await self.apply(cmd)
         except ServiceUnavailable as error:
-            raise DomainError(
-                f"stock of {cmd.product_id} is not answering: {error.reason}", code="service_unavailable"
-            ) from None
+            message = f"stock of {cmd.product_id} is not answering: {error.reason}"
+            raise DomainError(message, code="service_unavailable") from None
+
+    async def apply(self, cmd: StockCommand) -> dict[str, Any]:
+        assert self.lane is not None, "the lane client opens at service start"
+        body = cmd.model_dump(mode="json")
+        return await self.lane.call(cmd.product_id, cmd.kind, body, command_id=cmd.id, timeout=self.lane_timeout)

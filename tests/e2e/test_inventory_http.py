@@ -54,7 +54,8 @@ def test_stock_refusals_over_http(system: System) -> None:
     for body, status in (({"quantity": 0}, 422), ({"quantity": 10_001}, 422), ({"quantity": 1.5}, 400)):
         resp = requests.post(f"{stock_url}/restock", json=body, headers=admin(system), timeout=TIMEOUT)
         assert resp.status_code == status, resp.text
-    unknown = requests.get(f"{system.base_url}/api/admin/inventory/no-such-product", headers=admin(system),
-                           timeout=TIMEOUT)
+    unknown = requests.get(
+        f"{system.base_url}/api/admin/inventory/no-such-product", headers=admin(system), timeout=TIMEOUT
+    )
     assert unknown.status_code == 404
     assert requests.get(stock_url, timeout=TIMEOUT).status_code == 401

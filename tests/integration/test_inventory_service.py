@@ -10,6 +10,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import nats
@@ -30,11 +31,13 @@ from cartwheel.contracts.inventory import (
     StockCommand,
 )
 from cartwheel.db import Database
-from cartwheel.errors import DomainError
+from cartwheel.errors import DomainError, ServiceUnavailable
 from cartwheel.lanes.client import LaneClient
 from cartwheel.lanes.store import load_states
 from cartwheel.outbox import OutboxEvent
-from tests.integration.conftest import Client, ServiceThread
+from cartwheel.service import Service
+from services.inventory.handlers import InventoryHandlers
+from tests.integration.conftest import Client, ServiceThread, settings_for
 
 LANE = subjects.INVENTORY_LANE
 FIRST_CALL = 20.0  # the first command waits for the new service to take its partitions
@@ -304,3 +307,40 @@ def test_a_created_product_gets_a_stock_row_once(inventory: ServiceThread, clien
     assert stored(db, product.id)["on_hand"] == 12
     changed = [e for e in events(db, product.id) if e["subject"] == subjects.INVENTORY_STOCK_CHANGED]
     assert len(changed) == 1 and changed[0]["reason"] == "created"
+
+
+class SilentLane:
+    """A lane client whose lane doesn't answer, or refuses."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    async def call(self, *args: Any, **kwargs: Any) -> Any:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "redelivered"),
+    [(ServiceUnavailable("inventory.cmd.x", "no reply"), True), (DomainError("no", code="internal_error"), False)],
+)
+def test_a_product_event_comes_again_only_while_the_lane_is_unavailable(
+    tmp_path: Path, error: Exception, redelivered: bool
+) -> None:
+    service = Service("inventory", settings_for("nats://127.0.0.1:1", tmp_path))
+    handlers = InventoryHandlers(service)
+    handlers.lane = SilentLane(error)  # type: ignore[assignment]
+    now = datetime.now(UTC)
+    product = Product(
+        id=new_product(), sku="s", name="n", description="", price_cents=1, currency="EUR", active=True, version=1,
+        created_at=now, updated_at=now,
+    )  # fmt: skip
+    track = handlers.track_product(ProductCreated(product=product))
+    if redelivered:  # the consumer raises, so JetStream delivers the event again
+        with pytest.raises(ServiceUnavailable):
+            asyncio.run(track)
+    else:  # a refusal would be the same next time: logged and acknowledged
+        asyncio.run(track)
+    with pytest.raises(DomainError) as refusal:
+        asyncio.run(handlers.send(Restock(product_id=product.id, quantity=1)))
+    assert refusal.value.code == ("service_unavailable" if redelivered else "internal_error")
+    service.db.close()
