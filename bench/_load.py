@@ -1,0 +1,132 @@
+"""A closed-loop load generator for one asyncio process: N attempts, at most C in flight, a hard deadline.
+
+Each attempt is an ``attempt(i)`` coroutine that returns ``True`` (sold), ``False`` (refused, e.g.
+out of stock) or raises (an error; ``TimeoutError`` counts as a timeout). By default C workers
+share one iterator of indexes, so exactly C attempts are in flight without creating N tasks: the
+client's CPU is what limits the fast variants, and the generator should spend as little of it as
+it can.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+Attempt = Callable[[int], Awaitable[bool]]
+
+
+@dataclass
+class Run:
+    planned: int
+    concurrency: int
+    generator: str = "workers"
+    elapsed_s: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+    sold_latencies_ms: list[float] = field(default_factory=list)
+    sold_at_s: list[float] = field(default_factory=list)
+    """Seconds from the start at which each sale was answered."""
+    refused: int = 0
+    errors: int = 0
+    timeouts: int = 0
+    first_error: str | None = None
+    deadline_hit: bool = False
+
+
+async def drive(attempt: Attempt, attempts: int, concurrency: int, deadline_s: float,
+                generator: str = "workers") -> Run:
+    """Run ``attempts`` attempts with ``concurrency`` in flight; stop whatever is left after ``deadline_s``.
+
+    ``workers``: C coroutines take the next index in turn. ``tasks``: one task per attempt behind a
+    semaphore of C, which costs the client more per attempt (about half the echo rate here).
+    """
+    run = Run(planned=attempts, concurrency=concurrency, generator=generator)
+    clock = time.monotonic
+    start = clock()
+
+    async def one(i: int) -> None:
+        began = clock()
+        try:
+            sold = await attempt(i)
+        except TimeoutError:
+            run.timeouts += 1
+            return
+        except Exception as exc:  # a benchmark counts failures, it does not stop on them
+            run.errors += 1
+            run.first_error = run.first_error or f"{type(exc).__name__}: {exc}"
+            return
+        done = clock()
+        ms = (done - began) * 1000
+        run.latencies_ms.append(ms)
+        if sold:
+            run.sold_latencies_ms.append(ms)
+            run.sold_at_s.append(done - start)
+        else:
+            run.refused += 1
+
+    indexes = iter(range(attempts))
+
+    async def worker() -> None:
+        for i in indexes:  # shared iterator: each index goes to exactly one worker
+            await one(i)
+
+    gate = asyncio.Semaphore(concurrency)
+
+    async def gated(i: int) -> None:
+        async with gate:
+            await one(i)
+
+    if generator == "workers":
+        tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
+    else:
+        tasks = [asyncio.create_task(gated(i)) for i in range(attempts)]
+    _, pending = await asyncio.wait(tasks, timeout=deadline_s)
+    run.deadline_hit = bool(pending)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    run.elapsed_s = clock() - start
+    return run
+
+
+def percentile(values: list[float], p: float) -> float | None:
+    """Nearest-rank percentile (``p`` in 0..100) of unsorted ``values``; ``None`` when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * p // 100))  # ceil without floats
+    return round(ordered[int(rank) - 1], 2)
+
+
+def summarize(run: Run, stock: int | None) -> dict[str, Any]:
+    """The figures every variant reports; ``stock=None`` for a variant that sells without a stock check."""
+    answered = len(run.latencies_ms)
+    sold = len(run.sold_latencies_ms)
+    finished = answered + run.errors + run.timeouts
+    sold_out_at = sorted(run.sold_at_s)[stock - 1] if stock and sold >= stock else None
+    return {
+        "attempts": finished,
+        "attempts_planned": run.planned,
+        "concurrency": run.concurrency,
+        "load_generator": run.generator,
+        "elapsed_s": round(run.elapsed_s, 3),
+        "attempts_per_s": round(finished / run.elapsed_s) if run.elapsed_s else 0,
+        "p50_ms": percentile(run.latencies_ms, 50),
+        "p95_ms": percentile(run.latencies_ms, 95),
+        "p99_ms": percentile(run.latencies_ms, 99),
+        "max_ms": round(max(run.latencies_ms), 2) if run.latencies_ms else None,
+        "sold_p50_ms": percentile(run.sold_latencies_ms, 50),
+        "sold_p95_ms": percentile(run.sold_latencies_ms, 95),
+        "sold_p99_ms": percentile(run.sold_latencies_ms, 99),
+        "stock": stock,
+        "sold": sold,
+        "refused": run.refused,
+        "oversold": sold - stock if stock is not None else None,
+        "time_to_sell_out_s": round(sold_out_at, 3) if sold_out_at is not None else None,
+        "errors": run.errors,
+        "timeouts": run.timeouts,
+        "first_error": run.first_error,
+        "deadline_hit": run.deadline_hit,
+    }
