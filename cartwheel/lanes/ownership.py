@@ -68,7 +68,7 @@ class Ownership:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         for partition in list(self.held):
-            await self._give_up(partition)
+            await self.give_up(partition)
         if self.kv:
             with contextlib.suppress(Exception):
                 await self.kv.delete(f"member.{self.member}")
@@ -88,7 +88,7 @@ class Ownership:
         members = await self._members()
         wanted = {p for p, m in assignment(members, self.partitions).items() if m == self.member}
         for partition in sorted(set(self.held) - wanted):
-            await self._give_up(partition)
+            await self.give_up(partition)
         for partition in sorted(wanted - set(self.held)):
             await self._try_take(partition)
 
@@ -121,9 +121,10 @@ class Ownership:
             await self._acquire(partition)
         except Exception:
             log.exception("lane %s: could not start partition %d", self.lane, partition)
-            await self._give_up(partition)
+            await self.give_up(partition)
 
-    async def _give_up(self, partition: int) -> None:
+    async def give_up(self, partition: int) -> None:
+        """Stop working ``partition`` and free its lease for whoever should have it."""
         revision = self.held.pop(partition, None)
         await self._release(partition)
         if revision is not None and self.kv:

@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -170,7 +171,7 @@ class PartitionWorker:
 
     async def _restart(self) -> None:
         self.runtime.metrics.restarts.inc()
-        asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.runtime.restart(self.partition)))
+        self.runtime.background(self.runtime.restart(self.partition))
 
 
 class LaneRuntime:
@@ -187,6 +188,7 @@ class LaneRuntime:
         self.ownership: Ownership | None = None
         self._alarm_task: asyncio.Task[None] | None = None
         self._outcomes: Subscription | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         service.on_start(self.start)
         service.on_stop(self.stop)
 
@@ -233,11 +235,26 @@ class LaneRuntime:
         self.metrics.owned.set(len(self.workers))
 
     async def restart(self, partition: int) -> None:
-        """Re-read a partition from its database cursor (after a failed batch or a moved cursor)."""
-        if partition in self.workers:
-            await self._release(partition)
-            if self.ownership and partition in self.ownership.held:
-                await self._acquire(partition)
+        """Re-read a partition from its database cursor (after a failed batch or a moved cursor).
+
+        If that fails too (the database is down), the lease goes back, and the ownership loop
+        tries again next tick: the partition is never left held but unworked.
+        """
+        if partition not in self.workers:
+            return
+        await self._release(partition)
+        if not self.ownership or partition not in self.ownership.held:
+            return
+        try:
+            await self._acquire(partition)
+        except Exception:
+            log.exception("lane %s: partition %d could not restart; handing it back", self.spec.name, partition)
+            await self.ownership.give_up(partition)
+
+    def background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _answer_outcome(self, msg: Msg) -> None:
         try:

@@ -301,3 +301,38 @@ def test_a_key_must_be_a_plain_token(replicas: Replicas, client: Client) -> None
                 await client.call(key, "append", {})
 
     client.run(scenario)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # an outage: refuse its connections
+def test_a_database_outage_delays_commands_but_loses_none(
+    replicas: Replicas, database_url: str, client: Client, postgres_admin_url: str
+) -> None:
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    name = make_url(database_url).database
+    admin = make_url(postgres_admin_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    replicas.start(1)
+
+    def outage(on: bool) -> None:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {"false" if on else "true"}')
+            if on:
+                conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+
+    async def scenario(nc: nats.NATS) -> None:
+        lane = await lane_client(nc)
+        await lane.call("k3", "stock", {"stock": 10})
+        await asyncio.to_thread(outage, True)
+        try:
+            for i in range(5):  # stored in the stream, not applied: the callers hear nothing in time
+                with pytest.raises(ServiceUnavailable):
+                    await lane.call("k3", "take", {}, command_id=f"during-outage-{i}", timeout=1.5)
+        finally:
+            await asyncio.to_thread(outage, False)
+        replies = [await lane.call("k3", "take", {}, command_id=f"during-outage-{i}", timeout=20) for i in range(5)]
+        assert sorted(r["left"] for r in replies) == [5, 6, 7, 8, 9]
+
+    client.run(scenario)
+    state = ledger(database_url, "k3")
+    assert state.stock == 5 and len(state.applied) == len(set(state.applied)) == 6
