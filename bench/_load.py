@@ -10,9 +10,11 @@ it can.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 Attempt = Callable[[int], Awaitable[bool]]
@@ -33,6 +35,51 @@ class Run:
     timeouts: int = 0
     first_error: str | None = None
     deadline_hit: bool = False
+    cpu_cores: dict[str, float | None] = field(default_factory=dict)
+    """CPU time per wall second during the run (1.0 = one core busy) per process role, and the whole host."""
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far, from /proc (Linux); ``None`` where unreadable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # after "(comm)": state, ...
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def host_busy_seconds() -> float | None:
+    """CPU seconds all cores spent busy (not idle or waiting on I/O) since boot, from /proc/stat."""
+    try:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
+    except (OSError, ValueError):
+        return None
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """How busy this process and the given ones (by role) were between :meth:`start` and :meth:`stop`."""
+
+    def __init__(self, roles: dict[str, list[int]]) -> None:
+        self.roles = {"client": [os.getpid()], **roles}
+        self.before: dict[str, float | None] = {}
+        self.began = 0.0
+
+    def _read(self) -> dict[str, float | None]:
+        totals: dict[str, float | None] = {}
+        for role, pids in self.roles.items():
+            values = [cpu_seconds(pid) for pid in pids]
+            totals[role] = None if None in values else sum(v for v in values if v is not None)
+        totals["host"] = host_busy_seconds()  # everything on the machine: shows other load during the run
+        return totals
+
+    def start(self) -> None:
+        self.before, self.began = self._read(), time.monotonic()
+
+    def stop(self) -> dict[str, float | None]:
+        after, wall = self._read(), time.monotonic() - self.began
+        return {role: round((after[role] - b) / wall, 2) if b is not None and after[role] is not None else None
+                for role, b in self.before.items()}
 
 
 async def drive(attempt: Attempt, attempts: int, concurrency: int, deadline_s: float,
@@ -129,4 +176,5 @@ def summarize(run: Run, stock: int | None) -> dict[str, Any]:
         "timeouts": run.timeouts,
         "first_error": run.first_error,
         "deadline_hit": run.deadline_hit,
+        "cpu_cores": run.cpu_cores,
     }

@@ -42,7 +42,7 @@ from typing import Any
 import nats
 import nats.js.errors
 import psycopg
-from _load import Attempt, Run, drive, summarize
+from _load import Attempt, CpuMeter, Run, drive, summarize
 from _naive_faststream import REPLY_HEADER
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -126,10 +126,16 @@ def payloads(count: int) -> list[bytes]:
             for _, _, body in reserve_commands(["hot-product"], count)]
 
 
-async def measure(attempt: Attempt, args: argparse.Namespace, warmup: Attempt | None = None) -> Run:
+async def measure(attempt: Attempt, args: argparse.Namespace, warmup: Attempt | None = None,
+                  processes: dict[str, list[int]] | None = None) -> Run:
+    """Warm up on another key, then the measured run, with the CPU use of the client and of ``processes``."""
     if warmup and args.warmup:
         await drive(warmup, args.warmup, args.concurrency, args.deadline, args.generator)
-    return await drive(attempt, args.attempts, args.concurrency, args.deadline, args.generator)
+    meter = CpuMeter(processes or {})
+    meter.start()
+    run = await drive(attempt, args.attempts, args.concurrency, args.deadline, args.generator)
+    run.cpu_cores = meter.stop()
+    return run
 
 
 # ---------------------------------------------------------------- echo: the ceiling
@@ -149,7 +155,8 @@ async def echo(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                     await nc.request(subject, bodies[i], timeout=args.request_timeout)
                     return True
 
-                run = await measure(attempt, args, warmup=attempt)
+                run = await measure(attempt, args, warmup=attempt,
+                                    processes={"nats_server": [server.process.pid], "echo": [worker.pid]})
         finally:
             natsserver.terminate(worker)
     return {
@@ -239,7 +246,8 @@ async def postgres_hot_row(args: argparse.Namespace, connections: int) -> dict[s
                     pool.release(conn)
             return attempt
 
-        run = await measure(attempt_on(product), args, warmup=attempt_on(warm))
+        backends = [(await (await c.execute("SELECT pg_backend_pid()")).fetchone())[0] for c in conns]
+        run = await measure(attempt_on(product), args, warmup=attempt_on(warm), processes={"postgres": backends})
         cur = await admin.execute(sql.SQL("SELECT available FROM {} WHERE product_id = %s").format(table), (product,))
         left = (await cur.fetchone())[0]
     finally:
@@ -321,7 +329,8 @@ async def naive_faststream(args: argparse.Namespace, tmp: Path) -> dict[str, Any
                             inbox.waiting.pop(reply_to, None)
                     return attempt
 
-                run = await measure(attempt_on(product, 0), args, warmup=attempt_on(warm, args.attempts))
+                run = await measure(attempt_on(product, 0), args, warmup=attempt_on(warm, args.attempts),
+                                    processes={"nats_server": [server.process.pid], "worker": [worker.pid]})
         finally:
             natsserver.terminate(worker)
     return {
@@ -462,6 +471,8 @@ async def lanes(args: argparse.Namespace, tmp: Path, replicas: int, wanted: set[
                           f"{'PostgreSQL' if args.db else 'SQLite'}")
                 fleet_info = {"replicas": replicas, "partitions_per_replica": sorted(
                     collections.Counter(owners.values()).values()), "inventory_db": make_url(db_url).get_backend_name()}
+                processes = {"nats_server": [server.process.pid], **{f"inventory_{r}": [p.pid] for r, p in
+                                                                     enumerate(fleet)}}
                 warm = f"flash-{run_id}-warmup"
                 await set_stock(nc, warm, args.warmup)
                 warmup = reserving(client, reserve_commands([warm], args.warmup), args.request_timeout)
@@ -469,7 +480,7 @@ async def lanes(args: argparse.Namespace, tmp: Path, replicas: int, wanted: set[
                     hot = f"flash-{run_id}-hot"
                     await set_stock(nc, hot, args.stock)
                     commands = reserve_commands([hot], args.attempts)
-                    run = await measure(reserving(client, commands, args.request_timeout), args, warmup)
+                    run = await measure(reserving(client, commands, args.request_timeout), args, warmup, processes)
                     lines.append({"variant": "lanes", **fleet_info, "layout": layout,
                                   "hot_partition": partition_of(hot, LANE.partitions),
                                   **summarize(run, stock=args.stock), "store_sold": await reserved_units(nc, [hot])})
@@ -478,7 +489,7 @@ async def lanes(args: argparse.Namespace, tmp: Path, replicas: int, wanted: set[
                     each = -(-args.attempts // len(keys))
                     await drive(lambda k: set_stock(nc, keys[k], each), len(keys), args.concurrency, args.deadline)
                     commands = reserve_commands(keys, args.attempts)
-                    run = await measure(reserving(client, commands, args.request_timeout), args)
+                    run = await measure(reserving(client, commands, args.request_timeout), args, None, processes)
                     lines.append({"variant": "lanes_spread", **fleet_info, "layout": layout, "products": len(keys),
                                   "stock_per_product": each, **summarize(run, stock=None),
                                   "store_sold": await reserved_units(nc, keys)})
@@ -516,7 +527,7 @@ def summary(lines: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, 
             continue
         p99s = [ln["p99_ms"] for ln in lines if ln["variant"] == "lanes" and ln.get("replicas") == r]
         out[f"lanes_r{r}_per_s"] = rate
-        out[f"lanes_r{r}_p99_ms"] = statistics.median(p99s)
+        out[f"lanes_r{r}_p99_ms"] = round(statistics.median(p99s), 2)
         out[f"lanes_r{r}_per_echo"] = round(rate / echo_rate, 2) if echo_rate else None
         out[f"lanes_r{r}_per_postgres"] = round(rate / pg_best, 2) if pg_best else None
         out[f"lanes_spread_r{r}_per_s"] = median_rate(lines, "lanes_spread", replicas=r)
