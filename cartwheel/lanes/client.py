@@ -39,7 +39,7 @@ class LaneClient:
         self.js = nc.jetstream()
         self._inbox = ""
         self._sub: Subscription | None = None
-        self._waiting: dict[str, asyncio.Future[bytes]] = {}
+        self._waiting: dict[str, list[asyncio.Future[bytes]]] = {}
 
     async def start(self) -> LaneClient:
         self._inbox = self.nc.new_inbox()
@@ -52,9 +52,9 @@ class LaneClient:
             self._sub = None
 
     async def _on_reply(self, msg: Msg) -> None:
-        waiter = self._waiting.get(msg.subject.rsplit(".", 1)[1])
-        if waiter and not waiter.done():
-            waiter.set_result(msg.data)
+        for waiter in self._waiting.get(msg.subject.rsplit(".", 1)[1], ()):
+            if not waiter.done():
+                waiter.set_result(msg.data)
 
     async def call(
         self, key: str, kind: str, body: dict[str, Any], command_id: str | None = None, timeout: float = 5.0
@@ -71,7 +71,7 @@ class LaneClient:
         payload = json.dumps({"kind": kind, "body": body}, separators=(",", ":"), default=str).encode()
         headers = {"Nats-Msg-Id": command_id, subjects.LANE_REPLY_HEADER: f"{self._inbox}.{command_id}"}
         waiter: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._waiting[command_id] = waiter
+        self._waiting.setdefault(command_id, []).append(waiter)  # the same id may be in flight twice
         deadline = time.monotonic() + timeout
         try:
             await self.nc.publish(subject, payload, headers=headers)
@@ -88,7 +88,10 @@ class LaneClient:
                     return unwrap(data, subject)
             raise ServiceUnavailable(subject, f"no reply within {timeout:g} s (command {command_id})")
         finally:
-            self._waiting.pop(command_id, None)
+            waiters = self._waiting.get(command_id, [])
+            waiters.remove(waiter)
+            if not waiters:
+                del self._waiting[command_id]
 
     async def _resend(self, subject: str, payload: bytes, headers: dict[str, str], command_id: str) -> bytes | None:
         """Send again with an acknowledgement; the recorded reply if the command was already applied."""
