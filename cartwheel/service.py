@@ -94,7 +94,9 @@ class Service:
         """Handle events on ``subject`` from the EVENTS stream, at least once, shared by the service's replicas.
 
         A durable consumer remembers its place across restarts; a handler that raises gets the
-        event again. Handlers must tolerate repeats (compare versions, or use ``first_delivery``).
+        event again. A consumer created later starts from the oldest event the stream still
+        holds, so a service added to a running shop catches up. Handlers must tolerate repeats
+        (compare versions, or use ``first_delivery``).
         """
 
         def register(fn: Handler[M]) -> Handler[M]:
@@ -110,7 +112,7 @@ class Service:
             self.broker.subscriber(
                 subject,
                 queue=durable,  # nats-py makes the queue name the durable consumer's name and deliver group
-                deliver_policy=DeliverPolicy.NEW,
+                deliver_policy=DeliverPolicy.ALL,
                 stream=JStream(subjects.EVENTS_STREAM, declare=False),  # declared by declare_topology
             )(endpoint)
             return fn
