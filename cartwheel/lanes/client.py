@@ -19,15 +19,16 @@ from cartwheel.bus import unwrap
 from cartwheel.errors import Invalid, ServiceUnavailable
 
 TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
-FIRST_WAIT = 0.5
-"""Seconds before the first resend; each later wait doubles. A healthy lane answers in milliseconds."""
+FIRST_WAIT = 1.0
+"""Seconds before the first resend; each later wait doubles. A healthy lane answers in milliseconds;
+resending sooner only adds load to a lane that is slow because it is busy."""
 
 
 class LaneClient:
     """One shared reply inbox for all calls of this client; safe to use from many tasks at once.
 
     The first send is a plain publish (one message, no acknowledgement to wait for). If no
-    reply arrives within 0.5 s, then 1 s, 2 s, ... until ``timeout``, the command is sent
+    reply arrives within 1 s, then 2 s, 4 s, ... until ``timeout``, the command is sent
     again with the same id, acknowledged by the stream: if the stream already had it, the
     client asks for the recorded reply, and otherwise keeps waiting. A retry can never apply
     a command twice.

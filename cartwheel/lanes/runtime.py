@@ -8,6 +8,7 @@ import json
 import logging
 import time
 from collections.abc import Coroutine
+from datetime import timedelta
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -140,8 +141,8 @@ class PartitionWorker:
             await nc.publish(reply_to, data)
         if result.events:
             rt.service.notify_outbox()
-        if result.alarms_changed:
-            rt.alarms_changed.set()
+        if result.earliest_alarm and result.earliest_alarm < rt.alarm_check_at:
+            rt.alarms_changed.set()  # due before the alarm loop's next look: look now
         if time.monotonic() >= self._next_purge:
             self._next_purge = time.monotonic() + PURGE_EVERY
             await self._purge_applied()
@@ -183,6 +184,7 @@ class LaneRuntime:
         self.metrics = LaneMetrics(service, spec.name)
         self.workers: dict[int, PartitionWorker] = {}
         self.alarms_changed = asyncio.Event()
+        self.alarm_check_at = utcnow()
         self.lease_ttl = lease_ttl
         self.tick = tick
         self.ownership: Ownership | None = None
@@ -276,6 +278,7 @@ class LaneRuntime:
                 log.exception("lane %s: firing alarms failed", self.spec.name)
                 wait = 1.0
             self.alarms_changed.clear()
+            self.alarm_check_at = utcnow() + timedelta(seconds=wait)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self.alarms_changed.wait()

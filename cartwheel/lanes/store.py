@@ -9,14 +9,14 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import delete, insert, select
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from cartwheel.contracts.base import Reply, utcnow
 from cartwheel.errors import DomainError
 from cartwheel.lanes.models import LaneAlarm, LaneCommandRecord, LaneCursor, LaneState
 from cartwheel.lanes.types import ALARM, LaneCommand, LaneSpec
-from cartwheel.outbox import record_event
+from cartwheel.outbox import record_events
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ class BatchResult:
     duplicates: int = 0
     events: int = 0
     alarms_changed: bool = False
+    earliest_alarm: datetime | None = None
 
 
 def cursor(session: Session, lane: str, partition: int) -> int:
@@ -47,33 +48,27 @@ def cursor(session: Session, lane: str, partition: int) -> int:
 
 def apply_batch(session: Session, spec: LaneSpec[Any], partition: int, expected: int,
                 batch: list[Incoming]) -> BatchResult:
-    """Apply ``batch`` (in stream order) if the partition's cursor is still at ``expected``."""
+    """Apply ``batch`` (in stream order) if the partition's cursor is still at ``expected``.
+
+    Reads everything the batch needs with a few queries, runs the handlers in memory, then
+    writes with a few multi-row statements: the cost per command stays that of its handler.
+    """
     lane = spec.name
-    row = session.scalar(
-        select(LaneCursor).where(LaneCursor.lane == lane, LaneCursor.partition == partition).with_for_update()
-    )
-    if (row.last_sequence if row else 0) != expected:
-        return BatchResult(applied=False, last_sequence=row.last_sequence if row else 0)
-    if row is None:
-        row = LaneCursor(lane=lane, partition=partition, last_sequence=0)
-        session.add(row)
+    current = session.scalar(select(LaneCursor.last_sequence).where(
+        LaneCursor.lane == lane, LaneCursor.partition == partition).with_for_update())
+    if (current or 0) != expected:
+        return BatchResult(applied=False, last_sequence=current or 0)
 
-    ids = list({item.command.id for item in batch})
-    recorded = dict(session.execute(
-        select(LaneCommandRecord.command_id, LaneCommandRecord.reply)
-        .where(LaneCommandRecord.lane == lane, LaneCommandRecord.command_id.in_(ids))
-    ).all())
-    keys = list({item.command.key for item in batch})
-    rows = {r.key: r for r in session.scalars(select(LaneState).where(LaneState.lane == lane, LaneState.key.in_(keys)))}
-    states: dict[str, BaseModel] = {k: spec.state.model_validate_json(r.state) for k, r in rows.items()}
-    alarm_ids = [_alarm_id(item.command) for item in batch if item.command.kind == ALARM]
-    pending_alarms = {a.alarm_id: a for a in session.scalars(
-        select(LaneAlarm).where(LaneAlarm.lane == lane, LaneAlarm.alarm_id.in_(alarm_ids))
-    )} if alarm_ids else {}
+    recorded = dict(session.execute(select(LaneCommandRecord.command_id, LaneCommandRecord.reply).where(
+        LaneCommandRecord.lane == lane, LaneCommandRecord.command_id.in_({i.command.id for i in batch}))).all())
+    stored = dict(session.execute(select(LaneState.key, LaneState.state).where(
+        LaneState.lane == lane, LaneState.key.in_({i.command.key for i in batch}))).all())
+    alarm_ids = {_alarm_id(i.command) for i in batch if i.command.kind == ALARM}
+    due = dict(session.execute(select(LaneAlarm.alarm_id, LaneAlarm.due_at).where(
+        LaneAlarm.lane == lane, LaneAlarm.alarm_id.in_(alarm_ids))).all()) if alarm_ids else {}
 
+    writes = _Writes(spec, partition, {k: spec.state.model_validate_json(v) for k, v in stored.items()})
     result = BatchResult(applied=True, last_sequence=batch[-1].command.sequence)
-    dirty: set[str] = set()
-    records: list[dict[str, Any]] = []
     now = utcnow()
     for item in batch:
         command = item.command
@@ -81,55 +76,98 @@ def apply_batch(session: Session, spec: LaneSpec[Any], partition: int, expected:
         if reply is not None:
             result.duplicates += 1
         else:
-            if command.kind == ALARM and not _alarm_still_due(pending_alarms, command):
-                reply = _success({"skipped": "alarm was cancelled or moved"})
+            if command.kind == ALARM and due.get(_alarm_id(command)) is None:
+                reply = _success({"skipped": "alarm was cancelled, moved or already fired"})
+            elif command.kind == ALARM and due[_alarm_id(command)].isoformat() != command.body.get("due_at"):
+                reply = _success({"skipped": "alarm was moved"})
             else:
                 if command.kind == ALARM:
-                    session.delete(pending_alarms.pop(_alarm_id(command)))
-                reply = _handle(session, spec, partition, command, states, dirty, result)
+                    writes.cancel([_alarm_id(command)])
+                    due.pop(_alarm_id(command))
+                reply = writes.apply(command)
             recorded[command.id] = reply
-            records.append({"lane": lane, "command_id": command.id, "reply": reply, "applied_at": now})
+            writes.records.append({"lane": lane, "command_id": command.id, "reply": reply, "applied_at": now})
         if item.reply_to:
             result.replies.append((item.reply_to, reply.encode()))
 
-    if records:  # one multi-row insert: per-object ORM adds cost more than the handlers themselves
-        session.execute(insert(LaneCommandRecord.__table__), records)
-    for key in dirty:
-        encoded = states[key].model_dump_json()
-        if key in rows:
-            rows[key].state, rows[key].updated_at = encoded, now
-        else:
-            session.add(LaneState(lane=lane, key=key, state=encoded, updated_at=now))
-    row.last_sequence = result.last_sequence
+    writes.flush(session, set(stored), now)
+    if current is None:
+        session.execute(insert(LaneCursor.__table__).values(lane=lane, partition=partition,
+                                                            last_sequence=result.last_sequence))
+    else:
+        session.execute(update(LaneCursor.__table__).where(LaneCursor.lane == lane, LaneCursor.partition == partition)
+                        .values(last_sequence=result.last_sequence))
+    result.events = len(writes.events)
+    result.earliest_alarm = min((a["due_at"] for a in writes.alarms.values()), default=None)
+    result.alarms_changed = bool(writes.alarms or writes.alarms_gone)
     return result
 
 
-def _handle(session: Session, spec: LaneSpec[Any], partition: int, command: LaneCommand,
-            states: dict[str, BaseModel], dirty: set[str], result: BatchResult) -> str:
-    state = states.get(command.key) or spec.initial(command.key)
-    try:
-        outcome = spec.handle(state, command)
-    except DomainError as refusal:
-        return Reply.failure(refusal.code, refusal.message, **refusal.details).model_dump_json()
-    except Exception:
-        # A bug in a pure handler: answer it and move on, rather than stall the whole partition.
-        log.exception("lane %s: handler failed on %s %s", spec.name, command.kind, command.id)
-        return Reply.failure("internal_error", f"{spec.name} could not apply {command.kind}").model_dump_json()
-    if outcome.state is not None:
-        states[command.key] = outcome.state
-        dirty.add(command.key)
-    for event in outcome.events:
-        record_event(session, event)
-    result.events += len(outcome.events)
-    if outcome.cancel_alarms:
-        session.execute(delete(LaneAlarm).where(LaneAlarm.lane == spec.name,
-                                                LaneAlarm.alarm_id.in_(outcome.cancel_alarms)))
-        result.alarms_changed = True
-    for alarm in outcome.alarms:
-        session.merge(LaneAlarm(lane=spec.name, alarm_id=alarm.id, partition=partition, key=command.key,
-                                due_at=alarm.at, body=json.dumps(alarm.body)))
-        result.alarms_changed = True
-    return _success(outcome.reply)
+class _Writes:
+    """A batch's changes, gathered in memory in command order and written at the end."""
+
+    def __init__(self, spec: LaneSpec[Any], partition: int, states: dict[str, BaseModel]) -> None:
+        self.spec = spec
+        self.partition = partition
+        self.states = states
+        self.dirty: set[str] = set()
+        self.records: list[dict[str, Any]] = []
+        self.events: list[Any] = []
+        self.alarms: dict[str, dict[str, Any]] = {}
+        self.alarms_gone: set[str] = set()
+
+    def apply(self, command: LaneCommand) -> str:
+        spec = self.spec
+        state = self.states.get(command.key) or spec.initial(command.key)
+        try:
+            outcome = spec.handle(state, command)
+        except DomainError as refusal:
+            return Reply.failure(refusal.code, refusal.message, **refusal.details).model_dump_json()
+        except Exception:
+            # A bug in a pure handler: answer it and move on, rather than stall the whole partition.
+            log.exception("lane %s: handler failed on %s %s", spec.name, command.kind, command.id)
+            return Reply.failure("internal_error", f"{spec.name} could not apply {command.kind}").model_dump_json()
+        if outcome.state is not None:
+            self.states[command.key] = outcome.state
+            self.dirty.add(command.key)
+        self.events.extend(outcome.events)
+        self.cancel(outcome.cancel_alarms)
+        for alarm in outcome.alarms:
+            self.alarms_gone.discard(alarm.id)
+            self.alarms[alarm.id] = {"lane": spec.name, "alarm_id": alarm.id, "partition": self.partition,
+                                     "key": command.key, "due_at": alarm.at, "body": json.dumps(alarm.body)}
+        return _success(outcome.reply)
+
+    def cancel(self, alarm_ids: list[str]) -> None:
+        for alarm_id in alarm_ids:
+            self.alarms.pop(alarm_id, None)
+            self.alarms_gone.add(alarm_id)
+
+    def flush(self, session: Session, existing: set[str], now: datetime) -> None:
+        lane = self.spec.name
+        if self.records:
+            session.execute(insert(LaneCommandRecord.__table__), self.records)
+        record_events(session, self.events)
+        replaced = self.alarms_gone | set(self.alarms)
+        for chunk in _chunks(sorted(replaced), 500):
+            session.execute(delete(LaneAlarm.__table__).where(LaneAlarm.lane == lane, LaneAlarm.alarm_id.in_(chunk)))
+        if self.alarms:
+            session.execute(insert(LaneAlarm.__table__), list(self.alarms.values()))
+        rows = [{"lane": lane, "key": k, "state": self.states[k].model_dump_json(), "updated_at": now}
+                for k in self.dirty]
+        if new := [r for r in rows if r["key"] not in existing]:
+            session.execute(insert(LaneState.__table__), new)
+        if changed := [{"b_key": r["key"], "b_state": r["state"]} for r in rows if r["key"] in existing]:
+            table = LaneState.__table__
+            session.execute(
+                update(table).where(table.c.lane == lane, table.c.key == bindparam("b_key"))
+                .values(state=bindparam("b_state"), updated_at=now),
+                changed,
+            )
+
+
+def _chunks(items: list[str], size: int) -> list[list[str]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
 
 
 def _success(data: dict[str, Any]) -> str:
@@ -138,11 +176,6 @@ def _success(data: dict[str, Any]) -> str:
 
 def _alarm_id(command: LaneCommand) -> str:
     return str(command.body.get("alarm_id", ""))
-
-
-def _alarm_still_due(pending: dict[str, LaneAlarm], command: LaneCommand) -> bool:
-    alarm = pending.get(_alarm_id(command))
-    return alarm is not None and alarm.due_at.isoformat() == command.body.get("due_at")
 
 
 def due_alarms(session: Session, lane: str, partitions: list[int], until: datetime,
