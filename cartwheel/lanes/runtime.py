@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Coroutine
 from datetime import timedelta
 from typing import Any
@@ -15,6 +16,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig, SubjectTransform
 from prometheus_client import Counter, Gauge, Histogram
+from pydantic import BaseModel
 
 from cartwheel import subjects
 from cartwheel.bus import ensure_stream
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH = 500
 DAY = 86400.0
+STATES_KEPT = 10_000  # per partition: the hot keys' states stay parsed between batches
 PURGE_EVERY = 10.0  # seconds between trimming applied commands off a partition
 
 
@@ -72,6 +75,9 @@ class PartitionWorker:
         self.partition = partition
         self.queue: asyncio.Queue[Msg] = asyncio.Queue()
         self.cursor = 0
+        # States as this owner committed them: the database is written, never read back, while
+        # this worker owns the partition (like a Durable Object's memory). A new worker starts empty.
+        self.states: OrderedDict[str, BaseModel] = OrderedDict()
         self._sub: Subscription | None = None
         self._task: asyncio.Task[None] | None = None
         self._next_purge = time.monotonic() + PURGE_EVERY
@@ -124,14 +130,16 @@ class PartitionWorker:
         if not incoming:
             return
         started = time.perf_counter()
+        cached = {i.command.key: self.states[i.command.key] for i in incoming if i.command.key in self.states}
         result = await rt.service.db.run(
-            lambda s: store.apply_batch(s, rt.spec, self.partition, self.cursor, incoming))
+            lambda s: store.apply_batch(s, rt.spec, self.partition, self.cursor, incoming, cached))
         if not result.applied:
             log.warning("lane %s partition %d: cursor moved to %d elsewhere; re-reading",
                         rt.spec.name, self.partition, result.last_sequence)
             await self._restart()
             return
         self.cursor = result.last_sequence
+        self._remember(result.states)
         rt.metrics.apply.observe(time.perf_counter() - started)
         rt.metrics.batch.observe(len(incoming))
         rt.metrics.commands.inc(len(incoming) - result.duplicates)
@@ -155,6 +163,13 @@ class PartitionWorker:
                 subjects.lane_stream(lane), seq=self.cursor + 1, subject=subjects.lane_partition(lane, self.partition))
         except Exception as exc:
             log.warning("lane %s partition %d: purge failed (%s); retrying later", lane, self.partition, exc)
+
+    def _remember(self, states: dict[str, BaseModel]) -> None:
+        for key, state in states.items():
+            self.states[key] = state
+            self.states.move_to_end(key)
+        while len(self.states) > STATES_KEPT:
+            self.states.popitem(last=False)
 
     def _decode(self, msg: Msg) -> Incoming:
         meta = msg.metadata

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -39,6 +40,7 @@ class BatchResult:
     events: int = 0
     alarms_changed: bool = False
     earliest_alarm: datetime | None = None
+    states: dict[str, BaseModel] = field(default_factory=dict)
 
 
 def cursor(session: Session, lane: str, partition: int) -> int:
@@ -47,11 +49,13 @@ def cursor(session: Session, lane: str, partition: int) -> int:
 
 
 def apply_batch(session: Session, spec: LaneSpec[Any], partition: int, expected: int,
-                batch: list[Incoming]) -> BatchResult:
+                batch: list[Incoming], cached: Mapping[str, BaseModel] | None = None) -> BatchResult:
     """Apply ``batch`` (in stream order) if the partition's cursor is still at ``expected``.
 
     Reads everything the batch needs with a few queries, runs the handlers in memory, then
     writes with a few multi-row statements: the cost per command stays that of its handler.
+    ``cached`` holds states as this owner last committed them (never read again from the
+    database); ``BatchResult.states`` are the ones this batch changed, for the owner to keep.
     """
     lane = spec.name
     current = session.scalar(select(LaneCursor.last_sequence).where(
@@ -61,13 +65,18 @@ def apply_batch(session: Session, spec: LaneSpec[Any], partition: int, expected:
 
     recorded = dict(session.execute(select(LaneCommandRecord.command_id, LaneCommandRecord.reply).where(
         LaneCommandRecord.lane == lane, LaneCommandRecord.command_id.in_({i.command.id for i in batch}))).all())
+    cached = cached or {}
+    keys = {i.command.key for i in batch}
     stored = dict(session.execute(select(LaneState.key, LaneState.state).where(
-        LaneState.lane == lane, LaneState.key.in_({i.command.key for i in batch}))).all())
+        LaneState.lane == lane, LaneState.key.in_(keys - cached.keys()))).all()) if keys - cached.keys() else {}
     alarm_ids = {_alarm_id(i.command) for i in batch if i.command.kind == ALARM}
     due = dict(session.execute(select(LaneAlarm.alarm_id, LaneAlarm.due_at).where(
         LaneAlarm.lane == lane, LaneAlarm.alarm_id.in_(alarm_ids))).all()) if alarm_ids else {}
 
-    writes = _Writes(spec, partition, {k: spec.state.model_validate_json(v) for k, v in stored.items()})
+    known = {k: cached[k] for k in keys & cached.keys()}
+    known.update({k: spec.state.model_validate_json(v) for k, v in stored.items()})
+    in_database = set(known)  # before the handlers add new keys to ``known``
+    writes = _Writes(spec, partition, known)
     result = BatchResult(applied=True, last_sequence=batch[-1].command.sequence)
     now = utcnow()
     for item in batch:
@@ -90,7 +99,8 @@ def apply_batch(session: Session, spec: LaneSpec[Any], partition: int, expected:
         if item.reply_to:
             result.replies.append((item.reply_to, reply.encode()))
 
-    writes.flush(session, set(stored), now)
+    writes.flush(session, in_database, now)
+    result.states = writes.states  # as committed by this transaction: loaded, kept, or changed
     if current is None:
         session.execute(insert(LaneCursor.__table__).values(lane=lane, partition=partition,
                                                             last_sequence=result.last_sequence))
