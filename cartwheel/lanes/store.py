@@ -132,7 +132,7 @@ class _Writes:
         try:
             outcome = spec.handle(state, command)
         except DomainError as refusal:
-            return Reply.failure(refusal.code, refusal.message, **refusal.details).model_dump_json()
+            return _failure(refusal.to_dict())
         except Exception:
             # A bug in a pure handler: answer it and move on, rather than stall the whole partition.
             log.exception("lane %s: handler failed on %s %s", spec.name, command.kind, command.id)
@@ -182,6 +182,11 @@ def _chunks(items: list[str], size: int) -> list[list[str]]:
 
 def _success(data: dict[str, Any]) -> str:
     return json.dumps({"ok": True, "data": data, "error": None}, separators=(",", ":"), default=str)
+
+
+def _failure(error: dict[str, Any]) -> str:
+    """The reply envelope of a refusal, as :class:`cartwheel.contracts.base.Reply` reads it (tested)."""
+    return json.dumps({"ok": False, "data": None, "error": error}, separators=(",", ":"), default=str)
 
 
 def _alarm_id(command: LaneCommand) -> str:

@@ -76,3 +76,4 @@ def test_cursor_round_trip() -> None:
 def test_made_up_cursors_are_invalid(cursor: str) -> None:
     with pytest.raises(Invalid):
         domain.decode_cursor(cursor)
+
