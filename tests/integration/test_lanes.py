@@ -92,7 +92,10 @@ class Replicas:
 
     def owner_of(self, key: str) -> int:
         partition = partition_of(key, PARTITIONS)
-        owners = self.wait_for(lambda o: partition in o, f"partition {partition} owned")  # not mid-takeover
+        owners = self.wait_for(  # not mid-takeover, and not a killed replica whose lease has yet to expire
+            lambda o: partition in o and int(o[partition].split("-")[-2]) in self.live_pids(),
+            f"partition {partition} owned by a live replica",
+        )
         return int(owners[partition].split("-")[-2])
 
     def kill(self, pid: int, sig: int = signal.SIGKILL) -> None:
