@@ -25,6 +25,8 @@ from cartwheel.errors import DomainError, ServiceUnavailable
 from cartwheel.lanes import partition_of
 from cartwheel.lanes.client import LaneClient
 from cartwheel.lanes.store import load_states
+from services.inventory.domain import LANE as INVENTORY
+from services.inventory.state import Stock
 from tests.integration.conftest import Client
 from tests.lane_replica import LANE, PARTITIONS, Ledger
 
@@ -32,7 +34,19 @@ from tests.lane_replica import LANE, PARTITIONS, Ledger
 class Replicas:
     """Replica processes of the test lane, and what the lease bucket says about them."""
 
-    def __init__(self, nats_url: str, database_url: str, var_dir: Path) -> None:
+    def __init__(
+        self,
+        nats_url: str,
+        database_url: str,
+        var_dir: Path,
+        *,
+        module: str = "tests.lane_replica",
+        lane: str = LANE,
+        partitions: int = PARTITIONS,
+    ) -> None:
+        self.module = module
+        self.lane = lane
+        self.partitions = partitions
         self.env = {
             **os.environ,
             "CARTWHEEL_NATS_URL": nats_url,
@@ -50,11 +64,11 @@ class Replicas:
             log = (self.var_dir / f"replica-{len(self.processes)}.log").open("wb")
             self.processes.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "tests.lane_replica"], env=self.env, stdout=log, stderr=subprocess.STDOUT
+                    [sys.executable, "-m", self.module], env=self.env, stdout=log, stderr=subprocess.STDOUT
                 )
             )
         self.wait_for(
-            lambda owners: set(owners) == set(range(PARTITIONS)) and self.live_pids() <= self.owner_pids(owners),
+            lambda owners: set(owners) == set(range(self.partitions)) and self.live_pids() <= self.owner_pids(owners),
             "every partition owned and every replica working",
         )
         died = [p.args for p in self.processes[-count:] if p.poll() is not None]
@@ -69,9 +83,9 @@ class Replicas:
 
     def owners(self) -> dict[int, str]:
         async def read(nc: nats.NATS) -> dict[int, str]:
-            kv = await nc.jetstream().key_value(subjects.lane_bucket(LANE))
+            kv = await nc.jetstream().key_value(subjects.lane_bucket(self.lane))
             found = {}
-            for p in range(PARTITIONS):
+            for p in range(self.partitions):
                 with contextlib.suppress(nats.js.errors.KeyNotFoundError):
                     found[p] = (await kv.get(f"lease.{p}")).value.decode()
             return found
@@ -91,7 +105,7 @@ class Replicas:
         raise AssertionError(f"not reached within {timeout} s: {what}; owners now {self.owners()}")
 
     def owner_of(self, key: str) -> int:
-        partition = partition_of(key, PARTITIONS)
+        partition = partition_of(key, self.partitions)
         owners = self.wait_for(  # not mid-takeover, and not a killed replica whose lease has yet to expire
             lambda o: partition in o and int(o[partition].split("-")[-2]) in self.live_pids(),
             f"partition {partition} owned by a live replica",
@@ -114,16 +128,40 @@ class Replicas:
         self.monitor.close()
 
 
-@pytest.fixture
-def replicas(nats_url: str, database_url: str, tmp_path: Path) -> Iterator[Replicas]:
+def fresh_replicas(group: Replicas) -> Replicas:
     async def fresh_lane(nc: nats.NATS) -> None:
         js = nc.jetstream()
-        for remove in (js.delete_stream(subjects.lane_stream(LANE)), js.delete_key_value(subjects.lane_bucket(LANE))):
+        for remove in (
+            js.delete_stream(subjects.lane_stream(group.lane)),
+            js.delete_key_value(subjects.lane_bucket(group.lane)),
+        ):
             with contextlib.suppress(nats.js.errors.NotFoundError):
                 await remove
 
-    group = Replicas(nats_url, database_url, tmp_path)
     group.monitor.run(fresh_lane)  # tests share one NATS: no commands of an earlier test may linger
+    return group
+
+
+@pytest.fixture
+def replicas(nats_url: str, database_url: str, tmp_path: Path) -> Iterator[Replicas]:
+    group = fresh_replicas(Replicas(nats_url, database_url, tmp_path))
+    yield group
+    group.stop()
+
+
+@pytest.fixture
+def inventory_replicas(nats_url: str, database_url: str, tmp_path: Path) -> Iterator[Replicas]:
+    """Real inventory services, as `cartwheel run inventory` starts them."""
+    group = fresh_replicas(
+        Replicas(
+            nats_url,
+            database_url,
+            tmp_path,
+            module="services.inventory",
+            lane=INVENTORY.name,
+            partitions=INVENTORY.partitions,
+        )
+    )
     yield group
     group.stop()
 
@@ -342,3 +380,56 @@ def test_a_database_outage_delays_commands_but_loses_none(
     client.run(scenario)
     state = ledger(database_url, "k3")
     assert state.stock == 5 and len(state.applied) == len(set(state.applied)) == 6
+
+
+def test_inventory_sells_exactly_its_stock_while_its_hot_owner_is_killed(
+    inventory_replicas: Replicas, database_url: str, client: Client
+) -> None:
+    """The issue's crash test, on the real inventory service: 3 replicas, SIGKILL the hot owner 3 times."""
+    replicas, stock, product = inventory_replicas, 1500, "22222222-2222-2222-2222-222222222222"
+    replicas.start(3)
+    outcome: dict[str, Any] = {"sold": set(), "kills_during_sale": 0, "unanswered": 0}
+
+    async def scenario(nc: nats.NATS) -> None:
+        lane = await LaneClient(nc, INVENTORY.name).start()
+        await lane.call(product, "set_stock", {"product_id": product, "on_hand": stock}, timeout=20)
+        done = asyncio.Event()
+
+        async def buyer(n: int) -> None:
+            i = 0
+            while not done.is_set():
+                reservation = f"b{n}-{i}"
+                body = {"product_id": product, "reservation_id": reservation, "order_id": reservation, "quantity": 1}
+                for _ in range(10):  # the same command id every time: applied at most once
+                    try:
+                        await lane.call(product, "reserve", body, command_id=reservation, timeout=3)
+                        outcome["sold"].add(reservation)
+                        break
+                    except DomainError as refusal:
+                        assert refusal.code == "out_of_stock", refusal.to_dict()
+                        done.set()
+                        break
+                    except ServiceUnavailable:
+                        continue
+                else:
+                    outcome["unanswered"] += 1
+                i += 1
+
+        async def killer() -> None:
+            for _ in range(3):
+                while len(outcome["sold"]) < 50 and not done.is_set():
+                    await asyncio.sleep(0.01)
+                victim = await asyncio.to_thread(replicas.owner_of, product)
+                outcome["kills_during_sale"] += not done.is_set()
+                await asyncio.to_thread(replicas.kill, victim)
+                await asyncio.to_thread(replicas.start, 1)
+
+        await asyncio.gather(killer(), *(buyer(n) for n in range(20)))
+
+    client.run(scenario)
+    db = Database(database_url)
+    state = Stock.model_validate_json(db.read_sync(lambda s: load_states(s, INVENTORY.name, [product]))[product])
+    db.close()
+    assert outcome["kills_during_sale"] == 3 and outcome["unanswered"] == 0, outcome
+    assert len(outcome["sold"]) == stock == state.reserved == state.on_hand  # no oversell, nothing lost
+    assert set(state.reservations) == outcome["sold"]  # every success is in the database, once
