@@ -67,13 +67,17 @@ class LaneMetrics:
                                 ["service", "lane"], registry=reg).labels(**labels)
 
 
+class CursorMoved(Exception):
+    """Another replica applied this partition meanwhile (it believed it was the owner)."""
+
+
 class PartitionWorker:
     """Reads one partition in stream order from its database cursor and applies it batch by batch."""
 
     def __init__(self, runtime: LaneRuntime, partition: int) -> None:
         self.runtime = runtime
         self.partition = partition
-        self.queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self.queue: asyncio.Queue[Msg | None] = asyncio.Queue()  # None: stop after the batch in hand
         self.cursor = 0
         # States as this owner committed them: the database is written, never read back, while
         # this worker owns the partition (like a Durable Object's memory). A new worker starts empty.
@@ -98,30 +102,36 @@ class PartitionWorker:
     async def _receive(self, msg: Msg) -> None:
         self.queue.put_nowait(msg)
 
-    async def stop(self) -> None:
-        """Finish the batch in hand; what is queued stays in the stream for the next owner."""
+    async def stop(self, grace: float = 5.0) -> None:
+        """Apply what has been received (replies go out), then stop; the rest waits in the stream."""
         if self._sub:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        if self._task and not self._task.done():
+            self.queue.put_nowait(None)
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), grace)
+            except TimeoutError:  # a transaction stuck on the database: the next owner's cursor check covers it
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
 
     async def _run(self) -> None:
-        while True:
-            batch = [await self.queue.get()]
+        while (first := await self.queue.get()) is not None:
+            batch = [first]
             while len(batch) < MAX_BATCH and not self.queue.empty():
-                batch.append(self.queue.get_nowait())
+                if (msg := self.queue.get_nowait()) is None:
+                    self.queue.put_nowait(None)  # apply what came before the stop, then stop
+                    break
+                batch.append(msg)
             try:
-                # Shielded: a stop waits for the transaction in hand instead of abandoning it half-way.
-                await asyncio.shield(self._apply(batch))
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("lane %s partition %d: batch failed; re-reading from the cursor",
-                              self.runtime.spec.name, self.partition)
-                await self._restart()
+                await self._apply(batch)
+            except Exception as exc:
+                log.log(logging.WARNING if isinstance(exc, CursorMoved) else logging.ERROR,
+                        "lane %s partition %d: %s; re-reading from the cursor", self.runtime.spec.name,
+                        self.partition, exc, exc_info=not isinstance(exc, CursorMoved))
+                self.runtime.metrics.restarts.inc()
+                self.runtime.background(self.runtime.restart(self.partition))
                 return
 
     async def _apply(self, batch: list[Msg]) -> None:
@@ -134,10 +144,7 @@ class PartitionWorker:
         result = await rt.service.db.run(
             lambda s: store.apply_batch(s, rt.spec, self.partition, self.cursor, incoming, cached))
         if not result.applied:
-            log.warning("lane %s partition %d: cursor moved to %d elsewhere; re-reading",
-                        rt.spec.name, self.partition, result.last_sequence)
-            await self._restart()
-            return
+            raise CursorMoved(f"cursor moved to {result.last_sequence} elsewhere")
         self.cursor = result.last_sequence
         self._remember(result.states)
         rt.metrics.apply.observe(time.perf_counter() - started)
@@ -184,10 +191,6 @@ class PartitionWorker:
             issued_at=meta.timestamp,
         )
         return Incoming(command=command, reply_to=headers.get(subjects.LANE_REPLY_HEADER))
-
-    async def _restart(self) -> None:
-        self.runtime.metrics.restarts.inc()
-        self.runtime.background(self.runtime.restart(self.partition))
 
 
 class LaneRuntime:
