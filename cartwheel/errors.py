@@ -11,6 +11,8 @@ STATUS_BY_CODE: dict[str, int] = {
     "not_found": 404,
     "method_not_allowed": 405,
     "conflict": 409,
+    "cart_closed": 409,
+    "currency_mismatch": 409,
     "duplicate_sku": 409,
     "out_of_stock": 409,
     "price_changed": 409,

@@ -1,0 +1,106 @@
+"""Messages owned by the cart service.
+
+A cart is a lane key (``CART_LANE``): every edit of one cart, from any tab or device, is a
+lane command applied in order. Lane commands carry what the cart service looked up before
+sending them (the product as it is now, and how many are available), because the lane's
+handler is pure: prices are snapshotted at add time, and later changes don't touch the cart.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
+
+from cartwheel import subjects
+from cartwheel.contracts.base import Message
+
+CART_LANE = "cart"
+MAX_LINES = 100
+MAX_LINE_QUANTITY = 999
+
+CartId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+ProductRef = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+LineQuantity = Annotated[StrictInt, Field(ge=1, le=MAX_LINE_QUANTITY, description="1 to 999 per line.")]
+NewQuantity = Annotated[StrictInt, Field(ge=0, le=MAX_LINE_QUANTITY, description="0 removes the line.")]
+CartStatus = Literal["active", "abandoned", "merged", "checked_out", "expired"]
+
+
+class ProductSnapshot(BaseModel):
+    """The product as the cart service found it when the shopper added it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    product_id: str
+    sku: str
+    name: str
+    unit_price_cents: int
+    currency: str
+    active: bool
+
+
+class CartLine(BaseModel):
+    product_id: str
+    sku: str
+    name: str
+    quantity: int
+    unit_price_cents: int
+    line_total_cents: int
+
+
+class CartView(BaseModel):
+    """The cart as shoppers and the gateway see it (API.md ``GET /api/cart``)."""
+
+    id: str
+    items: list[CartLine]
+    item_count: int
+    total_cents: int
+    currency: str | None
+    status: CartStatus
+    updated_at: datetime | None = None
+
+
+# -- lane commands (kind) -------------------------------------------------------------------
+
+
+class CartCommand(Message):
+    kind: ClassVar[str]
+    cart_id: CartId
+
+
+class AddItem(CartCommand):
+    kind: ClassVar[str] = "add"
+    product: ProductSnapshot
+    quantity: LineQuantity
+    available: StrictInt = Field(ge=0, description="Units available when the service looked.")
+
+
+class SetQuantity(CartCommand):
+    kind: ClassVar[str] = "set_quantity"
+    product_id: ProductRef
+    quantity: NewQuantity
+    available: StrictInt | None = Field(None, ge=0, description="Checked when the quantity grows.")
+
+
+class RemoveItem(CartCommand):
+    kind: ClassVar[str] = "remove"
+    product_id: ProductRef
+
+
+class ClearCart(CartCommand):
+    kind: ClassVar[str] = "clear"
+
+
+# -- events -----------------------------------------------------------------------------------
+
+
+class CartUpdated(Message):
+    subject: ClassVar[str] = subjects.CART_UPDATED
+    cart: CartView
+
+
+class CartAbandoned(Message):
+    subject: ClassVar[str] = subjects.CART_ABANDONED
+    cart: CartView
+    email: str | None = None
