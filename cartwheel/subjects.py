@@ -21,6 +21,11 @@ def health(service: str) -> str:
     return f"health.{service}"
 
 
+CART_GET = "cart.get"
+CART_ADD = "cart.items.add"
+CART_SET = "cart.items.set"
+CART_REMOVE = "cart.items.remove"
+
 # Events: one JetStream stream holds every domain event.
 EVENTS_STREAM = "EVENTS"
 EVENTS_ALL = "events.>"

@@ -92,6 +92,51 @@ class ClearCart(CartCommand):
     kind: ClassVar[str] = "clear"
 
 
+# -- requests to the cart service (core request/reply; the service looks products up) --------
+
+
+class GetCart(Message):
+    subject: ClassVar[str] = subjects.CART_GET
+    cart_id: CartId
+
+
+class AddToCart(Message):
+    subject: ClassVar[str] = subjects.CART_ADD
+    cart_id: CartId
+    product_id: ProductRef
+    quantity: LineQuantity
+
+
+class ChangeQuantity(Message):
+    subject: ClassVar[str] = subjects.CART_SET
+    cart_id: CartId
+    product_id: ProductRef
+    quantity: NewQuantity
+
+
+class RemoveFromCart(Message):
+    subject: ClassVar[str] = subjects.CART_REMOVE
+    cart_id: CartId
+    product_id: ProductRef
+
+
+class AddItemBody(BaseModel):
+    """``POST /api/cart/items``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    product_id: ProductRef
+    quantity: LineQuantity = 1
+
+
+class QuantityBody(BaseModel):
+    """``PATCH /api/cart/items/{product_id}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    quantity: NewQuantity
+
+
 # -- events -----------------------------------------------------------------------------------
 
 
