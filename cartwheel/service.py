@@ -27,7 +27,7 @@ from cartwheel import subjects
 from cartwheel.bus import declare_topology, encode, make_broker
 from cartwheel.contracts.base import Message, Reply
 from cartwheel.db import Database, migrate
-from cartwheel.errors import DomainError
+from cartwheel.errors import DomainError, ServiceUnavailable
 from cartwheel.observability import ServiceMetrics, configure_logging, message_id, start_ops_server
 from cartwheel.outbox import OutboxRelay
 from cartwheel.settings import Settings, get_settings
@@ -137,6 +137,9 @@ class Service:
         except DomainError as exc:
             self.metrics.refusals.labels(self.name, subject, exc.code).inc()
             return Reply.failure(exc.code, exc.message, **exc.details).model_dump_json().encode()
+        except ServiceUnavailable as exc:  # a service this one asked did not answer: the caller may retry
+            self.metrics.refusals.labels(self.name, subject, "service_unavailable").inc()
+            return Reply.failure("service_unavailable", f"{exc.subject}: {exc.reason}").model_dump_json().encode()
         except Exception:
             self.metrics.failures.labels(self.name, subject).inc()
             self.log.exception("handler for %s failed", subject)

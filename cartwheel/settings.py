@@ -55,6 +55,14 @@ class Settings(BaseSettings):
         None, description="Bearer token of the admin API; generated into var/ if unset."
     )
     secret: SecretStr | None = Field(None, description="Key that signs cookies; generated into var/ if unset.")
+    cookie_secure: bool = Field(
+        True, description="Cookies carry `Secure` (HTTPS only); `cartwheel up` turns it off for plain http."
+    )
+
+    cart_abandon_seconds: float = Field(
+        1800, gt=0, description="A cart untouched this long is abandoned (events.cart.abandoned)."
+    )
+    cart_forget_seconds: float = Field(30 * 86400, gt=0, description="An abandoned anonymous cart is emptied later.")
 
     request_timeout: float = Field(5.0, gt=0, le=120, description="Seconds the gateway waits for a service to answer.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -1,10 +1,30 @@
-"""Wires the cart service. Its features arrive in later issues; today it migrates, connects and answers health."""
+"""Wires the cart service: one lane key per cart, so edits from many tabs apply in order."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
+from cartwheel import subjects
+from cartwheel.contracts.cart import AddToCart, ChangeQuantity, GetCart, RemoveFromCart
+from cartwheel.lanes.runtime import LaneRuntime
 from cartwheel.service import Service
 from cartwheel.settings import Settings
+from services.cart.domain import CartTimers, make_spec
+from services.cart.handlers import CartHandlers
 
 
 def build(settings: Settings) -> Service:
-    return Service("cart", settings)
+    service = Service("cart", settings)
+    timers = CartTimers(
+        abandon_after=timedelta(seconds=settings.cart_abandon_seconds),
+        forget_anonymous_after=timedelta(seconds=settings.cart_forget_seconds),
+    )
+    LaneRuntime(service, make_spec(timers))
+    handlers = CartHandlers(service)
+    service.on_start(handlers.open_lane)
+    service.on_stop(handlers.close_lane)
+    service.handle(subjects.CART_GET, GetCart)(handlers.get_cart)
+    service.handle(subjects.CART_ADD, AddToCart)(handlers.add)
+    service.handle(subjects.CART_SET, ChangeQuantity)(handlers.change_quantity)
+    service.handle(subjects.CART_REMOVE, RemoveFromCart)(handlers.remove)
+    return service

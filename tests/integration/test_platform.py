@@ -30,7 +30,7 @@ from tests.helpers import random_sku
 from tests.integration.conftest import Client, settings_for
 
 # Tables each service has beyond the platform's.
-SERVICE_METADATA = {"catalog": [CatalogBase.metadata], "inventory": [LanesBase.metadata]}
+SERVICE_METADATA = {"catalog": [CatalogBase.metadata], "inventory": [LanesBase.metadata], "cart": [LanesBase.metadata]}
 
 
 @pytest.mark.parametrize("service", SERVICES)

@@ -1,0 +1,99 @@
+"""Cart handlers: look the product and its stock up, then send the change into the cart's lane."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cartwheel.bus import request
+from cartwheel.contracts.base import Message
+from cartwheel.contracts.cart import (
+    CART_LANE,
+    AddItem,
+    AddToCart,
+    ChangeQuantity,
+    GetCart,
+    ProductSnapshot,
+    RemoveFromCart,
+    RemoveItem,
+    SetQuantity,
+)
+from cartwheel.contracts.catalog import GetProduct, Product
+from cartwheel.contracts.inventory import GetStock
+from cartwheel.lanes.client import LaneClient
+from cartwheel.lanes.store import load_states
+from cartwheel.service import Service
+from services.cart.domain import CartState, view
+
+
+class CartHandlers:
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.timeout = service.settings.request_timeout * 0.8  # under the gateway's own wait
+        self.lane: LaneClient | None = None
+
+    async def open_lane(self) -> None:
+        self.lane = await LaneClient(self.service.broker.connection, CART_LANE).start()
+
+    async def close_lane(self) -> None:
+        if self.lane is not None:
+            await self.lane.close()
+
+    async def get_cart(self, query: GetCart) -> dict[str, Any]:
+        stored = await self.service.db.read(lambda s: load_states(s, CART_LANE, [query.cart_id]))
+        state = CartState.model_validate_json(stored[query.cart_id]) if query.cart_id in stored else CartState()
+        return view(query.cart_id, state).model_dump(mode="json")
+
+    async def add(self, cmd: AddToCart) -> dict[str, Any]:
+        product = await self._product(cmd.product_id, cmd)
+        snapshot = ProductSnapshot(
+            product_id=product.id,
+            sku=product.sku,
+            name=product.name,
+            unit_price_cents=product.price_cents,
+            currency=product.currency,
+            active=product.active,
+        )
+        available = await self._available(product.id, cmd)
+        return await self._send(
+            AddItem(
+                id=cmd.id,
+                tenant=cmd.tenant,
+                cart_id=cmd.cart_id,
+                product=snapshot,
+                quantity=cmd.quantity,
+                available=available,
+            )
+        )
+
+    async def change_quantity(self, cmd: ChangeQuantity) -> dict[str, Any]:
+        available = await self._available(cmd.product_id, cmd) if cmd.quantity else None
+        return await self._send(
+            SetQuantity(
+                id=cmd.id,
+                tenant=cmd.tenant,
+                cart_id=cmd.cart_id,
+                product_id=cmd.product_id,
+                quantity=cmd.quantity,
+                available=available,
+            )
+        )
+
+    async def remove(self, cmd: RemoveFromCart) -> dict[str, Any]:
+        return await self._send(
+            RemoveItem(id=cmd.id, tenant=cmd.tenant, cart_id=cmd.cart_id, product_id=cmd.product_id)
+        )
+
+    async def _product(self, product_id: str, cause: Message) -> Product:
+        query = GetProduct(tenant=cause.tenant, id_or_sku=product_id)
+        return Product.model_validate(await request(self.service.broker.connection, query, self.timeout))
+
+    async def _available(self, product_id: str, cause: Message) -> int:
+        query = GetStock(tenant=cause.tenant, product_id=product_id)
+        return int((await request(self.service.broker.connection, query, self.timeout))["available"])
+
+    async def _send(self, cmd: AddItem | SetQuantity | RemoveItem) -> dict[str, Any]:
+        """Into the cart's lane; the request's id is the command id, so a retried request changes nothing."""
+        assert self.lane is not None, "the lane client opens at service start"
+        return await self.lane.call(
+            cmd.cart_id, cmd.kind, cmd.model_dump(mode="json"), command_id=cmd.id, timeout=self.timeout
+        )
