@@ -245,7 +245,10 @@ class System:
         ready_timeout: float = 90.0,
         seed: bool = True,
     ) -> None:
-        resolved = settings.model_copy(update={"var_dir": settings.var_dir.resolve()})
+        update: dict[str, object] = {"var_dir": settings.var_dir.resolve()}
+        if "cookie_secure" not in settings.model_fields_set:
+            update["cookie_secure"] = False  # the gateway serves plain http here: a Secure cookie never comes back
+        resolved = settings.model_copy(update=update)
         self.settings = resolved.with_secrets()
         self.var_dir = self.settings.var_dir
         self.ready_timeout = ready_timeout

@@ -1,0 +1,75 @@
+"""The cart cookie: a cart id signed with the cookie secret, so a visitor can only name a cart the gateway gave out.
+
+Its value is ``URLSafeSerializer(secret, salt=CART_SALT).dumps(cart_id)``; anything that does not verify
+(missing, tampered, signed with another secret or salt, not a cart id) reads as "no cart".
+"""
+
+from __future__ import annotations
+
+import uuid
+from functools import lru_cache
+
+from flask import request
+from itsdangerous import BadData, URLSafeSerializer
+from pydantic import TypeAdapter
+from werkzeug.http import dump_cookie
+
+from cartwheel.contracts.cart import CartId
+from services.gateway.context import gateway
+
+CART_COOKIE = "cart"
+CART_SALT = "cartwheel.cart"
+CART_COOKIE_MAX_AGE = 90 * 24 * 3600  # longer than the cart service keeps an untouched anonymous cart
+_CART_ID = TypeAdapter(CartId)
+
+
+def new_cart_id() -> str:
+    return uuid.uuid4().hex
+
+
+def cart_id_from_cookie() -> str | None:
+    """The cart id of this request's signed cookie; None when there is none or it does not verify."""
+    value = request.cookies.get(CART_COOKIE)
+    if not value:
+        return None
+    try:
+        cart_id = _serializer(_secret()).loads(value)
+    except BadData:
+        return None
+    return cart_id if is_valid(_CART_ID, cart_id) else None
+
+
+def is_valid(adapter: TypeAdapter[str], value: object) -> bool:
+    """Whether ``value`` is a string the (strict) adapter accepts."""
+    if not isinstance(value, str):
+        return False
+    try:
+        adapter.validate_python(value, strict=True)
+    except ValueError:
+        return False
+    return True
+
+
+def cart_cookie(cart_id: str) -> str:
+    """The ``Set-Cookie`` value that hands ``cart_id`` to the browser."""
+    return dump_cookie(
+        CART_COOKIE,
+        _serializer(_secret()).dumps(cart_id),
+        max_age=CART_COOKIE_MAX_AGE,
+        path="/",
+        secure=gateway().settings.cookie_secure,
+        httponly=True,
+        samesite="Lax",
+    )
+
+
+def _secret() -> str:
+    secret = gateway().settings.secret
+    if secret is None:  # get_settings() always fills it; only a hand-made Settings can lack it
+        raise RuntimeError("the gateway has no cookie secret (CARTWHEEL_SECRET)")
+    return secret.get_secret_value()
+
+
+@lru_cache(maxsize=4)
+def _serializer(secret: str) -> URLSafeSerializer:
+    return URLSafeSerializer(secret, salt=CART_SALT)
