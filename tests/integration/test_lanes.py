@@ -258,6 +258,7 @@ def test_a_killed_owner_loses_nothing_and_applies_nothing_twice(
                     try:
                         reply = await client.call("hot", "take", {}, command_id=command_id, timeout=3)
                         outcome["sold"].append(reply["sequence"])
+                        await asyncio.sleep(0.01)  # paced, so the sale outlasts three kills and takeovers
                         break
                     except DomainError as refusal:
                         assert refusal.code == "out_of_stock"
@@ -386,7 +387,7 @@ def test_inventory_sells_exactly_its_stock_while_its_hot_owner_is_killed(
     inventory_replicas: Replicas, database_url: str, client: Client
 ) -> None:
     """The issue's crash test, on the real inventory service: 3 replicas, SIGKILL the hot owner 3 times."""
-    replicas, stock, product = inventory_replicas, 1500, "22222222-2222-2222-2222-222222222222"
+    replicas, stock, product = inventory_replicas, 8000, "22222222-2222-2222-2222-222222222222"
     replicas.start(3)
     outcome: dict[str, Any] = {"sold": set(), "kills_during_sale": 0, "unanswered": 0}
 
@@ -404,6 +405,7 @@ def test_inventory_sells_exactly_its_stock_while_its_hot_owner_is_killed(
                     try:
                         await lane.call(product, "reserve", body, command_id=reservation, timeout=3)
                         outcome["sold"].add(reservation)
+                        await asyncio.sleep(0.01)  # paced, so the sale outlasts three kills and takeovers
                         break
                     except DomainError as refusal:
                         assert refusal.code == "out_of_stock", refusal.to_dict()
