@@ -25,6 +25,7 @@ CART_GET = "cart.get"
 CART_ADD = "cart.items.add"
 CART_SET = "cart.items.set"
 CART_REMOVE = "cart.items.remove"
+CART_LIST = "cart.list"
 
 # Events: one JetStream stream holds every domain event.
 EVENTS_STREAM = "EVENTS"

@@ -120,6 +120,30 @@ class RemoveFromCart(Message):
     product_id: ProductRef
 
 
+class ListCarts(Message):
+    """Admin: carts by status, a page at a time, in cart id order."""
+
+    subject: ClassVar[str] = subjects.CART_LIST
+    status: CartStatus | None = None
+    limit: int = Field(50, ge=1, le=200)
+    after: CartId | None = None
+
+
+class CartPage(BaseModel):
+    items: list[CartView]
+    next_cursor: str | None = None
+
+
+class CartListQuery(BaseModel):
+    """``GET /api/admin/carts?status=&limit=&cursor=``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: CartStatus | None = None
+    limit: int = Field(50, ge=1, le=200)
+    cursor: CartId | None = Field(None, description="`next_cursor` of the previous page.")
+
+
 class AddItemBody(BaseModel):
     """``POST /api/cart/items``."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from cartwheel import subjects
-from cartwheel.contracts.cart import AddToCart, ChangeQuantity, GetCart, RemoveFromCart
+from cartwheel.contracts.cart import AddToCart, ChangeQuantity, GetCart, ListCarts, RemoveFromCart
 from cartwheel.lanes.runtime import LaneRuntime
 from cartwheel.service import Service
 from cartwheel.settings import Settings
@@ -27,4 +27,5 @@ def build(settings: Settings) -> Service:
     service.handle(subjects.CART_ADD, AddToCart)(handlers.add)
     service.handle(subjects.CART_SET, ChangeQuantity)(handlers.change_quantity)
     service.handle(subjects.CART_REMOVE, RemoveFromCart)(handlers.remove)
+    service.handle(subjects.CART_LIST, ListCarts)(handlers.list_carts)
     return service

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from cartwheel.bus import request
 from cartwheel.contracts.base import Message
 from cartwheel.contracts.cart import (
     CART_LANE,
     AddItem,
     AddToCart,
+    CartPage,
+    CartView,
     ChangeQuantity,
     GetCart,
+    ListCarts,
     ProductSnapshot,
     RemoveFromCart,
     RemoveItem,
@@ -20,9 +25,11 @@ from cartwheel.contracts.cart import (
 from cartwheel.contracts.catalog import GetProduct, Product
 from cartwheel.contracts.inventory import GetStock
 from cartwheel.lanes.client import LaneClient
-from cartwheel.lanes.store import load_states
+from cartwheel.lanes.store import load_all_states, load_states
 from cartwheel.service import Service
 from services.cart.domain import CartState, view
+
+SCAN = 5000  # carts read per page at most, so a rare status can't make one request read them all
 
 
 class CartHandlers:
@@ -42,6 +49,27 @@ class CartHandlers:
         stored = await self.service.db.read(lambda s: load_states(s, CART_LANE, [query.cart_id]))
         state = CartState.model_validate_json(stored[query.cart_id]) if query.cart_id in stored else CartState()
         return view(query.cart_id, state).model_dump(mode="json")
+
+    async def list_carts(self, query: ListCarts) -> dict[str, Any]:
+        """Scans carts in id order, keeping those with the status asked for (a page stops at ``SCAN`` carts read)."""
+
+        def scan(session: Session) -> CartPage:
+            found: list[CartView] = []
+            after, read = query.after, 0
+            while len(found) < query.limit and read < SCAN:
+                rows = load_all_states(session, CART_LANE, after, min(500, SCAN - read))
+                if not rows:
+                    return CartPage(items=found)
+                for key, raw in rows:
+                    read, after = read + 1, key
+                    state = CartState.model_validate_json(raw)
+                    if query.status is None or state.status == query.status:
+                        found.append(view(key, state))
+                        if len(found) == query.limit:
+                            break
+            return CartPage(items=found, next_cursor=after)
+
+        return (await self.service.db.read(scan)).model_dump(mode="json")
 
     async def add(self, cmd: AddToCart) -> dict[str, Any]:
         product = await self._product(cmd.product_id, cmd)

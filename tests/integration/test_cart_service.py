@@ -15,7 +15,7 @@ import pytest
 
 from cartwheel import subjects
 from cartwheel.bus import request
-from cartwheel.contracts.cart import AddToCart, ChangeQuantity, GetCart, RemoveFromCart
+from cartwheel.contracts.cart import AddToCart, ChangeQuantity, GetCart, ListCarts, RemoveFromCart
 from cartwheel.contracts.catalog import CreateProduct, ProductDraft, ProductPatch, UpdateProduct
 from cartwheel.errors import DomainError
 from tests.helpers import random_sku
@@ -139,5 +139,26 @@ def test_an_untouched_cart_is_abandoned_and_a_change_revives_it(shop, client: Cl
         assert event["cart"]["id"] == cart and event["cart"]["total_cents"] == 1200
         revived = await request(nc, AddToCart(cart_id=cart, product_id=mug["id"], quantity=1), TIMEOUT)
         assert revived["status"] == "active" and revived["item_count"] == 2
+
+    client.run(scenario)
+
+
+def test_admins_list_carts_by_status(shop, client: Client) -> None:
+    async def scenario(nc: nats.NATS) -> None:
+        mug = await product(nc)
+        carts = sorted(new_cart() for _ in range(3))
+        for cart in carts:
+            await request(nc, AddToCart(cart_id=cart, product_id=mug["id"], quantity=1), TIMEOUT)
+        everything = await request(nc, ListCarts(limit=2), TIMEOUT)
+        assert [c["id"] for c in everything["items"]] == carts[:2] and everything["next_cursor"] == carts[1]
+        rest = await request(nc, ListCarts(limit=2, after=everything["next_cursor"]), TIMEOUT)
+        assert [c["id"] for c in rest["items"]] == carts[2:]
+        deadline = time.monotonic() + 15  # abandoned after 1 s in this fixture
+        abandoned: list[str] = []
+        while len(abandoned) < 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.3)
+            abandoned = [c["id"] for c in (await request(nc, ListCarts(status="abandoned"), TIMEOUT))["items"]]
+        assert abandoned == carts
+        assert (await request(nc, ListCarts(status="checked_out"), TIMEOUT))["items"] == []
 
     client.run(scenario)

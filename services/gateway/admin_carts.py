@@ -1,0 +1,23 @@
+"""Admin view of carts, e.g. the abandoned ones to follow up."""
+
+from __future__ import annotations
+
+from cartwheel.contracts.cart import CartListQuery, CartPage, ListCarts
+from services.gateway.api import Routes
+from services.gateway.context import gateway
+
+routes = Routes(tag="admin")
+
+
+@routes.get(
+    "/api/admin/carts",
+    summary="Carts by status (e.g. status=abandoned), a page at a time",
+    query=CartListQuery,
+    response=CartPage,
+    errors=(503,),
+    auth="admin",
+)
+def list_carts(query: CartListQuery) -> CartPage:
+    ctx = gateway()
+    message = ListCarts(tenant=ctx.settings.tenant, status=query.status, limit=query.limit, after=query.cursor)
+    return CartPage.model_validate(ctx.bus.request(message))
