@@ -32,6 +32,7 @@ from cartwheel.observability import ServiceMetrics, configure_logging, message_i
 from cartwheel.outbox import OutboxRelay
 from cartwheel.settings import Settings, get_settings
 
+HANDLER_CONCURRENCY = 64
 M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[M], Awaitable[Any]]
 
@@ -85,7 +86,8 @@ class Service:
                 return await self._answer(subject, model, fn, msg)
 
             endpoint.__name__ = fn.__name__
-            self.broker.subscriber(subject, queue=self.name)(endpoint)
+            # Requests are independent: answer many at once (FastStream's default is one at a time).
+            self.broker.subscriber(subject, queue=self.name, max_workers=HANDLER_CONCURRENCY)(endpoint)
             return fn
 
         return register
