@@ -31,7 +31,6 @@ import json
 import os
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +41,7 @@ from typing import Any
 import nats
 import requests
 from _load import CpuMeter, percentile
+from _wrk import run_wrk
 from itsdangerous import URLSafeSerializer
 
 from cartwheel import bus
@@ -87,14 +87,6 @@ request = function()
   local body = nil
   if method == "POST" then body = '{"product_id": "' .. products[p] .. '", "quantity": 1}' end
   return wrk.format(method, "%(path)s", headers, body)
-end
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'WRK {"requests": %%d, "duration_us": %%d, "non_2xx": %%d, "socket_errors": %%d, ' ..
-    '"p50_us": %%d, "p95_us": %%d, "p99_us": %%d, "max_us": %%d}\\n',
-    summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
-    latency:percentile(50), latency:percentile(95), latency:percentile(99), latency.max))
 end
 """
 
@@ -185,7 +177,7 @@ def cart_id(cookie: str) -> str:
 # ---------------------------------------------------------------- through HTTP with wrk
 
 
-def run_wrk(base_url: str, scenario: str, cookies: list[str], products: list[dict[str, Any]],
+def http_scenario(base_url: str, scenario: str, cookies: list[str], products: list[dict[str, Any]],
             args: argparse.Namespace, shop: System, duration: int) -> dict[str, Any]:
     method, path = ("POST", "/api/cart/items") if scenario == "http_add_to_cart" else ("GET", "/api/cart")
     script = LUA % {
@@ -195,24 +187,14 @@ def run_wrk(base_url: str, scenario: str, cookies: list[str], products: list[dic
         "path": path,
         "offset": 7919,
     }
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
-        fh.write(script)
     meter = CpuMeter(roles(shop))
     wrk_cpu = children_cpu_s()
     meter.start()
     began = time.monotonic()
-    try:
-        out = subprocess.run(
-            ["wrk", f"-t{args.threads}", f"-c{args.concurrency}", f"-d{duration}s", "--latency", "-s", fh.name,
-             base_url],
-            capture_output=True, text=True, check=True,
-        ).stdout
-    finally:
-        os.unlink(fh.name)
+    r = run_wrk(base_url, script, threads=args.threads, connections=args.concurrency, duration=duration)
     cpu = meter.stop()
     cpu["wrk"] = round((children_cpu_s() - wrk_cpu) / (time.monotonic() - began), 2)
     del cpu["client"]  # this process only waits for wrk
-    r = json.loads(next(line for line in out.splitlines() if line.startswith("WRK "))[4:])
     return {
         "requests_per_s": round(r["requests"] / (r["duration_us"] / 1e6)),
         "p50_ms": round(r["p50_us"] / 1000, 2),
@@ -367,8 +349,8 @@ def main() -> int:
                 continue
             if name.startswith("http_"):
                 if args.warmup:
-                    run_wrk(shop.base_url, name, cookies, products, args, shop, args.warmup)
-                figures = run_wrk(shop.base_url, name, cookies, products, args, shop, args.duration)
+                    http_scenario(shop.base_url, name, cookies, products, args, shop, args.warmup)
+                figures = http_scenario(shop.base_url, name, cookies, products, args, shop, args.duration)
             else:
                 if args.warmup:
                     asyncio.run(run_async(name, cart_ids, products, args, shop, args.warmup))

@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from _wrk import run_wrk
 
 from cartwheel.natsserver import free_port
 from cartwheel.settings import Settings
@@ -40,14 +40,6 @@ request = function()
   if patch then body = '{"price_cents": ' .. (1000 + i %% 9000) .. '}' end
   return wrk.format(method, paths[(i %% #paths) + 1], headers, body)
 end
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'WRK {"requests": %%d, "duration_us": %%d, "non_2xx": %%d, "socket_errors": %%d, ' ..
-    '"p50_us": %%d, "p90_us": %%d, "p99_us": %%d, "max_us": %%d}\\n',
-    summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
-end
 """
 
 
@@ -62,25 +54,15 @@ def scenarios(products: list[dict[str, Any]]) -> dict[str, tuple[str, list[str],
     }
 
 
-def run_wrk(base_url: str, token: str, method: str, paths: list[str], patch: bool, args: argparse.Namespace) -> dict:
+def wrk_scenario(base_url: str, token: str, method: str, paths: list[str], patch: bool,
+                 args: argparse.Namespace) -> dict:
     script = LUA % {
         "paths": ", ".join(json.dumps(p) for p in paths),
         "method": method,
         "patch": "true" if patch else "false",
         "token": token,
     }
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
-        fh.write(script)
-    try:
-        out = subprocess.run(
-            ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s", "--latency", "-s", fh.name,
-             base_url],
-            capture_output=True, text=True, check=True,
-        ).stdout
-    finally:
-        os.unlink(fh.name)
-    line = next(line for line in out.splitlines() if line.startswith("WRK "))
-    return json.loads(line[4:])
+    return run_wrk(base_url, script, threads=args.threads, connections=args.connections, duration=args.duration)
 
 
 def make_products(base_url: str, token: str, count: int) -> list[dict[str, Any]]:
@@ -122,7 +104,7 @@ def main() -> int:
         for name, (method, paths, patch) in scenarios(products).items():
             if args.scenario and name not in args.scenario:
                 continue
-            r = run_wrk(shop.base_url, shop.admin_token, method, paths, patch, args)
+            r = wrk_scenario(shop.base_url, shop.admin_token, method, paths, patch, args)
             print(json.dumps({
                 "bench": "catalog_http",
                 "scenario": name,
