@@ -26,6 +26,7 @@ CART_ADD = "cart.items.add"
 CART_SET = "cart.items.set"
 CART_REMOVE = "cart.items.remove"
 CART_LIST = "cart.list"
+CART_MERGE = "cart.merge"
 
 # Events: one JetStream stream holds every domain event.
 EVENTS_STREAM = "EVENTS"

@@ -105,6 +105,7 @@ class AddToCart(Message):
     cart_id: CartId
     product_id: ProductRef
     quantity: LineQuantity
+    email: str | None = Field(None, description="The signed-in shopper's email: the cart is theirs, never forgotten.")
 
 
 class ChangeQuantity(Message):
@@ -127,6 +128,36 @@ class ListCarts(Message):
     status: CartStatus | None = None
     limit: int = Field(50, ge=1, le=200)
     after: CartId | None = None
+
+
+class MergeCarts(Message):
+    """Login: move the anonymous cart's lines into the user's cart (which may not exist yet).
+
+    Quantities add, the user's existing snapshot price wins, each line is capped by what is
+    available; the anonymous cart becomes ``merged``. Safe to retry: the same pair merges once.
+    """
+
+    subject: ClassVar[str] = subjects.CART_MERGE
+    source_cart_id: CartId
+    target_cart_id: CartId
+    email: str | None = None
+
+
+class MergeAdjustment(BaseModel):
+    """A line of the anonymous cart that did not move in full, and why."""
+
+    product_id: str
+    sku: str
+    name: str
+    requested: int = Field(description="Units the merged line would have held.")
+    quantity: int = Field(description="Units it holds (0: the line was left out).")
+    reason: Literal["out_of_stock", "line_limit", "quantity_limit", "currency_mismatch", "not_for_sale"]
+    available: int | None = None
+
+
+class MergeResult(BaseModel):
+    cart: CartView
+    adjustments: list[MergeAdjustment] = Field(default_factory=list)
 
 
 class CartPage(BaseModel):
