@@ -54,6 +54,8 @@ def handle(state: Ledger, command: LaneCommand) -> Outcome[Ledger]:
             reply={"at": at.isoformat()},
             alarms=[Alarm(id=command.body["alarm"], at=at, body={"note": command.body.get("note", "")})],
         )
+    if command.kind == "drop":
+        return Outcome(reply={"dropped": command.key}, delete=True)
     if command.kind == "forget":
         return Outcome(reply={}, cancel_alarms=[command.body["alarm"]])
     if command.kind == ALARM:

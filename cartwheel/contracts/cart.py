@@ -74,6 +74,7 @@ class AddItem(CartCommand):
     product: ProductSnapshot
     quantity: LineQuantity
     available: StrictInt = Field(ge=0, description="Units available when the service looked.")
+    email: str | None = Field(None, description="The signed-in owner: their cart is never forgotten.")
 
 
 class SetQuantity(CartCommand):
@@ -90,6 +91,29 @@ class RemoveItem(CartCommand):
 
 class ClearCart(CartCommand):
     kind: ClassVar[str] = "clear"
+
+
+class MergedLine(BaseModel):
+    product: ProductSnapshot
+    quantity: int
+
+
+class MergeAway(CartCommand):
+    """First half of a merge, on the anonymous cart: it closes (``merged``) and hands its lines over."""
+
+    kind: ClassVar[str] = "merge_away"
+    into: CartId
+
+
+class AbsorbCart(CartCommand):
+    """Second half, on the user's cart: take the lines, capped by ``available`` and by the product as it is now."""
+
+    kind: ClassVar[str] = "absorb"
+    source_cart_id: CartId
+    lines: list[MergedLine] = Field(max_length=MAX_LINES)
+    available: dict[str, StrictInt] = Field(description="Units available per product when the service looked.")
+    for_sale: dict[str, bool] = Field(description="Whether each product is active now.")
+    email: str | None = None
 
 
 # -- requests to the cart service (core request/reply; the service looks products up) --------
@@ -204,3 +228,13 @@ class CartAbandoned(Message):
     subject: ClassVar[str] = subjects.CART_ABANDONED
     cart: CartView
     email: str | None = None
+
+
+class CartMerged(Message):
+    """The anonymous cart ``source_cart_id`` was merged into the user's cart (``cart``, as it is after)."""
+
+    subject: ClassVar[str] = subjects.CART_MERGED
+    source_cart_id: str
+    cart: CartView
+    email: str | None = None
+    adjustments: list[MergeAdjustment] = Field(default_factory=list)

@@ -154,7 +154,7 @@ class PartitionWorker:
         if not result.applied:
             raise CursorMoved(f"cursor moved to {result.last_sequence} elsewhere")
         self.cursor = result.last_sequence
-        self._remember(result.states)
+        self._remember(result.states, result.deleted)
         rt.metrics.apply.observe(time.perf_counter() - started)
         rt.metrics.batch.observe(len(incoming))
         rt.metrics.commands.inc(len(incoming) - result.duplicates)
@@ -179,7 +179,9 @@ class PartitionWorker:
         except Exception as exc:
             log.warning("lane %s partition %d: purge failed (%s); retrying later", lane, self.partition, exc)
 
-    def _remember(self, states: dict[str, BaseModel]) -> None:
+    def _remember(self, states: dict[str, BaseModel], deleted: set[str]) -> None:
+        for key in deleted:
+            self.states.pop(key, None)
         for key, state in states.items():
             self.states[key] = state
             self.states.move_to_end(key)

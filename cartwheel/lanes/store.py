@@ -41,6 +41,7 @@ class BatchResult:
     alarms_changed: bool = False
     earliest_alarm: datetime | None = None
     states: dict[str, BaseModel] = field(default_factory=dict)
+    deleted: set[str] = field(default_factory=set)
 
 
 def cursor(session: Session, lane: str, partition: int) -> int:
@@ -101,6 +102,7 @@ def apply_batch(session: Session, spec: LaneSpec[Any], partition: int, expected:
 
     writes.flush(session, in_database, now)
     result.states = writes.states  # as committed by this transaction: loaded, kept, or changed
+    result.deleted = writes.deleted
     if current is None:
         session.execute(insert(LaneCursor.__table__).values(lane=lane, partition=partition,
                                                             last_sequence=result.last_sequence))
@@ -121,6 +123,7 @@ class _Writes:
         self.partition = partition
         self.states = states
         self.dirty: set[str] = set()
+        self.deleted: set[str] = set()
         self.records: list[dict[str, Any]] = []
         self.events: list[Any] = []
         self.alarms: dict[str, dict[str, Any]] = {}
@@ -137,9 +140,14 @@ class _Writes:
             # A bug in a pure handler: answer it and move on, rather than stall the whole partition.
             log.exception("lane %s: handler failed on %s %s", spec.name, command.kind, command.id)
             return Reply.failure("internal_error", f"{spec.name} could not apply {command.kind}").model_dump_json()
-        if outcome.state is not None:
+        if outcome.delete:
+            self.states.pop(command.key, None)
+            self.dirty.discard(command.key)
+            self.deleted.add(command.key)
+        elif outcome.state is not None:
             self.states[command.key] = outcome.state
             self.dirty.add(command.key)
+            self.deleted.discard(command.key)
         self.events.extend(outcome.events)
         self.cancel(outcome.cancel_alarms)
         for alarm in outcome.alarms:
@@ -163,6 +171,8 @@ class _Writes:
             session.execute(delete(LaneAlarm.__table__).where(LaneAlarm.lane == lane, LaneAlarm.alarm_id.in_(chunk)))
         if self.alarms:
             session.execute(insert(LaneAlarm.__table__), list(self.alarms.values()))
+        for chunk in _chunks(sorted(self.deleted & existing), 500):
+            session.execute(delete(LaneState.__table__).where(LaneState.lane == lane, LaneState.key.in_(chunk)))
         rows = [{"lane": lane, "key": k, "state": self.states[k].model_dump_json(), "updated_at": now}
                 for k in self.dirty]
         if new := [r for r in rows if r["key"] not in existing]:

@@ -46,6 +46,8 @@ class Outcome(Generic[S]):
     reply: dict[str, Any]
     state: S | None = None
     """The key's new state; ``None`` leaves it as it was."""
+    delete: bool = False
+    """Forget the key's state (its row goes); a later command sees ``LaneSpec.initial`` again."""
     events: list[Message] = field(default_factory=list)
     alarms: list[Alarm] = field(default_factory=list)
     """Alarms to set (an existing alarm with the same id is moved)."""

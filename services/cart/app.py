@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from cartwheel import subjects
-from cartwheel.contracts.cart import AddToCart, ChangeQuantity, GetCart, ListCarts, RemoveFromCart
+from cartwheel.contracts.cart import AddToCart, ChangeQuantity, GetCart, ListCarts, MergeCarts, RemoveFromCart
 from cartwheel.lanes.runtime import LaneRuntime
 from cartwheel.service import Service
 from cartwheel.settings import Settings
 from services.cart.domain import CartTimers, make_spec
 from services.cart.handlers import CartHandlers
+from services.cart.merge import merge_carts
 
 
 def build(settings: Settings) -> Service:
@@ -28,4 +30,9 @@ def build(settings: Settings) -> Service:
     service.handle(subjects.CART_SET, ChangeQuantity)(handlers.change_quantity)
     service.handle(subjects.CART_REMOVE, RemoveFromCart)(handlers.remove)
     service.handle(subjects.CART_LIST, ListCarts)(handlers.list_carts)
+
+    @service.handle(subjects.CART_MERGE, MergeCarts)
+    async def merge(cmd: MergeCarts) -> dict[str, Any]:
+        return await merge_carts(handlers, cmd)
+
     return service

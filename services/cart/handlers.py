@@ -12,6 +12,7 @@ from cartwheel.contracts.cart import (
     CART_LANE,
     AddItem,
     AddToCart,
+    CartCommand,
     CartPage,
     CartView,
     ChangeQuantity,
@@ -82,7 +83,7 @@ class CartHandlers:
             active=product.active,
         )
         available = await self._available(product.id, cmd)
-        return await self._send(
+        return await self.send(
             AddItem(
                 id=cmd.id,
                 tenant=cmd.tenant,
@@ -90,12 +91,13 @@ class CartHandlers:
                 product=snapshot,
                 quantity=cmd.quantity,
                 available=available,
+                email=cmd.email,
             )
         )
 
     async def change_quantity(self, cmd: ChangeQuantity) -> dict[str, Any]:
         available = await self._available(cmd.product_id, cmd) if cmd.quantity else None
-        return await self._send(
+        return await self.send(
             SetQuantity(
                 id=cmd.id,
                 tenant=cmd.tenant,
@@ -107,7 +109,7 @@ class CartHandlers:
         )
 
     async def remove(self, cmd: RemoveFromCart) -> dict[str, Any]:
-        return await self._send(
+        return await self.send(
             RemoveItem(id=cmd.id, tenant=cmd.tenant, cart_id=cmd.cart_id, product_id=cmd.product_id)
         )
 
@@ -119,7 +121,7 @@ class CartHandlers:
         query = GetStock(tenant=cause.tenant, product_id=product_id)
         return int((await request(self.service.broker.connection, query, self.timeout))["available"])
 
-    async def _send(self, cmd: AddItem | SetQuantity | RemoveItem) -> dict[str, Any]:
+    async def send(self, cmd: CartCommand) -> dict[str, Any]:
         """Into the cart's lane; the request's id is the command id, so a retried request changes nothing."""
         assert self.lane is not None, "the lane client opens at service start"
         return await self.lane.call(

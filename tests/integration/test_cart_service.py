@@ -15,9 +15,21 @@ import pytest
 
 from cartwheel import subjects
 from cartwheel.bus import request
-from cartwheel.contracts.cart import AddToCart, ChangeQuantity, GetCart, ListCarts, RemoveFromCart
+from cartwheel.contracts.cart import (
+    CART_LANE,
+    AddToCart,
+    ChangeQuantity,
+    GetCart,
+    ListCarts,
+    MergeCarts,
+    MergeResult,
+    RemoveFromCart,
+)
 from cartwheel.contracts.catalog import CreateProduct, ProductDraft, ProductPatch, UpdateProduct
+from cartwheel.contracts.inventory import GetStock, SetStock
+from cartwheel.db import Database
 from cartwheel.errors import DomainError
+from cartwheel.lanes.store import load_states
 from tests.helpers import random_sku
 from tests.integration.conftest import Client
 
@@ -25,8 +37,8 @@ TIMEOUT = 10.0
 
 
 @pytest.fixture
-def shop(database_url: str, start_service, client: Client):
-    """Catalog and inventory (SQLite in tmp) and the cart on the test's database, on fresh lanes."""
+def backends(start_service, client: Client) -> None:
+    """Catalog and inventory (SQLite in tmp) on fresh lanes; each test starts the cart its way."""
 
     async def fresh_lanes(nc: nats.NATS) -> None:
         js = nc.jetstream()
@@ -41,6 +53,11 @@ def shop(database_url: str, start_service, client: Client):
     client.run(fresh_lanes)
     start_service("catalog")
     start_service("inventory")
+
+
+@pytest.fixture
+def shop(backends: None, database_url: str, start_service):
+    """The backends and the cart on the test's database, abandoning carts after 1 s."""
     return start_service("cart", cart_database_url=database_url, cart_abandon_seconds=1.0)
 
 
@@ -52,7 +69,7 @@ async def product(nc: nats.NATS, stock: int = 10, **fields: Any) -> dict[str, An
     for _ in range(100):  # inventory creates the stock row from the product_created event
         level = await request(
             nc,
-            __import__("cartwheel.contracts.inventory", fromlist=["GetStock"]).GetStock(product_id=made["id"]),
+            GetStock(product_id=made["id"]),
             TIMEOUT,
         )
         if level["on_hand"] == stock:
@@ -162,3 +179,82 @@ def test_admins_list_carts_by_status(shop, client: Client) -> None:
         assert (await request(nc, ListCarts(status="checked_out"), TIMEOUT))["items"] == []
 
     client.run(scenario)
+
+
+def test_login_merges_the_anonymous_cart_once(shop, client: Client) -> None:
+    async def scenario(nc: nats.NATS) -> None:
+        anon, user = new_cart(), new_cart()
+        shared, scarce, own = await product(nc, stock=50), await product(nc, stock=5), await product(nc)
+        await request(nc, AddToCart(cart_id=user, product_id=shared["id"], quantity=2, email="a@example.test"), TIMEOUT)
+        await request(nc, UpdateProduct(product_id=shared["id"], patch=ProductPatch(price_cents=1500)), TIMEOUT)
+        for item, quantity in ((shared, 3), (scarce, 4), (own, 1)):
+            await request(nc, AddToCart(cart_id=anon, product_id=item["id"], quantity=quantity), TIMEOUT)
+        await request(nc, SetStock(product_id=scarce["id"], on_hand=2), TIMEOUT)  # sold elsewhere meanwhile
+        merged_events = await nc.subscribe(subjects.CART_MERGED)
+        merge = MergeCarts(source_cart_id=anon, target_cart_id=user, email="a@example.test")
+        first = MergeResult.model_validate(await request(nc, merge, TIMEOUT))
+        lines = {i.product_id: (i.quantity, i.unit_price_cents) for i in first.cart.items}
+        # the user's 2 at 12.00 keep their price; 3 more join them; the scarce line is capped at what is left
+        assert lines == {shared["id"]: (5, 1200), scarce["id"]: (2, 1200), own["id"]: (1, 1200)}
+        assert [(a.product_id, a.requested, a.quantity, a.reason) for a in first.adjustments] == [
+            (scarce["id"], 4, 2, "out_of_stock")]
+        event = json.loads((await merged_events.next_msg(timeout=10)).data)
+        assert (event["source_cart_id"], event["cart"]["id"], event["email"]) == (anon, user, "a@example.test")
+        again = MergeResult.model_validate(await request(nc, MergeCarts(source_cart_id=anon, target_cart_id=user),
+                                                         TIMEOUT))
+        assert again.cart.items == first.cart.items  # a retried login moves nothing twice
+        assert (await request(nc, GetCart(cart_id=anon), TIMEOUT))["status"] == "merged"
+        with pytest.raises(DomainError) as closed:
+            await request(nc, AddToCart(cart_id=anon, product_id=own["id"], quantity=1), TIMEOUT)
+        assert closed.value.code == "cart_closed"
+
+    client.run(scenario)
+
+
+def test_merging_an_empty_cart_or_into_a_user_without_one(shop, client: Client) -> None:
+    async def scenario(nc: nats.NATS) -> None:
+        mug = await product(nc)
+        empty = await request(nc, MergeCarts(source_cart_id=new_cart(), target_cart_id=(user := new_cart())), TIMEOUT)
+        assert empty == {"cart": (await request(nc, GetCart(cart_id=user), TIMEOUT)), "adjustments": []}
+        assert empty["cart"]["items"] == []
+        anon = new_cart()
+        await request(nc, AddToCart(cart_id=anon, product_id=mug["id"], quantity=2), TIMEOUT)
+        fresh = await request(nc, MergeCarts(source_cart_id=anon, target_cart_id=new_cart()), TIMEOUT)
+        assert [(i["product_id"], i["quantity"]) for i in fresh["cart"]["items"]] == [(mug["id"], 2)]
+
+    client.run(scenario)
+
+
+def test_abandonment_survives_a_restart_of_the_cart_service_and_old_anonymous_carts_go(
+    backends: None, database_url: str, start_service, client: Client
+) -> None:
+    timers = {"cart_database_url": database_url, "cart_abandon_seconds": 3.0, "cart_forget_seconds": 2.0}
+    cart_service = start_service("cart", **timers)
+    cart = new_cart()
+
+    async def add_one(nc: nats.NATS) -> dict[str, Any]:
+        mug = await product(nc)
+        return await request(nc, AddToCart(cart_id=cart, product_id=mug["id"], quantity=1), TIMEOUT)
+
+    assert client.run(add_one)["status"] == "active"
+    cart_service.stop()  # down before the alarm is due
+    time.sleep(3.5)
+    start_service("cart", **timers)
+
+    async def watch(nc: nats.NATS) -> list[str]:
+        seen: list[str] = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (not seen or seen[-1] != "gone"):
+            reply = await request(nc, GetCart(cart_id=cart), TIMEOUT)
+            status = "gone" if reply["status"] == "active" and not reply["items"] and seen else reply["status"]
+            if not seen or seen[-1] != status:
+                seen.append(status)
+            await asyncio.sleep(0.2)
+        return seen
+
+    # due at 3 s while the service was down, so abandoned just after the restart; forgotten 2 s later
+    seen = client.run(watch)
+    assert seen in (["active", "abandoned", "gone"], ["abandoned", "gone"]), seen
+    db = Database(database_url)
+    assert db.read_sync(lambda s: load_states(s, CART_LANE, [cart])) == {}  # the row is gone, not just emptied
+    db.close()

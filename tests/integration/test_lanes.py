@@ -336,6 +336,29 @@ def test_alarms_fire_through_the_lane_and_survive_a_restart(
     assert ledger(database_url, "k2").fired == ["soon"]
 
 
+def test_a_deleted_key_starts_over_and_its_row_is_gone(
+    replicas: Replicas, database_url: str, client: Client
+) -> None:
+    replicas.start(1)
+
+    async def scenario(nc: nats.NATS) -> str:
+        client = await lane_client(nc)
+        await client.call("k3", "stock", {"stock": 2})
+        await client.call("k3", "drop", {})
+        with pytest.raises(DomainError) as refused:  # the owner's cached state went with the row
+            await client.call("k3", "take", {})
+        for kind, body in (("stock", {"stock": 7}), ("drop", {})):
+            await client.call("k3", kind, body)
+        await client.call("k4", "stock", {"stock": 1})
+        return refused.value.code
+
+    assert client.run(scenario) == "out_of_stock"
+    db = Database(database_url)
+    rows = db.read_sync(lambda s: load_states(s, LANE, ["k3", "k4"]))
+    db.close()
+    assert set(rows) == {"k4"}
+
+
 def test_a_key_must_be_a_plain_token(replicas: Replicas, client: Client) -> None:
     replicas.start(1)
 

@@ -38,8 +38,8 @@ def apply(state: CartState, kind: str, at: datetime = T0, **body: Any) -> tuple[
     return outcome.state or state, outcome
 
 
-def add(state: CartState, quantity: int = 1, available: int = 100, **kw: Any) -> CartState:
-    return apply(state, "add", product=product(**kw), quantity=quantity, available=available)[0]
+def add(state: CartState, quantity: int = 1, available: int = 100, email: str | None = None, **kw: Any) -> CartState:
+    return apply(state, "add", product=product(**kw), quantity=quantity, available=available, email=email)[0]
 
 
 def test_add_snapshots_the_product_and_totals() -> None:
@@ -143,14 +143,24 @@ def test_abandonment_then_a_change_reactivates_and_anonymous_carts_expire() -> N
         state, "add", at=later + timedelta(minutes=1), product=product(pid="p2"), quantity=1, available=5
     )
     assert revived.status == "active" and forget_alarm(CART) in outcome.cancel_alarms
-    expired, outcome = alarm(state, forget_alarm(CART), later + timedelta(days=30))
-    assert expired.status == "expired" and expired.lines == {}
+    _, outcome = alarm(state, forget_alarm(CART), later + timedelta(days=30))
+    assert outcome.delete and outcome.state is None  # the row goes; the next read is a new, empty cart
+    assert [(e.subject, e.cart.status) for e in outcome.events] == [("events.cart.updated", "expired")]
+
+
+def test_an_emptied_anonymous_cart_is_forgotten_too() -> None:
+    state, _ = apply(add(CartState()), "remove", product_id="p1")
+    _, outcome = alarm(state, abandon_alarm(CART), T0 + timedelta(minutes=30))
+    assert outcome.state is None and outcome.events == [] and [a.id for a in outcome.alarms] == [forget_alarm(CART)]
 
 
 def test_alarms_that_no_longer_apply_do_nothing() -> None:
     _, outcome = alarm(CartState(), abandon_alarm(CART), T0)  # empty cart: nothing to abandon
     assert outcome.state is None and outcome.events == []
-    signed_in = add(CartState(email="a@example.test"))
+    signed_in = add(CartState(), email="a@example.test")
+    assert signed_in.email == "a@example.test"
+    _, outcome = alarm(signed_in, forget_alarm(CART), T0)
+    assert not outcome.delete
     state, outcome = alarm(signed_in, abandon_alarm(CART), T0)
     assert state.status == "abandoned" and outcome.alarms == []  # a known shopper's cart is kept
     assert outcome.events[0].email == "a@example.test"
