@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import threading
 from collections.abc import Awaitable, Callable
@@ -17,6 +18,7 @@ import greenlet
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
@@ -50,6 +52,7 @@ class NatsBridge:
         self._failures = 0
         self._connecting: asyncio.Task[None] | None = None
         self._closing = False
+        self._reconnect_hooks: list[Callable[[], None]] = []
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -116,6 +119,16 @@ class NatsBridge:
     async def _on_reconnected(self) -> None:
         self._failures = 0
         log.info("gateway reconnected to nats")
+        for hook in list(self._reconnect_hooks):
+            try:
+                hook()
+            except Exception:  # one listener's bug must not keep the others from hearing of the gap
+                log.exception("gateway reconnect hook failed")
+
+    def on_reconnect(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` on the loop (it must not block) after every reconnect: core messages of the gap are lost."""
+        self._reconnect_hooks.append(hook)
+
 
     def wait_connected(self, timeout: float) -> bool:
         """Block until connected or ``timeout`` seconds passed; True when connected."""
@@ -204,6 +217,38 @@ class NatsBridge:
 
         return self.call(ask(), timeout + GRACE, what=subject)
 
+    def subscribe(
+        self, subject: str, on_message: Callable[[bytes], None], timeout: float | None = None
+    ) -> Callable[[], None]:
+        """Subscribe to ``subject`` on core NATS; returns once the server has the subscription.
+
+        ``on_message(data)`` runs on the bridge's loop, so it must not block. nats-py renews the
+        subscription after a reconnect. The returned function unsubscribes (safe to call twice).
+        """
+        timeout = timeout or self.settings.request_timeout
+        nc = self.nc
+
+        async def deliver(msg: Msg) -> None:
+            on_message(msg.data)
+
+        async def open_subscription() -> Any:
+            sub = await nc.subscribe(subject, cb=deliver)
+            try:
+                await nc.flush(timeout)  # the server has it: nothing published after this call returns is missed
+            except (nats.errors.Error, TimeoutError) as error:
+                await sub.unsubscribe()
+                raise ServiceUnavailable(subject, repr(error)) from None
+            return sub
+
+        sub = self.call(open_subscription(), timeout + GRACE, what=subject)
+        loop = self._loop
+
+        def unsubscribe() -> None:
+            if loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(lambda: asyncio.ensure_future(_quietly(sub.unsubscribe())))
+
+        return unsubscribe
+
     def kv_get(self, bucket: str, key: str, timeout: float | None = None) -> bytes | None:
         """The value under ``key`` in ``bucket``; None when the key or the bucket doesn't exist.
 
@@ -234,6 +279,11 @@ class NatsBridge:
 def _log_failure(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("gateway cannot connect to nats", exc_info=task.exception())
+
+
+async def _quietly(work: Awaitable[Any]) -> None:
+    with contextlib.suppress(nats.errors.Error):  # already gone with its connection
+        await work
 
 
 async def _invoke(work: Work[T]) -> T:

@@ -68,7 +68,7 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
     return {
         "bind": [f"{host}:{settings.gateway_port}"],
         "workers": settings.gateway_workers,
-        "worker_class": "gevent",
+        "worker_class": gateway_worker_class,  # called once, in the master
         "worker_connections": WORKER_CONNECTIONS,
         "graceful_timeout": GRACEFUL_TIMEOUT,
         "timeout": 30,
@@ -111,6 +111,33 @@ class PropagatingLogger(GunicornLogger):
             for handler in list(logger.handlers):
                 logger.removeHandler(handler)
             logger.propagate = True
+
+
+def gateway_worker_class() -> type:
+    """gunicorn's gevent worker, ending open event streams as soon as a graceful stop begins.
+
+    Without that, every open stream would hold the worker until ``graceful_timeout`` and be cut
+    then; ended at once, the browsers reconnect to another worker within their retry time.
+    gunicorn imports its gevent worker in the master anyway, so importing it here costs nothing.
+    """
+    from gunicorn.workers.ggevent import GeventWorker
+
+    class GatewayWorker(GeventWorker):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            import gevent
+
+            gevent.spawn(end_streams, self)  # out of the signal handler, like gunicorn's own handle_quit
+
+    return GatewayWorker
+
+
+def end_streams(worker: Any) -> None:
+    from services.gateway.sse import end_streams as end
+
+    app = getattr(worker, "wsgi", None)
+    if app is not None:
+        end(app)
 
 
 def start_bridge(worker: Any) -> None:
