@@ -64,6 +64,13 @@ def bucket_configs(settings: Settings) -> list[KeyValueConfig]:
             storage=StorageType.FILE,
             replicas=settings.stream_replicas,
         ),
+        KeyValueConfig(
+            bucket=subjects.INVENTORY_STOCK_BUCKET,
+            description="Stock per product for reads: written by inventory after each change, newest version wins.",
+            history=1,
+            storage=StorageType.FILE,
+            replicas=settings.stream_replicas,
+        ),
     ]
 
 

@@ -44,6 +44,7 @@ INVENTORY_COMMITTED = "events.inventory.committed"
 INVENTORY_EXPIRED = "events.inventory.expired"
 INVENTORY_STOCK_CHANGED = "events.inventory.stock_changed"
 INVENTORY_OUT_OF_STOCK = "events.inventory.out_of_stock"
+INVENTORY_EVENTS = "events.inventory.>"
 
 # Key-value buckets.
 CATALOG_CACHE_BUCKET = "catalog_products"
@@ -56,6 +57,13 @@ def catalog_cache_key(product_id: str) -> str:
 def catalog_sku_key(sku: str) -> str:
     """Key of the sku → product id entry; base64url because a sku may hold dots a key can't."""
     return "sku." + base64.urlsafe_b64encode(sku.encode()).decode().rstrip("=")
+
+
+INVENTORY_STOCK_BUCKET = "inventory_stock"  # each product's stock level, written by inventory after a change
+
+
+def inventory_stock_key(product_id: str) -> str:
+    return f"product.{product_id}"
 
 
 # Lanes (see cartwheel/lanes): commands enter on <lane>.cmd.<key> and are stored per partition.

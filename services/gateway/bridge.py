@@ -22,9 +22,10 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from cartwheel import bus
+from cartwheel import bus, subjects
 from cartwheel.contracts.base import Message
 from cartwheel.errors import ServiceUnavailable
+from cartwheel.kvmirror import KvMirror
 from cartwheel.settings import Settings
 
 log = logging.getLogger("cartwheel.gateway.bridge")
@@ -33,6 +34,9 @@ T = TypeVar("T")
 Work = Awaitable[T] | Callable[[], Awaitable[T]]
 
 KV_TIMEOUT = 1.0
+# Buckets each worker keeps a live copy of (a watch), so reading them costs no round trip. Product
+# reads ask for each product's stock; a copy that trails the bucket by a moment is fine there.
+MIRRORED = frozenset({subjects.INVENTORY_STOCK_BUCKET})
 GRACE = 0.5  # Extra seconds the bridge waits so the bus's own timeout fires first and names the subject.
 
 
@@ -48,6 +52,7 @@ class NatsBridge:
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
         self._buckets: dict[str, KeyValue] = {}
+        self._mirrors: dict[str, KvMirror[bytes]] = {}
         self._lock = threading.Lock()
         self._failures = 0
         self._connecting: asyncio.Task[None] | None = None
@@ -159,6 +164,7 @@ class NatsBridge:
     async def _shutdown(self) -> None:
         if self._connecting is not None and not self._connecting.done():
             self._connecting.cancel()
+        await self._stop_mirrors()
         if self._nc is not None and not self._nc.is_closed:
             await self._nc.close()
 
@@ -254,9 +260,30 @@ class NatsBridge:
 
         Raises :class:`ServiceUnavailable` when NATS doesn't answer within ``timeout`` (default: 1 s at most).
         """
+        mirror = self.mirror(bucket)
+        if mirror is not None and mirror.synced:
+            return mirror.get(key)
         timeout = timeout or min(KV_TIMEOUT, self.settings.request_timeout)
         self.nc  # noqa: B018 -- fail fast while disconnected
         return self.call(self._kv_get(bucket, key), timeout, what=bucket)
+
+    def mirror(self, bucket: str) -> KvMirror[bytes] | None:
+        """This worker's live copy of ``bucket`` if it is one of :data:`MIRRORED` (started on first use)."""
+        if bucket not in MIRRORED:
+            return None
+        mirror = self._mirrors.get(bucket)
+        if mirror is None:
+            with self._lock:
+                mirror = self._mirrors.get(bucket)
+                loop = self._loop
+                if mirror is None and loop is not None:
+                    mirror = self._mirrors[bucket] = KvMirror(bucket, lambda: self._nc)
+                    loop.call_soon_threadsafe(mirror.start)
+        return mirror
+
+    async def _stop_mirrors(self) -> None:
+        for mirror in self._mirrors.values():
+            await mirror.stop()
 
     async def key_value(self, bucket: str) -> KeyValue:
         """The bucket's handle, looked up once per worker (runs on the loop)."""

@@ -1,9 +1,17 @@
-"""How many units of a product can be bought now, for product reads: best effort, never the reason a read fails."""
+"""How many units of a product can be bought now, for product reads: best effort, never the reason a read fails.
+
+Inventory keeps each product's stock in a KV bucket; each gateway worker holds a live copy of it
+(see :data:`services.gateway.bridge.MIRRORED`), so a read usually costs no round trip. A product
+the bucket lacks is asked of inventory, which then writes it there.
+"""
 
 from __future__ import annotations
 
 import logging
 
+from pydantic import ValidationError
+
+from cartwheel import subjects
 from cartwheel.contracts.inventory import GetStock, GetStocks, StockLevel, StockLevels
 from cartwheel.errors import DomainError, ServiceUnavailable
 from services.gateway.context import gateway
@@ -15,6 +23,9 @@ AVAILABILITY_TIMEOUT = 1.0  # seconds; a product page shouldn't wait the full re
 
 def available(product_id: str) -> int | None:
     """``available`` of one product; None when inventory doesn't answer in time."""
+    known = _from_bucket(product_id)
+    if known is not None:
+        return known
     ctx = gateway()
     try:
         data = ctx.bus.request(GetStock(tenant=ctx.settings.tenant, product_id=product_id), _timeout())
@@ -25,16 +36,36 @@ def available(product_id: str) -> int | None:
 
 
 def available_of(product_ids: list[str]) -> dict[str, int]:
-    """``available`` of each product, in one request; products missing from the answer are unknown (null)."""
-    if not product_ids:
-        return {}
+    """``available`` of each product; those the bucket lacks in one request; products missing from both are null."""
+    found: dict[str, int] = {}
+    for product_id in product_ids:
+        if (known := _from_bucket(product_id)) is not None:
+            found[product_id] = known
+    missing = [p for p in product_ids if p not in found]
+    if not missing:
+        return found
     ctx = gateway()
     try:
-        data = ctx.bus.request(GetStocks(tenant=ctx.settings.tenant, product_ids=product_ids), _timeout())
-        return {level.product_id: level.available for level in StockLevels.model_validate(data).items}
+        data = ctx.bus.request(GetStocks(tenant=ctx.settings.tenant, product_ids=missing), _timeout())
+        found.update({level.product_id: level.available for level in StockLevels.model_validate(data).items})
     except (ServiceUnavailable, DomainError, ValueError) as error:
-        log.info("gateway serves %d products without availability: %s", len(product_ids), error)
-        return {}
+        log.info("gateway serves %d products without availability: %s", len(missing), error)
+    return found
+
+
+def _from_bucket(product_id: str) -> int | None:
+    """The product's ``available`` as inventory last wrote it to the stock bucket; None if not there."""
+    try:
+        raw = gateway().bus.kv_get(subjects.INVENTORY_STOCK_BUCKET, subjects.inventory_stock_key(product_id))
+    except ServiceUnavailable:
+        return None
+    if raw is None:
+        return None
+    try:
+        return StockLevel.model_validate_json(raw).available
+    except ValidationError:
+        log.warning("gateway ignores an unreadable stock entry of %s", product_id)
+        return None
 
 
 def _timeout() -> float:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cartwheel import subjects
 from cartwheel.contracts.catalog import ProductCreated
-from cartwheel.contracts.inventory import GetStock, GetStocks, Restock, SetStock
+from cartwheel.contracts.inventory import GetStock, GetStocks, Restock, SetStock, StockEvent
 from cartwheel.lanes.runtime import LaneRuntime
 from cartwheel.service import Service
 from cartwheel.settings import Settings
@@ -18,6 +18,8 @@ def build(settings: Settings) -> Service:
     handlers = InventoryHandlers(service)
     service.on_start(handlers.open_lane)
     service.on_stop(handlers.close_lane)
+    service.on_start(handlers.open_board)
+    service.on_stop(handlers.close_board)
     service.handle(subjects.INVENTORY_STOCK_GET, GetStock)(handlers.get_stock)
     service.handle(subjects.INVENTORY_STOCKS_GET, GetStocks)(handlers.get_stocks)
     service.handle(subjects.INVENTORY_RESTOCK, Restock)(handlers.restock)
@@ -25,4 +27,5 @@ def build(settings: Settings) -> Service:
     service.consume(subjects.CATALOG_PRODUCT_CREATED, ProductCreated, durable="inventory-products")(
         handlers.track_product
     )
+    service.consume(subjects.INVENTORY_EVENTS, StockEvent, durable="inventory-stock-board")(handlers.publish_stock)
     return service

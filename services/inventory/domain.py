@@ -169,14 +169,17 @@ COMMANDS: dict[str, tuple[type[StockCommand], Any]] = {
 
 
 def handle(stock: Stock, command: LaneCommand) -> Outcome[Stock]:
-    """The inventory lane's handler: decode the command, apply its rule."""
+    """The inventory lane's handler: decode the command, apply its rule; a changed stock gets the next version."""
     if command.kind == ALARM:
-        return expire(stock, command)
-    if command.kind not in COMMANDS:
+        outcome = expire(stock, command)
+    elif command.kind not in COMMANDS:
         raise Invalid(f"inventory has no command {command.kind!r}", fields=[{"field": "kind", "message": "unknown"}])
-    model, rule = COMMANDS[command.kind]
-    cmd = decode(model, command)
-    return rule(stock, cmd, command)
+    else:
+        model, rule = COMMANDS[command.kind]
+        outcome = rule(stock, decode(model, command), command)
+    if outcome.state is not None:
+        outcome.state = outcome.state.model_copy(update={"version": stock.version + 1})
+    return outcome
 
 
 def decode(model: type[StockCommand], command: LaneCommand) -> Any:

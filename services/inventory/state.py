@@ -44,6 +44,8 @@ class Stock(BaseModel):
     initialized: bool = False
     """Set once the catalog's product_created arrived, so its initial stock is added only once."""
     tenant: str = "default"
+    version: int = 0
+    """One more with every change (set by the lane): copies of the stock elsewhere keep the highest."""
 
     @property
     def available(self) -> int:
@@ -79,6 +81,7 @@ class Counts(BaseModel):
 
     on_hand: int = 0
     reserved: int = 0
+    version: int = 0
 
     def level(self, product_id: str) -> StockLevel:
         return StockLevel(

@@ -1,0 +1,143 @@
+"""A live copy of a NATS KV bucket in this process, kept by a watch, so a read costs no round trip.
+
+The copy is ``synced`` once the watch has delivered the bucket's current content, and stays so
+while the watch runs. After a reconnect the watch may have missed updates, so the copy is
+unsynced and watched again from the start; callers read the bucket (or ask its owner) meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+import nats.errors
+from nats.aio.client import Client as NatsClient
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+
+log = logging.getLogger(__name__)
+
+V = TypeVar("V")
+
+CHECK_EVERY = 1.0  # seconds between looks at the connection while no update arrives
+RETRY_AFTER = 1.0  # seconds before watching again after a failure
+
+
+_IDLE = object()
+
+
+def _raw(key: str, value: bytes) -> bytes:
+    return value
+
+
+class KvMirror(Generic[V]):
+    """Keeps ``decode(key, value)`` of every key of ``bucket``; a value that decodes to None is left out."""
+
+    def __init__(
+        self,
+        bucket: str,
+        client: Callable[[], NatsClient | None],
+        decode: Callable[[str, bytes], V | None] = _raw,  # type: ignore[assignment]
+    ) -> None:
+        self.bucket = bucket
+        self.decode = decode
+        self._client = client
+        self._values: dict[str, V] = {}
+        self._synced = False
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.resyncs = 0  # watches started after the first: reconnects and failures
+
+    @property
+    def synced(self) -> bool:
+        return self._synced
+
+    def get(self, key: str) -> V | None:
+        """The value as last seen; meaningful only while :attr:`synced`."""
+        return self._values.get(key)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def start(self) -> None:
+        """Start watching on the running loop (in the background, retrying forever)."""
+        if self._task is None:
+            self._stopping = False
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"kv-mirror-{self.bucket}")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._synced = False
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+
+    async def wait_synced(self, timeout: float) -> bool:
+        """True once synced; False if that didn't happen within ``timeout`` s."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not self._synced and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        return self._synced
+
+    async def _run(self) -> None:
+        watches = 0
+        while not self._stopping:
+            try:
+                nc = self._client()
+            except Exception:  # no connection object yet
+                nc = None
+            if nc is not None and nc.is_connected:
+                watches += 1
+                self.resyncs = max(0, watches - 1)
+                try:
+                    await self._follow(nc)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as error:  # a missing bucket, a timeout: watch again shortly
+                    log.info("kv mirror of %s stopped (%r); watching again", self.bucket, error)
+            self._synced = False
+            if nc is not None and nc.is_closed:
+                return
+            await asyncio.sleep(RETRY_AFTER)
+
+    async def _follow(self, nc: NatsClient) -> None:
+        reconnects = nc.stats["reconnects"]
+        kv: KeyValue = await nc.jetstream().key_value(self.bucket)
+        watcher = await kv.watchall()
+        loading: dict[str, V] | None = {}  # the current content, until the watch says it is all here
+        try:
+            while not self._stopping:
+                try:
+                    entry = await watcher.updates(timeout=CHECK_EVERY)
+                except nats.errors.TimeoutError:
+                    entry = _IDLE
+                if nc.stats["reconnects"] != reconnects or not nc.is_connected:
+                    return  # updates may have been missed while away
+                if entry is _IDLE:
+                    continue
+                if entry is None:  # the watch's marker: everything the bucket held has arrived
+                    if loading is not None:
+                        self._values, loading = loading, None
+                        self._synced = True
+                    continue
+                values = self._values if loading is None else loading
+                value = None if entry.operation in (KV_DEL, KV_PURGE) else self._decode(entry.key, entry.value or b"")
+                if value is None:
+                    values.pop(entry.key, None)
+                else:
+                    values[entry.key] = value
+        finally:
+            self._synced = False
+            with contextlib.suppress(Exception):
+                await watcher.stop()
+
+    def _decode(self, key: str, value: bytes) -> V | None:
+        try:
+            return self.decode(key, value)
+        except ValueError as error:  # pydantic's ValidationError is a ValueError
+            log.warning("kv mirror of %s skips an unreadable entry %s: %s", self.bucket, key, error)
+            return None
