@@ -6,7 +6,6 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from cartwheel.bus import request
 from cartwheel.contracts.base import Message
 from cartwheel.contracts.cart import (
     CART_LANE,
@@ -23,12 +22,12 @@ from cartwheel.contracts.cart import (
     RemoveItem,
     SetQuantity,
 )
-from cartwheel.contracts.catalog import GetProduct, Product
-from cartwheel.contracts.inventory import GetStock
+from cartwheel.contracts.catalog import Product
 from cartwheel.lanes.client import LaneClient
 from cartwheel.lanes.store import load_all_states, load_states
 from cartwheel.service import Service
 from services.cart.domain import CartState, view
+from services.cart.lookups import Lookups
 
 SCAN = 5000  # carts read per page at most, so a rare status can't make one request read them all
 
@@ -38,11 +37,14 @@ class CartHandlers:
         self.service = service
         self.timeout = service.settings.request_timeout * 0.8  # under the gateway's own wait
         self.lane: LaneClient | None = None
+        self.lookups = Lookups(lambda: self.service.broker.connection, self.timeout)
 
     async def open_lane(self) -> None:
         self.lane = await LaneClient(self.service.broker.connection, CART_LANE).start()
+        self.lookups.start()
 
     async def close_lane(self) -> None:
+        await self.lookups.stop()
         if self.lane is not None:
             await self.lane.close()
 
@@ -114,12 +116,12 @@ class CartHandlers:
         )
 
     async def _product(self, product_id: str, cause: Message) -> Product:
-        query = GetProduct(tenant=cause.tenant, id_or_sku=product_id)
-        return Product.model_validate(await request(self.service.broker.connection, query, self.timeout))
+        """From this process's copy of the catalog's cache, else from the catalog."""
+        return await self.lookups.product(product_id, cause)
 
     async def _available(self, product_id: str, cause: Message) -> int:
-        query = GetStock(tenant=cause.tenant, product_id=product_id)
-        return int((await request(self.service.broker.connection, query, self.timeout))["available"])
+        """From this process's copy of inventory's stock bucket, else from inventory."""
+        return await self.lookups.available(product_id, cause)
 
     async def send(self, cmd: CartCommand) -> dict[str, Any]:
         """Into the cart's lane; the request's id is the command id, so a retried request changes nothing."""
