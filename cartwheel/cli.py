@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cartwheel.settings import SERVICES, get_settings
+from cartwheel.settings import DATABASES, SERVICES, get_settings
 
 RUNNABLE = (*SERVICES, "gateway")
 
@@ -16,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("up", help="start NATS, every service and the gateway on this machine (Ctrl-C stops all)")
     run = sub.add_parser("run", help="run one service in the foreground (what containers do)")
     run.add_argument("service", choices=RUNNABLE)
-    migrate = sub.add_parser("migrate", help="apply database migrations (all services unless named)")
+    migrate = sub.add_parser("migrate", help="apply database migrations (all services and the gateway unless named)")
     migrate.add_argument("services", nargs="*", metavar="SERVICE")
     sub.add_parser("seed", help="add the demo catalog (skips products whose sku exists)")
     health = sub.add_parser("health", help="ask services over NATS whether they are healthy; exit 1 if not")
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
-    allowed = {"migrate": SERVICES, "health": RUNNABLE}.get(args.command, ())
+    allowed = {"migrate": DATABASES, "health": RUNNABLE}.get(args.command, ())
     for name in getattr(args, "services", []):
         if name not in allowed:
             parser.error(f"unknown service {name!r} (choose from {', '.join(allowed)})")
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "migrate":
         from cartwheel.db import migrate
 
-        for service in args.services or SERVICES:
+        for service in args.services or DATABASES:
             migrate(service, settings.database_url(service))
             print(f"{service}: migrated")
         return 0

@@ -18,6 +18,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SERVICES: tuple[str, ...] = ("catalog", "cart", "inventory", "orders", "payments")
 """Backend services, each with its own process and database (the gateway is separate)."""
+DATABASES: tuple[str, ...] = (*SERVICES, "gateway")
+"""Everything with its own database and Alembic history: the services and the gateway (accounts)."""
 
 
 class Settings(BaseSettings):
@@ -38,6 +40,9 @@ class Settings(BaseSettings):
     inventory_database_url: str | None = Field(None, description="Default: sqlite:///<var_dir>/inventory.db")
     orders_database_url: str | None = Field(None, description="Default: sqlite:///<var_dir>/orders.db")
     payments_database_url: str | None = Field(None, description="Default: sqlite:///<var_dir>/payments.db")
+    gateway_database_url: str | None = Field(
+        None, description="Accounts and sessions. Default: sqlite:///<var_dir>/gateway.db"
+    )
 
     gateway_host: str = Field("127.0.0.1", description="Address the gateway binds to.")
     gateway_port: int = Field(8080, ge=1, le=65535, description="Port the gateway serves HTTP on.")
@@ -59,6 +64,21 @@ class Settings(BaseSettings):
         True, description="Cookies carry `Secure` (HTTPS only); `cartwheel up` turns it off for plain http."
     )
 
+    session_max_age_seconds: int = Field(
+        30 * 86400, ge=60, description="A sign-in lasts this long (cookie Max-Age and server-side expiry)."
+    )
+    login_failure_window_seconds: int = Field(
+        900, ge=1, description="Failed sign-ins are counted over this sliding window."
+    )
+    login_max_failures_per_email: int = Field(5, ge=1, description="Failed sign-ins per account in the window.")
+    login_max_failures_per_ip: int = Field(20, ge=1, description="Failed sign-ins per client address in the window.")
+    trusted_proxies: int = Field(
+        0,
+        ge=0,
+        le=10,
+        description="Proxies in front of the gateway whose X-Forwarded-For to believe (0: use the peer address).",
+    )
+
     cart_abandon_seconds: float = Field(
         1800, gt=0, description="A cart untouched this long is abandoned (events.cart.abandoned)."
     )
@@ -70,7 +90,7 @@ class Settings(BaseSettings):
     tenant: str = Field("default", description="Tenant id stamped on messages.")
 
     def database_url(self, service: str) -> str:
-        if service not in SERVICES:
+        if service not in DATABASES:
             raise ValueError(f"unknown service {service!r}")
         url = getattr(self, f"{service}_database_url")
         return url or f"sqlite:///{(self.var_dir / f'{service}.db').resolve()}"

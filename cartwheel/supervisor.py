@@ -278,9 +278,10 @@ class System:
             self.var_dir.mkdir(parents=True, exist_ok=True)
             if self.nats is not None:
                 self._start_nats()
-            # The gateway needs no service database: let it boot while migrations run.
+            # The gateway needs its own database only: let it boot while the services' migrations run.
+            self._migrate([GATEWAY])
             self._start(GATEWAY, [sys.executable, "-m", "cartwheel.cli", "run", "gateway"], self._metrics_port(None))
-            self._migrate()
+            self._migrate(SERVICES)
             for i, name in enumerate(SERVICES):
                 self._start(name, [sys.executable, "-m", f"services.{name}"], self._metrics_port(i))
             self._wait_ready(started + self.ready_timeout)
@@ -374,10 +375,10 @@ class System:
             return 0
         return base if index is None else base + index + 1
 
-    def _migrate(self) -> None:
+    def _migrate(self, names: Sequence[str]) -> None:
         from cartwheel.db import migrate
 
-        for name in SERVICES:
+        for name in names:
             self._step(f"migrating {name}…")
             try:
                 migrate(name, self.settings.database_url(name))

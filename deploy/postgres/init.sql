@@ -1,4 +1,4 @@
--- One database per Cartwheel service: each service owns its data and its migrations.
+-- One database per Cartwheel service (and the gateway's, for accounts): each owns its data and migrations.
 -- Run once by the postgres image from /docker-entrypoint-initdb.d on an empty volume,
 -- as POSTGRES_USER, who owns the databases. Each service creates its own tables at start.
 -- Outside Docker: psql -v ON_ERROR_STOP=1 -U <owner> -d postgres -f deploy/postgres/init.sql
@@ -7,3 +7,4 @@ CREATE DATABASE cart;
 CREATE DATABASE inventory;
 CREATE DATABASE orders;
 CREATE DATABASE payments;
+CREATE DATABASE gateway;

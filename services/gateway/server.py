@@ -19,6 +19,7 @@ from gunicorn.glogging import Logger as GunicornLogger
 
 from cartwheel.observability import configure_logging
 from cartwheel.settings import Settings
+from services.gateway.migrate import migrate_database
 
 log = logging.getLogger("cartwheel.gateway.server")
 
@@ -40,6 +41,8 @@ def serve(settings: Settings) -> int:
         settings.gateway_port,
         settings.gateway_workers,
     )
+    if not migrate_database(settings):
+        return 1
     try:
         GatewayServer(settings).run()
     except SystemExit as stop:  # gunicorn's arbiter leaves through sys.exit

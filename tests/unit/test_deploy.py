@@ -22,7 +22,7 @@ import yaml
 from sqlalchemy.engine import make_url
 
 from cartwheel.cli import RUNNABLE, parse
-from cartwheel.settings import SERVICES, Settings
+from cartwheel.settings import DATABASES, SERVICES, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -224,13 +224,13 @@ def test_compose_secrets_come_from_the_operator() -> None:
         interpolate(cartwheel_services()["gateway"]["environment"]["CARTWHEEL_SECRET"], {})
 
 
-def test_each_service_uses_its_own_database_from_init_sql(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_each_service_and_the_gateway_use_their_own_database_from_init_sql(monkeypatch: pytest.MonkeyPatch) -> None:
     postgres = compose_env("postgres")
     for name in cartwheel_services():
         env = compose_env(name)
         urls = {v for v in env if v.endswith("_DATABASE_URL")}
-        assert urls == ({f"CARTWHEEL_{name.upper()}_DATABASE_URL"} if name in SERVICES else set()), name
-        if name not in SERVICES:
+        assert urls == ({f"CARTWHEEL_{name.upper()}_DATABASE_URL"} if name in DATABASES else set()), name
+        if name not in DATABASES:
             continue
         url = make_url(settings_from(env, monkeypatch).database_url(name))
         assert url.drivername == "postgresql+psycopg", name
@@ -272,7 +272,7 @@ def test_nats_and_postgres_keep_data_in_named_volumes() -> None:
     assert "store_dir: /data" in (DEPLOY / "nats" / "nats.conf").read_text()
     init_mounts = [v for v in compose_services()["postgres"]["volumes"] if "/docker-entrypoint-initdb.d/" in v]
     assert [v.split(":")[0] for v in init_mounts] == ["./deploy/postgres/init.sql"]
-    assert set(SERVICES) <= init_sql_databases()
+    assert set(DATABASES) <= init_sql_databases()
 
 
 def test_nats_images_match_the_tested_server() -> None:
@@ -399,7 +399,7 @@ def test_k8s_environment_is_settings(monkeypatch: pytest.MonkeyPatch) -> None:
         assert all(make_url(u).host in services for u in settings.nats_servers), name
         assert settings.stream_replicas == k8s_named("StatefulSet", "nats")["spec"]["replicas"] == 3
         assert settings.admin_token is not None and settings.secret is not None, name
-        if name in SERVICES:
+        if name in DATABASES:
             url = make_url(settings.database_url(name))
             assert url.drivername == "postgresql+psycopg" and url.database == name, name
             assert url.database in init_sql_databases()
