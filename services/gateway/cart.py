@@ -1,7 +1,8 @@
-"""Cart routes: the visitor's cart, found by the signed ``cart`` cookie, kept by the cart service.
+"""Cart routes: the shopper's cart, kept by the cart service, found by :func:`current_shopper`.
 
-A visitor without a (valid) cookie sees an empty cart and gets no cookie; the first add names a
-new cart and hands its cookie out, so reading never creates anything.
+A signed-in shopper's cart is the one their account names, on every device, and needs no cookie.
+A visitor is known by the signed ``cart`` cookie: without a (valid) one they see an empty cart and
+get no cookie; the first add names a new cart and hands its cookie out, so reading never creates anything.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from cartwheel.contracts.cart import (
 from cartwheel.errors import NotFound
 from services.gateway.api import Routes
 from services.gateway.context import gateway
-from services.gateway.cookies import cart_cookie, cart_id_from_cookie, is_valid, new_cart_id
+from services.gateway.cookies import cart_cookie, is_valid, new_cart_id
+from services.gateway.session import Shopper, cart_of_signed_in, current_shopper
 
 routes = Routes(tag="cart")
 
@@ -49,10 +51,10 @@ Answer = tuple[CartOut, dict[str, str]]
     errors=(503,),
 )
 def get_cart() -> Answer:
-    cart_id = cart_id_from_cookie()
+    cart_id = current_shopper().cart_id
     if cart_id is None:
         return CartOut.empty(), NO_STORE
-    return _ask(GetCart(tenant=gateway().settings.tenant, cart_id=cart_id)), NO_STORE
+    return ask_cart(GetCart(tenant=gateway().settings.tenant, cart_id=cart_id)), NO_STORE
 
 
 @routes.post(
@@ -63,9 +65,10 @@ def get_cart() -> Answer:
     errors=(404, 409, 503),
 )
 def add_item(body: AddItemBody) -> Answer:
-    cart_id = cart_id_from_cookie() or new_cart_id()
-    cart = _ask(AddToCart(tenant=gateway().settings.tenant, cart_id=cart_id, **body.model_dump()))
-    return cart, {**NO_STORE, "Set-Cookie": cart_cookie(cart_id)}  # also renews the cookie's Max-Age
+    shopper = current_shopper()
+    cart_id = cart_of_signed_in(shopper) if shopper.signed_in else shopper.cart_id or new_cart_id()
+    message = AddToCart(tenant=gateway().settings.tenant, cart_id=cart_id, email=shopper.email, **body.model_dump())
+    return ask_cart(message), _headers(shopper, cart_id)
 
 
 @routes.patch(
@@ -76,11 +79,11 @@ def add_item(body: AddItemBody) -> Answer:
     errors=(404, 409, 503),
 )
 def change_quantity(product_id: str, body: QuantityBody) -> Answer:
-    cart_id = _existing_cart(product_id)
+    shopper, cart_id = _existing_cart(product_id)
     message = ChangeQuantity(
         tenant=gateway().settings.tenant, cart_id=cart_id, product_id=product_id, quantity=body.quantity
     )
-    return _ask(message), {**NO_STORE, "Set-Cookie": cart_cookie(cart_id)}
+    return ask_cart(message), _headers(shopper, cart_id)
 
 
 @routes.route(
@@ -91,20 +94,26 @@ def change_quantity(product_id: str, body: QuantityBody) -> Answer:
     errors=(404, 409, 503),
 )
 def remove_item(product_id: str) -> Answer:
-    cart_id = _existing_cart(product_id)
+    shopper, cart_id = _existing_cart(product_id)
     message = RemoveFromCart(tenant=gateway().settings.tenant, cart_id=cart_id, product_id=product_id)
-    return _ask(message), {**NO_STORE, "Set-Cookie": cart_cookie(cart_id)}
+    return ask_cart(message), _headers(shopper, cart_id)
 
 
-def _existing_cart(product_id: str) -> str:
-    """The cookie's cart id for a change to one of its lines; 404 when there is no cart or no such line can be."""
-    cart_id = cart_id_from_cookie()
-    if cart_id is None:
+def _existing_cart(product_id: str) -> tuple[Shopper, str]:
+    """The shopper's cart id for a change to one of its lines; 404 when there is no cart or no such line can be."""
+    shopper = current_shopper()
+    if shopper.cart_id is None:
         raise NotFound("no cart")
     if not is_valid(_PRODUCT_REF, product_id):  # not a product id at all, so not in the cart
         raise NotFound("no such product in the cart")
-    return cart_id
+    return shopper, shopper.cart_id
 
 
-def _ask(message: Message) -> CartOut:
+def _headers(shopper: Shopper, cart_id: str) -> dict[str, str]:
+    if shopper.signed_in:  # the session names their cart; a cookie would outlive signing out
+        return NO_STORE
+    return {**NO_STORE, "Set-Cookie": cart_cookie(cart_id)}  # also renews the cookie's Max-Age
+
+
+def ask_cart(message: Message) -> CartOut:
     return CartOut.model_validate(gateway().bus.request(message))

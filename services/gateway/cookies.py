@@ -33,7 +33,7 @@ def cart_id_from_cookie() -> str | None:
     if not value:
         return None
     try:
-        cart_id = _serializer(_secret()).loads(value)
+        cart_id = _serializer(secret()).loads(value)
     except BadData:
         return None
     return cart_id if is_valid(_CART_ID, cart_id) else None
@@ -52,10 +52,15 @@ def is_valid(adapter: TypeAdapter[str], value: object) -> bool:
 
 def cart_cookie(cart_id: str) -> str:
     """The ``Set-Cookie`` value that hands ``cart_id`` to the browser."""
+    return private_cookie(CART_COOKIE, _serializer(secret()).dumps(cart_id), CART_COOKIE_MAX_AGE)
+
+
+def private_cookie(name: str, value: str, max_age: int) -> str:
+    """A ``Set-Cookie`` value scripts cannot read, sent on this site's own navigations only."""
     return dump_cookie(
-        CART_COOKIE,
-        _serializer(_secret()).dumps(cart_id),
-        max_age=CART_COOKIE_MAX_AGE,
+        name,
+        value,
+        max_age=max_age,
         path="/",
         secure=gateway().settings.cookie_secure,
         httponly=True,
@@ -63,13 +68,19 @@ def cart_cookie(cart_id: str) -> str:
     )
 
 
-def _secret() -> str:
-    secret = gateway().settings.secret
-    if secret is None:  # get_settings() always fills it; only a hand-made Settings can lack it
+def cleared_cookie(name: str) -> str:
+    """The ``Set-Cookie`` value that makes the browser drop ``name``."""
+    return private_cookie(name, "", 0)
+
+
+def secret() -> str:
+    """The key every gateway cookie is signed with."""
+    key = gateway().settings.secret
+    if key is None:  # get_settings() always fills it; only a hand-made Settings can lack it
         raise RuntimeError("the gateway has no cookie secret (CARTWHEEL_SECRET)")
-    return secret.get_secret_value()
+    return key.get_secret_value()
 
 
 @lru_cache(maxsize=4)
-def _serializer(secret: str) -> URLSafeSerializer:
-    return URLSafeSerializer(secret, salt=CART_SALT)
+def _serializer(key: str) -> URLSafeSerializer:
+    return URLSafeSerializer(key, salt=CART_SALT)
