@@ -134,7 +134,6 @@ class NatsBridge:
         """Call ``hook`` on the loop (it must not block) after every reconnect: core messages of the gap are lost."""
         self._reconnect_hooks.append(hook)
 
-
     def wait_connected(self, timeout: float) -> bool:
         """Block until connected or ``timeout`` seconds passed; True when connected."""
         try:

@@ -41,7 +41,7 @@ from cartwheel.errors import ServiceUnavailable
 from services.gateway.api import Routes
 from services.gateway.cart import CartOut
 from services.gateway.context import gateway
-from services.gateway.cookies import cart_id_from_cookie
+from services.gateway.session import current_shopper
 
 log = logging.getLogger("cartwheel.gateway.sse")
 
@@ -221,7 +221,7 @@ def end_streams(app: Flask) -> None:
     media_type=EVENT_STREAM,
 )
 def cart_events() -> Response:
-    cart_id = cart_id_from_cookie()  # the one look-up a session-aware resolver replaces
+    cart_id = current_shopper().cart_id  # a signed-in shopper's cart on every device, else the cookie's
     if cart_id is None:
         return _respond(_once(NO_CART_RETRY_MS, "cart", CartOut.empty().model_dump_json()))
     ctx = gateway()

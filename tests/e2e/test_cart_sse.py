@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import requests
 
 from cartwheel.supervisor import System
+from tests.e2e.test_accounts_http import login, new_email, register
 from tests.e2e.test_cart_http import product
 
 TIMEOUT = 10
@@ -25,12 +26,12 @@ STREAMS_METRIC = "cartwheel_gateway_cart_streams"
 class EventStream:
     """A client of ``GET /api/cart/events`` reading in a thread: the events it got, as (name, data)."""
 
-    def __init__(self, base_url: str, cookie: str | None = None) -> None:
+    def __init__(self, base_url: str, cookie: str | None = None, session: str | None = None) -> None:
         url = urlsplit(base_url)
         self.connection = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=60)
         headers = {"Accept": "text/event-stream"}
-        if cookie:
-            headers["Cookie"] = f"cart={cookie}"
+        if cookie or session:
+            headers["Cookie"] = f"cart={cookie}" if cookie else f"session={session}"
         self.connection.request("GET", "/api/cart/events", headers=headers)
         self.socket = self.connection.sock
         self.response = self.connection.getresponse()
@@ -164,5 +165,21 @@ def test_a_visitor_without_a_cart_gets_an_empty_cart_and_a_later_retry(system: S
         assert cart["id"] is None and cart["items"] == []
         assert stream.next_event() is None  # the stream ends; EventSource reconnects after `retry`
         assert stream.fields[0] == "retry"
+    finally:
+        stream.close()
+
+
+def test_a_signed_in_shoppers_other_device_sees_the_change(system: System) -> None:
+    tea, email = product(system), new_email()
+    register(system, email)
+    laptop, phone = requests.Session(), requests.Session()
+    login(system, laptop, email)
+    laptop.post(f"{system.base_url}/api/cart/items", json={"product_id": tea["id"], "quantity": 1}, timeout=TIMEOUT)
+    login(system, phone, email)
+    stream = EventStream(system.base_url, session=phone.cookies["session"])
+    try:
+        assert stream.next_cart()["item_count"] == 1
+        laptop.post(f"{system.base_url}/api/cart/items", json={"product_id": tea["id"], "quantity": 2}, timeout=TIMEOUT)
+        assert stream.wait_for_cart(lambda cart: cart["item_count"] == 3)["items"][0]["product_id"] == tea["id"]
     finally:
         stream.close()
