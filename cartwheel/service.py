@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from faststream import FastStream
+from faststream.exceptions import NackMessage
 from faststream.nats import JStream, NatsMessage
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
@@ -33,6 +34,7 @@ from cartwheel.outbox import OutboxRelay
 from cartwheel.settings import Settings, get_settings
 
 HANDLER_CONCURRENCY = 64
+REDELIVER_S = 2.0  # an event whose handler failed comes back after this long (a dependency may be back)
 M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[M], Awaitable[Any]]
 
@@ -107,6 +109,13 @@ class Service:
                 token = message_id.set(event.id if isinstance(event, Message) else "-")
                 try:
                     await fn(event)
+                except NackMessage:
+                    raise
+                except Exception:
+                    # FastStream's default would terminate the event: it would never come back.
+                    self.metrics.failures.labels(self.name, subject).inc()
+                    self.log.exception("event handler %s failed; the event comes back in %g s", durable, REDELIVER_S)
+                    raise NackMessage(delay=REDELIVER_S) from None
                 finally:
                     message_id.reset(token)
 

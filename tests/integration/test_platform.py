@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 import nats
@@ -24,10 +26,11 @@ from cartwheel.db import Database, PlatformBase, migrate
 from cartwheel.errors import ServiceUnavailable
 from cartwheel.lanes.models import LanesBase
 from cartwheel.outbox import OutboxEvent, OutboxRelay, ProcessedEvent, first_delivery, record_event
+from cartwheel.service import Service
 from cartwheel.settings import SERVICES
 from services.catalog.models import Base as CatalogBase
 from tests.helpers import random_sku
-from tests.integration.conftest import Client, settings_for
+from tests.integration.conftest import Client, ServiceThread, settings_for
 
 # Tables each service has beyond the platform's.
 SERVICE_METADATA = {"catalog": [CatalogBase.metadata], "inventory": [LanesBase.metadata], "cart": [LanesBase.metadata]}
@@ -239,3 +242,32 @@ def test_request_without_a_listener_is_unavailable_not_a_hang(nats_url: str) -> 
 
     client.run(scenario)
     client.close()
+
+
+def test_an_event_whose_handler_fails_comes_back(nats_url: str, tmp_path: Path, client: Client) -> None:
+    now = datetime.now(UTC)
+    mine = ProductCreated(product=Product(id=f"p-{random_sku()}", sku=random_sku(), name="Flaky", description="",
+                                          price_cents=100, currency="EUR", active=True, version=1,
+                                          created_at=now, updated_at=now))
+    seen: list[str] = []
+    service = Service("orders", settings_for(nats_url, tmp_path))
+
+    @service.consume(subjects.CATALOG_PRODUCT_CREATED, ProductCreated, durable=f"flaky_{random_sku()}")
+    async def flaky(event: ProductCreated) -> None:
+        if event.id == mine.id:
+            seen.append(event.id)
+            if len(seen) == 1:
+                raise RuntimeError("a dependency is down")
+
+    runner = ServiceThread(service).start()
+    try:
+        async def publish(nc: nats.NATS) -> None:
+            await nc.jetstream().publish(mine.subject, mine.model_dump_json().encode())
+
+        client.run(publish)
+        deadline = time.monotonic() + 15
+        while len(seen) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert seen == [mine.id, mine.id]  # failed once, handled the second time, then acknowledged
+    finally:
+        runner.stop()
