@@ -458,3 +458,127 @@ def test_inventory_sells_exactly_its_stock_while_its_hot_owner_is_killed(
     assert outcome["kills_during_sale"] == 3 and outcome["unanswered"] == 0, outcome
     assert len(outcome["sold"]) == stock == state.reserved == state.on_hand  # no oversell, nothing lost
     assert set(state.reservations) == outcome["sold"]  # every success is in the database, once
+
+
+def test_many_keys_sent_at_once_apply_exactly_once_in_key_order_across_a_kill(
+    replicas: Replicas, database_url: str, client: Client
+) -> None:
+    """Load spread over every partition, as an owner applies it in grouped transactions: one owner is
+    SIGKILLed mid-way and replaced; every key's commands apply once each, in the order they were sent."""
+    replicas.start(2)
+    keys = [f"spread-{i}" for i in range(48)]
+    assert {partition_of(k, PARTITIONS) for k in keys} == set(range(PARTITIONS))
+    per_key = 12
+    outcome: dict[str, Any] = {"answered": 0, "killed": False}
+
+    async def scenario(nc: nats.NATS) -> dict[str, tuple[list[dict[str, Any]], dict[str, Any]]]:
+        lane = await lane_client(nc)
+
+        async def caller(key: str) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
+            replies = []
+            for i in range(per_key):
+                while True:  # the same command id every time: applied at most once
+                    try:
+                        replies.append(await lane.call(key, "append", {}, command_id=f"{key}-{i}", timeout=3))
+                        outcome["answered"] += 1
+                        break
+                    except ServiceUnavailable:
+                        continue
+            again = await lane.call(key, "append", {}, command_id=f"{key}-0", timeout=15)
+            return key, replies, again
+
+        async def killer() -> None:
+            while outcome["answered"] < len(keys) * per_key // 3:
+                await asyncio.sleep(0.005)
+            victim = await asyncio.to_thread(replicas.owner_of, keys[0])
+            await asyncio.to_thread(replicas.kill, victim)
+            outcome["killed"] = outcome["answered"] < len(keys) * per_key
+            await asyncio.to_thread(replicas.start, 1)
+
+        *results, _ = await asyncio.gather(*(caller(k) for k in keys), killer())
+        return {key: (replies, again) for key, replies, again in results}
+
+    results = client.run(scenario)
+    assert outcome["killed"], "the kill came after the last command: nothing was tested"
+    for key, (replies, again) in results.items():
+        state = ledger(database_url, key)
+        assert [r["position"] for r in replies] == list(range(1, per_key + 1)), key  # each applied once, in order
+        assert state.applied == [r["sequence"] for r in replies], key
+        assert again == replies[0], key  # a retry long after gets the first reply, with no second effect
+
+
+def test_a_group_applies_partitions_together_and_leaves_out_a_fenced_one(database_url: str) -> None:
+    """:func:`apply_group` directly: several partitions in one transaction, one of them moved meanwhile
+    by a second owner (so left out, nothing written for it), a command id met twice, alarms and a delete."""
+    from datetime import UTC, datetime, timedelta
+
+    from cartwheel.db import migrate
+    from cartwheel.lanes.models import LaneAlarm, LaneCommandRecord
+    from cartwheel.lanes.store import Incoming, PartitionBatch, apply_batch, apply_group
+    from cartwheel.lanes.types import LaneCommand
+    from tests.lane_replica import SPEC
+
+    migrate("inventory", database_url)
+    db = Database(database_url)
+    by_partition: dict[int, str] = {}
+    for i in range(200):
+        by_partition.setdefault(partition_of(f"g-{i}", PARTITIONS), f"g-{i}")
+    a, b, c = (by_partition[p] for p in sorted(by_partition)[:3])
+    pa, pb, pc = (partition_of(k, PARTITIONS) for k in (a, b, c))
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def cmd(key: str, seq: int, kind: str, body: dict[str, Any] | None = None, cid: str | None = None) -> Incoming:
+        return Incoming(LaneCommand(id=cid or f"{key}-{seq}", key=key, kind=kind, body=body or {}, sequence=seq,
+                                    issued_at=at + timedelta(seconds=seq)), reply_to=f"inbox.{key}.{seq}")
+
+    first = db.run_sync(lambda s: apply_group(s, SPEC, [
+        PartitionBatch(pa, 0, [cmd(a, 1, "stock", {"stock": 5}), cmd(a, 2, "take"), cmd(a, 3, "remind",
+                                                                                      {"alarm": "ga", "after": 60})]),
+        PartitionBatch(pb, 0, [cmd(b, 1, "stock", {"stock": 1}), cmd(b, 2, "take"), cmd(b, 3, "take")]),
+        PartitionBatch(pc, 0, [cmd(c, 1, "append"), cmd(c, 2, "drop")]),
+    ]))
+    assert [r.applied for r in first] == [True, True, True]
+    assert [r.last_sequence for r in first] == [3, 3, 2]
+    assert b'"left":4' in first[0].replies[1][1] and b"out_of_stock" in first[1].replies[2][1]
+    assert first[0].alarms_changed and first[2].deleted == {c}
+
+    # A second owner applies partition c (its cursor moves to 5) while the first still believes it at 2.
+    assert db.run_sync(lambda s: apply_batch(s, SPEC, pc, 2, [cmd(c, 5, "append")])).applied
+    second = db.run_sync(lambda s: apply_group(s, SPEC, [
+        PartitionBatch(pa, 3, [cmd(a, 4, "take"), cmd(a, 5, "forget", {"alarm": "ga"})], cached=first[0].states),
+        PartitionBatch(pc, 2, [cmd(c, 3, "append", cid="stale-owner")], cached=first[2].states),
+        # The same id as a's first take, on another partition: a duplicate, with that command's reply.
+        PartitionBatch(pb, 3, [cmd(b, 4, "forget", {"alarm": "nothing-here"}), cmd(b, 5, "take", cid=f"{a}-4")],
+                       cached=first[1].states),
+    ]))
+    assert [r.applied for r in second] == [True, False, True]
+    assert second[1].last_sequence == 5 and not second[1].replies  # fenced: the caller restarts from the cursor
+    assert second[2].duplicates == 1 and second[2].replies[1][1] == second[0].replies[0][1]
+
+    stored = db.read_sync(lambda s: load_states(s, LANE, [a, b, c]))
+    states = {k: Ledger.model_validate_json(v) for k, v in stored.items()}
+    assert (states[a].stock, states[a].applied) == (3, [1, 2, 4])
+    assert (states[b].stock, states[b].applied) == (0, [1, 2])  # its duplicate "take" had no effect
+    assert states[c].applied == [5]  # the second owner's command only; the stale one left no trace
+
+    def rows(s: Any) -> tuple[set[str], set[str]]:
+        from sqlalchemy import select
+
+        alarms = set(s.scalars(select(LaneAlarm.alarm_id).where(LaneAlarm.lane == LANE)))
+        commands = set(s.scalars(select(LaneCommandRecord.command_id).where(LaneCommandRecord.lane == LANE)))
+        return alarms, commands
+
+    alarms, commands = db.read_sync(rows)
+    db.close()
+    assert alarms == set() and "stale-owner" not in commands and f"{b}-5" not in commands
+    assert sorted(db_cursor(database_url, p) for p in (pa, pb, pc)) == [5, 5, 5]
+
+
+def db_cursor(database_url: str, partition: int) -> int:
+    from cartwheel.lanes.store import cursor
+
+    db = Database(database_url)
+    try:
+        return db.read_sync(lambda s: cursor(s, LANE, partition))
+    finally:
+        db.close()
