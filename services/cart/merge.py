@@ -20,9 +20,15 @@ _IDS = uuid.uuid5(uuid.NAMESPACE_URL, "cartwheel:cart-merge")
 async def merge_carts(handlers: CartHandlers, cmd: MergeCarts) -> dict[str, Any]:
     adjustments: list[dict[str, Any]] = []
     if cmd.source_cart_id != cmd.target_cart_id:
+        # Look the products up before closing the anonymous cart: a look-up that fails then leaves it
+        # open, rather than closed with its lines not yet moved.
+        source = await handlers.get_cart(GetCart(tenant=cmd.tenant, cart_id=cmd.source_cart_id))
+        found = await _look_up(handlers, cmd, [item["product_id"] for item in source["items"]])
         lines = await _take_lines(handlers, cmd)
+        added_since = [line.product.product_id for line in lines if line.product.product_id not in found]
+        found |= await _look_up(handlers, cmd, added_since)
         if lines:
-            adjustments = await _absorb(handlers, cmd, lines)
+            adjustments = await _absorb(handlers, cmd, lines, found)
     # Read back rather than trust the absorb reply: a replayed reply may be older than the cart.
     cart = await handlers.get_cart(GetCart(tenant=cmd.tenant, cart_id=cmd.target_cart_id))
     return {"cart": cart, "adjustments": adjustments}
@@ -40,20 +46,26 @@ async def _take_lines(handlers: CartHandlers, cmd: MergeCarts) -> list[MergedLin
     return [MergedLine.model_validate(line) for line in reply["lines"]]
 
 
-async def _absorb(handlers: CartHandlers, cmd: MergeCarts, lines: list[MergedLine]) -> list[dict[str, Any]]:
-    product_ids = [line.product.product_id for line in lines]
+async def _look_up(handlers: CartHandlers, cmd: MergeCarts, product_ids: list[str]) -> dict[str, tuple[bool, int]]:
+    """Whether each product is for sale now, and how many are available."""
     for_sale, available = await asyncio.gather(
         asyncio.gather(*(_for_sale(handlers, pid, cmd) for pid in product_ids)),
         asyncio.gather(*(handlers._available(pid, cmd) for pid in product_ids)),
     )
+    return dict(zip(product_ids, zip(for_sale, available, strict=True), strict=True))
+
+
+async def _absorb(
+    handlers: CartHandlers, cmd: MergeCarts, lines: list[MergedLine], found: dict[str, tuple[bool, int]]
+) -> list[dict[str, Any]]:
     absorb = AbsorbCart(
         id=_command_id("absorb", cmd),
         tenant=cmd.tenant,
         cart_id=cmd.target_cart_id,
         source_cart_id=cmd.source_cart_id,
         lines=lines,
-        available=dict(zip(product_ids, available, strict=True)),
-        for_sale=dict(zip(product_ids, for_sale, strict=True)),
+        available={pid: available for pid, (_, available) in found.items()},
+        for_sale={pid: for_sale for pid, (for_sale, _) in found.items()},
         email=cmd.email,
     )
     return list((await handlers.send(absorb))["adjustments"])

@@ -20,7 +20,7 @@ from cartwheel.contracts.cart import (
     QuantityBody,
     RemoveFromCart,
 )
-from cartwheel.errors import NotFound
+from cartwheel.errors import DomainError, NotFound
 from services.gateway.api import Routes
 from services.gateway.context import gateway
 from services.gateway.cookies import cart_cookie, is_valid, new_cart_id
@@ -67,8 +67,18 @@ def get_cart() -> Answer:
 def add_item(body: AddItemBody) -> Answer:
     shopper = current_shopper()
     cart_id = cart_of_signed_in(shopper) if shopper.signed_in else shopper.cart_id or new_cart_id()
-    message = AddToCart(tenant=gateway().settings.tenant, cart_id=cart_id, email=shopper.email, **body.model_dump())
-    return ask_cart(message), _headers(shopper, cart_id)
+    try:
+        return _add(cart_id, shopper, body), _headers(shopper, cart_id)
+    except DomainError as refusal:
+        if shopper.signed_in or refusal.code != "cart_closed":
+            raise
+    cart_id = new_cart_id()  # the cookie names a cart that was merged or checked out: start a new one
+    return _add(cart_id, shopper, body), _headers(shopper, cart_id)
+
+
+def _add(cart_id: str, shopper: Shopper, body: AddItemBody) -> CartOut:
+    tenant = gateway().settings.tenant
+    return ask_cart(AddToCart(tenant=tenant, cart_id=cart_id, email=shopper.email, **body.model_dump()))
 
 
 @routes.patch(

@@ -37,11 +37,12 @@ from pydantic import ValidationError
 
 from cartwheel import subjects
 from cartwheel.contracts.cart import CartView, GetCart
-from cartwheel.errors import ServiceUnavailable
+from cartwheel.errors import DomainError, ServiceUnavailable
+from services.gateway import store
 from services.gateway.api import Routes
 from services.gateway.cart import CartOut
 from services.gateway.context import gateway
-from services.gateway.session import current_shopper
+from services.gateway.session import current_shopper, session_token
 
 log = logging.getLogger("cartwheel.gateway.sse")
 
@@ -221,24 +222,58 @@ def end_streams(app: Flask) -> None:
     media_type=EVENT_STREAM,
 )
 def cart_events() -> Response:
-    cart_id = current_shopper().cart_id  # a signed-in shopper's cart on every device, else the cookie's
+    try:
+        shopper = current_shopper()  # a signed-in shopper's cart on every device, else the cookie's
+    except ServiceUnavailable as error:  # the gateway database: a 503 would stop EventSource for good
+        return _respond(_unavailable(error))
+    cart_id = shopper.cart_id
     if cart_id is None:
         return _respond(_once(NO_CART_RETRY_MS, "cart", CartOut.empty().model_dump_json()))
     ctx = gateway()
     bus, tenant = ctx.bus, ctx.settings.tenant
 
     def read() -> CartView:
-        return CartView.model_validate(bus.request(GetCart(tenant=tenant, cart_id=cart_id)))
+        try:
+            return CartView.model_validate(bus.request(GetCart(tenant=tenant, cart_id=cart_id)))
+        except (DomainError, ValidationError) as error:  # the cart service refused or answered nonsense
+            raise ServiceUnavailable("cart", str(error)[:200]) from None
 
+    allowed = _session_alive(current_app._get_current_object(), session_token(), cart_id) if shopper.signed_in \
+        else _always
     try:
         feed = cart_feed(current_app)
     except ServiceUnavailable as error:
         return _respond(_unavailable(error))
-    return _respond(_updates(feed, cart_id, read, request.environ))
+    return _respond(_updates(feed, cart_id, read, request.environ, allowed))
+
+
+def _session_alive(app: Flask, token: str | None, cart_id: str) -> Callable[[], bool]:
+    """Whether the stream's session still holds that cart: asked before every event and heartbeat, so a
+    stream opened with a session ends when the session does (logout, expiry), like the cookie itself."""
+
+    def alive() -> bool:
+        if token is None:
+            return False
+        with app.app_context():
+            try:
+                user = store.user_of_session(token)
+            except ServiceUnavailable:
+                return False  # the browser reconnects and is asked again
+        return user is not None and user.cart_id == cart_id
+
+    return alive
+
+
+def _always() -> bool:
+    return True
 
 
 def _updates(
-    feed: CartFeed, cart_id: str, read: Callable[[], CartView], environ: dict[str, Any]
+    feed: CartFeed,
+    cart_id: str,
+    read: Callable[[], CartView],
+    environ: dict[str, Any],
+    allowed: Callable[[], bool] = _always,
 ) -> Iterator[bytes]:
     """The stream's body. It starts listening only once the server iterates it (a HEAD never does),
     and its ``finally`` lets go however the stream ends (closing a generator raises GeneratorExit at
@@ -268,6 +303,8 @@ def _updates(
                 except ServiceUnavailable:
                     return  # the browser reconnects and reads the cart again
                 cart = fresh if cart is None or not _older(fresh, cart) else cart
+            if not allowed():
+                return
             if cart is not None and cart != last and not _older(cart, last):
                 yield _event("cart", cart.model_dump_json())
                 last, last_write = cart, time.monotonic()

@@ -117,3 +117,16 @@ def test_an_email_registers_once(system: System) -> None:
     assert register(system, email).status_code == 201
     again = register(system, email.lower(), "another long password")
     assert again.status_code == 409 and again.json()["error"]["code"] == "email_taken"
+
+
+def test_a_stale_cookie_of_a_merged_cart_starts_a_new_cart(system: System) -> None:
+    tea, email = product(system), new_email()
+    register(system, email)
+    browser = requests.Session()
+    browser.post(f"{system.base_url}/api/cart/items", json={"product_id": tea["id"], "quantity": 1}, timeout=TIMEOUT)
+    stale = browser.cookies["cart"]
+    login(system, browser, email)  # merges that cart into the user's and closes it
+    added = requests.post(f"{system.base_url}/api/cart/items", json={"product_id": tea["id"], "quantity": 2},
+                          cookies={"cart": stale}, timeout=TIMEOUT)
+    assert added.status_code == 200, added.text
+    assert added.json()["item_count"] == 2 and added.cookies["cart"] != stale

@@ -181,5 +181,8 @@ def test_a_signed_in_shoppers_other_device_sees_the_change(system: System) -> No
         assert stream.next_cart()["item_count"] == 1
         laptop.post(f"{system.base_url}/api/cart/items", json={"product_id": tea["id"], "quantity": 2}, timeout=TIMEOUT)
         assert stream.wait_for_cart(lambda cart: cart["item_count"] == 3)["items"][0]["product_id"] == tea["id"]
+        assert phone.post(f"{system.base_url}/api/auth/logout", timeout=TIMEOUT).status_code == 204
+        laptop.post(f"{system.base_url}/api/cart/items", json={"product_id": tea["id"], "quantity": 1}, timeout=TIMEOUT)
+        assert stream.next_event() is None  # the session ended: its stream ends instead of sending the cart
     finally:
         stream.close()

@@ -14,7 +14,7 @@ from werkzeug.test import TestResponse
 
 from cartwheel import subjects
 from cartwheel.contracts.cart import CartUpdated, CartView, GetCart
-from cartwheel.errors import ServiceUnavailable
+from cartwheel.errors import DomainError, ServiceUnavailable
 from cartwheel.settings import Settings
 from services.gateway import sse
 from services.gateway.app import create_app
@@ -251,6 +251,18 @@ def test_the_cart_service_unavailable_leaves_no_listener(
     bus.handlers.clear()  # nobody answers GetCart
     (chunk,) = open_stream(client).rest()
     assert "event: unavailable" in chunk
+    assert feed.count() == 0
+
+
+def test_a_refusal_from_the_cart_service_is_an_unavailable_event_not_a_crash(
+    client: FlaskClient, bus: FakeBus, feed: sse.CartFeed
+) -> None:
+    def refuse(message: GetCart) -> dict[str, Any]:
+        raise DomainError("cart could not apply get", code="internal_error")
+
+    bus.handlers[GetCart] = refuse
+    (chunk,) = open_stream(client).rest()
+    assert chunk.startswith(f"retry: {sse.UNAVAILABLE_RETRY_MS}\nevent: unavailable\n")
     assert feed.count() == 0
 
 
