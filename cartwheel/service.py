@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from faststream import FastStream
-from faststream.exceptions import NackMessage
+from faststream.exceptions import NackMessage, RejectMessage
 from faststream.nats import JStream, NatsMessage
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
@@ -34,9 +34,15 @@ from cartwheel.outbox import OutboxRelay
 from cartwheel.settings import Settings, get_settings
 
 HANDLER_CONCURRENCY = 64
-REDELIVER_S = 2.0  # an event whose handler failed comes back after this long (a dependency may be back)
+REDELIVER_S = 2.0  # an event whose handler failed comes back after this long (a dependency may be back) ...
+REDELIVER_MAX_S = 300.0  # ... doubling with each failure up to this: a poison event costs little, and is never lost
 M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[M], Awaitable[Any]]
+
+
+def redelivery_delay(deliveries: int) -> float:
+    """Seconds before an event whose handler failed on its ``deliveries``-th delivery comes back."""
+    return min(REDELIVER_S * 2 ** min(max(deliveries - 1, 0), 16), REDELIVER_MAX_S)
 
 
 def validation_details(exc: ValidationError) -> list[dict[str, str]]:
@@ -98,14 +104,23 @@ class Service:
         """Handle events on ``subject`` from the EVENTS stream, at least once, shared by the service's replicas.
 
         A durable consumer remembers its place across restarts; a handler that raises gets the
-        event again. A consumer created later starts from the oldest event the stream still
+        event again, 2 s later and then with a doubling wait up to 5 minutes, until it succeeds:
+        an event is never dropped because a dependency was down. Only an event that does not
+        parse (it can never succeed) is terminated, with an error in the log and the failure
+        counted. A consumer created later starts from the oldest event the stream still
         holds, so a service added to a running shop catches up. Handlers must tolerate repeats
         (compare versions, or use ``first_delivery``).
         """
 
         def register(fn: Handler[M]) -> Handler[M]:
             async def endpoint(msg: NatsMessage) -> None:
-                event = model.model_validate_json(msg.body)
+                try:
+                    event = model.model_validate_json(msg.body)
+                except ValidationError as exc:
+                    self.metrics.failures.labels(self.name, subject).inc()
+                    where = msg.raw_message.subject
+                    self.log.error("event on %s for %s does not parse, dropped: %s", where, durable, exc)
+                    raise RejectMessage() from None
                 token = message_id.set(event.id if isinstance(event, Message) else "-")
                 try:
                     await fn(event)
@@ -114,8 +129,12 @@ class Service:
                 except Exception:
                     # FastStream's default would terminate the event: it would never come back.
                     self.metrics.failures.labels(self.name, subject).inc()
-                    self.log.exception("event handler %s failed; the event comes back in %g s", durable, REDELIVER_S)
-                    raise NackMessage(delay=REDELIVER_S) from None
+                    deliveries = msg.raw_message.metadata.num_delivered or 1
+                    delay = redelivery_delay(deliveries)
+                    self.log.exception(
+                        "event handler %s failed (delivery %d); it comes back in %g s", durable, deliveries, delay
+                    )
+                    raise NackMessage(delay=delay) from None
                 finally:
                     message_id.reset(token)
 

@@ -68,10 +68,11 @@ class Settings(BaseSettings):
         30 * 86400, ge=60, description="A sign-in lasts this long (cookie Max-Age and server-side expiry)."
     )
     login_failure_window_seconds: int = Field(
-        900, ge=1, description="Failed sign-ins are counted over this sliding window."
+        900, ge=1, description="Failed sign-ins (and registrations) are counted over this sliding window."
     )
     login_max_failures_per_email: int = Field(5, ge=1, description="Failed sign-ins per account in the window.")
     login_max_failures_per_ip: int = Field(20, ge=1, description="Failed sign-ins per client address in the window.")
+    register_max_per_ip: int = Field(10, ge=1, description="Registrations per client address in the same window.")
     trusted_proxies: int = Field(
         0,
         ge=0,
@@ -82,7 +83,13 @@ class Settings(BaseSettings):
     cart_abandon_seconds: float = Field(
         1800, gt=0, description="A cart untouched this long is abandoned (events.cart.abandoned)."
     )
-    cart_forget_seconds: float = Field(30 * 86400, gt=0, description="An abandoned anonymous cart is emptied later.")
+    cart_forget_seconds: float = Field(
+        30 * 86400, gt=0, description="An anonymous cart untouched this long is deleted (its alarm fires then)."
+    )
+
+    lane_command_retention_seconds: float = Field(
+        7 * 86400, ge=1, description="Applied lane command ids are remembered this long (retries get the first reply)."
+    )
 
     request_timeout: float = Field(5.0, gt=0, le=120, description="Seconds the gateway waits for a service to answer.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

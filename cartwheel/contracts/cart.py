@@ -59,6 +59,7 @@ class CartView(BaseModel):
     currency: str | None
     status: CartStatus
     updated_at: datetime | None = None
+    version: int = Field(0, description="Rises with every change of the cart: of two copies, the higher is newer.")
 
 
 # -- lane commands (kind) -------------------------------------------------------------------

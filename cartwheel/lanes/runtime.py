@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -324,6 +325,7 @@ class LaneRuntime:
         self.ownership: Ownership | None = None
         self.applier = GroupApplier(self, service.db.is_local if grouped is None else grouped)
         self._alarm_task: asyncio.Task[None] | None = None
+        self._prune_task: asyncio.Task[None] | None = None
         self._outcomes: Subscription | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         service.on_start(self.start)
@@ -341,12 +343,14 @@ class LaneRuntime:
                                    replicas=self.service.settings.stream_replicas)
         await self.ownership.start()
         self._alarm_task = asyncio.create_task(self._fire_alarms(), name=f"lane-{self.spec.name}-alarms")
+        self._prune_task = asyncio.create_task(self._prune_records(), name=f"lane-{self.spec.name}-prune")
 
     async def stop(self) -> None:
-        if self._alarm_task:
-            self._alarm_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._alarm_task
+        for task in (self._alarm_task, self._prune_task):
+            if task:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.ownership:
             await self.ownership.stop()  # the workers apply what they hold, through the applier
         await self.applier.stop()
@@ -404,6 +408,24 @@ class LaneRuntime:
         reply = await self.service.db.read(lambda s: store.recorded_reply(s, self.spec.name, command_id))
         await msg.respond(b'{"found": true, "reply": ' + reply.encode() + b"}" if reply else
                           b'{"found": false, "reply": null}')
+
+    async def _prune_records(self) -> None:
+        """Forget applied command ids older than the retention setting, or the table grows with every command.
+
+        A retry or an outcome query comes within seconds of its command (the callers' timeouts), so a
+        week's records answer every one; the owner of partition 0 does it for the whole lane.
+        """
+        retention = self.service.settings.lane_command_retention_seconds
+        every = min(3600.0, max(1.0, retention / 10))
+        while True:
+            await asyncio.sleep(every)
+            if 0 not in self.workers:
+                continue
+            before = utcnow() - timedelta(seconds=retention)
+            try:
+                await self.service.db.run(functools.partial(store.prune_commands, lane=self.spec.name, before=before))
+            except Exception as exc:
+                log.warning("lane %s: pruning command records failed (%s); trying again later", self.spec.name, exc)
 
     async def _fire_alarms(self) -> None:
         """Publish due alarms of owned partitions as commands on their keys' lanes."""

@@ -21,7 +21,7 @@ def build(settings: Settings) -> Service:
         abandon_after=timedelta(seconds=settings.cart_abandon_seconds),
         forget_anonymous_after=timedelta(seconds=settings.cart_forget_seconds),
     )
-    LaneRuntime(service, make_spec(timers))
+    LaneRuntime(service, make_spec(timers, settings.tenant))
     handlers = CartHandlers(service)
     service.on_start(handlers.open_lane)
     service.on_stop(handlers.close_lane)

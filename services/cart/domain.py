@@ -116,10 +116,16 @@ MERGE_RULES: dict[str, tuple[type[CartCommand], Any]] = {
 }
 
 
-def make_spec(timers: CartTimers | None = None) -> LaneSpec[CartState]:
+def make_spec(timers: CartTimers | None = None, tenant: str = "default") -> LaneSpec[CartState]:
+    """The cart lane; its events carry ``tenant``, the shop this cart service serves."""
     timers = timers or CartTimers()
 
     def handle(state: CartState, command: LaneCommand) -> Outcome[CartState]:
+        outcome = apply(state, command)
+        outcome.events = [event.model_copy(update={"tenant": tenant}) for event in outcome.events]
+        return outcome
+
+    def apply(state: CartState, command: LaneCommand) -> Outcome[CartState]:
         now = command.issued_at
         if command.kind == ALARM:
             return _on_alarm(state, command, timers)
@@ -163,7 +169,7 @@ def _on_alarm(state: CartState, command: LaneCommand, timers: CartTimers) -> Out
     # An anonymous cart left alone is forgotten a while after it was last touched; a user's cart is kept.
     forget = [] if state.email else [Alarm(id=forget_alarm(cart_id), at=now + timers.forget_anonymous_after)]
     if alarm == abandon_alarm(cart_id) and state.status == "active" and state.lines:
-        after = state.model_copy(update={"status": "abandoned"})
+        after = state.model_copy(update={"status": "abandoned", "version": state.version + 1})
         return Outcome(
             reply={},
             state=after,
@@ -177,7 +183,7 @@ def _on_alarm(state: CartState, command: LaneCommand, timers: CartTimers) -> Out
     if alarm == abandon_alarm(cart_id):  # nothing in it to abandon
         return Outcome(reply={}, alarms=forget)
     if alarm == forget_alarm(cart_id) and not state.email:
-        gone = view(cart_id, CartState(status="expired", updated_at=now))
+        gone = view(cart_id, CartState(status="expired", updated_at=now, version=state.version + 1))
         return Outcome(
             reply={},
             delete=True,

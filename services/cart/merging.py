@@ -36,12 +36,13 @@ from services.cart.state import (
 
 def merge_away(state: CartState, cmd: MergeAway, command: LaneCommand, timers: CartTimers) -> Outcome[CartState]:
     if state.status == "merged" and state.merged_into == cmd.into:
-        return Outcome(reply={"lines": []})  # moved already (its first reply is long pruned)
+        return Outcome(reply={"lines": []})  # moved already: a retry whose record was pruned
     if state.status == "merged":
         raise DomainError("this cart was merged into another", code="cart_closed", status=state.status)
     check_open(state)
     now = command.issued_at
-    after = state.model_copy(update={"status": "merged", "merged_into": cmd.into, "updated_at": now})
+    update = {"status": "merged", "merged_into": cmd.into, "updated_at": now, "version": state.version + 1}
+    after = state.model_copy(update=update)
     lines = [MergedLine(product=line.product, quantity=line.quantity) for line in state.lines.values()]
     forget = [] if state.email else [Alarm(id=forget_alarm(command.key), at=now + timers.forget_anonymous_after)]
     return Outcome(

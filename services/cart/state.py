@@ -49,6 +49,8 @@ class CartState(BaseModel):
     """The signed-in owner's: their cart is never forgotten, and abandonment mails can reach them."""
     merged_into: str | None = None
     updated_at: datetime | None = None
+    version: int = 0
+    """One more with every change: orders copies of the cart (SSE) where clocks of different servers would not."""
 
     @property
     def currency(self) -> str | None:
@@ -75,6 +77,7 @@ def view(cart_id: str, state: CartState) -> CartView:
         currency=state.currency,
         status=state.status,
         updated_at=state.updated_at,
+        version=state.version,
     )
 
 
@@ -98,4 +101,5 @@ def check_available(product_id: str, quantity: int, available: int | None) -> No
 
 def changed(state: CartState, lines: dict[str, Line], now: datetime) -> CartState:
     """Any edit makes an abandoned cart active again."""
-    return state.model_copy(update={"lines": lines, "status": "active", "updated_at": now})
+    update = {"lines": lines, "status": "active", "updated_at": now, "version": state.version + 1}
+    return state.model_copy(update=update)

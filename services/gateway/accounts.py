@@ -1,6 +1,7 @@
 """Shopper accounts: register, sign in (the anonymous cart merges into the user's), sign out, who am I.
 
-Failed sign-ins are limited per account and per client address (:mod:`services.gateway.ratelimit`);
+Failed sign-ins are limited per account and per client address, registrations per client address
+(:mod:`services.gateway.ratelimit`);
 a wrong email and a wrong password get the same answer after the same amount of work.
 """
 
@@ -81,9 +82,10 @@ class SignedIn(BaseModel):
     body=Registration,
     response=UserOut,
     status=201,
-    errors=(409, 503),
+    errors=(409, 429, 503),
 )
 def register(body: Registration) -> tuple[UserOut, dict[str, str]]:
+    ratelimit.count_registration(ratelimit.client_address())
     if store.user_by_email(body.email) is not None:  # before hashing: a duplicate costs no CPU
         raise _taken()
     try:

@@ -266,6 +266,11 @@ class NatsBridge:
         self.nc  # noqa: B018 -- fail fast while disconnected
         return self.call(self._kv_get(bucket, key), timeout, what=bucket)
 
+    def kv_is_local(self, bucket: str) -> bool:
+        """True when :meth:`kv_get` of ``bucket`` reads this worker's live copy: no round trip."""
+        mirror = self.mirror(bucket)
+        return mirror is not None and mirror.synced
+
     def mirror(self, bucket: str) -> KvMirror[bytes] | None:
         """This worker's live copy of ``bucket`` if it is one of :data:`MIRRORED` (started on first use)."""
         if bucket not in MIRRORED:

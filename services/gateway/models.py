@@ -35,7 +35,7 @@ class SessionRow(Base):
 
 
 class LoginAttemptRow(Base):
-    """One row per scope (``email``, ``ip``) of a sign-in that has not succeeded (yet)."""
+    """One row per scope (``email``, ``ip``) of a sign-in not succeeded (yet), or (``signup``) of a registration."""
 
     __tablename__ = "login_attempts"
     __table_args__ = (Index("ix_login_attempts_scope_key_at", "scope", "key", "attempted_at"),)

@@ -33,7 +33,7 @@ def verify_password(password_hash: str, password: str) -> bool:
 
 def spend_a_verify(password: str) -> None:
     """As long as a real check, for an unknown account: the answer's timing does not tell who has one."""
-    _off_the_loop(_verify, _dummy_hash(), password)
+    _off_the_loop(_verify_against_dummy, password)
 
 
 def needs_rehash(password_hash: str) -> bool:
@@ -45,6 +45,10 @@ def _verify(password_hash: str, password: str) -> bool:
         return _hasher.verify(password_hash, password)
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
+
+
+def _verify_against_dummy(password: str) -> bool:
+    return _verify(_dummy_hash(), password)  # the first call makes the dummy hash here, in the pool, too
 
 
 @cache

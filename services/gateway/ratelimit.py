@@ -1,10 +1,12 @@
-"""Failed sign-ins per account and per client address, counted over a sliding window in the gateway database.
+"""Failed sign-ins per account and per client address, and registrations per client address, counted over a
+sliding window in the gateway database.
 
 The database is shared by every worker and replica, so the limit holds across all of them. An attempt
 is recorded *before* its password is checked and counted after that record is committed: of the
 attempts racing each other, at most ``limit`` see room, so a burst gets no extra guesses. A success
 removes its own record and the account's failures; a 429 removes its record, so refused attempts
-never lengthen the wait.
+never lengthen the wait. Registrations are counted whether they succeed or not: each one costs a hash,
+and an address creating account after account is what the limit is for.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from services.gateway.errors import ApiError
 from services.gateway.models import LoginAttemptRow
 from services.gateway.store import now, read, write
 
-EMAIL, IP = "email", "ip"
+EMAIL, IP, SIGNUP = "email", "ip", "signup"
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,16 @@ def limits_for(email: str, address: str) -> list[Limit]:
 
 def begin_attempt(email: str, address: str) -> Attempt:
     """Record a sign-in attempt, or refuse it with 429 ``too_many_attempts`` and Retry-After."""
-    limits = limits_for(email, address)
+    return Attempt(email, _record(limits_for(email, address)))
+
+
+def count_registration(address: str) -> None:
+    """Record a registration from ``address``, or refuse it with 429 when the address has made its share."""
+    _record([Limit(SIGNUP, address, gateway().settings.register_max_per_ip)])
+
+
+def _record(limits: list[Limit]) -> tuple[int, ...]:
+    """Record one attempt under each limit and return its rows; 429 (and nothing recorded) when one is full."""
     _refuse_if_full(limits, ())  # the common refusal costs no write
     at = now()
     cutoff = at - _window()
@@ -96,13 +107,13 @@ def begin_attempt(email: str, address: str) -> Attempt:
         session.flush()
         return tuple(row.id for row in rows)
 
-    attempt = Attempt(email, write(record))
+    row_ids = write(record)
     try:
-        _refuse_if_full(limits, attempt.row_ids)
+        _refuse_if_full(limits, row_ids)
     except ApiError:
-        _forget(attempt.row_ids)
+        _forget(row_ids)
         raise
-    return attempt
+    return row_ids
 
 
 def attempt_succeeded(attempt: Attempt) -> None:
@@ -146,7 +157,7 @@ def _refuse_if_full(limits: list[Limit], own: tuple[int, ...]) -> None:
         raise ApiError(
             429,
             "too_many_attempts",
-            "too many failed sign-ins; try again later",
+            "too many attempts from here; try again later",
             {"Retry-After": str(longest)},
             retry_after=longest,
         )

@@ -16,8 +16,9 @@ Why one subscription per worker process, fanned out in process, and not a subjec
 
 Ordering: the listener is subscribed (the worker's subscription is known to the server) before the
 current cart is read, so no change falls between the two; a cart older than the one last sent is
-never sent (``updated_at``), and a mailbox holds only the newest cart, so a slow client skips
-intermediate carts instead of queueing them.
+never sent (its ``version``; not ``updated_at``: that is the clock of whichever server took the
+command, and on a cluster two servers' clocks disagree), and a mailbox holds only the newest cart,
+so a slow client skips intermediate carts instead of queueing them.
 """
 
 from __future__ import annotations
@@ -368,4 +369,4 @@ def _field(name: str, value: str) -> bytes:
 
 
 def _older(cart: CartView, than: CartView) -> bool:
-    return (cart.updated_at or _OLDEST) < (than.updated_at or _OLDEST)
+    return (cart.version, cart.updated_at or _OLDEST) < (than.version, than.updated_at or _OLDEST)

@@ -36,11 +36,16 @@ def available(product_id: str) -> int | None:
 
 
 def available_of(product_ids: list[str]) -> dict[str, int]:
-    """``available`` of each product; those the bucket lacks in one request; products missing from both are null."""
+    """``available`` of each product; those the bucket lacks in one request; products missing from both are null.
+
+    While this worker's copy of the bucket is not in sync (just started, reconnecting), reading the bucket
+    would cost a round trip per product: inventory is asked for the whole page in one request instead.
+    """
     found: dict[str, int] = {}
-    for product_id in product_ids:
-        if (known := _from_bucket(product_id)) is not None:
-            found[product_id] = known
+    if gateway().bus.kv_is_local(subjects.INVENTORY_STOCK_BUCKET):
+        for product_id in product_ids:
+            if (known := _from_bucket(product_id)) is not None:
+                found[product_id] = known
     missing = [p for p in product_ids if p not in found]
     if not missing:
         return found

@@ -24,6 +24,7 @@ class FakeBus:
         self.health: dict[str, bytes] = {}
         self.sent: list[Message] = []
         self.kv_reads: list[tuple[str, str]] = []
+        self.kv_local = True  # as a worker whose copies of the buckets are in sync
         self.connected = connected
         self.started = True
         self.loop_kind: str | None = "fake"
@@ -43,6 +44,9 @@ class FakeBus:
         self._require_connection(bucket)
         self.kv_reads.append((bucket, key))
         return self.kv.get((bucket, key))
+
+    def kv_is_local(self, bucket: str) -> bool:
+        return self.kv_local
 
     def ping(self, subject: str, payload: bytes, timeout: float) -> bytes:
         self._require_connection(subject)

@@ -315,6 +315,26 @@ def test_a_retried_command_id_gets_the_first_reply(replicas: Replicas, database_
     assert ledger(database_url, "k1").stock == 3
 
 
+def test_command_records_are_pruned_after_their_retention(replicas: Replicas, client: Client) -> None:
+    replicas.env["CARTWHEEL_LANE_COMMAND_RETENTION_SECONDS"] = "1"  # pruned every second
+    replicas.start(1)
+
+    async def outcome(nc: nats.NATS, command_id: str) -> bool:
+        answer = await nc.request(subjects.lane_outcome(LANE), json.dumps({"command_id": command_id}).encode(), 5)
+        return json.loads(answer.data)["found"]
+
+    async def scenario(nc: nats.NATS) -> None:
+        lanes = await lane_client(nc)
+        await lanes.call("k-prune", "append", {}, command_id="kept-a-moment")
+        assert await outcome(nc, "kept-a-moment")
+        deadline = time.monotonic() + 10
+        while await outcome(nc, "kept-a-moment") and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        assert not await outcome(nc, "kept-a-moment")
+
+    client.run(scenario)
+
+
 def test_alarms_fire_through_the_lane_and_survive_a_restart(
     replicas: Replicas, database_url: str, client: Client
 ) -> None:

@@ -271,3 +271,39 @@ def test_an_event_whose_handler_fails_comes_back(nats_url: str, tmp_path: Path, 
         assert seen == [mine.id, mine.id]  # failed once, handled the second time, then acknowledged
     finally:
         runner.stop()
+
+
+def test_an_event_that_does_not_parse_is_dropped_not_retried(nats_url: str, tmp_path: Path, client: Client) -> None:
+    now = datetime.now(UTC)
+    good = ProductCreated(product=Product(id=f"p-{random_sku()}", sku=random_sku(), name="Fine", description="",
+                                          price_cents=100, currency="EUR", active=True, version=1,
+                                          created_at=now, updated_at=now))
+    durable = f"strict_{random_sku()}"
+    seen: list[str] = []
+    service = Service("orders", settings_for(nats_url, tmp_path))
+
+    @service.consume(subjects.CATALOG_PRODUCT_CREATED, ProductCreated, durable=durable)
+    async def strict(event: ProductCreated) -> None:
+        seen.append(event.id)
+
+    runner = ServiceThread(service).start()
+    try:
+        async def publish(nc: nats.NATS) -> None:
+            js = nc.jetstream()
+            await js.publish(good.subject, b'{"not": "an event"}')
+            await js.publish(good.subject, good.model_dump_json().encode())
+
+        client.run(publish)
+        deadline = time.monotonic() + 15
+        while good.id not in seen and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert good.id in seen
+
+        async def pending(nc: nats.NATS) -> tuple[int, int]:
+            info = await nc.jetstream().consumer_info(subjects.EVENTS_STREAM, durable)
+            return info.num_ack_pending, info.num_redelivered
+
+        time.sleep(0.5)
+        assert client.run(pending) == (0, 0)  # the bad one was terminated at once, not left to come back
+    finally:
+        runner.stop()

@@ -148,6 +148,20 @@ def test_abandonment_then_a_change_reactivates_and_anonymous_carts_expire() -> N
     assert [(e.subject, e.cart.status) for e in outcome.events] == [("events.cart.updated", "expired")]
 
 
+def test_every_change_raises_the_version_whatever_the_clock_says() -> None:
+    state = add(CartState())
+    assert state.version == 1
+    state, outcome = apply(state, "set_quantity", at=T0 - timedelta(hours=1), product_id="p1", quantity=3, available=9)
+    assert state.version == 2 and outcome.reply["version"] == 2  # a server with a slower clock: still newer
+    state, _ = alarm(state, abandon_alarm(CART), T0 + timedelta(minutes=30))
+    assert (state.status, state.version) == ("abandoned", 3)
+    _, outcome = alarm(state, forget_alarm(CART), T0 + timedelta(days=31))
+    assert outcome.events[0].cart.version == 4
+    with pytest.raises(DomainError):
+        apply(state, "add", product=product(), quantity=1000, available=5000)
+    assert state.version == 3  # a refused command changes nothing
+
+
 def test_an_emptied_anonymous_cart_is_forgotten_too() -> None:
     state, _ = apply(add(CartState()), "remove", product_id="p1")
     _, outcome = alarm(state, abandon_alarm(CART), T0 + timedelta(minutes=30))
@@ -182,3 +196,11 @@ def test_outcomes_are_the_same_on_replay() -> None:
     cmd = command("add", product=product(), quantity=1, available=3)
     first, again = SPEC.handle(CartState(), cmd), SPEC.handle(CartState(), cmd)
     assert first.reply == again.reply and [e.id for e in first.events] == [e.id for e in again.events]
+
+
+def test_events_carry_the_shops_tenant() -> None:
+    spec = make_spec(CartTimers(), tenant="shop-7")
+    outcome = spec.handle(CartState(), command("add", product=product(), quantity=1, available=5))
+    assert [e.tenant for e in outcome.events] == ["shop-7"]
+    abandoned = spec.handle(outcome.state, command(ALARM, alarm_id=abandon_alarm(CART)))
+    assert [e.tenant for e in abandoned.events] == ["shop-7"]

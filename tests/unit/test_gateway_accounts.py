@@ -386,6 +386,22 @@ def test_an_ipv6_client_counts_as_its_slash_64(make_client: Any) -> None:
     assert login(client, new_email(), "wrong", environ_base={"REMOTE_ADDR": "2001:db8:1:3::1"}).status_code == 401
 
 
+def test_registrations_per_address_are_limited_whether_they_succeed_or_not(make_client: Any) -> None:
+    client = make_client(register_max_per_ip=3)
+    taken = new_email()
+    assert register(client, taken).status_code == 201
+    assert register(client, taken).status_code == 409  # a refused registration counts too
+    assert register(client, new_email()).status_code == 201
+    refused = register(client, new_email())
+    assert refused.status_code == 429
+    assert refused.get_json()["error"]["code"] == "too_many_attempts"
+    assert 890 <= int(refused.headers["Retry-After"]) <= 900
+    elsewhere = {"environ_base": {"REMOTE_ADDR": "198.51.100.7"}}
+    body = {"email": new_email(), "password": PASSWORD}
+    assert client.post("/api/auth/register", json=body, **elsewhere).status_code == 201
+    assert login(client, taken).status_code == 200  # sign-in has limits of its own
+
+
 def test_the_wait_is_until_the_oldest_counted_failure_leaves_the_window() -> None:
     at = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
     window = timedelta(minutes=15)

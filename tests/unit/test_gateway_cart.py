@@ -122,7 +122,7 @@ def add(client: FlaskClient, product_id: str = PRODUCT, quantity: int = 1) -> Te
 def test_a_new_visitor_sees_an_empty_cart_and_gets_no_cookie(client: FlaskClient, bus: FakeBus) -> None:
     response = client.get("/api/cart")
     assert response.status_code == 200
-    assert response.get_json() == {**EMPTY, "updated_at": None}
+    assert response.get_json() == {**EMPTY, "updated_at": None, "version": 0}
     assert "Set-Cookie" not in response.headers
     assert response.headers["Cache-Control"] == "no-store"
     assert bus.sent == []
@@ -183,7 +183,7 @@ def test_a_forged_cookie_gets_a_new_empty_cart_never_the_named_one(
     victim = "victimcart0123456789abcdef012345"
     carts.lines[victim] = {PRODUCT: 7}
     client.set_cookie(CART_COOKIE, forged(victim))
-    assert client.get("/api/cart").get_json() == {**EMPTY, "updated_at": None}
+    assert client.get("/api/cart").get_json() == {**EMPTY, "updated_at": None, "version": 0}
     assert bus.sent == []
     assert client.patch(f"/api/cart/items/{PRODUCT}", json={"quantity": 1}).status_code == 404
     assert client.delete(f"/api/cart/items/{PRODUCT}").status_code == 404

@@ -118,11 +118,11 @@ def open_stream(client: FlaskClient, cart_id: str | None = CART) -> Stream:
     return Stream(response)
 
 
-def publish(feed: sse.CartFeed, cart_id: str, quantity: int, at: datetime) -> None:
+def publish(feed: sse.CartFeed, cart_id: str, quantity: int, at: datetime, version: int = 0) -> None:
     items = [{"product_id": PRODUCT, "sku": "s", "name": "Mug", "quantity": quantity,
               "unit_price_cents": 1000, "line_total_cents": 1000 * quantity}]
     cart = CartView(id=cart_id, items=items, item_count=quantity, total_cents=1000 * quantity,
-                    currency="EUR", status="active", updated_at=at)
+                    currency="EUR", status="active", updated_at=at, version=version)
     feed.deliver(CartUpdated(cart=cart).model_dump_json().encode())
 
 
@@ -169,6 +169,20 @@ def test_an_older_cart_is_never_sent_after_a_newer_one(client: FlaskClient, feed
     publish(feed, CART, 9, T0 + timedelta(seconds=6))
     publish(feed, CART, 8, T0 + timedelta(seconds=5))  # out of order, before the stream looks: the newer stays
     assert stream.next_cart()["item_count"] == 9
+    stream.response.close()
+
+
+def test_the_carts_version_orders_it_not_the_clock_of_the_server_that_changed_it(
+    client: FlaskClient, feed: sse.CartFeed
+) -> None:
+    stream = open_stream(client)
+    stream.next_cart()
+    publish(feed, CART, 5, T0 + timedelta(seconds=9), version=5)
+    assert stream.next_cart()["item_count"] == 5
+    publish(feed, CART, 6, T0, version=6)  # a new lane leader whose clock is behind: still the newer cart
+    assert stream.next_cart()["item_count"] == 6
+    publish(feed, CART, 4, T0 + timedelta(seconds=20), version=4)  # a late copy, however late its clock
+    assert stream.next() == ": heartbeat\n\n"
     stream.response.close()
 
 

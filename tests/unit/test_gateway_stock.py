@@ -93,3 +93,17 @@ def test_a_list_page_all_in_the_bucket_asks_inventory_nothing(
         stock_entry(bus, p.id, 8)
     assert [i["available"] for i in client.get("/api/products").get_json()["items"]] == [8, 8]
     assert sent(bus, GetStocks) == []
+
+
+def test_a_list_page_asks_inventory_once_while_the_buckets_copy_is_not_in_sync(
+    client: FlaskClient, bus: FakeBus, catalog: Catalog, inventory: Inventory
+) -> None:
+    products = [catalog.add() for _ in range(3)]
+    for p in products:
+        stock_entry(bus, p.id, 8)
+        inventory.available[p.id] = 6
+    bus.kv_local = False  # each bucket read would be a round trip
+    assert [i["available"] for i in client.get("/api/products").get_json()["items"]] == [6, 6, 6]
+    assert bus.kv_reads == []
+    (message,) = sent(bus, GetStocks)
+    assert message.product_ids == [p.id for p in products]
