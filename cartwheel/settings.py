@@ -91,6 +91,20 @@ class Settings(BaseSettings):
         7 * 86400, ge=1, description="Applied lane command ids are remembered this long (retries get the first reply)."
     )
 
+    stripe_secret_key: SecretStr | None = Field(
+        None, description="Stripe secret key; unset: `cartwheel up` starts the embedded payment server (localstripe)."
+    )
+    stripe_api_base: str | None = Field(None, description="Stripe API address (the embedded server's, or a proxy).")
+    stripe_webhook_secret: SecretStr | None = Field(
+        None, description="Signing secret of the Stripe webhook endpoint; generated for the embedded server."
+    )
+    reservation_ttl_seconds: int = Field(
+        900, ge=10, le=7 * 86400, description="Stock held for an order awaiting payment, then released."
+    )
+    checkout_resume_seconds: float = Field(
+        30, gt=0, description="An order left mid-checkout this long (a crash) is finished or cleaned up."
+    )
+
     request_timeout: float = Field(5.0, gt=0, le=120, description="Seconds the gateway waits for a service to answer.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = Field("text", description="`json` for log collectors.")

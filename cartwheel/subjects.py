@@ -27,6 +27,19 @@ CART_SET = "cart.items.set"
 CART_REMOVE = "cart.items.remove"
 CART_LIST = "cart.list"
 CART_MERGE = "cart.merge"
+CART_CHECKOUT = "cart.checkout"  # orders marks a paid order's cart checked out
+
+ORDERS_CHECKOUT = "orders.checkout"
+ORDERS_GET = "orders.get"
+ORDERS_LIST = "orders.list"
+ORDERS_CANCEL = "orders.cancel"
+ORDERS_PAY = "orders.pay"
+
+PAYMENTS_INTENT_CREATE = "payments.intents.create"
+PAYMENTS_INTENT_CONFIRM = "payments.intents.confirm"
+PAYMENTS_INTENT_CANCEL = "payments.intents.cancel"
+PAYMENTS_REFUND = "payments.refunds.create"
+PAYMENTS_WEBHOOK = "payments.webhooks.stripe"
 
 # Events: one JetStream stream holds every domain event.
 EVENTS_STREAM = "EVENTS"
@@ -45,6 +58,16 @@ INVENTORY_EXPIRED = "events.inventory.expired"
 INVENTORY_STOCK_CHANGED = "events.inventory.stock_changed"
 INVENTORY_OUT_OF_STOCK = "events.inventory.out_of_stock"
 INVENTORY_EVENTS = "events.inventory.>"
+ORDERS_CREATED = "events.orders.created"
+ORDERS_STATUS_CHANGED = "events.orders.status_changed"
+ORDERS_PAID = "events.orders.paid"
+ORDERS_EVENTS = "events.orders.>"
+PAYMENTS_SUCCEEDED = "events.payments.succeeded"
+PAYMENTS_FAILED = "events.payments.failed"
+PAYMENTS_CANCELED = "events.payments.canceled"
+PAYMENTS_REFUNDED = "events.payments.refunded"
+PAYMENTS_REQUIRES_ACTION = "events.payments.requires_action"
+PAYMENTS_EVENTS = "events.payments.>"
 
 # Key-value buckets.
 CATALOG_CACHE_BUCKET = "catalog_products"

@@ -94,6 +94,13 @@ class ClearCart(CartCommand):
     kind: ClassVar[str] = "clear"
 
 
+class CheckOut(CartCommand):
+    """The order placed from this cart is paid: the cart closes (``checked_out``). Repeats answer the same."""
+
+    kind: ClassVar[str] = "check_out"
+    order_id: str
+
+
 class MergedLine(BaseModel):
     product: ProductSnapshot
     quantity: int
@@ -144,6 +151,14 @@ class RemoveFromCart(Message):
     subject: ClassVar[str] = subjects.CART_REMOVE
     cart_id: CartId
     product_id: ProductRef
+
+
+class CheckOutCart(Message):
+    """From orders, once the order placed from ``cart_id`` is paid: close the cart. Safe to retry."""
+
+    subject: ClassVar[str] = subjects.CART_CHECKOUT
+    cart_id: CartId
+    order_id: str
 
 
 class ListCarts(Message):
@@ -239,3 +254,12 @@ class CartMerged(Message):
     cart: CartView
     email: str | None = None
     adjustments: list[MergeAdjustment] = Field(default_factory=list)
+
+
+class CartCheckedOut(Message):
+    """The cart's order was paid: the cart is closed; the shopper's next add starts a new cart."""
+
+    subject: ClassVar[str] = subjects.CART_CHECKED_OUT
+    cart: CartView
+    order_id: str
+    email: str | None = None

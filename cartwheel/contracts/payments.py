@@ -1,0 +1,146 @@
+"""Messages owned by the payments service, the only code that talks to Stripe.
+
+- Requests (core request/reply, queue group ``payments``): :class:`CreateIntent`,
+  :class:`ConfirmIntent`, :class:`CancelIntent`, :class:`RefundPayment`, and
+  :class:`StripeWebhook` (the gateway forwards Stripe's raw body and signature untouched).
+  Each is safe to retry: the Stripe call carries an idempotency key derived from the order.
+- Events on the EVENTS stream, one per verified Stripe event that changes a payment, each
+  carrying the ``order_id`` from the PaymentIntent's metadata. A Stripe event is turned into
+  an event here once, however often Stripe (or an attacker replaying it) delivers it.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import BaseModel, Field, StrictInt, StringConstraints
+
+from cartwheel import subjects
+from cartwheel.contracts.base import Message
+
+Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
+OrderRef = Annotated[str, StringConstraints(min_length=1, max_length=100)]
+IntentId = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+PaymentMethodId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_]{1,255}$")]
+IntentStatus = Literal[
+    "requires_payment_method",
+    "requires_confirmation",
+    "requires_action",
+    "processing",
+    "requires_capture",
+    "canceled",
+    "succeeded",
+]
+
+
+# -- requests -------------------------------------------------------------------------------
+
+
+class CreateIntent(Message):
+    """A PaymentIntent for an order (idempotency key ``order-<order_id>``: a retry gets the same intent)."""
+
+    subject: ClassVar[str] = subjects.PAYMENTS_INTENT_CREATE
+    order_id: OrderRef
+    amount_cents: Annotated[StrictInt, Field(ge=1)]
+    currency: Currency
+    email: str | None = None
+
+
+class ConfirmIntent(Message):
+    """Confirm the order's PaymentIntent with a payment method (server-side confirmation).
+
+    ``pm_card_visa`` and Stripe's other test payment methods work against test keys and the
+    embedded payment server. Declines are not errors: the answer's ``status`` and
+    ``last_error`` say what happened, and the webhook that follows moves the order.
+    """
+
+    subject: ClassVar[str] = subjects.PAYMENTS_INTENT_CONFIRM
+    order_id: OrderRef
+    payment_intent_id: IntentId
+    payment_method: PaymentMethodId
+
+
+class CancelIntent(Message):
+    """Cancel an unpaid order's PaymentIntent (expired or cancelled order); a finished intent is left as is."""
+
+    subject: ClassVar[str] = subjects.PAYMENTS_INTENT_CANCEL
+    order_id: OrderRef
+    payment_intent_id: IntentId
+
+
+class RefundPayment(Message):
+    """Refund a succeeded PaymentIntent in full (idempotency key ``refund-<order_id>``)."""
+
+    subject: ClassVar[str] = subjects.PAYMENTS_REFUND
+    order_id: OrderRef
+    payment_intent_id: IntentId
+    reason: Literal["requested_by_customer", "duplicate", "fraudulent"] | None = None
+
+
+class StripeWebhook(Message):
+    """``POST /webhooks/stripe`` as received: the body exactly as sent, and its ``Stripe-Signature``.
+
+    Refused with ``invalid_signature`` (the gateway answers 400) when the signature does not
+    verify, the body was changed, or the timestamp is older than the tolerance.
+    """
+
+    subject: ClassVar[str] = subjects.PAYMENTS_WEBHOOK
+    payload: str = Field(description="The raw request body, decoded as UTF-8.")
+    signature: str = Field("", description="The Stripe-Signature header.")
+
+
+# -- replies --------------------------------------------------------------------------------
+
+
+class IntentView(BaseModel):
+    """A PaymentIntent as the shop needs it."""
+
+    payment_intent_id: str
+    client_secret: str | None = None
+    status: IntentStatus
+    amount_cents: int
+    currency: str
+    last_error: str | None = Field(None, description="Why the last attempt failed (a decline), if it did.")
+
+
+class WebhookOutcome(BaseModel):
+    event_id: str
+    type: str
+    duplicate: bool = Field(description="The event was seen before: nothing happened this time.")
+
+
+# -- events ---------------------------------------------------------------------------------
+
+
+class PaymentEvent(Message):
+    """What a verified Stripe event said about an order's payment."""
+
+    order_id: str
+    payment_intent_id: str
+    stripe_event_id: str
+    amount_cents: int
+    currency: str
+
+
+class PaymentSucceeded(PaymentEvent):
+    subject: ClassVar[str] = subjects.PAYMENTS_SUCCEEDED
+
+
+class PaymentFailed(PaymentEvent):
+    subject: ClassVar[str] = subjects.PAYMENTS_FAILED
+    reason: str | None = None
+
+
+class PaymentCanceled(PaymentEvent):
+    subject: ClassVar[str] = subjects.PAYMENTS_CANCELED
+
+
+class PaymentRefunded(PaymentEvent):
+    subject: ClassVar[str] = subjects.PAYMENTS_REFUNDED
+    amount_refunded_cents: int
+
+
+class PaymentRequiresAction(PaymentEvent):
+    """3-D Secure or another step only the buyer can take; the order keeps waiting for payment."""
+
+    subject: ClassVar[str] = subjects.PAYMENTS_REQUIRES_ACTION
