@@ -6,6 +6,7 @@ from typing import Any
 
 STATUS_BY_CODE: dict[str, int] = {
     "bad_request": 400,
+    "invalid_signature": 400,
     "unauthorized": 401,
     "forbidden": 403,
     "not_found": 404,
@@ -17,6 +18,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "out_of_stock": 409,
     "price_changed": 409,
     "illegal_transition": 409,
+    "order_closed": 409,
     "below_reserved": 409,
     "reservation_closed": 409,
     "reservation_committed": 409,
@@ -26,9 +28,11 @@ STATUS_BY_CODE: dict[str, int] = {
     "payload_too_large": 413,
     "unsupported_media_type": 415,
     "validation_failed": 422,
+    "empty_cart": 422,
     "rate_limited": 429,
     "internal_error": 500,
     "service_unavailable": 503,
+    "payment_provider_unavailable": 503,
 }
 
 
