@@ -99,7 +99,7 @@ class Settings(BaseSettings):
         None, description="Signing secret of the Stripe webhook endpoint; generated for the embedded server."
     )
     reservation_ttl_seconds: int = Field(
-        900, ge=10, le=7 * 86400, description="Stock held for an order awaiting payment, then released."
+        900, ge=1, le=7 * 86400, description="Stock held for an order awaiting payment, then released."
     )
     checkout_resume_seconds: float = Field(
         30, gt=0, description="An order left mid-checkout this long (a crash) is finished or cleaned up."

@@ -7,6 +7,7 @@ from typing import Any
 
 from cartwheel import subjects
 from cartwheel.contracts.cart import AddToCart, ChangeQuantity, GetCart, ListCarts, MergeCarts, RemoveFromCart
+from cartwheel.contracts.orders import OrderPaid
 from cartwheel.lanes.runtime import LaneRuntime
 from cartwheel.service import Service
 from cartwheel.settings import Settings
@@ -30,6 +31,7 @@ def build(settings: Settings) -> Service:
     service.handle(subjects.CART_SET, ChangeQuantity)(handlers.change_quantity)
     service.handle(subjects.CART_REMOVE, RemoveFromCart)(handlers.remove)
     service.handle(subjects.CART_LIST, ListCarts)(handlers.list_carts)
+    service.consume(subjects.ORDERS_PAID, OrderPaid, durable="cart_checkout")(handlers.order_paid)
 
     @service.handle(subjects.CART_MERGE, MergeCarts)
     async def merge(cmd: MergeCarts) -> dict[str, Any]:

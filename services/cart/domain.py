@@ -17,8 +17,10 @@ from cartwheel.contracts.cart import (
     AbsorbCart,
     AddItem,
     CartAbandoned,
+    CartCheckedOut,
     CartCommand,
     CartUpdated,
+    CheckOut,
     ClearCart,
     MergeAway,
     RemoveItem,
@@ -110,10 +112,35 @@ RULES: dict[str, tuple[type[CartCommand], Any]] = {
 }
 
 
-MERGE_RULES: dict[str, tuple[type[CartCommand], Any]] = {
+def check_out(state: CartState, cmd: CheckOut, command: LaneCommand, timers: CartTimers) -> Outcome[CartState]:
+    """The order placed from this cart was paid: the cart closes; the shopper's next add starts a new one."""
+    if state.status not in ("active", "abandoned") or (not state.lines and not state.version):
+        return Outcome(reply=view(command.key, state).model_dump(mode="json"))  # closed already, or never existed
+    now = command.issued_at
+    after = state.model_copy(update={"status": "checked_out", "updated_at": now, "version": state.version + 1})
+    cart = view(command.key, after)
+    forget = [] if state.email else [Alarm(id=forget_alarm(command.key), at=now + timers.forget_anonymous_after)]
+    return Outcome(
+        reply=cart.model_dump(mode="json"),
+        state=after,
+        events=[
+            CartUpdated(id=event_id(command.id, "updated"), occurred_at=now, cart=cart),
+            CartCheckedOut(
+                id=event_id(command.id, "checked_out"), occurred_at=now, cart=cart, order_id=cmd.order_id,
+                email=state.email,
+            ),
+        ],
+        alarms=forget,
+        cancel_alarms=[abandon_alarm(command.key)],
+    )
+
+
+OUTCOME_RULES: dict[str, tuple[type[CartCommand], Any]] = {
     MergeAway.kind: (MergeAway, merging.merge_away),
     AbsorbCart.kind: (AbsorbCart, merging.absorb),
+    CheckOut.kind: (CheckOut, check_out),
 }
+"""Rules that make their own outcome (events and alarms of their own)."""
 
 
 def make_spec(timers: CartTimers | None = None, tenant: str = "default") -> LaneSpec[CartState]:
@@ -129,9 +156,9 @@ def make_spec(timers: CartTimers | None = None, tenant: str = "default") -> Lane
         now = command.issued_at
         if command.kind == ALARM:
             return _on_alarm(state, command, timers)
-        if command.kind in MERGE_RULES:
-            model, merge_rule = MERGE_RULES[command.kind]
-            return merge_rule(state, _parse(model, command), command, timers)  # type: ignore[no-any-return]
+        if command.kind in OUTCOME_RULES:
+            model, own_rule = OUTCOME_RULES[command.kind]
+            return own_rule(state, _parse(model, command), command, timers)  # type: ignore[no-any-return]
         if command.kind not in RULES:
             raise Invalid(f"the cart has no command {command.kind!r}")
         model, rule = RULES[command.kind]

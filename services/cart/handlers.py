@@ -15,6 +15,7 @@ from cartwheel.contracts.cart import (
     CartPage,
     CartView,
     ChangeQuantity,
+    CheckOut,
     GetCart,
     ListCarts,
     ProductSnapshot,
@@ -23,6 +24,7 @@ from cartwheel.contracts.cart import (
     SetQuantity,
 )
 from cartwheel.contracts.catalog import Product
+from cartwheel.contracts.orders import OrderPaid
 from cartwheel.lanes.client import LaneClient
 from cartwheel.lanes.store import load_all_states, load_states
 from cartwheel.service import Service
@@ -114,6 +116,15 @@ class CartHandlers:
         return await self.send(
             RemoveItem(id=cmd.id, tenant=cmd.tenant, cart_id=cmd.cart_id, product_id=cmd.product_id)
         )
+
+    async def order_paid(self, event: OrderPaid) -> None:
+        """An order placed from a cart was paid: that cart is checked out (a repeat changes nothing)."""
+        order = event.order
+        if order.cart_id:
+            await self.send(
+                CheckOut(id=f"checkout-{order.order_id}", tenant=event.tenant, cart_id=order.cart_id,
+                         order_id=order.order_id)
+            )
 
     async def _product(self, product_id: str, cause: Message) -> Product:
         """From this process's copy of the catalog's cache, else from the catalog."""

@@ -1,10 +1,41 @@
-"""Wires the orders service. Its features arrive in later issues; today it migrates, connects and answers health."""
+"""Wires the orders service: the checkout saga, order queries, and the payment events that move orders."""
 
 from __future__ import annotations
 
+from cartwheel import subjects
+from cartwheel.contracts.orders import CancelOrder, Checkout, GetOrder, ListOrders, PayOrder
+from cartwheel.contracts.payments import (
+    PaymentCanceled,
+    PaymentEvent,
+    PaymentFailed,
+    PaymentRefunded,
+    PaymentRequiresAction,
+    PaymentSucceeded,
+)
 from cartwheel.service import Service
 from cartwheel.settings import Settings
+from services.orders.saga import Saga
+
+PAYMENT_EVENTS: dict[str, type[PaymentEvent]] = {
+    subjects.PAYMENTS_SUCCEEDED: PaymentSucceeded,
+    subjects.PAYMENTS_FAILED: PaymentFailed,
+    subjects.PAYMENTS_CANCELED: PaymentCanceled,
+    subjects.PAYMENTS_REFUNDED: PaymentRefunded,
+    subjects.PAYMENTS_REQUIRES_ACTION: PaymentRequiresAction,
+}
 
 
 def build(settings: Settings) -> Service:
-    return Service("orders", settings)
+    service = Service("orders", settings)
+    saga = Saga(service)
+    service.on_start(saga.start)
+    service.on_stop(saga.stop)
+    service.handle(subjects.ORDERS_CHECKOUT, Checkout)(saga.checkout)
+    service.handle(subjects.ORDERS_GET, GetOrder)(saga.get)
+    service.handle(subjects.ORDERS_LIST, ListOrders)(saga.list)
+    service.handle(subjects.ORDERS_CANCEL, CancelOrder)(saga.cancel)
+    service.handle(subjects.ORDERS_PAY, PayOrder)(saga.pay)
+    for subject, model in PAYMENT_EVENTS.items():
+        durable = "orders_" + subject.rsplit(".", 1)[1]
+        service.consume(subject, model, durable=durable)(saga.on_payment_event)
+    return service

@@ -29,11 +29,17 @@ from cartwheel.outbox import OutboxEvent, OutboxRelay, ProcessedEvent, first_del
 from cartwheel.service import Service
 from cartwheel.settings import SERVICES
 from services.catalog.models import Base as CatalogBase
+from services.orders.models import Base as OrdersBase
 from tests.helpers import random_sku
 from tests.integration.conftest import Client, ServiceThread, settings_for
 
 # Tables each service has beyond the platform's.
-SERVICE_METADATA = {"catalog": [CatalogBase.metadata], "inventory": [LanesBase.metadata], "cart": [LanesBase.metadata]}
+SERVICE_METADATA = {
+    "catalog": [CatalogBase.metadata],
+    "inventory": [LanesBase.metadata],
+    "cart": [LanesBase.metadata],
+    "orders": [OrdersBase.metadata],
+}
 
 
 @pytest.mark.parametrize("service", SERVICES)

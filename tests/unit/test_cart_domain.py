@@ -204,3 +204,19 @@ def test_events_carry_the_shops_tenant() -> None:
     assert [e.tenant for e in outcome.events] == ["shop-7"]
     abandoned = spec.handle(outcome.state, command(ALARM, alarm_id=abandon_alarm(CART)))
     assert [e.tenant for e in abandoned.events] == ["shop-7"]
+
+
+def test_a_paid_order_checks_its_cart_out_once() -> None:
+    state = add(CartState(), email=None)
+    closed, outcome = apply(state, "check_out", order_id="ord_1")
+    assert closed.status == "checked_out" and closed.version == state.version + 1
+    assert [e.subject for e in outcome.events] == ["events.cart.updated", "events.cart.checked_out"]
+    assert outcome.events[1].order_id == "ord_1"
+    assert abandon_alarm(CART) in outcome.cancel_alarms and [a.id for a in outcome.alarms] == [forget_alarm(CART)]
+    again, outcome = apply(closed, "check_out", order_id="ord_1")
+    assert again == closed and outcome.events == [] and outcome.state is None
+    with pytest.raises(DomainError) as caught:
+        add(closed)
+    assert caught.value.code == "cart_closed"
+    _, outcome = apply(CartState(), "check_out", order_id="ord_2")  # a cart that never existed stays so
+    assert outcome.state is None and outcome.events == []

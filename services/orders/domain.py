@@ -1,0 +1,124 @@
+"""Order rules, free of I/O: the state machine, prices checked against the cart's snapshots, totals.
+
+``pending → reserved → awaiting_payment → paid → fulfilled``; ``cancelled``, ``expired``,
+``payment_failed`` and ``refunded`` end an order. A payment may still succeed after an order
+ended unpaid (the buyer's bank was slow): then the order is paid again if its stock can be
+re-reserved, else refunded — hence the moves out of ``expired``, ``cancelled`` and
+``payment_failed``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from cartwheel.contracts.catalog import Product
+from cartwheel.contracts.orders import OrderLine, OrderStatus, PriceChange
+from cartwheel.errors import DomainError
+
+TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
+    "pending": frozenset({"reserved", "cancelled"}),
+    "reserved": frozenset({"awaiting_payment", "paid", "cancelled", "expired", "payment_failed"}),
+    "awaiting_payment": frozenset({"paid", "cancelled", "expired", "payment_failed"}),
+    "paid": frozenset({"fulfilled", "refunded"}),
+    "fulfilled": frozenset({"refunded"}),
+    "cancelled": frozenset({"paid", "refunded"}),
+    "expired": frozenset({"paid", "refunded"}),
+    "payment_failed": frozenset({"paid", "refunded", "awaiting_payment"}),
+    "refunded": frozenset(),
+}
+"""Where each status may go next. A status not listed as a target of ``X`` is refused from ``X``."""
+
+UNPAID_ENDS: frozenset[OrderStatus] = frozenset({"cancelled", "expired", "payment_failed"})
+"""Ended without a payment: their stock is released (a late payment re-reserves or refunds)."""
+HOLDS_STOCK: frozenset[OrderStatus] = frozenset({"reserved", "awaiting_payment"})
+PAID: frozenset[OrderStatus] = frozenset({"paid", "fulfilled"})
+
+
+class IllegalTransition(DomainError):
+    code = "illegal_transition"
+
+
+def check_transition(current: OrderStatus, to: OrderStatus) -> None:
+    if to not in TRANSITIONS[current]:
+        raise IllegalTransition(f"an order that is {current} cannot become {to}", status=current, requested=to)
+
+
+def new_order_id() -> str:
+    return f"ord_{uuid.uuid4().hex}"
+
+
+def reservation_id(order_id: str, attempt: int = 1) -> str:
+    """The inventory reservation of an order's lines; a re-reservation after expiry is a new one."""
+    return order_id if attempt == 1 else f"{order_id}.{attempt}"
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """A line to buy: from the cart (with the price it was added at) or from buy-now items (no snapshot)."""
+
+    product_id: str
+    quantity: int
+    snapshot_price_cents: int | None = None
+
+
+def price_lines(
+    wanted: Iterable[Wanted], products: Mapping[str, Product]
+) -> tuple[list[OrderLine], list[PriceChange], str]:
+    """Order lines at today's prices, the lines whose price moved since they went into the cart, and the currency.
+
+    Refuses products that are gone, inactive, or in more than one currency.
+    """
+    lines: list[OrderLine] = []
+    changes: list[PriceChange] = []
+    for item in wanted:
+        product = products.get(item.product_id)
+        if product is None:
+            raise DomainError(f"product {item.product_id} does not exist", code="not_found", product_id=item.product_id)
+        if not product.active:
+            raise DomainError(
+                f"{product.name} is no longer for sale", code="not_for_sale", product_id=product.id, sku=product.sku
+            )
+        if item.snapshot_price_cents is not None and item.snapshot_price_cents != product.price_cents:
+            changes.append(
+                PriceChange(
+                    product_id=product.id,
+                    sku=product.sku,
+                    name=product.name,
+                    old_unit_price_cents=item.snapshot_price_cents,
+                    new_unit_price_cents=product.price_cents,
+                )
+            )
+        lines.append(
+            OrderLine(
+                product_id=product.id,
+                sku=product.sku,
+                name=product.name,
+                quantity=item.quantity,
+                unit_price_cents=product.price_cents,
+                line_total_cents=product.price_cents * item.quantity,
+            )
+        )
+    currencies = {products[line.product_id].currency for line in lines}
+    if len(currencies) != 1:
+        raise DomainError("an order is paid in one currency", code="currency_mismatch", currencies=sorted(currencies))
+    return lines, changes, currencies.pop()
+
+
+def merge_wanted(items: Iterable[Wanted]) -> list[Wanted]:
+    """One line per product (buy-now bodies may repeat a product): quantities add, first snapshot kept."""
+    merged: dict[str, Wanted] = {}
+    for item in items:
+        if item.product_id in merged:
+            first = merged[item.product_id]
+            merged[item.product_id] = Wanted(
+                item.product_id, first.quantity + item.quantity, first.snapshot_price_cents
+            )
+        else:
+            merged[item.product_id] = item
+    return list(merged.values())
+
+
+def total_cents(lines: Iterable[OrderLine]) -> int:
+    return sum(line.line_total_cents for line in lines)

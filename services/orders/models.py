@@ -1,0 +1,58 @@
+"""Orders tables: the order (with its lines and payment as last heard) and every transition it made."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from cartwheel.db import UTCDateTime, service_metadata
+
+
+class Base(DeclarativeBase):
+    metadata = service_metadata()
+
+
+class OrderRow(Base):
+    __tablename__ = "orders"
+    __table_args__ = (
+        Index("ix_orders_status_updated", "status", "updated_at"),
+        Index("ix_orders_user_seq", "user_id", "seq"),
+    )
+
+    # Insertion order: the key of cursor pagination (newest first), stable while orders are added.
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    tenant: Mapped[str] = mapped_column(String(64), default="default")
+    status: Mapped[str] = mapped_column(String(20))
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    """Raised by every change; a change names the version it read (optimistic locking)."""
+    user_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    email: Mapped[str | None] = mapped_column(String(320), default=None)
+    cart_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    # "<scope>:<Idempotency-Key>": a retried checkout of the same buyer finds its order.
+    idempotency_key: Mapped[str | None] = mapped_column(String(400), unique=True, default=None)
+    currency: Mapped[str] = mapped_column(String(3))
+    total_cents: Mapped[int] = mapped_column(BigInteger)
+    lines: Mapped[str] = mapped_column(Text)  # JSON list of OrderLine
+    reservation: Mapped[str] = mapped_column(String(100))  # the inventory reservation id holding the lines
+    reservation_attempt: Mapped[int] = mapped_column(Integer, default=1)
+    reserved_until: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    payment_intent_id: Mapped[str | None] = mapped_column(String(255), default=None, index=True)
+    client_secret: Mapped[str | None] = mapped_column(String(500), default=None)
+    payment_status: Mapped[str | None] = mapped_column(String(40), default=None)
+    payment_error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class OrderTransitionRow(Base):
+    __tablename__ = "order_transitions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    order_id: Mapped[str] = mapped_column(String(64), ForeignKey("orders.id", ondelete="CASCADE"), index=True)
+    from_status: Mapped[str | None] = mapped_column(String(20))
+    to_status: Mapped[str] = mapped_column(String(20))
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)

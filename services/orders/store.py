@@ -1,0 +1,168 @@
+"""Orders persistence: every change of an order names the version it read, and writes its transition and
+events in the same transaction (outbox)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from cartwheel.contracts.base import Message, utcnow
+from cartwheel.contracts.orders import (
+    OrderCreated,
+    OrderLine,
+    OrderPage,
+    OrderPaid,
+    OrderStatus,
+    OrderStatusChanged,
+    OrderTransition,
+    OrderView,
+    PaymentInfo,
+)
+from cartwheel.errors import NotFound
+from cartwheel.outbox import record_events
+from services.orders.domain import check_transition
+from services.orders.models import OrderRow, OrderTransitionRow
+
+
+class Stale(Exception):
+    """The order changed since it was read (another handler moved it): read it again and decide again."""
+
+
+def view(row: OrderRow, history: Sequence[OrderTransitionRow] = ()) -> OrderView:
+    return OrderView(
+        order_id=row.id,
+        status=row.status,  # type: ignore[arg-type]
+        lines=[OrderLine.model_validate(line) for line in json.loads(row.lines)],
+        total_cents=row.total_cents,
+        currency=row.currency,
+        email=row.email,
+        user_id=row.user_id,
+        cart_id=row.cart_id,
+        payment=PaymentInfo(
+            payment_intent_id=row.payment_intent_id,
+            client_secret=row.client_secret,
+            status=row.payment_status,
+            last_error=row.payment_error,
+        ),
+        reserved_until=row.reserved_until,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        history=[OrderTransition(status=h.to_status, at=h.at, reason=h.reason) for h in history],  # type: ignore[arg-type]
+    )
+
+
+def insert(session: Session, row: OrderRow, reason: str) -> OrderView:
+    """A new order (``pending``), its first transition and ``events.orders.created``."""
+    session.add(row)
+    session.flush()
+    session.add(
+        OrderTransitionRow(order_id=row.id, from_status=None, to_status=row.status, reason=reason, at=row.created_at)
+    )
+    order = view(row)
+    record_events(session, [OrderCreated(tenant=row.tenant, order=order)])
+    return order
+
+
+def load(session: Session, order_id: str) -> OrderRow | None:
+    return session.scalar(select(OrderRow).where(OrderRow.id == order_id))
+
+
+def load_view(session: Session, order_id: str, *, with_history: bool = True) -> OrderView:
+    row = load(session, order_id)
+    if row is None:
+        raise NotFound(f"no order {order_id}", order_id=order_id)
+    return view(row, history(session, order_id) if with_history else ())
+
+
+def history(session: Session, order_id: str) -> list[OrderTransitionRow]:
+    query = select(OrderTransitionRow).where(OrderTransitionRow.order_id == order_id).order_by(OrderTransitionRow.id)
+    return list(session.scalars(query))
+
+
+def by_idempotency_key(session: Session, key: str) -> OrderRow | None:
+    return session.scalar(select(OrderRow).where(OrderRow.idempotency_key == key))
+
+
+def by_payment_intent(session: Session, payment_intent_id: str) -> OrderRow | None:
+    return session.scalar(select(OrderRow).where(OrderRow.payment_intent_id == payment_intent_id))
+
+
+def change(session: Session, row: OrderRow, **fields: Any) -> OrderRow:
+    """Change fields of the order as read (``row.version``), without a transition; :class:`Stale` if it moved."""
+    at = utcnow()
+    done = session.execute(
+        update(OrderRow)
+        .where(OrderRow.id == row.id, OrderRow.version == row.version)
+        .values(**fields, version=row.version + 1, updated_at=at)
+        .execution_options(synchronize_session=False)
+    )
+    if done.rowcount != 1:  # type: ignore[attr-defined]
+        raise Stale(row.id)
+    session.expire(row)
+    fresh = load(session, row.id)
+    assert fresh is not None
+    return fresh
+
+
+def move(
+    session: Session, row: OrderRow, to: OrderStatus, reason: str | None = None, **fields: Any
+) -> tuple[OrderRow, OrderView]:
+    """Move the order as read to ``to`` (refused if the state machine forbids it; :class:`Stale` if it moved
+    meanwhile), with its transition row and ``events.orders.status_changed`` (+ ``events.orders.paid``)."""
+    previous: OrderStatus = row.status  # type: ignore[assignment]
+    check_transition(previous, to)
+    fresh = change(session, row, status=to, **fields)
+    session.add(
+        OrderTransitionRow(order_id=row.id, from_status=previous, to_status=to, reason=reason, at=fresh.updated_at)
+    )
+    order = view(fresh)
+    events: list[Message] = [OrderStatusChanged(tenant=fresh.tenant, order=order, previous=previous, reason=reason)]
+    if to == "paid":
+        events.append(OrderPaid(tenant=fresh.tenant, order=order))
+    record_events(session, events)
+    return fresh, order
+
+
+def page(session: Session, *, user_id: str | None, status: str | None, limit: int, cursor: str | None) -> OrderPage:
+    """Newest first; ``cursor`` is the last order id of the previous page."""
+    query = select(OrderRow)
+    if user_id is not None:
+        query = query.where(OrderRow.user_id == user_id)
+    if status is not None:
+        query = query.where(OrderRow.status == status)
+    if cursor is not None:
+        after = session.scalar(select(OrderRow.seq).where(OrderRow.id == cursor))
+        if after is None:
+            raise NotFound(f"no order {cursor} to continue after", field="cursor")
+        query = query.where(OrderRow.seq < after)
+    rows = list(session.scalars(query.order_by(OrderRow.seq.desc()).limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return OrderPage(items=[view(r) for r in rows], next_cursor=rows[-1].id if more and rows else None)
+
+
+def stalled(session: Session, statuses: Sequence[str], before: datetime, limit: int = 100) -> list[str]:
+    """Ids of orders in ``statuses`` not changed since ``before``: left mid-saga by a crash."""
+    query = (
+        select(OrderRow.id)
+        .where(OrderRow.status.in_(statuses), OrderRow.updated_at < before)
+        .order_by(OrderRow.updated_at)
+        .limit(limit)
+    )
+    return list(session.scalars(query))
+
+
+def overdue(session: Session, now: datetime, limit: int = 100) -> list[str]:
+    """Ids of orders still awaiting payment whose reservation has run out."""
+    query = (
+        select(OrderRow.id)
+        .where(OrderRow.status.in_(("reserved", "awaiting_payment")), OrderRow.reserved_until < now)
+        .order_by(OrderRow.reserved_until)
+        .limit(limit)
+    )
+    return list(session.scalars(query))

@@ -1,0 +1,445 @@
+"""The checkout saga with the real catalog, inventory and cart on a real nats-server, and a stand-in for payments.
+
+The stand-in answers payments' subjects the way the payments service does and lets a test publish
+the payment events a verified webhook would cause, in any order, as often as it likes. The
+payments service itself, against localstripe, is tested in ``test_payments.py``; the whole
+chain over HTTP in ``tests/e2e/test_checkout_http.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import nats.js.errors
+import pytest
+
+from cartwheel import subjects
+from cartwheel.bus import encode, request
+from cartwheel.contracts.base import Message
+from cartwheel.contracts.cart import AddToCart, GetCart
+from cartwheel.contracts.catalog import ProductPatch, UpdateProduct
+from cartwheel.contracts.inventory import GetStock
+from cartwheel.contracts.orders import CancelOrder, Checkout, CheckoutItem, GetOrder, PayOrder
+from cartwheel.contracts.payments import PaymentFailed, PaymentSucceeded
+from cartwheel.errors import DomainError
+from tests.integration.conftest import Client
+from tests.integration.test_cart_service import product
+
+TIMEOUT = 15.0
+
+
+class FakePayments:
+    """Answers ``payments.*`` requests from its own thread; records what it was asked."""
+
+    def __init__(self, nats_url: str) -> None:
+        self.url = nats_url
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.before_intent_reply: Callable[[dict[str, Any]], Awaitable[None]] | None = None  # on the fake's loop
+        self.hold_intents = threading.Event()  # set: CreateIntent never answers (a crash test)
+        self.confirm_status = "succeeded"
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.nc: nats.NATS | None = None
+
+    def start(self) -> FakePayments:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._subscribe(), self.loop).result(10)
+        return self
+
+    def stop(self) -> None:
+        if self.nc:
+            asyncio.run_coroutine_threadsafe(self.nc.close(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+    def asked(self, subject: str) -> list[dict[str, Any]]:
+        return [body for s, body in self.calls if s == subject]
+
+    def publish(self, event: Message) -> None:
+        async def send() -> None:
+            assert self.nc is not None
+            await self.nc.jetstream().publish(event.subject, event.model_dump_json().encode())  # type: ignore[attr-defined]
+
+        asyncio.run_coroutine_threadsafe(send(), self.loop).result(10)
+
+    async def _subscribe(self) -> None:
+        self.nc = await nats.connect(self.url)
+        for subject in (
+            subjects.PAYMENTS_INTENT_CREATE,
+            subjects.PAYMENTS_INTENT_CONFIRM,
+            subjects.PAYMENTS_INTENT_CANCEL,
+            subjects.PAYMENTS_REFUND,
+        ):
+            await self.nc.subscribe(subject, queue="payments", cb=self._answer)
+
+    async def _answer(self, msg: Any) -> None:
+        import json
+
+        body = json.loads(msg.data)
+        self.calls.append((msg.subject, body))
+        order_id = body["order_id"]
+        intent = {"payment_intent_id": f"pi_{order_id}", "client_secret": f"pi_{order_id}_secret_x",
+                  "status": "requires_payment_method", "amount_cents": body.get("amount_cents", 0),
+                  "currency": body.get("currency", "EUR"), "last_error": None}
+        if msg.subject == subjects.PAYMENTS_INTENT_CREATE:
+            if self.hold_intents.is_set():
+                return  # never answers: the orders service is killed meanwhile
+            if self.before_intent_reply:
+                await self.before_intent_reply(body)
+        elif msg.subject == subjects.PAYMENTS_INTENT_CONFIRM:
+            intent["status"] = self.confirm_status
+            if self.confirm_status == "requires_payment_method":
+                intent["last_error"] = "Your card was declined."
+        elif msg.subject == subjects.PAYMENTS_REFUND:
+            await msg.respond(encode({"ok": True, "data": {"refund_id": f"re_{order_id}", "status": "succeeded",
+                                                           "amount_cents": 0}}))
+            return
+        elif msg.subject == subjects.PAYMENTS_INTENT_CANCEL:
+            intent["status"] = "canceled"
+        await msg.respond(encode({"ok": True, "data": intent}))
+
+
+@pytest.fixture
+def payments(nats_url: str) -> Iterator[FakePayments]:
+    fake = FakePayments(nats_url).start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def backends(start_service, client: Client) -> None:
+    async def fresh_lanes(nc: nats.NATS) -> None:
+        js = nc.jetstream()
+        for lane in ("cart", "inventory"):
+            lane_stream, lane_bucket = subjects.lane_stream(lane), subjects.lane_bucket(lane)
+            for remove in (js.delete_stream(lane_stream), js.delete_key_value(lane_bucket)):
+                with contextlib.suppress(nats.js.errors.NotFoundError):
+                    await remove
+
+    client.run(fresh_lanes)
+    start_service("catalog")
+    start_service("inventory")
+    start_service("cart")
+
+
+@pytest.fixture
+def orders(backends: None, payments: FakePayments, database_url: str, start_service):
+    return start_service("orders", orders_database_url=database_url, reservation_ttl_seconds=60)
+
+
+def ask(client: Client, message: Message) -> Any:
+    return client.run(lambda nc: request(nc, message, TIMEOUT))
+
+
+def refused(client: Client, message: Message) -> DomainError:
+    with pytest.raises(DomainError) as caught:
+        ask(client, message)
+    return caught.value
+
+
+def stock(client: Client, product_id: str) -> tuple[int, int]:
+    level = ask(client, GetStock(product_id=product_id))
+    return level["on_hand"], level["reserved"]
+
+
+def new_product(client: Client, units: int, **fields: Any) -> str:
+    return client.run(lambda nc: product(nc, stock=units, **fields))["id"]
+
+
+def buy(product_id: str, quantity: int = 1, **fields: Any) -> Checkout:
+    return Checkout(items=[CheckoutItem(product_id=product_id, quantity=quantity)], **fields)
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if found := condition():
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"not within {timeout} s: {what}")
+
+
+def status_of(client: Client, order_id: str) -> str:
+    return ask(client, GetOrder(order_id=order_id))["status"]
+
+
+def paid_event(order: dict[str, Any], n: int = 1) -> PaymentSucceeded:
+    return PaymentSucceeded(order_id=order["order_id"], payment_intent_id=f"pi_{order['order_id']}",
+                            stripe_event_id=f"evt_{n}", amount_cents=order["total_cents"], currency=order["currency"])
+
+
+# -- the happy path ----------------------------------------------------------------------------
+
+
+def test_a_cart_checks_out_reserves_and_on_payment_commits_and_closes_the_cart(
+    orders: Any, payments: FakePayments, client: Client
+) -> None:
+    mug, plate = new_product(client, 5), new_product(client, 3, price_cents=800)
+    ask(client, AddToCart(cart_id="cart-saga-1", product_id=mug, quantity=2))
+    ask(client, AddToCart(cart_id="cart-saga-1", product_id=plate, quantity=1))
+    order = ask(client, Checkout(cart_id="cart-saga-1", email="ada@example.com"))
+    assert order["status"] == "awaiting_payment"
+    assert order["total_cents"] == 2 * 1200 + 800 and order["currency"] == "EUR"
+    assert order["payment"]["client_secret"] == f"pi_{order['order_id']}_secret_x"
+    assert [h["status"] for h in order["history"]] == ["pending", "reserved", "awaiting_payment"]
+    assert stock(client, mug) == (5, 2) and stock(client, plate) == (3, 1)
+    (intent,) = payments.asked(subjects.PAYMENTS_INTENT_CREATE)
+    assert (intent["amount_cents"], intent["currency"], intent["order_id"]) == (3200, "EUR", order["order_id"])
+
+    payments.publish(paid_event(order))
+    wait_for(lambda: status_of(client, order["order_id"]) == "paid", "the order paid")
+    assert stock(client, mug) == (3, 0) and stock(client, plate) == (2, 0)
+    wait_for(lambda: ask(client, GetCart(cart_id="cart-saga-1"))["status"] == "checked_out", "the cart closed")
+    for n in range(2, 5):  # the same payment, heard again (webhook and confirmation, replays): nothing more
+        payments.publish(paid_event(order, n))
+    time.sleep(0.5)
+    assert stock(client, mug) == (3, 0)
+    assert [h["status"] for h in ask(client, GetOrder(order_id=order["order_id"]))["history"]][-1] == "paid"
+
+
+def test_paying_through_the_order_confirms_and_a_decline_releases_the_stock(
+    orders: Any, payments: FakePayments, client: Client
+) -> None:
+    mug = new_product(client, 4)
+    order = ask(client, buy(mug, 2))
+    payments.confirm_status = "requires_payment_method"
+    declined = ask(client, PayOrder(order_id=order["order_id"], payment_method="pm_card_chargeCustomerFail"))
+    assert declined["status"] == "payment_failed" and declined["payment"]["last_error"] == "Your card was declined."
+    assert stock(client, mug) == (4, 0)
+    payments.confirm_status = "succeeded"  # another card: paid, the stock reserved again and committed
+    paid = ask(client, PayOrder(order_id=order["order_id"], payment_method="pm_card_visa"))
+    assert paid["status"] == "paid"
+    assert stock(client, mug) == (2, 0)
+
+
+# -- refusals ----------------------------------------------------------------------------------
+
+
+def test_a_short_line_refuses_the_whole_order_and_holds_nothing(orders: Any, client: Client) -> None:
+    mug, plate = new_product(client, 5), new_product(client, 1)
+    error = refused(client, Checkout(items=[CheckoutItem(product_id=mug, quantity=2),
+                                            CheckoutItem(product_id=plate, quantity=3)]))
+    assert error.code == "out_of_stock"
+    assert error.details["lines"] == [{"product_id": plate, "requested": 3, "available": 1}]
+    assert stock(client, mug) == (5, 0) and stock(client, plate) == (1, 0)
+
+
+def test_a_price_change_since_adding_is_refused_unless_accepted(orders: Any, client: Client) -> None:
+    mug = new_product(client, 5)
+    ask(client, AddToCart(cart_id="cart-saga-price", product_id=mug, quantity=1))
+    ask(client, UpdateProduct(product_id=mug, patch=ProductPatch(price_cents=1500)))
+    error = refused(client, Checkout(cart_id="cart-saga-price"))
+    assert error.code == "price_changed"
+    (change,) = error.details["changes"]
+    assert (change["product_id"], change["old_unit_price_cents"], change["new_unit_price_cents"]) == (mug, 1200, 1500)
+    assert stock(client, mug) == (5, 0)
+    order = ask(client, Checkout(cart_id="cart-saga-price", accept_price_changes=True))
+    assert order["total_cents"] == 1500
+
+
+def test_an_empty_or_unknown_cart_is_refused(orders: Any, client: Client) -> None:
+    assert refused(client, Checkout(cart_id="cart-never-used")).code == "empty_cart"
+    assert refused(client, Checkout()).code == "empty_cart"
+    assert refused(client, buy("0b7e4c1e-2f5d-4a3b-9c8d-1e2f3a4b5c6d")).code == "not_found"
+
+
+def test_fifty_buyers_for_the_last_unit_make_one_paid_order(
+    orders: Any, payments: FakePayments, client: Client
+) -> None:
+    last = new_product(client, 1)
+
+    async def rush(nc: nats.NATS) -> list[Any]:
+        async def one(i: int) -> Any:
+            try:
+                return await request(nc, buy(last, 1, email=f"buyer{i}@example.com"), TIMEOUT)
+            except DomainError as error:
+                return error.code
+
+        return await asyncio.gather(*(one(i) for i in range(50)))
+
+    outcomes = client.run(rush)
+    winners = [o for o in outcomes if isinstance(o, dict)]
+    assert len(winners) == 1 and outcomes.count("out_of_stock") == 49
+    payments.publish(paid_event(winners[0]))
+    wait_for(lambda: status_of(client, winners[0]["order_id"]) == "paid", "the winner paid")
+    assert stock(client, last) == (0, 0)
+
+
+# -- idempotency -------------------------------------------------------------------------------
+
+
+def test_an_idempotency_key_returns_the_same_order(orders: Any, payments: FakePayments, client: Client) -> None:
+    mug = new_product(client, 10)
+    first = ask(client, buy(mug, 1, user_id="u-1", idempotency_key="key-1"))
+
+    async def retries(nc: nats.NATS) -> list[Any]:
+        return await asyncio.gather(*(request(nc, buy(mug, 1, user_id="u-1", idempotency_key="key-1"), TIMEOUT)
+                                      for _ in range(5)))
+
+    assert {o["order_id"] for o in client.run(retries)} == {first["order_id"]}
+    other_buyer = ask(client, buy(mug, 1, user_id="u-2", idempotency_key="key-1"))
+    assert other_buyer["order_id"] != first["order_id"]
+    assert stock(client, mug) == (10, 2)
+    assert len(payments.asked(subjects.PAYMENTS_INTENT_CREATE)) == 2
+
+
+def test_a_payment_heard_before_the_checkout_reply_still_ends_paid(
+    orders: Any, payments: FakePayments, client: Client
+) -> None:
+    mug = new_product(client, 3)
+
+    async def webhook_first(body: dict[str, Any]) -> None:
+        event = PaymentSucceeded(order_id=body["order_id"], payment_intent_id=f"pi_{body['order_id']}",
+                                 stripe_event_id="evt_early", amount_cents=body["amount_cents"], currency="EUR")
+        assert payments.nc is not None
+        await payments.nc.jetstream().publish(event.subject, event.model_dump_json().encode())
+        await asyncio.sleep(1.0)  # the event is handled while the intent's reply is on its way
+
+    payments.before_intent_reply = webhook_first
+    order = ask(client, buy(mug, 2))
+    final = wait_for(lambda: (o := ask(client, GetOrder(order_id=order["order_id"])))["status"] == "paid" and o,
+                     "the order paid")
+    assert final["payment"]["payment_intent_id"] == f"pi_{order['order_id']}"
+    assert stock(client, mug) == (1, 0)
+
+
+# -- expiry and late payments -------------------------------------------------------------------
+
+
+@pytest.fixture
+def short_orders(backends: None, payments: FakePayments, database_url: str, start_service):
+    return start_service("orders", orders_database_url=database_url, reservation_ttl_seconds=1)
+
+
+def test_an_unpaid_order_expires_releases_and_cancels_its_intent(
+    short_orders: Any, payments: FakePayments, client: Client
+) -> None:
+    mug = new_product(client, 2)
+    order = ask(client, buy(mug, 2))
+    wait_for(lambda: status_of(client, order["order_id"]) == "expired", "the order expired")
+    assert stock(client, mug) == (2, 0)
+    wait_for(lambda: payments.asked(subjects.PAYMENTS_INTENT_CANCEL), "the intent cancelled")
+
+
+def test_a_payment_after_expiry_reserves_again_when_stock_allows(
+    short_orders: Any, payments: FakePayments, client: Client
+) -> None:
+    mug = new_product(client, 2)
+    order = ask(client, buy(mug, 2))
+    wait_for(lambda: status_of(client, order["order_id"]) == "expired", "the order expired")
+    payments.publish(paid_event(order))
+    wait_for(lambda: status_of(client, order["order_id"]) == "paid", "paid after all")
+    assert stock(client, mug) == (0, 0)
+    assert payments.asked(subjects.PAYMENTS_REFUND) == []
+
+
+def test_a_payment_after_expiry_is_refunded_when_the_stock_is_gone(
+    short_orders: Any, payments: FakePayments, client: Client
+) -> None:
+    mug = new_product(client, 1)
+    late = ask(client, buy(mug, 1))
+    wait_for(lambda: status_of(client, late["order_id"]) == "expired", "the order expired")
+    quick = ask(client, buy(mug, 1))
+    payments.publish(paid_event(quick, 1))
+    wait_for(lambda: status_of(client, quick["order_id"]) == "paid", "the second buyer paid")
+    payments.publish(paid_event(late, 2))
+    wait_for(lambda: status_of(client, late["order_id"]) == "refunded", "the late payment refunded")
+    (refund,) = payments.asked(subjects.PAYMENTS_REFUND)
+    assert refund["order_id"] == late["order_id"]
+    assert stock(client, mug) == (0, 0)
+
+
+def test_a_failed_payment_releases_the_stock(orders: Any, payments: FakePayments, client: Client) -> None:
+    mug = new_product(client, 3)
+    order = ask(client, buy(mug, 3))
+    payments.publish(PaymentFailed(order_id=order["order_id"], payment_intent_id=f"pi_{order['order_id']}",
+                                   stripe_event_id="evt_f", amount_cents=order["total_cents"], currency="EUR",
+                                   reason="insufficient funds"))
+    wait_for(lambda: status_of(client, order["order_id"]) == "payment_failed", "payment failed")
+    assert stock(client, mug) == (3, 0)
+
+
+# -- admin cancel ------------------------------------------------------------------------------
+
+
+def test_an_admin_cancel_releases_an_unpaid_order_and_refunds_a_paid_one(
+    orders: Any, payments: FakePayments, client: Client
+) -> None:
+    mug = new_product(client, 5)
+    unpaid, paid = ask(client, buy(mug, 1)), ask(client, buy(mug, 2))
+    payments.publish(paid_event(paid))
+    wait_for(lambda: status_of(client, paid["order_id"]) == "paid", "paid")
+    assert ask(client, CancelOrder(order_id=unpaid["order_id"]))["status"] == "cancelled"
+    assert ask(client, CancelOrder(order_id=paid["order_id"]))["status"] == "refunded"
+    assert [r["order_id"] for r in payments.asked(subjects.PAYMENTS_REFUND)] == [paid["order_id"]]
+    assert stock(client, mug) == (3, 0)
+    assert refused(client, CancelOrder(order_id=unpaid["order_id"])).code == "order_closed"
+
+
+# -- a crash mid-saga ----------------------------------------------------------------------------
+
+
+def test_orders_killed_between_reservation_and_intent_finishes_the_saga_on_restart(
+    backends: None, payments: FakePayments, nats_url: str, database_url: str, tmp_path: Path, client: Client
+) -> None:
+    env = {**os.environ, "CARTWHEEL_NATS_URL": nats_url, "CARTWHEEL_VAR_DIR": str(tmp_path),
+           "CARTWHEEL_ORDERS_DATABASE_URL": database_url, "CARTWHEEL_METRICS_PORT": "0",
+           "CARTWHEEL_ADMIN_TOKEN": "t" * 24, "CARTWHEEL_SECRET": "s" * 32, "CARTWHEEL_REQUEST_TIMEOUT": "3",
+           "CARTWHEEL_CHECKOUT_RESUME_SECONDS": "1", "CARTWHEEL_RESERVATION_TTL_SECONDS": "60"}
+
+    def start_orders(log_name: str) -> subprocess.Popen[bytes]:
+        log = (tmp_path / log_name).open("wb")
+        process = subprocess.Popen([sys.executable, "-m", "services.orders"], env=env, stdout=log,
+                                   stderr=subprocess.STDOUT)
+        wait_for(lambda: client.run(_answers(subjects.health("orders"))), "orders up")
+        return process
+
+    mug = new_product(client, 3)
+    payments.hold_intents.set()
+    first = start_orders("orders-1.log")
+    try:
+        async def checkout(nc: nats.NATS) -> None:
+            with contextlib.suppress(Exception):
+                await request(nc, buy(mug, 2), 2.0)
+
+        client.run(checkout)  # no answer: payments holds the intent request
+        wait_for(lambda: payments.asked(subjects.PAYMENTS_INTENT_CREATE), "the intent asked for")
+        assert stock(client, mug) == (3, 2)
+    finally:
+        first.kill()
+        first.wait(10)
+    (asked,) = payments.asked(subjects.PAYMENTS_INTENT_CREATE)
+    payments.hold_intents.clear()
+    second = start_orders("orders-2.log")
+    try:
+        order = wait_for(lambda: (o := ask(client, GetOrder(order_id=asked["order_id"])))["status"]
+                         == "awaiting_payment" and o, "the saga resumed")
+        assert order["payment"]["client_secret"]
+        assert "checkout did not finish" not in str(order["history"])
+        payments.publish(paid_event(order))
+        wait_for(lambda: status_of(client, order["order_id"]) == "paid", "paid after the restart")
+        assert stock(client, mug) == (1, 0)
+    finally:
+        second.terminate()
+        second.wait(15)
+
+
+def _answers(subject: str) -> Callable[[nats.NATS], Any]:
+    async def probe(nc: nats.NATS) -> bool:
+        try:
+            await nc.request(subject, b"{}", timeout=0.5)
+        except Exception:
+            return False
+        return True
+
+    return probe

@@ -1,0 +1,97 @@
+"""Order rules without I/O: the state machine, prices against the cart's snapshots, idempotency scopes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from itertools import pairwise
+
+import pytest
+
+from cartwheel.contracts.catalog import Product
+from cartwheel.contracts.orders import Checkout, CheckoutItem
+from cartwheel.errors import DomainError
+from services.orders.domain import (
+    TRANSITIONS,
+    IllegalTransition,
+    Wanted,
+    check_transition,
+    merge_wanted,
+    price_lines,
+    reservation_id,
+)
+from services.orders.saga import _command_id, _idempotency_scope
+
+NOW = datetime(2026, 11, 29, tzinfo=UTC)
+
+
+def product(pid: str, price: int = 1000, currency: str = "EUR", active: bool = True) -> Product:
+    return Product(id=pid, sku=f"SKU-{pid}", name=f"P {pid}", description="", price_cents=price, currency=currency,
+                   active=active, version=1, created_at=NOW, updated_at=NOW)
+
+
+def test_the_happy_path_is_allowed_and_ended_orders_stay_ended() -> None:
+    path = ["pending", "reserved", "awaiting_payment", "paid", "fulfilled", "refunded"]
+    for current, to in pairwise(path):
+        check_transition(current, to)  # type: ignore[arg-type]
+    assert TRANSITIONS["refunded"] == frozenset()
+    with pytest.raises(IllegalTransition) as caught:
+        check_transition("paid", "cancelled")
+    assert caught.value.code == "illegal_transition" and caught.value.details == {"status": "paid",
+                                                                                   "requested": "cancelled"}
+    with pytest.raises(IllegalTransition):
+        check_transition("pending", "paid")  # money for stock never reserved
+
+
+def test_a_late_payment_may_revive_an_unpaid_end() -> None:
+    for ended in ("expired", "payment_failed", "cancelled"):
+        check_transition(ended, "paid")  # type: ignore[arg-type]
+        check_transition(ended, "refunded")  # type: ignore[arg-type]
+
+
+def test_prices_are_today_and_changes_are_listed() -> None:
+    products = {"a": product("a", 1000), "b": product("b", 250)}
+    lines, changes, currency = price_lines([Wanted("a", 2, 900), Wanted("b", 1, 250)], products)
+    assert [(line.unit_price_cents, line.line_total_cents) for line in lines] == [(1000, 2000), (250, 250)]
+    assert [(c.product_id, c.old_unit_price_cents, c.new_unit_price_cents) for c in changes] == [("a", 900, 1000)]
+    assert currency == "EUR"
+    _, changes, _ = price_lines([Wanted("a", 1)], products)  # buy-now has no snapshot to differ from
+    assert changes == []
+
+
+@pytest.mark.parametrize(
+    ("products", "code"),
+    [
+        ({}, "not_found"),
+        ({"a": product("a", active=False)}, "not_for_sale"),
+    ],
+)
+def test_gone_or_inactive_products_are_refused(products: dict[str, Product], code: str) -> None:
+    with pytest.raises(DomainError) as caught:
+        price_lines([Wanted("a", 1)], products)
+    assert caught.value.code == code
+
+
+def test_one_currency_per_order() -> None:
+    with pytest.raises(DomainError) as caught:
+        price_lines([Wanted("a", 1), Wanted("b", 1)], {"a": product("a"), "b": product("b", currency="USD")})
+    assert caught.value.code == "currency_mismatch"
+
+
+def test_repeated_products_are_one_line() -> None:
+    assert merge_wanted([Wanted("a", 1, 5), Wanted("b", 2), Wanted("a", 3, 7)]) == [Wanted("a", 4, 5), Wanted("b", 2)]
+
+
+def test_reservations_and_command_ids_are_derived_from_the_order() -> None:
+    assert reservation_id("ord_1") == "ord_1" and reservation_id("ord_1", 2) == "ord_1.2"
+    assert _command_id("ord_1.2", "reserve", "p-9") == "ord_1-2-reserve-p-9"  # a lane command id has no dots
+
+
+def test_an_idempotency_key_belongs_to_its_buyer() -> None:
+    item = [CheckoutItem(product_id="a", quantity=1)]
+    assert _idempotency_scope(Checkout(items=item)) is None
+    user = _idempotency_scope(Checkout(items=item, user_id="u1", idempotency_key="k"))
+    cart = _idempotency_scope(Checkout(cart_id="c1", idempotency_key="k"))
+    anon = _idempotency_scope(Checkout(items=item, idempotency_key="k"))
+    other_body = _idempotency_scope(Checkout(items=[CheckoutItem(product_id="a", quantity=2)], idempotency_key="k"))
+    assert len({user, cart, anon, other_body}) == 4
+    assert anon == _idempotency_scope(Checkout(items=item, idempotency_key="k"))
