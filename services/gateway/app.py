@@ -7,7 +7,7 @@ import sys
 from flask import Flask
 
 from cartwheel.settings import Settings, get_settings
-from services.gateway import accounts, admin_carts, api, cart, inventory, ops, products, sse
+from services.gateway import accounts, admin_carts, api, cart, inventory, ops, orders, products, sse, webhooks
 from services.gateway.bridge import NatsBridge
 from services.gateway.context import EXTENSION, Bus, Gateway, gateway
 from services.gateway.errors import install_error_handlers
@@ -30,7 +30,7 @@ def create_app(settings: Settings | None = None, bridge: Bus | None = None) -> F
         app.before_request(_yield_to_other_greenlets)
     install_error_handlers(app)
     everything = [ops.routes, products.routes, inventory.routes, cart.routes, sse.routes, admin_carts.routes]
-    everything.append(accounts.routes)
+    everything += [accounts.routes, orders.routes, orders.admin_routes, webhooks.routes]
     context.operations = api.register(app, everything)
     return app
 

@@ -70,9 +70,10 @@ def add_item(body: AddItemBody) -> Answer:
     try:
         return _add(cart_id, shopper, body), _headers(shopper, cart_id)
     except DomainError as refusal:
-        if shopper.signed_in or refusal.code != "cart_closed":
+        if refusal.code != "cart_closed":
             raise
-    cart_id = new_cart_id()  # the cookie names a cart that was merged or checked out: start a new one
+    # The cookie or the account names a cart that was merged or checked out: start a new one.
+    cart_id = cart_of_signed_in(shopper, closed=cart_id) if shopper.signed_in else new_cart_id()
     return _add(cart_id, shopper, body), _headers(shopper, cart_id)
 
 

@@ -2,6 +2,7 @@
 
 Its value is ``URLSafeSerializer(secret, salt=CART_SALT).dumps(cart_id)``; anything that does not verify
 (missing, tampered, signed with another secret or salt, not a cart id) reads as "no cart".
+The ``orders`` cookie lists the orders this browser placed (newest first) the same way, under ORDERS_SALT.
 """
 
 from __future__ import annotations
@@ -15,12 +16,18 @@ from pydantic import TypeAdapter
 from werkzeug.http import dump_cookie
 
 from cartwheel.contracts.cart import CartId
+from cartwheel.contracts.orders import OrderId
 from services.gateway.context import gateway
 
 CART_COOKIE = "cart"
 CART_SALT = "cartwheel.cart"
 CART_COOKIE_MAX_AGE = 90 * 24 * 3600  # longer than the cart service keeps an untouched anonymous cart
+ORDERS_COOKIE = "orders"
+ORDERS_SALT = "cartwheel.orders"
+ORDERS_COOKIE_MAX_AGE = 365 * 24 * 3600
+ORDERS_KEPT = 20  # the newest; keeps the cookie well under browsers' 4 KB
 _CART_ID = TypeAdapter(CartId)
+_ORDER_ID = TypeAdapter(OrderId)
 
 
 def new_cart_id() -> str:
@@ -55,6 +62,26 @@ def cart_cookie(cart_id: str) -> str:
     return private_cookie(CART_COOKIE, _serializer(secret()).dumps(cart_id), CART_COOKIE_MAX_AGE)
 
 
+def orders_from_cookie() -> list[str]:
+    """The ids of the orders this browser placed, newest first; empty when the cookie does not verify."""
+    value = request.cookies.get(ORDERS_COOKIE)
+    if not value:
+        return []
+    try:
+        order_ids = _serializer(secret(), ORDERS_SALT).loads(value)
+    except BadData:
+        return []
+    if not isinstance(order_ids, list):
+        return []
+    return [order_id for order_id in order_ids[:ORDERS_KEPT] if is_valid(_ORDER_ID, order_id)]
+
+
+def orders_cookie(order_id: str) -> str:
+    """The ``Set-Cookie`` value that adds ``order_id`` to this browser's orders."""
+    order_ids = [order_id, *(known for known in orders_from_cookie() if known != order_id)][:ORDERS_KEPT]
+    return private_cookie(ORDERS_COOKIE, _serializer(secret(), ORDERS_SALT).dumps(order_ids), ORDERS_COOKIE_MAX_AGE)
+
+
 def private_cookie(name: str, value: str, max_age: int) -> str:
     """A ``Set-Cookie`` value scripts cannot read, sent on this site's own navigations only."""
     return dump_cookie(
@@ -81,6 +108,6 @@ def secret() -> str:
     return key.get_secret_value()
 
 
-@lru_cache(maxsize=4)
-def _serializer(key: str) -> URLSafeSerializer:
-    return URLSafeSerializer(key, salt=CART_SALT)
+@lru_cache(maxsize=8)
+def _serializer(key: str, salt: str = CART_SALT) -> URLSafeSerializer:
+    return URLSafeSerializer(key, salt=salt)

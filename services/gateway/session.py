@@ -47,12 +47,13 @@ def current_shopper() -> Shopper:
     return g.get(_SHOPPER)
 
 
-def cart_of_signed_in(shopper: Shopper) -> str:
-    """The signed-in shopper's cart id, naming a new cart for them on their first add."""
+def cart_of_signed_in(shopper: Shopper, closed: str | None = None) -> str:
+    """The signed-in shopper's cart id, naming a new cart for them on their first add, or in place of
+    their cart ``closed`` (checked out or merged)."""
     assert shopper.user_id is not None
-    if shopper.cart_id:
+    if shopper.cart_id and shopper.cart_id != closed:
         return shopper.cart_id
-    cart_id = store.give_cart(shopper.user_id, new_cart_id())
+    cart_id = store.give_cart(shopper.user_id, new_cart_id(), replacing=closed)
     setattr(g, _SHOPPER, replace(shopper, cart_id=cart_id))
     return cart_id
 

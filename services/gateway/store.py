@@ -112,11 +112,13 @@ def set_password_hash(user_id: str, password_hash: str) -> None:
     write(lambda session: session.execute(change))
 
 
-def give_cart(user_id: str, cart_id: str) -> str:
-    """The user's cart id: ``cart_id`` if they had none, else the one another request gave them first."""
+def give_cart(user_id: str, cart_id: str, replacing: str | None = None) -> str:
+    """The user's cart id: ``cart_id`` if they had none (or had the closed cart ``replacing``), else the one
+    another request gave them first."""
+    had = UserRow.cart_id.is_(None) if replacing is None else UserRow.cart_id == replacing
 
     def assign(session: Session) -> str:
-        session.execute(update(UserRow).where(UserRow.id == user_id, UserRow.cart_id.is_(None)).values(cart_id=cart_id))
+        session.execute(update(UserRow).where(UserRow.id == user_id, had).values(cart_id=cart_id))
         current = session.scalar(select(UserRow.cart_id).where(UserRow.id == user_id))
         return current or cart_id
 
