@@ -1,4 +1,4 @@
-"""``cartwheel up | run SERVICE | migrate | seed | health``."""
+"""``cartwheel up | run SERVICE | migrate | seed | health | demo-checkout``."""
 
 from __future__ import annotations
 
@@ -26,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="ask this machine's instance on its metrics port instead of any replica (container health checks)",
     )
     health.add_argument("services", nargs="*", metavar="SERVICE")
+    demo = sub.add_parser("demo-checkout", help="buy one product on the running shop, pay with a test card, follow it")
+    demo.add_argument("--url", help="the shop's address (default: this machine's gateway)")
+    demo.add_argument("--card", default="pm_card_visa", help="Stripe test payment method (default pm_card_visa)")
     return parser
 
 
@@ -73,6 +76,17 @@ def main(argv: list[str] | None = None) -> int:
         names = args.services or list(RUNNABLE)
         healthy = check_local(settings, names) if args.local else check_services(settings, names)
         return 0 if healthy else 1
+    if args.command == "demo-checkout":
+        from cartwheel.demo import DemoFailed, demo_checkout
+
+        host = "127.0.0.1" if settings.gateway_host in ("", "0.0.0.0", "::") else settings.gateway_host
+        url = args.url or f"http://{host}:{settings.gateway_port}"
+        try:
+            demo_checkout(url, args.card)
+        except DemoFailed as failure:
+            print(f"demo-checkout: {failure}", file=sys.stderr)
+            return 1
+        return 0
     return 2
 
 

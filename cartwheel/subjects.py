@@ -27,7 +27,6 @@ CART_SET = "cart.items.set"
 CART_REMOVE = "cart.items.remove"
 CART_LIST = "cart.list"
 CART_MERGE = "cart.merge"
-CART_CHECKOUT = "cart.checkout"  # orders marks a paid order's cart checked out
 
 ORDERS_CHECKOUT = "orders.checkout"
 ORDERS_GET = "orders.get"

@@ -153,14 +153,6 @@ class RemoveFromCart(Message):
     product_id: ProductRef
 
 
-class CheckOutCart(Message):
-    """From orders, once the order placed from ``cart_id`` is paid: close the cart. Safe to retry."""
-
-    subject: ClassVar[str] = subjects.CART_CHECKOUT
-    cart_id: CartId
-    order_id: str
-
-
 class ListCarts(Message):
     """Admin: carts by status, a page at a time, in cart id order."""
 

@@ -120,7 +120,7 @@ _UPSERTS: dict[str, Executable | None] = {}
 def _select_in(conn: Connection, stmt: Executable, lane: str, values: AbstractSet[str]) -> dict[Any, Any]:
     found: dict[Any, Any] = {}
     for chunk in _chunks(sorted(values), IN_CHUNK):
-        found.update(conn.execute(stmt, {"lane": lane, "ids": chunk}).tuples().all())
+        found.update(conn.execute(stmt, {"lane": lane, "ids": chunk}).all())
     return found
 
 

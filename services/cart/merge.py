@@ -15,11 +15,16 @@ from cartwheel.errors import DomainError
 from services.cart.handlers import CartHandlers
 
 _IDS = uuid.uuid5(uuid.NAMESPACE_URL, "cartwheel:cart-merge")
+CLOSED = ("checked_out", "merged")
 
 
 async def merge_carts(handlers: CartHandlers, cmd: MergeCarts) -> dict[str, Any]:
     adjustments: list[dict[str, Any]] = []
     if cmd.source_cart_id != cmd.target_cart_id:
+        target = await handlers.get_cart(GetCart(tenant=cmd.tenant, cart_id=cmd.target_cart_id))
+        if target["status"] in CLOSED:  # refused before the anonymous cart closes: its lines stay put
+            raise DomainError(f"the user's cart was {target['status']}", code="cart_closed", cart="target",
+                              status=target["status"])
         # Look the products up before closing the anonymous cart: a look-up that fails then leaves it
         # open, rather than closed with its lines not yet moved.
         source = await handlers.get_cart(GetCart(tenant=cmd.tenant, cart_id=cmd.source_cart_id))

@@ -146,7 +146,15 @@ def _carry_cart(user: User) -> tuple[CartOut, list[MergeAdjustment]]:
     target = user.cart_id or store.give_cart(user.id, new_cart_id())  # the cart service starts it on merge
     merge = MergeCarts(tenant=tenant, source_cart_id=anonymous, target_cart_id=target, email=user.email)
     try:
-        result = MergeResult.model_validate(gateway().bus.request(merge))
+        try:
+            result = MergeResult.model_validate(gateway().bus.request(merge))
+        except DomainError as refusal:
+            if refusal.code != "cart_closed" or refusal.details.get("cart") != "target":
+                raise
+            # The user's own cart was checked out: they get a new one, and the anonymous lines go there.
+            target = store.give_cart(user.id, new_cart_id(), replacing=target)
+            merge = merge.model_copy(update={"target_cart_id": target})
+            result = MergeResult.model_validate(gateway().bus.request(merge))
     except DomainError as refusal:
         if refusal.code != "cart_closed":
             raise

@@ -7,6 +7,7 @@ import contextlib
 import json
 import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import nats
@@ -27,6 +28,7 @@ from cartwheel.contracts.cart import (
 )
 from cartwheel.contracts.catalog import CreateProduct, ProductDraft, ProductPatch, UpdateProduct
 from cartwheel.contracts.inventory import GetStock, SetStock
+from cartwheel.contracts.orders import OrderPaid, OrderView
 from cartwheel.db import Database
 from cartwheel.errors import DomainError
 from cartwheel.lanes.store import load_states
@@ -207,6 +209,31 @@ def test_login_merges_the_anonymous_cart_once(shop, client: Client) -> None:
         with pytest.raises(DomainError) as closed:
             await request(nc, AddToCart(cart_id=anon, product_id=own["id"], quantity=1), TIMEOUT)
         assert closed.value.code == "cart_closed"
+
+    client.run(scenario)
+
+
+def test_a_paid_order_checks_its_cart_out_and_a_merge_into_it_moves_nothing(shop, client: Client) -> None:
+    async def scenario(nc: nats.NATS) -> None:
+        mug = await product(nc)
+        user, anon = new_cart(), new_cart()
+        await request(nc, AddToCart(cart_id=user, product_id=mug["id"], quantity=1, email="b@example.test"), TIMEOUT)
+        await request(nc, AddToCart(cart_id=anon, product_id=mug["id"], quantity=3), TIMEOUT)
+        now = datetime.now(UTC)
+        order = OrderView(order_id="ord_cart_test", status="paid", lines=[], total_cents=1200, currency="EUR",
+                          cart_id=user, created_at=now, updated_at=now)
+        for _ in range(2):  # delivered twice: checked out once
+            await nc.jetstream().publish(subjects.ORDERS_PAID, OrderPaid(order=order).model_dump_json().encode())
+        for _ in range(100):
+            if (await request(nc, GetCart(cart_id=user), TIMEOUT))["status"] == "checked_out":
+                break
+            await asyncio.sleep(0.05)
+        assert (await request(nc, GetCart(cart_id=user), TIMEOUT))["status"] == "checked_out"
+        with pytest.raises(DomainError) as refused:
+            await request(nc, MergeCarts(source_cart_id=anon, target_cart_id=user), TIMEOUT)
+        assert (refused.value.code, refused.value.details["cart"]) == ("cart_closed", "target")
+        still = await request(nc, GetCart(cart_id=anon), TIMEOUT)
+        assert (still["status"], still["item_count"]) == ("active", 3)  # the anonymous lines stayed put
 
     client.run(scenario)
 

@@ -37,7 +37,11 @@ def new_email() -> str:
 class MergingCarts(Carts):
     """The fake cart service, with the login merge: lines of the source move into the target."""
 
+    checked_out: set[str] = set()
+
     def merge(self, message: MergeCarts) -> dict[str, Any]:
+        if message.target_cart_id in self.checked_out:  # as the cart service refuses, before moving anything
+            raise DomainError("the user's cart was checked_out", code="cart_closed", cart="target")
         target = self.lines.setdefault(message.target_cart_id, {})
         for product_id, quantity in self.lines.pop(message.source_cart_id, {}).items():
             target[product_id] = target.get(product_id, 0) + quantity
@@ -291,6 +295,24 @@ def test_an_anonymous_cart_merges_into_the_users_cart_at_sign_in(
     assert client.get("/api/cart").get_json()["id"] == merge.target_cart_id  # the session, not a cookie
     add(client)
     assert sent(bus, AddToCart)[-1].cart_id == merge.target_cart_id
+
+
+def test_a_user_whose_cart_was_checked_out_gets_a_new_one_with_the_anonymous_lines(
+    make_client: Any, bus: FakeBus, account: str, carts: MergingCarts
+) -> None:
+    first = make_client()
+    add(first)
+    login(first, account)
+    (merge,) = sent(bus, MergeCarts)
+    carts.checked_out = {merge.target_cart_id}  # the user paid for that cart
+    browser = make_client()
+    add(browser, quantity=4)
+    response = login(browser, account)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    refused, retried = sent(bus, MergeCarts)[1:]
+    assert refused.target_cart_id == merge.target_cart_id and retried.target_cart_id != merge.target_cart_id
+    assert response.get_json()["cart"]["id"] == retried.target_cart_id
+    assert response.get_json()["cart"]["item_count"] == 4  # nothing lost
 
 
 def test_a_second_merge_goes_into_the_same_user_cart(make_client: Any, bus: FakeBus, account: str) -> None:
