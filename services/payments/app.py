@@ -1,10 +1,27 @@
-"""Wires the payments service. Its features arrive in later issues; today it migrates, connects and answers health."""
+"""Wires the payments service: an order's PaymentIntent (create, confirm, cancel, refund) and Stripe's webhooks."""
 
 from __future__ import annotations
 
+from cartwheel import subjects
+from cartwheel.contracts.payments import CancelIntent, ConfirmIntent, CreateIntent, RefundPayment, StripeWebhook
 from cartwheel.service import Service
 from cartwheel.settings import Settings
+from services.payments.handlers import PaymentHandlers
+from services.payments.stripe_api import StripePayments
+from services.payments.webhooks import WebhookHandlers
 
 
 def build(settings: Settings) -> Service:
-    return Service("payments", settings)
+    service = Service("payments", settings)
+    stripe = StripePayments.from_settings(settings)
+    if stripe is None:
+        service.log.warning("no Stripe secret key (CARTWHEEL_STRIPE_SECRET_KEY): payment requests are refused")
+    secret = settings.stripe_webhook_secret.get_secret_value() if settings.stripe_webhook_secret else None
+    payments = PaymentHandlers(service, stripe)
+    webhooks = WebhookHandlers(service, stripe, secret)
+    service.handle(subjects.PAYMENTS_INTENT_CREATE, CreateIntent)(payments.create_intent)
+    service.handle(subjects.PAYMENTS_INTENT_CONFIRM, ConfirmIntent)(payments.confirm_intent)
+    service.handle(subjects.PAYMENTS_INTENT_CANCEL, CancelIntent)(payments.cancel_intent)
+    service.handle(subjects.PAYMENTS_REFUND, RefundPayment)(payments.refund_payment)
+    service.handle(subjects.PAYMENTS_WEBHOOK, StripeWebhook)(webhooks.stripe_webhook)
+    return service

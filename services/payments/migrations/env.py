@@ -1,3 +1,4 @@
 from cartwheel.db import PlatformBase, run_migrations
+from services.payments.models import Base
 
-run_migrations(PlatformBase.metadata)
+run_migrations(Base.metadata, PlatformBase.metadata)

@@ -1,0 +1,157 @@
+"""The embedded Stripe-compatible payment server (``localstripe``) for laptops and tests, as a child process.
+
+localstripe is GPL-licensed: Cartwheel never imports it. :func:`start_localstripe` runs
+``python -c BOOTSTRAP`` in a child process that imports it, binds it to 127.0.0.1 (the stock
+command binds every interface) and turns off its pickle persistence (one fixed file in the
+temp folder, shared by every instance on the machine): its state lives in memory and ends
+with the process. Its output (access log, webhook deliveries) goes to ``log_path``, or nowhere.
+
+What localstripe 1.15.10 does, measured with stripe 16.1.0:
+
+- Webhooks it sends (signed like Stripe, ``t=<created>,v1=<hmac>``, once: no retries, about
+  1 s after the change): ``payment_intent.succeeded`` (confirm, or 3-D Secure completed),
+  ``payment_intent.payment_failed`` (decline). It sends no ``charge.refunded``, no
+  ``payment_intent.canceled`` and no ``payment_intent.requires_action``: the payments service
+  announces what its own calls changed and does not wait for those.
+- Confirming: ``confirm(payment_method=...)`` answers 500; setting the payment method with an
+  update, then ``confirm`` without parameters works (and is valid on Stripe too). After a
+  decline the intent cannot be confirmed again (400); Stripe allows it.
+- Refunds: ``reason`` is refused (400 ``Unexpected reason``); Idempotency-Key is ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from types import TracebackType
+
+from cartwheel.natsserver import PortInUse, free_port, port_is_free, spawn, terminate
+
+log = logging.getLogger(__name__)
+
+# Runs in the child: the only place localstripe is imported.
+BOOTSTRAP = """
+import logging, sys
+from aiohttp import web
+from localstripe import resources, server
+resources.Store.dump_to_disk = lambda self: None  # no pickle in the temp folder; state lives in memory
+access = logging.getLogger("aiohttp.access")
+access.setLevel(logging.INFO)
+access.addHandler(logging.StreamHandler(sys.stdout))
+web.run_app(server.app, host=sys.argv[1], port=int(sys.argv[2]), access_log=access, print=None)
+"""
+
+
+class LocalStripeError(RuntimeError):
+    """localstripe is not installed, exited, or did not answer in time."""
+
+
+def version() -> str:
+    """The installed localstripe's version (read from its metadata, not by importing it)."""
+    try:
+        return metadata.version("localstripe")
+    except metadata.PackageNotFoundError:
+        raise LocalStripeError("localstripe is not installed: pip install 'cartwheel[local]'") from None
+
+
+class LocalStripe:
+    """A running localstripe: ``url`` is its API base for ``StripeClient(base_addresses={"api": url})``."""
+
+    def __init__(self, process: subprocess.Popen[bytes], host: str, port: int, log_path: Path | None) -> None:
+        self.process = process
+        self.host = host
+        self.port = port
+        self.log_path = log_path
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def answers(self) -> bool:
+        try:
+            urllib.request.urlopen(f"{self.url}/js.stripe.com/v3/", timeout=1).close()
+        except urllib.error.HTTPError:
+            return True  # any HTTP answer: the server is up
+        except OSError:
+            return False
+        return True
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.answers():
+            code = self.process.poll()
+            if code is not None:
+                raise LocalStripeError(f"localstripe exited with code {code} while starting (output: {self.log_path})")
+            if time.monotonic() > deadline:
+                raise LocalStripeError(f"localstripe did not answer on {self.url} within {timeout:.0f} s")
+            time.sleep(0.05)
+
+    def stop(self, grace: float = 5.0) -> int:
+        """SIGTERM, then SIGKILL after ``grace`` seconds; the exit code."""
+        return terminate(self.process, grace)
+
+    def __enter__(self) -> LocalStripe:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def start_localstripe(
+    port: int | None = None, host: str = "127.0.0.1", *, log_path: Path | None = None, timeout: float = 15.0
+) -> LocalStripe:
+    """Start localstripe on ``host:port`` (a free port when None) and return once it answers.
+
+    Call it from a thread that lives as long as the server should (see :func:`cartwheel.natsserver.spawn`).
+    """
+    release = version()
+    port = port or free_port(host)
+    if not port_is_free(port, host):
+        raise PortInUse(host, port)
+    argv = [sys.executable, "-c", BOOTSTRAP, host, str(port)]
+    if log_path is None:
+        process = spawn(argv)
+    else:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("ab") as output:
+            process = spawn(argv, output=output)
+    server = LocalStripe(process, host, port, log_path)
+    try:
+        server.wait_ready(timeout)
+    except LocalStripeError:
+        server.stop()
+        raise
+    log.info("localstripe %s on %s (output: %s)", release, server.url, log_path or "discarded")
+    return server
+
+
+def register_webhook(
+    api_base: str,
+    url: str,
+    secret: str,
+    events: Sequence[str] | None = None,
+    *,
+    webhook_id: str = "cartwheel",
+    timeout: float = 5.0,
+) -> None:
+    """Have localstripe POST its events to ``url``, signed with ``secret``; only ``events`` if given.
+
+    Registering the same ``webhook_id`` again replaces the earlier registration.
+    """
+    fields = [("url", url), ("secret", secret), *(("events[]", e) for e in events or ())]
+    target = f"{api_base.rstrip('/')}/_config/webhooks/{urllib.parse.quote(webhook_id, safe='')}"
+    body = urllib.parse.urlencode(fields).encode()
+    try:
+        urllib.request.urlopen(urllib.request.Request(target, data=body, method="POST"), timeout=timeout).close()
+    except urllib.error.HTTPError as exc:
+        raise LocalStripeError(f"localstripe refused the webhook registration: HTTP {exc.code}") from None

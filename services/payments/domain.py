@@ -1,0 +1,122 @@
+"""Payment rules: what a PaymentIntent's state means for its order, and when a change is announced.
+
+Stripe's objects arrive here as plain dicts (``to_dict()`` or a webhook's JSON); no SDK, ORM or
+broker is imported. An intent's *outcome* is the shop's reading of its status; each newly
+reached outcome is announced once, whoever told us first: the answer to our own call or a
+webhook. A finished intent (succeeded, canceled) never moves again, so a late or replayed
+report of an earlier state changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from cartwheel.contracts.payments import (
+    PaymentCanceled,
+    PaymentEvent,
+    PaymentFailed,
+    PaymentRequiresAction,
+    PaymentSucceeded,
+)
+
+Outcome = Literal["succeeded", "failed", "canceled", "requires_action"]
+FINISHED = frozenset({"succeeded", "canceled"})
+INTENT_EVENTS = frozenset(
+    {
+        "payment_intent.succeeded",
+        "payment_intent.payment_failed",
+        "payment_intent.canceled",
+        "payment_intent.requires_action",
+    }
+)
+CHARGE_REFUNDED = "charge.refunded"
+EVENT_BY_OUTCOME: dict[Outcome, type[PaymentEvent]] = {
+    "succeeded": PaymentSucceeded,
+    "failed": PaymentFailed,
+    "canceled": PaymentCanceled,
+    "requires_action": PaymentRequiresAction,
+}
+DECLINED = "the payment failed"
+
+
+@dataclass(frozen=True)
+class IntentSnapshot:
+    """What Stripe said about a PaymentIntent at one moment."""
+
+    id: str
+    order_id: str | None
+    tenant: str | None
+    amount_cents: int
+    currency: str
+    status: str
+    client_secret: str | None = None
+    last_error: str | None = None
+
+
+def intent_key(order_id: str) -> str:
+    return f"order-{order_id}"
+
+
+def refund_key(order_id: str) -> str:
+    return f"refund-{order_id}"
+
+
+def snapshot(intent: Mapping[str, Any], *, failed: bool = False) -> IntentSnapshot:
+    """Read a PaymentIntent; ``failed``: it comes from a failure report, so it carries an error."""
+    metadata = intent.get("metadata") or {}
+    error = intent.get("last_payment_error") or {}
+    message = error.get("message") if isinstance(error, Mapping) else None
+    return IntentSnapshot(
+        id=str(intent["id"]),
+        order_id=metadata.get("order_id"),
+        tenant=metadata.get("tenant"),
+        amount_cents=int(intent["amount"]),
+        currency=str(intent["currency"]).upper(),
+        status=str(intent["status"]),
+        client_secret=intent.get("client_secret"),
+        last_error=message or (DECLINED if failed or error else None),
+    )
+
+
+def refunded_intent(charge: Mapping[str, Any]) -> IntentSnapshot | None:
+    """The intent a refunded charge belongs to, as far as the charge tells (a refund implies it succeeded)."""
+    intent_id = payment_intent_of(charge)
+    if intent_id is None:
+        return None
+    metadata = charge.get("metadata") or {}
+    return IntentSnapshot(
+        id=intent_id,
+        order_id=metadata.get("order_id"),
+        tenant=metadata.get("tenant"),
+        amount_cents=int(charge["amount"]),
+        currency=str(charge["currency"]).upper(),
+        status="succeeded",
+    )
+
+
+def payment_intent_of(charge: Mapping[str, Any]) -> str | None:
+    intent = charge.get("payment_intent")
+    if isinstance(intent, Mapping):  # expanded
+        intent = intent.get("id")
+    return str(intent) if intent else None
+
+
+def outcome(status: str, last_error: str | None) -> Outcome | None:
+    """The outcome an intent in ``status`` stands for; None while it still waits for the buyer."""
+    if status in ("succeeded", "canceled", "requires_action"):
+        return status  # type: ignore[return-value]
+    if status == "requires_payment_method" and last_error:
+        return "failed"
+    return None
+
+
+def accepts(current: str, reported: str) -> bool:
+    """Whether a stored intent in ``current`` takes the ``reported`` status: a finished intent stays as it is."""
+    return current not in FINISHED or current == reported
+
+
+def newly_reached(before: Outcome | None, after: Outcome | None) -> Outcome | None:
+    """The outcome to announce when an intent moves from ``before`` to ``after``, if any."""
+    return after if after is not None and after != before else None

@@ -1,0 +1,118 @@
+"""Payment requests: create, confirm, cancel and refund an order's PaymentIntent.
+
+Each is safe to retry: a stored intent or refund answers without a second Stripe call, and what
+Stripe's answer changed is written with the event it causes (see :mod:`services.payments.ledger`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from cartwheel.contracts.payments import CancelIntent, ConfirmIntent, CreateIntent, RefundPayment
+from cartwheel.errors import DomainError
+from cartwheel.service import Service
+from services.payments import domain, ledger, store
+from services.payments.models import IntentRow
+from services.payments.stripe_api import StripePayments, provider_unavailable
+
+
+class PaymentHandlers:
+    def __init__(self, service: Service, stripe: StripePayments | None) -> None:
+        self.service = service
+        self.db = service.db
+        self.stripe = stripe
+
+    async def create_intent(self, cmd: CreateIntent) -> dict[str, Any]:
+        row = await self.db.read(lambda s: store.intent_for_order(s, cmd.order_id))
+        if row is None:
+            key = domain.intent_key(cmd.order_id)
+            made = domain.snapshot(
+                await self._stripe().create_intent(cmd.order_id, cmd.tenant, cmd.amount_cents, cmd.currency, key)
+            )
+
+            def keep_first(session: Session) -> IntentRow | None:
+                store.insert_intent(session, made, cmd.tenant)  # a concurrent twin's intent may be there first
+                return store.intent_for_order(session, cmd.order_id)
+
+            row = await self.db.run(keep_first)
+            assert row is not None
+        if (row.amount_cents, row.currency) != (cmd.amount_cents, cmd.currency):
+            raise DomainError(
+                f"order {cmd.order_id!r} already has a payment of {row.amount_cents} {row.currency}",
+                code="conflict",
+                payment_intent_id=row.id,
+            )
+        return store.to_view(row).model_dump(mode="json")
+
+    async def confirm_intent(self, cmd: ConfirmIntent) -> dict[str, Any]:
+        row = await self.db.read(lambda s: store.intent_of_order(s, cmd.payment_intent_id, cmd.order_id))
+        if row.status in domain.FINISHED:
+            return store.to_view(row).model_dump(mode="json")
+        try:
+            intent = await self._stripe().confirm_intent(row.id, cmd.payment_method, f"confirm-{cmd.id}")
+        except DomainError as refusal:
+            intent = await self._finished_or_raise(row.id, refusal)
+        return await self._settle(intent, "confirm", cmd.tenant)
+
+    async def cancel_intent(self, cmd: CancelIntent) -> dict[str, Any]:
+        row = await self.db.read(lambda s: store.intent_of_order(s, cmd.payment_intent_id, cmd.order_id))
+        if row.status in domain.FINISHED:
+            return store.to_view(row).model_dump(mode="json")
+        try:
+            intent = await self._stripe().cancel_intent(row.id)
+        except DomainError as refusal:
+            intent = await self._finished_or_raise(row.id, refusal)
+        return await self._settle(intent, "cancel", cmd.tenant)
+
+    async def refund_payment(self, cmd: RefundPayment) -> dict[str, Any]:
+        done = await self.db.read(lambda s: store.refund_for_order(s, cmd.order_id))
+        if done is not None:
+            return store.refund_reply(done)
+        row = await self.db.read(lambda s: store.intent_of_order(s, cmd.payment_intent_id, cmd.order_id))
+        if row.status != "succeeded":  # our copy may be behind (a webhook not here yet): ask
+            current = await self._stripe().retrieve_intent(row.id)
+            if current["status"] != "succeeded":
+                raise DomainError(
+                    f"payment {row.id} has not succeeded ({current['status']}): nothing to refund",
+                    code="conflict",
+                    payment_intent_id=row.id,
+                    status=current["status"],
+                )
+            await self._settle(current, "retrieve", cmd.tenant)
+        refund = await self._stripe().refund(row.id, cmd.order_id, cmd.reason, domain.refund_key(cmd.order_id))
+
+        def record(session: Session) -> dict[str, Any]:
+            kept = store.insert_refund(session, refund, cmd.order_id, row.id)
+            intent = store.lock_intent(session, row.id)
+            if intent is not None and kept.status in ("succeeded", "pending"):
+                ledger.settle_refund(session, intent, intent.amount_cents, f"refund:{kept.id}")  # a full refund
+            return store.refund_reply(kept)
+
+        reply = await self.db.run(record)
+        self.service.notify_outbox()
+        return reply
+
+    async def _settle(self, intent: dict[str, Any], action: str, tenant: str) -> dict[str, Any]:
+        snap = domain.snapshot(intent)
+        row = await self.db.run(lambda s: ledger.settle(s, snap, f"{action}:{snap.id}:{snap.status}", tenant))
+        self.service.notify_outbox()
+        assert row is not None, "the intent's row exists"
+        return store.to_view(row).model_dump(mode="json")
+
+    async def _finished_or_raise(self, intent_id: str, refusal: DomainError) -> dict[str, Any]:
+        """Stripe refused because the intent finished meanwhile (a retry, a buyer's 3-D Secure): answer with it."""
+        if refusal.code != "conflict":
+            raise refusal
+        current = await self._stripe().retrieve_intent(intent_id)
+        if current["status"] not in domain.FINISHED:
+            raise refusal
+        return current
+
+    def _stripe(self) -> StripePayments:
+        if self.stripe is None:
+            raise provider_unavailable(
+                "payments are not configured: no Stripe secret key (CARTWHEEL_STRIPE_SECRET_KEY)"
+            )
+        return self.stripe

@@ -1,0 +1,63 @@
+"""What Stripe said about an intent, written down; each newly reached outcome announced once, in the same transaction.
+
+Our own calls' answers (confirm, cancel, refund) and Stripe's webhooks go through here alike,
+so whichever arrives first moves the order and the other finds nothing new to say.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from cartwheel.contracts.base import utcnow
+from cartwheel.contracts.payments import PaymentEvent, PaymentRefunded
+from cartwheel.outbox import record_event
+from services.payments import domain, store
+from services.payments.domain import IntentSnapshot, Outcome
+from services.payments.models import IntentRow
+
+
+def settle(session: Session, snap: IntentSnapshot, source: str, tenant: str) -> IntentRow | None:
+    """Store ``snap`` (``source`` names what told us); None when no order of ours owns the intent."""
+    fresh = (
+        store.lock_intent(session, snap.id) is None
+        and snap.order_id is not None
+        and store.insert_intent(session, snap, tenant)
+    )
+    row = store.lock_intent(session, snap.id)
+    if row is None:
+        return None
+    before = None if fresh else domain.outcome(row.status, row.last_error)
+    if not fresh and domain.accepts(row.status, snap.status):
+        store.update_intent(row, snap)
+    announce(session, row, domain.newly_reached(before, domain.outcome(row.status, row.last_error)), source)
+    return row
+
+
+def announce(session: Session, row: IntentRow, kind: Outcome | None, source: str) -> None:
+    if kind is not None:
+        details = {"reason": row.last_error} if kind == "failed" else {}
+        record_event(session, _event(domain.EVENT_BY_OUTCOME[kind], row, source, **details))
+
+
+def settle_refund(session: Session, row: IntentRow, refunded_cents: int, source: str) -> None:
+    """Announce a refund when more of the intent is refunded than we knew."""
+    total = min(refunded_cents, row.amount_cents)
+    if total <= row.refunded_cents:
+        return
+    row.refunded_cents = total
+    row.updated_at = utcnow()
+    record_event(session, _event(PaymentRefunded, row, source, amount_refunded_cents=total))
+
+
+def _event(kind: type[PaymentEvent], row: IntentRow, source: str, **details: Any) -> PaymentEvent:
+    return kind(
+        tenant=row.tenant,
+        order_id=row.order_id,
+        payment_intent_id=row.id,
+        stripe_event_id=source,
+        amount_cents=row.amount_cents,
+        currency=row.currency,
+        **details,
+    )

@@ -1,0 +1,121 @@
+"""Payments queries; each takes the caller's Session (one transaction per request or Stripe event)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from cartwheel.contracts.base import utcnow
+from cartwheel.contracts.payments import IntentView
+from cartwheel.errors import NotFound
+from services.payments.domain import IntentSnapshot
+from services.payments.models import IntentRow, RefundRow, StripeEventRow
+
+
+class AlreadyRecorded(Exception):
+    """The Stripe event was recorded before (a replay): its transaction must not go on."""
+
+
+def to_view(row: IntentRow) -> IntentView:
+    """An intent as the shop sees it; the error only while it waits for another payment method."""
+    waiting = row.status == "requires_payment_method"
+    return IntentView(
+        payment_intent_id=row.id,
+        client_secret=row.client_secret,
+        status=row.status,  # type: ignore[arg-type]
+        amount_cents=row.amount_cents,
+        currency=row.currency,
+        last_error=row.last_error if waiting else None,
+    )
+
+
+def refund_reply(row: RefundRow) -> dict[str, Any]:
+    return {"refund_id": row.id, "status": row.status, "amount_cents": row.amount_cents}
+
+
+def intent_for_order(session: Session, order_id: str) -> IntentRow | None:
+    return session.scalar(select(IntentRow).where(IntentRow.order_id == order_id))
+
+
+def intent_of_order(session: Session, intent_id: str, order_id: str) -> IntentRow:
+    row = session.get(IntentRow, intent_id)
+    if row is None or row.order_id != order_id:
+        raise NotFound(f"order {order_id!r} has no payment intent {intent_id!r}", payment_intent_id=intent_id)
+    return row
+
+
+def lock_intent(session: Session, intent_id: str) -> IntentRow | None:
+    """The intent's row, locked until commit (PostgreSQL; SQLite writers are serialised anyway)."""
+    return session.scalar(select(IntentRow).where(IntentRow.id == intent_id).with_for_update())
+
+
+def _insert_if_absent(session: Session, table: Any, values: dict[str, Any]) -> bool:
+    """Insert unless a unique key is taken (a concurrent twin, or the order's other intent); True if inserted."""
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    result = session.execute(dialect.insert(table).values(**values).on_conflict_do_nothing())
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def insert_intent(session: Session, snap: IntentSnapshot, tenant: str) -> bool:
+    now = utcnow()
+    values = {
+        "id": snap.id,
+        "order_id": snap.order_id,
+        "tenant": snap.tenant or tenant,
+        "amount_cents": snap.amount_cents,
+        "currency": snap.currency,
+        "status": snap.status,
+        "client_secret": snap.client_secret,
+        "last_error": snap.last_error,
+        "refunded_cents": 0,
+        "created_at": now,
+        "updated_at": now,
+    }
+    return _insert_if_absent(session, IntentRow.__table__, values)
+
+
+def update_intent(row: IntentRow, snap: IntentSnapshot) -> None:
+    row.status = snap.status
+    row.last_error = snap.last_error
+    row.client_secret = row.client_secret or snap.client_secret
+    row.updated_at = utcnow()
+
+
+def refund_for_order(session: Session, order_id: str) -> RefundRow | None:
+    return session.scalar(select(RefundRow).where(RefundRow.order_id == order_id))
+
+
+def insert_refund(session: Session, refund: dict[str, Any], order_id: str, intent_id: str) -> RefundRow:
+    """Record the order's refund; a concurrent twin's row wins if it came first."""
+    values = {
+        "id": refund["id"],
+        "order_id": order_id,
+        "payment_intent_id": intent_id,
+        "amount_cents": int(refund["amount"]),
+        "currency": str(refund["currency"]).upper(),
+        "status": str(refund["status"]),
+        "created_at": utcnow(),
+    }
+    _insert_if_absent(session, RefundRow.__table__, values)
+    row = refund_for_order(session, order_id)
+    assert row is not None
+    return row
+
+
+def stripe_event_seen(session: Session, event_id: str) -> bool:
+    return session.get(StripeEventRow, event_id) is not None
+
+
+def record_stripe_event(session: Session, event_id: str, event_type: str, intent_id: str | None) -> None:
+    """Record a Stripe event once; raises :class:`AlreadyRecorded` for a replay, even a concurrent one."""
+    if stripe_event_seen(session, event_id):
+        raise AlreadyRecorded(event_id)
+    session.add(StripeEventRow(id=event_id, type=event_type, payment_intent_id=intent_id, received_at=utcnow()))
+    try:
+        session.flush()  # a concurrent twin fails here on the primary key
+    except IntegrityError:
+        raise AlreadyRecorded(event_id) from None

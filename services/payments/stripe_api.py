@@ -1,0 +1,129 @@
+"""The only module that imports ``stripe``: PaymentIntents and refunds through the official SDK, webhook signatures.
+
+SDK calls block, so they run on a small thread pool while the event loop keeps serving. Stripe
+unreachable, rate-limiting, failing (5xx) or refusing our key is ``payment_provider_unavailable``
+(retrying is safe: each call that changes something carries an idempotency key). Stripe refusing
+a request is ``conflict``. A card decline is no error: the intent comes back saying what happened.
+Objects come back as plain dicts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any
+
+import stripe
+
+from cartwheel.errors import DomainError, NotFound
+from cartwheel.settings import Settings
+
+log = logging.getLogger(__name__)
+
+TIMEOUT_S = 20.0
+NETWORK_RETRIES = 1  # on top of the first try; every changing call is idempotent
+WEBHOOK_TOLERANCE_S = 300  # Stripe's default: an older signature is a replay
+# Whatever the request: unreachable, rate-limited, or our key refused (configuration). A later retry may work.
+UNAVAILABLE = (stripe.APIConnectionError, stripe.RateLimitError, stripe.AuthenticationError, stripe.PermissionError)
+
+
+def provider_unavailable(message: str) -> DomainError:
+    return DomainError(message, code="payment_provider_unavailable")
+
+
+def verify_webhook(payload: str, signature: str, secret: str | None) -> dict[str, Any]:
+    """The event in a webhook body whose ``Stripe-Signature`` verifies with ``secret``; else ``invalid_signature``."""
+    if not secret:
+        raise DomainError("no Stripe webhook signing secret is configured", code="invalid_signature")
+    try:
+        stripe.WebhookSignature.verify_header(payload, signature, secret, tolerance=WEBHOOK_TOLERANCE_S)
+        event = json.loads(payload)
+    except stripe.SignatureVerificationError as exc:
+        raise DomainError(
+            f"the Stripe signature does not verify: {exc.user_message}", code="invalid_signature"
+        ) from None
+    except ValueError:
+        raise DomainError("the signed body is not JSON", code="invalid_signature") from None
+    if not isinstance(event, dict) or not event.get("id") or not event.get("type"):
+        raise DomainError("the signed body is not a Stripe event", code="invalid_signature")
+    return event
+
+
+class StripePayments:
+    """PaymentIntents and refunds of one Stripe account (or the embedded server at ``api_base``)."""
+
+    def __init__(self, secret_key: str, api_base: str | None = None, *, workers: int = 8) -> None:
+        self.client = stripe.StripeClient(
+            secret_key,
+            base_addresses={"api": api_base} if api_base else None,
+            max_network_retries=NETWORK_RETRIES,
+            http_client=stripe.RequestsClient(timeout=TIMEOUT_S),
+        )
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stripe")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> StripePayments | None:
+        """None when no secret key is configured: the service runs and refuses payment requests."""
+        if settings.stripe_secret_key is None:
+            return None
+        return cls(settings.stripe_secret_key.get_secret_value(), settings.stripe_api_base)
+
+    async def create_intent(self, order_id: str, tenant: str, amount_cents: int, currency: str, key: str) -> dict:
+        params = {
+            "amount": amount_cents,
+            "currency": currency.lower(),
+            "metadata": {"order_id": order_id, "tenant": tenant},
+            "payment_method_types": ["card"],
+        }
+        return await self._call("create a payment", self.client.v1.payment_intents.create, params, key=key)
+
+    async def retrieve_intent(self, intent_id: str) -> dict:
+        return await self._call("read the payment", self.client.v1.payment_intents.retrieve, intent_id)
+
+    async def confirm_intent(self, intent_id: str, payment_method: str, key: str) -> dict:
+        """Confirm with ``payment_method``: set it, then confirm (the embedded server 500s on both at once)."""
+        intents = self.client.v1.payment_intents
+        try:
+            method = {"payment_method": payment_method}
+            await self._call("set the payment method", intents.update, intent_id, method, key=f"{key}-method")
+            return await self._call("confirm the payment", intents.confirm, intent_id, None, key=key)
+        except stripe.CardError as exc:  # a decline: the intent tells what happened
+            declined = getattr(exc.error, "payment_intent", None)
+            return declined.to_dict() if declined else await self.retrieve_intent(intent_id)
+
+    async def cancel_intent(self, intent_id: str) -> dict:
+        return await self._call("cancel the payment", self.client.v1.payment_intents.cancel, intent_id)
+
+    async def refund(self, intent_id: str, order_id: str, reason: str | None, key: str) -> dict:
+        """Refund the intent in full. ``reason`` goes to Stripe and the metadata; the embedded server refuses it."""
+        params: dict[str, Any] = {"payment_intent": intent_id, "metadata": {"order_id": order_id}}
+        refunds = self.client.v1.refunds
+        if reason:
+            params["metadata"]["reason"] = reason
+            try:
+                return await self._call("refund the payment", refunds.create, {**params, "reason": reason}, key=key)
+            except DomainError as exc:
+                if "Unexpected reason" not in exc.message:
+                    raise
+                log.info("the payment server takes no refund reason (localstripe): refunding %s without", intent_id)
+        return await self._call("refund the payment", refunds.create, params, key=key)
+
+    async def _call(self, what: str, method: Callable[..., Any], *args: Any, key: str | None = None) -> dict:
+        call = partial(method, *args, options={"idempotency_key": key}) if key else partial(method, *args)
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self._pool, call)
+        except stripe.CardError:
+            raise
+        except stripe.StripeError as exc:
+            if exc.http_status == 404:
+                raise NotFound(f"Stripe has no such object ({what}): {exc.user_message or exc}") from None
+            # 409: another request with our idempotency key is still running (a retry overtook it).
+            if isinstance(exc, UNAVAILABLE) or exc.http_status == 409 or (exc.http_status or 500) >= 500:
+                raise provider_unavailable(f"Stripe could not {what} now: {exc.user_message or exc}") from None
+            message = f"Stripe refused to {what}: {exc.user_message or exc}"
+            raise DomainError(message, code="conflict", stripe_code=getattr(exc, "code", None)) from None
+        return result.to_dict()

@@ -1,0 +1,495 @@
+"""The payments service against localstripe, a real nats-server and a real database (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+import stripe
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from nats.js.api import DeliverPolicy
+
+from cartwheel import subjects
+from cartwheel.bus import request
+from cartwheel.contracts.payments import (
+    CancelIntent,
+    ConfirmIntent,
+    CreateIntent,
+    RefundPayment,
+    StripeWebhook,
+)
+from cartwheel.db import Database, PlatformBase, migrate
+from cartwheel.errors import DomainError
+from cartwheel.localstripe import register_webhook
+from cartwheel.natsserver import free_port
+from services.payments.models import Base as PaymentsBase
+from tests.helpers import random_sku
+from tests.stripe_fixtures import localstripe  # noqa: F401
+
+TIMEOUT = 15.0
+API_KEY = "sk_test_cartwheel"
+SECRET = "whsec_cartwheel_test"
+THREE_D_SECURE_CARD = "4000002500003155"
+Events = list[tuple[str, dict[str, Any]]]
+
+
+@pytest.fixture
+def payments(database_url: str, localstripe: str, start_service):  # noqa: F811
+    return start_service(
+        "payments",
+        payments_database_url=database_url,
+        stripe_secret_key=API_KEY,
+        stripe_api_base=localstripe,
+        stripe_webhook_secret=SECRET,
+    )
+
+
+@pytest.fixture
+def stripe_client(localstripe: str) -> stripe.StripeClient:  # noqa: F811
+    """Stripe itself, as the tests see it (to look behind the service's back)."""
+    return stripe.StripeClient(API_KEY, base_addresses={"api": localstripe}, max_network_retries=0)
+
+
+def new_order() -> str:
+    return random_sku("order")
+
+
+async def create(nc: nats.NATS, order_id: str, amount_cents: int = 1234) -> dict[str, Any]:
+    return await request(nc, CreateIntent(order_id=order_id, amount_cents=amount_cents, currency="EUR"), TIMEOUT)
+
+
+async def confirm(nc: nats.NATS, order_id: str, intent_id: str, method: str) -> dict[str, Any]:
+    message = ConfirmIntent(order_id=order_id, payment_intent_id=intent_id, payment_method=method)
+    return await request(nc, message, TIMEOUT)
+
+
+async def payment_events(nc: nats.NATS, order_id: str, expect: int, quiet: float = 1.0) -> Events:
+    """The order's payment events on the EVENTS stream: waits for ``expect``, then ``quiet`` s more for extras."""
+    sub = await nc.jetstream().subscribe(
+        subjects.PAYMENTS_EVENTS, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
+    )
+    loop = asyncio.get_running_loop()
+    found: Events = []
+    deadline, settled = loop.time() + 10, None
+    while loop.time() < (settled or deadline):
+        if len(found) >= expect and settled is None:
+            settled = loop.time() + quiet
+        try:
+            msg = await sub.next_msg(timeout=0.2)
+        except nats.errors.TimeoutError:
+            continue
+        body = json.loads(msg.data)
+        if body.get("order_id") == order_id:
+            assert msg.headers and msg.headers["Nats-Msg-Id"] == body["id"]
+            found.append((msg.subject, body))
+    await sub.unsubscribe()
+    return found
+
+
+def stripe_event(kind: str, subject: dict[str, Any], event_id: str | None = None) -> dict[str, Any]:
+    return {
+        "id": event_id or f"evt_test_{uuid.uuid4().hex[:16]}",
+        "object": "event",
+        "type": kind,
+        "created": int(time.time()),
+        "livemode": False,
+        "data": {"object": subject},
+    }
+
+
+def signed(event: dict[str, Any], secret: str = SECRET, at: int | None = None) -> StripeWebhook:
+    payload = json.dumps(event, indent=2)
+    return StripeWebhook(
+        payload=payload, signature=stripe.WebhookSignature.generate_signature_header(payload, secret, at)
+    )
+
+
+async def deliver(nc: nats.NATS, webhook: StripeWebhook) -> dict[str, Any]:
+    return await request(nc, webhook, TIMEOUT)
+
+
+async def refused(nc: nats.NATS, webhook: StripeWebhook) -> str:
+    with pytest.raises(DomainError) as caught:
+        await deliver(nc, webhook)
+    return caught.value.code
+
+
+def intent_object(view: dict[str, Any], order_id: str, status: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "id": view["payment_intent_id"],
+        "object": "payment_intent",
+        "amount": view["amount_cents"],
+        "currency": view["currency"].lower(),
+        "status": status,
+        "metadata": {"order_id": order_id},
+        "last_payment_error": None,
+        **fields,
+    }
+
+
+def charge_object(intent_id: str, amount: int, refunded: int, metadata: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "id": f"ch_test_{uuid.uuid4().hex[:14]}",
+        "object": "charge",
+        "payment_intent": intent_id,
+        "amount": amount,
+        "amount_refunded": refunded,
+        "currency": "eur",
+        "refunded": refunded >= amount,
+        "metadata": metadata or {},
+    }
+
+
+# -- requests -------------------------------------------------------------------------------------
+
+
+def test_a_card_payment_succeeds_and_is_announced_once(payments, client) -> None:
+    async def scenario(nc: nats.NATS) -> None:
+        order = new_order()
+        made = await create(nc, order, 2599)
+        assert made["status"] == "requires_payment_method" and made["payment_intent_id"].startswith("pi_")
+        assert (made["amount_cents"], made["currency"]) == (2599, "EUR") and made["client_secret"]
+        paid = await confirm(nc, order, made["payment_intent_id"], "pm_card_visa")
+        assert paid["status"] == "succeeded" and paid["last_error"] is None
+        again = await confirm(nc, order, made["payment_intent_id"], "pm_card_visa")  # a retry: no second charge
+        assert again == paid
+        [(subject, event)] = await payment_events(nc, order, expect=1)
+        assert subject == subjects.PAYMENTS_SUCCEEDED
+        assert event["payment_intent_id"] == made["payment_intent_id"]
+        assert event["stripe_event_id"] == f"confirm:{made['payment_intent_id']}:succeeded"
+        assert (event["amount_cents"], event["currency"], event["tenant"]) == (2599, "EUR", "default")
+
+    client.run(scenario)
+
+
+def test_a_decline_is_an_answer_with_the_reason_not_an_error(payments, client) -> None:
+    async def scenario(nc: nats.NATS) -> None:
+        order = new_order()
+        made = await create(nc, order)
+        declined = await confirm(nc, order, made["payment_intent_id"], "pm_card_chargeCustomerFail")
+        assert declined["status"] == "requires_payment_method"
+        assert declined["last_error"] == "Your card was declined."
+        [(subject, event)] = await payment_events(nc, order, expect=1)
+        assert subject == subjects.PAYMENTS_FAILED and event["reason"] == "Your card was declined."
+
+    client.run(scenario)
+
+
+def test_a_3d_secure_card_requires_action(payments, client, stripe_client) -> None:
+    method = stripe_client.v1.payment_methods.create(
+        params={
+            "type": "card",
+            "card": {"number": THREE_D_SECURE_CARD, "exp_month": 12, "exp_year": 2030, "cvc": "123"},
+        }
+    )
+
+    async def scenario(nc: nats.NATS) -> None:
+        order = new_order()
+        made = await create(nc, order)
+        pending = await confirm(nc, order, made["payment_intent_id"], method.id)
+        assert pending["status"] == "requires_action" and pending["last_error"] is None
+        [(subject, _)] = await payment_events(nc, order, expect=1)
+        assert subject == subjects.PAYMENTS_REQUIRES_ACTION
+
+    client.run(scenario)
+
+
+def test_creating_twice_for_one_order_makes_one_intent(payments, client, stripe_client) -> None:
+    async def scenario(nc: nats.NATS) -> None:
+        order = new_order()
+        first = await create(nc, order)
+        assert await create(nc, order) == first
+        at_stripe = stripe_client.v1.payment_intents.list(params={"limit": 100000})
+        assert [pi.id for pi in at_stripe.data if pi.to_dict()["metadata"].get("order_id") == order] == [
+            first["payment_intent_id"]
+        ]
+        with pytest.raises(DomainError) as caught:
+            await create(nc, order, amount_cents=999)
+        assert caught.value.code == "conflict"
+        raced = new_order()
+        views = await asyncio.gather(*(create(nc, raced) for _ in range(5)))
+        assert len({v["payment_intent_id"] for v in views}) == 1
+
+    client.run(scenario)
+
+
+def test_cancel_an_open_intent_but_leave_a_paid_one_alone(payments, client) -> None:
+    async def scenario(nc: nats.NATS) -> None:
+        open_order, paid_order = new_order(), new_order()
+        opened = await create(nc, open_order)
+        canceled = await request(
+            nc, CancelIntent(order_id=open_order, payment_intent_id=opened["payment_intent_id"]), TIMEOUT
+        )
+        assert canceled["status"] == "canceled"
+        [(subject, _)] = await payment_events(nc, open_order, expect=1)
+        assert subject == subjects.PAYMENTS_CANCELED
+
+        paid = await create(nc, paid_order)
+        await confirm(nc, paid_order, paid["payment_intent_id"], "pm_card_visa")
+        kept = await request(
+            nc, CancelIntent(order_id=paid_order, payment_intent_id=paid["payment_intent_id"]), TIMEOUT
+        )
+        assert kept["status"] == "succeeded"
+        assert [s for s, _ in await payment_events(nc, paid_order, expect=1)] == [subjects.PAYMENTS_SUCCEEDED]
+        with pytest.raises(DomainError) as caught:  # another order's intent
+            await request(nc, CancelIntent(order_id=open_order, payment_intent_id=paid["payment_intent_id"]), TIMEOUT)
+        assert caught.value.code == "not_found"
+
+    client.run(scenario)
+
+
+def test_a_refund_happens_once_per_order(payments, client) -> None:
+    async def scenario(nc: nats.NATS) -> None:
+        order = new_order()
+        made = await create(nc, order, 4200)
+        intent = made["payment_intent_id"]
+        refund = RefundPayment(order_id=order, payment_intent_id=intent, reason="requested_by_customer")
+        with pytest.raises(DomainError) as caught:  # nothing was paid yet
+            await request(nc, refund, TIMEOUT)
+        assert caught.value.code == "conflict"
+        await confirm(nc, order, intent, "pm_card_visa")
+        first = await request(nc, refund, TIMEOUT)
+        assert first["refund_id"].startswith("re_") and (first["status"], first["amount_cents"]) == ("succeeded", 4200)
+        assert await request(nc, refund.model_copy(update={"reason": None}), TIMEOUT) == first
+        events = await payment_events(nc, order, expect=2)
+        assert [s for s, _ in events] == [subjects.PAYMENTS_SUCCEEDED, subjects.PAYMENTS_REFUNDED]
+        assert events[1][1]["amount_refunded_cents"] == 4200
+        assert events[1][1]["stripe_event_id"] == f"refund:{first['refund_id']}"
+
+    client.run(scenario)
+
+
+def test_without_a_stripe_key_requests_are_refused_as_unavailable(start_service, client) -> None:
+    start_service("payments")
+
+    async def scenario(nc: nats.NATS) -> None:
+        with pytest.raises(DomainError) as caught:
+            await create(nc, new_order())
+        assert caught.value.code == "payment_provider_unavailable" and "CARTWHEEL_STRIPE_SECRET_KEY" in str(
+            caught.value
+        )
+        assert await refused(nc, signed(stripe_event("customer.created", {"id": "cus_1"}))) == "invalid_signature"
+
+    client.run(scenario)
+
+
+def test_an_unreachable_stripe_is_unavailable_and_nothing_is_stored(start_service, client, localstripe) -> None:  # noqa: F811
+    down = start_service("payments", stripe_secret_key=API_KEY, stripe_api_base=f"http://127.0.0.1:{free_port()}")
+
+    async def scenario(nc: nats.NATS) -> None:
+        order = new_order()
+        with pytest.raises(DomainError) as caught:
+            await create(nc, order)
+        assert caught.value.code == "payment_provider_unavailable"
+        down.stop()
+        start_service("payments", stripe_secret_key=API_KEY, stripe_api_base=localstripe)
+        assert (await create(nc, order))["status"] == "requires_payment_method"
+
+    client.run(scenario)
+
+
+# -- webhooks -------------------------------------------------------------------------------------
+
+
+def test_forged_tampered_and_stale_webhooks_are_refused_and_change_nothing(payments, client) -> None:
+    async def scenario(nc: nats.NATS) -> None:
+        order = new_order()
+        made = await create(nc, order)
+        event = stripe_event("payment_intent.succeeded", intent_object(made, order, "succeeded"))
+        genuine = signed(event)
+        tampered = genuine.model_copy(update={"payload": genuine.payload.replace('"amount": 1234', '"amount": 1')})
+        assert tampered.payload != genuine.payload
+        for bad in (
+            signed(event, secret="whsec_forged"),
+            tampered,
+            signed(event, at=int(time.time()) - 400),  # older than the 300 s tolerance: a replay
+            genuine.model_copy(update={"signature": ""}),
+            genuine.model_copy(update={"signature": "t=1,v1=nonsense"}),
+        ):
+            assert await refused(nc, bad) == "invalid_signature"
+        assert await payment_events(nc, order, expect=0, quiet=0.5) == []
+        outcome = await deliver(nc, genuine)  # nothing was recorded: the genuine event is new
+        assert outcome == {"event_id": event["id"], "type": "payment_intent.succeeded", "duplicate": False}
+        [(subject, announced)] = await payment_events(nc, order, expect=1)
+        assert subject == subjects.PAYMENTS_SUCCEEDED and announced["stripe_event_id"] == event["id"]
+
+    client.run(scenario)
+
+
+def test_one_event_delivered_ten_times_is_announced_once(payments, client) -> None:
+    async def scenario(nc: nats.NATS) -> None:
+        order = new_order()
+        made = await create(nc, order)
+        event = signed(stripe_event("payment_intent.succeeded", intent_object(made, order, "succeeded")))
+        outcomes = await asyncio.gather(*(deliver(nc, event) for _ in range(10)))
+        assert sorted(o["duplicate"] for o in outcomes) == [False] + [True] * 9
+        late_failure = intent_object(
+            made, order, "requires_payment_method", last_payment_error={"message": "Your card was declined."}
+        )
+        assert not (await deliver(nc, signed(stripe_event("payment_intent.payment_failed", late_failure))))["duplicate"]
+        unknown = signed(stripe_event("customer.created", {"id": "cus_x", "object": "customer"}))
+        assert [(await deliver(nc, unknown))["duplicate"] for _ in range(2)] == [False, True]
+        events = await payment_events(nc, order, expect=1)
+        assert [s for s, _ in events] == [subjects.PAYMENTS_SUCCEEDED]  # the older failure changed nothing
+        paid = await confirm(nc, order, made["payment_intent_id"], "pm_card_visa")
+        assert paid["status"] == "succeeded"  # answered from the stored state
+
+    client.run(scenario)
+
+
+def test_a_refund_reported_before_the_success_is_announced_after_it(payments, client) -> None:
+    async def scenario(nc: nats.NATS) -> None:
+        order = new_order()
+        made = await create(nc, order, 1500)
+        charge = charge_object(made["payment_intent_id"], 1500, 1500)
+        assert not (await deliver(nc, signed(stripe_event("charge.refunded", charge))))["duplicate"]
+        success = signed(stripe_event("payment_intent.succeeded", intent_object(made, order, "succeeded")))
+        assert not (await deliver(nc, success))["duplicate"]
+        events = await payment_events(nc, order, expect=2)
+        assert [s for s, _ in events] == [subjects.PAYMENTS_SUCCEEDED, subjects.PAYMENTS_REFUNDED]
+        assert events[1][1]["amount_refunded_cents"] == 1500
+
+    client.run(scenario)
+
+
+def test_a_refund_of_a_payment_never_stored_finds_its_order_at_stripe(payments, client, stripe_client) -> None:
+    order = new_order()
+    intent = stripe_client.v1.payment_intents.create(
+        params={"amount": 800, "currency": "eur", "metadata": {"order_id": order}, "payment_method": "pm_card_visa"}
+    )
+    stripe_client.v1.payment_intents.confirm(intent.id)
+    stripe_client.v1.refunds.create(params={"payment_intent": intent.id})
+    charge = stripe_client.v1.charges.list(params={"limit": 100000})
+    [refunded] = [c.to_dict() for c in charge.data if c.payment_intent == intent.id]
+    assert refunded["metadata"] == {}  # the order is known only from the intent
+
+    async def scenario(nc: nats.NATS) -> None:
+        assert not (await deliver(nc, signed(stripe_event("charge.refunded", refunded))))["duplicate"]
+        events = await payment_events(nc, order, expect=2)
+        assert [s for s, _ in events] == [subjects.PAYMENTS_SUCCEEDED, subjects.PAYMENTS_REFUNDED]
+        assert all(e["payment_intent_id"] == intent.id for _, e in events)
+
+    client.run(scenario)
+
+
+class Forwarder:
+    """A webhook endpoint like the gateway's: the raw body and its Stripe-Signature go to payments over NATS."""
+
+    def __init__(self, forward: Callable[[StripeWebhook], dict[str, Any]]) -> None:
+        self.received: list[tuple[int, dict[str, Any]]] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                signature = self.headers.get("Stripe-Signature", "")
+                try:
+                    answer, status = forward(StripeWebhook(payload=body.decode(), signature=signature)), 200
+                except DomainError as exc:
+                    answer, status = exc.to_dict(), 400
+                owner.received.append((status, {**answer, "body": json.loads(body)}))
+                self.send_response(status)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def deliveries(self, intent_id: str) -> list[tuple[int, dict[str, Any]]]:
+        return [(s, a) for s, a in self.received if a["body"]["data"]["object"].get("id") == intent_id]
+
+
+@pytest.fixture
+def forwarder(client, localstripe) -> Iterator[Forwarder]:  # noqa: F811
+    def forward(webhook: StripeWebhook) -> dict[str, Any]:
+        return asyncio.run_coroutine_threadsafe(deliver(client.nc, webhook), client.loop).result(TIMEOUT)
+
+    endpoint = Forwarder(forward)
+    webhook_id = f"test-{uuid.uuid4().hex[:8]}"
+    register_webhook(
+        localstripe,
+        endpoint.url,
+        SECRET,
+        ["payment_intent.succeeded", "payment_intent.payment_failed"],
+        webhook_id=webhook_id,
+    )
+    yield endpoint
+    register_webhook(localstripe, endpoint.url, SECRET, ["cartwheel.none"], webhook_id=webhook_id)  # off
+    endpoint.server.shutdown()
+
+
+def authenticate_3d_secure(api_base: str, intent: dict[str, Any]) -> None:
+    """What the buyer's browser does with localstripe's stripe.js when the bank's page says yes."""
+    form = {"client_secret": intent["client_secret"], "success": "true", "key": "pk_test_cartwheel"}
+    url = f"{api_base}/v1/payment_intents/{intent['payment_intent_id']}/_authenticate"
+    urllib.request.urlopen(urllib.request.Request(url, urllib.parse.urlencode(form).encode()), timeout=5).close()
+
+
+def test_localstripe_webhooks_verify_and_repeat_what_confirm_announced(
+    payments,
+    client,
+    forwarder,
+    stripe_client,
+    localstripe,  # noqa: F811
+) -> None:
+    method = stripe_client.v1.payment_methods.create(
+        params={
+            "type": "card",
+            "card": {"number": THREE_D_SECURE_CARD, "exp_month": 12, "exp_year": 2030, "cvc": "123"},
+        }
+    )
+
+    async def scenario(nc: nats.NATS) -> None:
+        paid_order, declined_order, secure_order = new_order(), new_order(), new_order()
+        paid, declined, secure = [await create(nc, o) for o in (paid_order, declined_order, secure_order)]
+        await confirm(nc, paid_order, paid["payment_intent_id"], "pm_card_visa")
+        await confirm(nc, declined_order, declined["payment_intent_id"], "pm_card_chargeCustomerFail")
+        assert (await confirm(nc, secure_order, secure["payment_intent_id"], method.id))["status"] == "requires_action"
+        authenticate_3d_secure(localstripe, secure)  # only the webhook tells the shop it succeeded
+        intents = [v["payment_intent_id"] for v in (paid, declined, secure)]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not all(forwarder.deliveries(i) for i in intents):
+            await asyncio.sleep(0.1)
+        expected = ["payment_intent.succeeded", "payment_intent.payment_failed", "payment_intent.succeeded"]
+        for intent_id, kind in zip(intents, expected, strict=True):
+            [(status, outcome)] = forwarder.deliveries(intent_id)
+            assert (status, outcome["type"], outcome["duplicate"]) == (200, kind, False)
+        assert [s for s, _ in await payment_events(nc, paid_order, expect=1)] == [subjects.PAYMENTS_SUCCEEDED]
+        assert [s for s, _ in await payment_events(nc, declined_order, expect=1)] == [subjects.PAYMENTS_FAILED]
+        secured = await payment_events(nc, secure_order, expect=2)
+        assert [s for s, _ in secured] == [subjects.PAYMENTS_REQUIRES_ACTION, subjects.PAYMENTS_SUCCEEDED]
+        assert secured[1][1]["stripe_event_id"].startswith("evt_")
+
+    client.run(scenario)
+
+
+def test_the_embedded_server_keeps_no_pickle(stripe_client) -> None:
+    pickle = Path("/tmp/localstripe.pickle")  # where the stock localstripe command keeps its state
+    before = pickle.stat().st_mtime_ns if pickle.exists() else None
+    stripe_client.v1.customers.create(params={"email": "buyer@example.test"})
+    assert (pickle.stat().st_mtime_ns if pickle.exists() else None) == before
+
+
+def test_the_migrations_match_the_models(database_url: str) -> None:
+    migrate("payments", database_url)
+    migrate("payments", database_url)  # a second migrator finds nothing to do
+    db = Database(database_url)
+    with db.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), [PaymentsBase.metadata, PlatformBase.metadata])
+    db.close()
+    assert diff == []

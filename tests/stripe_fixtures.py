@@ -1,0 +1,31 @@
+"""The embedded Stripe-compatible server for tests: ``from tests.stripe_fixtures import localstripe  # noqa: F401``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from cartwheel.localstripe import start_localstripe, version
+
+
+def _report(config: pytest.Config, backend: str, what: str) -> None:
+    """Add a line to the closing summary the root conftest prints (``<backend>: <what>``)."""
+    for plugin in config.pluginmanager.get_plugins():
+        used = getattr(plugin, "_used", None)
+        if str(getattr(plugin, "__file__", "")).endswith("tests/conftest.py") and isinstance(used, dict):
+            used[backend] = what
+            return
+    print(f"{backend}: {what}")
+
+
+@pytest.fixture(scope="session")
+def localstripe(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """API base URL of a localstripe shared by the session (state in memory, bound to 127.0.0.1)."""
+    log_path = tmp_path_factory.mktemp("localstripe") / "localstripe.log"
+    server = start_localstripe(log_path=log_path)
+    _report(pytestconfig, "localstripe", f"local server {version()} on {server.host}:{server.port} (log {log_path})")
+    try:
+        yield server.url
+    finally:
+        server.stop()
