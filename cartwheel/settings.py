@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SERVICES: tuple[str, ...] = ("catalog", "cart", "inventory", "orders", "payments")
@@ -109,6 +109,12 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = Field("text", description="`json` for log collectors.")
     tenant: str = Field("default", description="Tenant id stamped on messages.")
+
+    @field_validator("stripe_secret_key", "stripe_api_base", "stripe_webhook_secret", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """``CARTWHEEL_STRIPE_SECRET_KEY=`` (as Compose passes an unset variable) means no key."""
+        return None if value == "" else value
 
     def database_url(self, service: str) -> str:
         if service not in DATABASES:

@@ -13,6 +13,7 @@ SIGTERM stops services and gateway first, then nats-server, SIGKILLs stragglers,
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -30,12 +31,22 @@ from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
-from cartwheel.natsserver import NatsServer, NatsServerError, PortInUse, port_is_free, signal_group, spawn
+from cartwheel.natsserver import (
+    NatsServer,
+    NatsServerError,
+    PortInUse,
+    free_port,
+    port_is_free,
+    signal_group,
+    spawn,
+)
 from cartwheel.settings import SERVICES, Settings
 
 NATS = "nats-server"
 GATEWAY = "gateway"
-NAMES: tuple[str, ...] = (NATS, GATEWAY, *SERVICES)
+PAYMENT_SERVER = "localstripe"
+NAMES: tuple[str, ...] = (NATS, GATEWAY, *SERVICES, PAYMENT_SERVER)
+EMBEDDED_STRIPE_KEY = "sk_test_cartwheel_embedded"  # localstripe takes any key that looks like a test key
 COLOURS = (36, 33, 32, 35, 34, 96, 93, 92, 95, 94)
 SEEDED_MARKER = ".demo-seeded"
 
@@ -248,6 +259,14 @@ class System:
         update: dict[str, object] = {"var_dir": settings.var_dir.resolve()}
         if "cookie_secure" not in settings.model_fields_set:
             update["cookie_secure"] = False  # the gateway serves plain http here: a Secure cookie never comes back
+        # No Stripe key: payments talks to an embedded localstripe, whose webhooks come back signed.
+        self.embedded_stripe = settings.stripe_secret_key is None
+        if self.embedded_stripe:
+            update |= {
+                "stripe_secret_key": SecretStr(EMBEDDED_STRIPE_KEY),
+                "stripe_api_base": f"http://127.0.0.1:{free_port()}",
+                "stripe_webhook_secret": SecretStr("whsec_" + secrets.token_urlsafe(24)),
+            }
         resolved = settings.model_copy(update=update)
         self.settings = resolved.with_secrets()
         self.var_dir = self.settings.var_dir
@@ -278,6 +297,8 @@ class System:
             self.var_dir.mkdir(parents=True, exist_ok=True)
             if self.nats is not None:
                 self._start_nats()
+            if self.embedded_stripe:
+                self._start_payment_server()
             # The gateway needs its own database only: let it boot while the services' migrations run.
             self._migrate([GATEWAY])
             self._start(GATEWAY, [sys.executable, "-m", "cartwheel.cli", "run", "gateway"], self._metrics_port(None))
@@ -285,6 +306,8 @@ class System:
             for i, name in enumerate(SERVICES):
                 self._start(name, [sys.executable, "-m", f"services.{name}"], self._metrics_port(i))
             self._wait_ready(started + self.ready_timeout)
+            if self.embedded_stripe:
+                self._register_webhook()
             if self.seed:
                 self._seed()
         except BaseException:
@@ -327,7 +350,7 @@ class System:
         self._stop_requested.set()
         if any(child.alive for child in self.children.all.values()):
             self.console.say("stopping…")
-        self.children.stop([[GATEWAY, *SERVICES], [NATS]], timeout)
+        self.children.stop([[GATEWAY, *SERVICES], [NATS, PAYMENT_SERVER]], timeout)
         self.console.say("stopped")
 
     def __enter__(self) -> System:
@@ -340,7 +363,8 @@ class System:
         self.stop()
 
     def banner(self) -> str:
-        return f"the shop is at {self.base_url}/  (admin token: {self.admin_token}; Ctrl-C stops all)"
+        payments = "; test payments: `cartwheel demo-checkout`" if self.embedded_stripe else ""
+        return f"the shop is at {self.base_url}/  (admin token: {self.admin_token}{payments}; Ctrl-C stops all)"
 
     # -- steps --------------------------------------------------------------------------
 
@@ -364,6 +388,33 @@ class System:
             self.nats.wait_ready()
         except NatsServerError as exc:
             raise StartupError(f"{exc}\n{self.children.last_lines(NATS)}") from None
+
+    def _start_payment_server(self) -> None:
+        """localstripe on loopback, in memory only: a checkout with test cards works offline."""
+        from cartwheel import localstripe
+
+        api = urlsplit(self.settings.stripe_api_base or "")
+        host, port = api.hostname or "127.0.0.1", api.port or free_port()
+        self._step(f"starting {PAYMENT_SERVER} {localstripe.version()} (the embedded payment server) on {host}:{port}…")
+        if not port_is_free(port, host):
+            raise PortTaken(_port_taken(port, PAYMENT_SERVER, "CARTWHEEL_STRIPE_API_BASE"))
+        argv = [sys.executable, "-c", localstripe.BOOTSTRAP, host, str(port)]
+        child = self.children.spawn(PAYMENT_SERVER, argv)
+        try:
+            localstripe.LocalStripe(child.process, host, port, None).wait_ready()
+        except localstripe.LocalStripeError as exc:
+            raise StartupError(f"{exc}\n{self.children.last_lines(PAYMENT_SERVER)}") from None
+
+    def _register_webhook(self) -> None:
+        from cartwheel.localstripe import LocalStripeError, register_webhook
+
+        assert self.settings.stripe_api_base and self.settings.stripe_webhook_secret
+        url = f"{self.base_url}/webhooks/stripe"
+        try:
+            register_webhook(self.settings.stripe_api_base, url, self.settings.stripe_webhook_secret.get_secret_value())
+        except (LocalStripeError, OSError) as exc:
+            raise StartupError(f"registering the webhook with {PAYMENT_SERVER} failed: {exc}") from None
+        self.console.say(f"{PAYMENT_SERVER} sends signed webhooks to {url}")
 
     def _start(self, name: str, argv: list[str], metrics_port: int) -> None:
         self._step(f"starting {name}…")

@@ -2,9 +2,9 @@
 
 ``pending → reserved → awaiting_payment → paid → fulfilled``; ``cancelled``, ``expired``,
 ``payment_failed`` and ``refunded`` end an order. A payment may still succeed after an order
-ended unpaid (the buyer's bank was slow): then the order is paid again if its stock can be
-re-reserved, else refunded — hence the moves out of ``expired``, ``cancelled`` and
-``payment_failed``.
+expired or failed (the buyer's bank was slow, another card): then the order is paid if its
+stock can be reserved again, else refunded — hence the moves out of ``expired`` and
+``payment_failed``. Money for a ``cancelled`` order is always refunded.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
     "awaiting_payment": frozenset({"paid", "cancelled", "expired", "payment_failed"}),
     "paid": frozenset({"fulfilled", "refunded"}),
     "fulfilled": frozenset({"refunded"}),
-    "cancelled": frozenset({"paid", "refunded"}),
+    "cancelled": frozenset({"refunded"}),
     "expired": frozenset({"paid", "refunded"}),
-    "payment_failed": frozenset({"paid", "refunded", "awaiting_payment"}),
+    "payment_failed": frozenset({"paid", "refunded"}),
     "refunded": frozenset(),
 }
 """Where each status may go next. A status not listed as a target of ``X`` is refused from ``X``."""
@@ -49,9 +49,18 @@ def new_order_id() -> str:
     return f"ord_{uuid.uuid4().hex}"
 
 
-def reservation_id(order_id: str, attempt: int = 1) -> str:
-    """The inventory reservation of an order's lines; a re-reservation after expiry is a new one."""
-    return order_id if attempt == 1 else f"{order_id}.{attempt}"
+def reservation_id(order_id: str) -> str:
+    """The inventory reservation holding an order's lines (one id for every product of the order)."""
+    return order_id
+
+
+def late_reservation(order_id: str) -> str:
+    """Where a payment that came after the order's reservation ended reserves its lines again.
+
+    One per order (a payment succeeds once): a retried late payment finds its own reservation,
+    held or committed, and never takes the units twice.
+    """
+    return f"{order_id}.late"
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,6 @@ class OrderRow(Base):
     total_cents: Mapped[int] = mapped_column(BigInteger)
     lines: Mapped[str] = mapped_column(Text)  # JSON list of OrderLine
     reservation: Mapped[str] = mapped_column(String(100))  # the inventory reservation id holding the lines
-    reservation_attempt: Mapped[int] = mapped_column(Integer, default=1)
     reserved_until: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     payment_intent_id: Mapped[str | None] = mapped_column(String(255), default=None, index=True)
     client_secret: Mapped[str | None] = mapped_column(String(500), default=None)
@@ -45,6 +44,12 @@ class OrderRow(Base):
     payment_error: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # A refund under way: why, and the products whose committed units go back on hand (JSON list).
+    refund_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    give_back: Mapped[str | None] = mapped_column(Text, default=None)
+    # One saga step at a time per order, across replicas: who works on it, and until when at most.
+    claimed_by: Mapped[str | None] = mapped_column(String(100), default=None)
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 
 
 class OrderTransitionRow(Base):

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -27,7 +29,7 @@ from cartwheel.bus import request
 from cartwheel.contracts.base import Message, utcnow
 from cartwheel.contracts.cart import CartView, GetCart
 from cartwheel.contracts.catalog import GetProduct, Product
-from cartwheel.contracts.inventory import CommitReservation, ReleaseReservation, ReserveStock
+from cartwheel.contracts.inventory import CommitReservation, ReleaseReservation, ReserveStock, Restock
 from cartwheel.contracts.orders import (
     CancelOrder,
     Checkout,
@@ -58,7 +60,9 @@ from services.orders import store
 from services.orders.domain import (
     HOLDS_STOCK,
     PAID,
+    TRANSITIONS,
     Wanted,
+    late_reservation,
     merge_wanted,
     new_order_id,
     price_lines,
@@ -73,6 +77,18 @@ T = TypeVar("T")
 STALE_RETRIES = 10
 SWEEP_EVERY = 1.0  # seconds between looks for overdue and stalled orders
 RESUMABLE = ("pending", "reserved")
+CLAIM_TTL = 10.0  # seconds a claim lasts unless renewed: its holder renews it while working, so only a dead
+# holder's claim lapses, and then another replica may go on with the order
+CLAIM_POLL = 0.05
+TRANSIENT = {"service_unavailable", "payment_provider_unavailable", "internal_error"}
+"""Refusals that may go away by themselves: a payment event that met one comes back later."""
+
+
+class OrderBusy(ServiceUnavailable):
+    """Another saga step holds the order (here or in another replica) longer than the caller waits."""
+
+    def __init__(self, order_id: str) -> None:
+        super().__init__(subjects.ORDERS_CHECKOUT, f"order {order_id} is busy; try again")
 
 
 class Saga:
@@ -81,7 +97,8 @@ class Saga:
         self.settings = service.settings
         self.timeout = self.settings.request_timeout * 0.8
         self.inventory: LaneClient | None = None
-        self.in_flight: set[str] = set()  # orders a handler of this process is working on
+        self.worker = service.instance
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # per order: its lock and how many want it
         self._sweeper: asyncio.Task[None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -119,7 +136,7 @@ class Saga:
         if key is not None:
             existing = await self.service.db.read(lambda s: store.by_idempotency_key(s, key))
             if existing is not None:
-                return (await self._view(existing.id)).model_dump(mode="json")
+                return (await self._again(existing.id)).model_dump(mode="json")
         wanted, cart_id = await self._wanted(cmd)
         products = await self._products([w.product_id for w in wanted], cmd)
         lines, changes, currency = price_lines(wanted, products)
@@ -130,14 +147,21 @@ class Saga:
                 changes=[c.model_dump() for c in changes],
             )
         order_id = new_order_id()
-        self.in_flight.add(order_id)
-        try:
-            created = await self._create(order_id, cmd, key, cart_id, lines, currency)
-            if created.order_id != order_id:  # a concurrent retry with the same key made it first
-                return created.model_dump(mode="json")
+        created = await self._create(order_id, cmd, key, cart_id, lines, currency)  # claimed by this worker
+        if created.order_id != order_id:  # a concurrent retry with the same key made it first
+            return (await self._again(created.order_id)).model_dump(mode="json")
+        async with self._claimed(order_id):
             return (await self._reserve_and_ask_payment(order_id)).model_dump(mode="json")
-        finally:
-            self.in_flight.discard(order_id)
+
+    async def _again(self, order_id: str) -> OrderView:
+        """A checkout retried with its Idempotency-Key: the same order, carried on if it was left half-way."""
+        async with self._claimed(order_id):  # waits for the first request, if it is still at work
+            row = await self._row(order_id)
+            if row.status == "pending":
+                return await self._reserve_and_ask_payment(order_id)
+            if row.status == "reserved":
+                return await self._ask_payment(order_id)
+        return await self._view(order_id)
 
     async def _wanted(self, cmd: Checkout) -> tuple[list[Wanted], str | None]:
         if cmd.items:
@@ -181,9 +205,10 @@ class Saga:
             total_cents=total_cents(lines),
             lines=json.dumps([line.model_dump() for line in lines]),
             reservation=reservation_id(order_id),
-            reservation_attempt=1,
             created_at=now,
             updated_at=now,
+            claimed_by=self.worker,
+            claimed_until=now + timedelta(seconds=CLAIM_TTL),
         )
         try:
             return await self.service.db.run(lambda s: store.insert(s, row, "checkout"))
@@ -205,8 +230,9 @@ class Saga:
         short = await self._reserve(row, lines, row.reservation, ttl)
         if short:
             await self._release(row.id, row.reservation, lines)
-            await self._transition(
-                order_id, lambda r: ("cancelled", "out of stock", {}) if r.status == "pending" else None
+            await self._transition(  # no key: a retry after a restock may succeed
+                order_id,
+                lambda r: ("cancelled", "out of stock", {"idempotency_key": None}) if r.status == "pending" else None,
             )
             raise DomainError(
                 "not enough stock for " + ", ".join(line.product_id for line in short),
@@ -230,7 +256,7 @@ class Saga:
             intent = IntentView.model_validate(await self._ask(ask))
         except (DomainError, ServiceUnavailable) as failure:
             log.warning("order %s: no payment intent (%s); releasing its stock", order_id, failure)
-            await self._end_unpaid(order_id, "cancelled", f"payment could not start: {failure}")
+            await self._end_unpaid(order_id, "cancelled", f"payment could not start: {failure}", idempotency_key=None)
             if isinstance(failure, DomainError) and failure.code != "payment_provider_unavailable":
                 raise
             raise DomainError("payments are unavailable; try again", code="payment_provider_unavailable") from None
@@ -243,7 +269,7 @@ class Saga:
         def awaiting(r: OrderRow) -> tuple[str, str, dict[str, Any]] | dict[str, Any] | None:
             if r.status == "reserved":
                 return "awaiting_payment", "payment intent created", fields
-            if r.payment_intent_id is None:  # paid (a webhook was quicker than this reply): keep the intent's ids
+            if r.payment_intent_id is None and r.status in PAID:  # a webhook was quicker than this reply
                 return fields
             return None
 
@@ -253,153 +279,213 @@ class Saga:
     # -- paying -----------------------------------------------------------------------------
 
     async def pay(self, cmd: PayOrder) -> dict[str, Any]:
-        row = await self._row(cmd.order_id)
-        if row.status not in ("awaiting_payment", "payment_failed") or row.payment_intent_id is None:
-            raise DomainError(
-                f"this order is {row.status}; it cannot be paid now", code="order_closed", status=row.status
-            )
-        confirm = ConfirmIntent(
-            tenant=row.tenant,
-            order_id=row.id,
-            payment_intent_id=row.payment_intent_id,
-            payment_method=cmd.payment_method,
-        )
-        intent = IntentView.model_validate(await self._ask(confirm))
-        if intent.status == "succeeded":
-            await self.paid(row.id, intent.payment_intent_id, "paid")
-        elif intent.last_error and intent.status == "requires_payment_method":
-            await self.payment_failed(row.id, intent.last_error)
-        else:
-            await self._transition(row.id, lambda r: {"payment_status": intent.status, "payment_error": None})
+        async with self._claimed(cmd.order_id):
+            row = await self._row(cmd.order_id)
+            if row.status not in ("awaiting_payment", "payment_failed") or row.payment_intent_id is None:
+                raise DomainError(f"this order is {row.status}; it cannot be paid now", code="order_closed",
+                                  status=row.status)
+            if row.reserved_until is not None and row.reserved_until < utcnow() and row.status != "payment_failed":
+                raise DomainError("this order's time to pay has run out", code="order_closed", status="expired")
+            confirm = ConfirmIntent(tenant=row.tenant, order_id=row.id, payment_intent_id=row.payment_intent_id,
+                                    payment_method=cmd.payment_method)
+            intent = IntentView.model_validate(await self._ask(confirm))
+            if intent.status == "succeeded":
+                await self._paid(row.id, intent.payment_intent_id)
+            elif intent.last_error and intent.status == "requires_payment_method":
+                await self._payment_failed(row.id, intent.last_error)
+            else:
+                await self._transition(
+                    row.id,
+                    lambda r: {"payment_status": intent.status, "payment_error": None}
+                    if r.status in HOLDS_STOCK else None,
+                )
         return (await self._view(row.id)).model_dump(mode="json")
 
     async def on_payment_event(self, event: PaymentEvent) -> None:
-        """A payment event from payments (a verified webhook or a confirmation): move the order, idempotently."""
+        """A payment event from payments (a verified webhook or its own call's answer): move the order.
+
+        Each step is idempotent, so a repeat changes nothing. A refusal that can't change by waiting
+        (a bug, a payment the provider refused) is logged and dropped; anything else comes back later.
+        """
         exists = await self.service.db.read(lambda s: store.load(s, event.order_id))
         if exists is None:
             log.warning("payment event %s for unknown order %s ignored", event.stripe_event_id, event.order_id)
             return
+        try:
+            async with self._claimed(event.order_id):
+                await self._on_payment(event)
+        except DomainError as refusal:
+            if refusal.code in TRANSIENT:
+                raise
+            log.error("order %s: %s from payment event %s was refused (%s: %s); not retried",
+                      event.order_id, type(event).__name__, event.stripe_event_id, refusal.code, refusal.message)
+
+    async def _on_payment(self, event: PaymentEvent) -> None:
         if isinstance(event, PaymentSucceeded):
-            await self.paid(event.order_id, event.payment_intent_id, "paid")
+            await self._paid(event.order_id, event.payment_intent_id)
         elif isinstance(event, PaymentFailed):
-            await self.payment_failed(event.order_id, event.reason or "the payment failed")
+            await self._payment_failed(event.order_id, event.reason or "the payment failed")
         elif isinstance(event, PaymentCanceled):
-            await self._end_unpaid(event.order_id, "cancelled", "the payment was cancelled")
+            await self._end_unpaid(event.order_id, "cancelled", "the payment was cancelled", cancel_intent=False)
         elif isinstance(event, PaymentRefunded):
-            await self._transition(
-                event.order_id,
-                lambda r: (
-                    ("refunded", "refunded at the payment provider", {"payment_status": "refunded"})
-                    if r.status in PAID
-                    else None
-                ),
-            )
+            await self._refunded_elsewhere(event.order_id)
         elif isinstance(event, PaymentRequiresAction):
             await self._transition(
                 event.order_id,
                 lambda r: {"payment_status": "requires_action"} if r.status in HOLDS_STOCK else None,
             )
 
-    async def paid(self, order_id: str, payment_intent_id: str, reason: str) -> None:
-        """The money arrived. Holding stock: commit it. Ended unpaid: re-reserve and commit, else refund."""
+    async def _paid(self, order_id: str, payment_intent_id: str) -> None:
+        """The money arrived: secure every line (commit its reservation, or reserve it again if that ended) and
+        mark the order paid; if a line can't be had any more, give back what was secured and refund.
+
+        Safe to repeat from any point: commits and reservations are idempotent in inventory, and a line
+        committed by an earlier try answers as committed.
+        """
         row = await self._row(order_id)
         if row.status in PAID or row.status == "refunded":
             return
-        fields = {
-            "payment_intent_id": row.payment_intent_id or payment_intent_id,
-            "payment_status": "succeeded",
-            "payment_error": None,
-        }
+        if row.payment_status == store.REFUNDING:  # an earlier try got as far as deciding to refund
+            await self._refund(row, row.refund_reason or "refunded", _give_back(row))
+            return
+        if row.status == "cancelled":  # its stock was released: nothing to give back, only the money
+            await self._refund(row, "paid after the order was cancelled", [])
+            return
+        fields = {"payment_intent_id": row.payment_intent_id or payment_intent_id, "payment_status": "succeeded",
+                  "payment_error": None}
         lines = _lines(row)
-        if row.status in HOLDS_STOCK or row.status == "pending":
-            if await self._commit(row, lines):
-                await self._transition(order_id, lambda r: ("paid", reason, fields) if r.status != "paid" else None)
-                return
-            log.info("order %s: its reservation ended before the payment arrived; reserving again", order_id)
-            await self._end_unpaid(order_id, "expired", "the reservation ran out before the payment arrived")
-            row = await self._row(order_id)
-        if row.status == "cancelled":  # cancelled on purpose: the money goes back
-            await self._refund(row, "paid after the order was cancelled")
+        outcomes = await asyncio.gather(*(self._secure(row, line) for line in lines))
+        if all(outcomes):
+            late = row.status not in HOLDS_STOCK
+            reason = "paid after its reservation ended; stock reserved again" if late else "paid"
+            await self._transition(order_id, lambda r: ("paid", reason, fields) if r.status not in PAID else None)
             return
-        attempt = row.reservation_attempt + 1
-        again = reservation_id(row.id, attempt)
-        await self._transition(order_id, lambda r: {"reservation": again, "reservation_attempt": attempt})
-        row = await self._row(order_id)
-        short = await self._reserve(row, lines, again, self.settings.reservation_ttl_seconds)
-        if not short and await self._commit(row, lines):
-            await self._transition(
-                order_id,
-                lambda r: (
-                    ("paid", "paid after the reservation ended; stock reserved again", fields)
-                    if r.status not in PAID
-                    else None
-                ),
-            )
-            return
-        await self._release(row.id, again, lines)
-        await self._refund(row, "paid after the reservation ended, and the stock is gone")
+        secured = [line for line, ok in zip(lines, outcomes, strict=True) if ok]
+        short = [line for line, ok in zip(lines, outcomes, strict=True) if not ok]
+        log.info("order %s: paid, but %s can't be had any more: refunding", order_id,
+                 ", ".join(line.product_id for line in short))
+        await self._release(order_id, late_reservation(row.id), short)
+        await self._refund(row, "paid after its reservation ended, and the stock is gone", secured)
 
-    async def payment_failed(self, order_id: str, reason: str) -> None:
-        await self._end_unpaid(
-            order_id, "payment_failed", reason, payment_status="requires_payment_method", payment_error=reason
+    async def _secure(self, row: OrderRow, line: OrderLine) -> bool:
+        """Commit the line's units for this order: under its reservation, else under the late one."""
+        commit = CommitReservation(tenant=row.tenant, product_id=line.product_id, reservation_id=row.reservation)
+        try:
+            await self._lane(line.product_id, commit, _command_id(row.reservation, "commit", line.product_id))
+            return True
+        except DomainError as refusal:
+            log.info("order %s: %s not held any more (%s); reserving it again", row.id, line.product_id, refusal.code)
+        again = late_reservation(row.id)
+        reserve = ReserveStock(tenant=row.tenant, product_id=line.product_id, reservation_id=again, order_id=row.id,
+                               quantity=line.quantity, ttl_seconds=self.settings.reservation_ttl_seconds)
+        try:
+            await self._lane(line.product_id, reserve, _command_id(again, "reserve", line.product_id))
+        except DomainError as refusal:
+            if refusal.code != "reservation_closed" or refusal.details.get("status") != "committed":
+                return False  # out of stock (or released by an earlier try that gave up)
+        commit = CommitReservation(tenant=row.tenant, product_id=line.product_id, reservation_id=again)
+        try:
+            await self._lane(line.product_id, commit, _command_id(again, "commit", line.product_id))
+        except DomainError:
+            return False
+        return True
+
+    async def _payment_failed(self, order_id: str, reason: str) -> None:
+        await self._end_unpaid(order_id, "payment_failed", reason, cancel_intent=False,
+                               payment_status="requires_payment_method", payment_error=reason)
+
+    async def _refunded_elsewhere(self, order_id: str) -> None:
+        """Refunded at the provider (the dashboard, a dispute): a paid order's stock comes back."""
+        row = await self._row(order_id)
+        if row.status == "refunded":
+            return
+        if row.status in PAID:
+            await self._restock(row, _lines(row))
+        await self._transition(
+            order_id,
+            lambda r: ("refunded", "refunded at the payment provider", {"payment_status": "refunded"})
+            if r.status != "refunded" and "refunded" in TRANSITIONS[r.status] else None,  # type: ignore[index]
         )
 
     # -- cancelling, expiring, refunding ------------------------------------------------------
 
     async def cancel(self, cmd: CancelOrder) -> dict[str, Any]:
-        row = await self._row(cmd.order_id)
-        if row.status in PAID:
-            await self._refund(row, cmd.reason)
-        elif row.status in (*HOLDS_STOCK, "pending"):
-            await self._end_unpaid(row.id, "cancelled", cmd.reason)
-        else:
-            raise DomainError(f"this order is {row.status} already", code="order_closed", status=row.status)
+        async with self._claimed(cmd.order_id):
+            row = await self._row(cmd.order_id)
+            if row.status in PAID:
+                await self._refund(row, cmd.reason, _lines(row) if row.status == "paid" else [])
+            elif row.status in (*HOLDS_STOCK, "pending"):
+                await self._end_unpaid(row.id, "cancelled", cmd.reason)
+            else:
+                raise DomainError(f"this order is {row.status} already", code="order_closed", status=row.status)
         return (await self._view(row.id)).model_dump(mode="json")
 
-    async def _end_unpaid(self, order_id: str, to: str, reason: str, **fields: Any) -> None:
-        """Release the stock an unpaid order holds, cancel its intent, and end it with ``to``."""
+    async def _end_unpaid(self, order_id: str, to: str, reason: str, *, cancel_intent: bool = True,
+                          **fields: Any) -> None:
+        """End an order that holds stock without a payment: cancel its intent, release its stock, move to ``to``.
+
+        The intent goes first: if it turns out paid, the order is paid instead. A release refused
+        because the units were committed means a payment got there first: the paid path owns the order.
+        """
         row = await self._row(order_id)
         if row.status not in (*HOLDS_STOCK, "pending"):
             if row.status == "payment_failed" and fields:
                 await self._transition(order_id, lambda r: fields if r.status == "payment_failed" else None)
             return
-        await self._release(row.id, row.reservation, _lines(row))
-        if row.payment_intent_id and to in ("cancelled", "expired"):
-            with contextlib.suppress(DomainError, ServiceUnavailable):  # it expires at Stripe on its own too
-                await self._ask(
-                    CancelIntent(tenant=row.tenant, order_id=row.id, payment_intent_id=row.payment_intent_id)
-                )
+        if cancel_intent and row.payment_intent_id:
+            try:
+                intent = IntentView.model_validate(await self._ask(
+                    CancelIntent(tenant=row.tenant, order_id=row.id, payment_intent_id=row.payment_intent_id)))
+            except (DomainError, ServiceUnavailable) as failure:
+                log.warning("order %s: its intent could not be cancelled now (%s); trying again later", order_id,
+                            failure)
+                fields = {**fields, "payment_status": store.CANCEL_PENDING}
+            else:
+                if intent.status == "succeeded":
+                    await self._paid(order_id, intent.payment_intent_id)
+                    return
+                fields = {**fields, "payment_status": intent.status}
+        if await self._release(row.id, row.reservation, _lines(row)):
+            log.warning("order %s: its stock was committed meanwhile (a payment); not ending it %s", order_id, to)
+            return
         await self._transition(
             order_id, lambda r: (to, reason, fields) if r.status in (*HOLDS_STOCK, "pending") else None
         )
 
-    async def _refund(self, row: OrderRow, reason: str) -> None:
+    async def _refund(self, row: OrderRow, reason: str, give_back: list[OrderLine]) -> None:
+        """Refund the order's payment and return ``give_back`` (lines whose units were committed) to stock.
+
+        ``refunding`` is written first: a payment heard again meanwhile finishes the refund, never re-sells.
+        """
         if row.payment_intent_id is None:
             raise DomainError("this order has no payment to refund", code="order_closed", status=row.status)
+        decided = {"payment_status": store.REFUNDING, "refund_reason": reason,
+                   "give_back": json.dumps([line.product_id for line in give_back])}
+        await self._transition(row.id, lambda r: decided if r.status != "refunded" else None)
         await self._ask(RefundPayment(tenant=row.tenant, order_id=row.id, payment_intent_id=row.payment_intent_id))
-        paid_lines = row.status in PAID
+        await self._restock(row, give_back)
         await self._transition(
             row.id,
             lambda r: ("refunded", reason, {"payment_status": "refunded"}) if r.status != "refunded" else None,
         )
-        if paid_lines:
-            log.info("order %s refunded; its committed stock stays sold (restock by hand if it comes back)", row.id)
+
+    async def _restock(self, row: OrderRow, lines: list[OrderLine]) -> None:
+        """Put a refunded order's committed units back on hand (once per order and product)."""
+
+        async def one(line: OrderLine) -> None:
+            cmd = Restock(tenant=row.tenant, product_id=line.product_id, quantity=line.quantity)
+            await self._lane(line.product_id, cmd, _command_id(row.id, "restock", line.product_id))
+
+        await asyncio.gather(*(one(line) for line in lines))
 
     # -- inventory --------------------------------------------------------------------------
 
     async def _reserve(self, row: OrderRow, lines: list[OrderLine], reservation: str, ttl: int) -> list[ShortLine]:
         """Reserve every line under ``reservation``; the lines that could not be (none: all held)."""
-        assert self.inventory is not None
 
         async def one(line: OrderLine) -> ShortLine | None:
-            cmd = ReserveStock(
-                tenant=row.tenant,
-                product_id=line.product_id,
-                reservation_id=reservation,
-                order_id=row.id,
-                quantity=line.quantity,
-                ttl_seconds=ttl,
-            )
+            cmd = ReserveStock(tenant=row.tenant, product_id=line.product_id, reservation_id=reservation,
+                               order_id=row.id, quantity=line.quantity, ttl_seconds=ttl)
             try:
                 await self._lane(line.product_id, cmd, _command_id(reservation, "reserve", line.product_id))
             except DomainError as refusal:
@@ -409,35 +495,28 @@ class Saga:
 
         return [short for short in await asyncio.gather(*(one(line) for line in lines)) if short is not None]
 
-    async def _commit(self, row: OrderRow, lines: list[OrderLine]) -> bool:
+    async def _release(self, order_id: str, reservation: str, lines: list[OrderLine]) -> bool:
+        """Release every line; one never reserved is remembered as released, so a late reserve holds nothing.
+
+        True when a line was committed instead (a payment got there first): nothing of it was released.
+        """
+
         async def one(line: OrderLine) -> bool:
-            cmd = CommitReservation(tenant=row.tenant, product_id=line.product_id, reservation_id=row.reservation)
-            try:
-                await self._lane(line.product_id, cmd, _command_id(row.reservation, "commit", line.product_id))
-            except DomainError as refusal:
-                log.info("order %s: commit of %s refused (%s)", row.id, line.product_id, refusal.code)
-                return False
-            return True
-
-        return all(await asyncio.gather(*(one(line) for line in lines)))
-
-    async def _release(self, order_id: str, reservation: str, lines: list[OrderLine]) -> None:
-        """Release every line; one never reserved is remembered as released, so a late reserve holds nothing."""
-
-        async def one(line: OrderLine) -> None:
             cmd = ReleaseReservation(product_id=line.product_id, reservation_id=reservation)
             try:
                 await self._lane(line.product_id, cmd, _command_id(reservation, "release", line.product_id))
-            except DomainError as refusal:  # committed: paid meanwhile; the paid path owns it now
-                log.info("order %s: release of %s refused (%s)", order_id, line.product_id, refusal.code)
+            except DomainError as refusal:
+                if refusal.code == "reservation_committed":
+                    return True
+                log.warning("order %s: release of %s refused (%s)", order_id, line.product_id, refusal.code)
+            return False
 
-        await asyncio.gather(*(one(line) for line in lines))
+        return any(await asyncio.gather(*(one(line) for line in lines)))
 
     async def _lane(self, product_id: str, cmd: Any, command_id: str) -> Any:
         assert self.inventory is not None
-        return await self.inventory.call(
-            product_id, cmd.kind, cmd.model_dump(mode="json"), command_id=command_id, timeout=self.timeout
-        )
+        return await self.inventory.call(product_id, cmd.kind, cmd.model_dump(mode="json"), command_id=command_id,
+                                         timeout=self.timeout)
 
     # -- the sweeper --------------------------------------------------------------------------
 
@@ -450,42 +529,110 @@ class Saga:
                 log.exception("orders sweep failed; trying again")
 
     async def sweep(self) -> int:
-        """Expire overdue orders and finish or clean up stalled ones; how many orders it touched."""
+        """Expire overdue orders, finish or clean up stalled ones, cancel intents that could not be; how many
+        orders it worked on. An order another step holds is left for the next sweep."""
         now = utcnow()
         overdue = await self.service.db.read(lambda s: store.overdue(s, now))
         stalled_before = now - timedelta(seconds=self.settings.checkout_resume_seconds)
         stalled = await self.service.db.read(lambda s: store.stalled(s, RESUMABLE, stalled_before))
+        uncancelled = await self.service.db.read(store.intents_to_cancel)
         touched = 0
         for order_id in overdue:
-            if order_id not in self.in_flight:
-                await self._guarded(
-                    order_id, self._end_unpaid(order_id, "expired", "unpaid when its reservation ran out")
-                )
-                touched += 1
+            touched += await self._swept(
+                order_id, lambda o: self._end_unpaid(o, "expired", "unpaid when its reservation ran out")
+            )
         for order_id in stalled:
-            if order_id not in self.in_flight and order_id not in overdue:
-                await self._guarded(order_id, self._resume(order_id))
-                touched += 1
+            if order_id not in overdue:
+                touched += await self._swept(order_id, self._resume)
+        for order_id in uncancelled:
+            touched += await self._swept(order_id, self._cancel_intent_again)
         return touched
 
     async def _resume(self, order_id: str) -> None:
         row = await self._row(order_id)
+        if row.status not in RESUMABLE:
+            return
         log.warning("order %s was left %s (a crash mid-checkout?): resuming", order_id, row.status)
         if row.status == "pending":  # the buyer was never answered: let go of whatever was reserved
-            await self._end_unpaid(order_id, "cancelled", "checkout did not finish")
-        elif row.status == "reserved":  # stock is held: ask for the intent, so a retry with its key can pay
+            await self._end_unpaid(order_id, "cancelled", "checkout did not finish", idempotency_key=None)
+        else:  # stock is held: ask for the intent, so a retry with its key can pay
             await self._ask_payment(order_id)
 
-    async def _guarded(self, order_id: str, work: Awaitable[Any]) -> None:
-        self.in_flight.add(order_id)
+    async def _cancel_intent_again(self, order_id: str) -> None:
+        row = await self._row(order_id)
+        if row.payment_status != store.CANCEL_PENDING or row.payment_intent_id is None:
+            return
+        intent = IntentView.model_validate(await self._ask(
+            CancelIntent(tenant=row.tenant, order_id=row.id, payment_intent_id=row.payment_intent_id)))
+        if intent.status == "succeeded":  # paid after all: the late-payment rules decide
+            await self._paid(order_id, intent.payment_intent_id)
+        else:
+            await self._transition(order_id, lambda r: {"payment_status": intent.status}
+                                   if r.payment_status == store.CANCEL_PENDING else None)
+
+    async def _swept(self, order_id: str, step: Callable[[str], Awaitable[Any]]) -> int:
         try:
-            await work
+            async with self._claimed(order_id, wait=0):
+                await step(order_id)
+        except OrderBusy:
+            return 0
         except (DomainError, ServiceUnavailable) as failure:
             log.warning("order %s: sweep step failed (%s); trying again later", order_id, failure)
-        finally:
-            self.in_flight.discard(order_id)
+        return 1
 
     # -- plumbing ---------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _claimed(self, order_id: str, wait: float | None = None) -> AsyncIterator[None]:
+        """Hold the order for one saga step: one step at a time per order, in this process (a lock) and
+        across replicas (a claim in its row, which lapses after ``CLAIM_TTL`` if its holder died).
+
+        :class:`OrderBusy` (a 503 to callers; an event comes back later) if it stays taken ``wait`` seconds.
+        """
+        lock, wanted = self._locks.setdefault(order_id, (asyncio.Lock(), [0]))
+        wanted[0] += 1
+        try:
+            if wait == 0 and lock.locked():
+                raise OrderBusy(order_id)
+            async with lock:
+                await self._claim(order_id, self.timeout if wait is None else wait)
+                renewal = asyncio.create_task(self._renew(order_id), name=f"claim-{order_id}")
+                try:
+                    yield
+                finally:
+                    renewal.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await renewal
+                    await self.service.db.run(lambda s: store.release_claim(s, order_id, self.worker))
+        finally:
+            wanted[0] -= 1
+            if not wanted[0]:
+                self._locks.pop(order_id, None)
+
+    async def _renew(self, order_id: str) -> None:
+        while True:
+            await asyncio.sleep(CLAIM_TTL / 3)
+            now = utcnow()
+            extend = functools.partial(store.claim, order_id=order_id, worker=self.worker, now=now,
+                                       until=now + timedelta(seconds=CLAIM_TTL))
+            try:
+                await self.service.db.run(extend)
+            except Exception as exc:  # the database is struggling: the claim may lapse, the versions still guard
+                log.warning("order %s: claim not renewed (%s)", order_id, exc)
+
+    async def _claim(self, order_id: str, wait: float) -> None:
+        deadline = time.monotonic() + wait
+        while True:
+            now = utcnow()
+            take = functools.partial(store.claim, order_id=order_id, worker=self.worker, now=now,
+                                     until=now + timedelta(seconds=CLAIM_TTL))
+            if await self.service.db.run(take):
+                return
+            if await self.service.db.read(lambda s: store.load(s, order_id)) is None:
+                raise DomainError(f"no order {order_id}", code="not_found", order_id=order_id)
+            if time.monotonic() >= deadline:
+                raise OrderBusy(order_id)
+            await asyncio.sleep(CLAIM_POLL)
 
     async def _ask(self, message: Message) -> Any:
         return await request(self.service.broker.connection, message, self.timeout)
@@ -529,6 +676,12 @@ class Saga:
 
 def _lines(row: OrderRow) -> list[OrderLine]:
     return [OrderLine.model_validate(line) for line in json.loads(row.lines)]
+
+
+def _give_back(row: OrderRow) -> list[OrderLine]:
+    """The lines a refund under way puts back on hand, as decided when it started."""
+    products = set(json.loads(row.give_back or "[]"))
+    return [line for line in _lines(row) if line.product_id in products]
 
 
 def _command_id(reservation: str, step: str, product_id: str) -> str:

@@ -4,11 +4,12 @@ events in the same transaction (outbox)."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from cartwheel.contracts.base import Message, utcnow
@@ -25,8 +26,10 @@ from cartwheel.contracts.orders import (
 )
 from cartwheel.errors import NotFound
 from cartwheel.outbox import record_events
-from services.orders.domain import check_transition
+from services.orders.domain import IllegalTransition, check_transition
 from services.orders.models import OrderRow, OrderTransitionRow
+
+log = logging.getLogger("cartwheel.orders")
 
 
 class Stale(Exception):
@@ -92,6 +95,27 @@ def by_payment_intent(session: Session, payment_intent_id: str) -> OrderRow | No
     return session.scalar(select(OrderRow).where(OrderRow.payment_intent_id == payment_intent_id))
 
 
+def claim(session: Session, order_id: str, worker: str, now: datetime, until: datetime) -> bool:
+    """Take the order for one saga step (``worker`` holds it until ``until`` at most); False if another does."""
+    free = or_(OrderRow.claimed_until.is_(None), OrderRow.claimed_until < now, OrderRow.claimed_by == worker)
+    done = session.execute(
+        update(OrderRow)
+        .where(OrderRow.id == order_id, free)
+        .values(claimed_by=worker, claimed_until=until)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(done.rowcount)  # type: ignore[attr-defined]
+
+
+def release_claim(session: Session, order_id: str, worker: str) -> None:
+    session.execute(
+        update(OrderRow)
+        .where(OrderRow.id == order_id, OrderRow.claimed_by == worker)
+        .values(claimed_by=None, claimed_until=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
 def change(session: Session, row: OrderRow, **fields: Any) -> OrderRow:
     """Change fields of the order as read (``row.version``), without a transition; :class:`Stale` if it moved."""
     at = utcnow()
@@ -115,7 +139,11 @@ def move(
     """Move the order as read to ``to`` (refused if the state machine forbids it; :class:`Stale` if it moved
     meanwhile), with its transition row and ``events.orders.status_changed`` (+ ``events.orders.paid``)."""
     previous: OrderStatus = row.status  # type: ignore[assignment]
-    check_transition(previous, to)
+    try:
+        check_transition(previous, to)
+    except IllegalTransition:
+        log.warning("order %s: refused to move from %s to %s (%s)", row.id, previous, to, reason)
+        raise
     fresh = change(session, row, status=to, **fields)
     session.add(
         OrderTransitionRow(order_id=row.id, from_status=previous, to_status=to, reason=reason, at=fresh.updated_at)
@@ -144,6 +172,20 @@ def page(session: Session, *, user_id: str | None, status: str | None, limit: in
     more = len(rows) > limit
     rows = rows[:limit]
     return OrderPage(items=[view(r) for r in rows], next_cursor=rows[-1].id if more and rows else None)
+
+
+def intents_to_cancel(session: Session, limit: int = 100) -> list[str]:
+    """Ids of orders that ended unpaid while their PaymentIntent could not be cancelled (tried again)."""
+    query = (
+        select(OrderRow.id)
+        .where(OrderRow.status.in_(("cancelled", "expired")), OrderRow.payment_status == CANCEL_PENDING)
+        .limit(limit)
+    )
+    return list(session.scalars(query))
+
+
+CANCEL_PENDING = "cancel_pending"
+REFUNDING = "refunding"
 
 
 def stalled(session: Session, statuses: Sequence[str], before: datetime, limit: int = 100) -> list[str]:

@@ -28,10 +28,11 @@ from cartwheel.bus import encode, request
 from cartwheel.contracts.base import Message
 from cartwheel.contracts.cart import AddToCart, GetCart
 from cartwheel.contracts.catalog import ProductPatch, UpdateProduct
-from cartwheel.contracts.inventory import GetStock
+from cartwheel.contracts.inventory import CommitReservation, GetStock, SetStock
 from cartwheel.contracts.orders import CancelOrder, Checkout, CheckoutItem, GetOrder, PayOrder
 from cartwheel.contracts.payments import PaymentFailed, PaymentSucceeded
 from cartwheel.errors import DomainError
+from cartwheel.lanes.client import LaneClient
 from tests.integration.conftest import Client
 from tests.integration.test_cart_service import product
 
@@ -47,6 +48,7 @@ class FakePayments:
         self.before_intent_reply: Callable[[dict[str, Any]], Awaitable[None]] | None = None  # on the fake's loop
         self.hold_intents = threading.Event()  # set: CreateIntent never answers (a crash test)
         self.confirm_status = "succeeded"
+        self.cancel_status = "canceled"  # "succeeded": the buyer paid just before the cancel reached Stripe
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.nc: nats.NATS | None = None
@@ -105,7 +107,7 @@ class FakePayments:
                                                            "amount_cents": 0}}))
             return
         elif msg.subject == subjects.PAYMENTS_INTENT_CANCEL:
-            intent["status"] = "canceled"
+            intent["status"] = self.cancel_status
         await msg.respond(encode({"ok": True, "data": intent}))
 
 
@@ -369,6 +371,71 @@ def test_a_failed_payment_releases_the_stock(orders: Any, payments: FakePayments
     assert stock(client, mug) == (3, 0)
 
 
+def test_an_expiry_that_finds_the_intent_paid_marks_the_order_paid(
+    short_orders: Any, payments: FakePayments, client: Client
+) -> None:
+    mug = new_product(client, 4)
+    payments.cancel_status = "succeeded"  # paid a moment before the sweeper's cancel reached the provider
+    order = ask(client, buy(mug, 2))
+    wait_for(lambda: status_of(client, order["order_id"]) == "paid", "paid, not expired")
+    assert stock(client, mug) == (2, 0)
+    assert "expired" not in [h["status"] for h in ask(client, GetOrder(order_id=order["order_id"]))["history"]]
+
+
+def test_units_committed_by_an_interrupted_payment_are_never_taken_twice(
+    short_orders: Any, payments: FakePayments, client: Client
+) -> None:
+    mug = new_product(client, 5)
+    order = ask(client, buy(mug, 2))
+
+    async def commit_as_a_crashed_payment_did(nc: nats.NATS) -> None:
+        lanes = await LaneClient(nc, subjects.INVENTORY_LANE).start()
+        cmd = CommitReservation(product_id=mug, reservation_id=order["order_id"])
+        await lanes.call(mug, cmd.kind, cmd.model_dump(mode="json"), command_id="crashed-commit")
+        await lanes.close()
+
+    client.run(commit_as_a_crashed_payment_did)
+    time.sleep(2.5)  # past the reservation's end: the sweeper must not expire an order whose units are sold
+    assert status_of(client, order["order_id"]) == "awaiting_payment"
+    for n in range(3):  # the payment, heard again (and more than once at a time)
+        payments.publish(paid_event(order, n))
+    wait_for(lambda: status_of(client, order["order_id"]) == "paid", "paid")
+    time.sleep(0.5)
+    assert stock(client, mug) == (3, 0)
+
+
+def test_late_payments_heard_at_once_take_the_units_once(
+    short_orders: Any, payments: FakePayments, client: Client
+) -> None:
+    mug = new_product(client, 5)
+    order = ask(client, buy(mug, 2))
+    wait_for(lambda: status_of(client, order["order_id"]) == "expired", "expired")
+    for n in range(4):
+        payments.publish(paid_event(order, n))
+    wait_for(lambda: status_of(client, order["order_id"]) == "paid", "paid")
+    time.sleep(0.5)
+    assert stock(client, mug) == (3, 0)
+
+
+def test_a_payment_for_a_cancelled_order_is_refunded(orders: Any, payments: FakePayments, client: Client) -> None:
+    mug = new_product(client, 3)
+    order = ask(client, buy(mug, 1))
+    assert ask(client, CancelOrder(order_id=order["order_id"]))["status"] == "cancelled"
+    payments.publish(paid_event(order))
+    wait_for(lambda: status_of(client, order["order_id"]) == "refunded", "refunded")
+    assert [r["order_id"] for r in payments.asked(subjects.PAYMENTS_REFUND)] == [order["order_id"]]
+    assert stock(client, mug) == (3, 0)
+
+
+def test_a_key_that_met_no_stock_may_be_tried_again_after_a_restock(orders: Any, client: Client) -> None:
+    mug = new_product(client, 1)
+    wanted = buy(mug, 2, user_id="u-restock", idempotency_key="try-again")
+    assert refused(client, wanted).code == "out_of_stock"
+    ask(client, SetStock(product_id=mug, on_hand=5))
+    assert ask(client, wanted)["status"] == "awaiting_payment"
+    assert stock(client, mug) == (5, 2)
+
+
 # -- admin cancel ------------------------------------------------------------------------------
 
 
@@ -382,7 +449,7 @@ def test_an_admin_cancel_releases_an_unpaid_order_and_refunds_a_paid_one(
     assert ask(client, CancelOrder(order_id=unpaid["order_id"]))["status"] == "cancelled"
     assert ask(client, CancelOrder(order_id=paid["order_id"]))["status"] == "refunded"
     assert [r["order_id"] for r in payments.asked(subjects.PAYMENTS_REFUND)] == [paid["order_id"]]
-    assert stock(client, mug) == (3, 0)
+    assert stock(client, mug) == (5, 0)  # the unpaid order's units released, the refunded order's put back
     assert refused(client, CancelOrder(order_id=unpaid["order_id"])).code == "order_closed"
 
 
@@ -422,8 +489,9 @@ def test_orders_killed_between_reservation_and_intent_finishes_the_saga_on_resta
     payments.hold_intents.clear()
     second = start_orders("orders-2.log")
     try:
+        # The dead process's claim on the order lapses first (10 s), then the sweeper goes on with it.
         order = wait_for(lambda: (o := ask(client, GetOrder(order_id=asked["order_id"])))["status"]
-                         == "awaiting_payment" and o, "the saga resumed")
+                         == "awaiting_payment" and o, "the saga resumed", timeout=40)
         assert order["payment"]["client_secret"]
         assert "checkout did not finish" not in str(order["history"])
         payments.publish(paid_event(order))

@@ -30,6 +30,7 @@ from cartwheel.service import Service
 from cartwheel.settings import SERVICES
 from services.catalog.models import Base as CatalogBase
 from services.orders.models import Base as OrdersBase
+from services.payments.models import Base as PaymentsBase
 from tests.helpers import random_sku
 from tests.integration.conftest import Client, ServiceThread, settings_for
 
@@ -39,6 +40,7 @@ SERVICE_METADATA = {
     "inventory": [LanesBase.metadata],
     "cart": [LanesBase.metadata],
     "orders": [OrdersBase.metadata],
+    "payments": [PaymentsBase.metadata],
 }
 
 

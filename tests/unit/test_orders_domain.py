@@ -15,6 +15,7 @@ from services.orders.domain import (
     IllegalTransition,
     Wanted,
     check_transition,
+    late_reservation,
     merge_wanted,
     price_lines,
     reservation_id,
@@ -42,10 +43,13 @@ def test_the_happy_path_is_allowed_and_ended_orders_stay_ended() -> None:
         check_transition("pending", "paid")  # money for stock never reserved
 
 
-def test_a_late_payment_may_revive_an_unpaid_end() -> None:
-    for ended in ("expired", "payment_failed", "cancelled"):
+def test_a_late_payment_may_revive_an_unpaid_end_but_not_a_cancelled_one() -> None:
+    for ended in ("expired", "payment_failed"):
         check_transition(ended, "paid")  # type: ignore[arg-type]
         check_transition(ended, "refunded")  # type: ignore[arg-type]
+    check_transition("cancelled", "refunded")
+    with pytest.raises(IllegalTransition):
+        check_transition("cancelled", "paid")
 
 
 def test_prices_are_today_and_changes_are_listed() -> None:
@@ -82,8 +86,8 @@ def test_repeated_products_are_one_line() -> None:
 
 
 def test_reservations_and_command_ids_are_derived_from_the_order() -> None:
-    assert reservation_id("ord_1") == "ord_1" and reservation_id("ord_1", 2) == "ord_1.2"
-    assert _command_id("ord_1.2", "reserve", "p-9") == "ord_1-2-reserve-p-9"  # a lane command id has no dots
+    assert reservation_id("ord_1") == "ord_1" and late_reservation("ord_1") == "ord_1.late"
+    assert _command_id("ord_1.late", "reserve", "p-9") == "ord_1-late-reserve-p-9"  # a lane command id has no dots
 
 
 def test_an_idempotency_key_belongs_to_its_buyer() -> None:

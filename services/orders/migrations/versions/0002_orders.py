@@ -32,7 +32,6 @@ def upgrade() -> None:
         sa.Column("total_cents", sa.BigInteger(), nullable=False),
         sa.Column("lines", sa.Text(), nullable=False),
         sa.Column("reservation", sa.String(100), nullable=False),
-        sa.Column("reservation_attempt", sa.Integer(), nullable=False),
         sa.Column("reserved_until", UTCDateTime(), nullable=True),
         sa.Column("payment_intent_id", sa.String(255), nullable=True),
         sa.Column("client_secret", sa.String(500), nullable=True),
