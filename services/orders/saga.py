@@ -150,7 +150,7 @@ class Saga:
         created = await self._create(order_id, cmd, key, cart_id, lines, currency)  # claimed by this worker
         if created.order_id != order_id:  # a concurrent retry with the same key made it first
             return (await self._again(created.order_id)).model_dump(mode="json")
-        async with self._claimed(order_id):
+        async with self._claimed(order_id, held=True):
             return (await self._reserve_and_ask_payment(order_id)).model_dump(mode="json")
 
     async def _again(self, order_id: str) -> OrderView:
@@ -583,11 +583,12 @@ class Saga:
     # -- plumbing ---------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def _claimed(self, order_id: str, wait: float | None = None) -> AsyncIterator[None]:
+    async def _claimed(self, order_id: str, wait: float | None = None, *, held: bool = False) -> AsyncIterator[None]:
         """Hold the order for one saga step: one step at a time per order, in this process (a lock) and
         across replicas (a claim in its row, which lapses after ``CLAIM_TTL`` if its holder died).
 
         :class:`OrderBusy` (a 503 to callers; an event comes back later) if it stays taken ``wait`` seconds.
+        ``held``: the row was written with this worker's claim (a new order); only the lock is taken.
         """
         lock, wanted = self._locks.setdefault(order_id, (asyncio.Lock(), [0]))
         wanted[0] += 1
@@ -595,7 +596,8 @@ class Saga:
             if wait == 0 and lock.locked():
                 raise OrderBusy(order_id)
             async with lock:
-                await self._claim(order_id, self.timeout if wait is None else wait)
+                if not held:
+                    await self._claim(order_id, self.timeout if wait is None else wait)
                 renewal = asyncio.create_task(self._renew(order_id), name=f"claim-{order_id}")
                 try:
                     yield

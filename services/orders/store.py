@@ -127,10 +127,12 @@ def change(session: Session, row: OrderRow, **fields: Any) -> OrderRow:
     )
     if done.rowcount != 1:  # type: ignore[attr-defined]
         raise Stale(row.id)
-    session.expire(row)
-    fresh = load(session, row.id)
-    assert fresh is not None
-    return fresh
+    # The row as written, without reading it back: detached first, so these assignments write nothing.
+    if row in session:
+        session.expunge(row)
+    for name, value in {**fields, "version": row.version + 1, "updated_at": at}.items():
+        setattr(row, name, value)
+    return row
 
 
 def move(
