@@ -13,7 +13,7 @@ from faststream.nats import NatsBroker
 from faststream.nats.prometheus import NatsPrometheusMiddleware
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType, StreamConfig
+from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType, StreamConfig
 from prometheus_client import CollectorRegistry
 
 from cartwheel import subjects
@@ -74,6 +74,17 @@ def bucket_configs(settings: Settings) -> list[KeyValueConfig]:
     ]
 
 
+def object_store_configs(settings: Settings) -> list[ObjectStoreConfig]:
+    return [
+        ObjectStoreConfig(
+            bucket=subjects.PRODUCT_IMAGES_BUCKET,
+            description="Product images by product id and sha256, written by the gateway's admin upload.",
+            storage=StorageType.FILE,
+            replicas=settings.stream_replicas,
+        ),
+    ]
+
+
 async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     """Create the stream, or bring an existing one to ``config``; safe to call from every replica."""
     try:
@@ -106,12 +117,25 @@ async def ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> None:
             await js.key_value(config.bucket)  # created meanwhile by another replica
 
 
+async def ensure_object_store(js: JetStreamContext, config: ObjectStoreConfig) -> None:
+    try:
+        await js.object_store(config.bucket)  # type: ignore[arg-type]
+    except nats.js.errors.BucketNotFoundError:
+        try:
+            await js.create_object_store(config.bucket, config=config)  # the name positionally, see NATS-NOTES
+            log.info("object store %s created", config.bucket)
+        except nats.js.errors.BadRequestError:
+            await js.object_store(config.bucket)  # type: ignore[arg-type]  # created meanwhile by another replica
+
+
 async def declare_topology(js: JetStreamContext, settings: Settings) -> None:
     """Declare every stream and bucket, idempotently. Run by each service at start."""
     for stream in stream_configs(settings):
         await ensure_stream(js, stream)
     for bucket in bucket_configs(settings):
         await ensure_bucket(js, bucket)
+    for store in object_store_configs(settings):
+        await ensure_object_store(js, store)
 
 
 async def request(nc: NatsClient, message: Message, timeout: float, subject: str | None = None) -> Any:

@@ -9,6 +9,7 @@ CATALOG_PRODUCTS_GET = "catalog.products.get"
 CATALOG_PRODUCTS_LIST = "catalog.products.list"
 CATALOG_PRODUCTS_CREATE = "catalog.products.create"
 CATALOG_PRODUCTS_UPDATE = "catalog.products.update"
+CATALOG_PRODUCTS_SET_IMAGE = "catalog.products.set_image"
 INVENTORY_STOCK_GET = "inventory.stock.get"
 INVENTORY_STOCKS_GET = "inventory.stock.get_many"
 INVENTORY_RESTOCK = "inventory.stock.restock"
@@ -86,6 +87,15 @@ INVENTORY_STOCK_BUCKET = "inventory_stock"  # each product's stock level, writte
 
 def inventory_stock_key(product_id: str) -> str:
     return f"product.{product_id}"
+
+
+# Object store buckets.
+PRODUCT_IMAGES_BUCKET = "product_images"
+
+
+def product_image_object(product_id: str, etag: str) -> str:
+    """Name of one stored image: content-addressed, so a reader never gets bytes that don't match its ETag."""
+    return f"{product_id}/{etag}"
 
 
 # Lanes (see cartwheel/lanes): commands enter on <lane>.cmd.<key> and are stored per partition.

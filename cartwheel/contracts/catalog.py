@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -48,6 +48,22 @@ Description = Annotated[str, StringConstraints(max_length=10_000)]
 PriceCents = Annotated[StrictInt, Field(ge=0, le=MAX_PRICE_CENTS)]
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$"), AfterValidator(_known_currency)]
 Stock = Annotated[StrictInt, Field(ge=0, le=10_000_000)]
+MAX_CATEGORIES = 10
+Category = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]+(?:-[a-z0-9]+)*$", max_length=40)]
+
+
+def _distinct(values: list[str]) -> list[str]:
+    return list(dict.fromkeys(values))
+
+
+Categories = Annotated[
+    list[Category],
+    Field(max_length=MAX_CATEGORIES, description="Short lowercase slugs, e.g. `kitchen`, `mugs` (at most 10)."),
+    AfterValidator(_distinct),
+]
+ImageType = Literal["image/png", "image/jpeg", "image/webp"]
+Etag = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+Sort = Literal["relevance", "newest", "oldest", "price_asc", "price_desc", "name"]
 
 
 class ProductDraft(BaseModel):
@@ -61,6 +77,7 @@ class ProductDraft(BaseModel):
     price_cents: PriceCents
     currency: Currency
     active: StrictBool = True
+    categories: Categories = []
     stock: Stock | None = Field(None, description="Initial stock on hand, handed to inventory.")
 
 
@@ -75,6 +92,7 @@ class ProductPatch(BaseModel):
     price_cents: PriceCents | None = None
     currency: Currency | None = None
     active: StrictBool | None = None
+    categories: Categories | None = None
 
     @model_validator(mode="after")
     def _not_empty(self) -> ProductPatch:
@@ -94,6 +112,9 @@ class Product(BaseModel):
     price_cents: int
     currency: str
     active: bool
+    categories: list[str] = []
+    image_etag: str | None = Field(None, description="sha256 (hex) of the product's image; null without one.")
+    image_type: str | None = Field(None, description="Content type of the image: image/png, image/jpeg, image/webp.")
     version: int = Field(description="Increases with every change; caches keep the highest.")
     created_at: datetime
     updated_at: datetime
@@ -119,14 +140,27 @@ class UpdateProduct(Message):
         return patch.model_dump(mode=info.mode, exclude_unset=True)
 
 
+class SetProductImage(Message):
+    """Record the image just stored in the object store (``etag`` names the object) on the product."""
+
+    subject: ClassVar[str] = subjects.CATALOG_PRODUCTS_SET_IMAGE
+    product_id: str = Field(min_length=1, max_length=200)
+    etag: Etag
+    content_type: ImageType
+
+
 class GetProduct(Message):
     subject: ClassVar[str] = subjects.CATALOG_PRODUCTS_GET
     id_or_sku: str = Field(min_length=1, max_length=200)
 
 
 class ListProducts(Message):
+    """A page of products: full-text ``q`` (relevance order by default), ``category``, ``sort``, keyset ``cursor``."""
+
     subject: ClassVar[str] = subjects.CATALOG_PRODUCTS_LIST
     q: str | None = Field(None, max_length=200)
+    category: Category | None = None
+    sort: Sort | None = Field(None, description="Default: relevance with q, else newest.")
     limit: int = Field(20, ge=1, le=100)
     cursor: str | None = Field(None, max_length=500)
     include_inactive: bool = False

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from cartwheel import subjects
-from cartwheel.contracts.catalog import CreateProduct, GetProduct, ListProducts, ProductEvent, UpdateProduct
+from cartwheel.contracts.catalog import (
+    CreateProduct,
+    GetProduct,
+    ListProducts,
+    ProductEvent,
+    SetProductImage,
+    UpdateProduct,
+)
 from cartwheel.service import Service
 from cartwheel.settings import Settings
 from services.catalog.handlers import CatalogHandlers
@@ -15,6 +22,7 @@ def build(settings: Settings) -> Service:
     service.on_start(handlers.open_cache)
     service.handle(subjects.CATALOG_PRODUCTS_CREATE, CreateProduct)(handlers.create_product)
     service.handle(subjects.CATALOG_PRODUCTS_UPDATE, UpdateProduct)(handlers.update_product)
+    service.handle(subjects.CATALOG_PRODUCTS_SET_IMAGE, SetProductImage)(handlers.set_image)
     service.handle(subjects.CATALOG_PRODUCTS_GET, GetProduct)(handlers.get_product)
     service.handle(subjects.CATALOG_PRODUCTS_LIST, ListProducts)(handlers.list_products)
     service.consume(subjects.CATALOG_EVENTS, ProductEvent, durable="catalog-cache")(handlers.repair_cache)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -15,12 +16,15 @@ from cartwheel.contracts.catalog import (
     ProductCreated,
     ProductEvent,
     ProductUpdated,
+    SetProductImage,
     UpdateProduct,
 )
 from cartwheel.outbox import record_event
 from cartwheel.service import Service
-from services.catalog import store
+from services.catalog import search, store
 from services.catalog.cache import ProductCache
+
+Change = tuple[Product, Product, list[str]]  # the product before, after, and the fields that changed
 
 
 class CatalogHandlers:
@@ -44,10 +48,16 @@ class CatalogHandlers:
         return product.model_dump(mode="json")
 
     async def update_product(self, cmd: UpdateProduct) -> dict[str, Any]:
+        return await self._change(cmd.tenant, lambda s: store.update_product(s, cmd.product_id, cmd.patch))
+
+    async def set_image(self, cmd: SetProductImage) -> dict[str, Any]:
+        return await self._change(cmd.tenant, lambda s: store.set_image(s, cmd.product_id, cmd.etag, cmd.content_type))
+
+    async def _change(self, tenant: str, change: Callable[[Session], Change]) -> dict[str, Any]:
         def work(session: Session) -> tuple[Product, Product]:
-            before, after, changed = store.update_product(session, cmd.product_id, cmd.patch)
+            before, after, changed = change(session)
             if changed:
-                record_event(session, ProductUpdated(tenant=cmd.tenant, product=after, changed=changed))
+                record_event(session, ProductUpdated(tenant=tenant, product=after, changed=changed))
             return before, after
 
         before, product = await self.db.run(work)
@@ -61,9 +71,7 @@ class CatalogHandlers:
         return product.model_dump(mode="json")
 
     async def list_products(self, query: ListProducts) -> dict[str, Any]:
-        page = await self.db.read(
-            lambda s: store.list_products(s, query.q, query.limit, query.cursor, query.include_inactive)
-        )
+        page = await self.db.read(lambda s: search.list_products(s, query))
         return page.model_dump(mode="json")
 
     async def repair_cache(self, event: ProductEvent) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import nats
 
 from cartwheel.bus import request
-from cartwheel.contracts.catalog import CreateProduct, ProductDraft
+from cartwheel.contracts.catalog import CreateProduct, GetProduct, Product, ProductDraft, ProductPatch, UpdateProduct
 from cartwheel.errors import DomainError
 from cartwheel.settings import Settings
 
@@ -28,9 +28,20 @@ async def seed_demo_async(settings: Settings) -> int:
             except DomainError as exc:
                 if exc.code != "duplicate_sku":
                     raise
+                await _add_categories(nc, settings, draft)
     finally:
         await nc.close()
     return created
+
+
+async def _add_categories(nc: nats.NATS, settings: Settings, draft: ProductDraft) -> None:
+    """Give a demo product seeded before products had categories its categories (never overwriting any)."""
+    found = await request(nc, GetProduct(tenant=settings.tenant, id_or_sku=draft.sku), settings.request_timeout)
+    product = Product.model_validate(found)
+    if draft.categories and not product.categories:
+        patch = ProductPatch(categories=draft.categories)
+        command = UpdateProduct(tenant=settings.tenant, product_id=product.id, patch=patch)
+        await request(nc, command, settings.request_timeout)
 
 
 def seed_demo(settings: Settings) -> int:

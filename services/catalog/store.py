@@ -7,7 +7,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from cartwheel.contracts.base import new_id, utcnow
-from cartwheel.contracts.catalog import Product, ProductDraft, ProductPage, ProductPatch
+from cartwheel.contracts.catalog import Product, ProductDraft, ProductPatch
 from cartwheel.errors import DomainError, NotFound
 from services.catalog import domain
 from services.catalog.models import ProductRow
@@ -82,29 +82,16 @@ def update_product(session: Session, product_id: str, patch: ProductPatch) -> tu
     return before, to_product(row), sorted(changed)
 
 
-def list_products(
-    session: Session, q: str | None, limit: int, cursor: str | None, include_inactive: bool
-) -> ProductPage:
-    query = select(ProductRow).where(ProductRow.seq > domain.decode_cursor(cursor))
-    if not include_inactive:
-        query = query.where(ProductRow.active.is_(True))
-    if q and q.strip():
-        needle = q.strip().lower()
-        query = query.where(
-            or_(
-                *(
-                    col.ilike(f"%{_escape_like(needle)}%", escape="\\")
-                    for col in (ProductRow.name, ProductRow.description, ProductRow.sku)
-                )
-            )
-        )
-    rows = list(session.scalars(query.order_by(ProductRow.seq).limit(limit + 1)))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return ProductPage(
-        items=[to_product(r) for r in rows], next_cursor=domain.encode_cursor(rows[-1].seq) if more else None
-    )
-
-
-def _escape_like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+def set_image(session: Session, product_id: str, etag: str, content_type: str) -> tuple[Product, Product, list[str]]:
+    """Record the product's image; returns the product before and after, and the fields that changed."""
+    row = session.scalar(select(ProductRow).where(ProductRow.id == product_id).with_for_update())
+    if row is None:
+        raise NotFound(f"no product {product_id!r}", id=product_id)
+    before = to_product(row)
+    if (row.image_etag, row.image_type) == (etag, content_type):
+        return before, before, []
+    row.image_etag, row.image_type = etag, content_type
+    row.version += 1
+    row.updated_at = utcnow()
+    session.flush()
+    return before, to_product(row), ["image_etag", "image_type"]

@@ -21,6 +21,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 
 from cartwheel import bus, subjects
 from cartwheel.contracts.base import Message
@@ -34,6 +35,7 @@ T = TypeVar("T")
 Work = Awaitable[T] | Callable[[], Awaitable[T]]
 
 KV_TIMEOUT = 1.0
+OBJECT_TIMEOUT = 15.0  # an image of 5 MB travels in 128 kB chunks
 # Buckets each worker keeps a live copy of (a watch), so reading them costs no round trip. Product
 # reads ask for each product's stock; a copy that trails the bucket by a moment is fine there.
 MIRRORED = frozenset({subjects.INVENTORY_STOCK_BUCKET})
@@ -52,6 +54,7 @@ class NatsBridge:
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
         self._buckets: dict[str, KeyValue] = {}
+        self._object_stores: dict[str, ObjectStore] = {}
         self._mirrors: dict[str, KvMirror[bytes]] = {}
         self._lock = threading.Lock()
         self._failures = 0
@@ -305,6 +308,55 @@ class NatsBridge:
         except (nats.errors.Error, TimeoutError) as error:
             raise ServiceUnavailable(bucket, repr(error)) from None
         return entry.value
+
+
+    # -- object store ------------------------------------------------------------------------
+
+    def object_get(self, bucket: str, name: str, timeout: float | None = None) -> bytes | None:
+        """The object's bytes; None when it (or the bucket) doesn't exist or was deleted."""
+        self.nc  # noqa: B018 -- fail fast while disconnected
+
+        async def get() -> bytes | None:
+            try:
+                return (await (await self._object_store(bucket)).get(name)).data
+            except nats.js.errors.NotFoundError:  # no bucket, no object, or a deleted one
+                return None
+
+        return self._object_call(get(), bucket, timeout)
+
+    def object_put(self, bucket: str, name: str, data: bytes, timeout: float | None = None) -> None:
+        """Store ``data`` under ``name``, replacing what was there."""
+        self.nc  # noqa: B018
+
+        async def put() -> None:
+            await (await self._object_store(bucket)).put(name, data)
+
+        self._object_call(put(), bucket, timeout)
+
+    def object_delete(self, bucket: str, name: str, timeout: float | None = None) -> None:
+        """Delete ``name``; deleting what is not there is no error."""
+        self.nc  # noqa: B018
+
+        async def delete() -> None:
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await (await self._object_store(bucket)).delete(name)
+
+        self._object_call(delete(), bucket, timeout)
+
+    def _object_call(self, work: Awaitable[T], bucket: str, timeout: float | None) -> T:
+        async def guarded() -> T:
+            try:
+                return await work
+            except (nats.errors.Error, TimeoutError) as error:
+                raise ServiceUnavailable(bucket, repr(error)) from None
+
+        return self.call(guarded(), timeout or OBJECT_TIMEOUT, what=bucket)
+
+    async def _object_store(self, bucket: str) -> ObjectStore:
+        store = self._object_stores.get(bucket)
+        if store is None:
+            store = self._object_stores[bucket] = await self.js.object_store(bucket)
+        return store
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

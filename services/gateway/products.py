@@ -147,3 +147,7 @@ def _ask_catalog(identifier: str) -> Product:
     ctx = gateway()
     data = ctx.bus.request(GetProduct(tenant=ctx.settings.tenant, id_or_sku=identifier))
     return Product.model_validate(data)
+
+
+# The image routes join this module's routes (images.py imports find_product and routes from here).
+from services.gateway import images  # noqa: E402, F401

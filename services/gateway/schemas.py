@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cartwheel.contracts.catalog import Product
+from cartwheel.contracts.catalog import Category, Product, Sort
 
 
 class FieldError(BaseModel):
@@ -37,14 +37,23 @@ class ProductOut(BaseModel):
     price_cents: int
     currency: str
     active: bool
-    image_url: str | None = Field(None, description="Null until the product has an image.")
+    categories: list[str] = Field(default_factory=list, description="Lowercase slugs, e.g. `kitchen`.")
+    image_url: str | None = Field(
+        None, description="Null until the product has an image; the `v` parameter changes with the image."
+    )
     available: int | None = Field(None, description="Units that can be bought now; null when unknown.")
     created_at: datetime
     updated_at: datetime
 
     @classmethod
     def from_product(cls, product: Product, available: int | None = None) -> ProductOut:
-        return cls.model_validate({**product.model_dump(exclude={"version"}), "available": available})
+        fields = product.model_dump(exclude={"version", "image_etag", "image_type"})
+        return cls.model_validate({**fields, "available": available, "image_url": image_url(product)})
+
+
+def image_url(product: Product) -> str | None:
+    """Where the product's image is served; versioned by its sha256 so caches refresh when it changes."""
+    return f"/api/products/{product.id}/image?v={product.image_etag[:16]}" if product.image_etag else None
 
 
 class ProductList(BaseModel):
@@ -55,7 +64,17 @@ class ProductList(BaseModel):
 class ProductListQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    q: str | None = Field(None, max_length=200, description="Words to search in sku, name and description.")
+    q: str | None = Field(
+        None,
+        max_length=200,
+        description="Words to search in name, description and sku (all must match; the last one as a prefix).",
+    )
+    category: Category | None = Field(None, description="Only products in this category (a slug).")
+    sort: Sort | None = Field(
+        None,
+        description="relevance (the default with q), newest (the default otherwise), oldest, price_asc, "
+        "price_desc or name. A cursor continues in the sort it was made in.",
+    )
     limit: int = Field(20, ge=1, le=100)
     cursor: str | None = Field(None, max_length=500, description="`next_cursor` of the previous page.")
     include_inactive: bool = Field(False, description="Admins only: list inactive products too.")

@@ -15,7 +15,8 @@ class FakeBus:
     """Stands in for :class:`services.gateway.bridge.NatsBridge`: answers from handlers, records what was sent.
 
     ``handlers`` maps a message class to a function returning reply data (or raising DomainError /
-    ServiceUnavailable); ``kv`` maps (bucket, key) to bytes; ``health`` maps a subject to reply bytes.
+    ServiceUnavailable); ``kv`` maps (bucket, key) to bytes, ``objects`` (bucket, name) to bytes;
+    ``health`` maps a subject to reply bytes.
     """
 
     def __init__(self, handlers: dict[type[Message], Handler] | None = None, *, connected: bool = True) -> None:
@@ -24,6 +25,7 @@ class FakeBus:
         self.health: dict[str, bytes] = {}
         self.sent: list[Message] = []
         self.kv_reads: list[tuple[str, str]] = []
+        self.objects: dict[tuple[str, str], bytes] = {}  # (bucket, name) → bytes: the object store
         self.kv_local = True  # as a worker whose copies of the buckets are in sync
         self.connected = connected
         self.started = True
@@ -44,6 +46,18 @@ class FakeBus:
         self._require_connection(bucket)
         self.kv_reads.append((bucket, key))
         return self.kv.get((bucket, key))
+
+    def object_get(self, bucket: str, name: str, timeout: float | None = None) -> bytes | None:
+        self._require_connection(bucket)
+        return self.objects.get((bucket, name))
+
+    def object_put(self, bucket: str, name: str, data: bytes, timeout: float | None = None) -> None:
+        self._require_connection(bucket)
+        self.objects[(bucket, name)] = data
+
+    def object_delete(self, bucket: str, name: str, timeout: float | None = None) -> None:
+        self._require_connection(bucket)
+        self.objects.pop((bucket, name), None)
 
     def kv_is_local(self, bucket: str) -> bool:
         return self.kv_local

@@ -170,3 +170,60 @@ def test_operations_endpoints(system: System) -> None:
     assert metrics.status_code == 200 and "# TYPE" in metrics.text
     spec = requests.get(f"{system.base_url}/openapi.json", timeout=TIMEOUT).json()
     assert {"/api/products", "/api/products/{id_or_sku}", "/api/admin/products"} <= set(spec["paths"])
+
+
+# -- images, search and browsing --------------------------------------------------------------
+
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c489"
+    "0000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
+)
+
+
+def test_an_uploaded_image_is_served_with_its_etag(system: System) -> None:
+    made = create(system)
+    url = f"{system.base_url}/api/admin/products/{made['id']}/image"
+    refused = requests.put(url, data=b"GIF89a....", headers=admin(system), timeout=TIMEOUT)
+    assert refused.status_code == 415 and refused.json()["error"]["code"] == "unsupported_media_type"
+    too_big = requests.put(url, data=PNG + bytes(5 * 1024 * 1024), headers=admin(system), timeout=TIMEOUT)
+    assert too_big.status_code == 413
+    stored = requests.put(url, data=PNG, headers={**admin(system), "Content-Type": "image/png"}, timeout=TIMEOUT)
+    assert stored.status_code == 200, stored.text
+    image_url = stored.json()["image_url"]
+    read = requests.get(f"{system.base_url}/api/products/{made['id']}", timeout=TIMEOUT).json()
+    assert read["image_url"] == image_url
+    served = requests.get(system.base_url + image_url, timeout=TIMEOUT)
+    assert served.status_code == 200 and served.content == PNG
+    assert served.headers["Content-Type"] == "image/png" and served.headers["Cache-Control"].startswith("public")
+    again = requests.get(system.base_url + image_url, headers={"If-None-Match": served.headers["ETag"]},
+                         timeout=TIMEOUT)
+    assert again.status_code == 304
+    missing = requests.get(f"{system.base_url}/api/products/{create(system)['id']}/image", timeout=TIMEOUT)
+    assert missing.status_code == 404
+
+
+def test_search_filter_sort_and_pages_over_http(system: System) -> None:
+    tag = random_sku("tag").split("-")[1]  # a word no other product holds
+    names = {"Walnut board": 3000, f"Board oil {tag}": 900, "Cheese knife": 1500}
+    made = [create(system, name=name, price_cents=price, description=f"kitchen {tag}", categories=["kitchen", tag])
+            for name, price in names.items()]
+    assert made[0]["categories"] == ["kitchen", tag]
+    params: dict[str, Any] = {"q": tag, "limit": 1}
+    found: list[str] = []
+    while True:
+        page = requests.get(f"{system.base_url}/api/products", params=params, timeout=TIMEOUT).json()
+        found += [p["name"] for p in page["items"]]
+        if not page["next_cursor"]:
+            break
+        params["cursor"] = page["next_cursor"]
+    assert found[0] == f"Board oil {tag}" and sorted(found) == sorted(names)  # the name match first
+    by_price = requests.get(f"{system.base_url}/api/products", params={"category": tag, "sort": "price_desc"},
+                            timeout=TIMEOUT).json()
+    assert [p["name"] for p in by_price["items"]] == ["Walnut board", "Cheese knife", f"Board oil {tag}"]
+    bad = requests.get(f"{system.base_url}/api/products", params={"sort": "cheapest"}, timeout=TIMEOUT)
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "validation_failed"
+
+
+def test_the_demo_catalog_has_categories(system: System) -> None:
+    mugs = requests.get(f"{system.base_url}/api/products", params={"category": "mugs"}, timeout=TIMEOUT).json()
+    assert "CW-MUG-01" in {p["sku"] for p in mugs["items"]}

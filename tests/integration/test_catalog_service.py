@@ -19,6 +19,7 @@ from cartwheel.contracts.catalog import (
     ProductDraft,
     ProductPatch,
     ProductUpdated,
+    SetProductImage,
     UpdateProduct,
 )
 from cartwheel.errors import DomainError
@@ -98,12 +99,12 @@ def test_list_pages_are_stable_under_inserts_and_hide_inactive(catalog, client) 
     async def scenario(nc: nats.NATS) -> None:
         made = [await create(nc, name=f"Item {i}") for i in range(7)]
         await request(nc, UpdateProduct(product_id=made[3]["id"], patch=ProductPatch(active=False)), TIMEOUT)
-        first = await request(nc, ListProducts(limit=3), TIMEOUT)
+        first = await request(nc, ListProducts(limit=3, sort="oldest"), TIMEOUT)
         await create(nc, name="Added while paging")
         seen = [p["id"] for p in first["items"]]
         cursor = first["next_cursor"]
         while cursor:
-            page = await request(nc, ListProducts(limit=3, cursor=cursor), TIMEOUT)
+            page = await request(nc, ListProducts(limit=3, cursor=cursor), TIMEOUT)  # the cursor keeps its sort
             seen += [p["id"] for p in page["items"]]
             cursor = page["next_cursor"]
         expected = [p["id"] for i, p in enumerate(made) if i != 3]
@@ -241,5 +242,143 @@ def test_a_change_whose_cache_write_was_lost_is_repaired_from_its_event(catalog,
                 break
             await asyncio.sleep(0.05)
         assert (cached.version, cached.price_cents) == (2, 4242)
+
+    client.run(scenario)
+
+
+# -- search and browsing ---------------------------------------------------------------------
+
+
+async def listing(nc: nats.NATS, cursor: str | None = None, **query: Any) -> list[str]:
+    """Names of every product the listing gives, page after page (from ``cursor`` on when given)."""
+    names: list[str] = []
+    while True:
+        page = await request(nc, ListProducts(limit=2, cursor=cursor, **query), TIMEOUT)
+        names += [p["name"] for p in page["items"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            return names
+
+
+def test_search_ranks_name_over_sku_over_description_and_matches_prefixes(catalog, client) -> None:
+    async def scenario(nc: nats.NATS) -> None:
+        await create(nc, name="Plate", description="goes with the enamel mug")
+        await create(nc, name="Enamel mug", description="blue rim")
+        await create(nc, name="Kettle", sku="CW-MUG-99")
+        await create(nc, name="Lamp", description="warm light")
+        assert await listing(nc, q="mug") == ["Enamel mug", "Kettle", "Plate"]
+        assert await listing(nc, q="enamel mu") == ["Enamel mug", "Plate"]  # the last word as a prefix
+        assert await listing(nc, q="mugs") == ["Enamel mug", "Kettle", "Plate"]  # stemmed
+        assert await listing(nc, q="cw-mug-99") == ["Kettle"]
+        assert await listing(nc, q="enamel lamp") == []  # every word must match
+        assert await listing(nc, q="mug", sort="price_asc") != []
+
+    client.run(scenario)
+
+
+def test_the_search_index_follows_changes(catalog, client) -> None:
+    async def scenario(nc: nats.NATS) -> None:
+        made = await create(nc, name="Kettle")
+        await request(nc, UpdateProduct(product_id=made["id"], patch=ProductPatch(name="Teapot")), TIMEOUT)
+        assert await listing(nc, q="teapot") == ["Teapot"]
+        assert await listing(nc, q="kettle") == []
+        await request(nc, UpdateProduct(product_id=made["id"], patch=ProductPatch(active=False)), TIMEOUT)
+        assert await listing(nc, q="teapot") == []
+        assert await listing(nc, q="teapot", include_inactive=True) == ["Teapot"]
+
+    client.run(scenario)
+
+
+def test_categories_are_stored_changed_and_filtered(catalog, client) -> None:
+    async def scenario(nc: nats.NATS) -> None:
+        mug = await create(nc, name="Mug", categories=["kitchen", "mugs"])
+        await create(nc, name="Pan", categories=["kitchen"])
+        await create(nc, name="Tee", categories=["apparel"])
+        assert mug["categories"] == ["kitchen", "mugs"]
+        assert await listing(nc, category="kitchen") == ["Pan", "Mug"]
+        assert await listing(nc, category="mug") == []  # whole slugs only
+        changed = await request(
+            nc, UpdateProduct(product_id=mug["id"], patch=ProductPatch(categories=["gifts"])), TIMEOUT
+        )
+        assert (changed["categories"], changed["version"]) == (["gifts"], 2)
+        assert await listing(nc, category="kitchen") == ["Pan"]
+        assert await listing(nc, category="gifts", q="mug") == ["Mug"]
+
+    client.run(scenario)
+
+
+PRICES = {"Cup": 500, "Bowl": 900, "Apron": 500, "Dish": 1500, "Egg cup": 200}
+EXPECTED = {
+    "newest": ["Egg cup", "Dish", "Apron", "Bowl", "Cup"],
+    "oldest": ["Cup", "Bowl", "Apron", "Dish", "Egg cup"],
+    "price_asc": ["Egg cup", "Cup", "Apron", "Bowl", "Dish"],  # equal prices: older first
+    "price_desc": ["Dish", "Bowl", "Apron", "Cup", "Egg cup"],  # the exact reverse
+    "name": ["Apron", "Bowl", "Cup", "Dish", "Egg cup"],
+}
+
+
+@pytest.mark.parametrize("sort", sorted(EXPECTED))
+def test_each_sort_pages_in_order_and_inserts_never_repeat_or_hide_a_product(catalog, client, sort: str) -> None:
+    async def scenario(nc: nats.NATS) -> None:
+        for name, price in PRICES.items():
+            await create(nc, name=name, price_cents=price)
+        first = await request(nc, ListProducts(limit=2, sort=sort), TIMEOUT)
+        names = [p["name"] for p in first["items"]]
+        # Inserted between page requests: some sort before the cursor, some after it.
+        for name, price in (("Aardvark mug", 100), ("Zebra mug", 99_999), ("Copper pot", 700)):
+            await create(nc, name=name, price_cents=price)
+        names += await listing(nc, cursor=first["next_cursor"])  # the cursor keeps its sort
+        assert len(names) == len(set(names))
+        assert [n for n in names if n in PRICES] == EXPECTED[sort]
+
+    client.run(scenario)
+
+
+def test_relevance_pages_are_stable_under_inserts(catalog, client) -> None:
+    async def scenario(nc: nats.NATS) -> None:
+        for i in range(3):
+            await create(nc, name=f"Mug {i}")
+            await create(nc, name=f"Plate {i}", description="for a mug")
+        first = await request(nc, ListProducts(q="mug", limit=4), TIMEOUT)
+        await create(nc, name="Mug new")
+        await create(nc, name="Saucer new", description="mug")
+        rest = await request(nc, ListProducts(q="mug", limit=10, cursor=first["next_cursor"]), TIMEOUT)
+        names = [p["name"] for p in first["items"] + rest["items"]]
+        assert names == ["Mug 2", "Mug 1", "Mug 0", "Plate 2", "Plate 1", "Plate 0"]
+
+    client.run(scenario)
+
+
+def test_bad_and_foreign_cursors_are_refused(catalog, client) -> None:
+    async def scenario(nc: nats.NATS) -> None:
+        for _ in range(3):
+            await create(nc)
+        page = await request(nc, ListProducts(limit=1, sort="price_asc"), TIMEOUT)
+        for bad in (
+            ListProducts(cursor="bm9wZQ"),
+            ListProducts(cursor=page["next_cursor"], sort="name"),
+            ListProducts(cursor=page["next_cursor"][:-3]),
+        ):
+            with pytest.raises(DomainError) as caught:
+                await request(nc, bad, TIMEOUT)
+            assert caught.value.code == "validation_failed"
+
+    client.run(scenario)
+
+
+def test_an_image_is_recorded_with_a_new_version_event_and_cache_entry(catalog, client) -> None:
+    async def scenario(nc: nats.NATS) -> None:
+        kv = await nc.jetstream().key_value(subjects.CATALOG_CACHE_BUCKET)
+        made = await create(nc)
+        etag = "ab" * 32
+        command = SetProductImage(product_id=made["id"], etag=etag, content_type="image/webp")
+        updated = await request(nc, command, TIMEOUT)
+        assert (updated["image_etag"], updated["image_type"], updated["version"]) == (etag, "image/webp", 2)
+        assert (await request(nc, command, TIMEOUT))["version"] == 2  # the same image again changes nothing
+        cached = Product.model_validate_json((await kv.get(subjects.catalog_cache_key(made["id"]))).value)
+        assert (cached.image_etag, cached.version) == (etag, 2)
+        with pytest.raises(DomainError) as caught:
+            await request(nc, SetProductImage(product_id="nope", etag=etag, content_type="image/png"), TIMEOUT)
+        assert caught.value.code == "not_found"
 
     client.run(scenario)

@@ -68,8 +68,14 @@ def test_changes_ignores_equal_values() -> None:
 
 
 def test_cursor_round_trip() -> None:
-    assert domain.decode_cursor(domain.encode_cursor(42)) == 42
-    assert domain.decode_cursor(None) == 0
+    for position in (
+        domain.Position("newest", None, 42),
+        domain.Position("price_asc", 1200, 7),
+        domain.Position("name", "enamel mug", 3),
+        domain.Position("relevance", 5, 9),
+    ):
+        assert domain.decode_cursor(domain.encode_cursor(position)) == position
+    assert domain.decode_cursor(None) is None
 
 
 @pytest.mark.parametrize("cursor", ["garbage", "e30", "eyJhZnRlciI6ICJ4In0", "eyJhZnRlciI6IC0xfQ", "%%%", "\u00e9"])

@@ -28,6 +28,7 @@ API_FIELDS = {
     "price_cents",
     "currency",
     "active",
+    "categories",
     "image_url",
     "available",
     "created_at",
@@ -213,12 +214,19 @@ def test_the_list_passes_the_query_and_hides_inactive_products(
 ) -> None:
     active = catalog.add()
     catalog.add(active=False)
-    body = client.get("/api/products?q=mug&limit=5&cursor=abc").get_json()
+    body = client.get("/api/products?q=mug&limit=5&cursor=abc&category=mugs&sort=price_desc").get_json()
     assert [item["id"] for item in body["items"]] == [active.id]
     assert set(body["items"][0]) == API_FIELDS
     (message,) = sent(bus, ListProducts)
     assert (message.q, message.limit, message.cursor, message.include_inactive) == ("mug", 5, "abc", False)
-    assert message.tenant == tenant
+    assert (message.category, message.sort, message.tenant) == ("mugs", "price_desc", tenant)
+
+
+@pytest.mark.parametrize("query", ["sort=cheapest", "category=Mugs", "category=a%20b"])
+def test_the_list_refuses_unknown_sorts_and_bad_categories(client: FlaskClient, bus: FakeBus, query: str) -> None:
+    resp = client.get(f"/api/products?{query}")
+    assert resp.status_code == 422 and resp.get_json()["error"]["code"] == "validation_failed"
+    assert sent(bus, ListProducts) == []
 
 
 def test_empty_query_values_are_not_given(client: FlaskClient, bus: FakeBus) -> None:

@@ -1,0 +1,165 @@
+"""Product images: the admin's upload into the JetStream object store, and the shop's read with ETag caching.
+
+Each image is stored under its product id and sha256 (content-addressed), and the catalog records
+that sha256 on the product. A reader serves the object the product names, so the bytes always
+match the ETag; bytes by name never change, so a worker may keep recent ones in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections import OrderedDict
+from typing import Protocol, cast
+
+from flask import Response, current_app, request
+
+from cartwheel import subjects
+from cartwheel.contracts.catalog import ImageType, Product, SetProductImage
+from cartwheel.errors import NotFound, ServiceUnavailable
+from services.gateway.auth import is_admin
+from services.gateway.context import gateway
+from services.gateway.errors import ApiError
+from services.gateway.products import find_product, routes
+from services.gateway.schemas import ProductOut
+
+log = logging.getLogger("cartwheel.gateway.images")
+
+MAX_IMAGE_BYTES = 5 * 1024 * 1024
+VERSIONED_MAX_AGE = 86400  # the URL names the image's version: a change makes a new URL
+UNVERSIONED_MAX_AGE = 60  # the plain URL's image may change: revalidate soon (cheap, with If-None-Match)
+MEMORY_BYTES = 32 * 1024 * 1024  # recent images each worker keeps
+
+
+class ObjectStore(Protocol):
+    """What this module needs of the bus beyond :class:`services.gateway.context.Bus` (the bridge has it)."""
+
+    def object_get(self, bucket: str, name: str, timeout: float | None = None) -> bytes | None: ...
+
+    def object_put(self, bucket: str, name: str, data: bytes, timeout: float | None = None) -> None: ...
+
+    def object_delete(self, bucket: str, name: str, timeout: float | None = None) -> None: ...
+
+
+def _objects() -> ObjectStore:
+    return cast(ObjectStore, gateway().bus)
+
+
+def sniff(data: bytes) -> ImageType | None:
+    """The image type the bytes' magic numbers say, or None when they are not png, jpeg or webp."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+@routes.put(
+    "/api/admin/products/{id}/image",
+    summary="Upload the product's image: the raw bytes of a png, jpeg or webp (at most 5 MB) as the body",
+    response=ProductOut,
+    errors=(404, 413, 415, 503),
+    auth="admin",
+    tag="admin",
+)
+def upload_image(id: str) -> ProductOut:
+    product = find_product(id)
+    data = _body(MAX_IMAGE_BYTES)
+    content_type = sniff(data)
+    if content_type is None:
+        raise ApiError(415, "unsupported_media_type", "the body must be a png, jpeg or webp image")
+    etag = hashlib.sha256(data).hexdigest()
+    ctx = gateway()
+    _objects().object_put(subjects.PRODUCT_IMAGES_BUCKET, subjects.product_image_object(product.id, etag), data)
+    message = SetProductImage(tenant=ctx.settings.tenant, product_id=product.id, etag=etag, content_type=content_type)
+    updated = Product.model_validate(ctx.bus.request(message))
+    if product.image_etag and product.image_etag != etag:
+        _forget(product.id, product.image_etag)
+    return ProductOut.from_product(updated)
+
+
+@routes.get(
+    "/api/products/{id}/image",
+    summary="The product's image with a strong ETag; 304 when If-None-Match names it",
+    errors=(404, 503),
+    auth="optional",
+    media_type="image/*",
+)
+def product_image(id: str) -> Response:
+    admin = is_admin()
+    product = find_product(id)
+    if not product.image_etag or not product.image_type or (not product.active and not admin):
+        raise NotFound("this product has no image")
+    etag = product.image_etag
+    versioned = request.args.get("v") == etag[:16]
+    max_age = VERSIONED_MAX_AGE if versioned else UNVERSIONED_MAX_AGE
+    headers = {"ETag": f'"{etag}"', "Cache-Control": f"public, max-age={max_age}"}
+    if request.if_none_match.contains_weak(etag):  # If-None-Match compares weakly (RFC 9110)
+        return Response(status=304, headers=headers)
+    data = _image_bytes(product.id, etag)
+    if data is None:
+        raise NotFound("this product's image is gone")
+    return Response(data, mimetype=product.image_type, headers=headers)
+
+
+def _body(limit: int) -> bytes:
+    request.max_content_length = limit
+    data = request.get_data(cache=False)  # a Content-Length above the limit is a 413 before a byte is read
+    request.stream.read(1)  # a chunked body stops at the limit; reading on raises 413
+    return data
+
+
+def _image_bytes(product_id: str, etag: str) -> bytes | None:
+    name = subjects.product_image_object(product_id, etag)
+    memory = _memory()
+    data = memory.get(name)
+    if data is None:
+        data = _objects().object_get(subjects.PRODUCT_IMAGES_BUCKET, name)
+        if data is not None and hashlib.sha256(data).hexdigest() == etag:
+            memory.put(name, data)
+    return data
+
+
+def _forget(product_id: str, etag: str) -> None:
+    """Delete the replaced image; a failure leaves an orphan object, not a wrong image."""
+    name = subjects.product_image_object(product_id, etag)
+    try:
+        _objects().object_delete(subjects.PRODUCT_IMAGES_BUCKET, name)
+    except ServiceUnavailable as error:
+        log.warning("gateway could not delete the replaced image %s: %s", name, error)
+
+
+class ImageMemory:
+    """Recently served images of one worker, least recently used out first, up to ``capacity`` bytes."""
+
+    def __init__(self, capacity: int = MEMORY_BYTES) -> None:
+        self.capacity = capacity
+        self.size = 0
+        self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> bytes | None:
+        with self._lock:
+            data = self._items.get(name)
+            if data is not None:
+                self._items.move_to_end(name)
+            return data
+
+    def put(self, name: str, data: bytes) -> None:
+        if len(data) > self.capacity // 4:
+            return  # one big image must not push out everything else
+        with self._lock:
+            if name in self._items:
+                return
+            self._items[name] = data
+            self.size += len(data)
+            while self.size > self.capacity:
+                _, dropped = self._items.popitem(last=False)
+                self.size -= len(dropped)
+
+
+def _memory() -> ImageMemory:
+    return current_app.extensions.setdefault("cartwheel.images", ImageMemory())
