@@ -12,6 +12,7 @@ from services.gateway.bridge import NatsBridge
 from services.gateway.context import EXTENSION, Bus, Gateway, gateway
 from services.gateway.errors import install_error_handlers
 from services.gateway.metrics import GatewayMetrics
+from services.gateway.web import mount as mount_pages
 
 MAX_JSON_BODY = 1024 * 1024  # routes that take larger bodies (images) raise request.max_content_length
 
@@ -32,6 +33,7 @@ def create_app(settings: Settings | None = None, bridge: Bus | None = None) -> F
     everything = [ops.routes, products.routes, inventory.routes, cart.routes, sse.routes, admin_carts.routes]
     everything += [accounts.routes, orders.routes, orders.admin_routes, webhooks.routes]
     context.operations = api.register(app, everything)
+    mount_pages(app)  # the storefront and admin pages, a client of the routes above
     return app
 
 

@@ -1,0 +1,69 @@
+"""The storefront (``/``) and the admin (``/admin``): HTML pages served next to the JSON API.
+
+The pages are their own small Flask app, a same-process client of the API: the gateway sends the
+page paths here and everything else to the API, so ``/openapi.json`` stays the API's alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from flask import Flask, Response, render_template
+
+from services.gateway.context import EXTENSION
+from services.gateway.web import admin, admin_orders, shop
+from services.gateway.web.internal import API_WSGI, PageError
+from services.gateway.web.money import money
+
+PAGE_PREFIXES = ("/products/", "/cart", "/signin", "/orders/", "/admin", "/static/")
+MAX_UPLOAD = 6 * 1024 * 1024  # an image of up to 5 MB in a multipart form; the API says 413 above its own limit
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def mount(api: Flask) -> Flask:
+    """Serve the pages from ``api``'s WSGI entry: page paths go to the pages app, the rest to the API."""
+    pages = Flask(__name__, template_folder="../templates", static_folder="../static", static_url_path="/static")
+    pages.config["MAX_CONTENT_LENGTH"] = MAX_UPLOAD
+    pages.extensions[EXTENSION] = api.extensions[EXTENSION]
+    pages.extensions[API_WSGI] = api.wsgi_app
+    api.extensions["cartwheel.metrics"].install(pages)
+    pages.jinja_env.filters["money"] = money
+    pages.jinja_env.autoescape = True
+    for blueprint in (shop.pages, admin.pages, admin_orders.pages):
+        pages.register_blueprint(blueprint)
+    pages.register_error_handler(PageError, _error_page)
+    pages.after_request(_page_headers)
+    api.wsgi_app = _dispatch(pages.wsgi_app, api.wsgi_app)  # type: ignore[method-assign]
+    return pages
+
+
+def is_page(path: str) -> bool:
+    return path == "/" or path.startswith(PAGE_PREFIXES)
+
+
+def _dispatch(pages: WSGIApp, api: WSGIApp) -> WSGIApp:
+    def route(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        target = pages if is_page(environ.get("PATH_INFO", "")) else api
+        return target(environ, start_response)
+
+    return route
+
+
+def _error_page(error: PageError) -> tuple[str, int]:
+    return render_template("error.html", error=error), error.status
+
+
+def _page_headers(response: Response) -> Response:
+    # No inline scripts, nothing from other origins: the pages work offline and resist injected markup.
+    response.headers.setdefault(
+        "Content-Security-Policy",
+        "default-src 'self'; img-src 'self' data: http: https:; style-src 'self'; script-src 'self'; "
+        "frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+    )
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    if response.mimetype == "text/html":
+        response.headers.setdefault("Cache-Control", "no-store")
+    return response

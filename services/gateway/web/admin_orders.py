@@ -1,0 +1,53 @@
+"""Admin pages for orders (by status, one order with its history, cancel or refund) and abandoned carts."""
+
+from __future__ import annotations
+
+from flask import Blueprint, redirect, render_template, request
+from werkzeug.wrappers import Response as BaseResponse
+
+from services.gateway.web.admin_session import admin_only
+from services.gateway.web.internal import call
+
+pages = Blueprint("admin_orders", __name__, url_prefix="/admin")
+
+STATUSES = ("pending", "reserved", "awaiting_payment", "paid", "fulfilled", "cancelled", "expired",
+            "payment_failed", "refunded")
+ENDED = frozenset({"cancelled", "expired", "payment_failed", "refunded"})
+
+
+@pages.get("/orders")
+@admin_only
+def orders() -> str:
+    status = request.args.get("status", "")
+    status = status if status in STATUSES else ""
+    query = {"status": status, "cursor": request.args.get("cursor", "")[:64], "limit": 50}
+    listing = call("GET", "/api/admin/orders", query=query, admin=True).or_raise()
+    return render_template("admin/orders.html", listing=listing, status=status, statuses=STATUSES)
+
+
+@pages.get("/orders/<order_id>")
+@admin_only
+def order(order_id: str) -> tuple[str, int]:
+    found = call("GET", f"/api/orders/{order_id}", admin=True).or_raise()
+    cancelling = request.args.get("notice") == "cancelled"  # a refund settles a moment later: the page follows it
+    page = render_template("admin/order.html", order=found, ended=ENDED, refused=None, cancelling=cancelling)
+    return page, 200
+
+
+@pages.post("/orders/<order_id>/cancel")
+@admin_only
+def cancel(order_id: str) -> BaseResponse | tuple[str, int]:
+    answer = call("POST", f"/api/admin/orders/{order_id}/cancel", admin=True)
+    if answer.ok:
+        return redirect(f"/admin/orders/{order_id}?notice=cancelled", code=303)
+    found = call("GET", f"/api/orders/{order_id}", admin=True).or_raise()
+    page = render_template("admin/order.html", order=found, ended=ENDED, refused=answer.message, cancelling=False)
+    return page, answer.status
+
+
+@pages.get("/carts")
+@admin_only
+def carts() -> str:
+    query = {"status": "abandoned", "cursor": request.args.get("cursor", "")[:64], "limit": 50}
+    listing = call("GET", "/api/admin/carts", query=query, admin=True).or_raise()
+    return render_template("admin/carts.html", listing=listing)

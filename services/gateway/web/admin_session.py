@@ -1,0 +1,89 @@
+"""The admin's browser session: a signed, HttpOnly cookie (path /admin) holding a CSRF token, given out
+for the admin token. The token itself stays on the server; a changed token ends every admin session."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from flask import redirect, request
+from itsdangerous import BadData, URLSafeTimedSerializer
+from werkzeug.http import dump_cookie
+
+from services.gateway.context import gateway
+from services.gateway.cookies import secret
+from services.gateway.web.internal import PageError
+
+ADMIN_COOKIE = "cartwheel_admin"
+ADMIN_SALT = "cartwheel.admin"
+ADMIN_PATH = "/admin"
+MAX_AGE = 8 * 3600  # a working day; then the token is asked again
+CSRF_FIELD = "csrf_token"
+
+
+def token_is_right(given: str) -> bool:
+    expected = _admin_token()
+    return bool(expected) and hmac.compare_digest(given.encode(), expected.encode())
+
+
+def session_cookie() -> str:
+    """The ``Set-Cookie`` value of a new admin session."""
+    value = _serializer().dumps({"csrf": secrets.token_urlsafe(32), "key": _token_fingerprint()})
+    return _cookie(value, MAX_AGE)
+
+
+def ended_cookie() -> str:
+    return _cookie("", 0)
+
+
+def csrf_token() -> str | None:
+    """This request's admin session's CSRF token; None when there is no valid admin session."""
+    value = request.cookies.get(ADMIN_COOKIE)
+    if not value:
+        return None
+    try:
+        data = _serializer().loads(value, max_age=MAX_AGE)
+    except BadData:
+        return None
+    if not isinstance(data, dict) or not hmac.compare_digest(str(data.get("key")), _token_fingerprint()):
+        return None
+    token = data.get("csrf")
+    return token if isinstance(token, str) else None
+
+
+def admin_only(view: Callable[..., Any]) -> Callable[..., Any]:
+    """An admin page: without a session, the sign-in page; a POST also needs the session's CSRF token."""
+
+    @wraps(view)
+    def guarded(**kwargs: Any) -> Any:
+        token = csrf_token()
+        if token is None:
+            return redirect(ADMIN_PATH, code=303)
+        if request.method == "POST" and not hmac.compare_digest(request.form.get(CSRF_FIELD, ""), token):
+            raise PageError(403, "This form has expired or did not come from the admin pages. Reload and try again.")
+        return view(**kwargs)
+
+    return guarded
+
+
+def _cookie(value: str, max_age: int) -> str:
+    secure = gateway().settings.cookie_secure
+    return dump_cookie(ADMIN_COOKIE, value, max_age=max_age, path=ADMIN_PATH, secure=secure, httponly=True,
+                       samesite="Lax")
+
+
+def _admin_token() -> str:
+    token = gateway().settings.admin_token
+    return token.get_secret_value() if token else ""
+
+
+def _token_fingerprint() -> str:
+    return hmac.new(secret().encode(), _admin_token().encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def _serializer() -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(secret(), salt=ADMIN_SALT)

@@ -1,0 +1,297 @@
+"""Storefront and admin pages over a fake bus: what they show, what they ask the API, how the admin session holds."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
+
+from cartwheel.contracts.cart import AddToCart, GetCart
+from cartwheel.contracts.catalog import CreateProduct, GetProduct, ListProducts, UpdateProduct
+from cartwheel.contracts.inventory import GetStock, GetStocks, Restock, SetStock
+from cartwheel.contracts.orders import CancelOrder, Checkout, GetOrder, ListOrders, PayOrder
+from cartwheel.errors import DomainError
+from services.gateway.testing import FakeBus
+from services.gateway.web.admin_session import ADMIN_COOKIE
+from services.gateway.web.money import money
+from tests.unit import test_gateway_accounts, test_gateway_orders
+from tests.unit.test_gateway_cart import PRODUCT, Carts
+from tests.unit.test_gateway_orders import TOKEN, Orders, checkout
+from tests.unit.test_gateway_products import Catalog, Inventory, sent
+
+migrated, database_url = test_gateway_accounts.migrated, test_gateway_accounts.database_url
+make_client = test_gateway_orders.make_client  # over this module's bus
+CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+class Shop:
+    """Catalog and inventory with the admin's writes: ``products`` and ``available`` as the read fakes keep them."""
+
+    def __init__(self) -> None:
+        self.catalog, self.inventory = Catalog(), Inventory()
+        self.products, self.available, self.add = self.catalog.products, self.inventory.available, self.catalog.add
+
+    def create(self, message: CreateProduct) -> dict[str, Any]:
+        if any(p.sku == message.draft.sku for p in self.products.values()):
+            raise DomainError("sku exists", code="duplicate_sku", sku=message.draft.sku)
+        return self.add(**message.draft.model_dump(exclude={"stock"})).model_dump(mode="json")
+
+    def update(self, message: UpdateProduct) -> dict[str, Any]:
+        product = self.products[message.product_id]
+        self.products[product.id] = product.model_copy(update=message.patch.model_dump(exclude_unset=True))
+        return self.products[product.id].model_dump(mode="json")
+
+    def restock(self, message: Restock) -> dict[str, Any]:
+        self.available[message.product_id] = self.available.get(message.product_id, 0) + message.quantity
+        return self.inventory.level(message.product_id)
+
+    def set_stock(self, message: SetStock) -> dict[str, Any]:
+        self.available[message.product_id] = message.on_hand
+        return self.inventory.level(message.product_id)
+
+    def handlers(self) -> dict[Any, Any]:
+        catalog, inventory = self.catalog, self.inventory
+        return {
+            GetProduct: catalog.get,
+            ListProducts: catalog.list,
+            CreateProduct: self.create,
+            UpdateProduct: self.update,
+            GetStock: inventory.get,
+            GetStocks: inventory.get_many,
+            Restock: self.restock,
+            SetStock: self.set_stock,
+        }
+
+
+@pytest.fixture
+def shop() -> Shop:
+    return Shop()
+
+
+@pytest.fixture
+def orders() -> Orders:
+    return Orders(Carts())
+
+
+@pytest.fixture
+def bus(shop: Shop, orders: Orders) -> FakeBus:
+    carts = orders.carts
+    handlers = {GetCart: carts.get, AddToCart: carts.add, Checkout: orders.checkout, GetOrder: orders.get}
+    handlers |= {ListOrders: orders.list, PayOrder: orders.pay, CancelOrder: orders.cancel}
+    return FakeBus(handlers | shop.handlers())
+
+
+@pytest.fixture
+def client(make_client: Any) -> FlaskClient:
+    return make_client()
+
+
+def sign_in_admin(client: FlaskClient, token: str = TOKEN) -> TestResponse:
+    return client.post("/admin/login", data={"token": token})
+
+
+def csrf_of(page: TestResponse) -> str:
+    found = CSRF.search(page.get_data(as_text=True))
+    assert found, "the page has a CSRF token"
+    return found.group(1)
+
+
+@pytest.fixture
+def admin(client: FlaskClient) -> FlaskClient:
+    assert sign_in_admin(client).status_code == 303
+    return client
+
+
+# -- storefront -------------------------------------------------------------------------------------
+
+
+def test_the_storefront_lists_products_with_price_and_availability(client: FlaskClient, shop: Shop) -> None:
+    mug = shop.add(name="Blue mug", price_cents=1250)
+    shop.available[mug.id] = 3
+    page = client.get("/")
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    assert "Blue mug" in html and "12.50 EUR" in html and "Only 3 left" in html
+    assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+
+
+def test_a_search_is_passed_to_the_catalog(client: FlaskClient, bus: FakeBus) -> None:
+    assert client.get("/?q=mug").status_code == 200
+    assert sent(bus, ListProducts)[-1].q == "mug"
+
+
+def test_filters_the_api_refuses_are_dropped_with_a_note(client: FlaskClient, shop: Shop) -> None:
+    shop.add(name="Teapot")
+    html = client.get("/?q=tea&category=kitchen&sort=name").get_data(as_text=True)
+    known = "category" in ListProducts.model_fields  # the API takes them once search has landed
+    assert "Teapot" in html and (known or "not available" in html)
+
+
+def test_a_product_page_and_an_unknown_product(client: FlaskClient, shop: Shop) -> None:
+    mug = shop.add(name="Red mug", description="Holds tea")
+    assert "Holds tea" in client.get(f"/products/{mug.id}").get_data(as_text=True)
+    missing = client.get("/products/no-such-sku")
+    assert missing.status_code == 404 and missing.mimetype == "text/html"
+
+
+def test_the_cart_page_shows_the_lines(client: FlaskClient) -> None:
+    assert client.get("/cart").status_code == 200
+    client.post("/api/cart/items", json={"product_id": PRODUCT, "quantity": 2})
+    html = client.get("/cart").get_data(as_text=True)
+    assert 'value="2"' in html and "20.00 EUR" in html and "data-cart-live" in html
+
+
+def test_an_order_page_to_its_buyer_only(make_client: Any) -> None:
+    buyer = make_client()
+    buyer.post("/api/cart/items", json={"product_id": PRODUCT, "quantity": 1})
+    order_id = checkout(buyer).get_json()["order_id"]
+    html = buyer.get(f"/orders/{order_id}").get_data(as_text=True)
+    assert "awaiting payment" in html and "pm_card_chargeCustomerFail" in html
+    assert make_client().get(f"/orders/{order_id}").status_code == 404
+
+
+def test_pages_keep_out_of_the_api_spec_and_unknown_paths_stay_json(client: FlaskClient) -> None:
+    paths = client.get("/openapi.json").get_json()["paths"]
+    api = ("/api/", "/webhooks/", "/healthz", "/readyz", "/metrics", "/openapi")
+    assert all(path.startswith(api) for path in paths)
+    assert client.get("/nothing-here").get_json()["error"]["code"] == "not_found"
+    assert client.get("/static/app.css").status_code == 200
+
+
+def test_money_uses_the_currencys_minor_units() -> None:
+    assert money(123456, "EUR") == "1,234.56 EUR" and money(500, "JPY") == "500 JPY"
+    assert money(1000, "KWD") == "1.000 KWD"
+
+
+# -- the admin session ------------------------------------------------------------------------------
+
+
+def test_admin_pages_need_a_session(client: FlaskClient) -> None:
+    for path in ("/admin/products", "/admin/orders", "/admin/inventory", "/admin/carts", "/admin/products/new"):
+        answer = client.get(path)
+        assert answer.status_code == 303 and answer.headers["Location"] == "/admin", path
+    assert client.post("/admin/products/new", data={"sku": "x"}).status_code == 303
+
+
+def test_a_wrong_token_is_refused(client: FlaskClient) -> None:
+    answer = sign_in_admin(client, "not-the-token")
+    assert answer.status_code == 401 and "not the admin token" in answer.get_data(as_text=True)
+    assert "Set-Cookie" not in answer.headers
+
+
+def test_the_session_cookie_is_signed_httponly_lax_and_never_holds_the_token(client: FlaskClient) -> None:
+    answer = sign_in_admin(client)
+    cookie = answer.headers["Set-Cookie"]
+    assert cookie.startswith(f"{ADMIN_COOKIE}=") and "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    assert "Path=/admin" in cookie and "Secure" in cookie and TOKEN not in cookie
+    assert TOKEN not in answer.headers["Location"]
+    page = client.get("/admin/products")
+    assert page.status_code == 200 and TOKEN not in page.get_data(as_text=True)
+
+
+def test_a_plain_http_deployment_leaves_secure_off(make_client: Any) -> None:
+    assert "Secure" not in sign_in_admin(make_client(cookie_secure=False)).headers["Set-Cookie"]
+
+
+def test_a_new_admin_token_ends_old_sessions(make_client: Any) -> None:
+    client = make_client()
+    cookie = sign_in_admin(client).headers["Set-Cookie"].split(";", 1)[0].split("=", 1)[1]
+    rotated = make_client(admin_token="a-brand-new-admin-token-0123456789")
+    rotated.set_cookie(ADMIN_COOKIE, cookie, path="/admin")
+    assert rotated.get("/admin/products").status_code == 303
+
+
+def test_a_forged_cookie_is_no_session(client: FlaskClient) -> None:
+    client.set_cookie(ADMIN_COOKIE, "eyJjc3JmIjoieCJ9.forged", path="/admin")
+    assert client.get("/admin/products").status_code == 303
+
+
+def test_a_post_without_the_csrf_token_is_refused(admin: FlaskClient, bus: FakeBus) -> None:
+    body = {"sku": "mug-1", "name": "Mug", "price_cents": "900", "currency": "EUR"}
+    assert admin.post("/admin/products/new", data=body).status_code == 403
+    assert admin.post("/admin/products/new", data={**body, "csrf_token": "guess"}).status_code == 403
+    assert not sent(bus, CreateProduct)
+
+
+def test_signing_out_clears_the_cookie(admin: FlaskClient) -> None:
+    token = csrf_of(admin.get("/admin/products"))
+    answer = admin.post("/admin/logout", data={"csrf_token": token})
+    assert answer.status_code == 303 and f"{ADMIN_COOKIE}=;" in answer.headers["Set-Cookie"]
+    assert admin.get("/admin/products").status_code == 303
+
+
+# -- admin forms ------------------------------------------------------------------------------------
+
+
+def test_an_admin_creates_a_product(admin: FlaskClient, bus: FakeBus, shop: Shop) -> None:
+    token = csrf_of(admin.get("/admin/products/new"))
+    body = {"csrf_token": token, "sku": "mug-2", "name": "Mug", "price_cents": "900", "currency": "EUR",
+            "active": "on", "stock": "4"}
+    answer = admin.post("/admin/products/new", data=body)
+    assert answer.status_code == 303 and answer.headers["Location"].endswith("?notice=created")
+    draft = sent(bus, CreateProduct)[0].draft
+    assert (draft.sku, draft.price_cents, draft.stock, draft.active) == ("mug-2", 900, 4, True)
+    assert "Product created." in admin.get(answer.headers["Location"]).get_data(as_text=True)
+
+
+def test_the_apis_validation_errors_show_next_to_the_fields(admin: FlaskClient, bus: FakeBus) -> None:
+    token = csrf_of(admin.get("/admin/products/new"))
+    body = {"csrf_token": token, "sku": "has spaces", "name": "Mug", "price_cents": "-5", "currency": "EURO"}
+    answer = admin.post("/admin/products/new", data=body)
+    html = answer.get_data(as_text=True)
+    assert answer.status_code == 422 and not sent(bus, CreateProduct)
+    for field in ("sku", "price_cents", "currency"):
+        assert f'id="e-{field}"' in html, field
+    assert 'value="has spaces"' in html  # what was typed stays
+
+
+def test_a_duplicate_sku_shows_at_the_sku(admin: FlaskClient, shop: Shop) -> None:
+    shop.add(sku="taken")
+    token = csrf_of(admin.get("/admin/products/new"))
+    body = {"csrf_token": token, "sku": "taken", "name": "Mug", "price_cents": "900", "currency": "EUR"}
+    answer = admin.post("/admin/products/new", data=body)
+    assert answer.status_code == 409 and 'id="e-sku"' in answer.get_data(as_text=True)
+
+
+def test_an_admin_edits_deactivates_and_restocks(admin: FlaskClient, bus: FakeBus, shop: Shop) -> None:
+    mug = shop.add(name="Mug")
+    token = csrf_of(admin.get(f"/admin/products/{mug.id}"))
+    edit = {"csrf_token": token, "sku": mug.sku, "name": "Big mug", "price_cents": "1500", "currency": "EUR",
+            "active": "on", "description": ""}
+    assert admin.post(f"/admin/products/{mug.id}", data=edit).status_code == 303
+    assert shop.products[mug.id].name == "Big mug" and shop.products[mug.id].price_cents == 1500
+    deactivate = {"csrf_token": token, "active": "false"}
+    assert admin.post(f"/admin/products/{mug.id}/active", data=deactivate).status_code == 303
+    assert shop.products[mug.id].active is False
+    restock = {"csrf_token": token, "action": "restock", "quantity": "7", "back": "inventory"}
+    answer = admin.post(f"/admin/products/{mug.id}/stock", data=restock)
+    assert answer.headers["Location"] == "/admin/inventory?notice=stock" and sent(bus, Restock)[0].quantity == 7
+    assert admin.post(f"/admin/products/{mug.id}/stock", data={"csrf_token": token, "action": "set",
+                                                               "on_hand": "2"}).status_code == 303
+    assert shop.available[mug.id] == 2
+    refused = admin.post(f"/admin/products/{mug.id}/stock", data={"csrf_token": token, "quantity": "many"})
+    assert refused.status_code in (400, 422) and 'id="e-quantity"' in refused.get_data(as_text=True)
+
+
+def test_an_admin_lists_and_cancels_orders(make_client: Any, orders: Orders, bus: FakeBus) -> None:
+    buyer = make_client()
+    buyer.post("/api/cart/items", json={"product_id": PRODUCT, "quantity": 1})
+    order_id = checkout(buyer).get_json()["order_id"]
+    admin = make_client()
+    sign_in_admin(admin)
+    assert order_id in admin.get("/admin/orders?status=awaiting_payment").get_data(as_text=True)
+    page = admin.get(f"/admin/orders/{order_id}")
+    answer = admin.post(f"/admin/orders/{order_id}/cancel", data={"csrf_token": csrf_of(page)})
+    assert answer.status_code == 303 and sent(bus, CancelOrder)[0].order_id == order_id
+    again = admin.post(f"/admin/orders/{order_id}/cancel", data={"csrf_token": csrf_of(page)})
+    assert again.status_code == 409 and "cancelled already" in again.get_data(as_text=True)
+
+
+def test_admin_pages_hold_no_token_in_links_or_forms(admin: FlaskClient, shop: Shop) -> None:
+    mug = shop.add()
+    for path in ("/admin/products", f"/admin/products/{mug.id}", "/admin/inventory", "/admin/orders"):
+        html = admin.get(path).get_data(as_text=True)
+        assert TOKEN not in html and "Bearer" not in html, path
