@@ -21,7 +21,7 @@ from cartwheel.errors import NotFound, ServiceUnavailable
 from services.gateway.auth import is_admin
 from services.gateway.context import gateway
 from services.gateway.errors import ApiError
-from services.gateway.products import find_product, routes
+from services.gateway.products import ask_catalog, find_product, routes
 from services.gateway.schemas import ProductOut
 
 log = logging.getLogger("cartwheel.gateway.images")
@@ -91,18 +91,20 @@ def upload_image(id: str) -> ProductOut:
 def product_image(id: str) -> Response:
     admin = is_admin()
     product = find_product(id)
-    if not product.image_etag or not product.image_type or (not product.active and not admin):
-        raise NotFound("this product has no image")
-    etag = product.image_etag
-    versioned = request.args.get("v") == etag[:16]
-    max_age = VERSIONED_MAX_AGE if versioned else UNVERSIONED_MAX_AGE
-    headers = {"ETag": f'"{etag}"', "Cache-Control": f"public, max-age={max_age}"}
-    if request.if_none_match.contains_weak(etag):  # If-None-Match compares weakly (RFC 9110)
-        return Response(status=304, headers=headers)
-    data = _image_bytes(product.id, etag)
-    if data is None:
-        raise NotFound("this product's image is gone")
-    return Response(data, mimetype=product.image_type, headers=headers)
+    for attempt in range(2):
+        if attempt:  # replaced (and deleted) since the product was read: read it again where it is current
+            product = ask_catalog(product.id)
+        if not product.image_etag or not product.image_type or (not product.active and not admin):
+            raise NotFound("this product has no image")
+        etag = product.image_etag
+        max_age = VERSIONED_MAX_AGE if request.args.get("v") == etag[:16] else UNVERSIONED_MAX_AGE
+        headers = {"ETag": f'"{etag}"', "Cache-Control": f"public, max-age={max_age}"}
+        if request.if_none_match.contains_weak(etag):  # If-None-Match compares weakly (RFC 9110)
+            return Response(status=304, headers=headers)
+        data = _image_bytes(product.id, etag)
+        if data is not None:
+            return Response(data, mimetype=product.image_type, headers=headers)
+    raise NotFound("this product's image is gone")
 
 
 def _body(limit: int) -> bytes:

@@ -107,7 +107,7 @@ def find_product(id_or_sku: str) -> Product:
     """The product (active or not) by id or sku: from the KV cache, else the catalog; NotFound if none."""
     if len(id_or_sku) > MAX_IDENTIFIER:
         raise NotFound("no such product")
-    return _cached(id_or_sku) or _ask_catalog(id_or_sku)
+    return _cached(id_or_sku) or ask_catalog(id_or_sku)
 
 
 def _cached(identifier: str) -> Product | None:
@@ -143,7 +143,8 @@ def _kv_get(key: str) -> bytes | None:
         return None
 
 
-def _ask_catalog(identifier: str) -> Product:
+def ask_catalog(identifier: str) -> Product:
+    """The product as the catalog has it now (not the cache); NotFound if none."""
     ctx = gateway()
     data = ctx.bus.request(GetProduct(tenant=ctx.settings.tenant, id_or_sku=identifier))
     return Product.model_validate(data)

@@ -191,3 +191,17 @@ def test_a_stored_product_keeps_its_image_fields() -> None:
         }
     )
     assert (product.categories, product.image_etag, product.image_type) == ([], None, None)
+
+
+def test_an_image_replaced_since_the_cached_read_is_served_from_the_catalogs_product(
+    client: FlaskClient, bus: FakeBus, catalog: ImageCatalog
+) -> None:
+    product = catalog.add()
+    upload(client, product.id, PNG)
+    bus.kv[(subjects.CATALOG_CACHE_BUCKET, subjects.catalog_cache_key(product.id))] = (
+        catalog.products[product.id].model_dump_json().encode()
+    )
+    upload(client, product.id, JPEG)  # the fake catalog doesn't write the cache: the cached copy names the png
+    served = client.get(f"/api/products/{product.id}/image")
+    assert (served.status_code, served.data) == (200, JPEG)
+    assert served.headers["ETag"] == f'"{hashlib.sha256(JPEG).hexdigest()}"'
