@@ -1,5 +1,6 @@
 # make run   start the whole shop on this machine (Ctrl-C stops it)
 # make test  run the whole test suite
+# make test-browser  the storefront and admin in headless Chromium (apt-get install chromium first)
 # make lint  ruff
 # make clean remove var/ (databases, NATS data, generated secrets)
 #
@@ -10,13 +11,16 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint clean
+.PHONY: run test test-browser lint clean
 
 run: $(VENV)/.installed
 	$(BIN)/cartwheel up
 
 test: $(VENV)/.installed-dev
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-browser: $(VENV)/.installed-dev
+	$(BIN)/pytest tests/e2e/browser $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

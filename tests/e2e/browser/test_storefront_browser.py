@@ -1,0 +1,100 @@
+"""A shopper in a real browser: browse, add two products, the cart moves in a second tab, pay, the order turns paid."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from playwright.sync_api import expect
+
+from cartwheel.supervisor import System
+from tests.e2e.test_cart_http import product
+
+
+def test_a_shopper_buys_two_products_with_the_cart_live_in_a_second_tab(
+    system: System, context: Any, shoot: Any
+) -> None:
+    word = f"kettle{uuid.uuid4().hex[:8]}"
+    first = product(system, stock=10, name=f"Copper {word}", price_cents=2500)
+    product(system, stock=10, name=f"Steel {word}", price_cents=1900)
+    shop = context.new_page()
+    shop.goto(f"{system.base_url}/")
+    shop.get_by_role("searchbox", name="Search products").fill(word)
+    shop.get_by_role("button", name="Search").click()
+    cards = shop.get_by_test_id("product-card")
+    expect(cards).to_have_count(2)
+    expect(cards.filter(has_text="Copper")).to_contain_text("25.00 EUR")
+    shoot(shop, "search")
+    cards.filter(has_text="Copper").get_by_role("button", name="Add to cart").click()
+    expect(shop.locator("#flash")).to_contain_text("1 items")
+    cards.filter(has_text="Steel").get_by_role("button", name="Add to cart").click()
+    expect(shop.locator("#flash")).to_contain_text("2 items")
+
+    cart = context.new_page()  # a second tab: the same cookies
+    cart.goto(f"{system.base_url}/cart")
+    expect(cart.get_by_test_id("cart-count")).to_have_text("2")
+    shoot(cart, "cart")
+    shop.goto(f"{system.base_url}/products/{first['id']}")
+    shoot(shop, "product")
+    shop.get_by_label("Quantity").fill("2")
+    shop.get_by_role("button", name="Add to cart").click()
+    expect(cart.get_by_test_id("cart-count")).to_have_text("4")  # no reload: the cart's event stream
+    expect(cart.get_by_test_id("cart-total")).to_have_text("94.00 EUR")
+    cart.get_by_label(f"Quantity of Steel {word}").fill("2")
+    cart.get_by_label(f"Quantity of Steel {word}").press("Tab")
+    expect(cart.get_by_test_id("cart-count")).to_have_text("5")
+    shoot(cart, "cart-live")
+
+    cart.evaluate("window.stayedOnPage = true")
+    cart.get_by_role("button", name="Place order").click()
+    cart.wait_for_url("**/orders/*")
+    expect(cart.locator("#order-status")).to_have_text("awaiting payment")
+    shoot(cart, "order")
+    cart.evaluate("window.stayedOnPage = true")
+    cart.get_by_label("Test payment method").select_option("pm_card_visa")
+    cart.get_by_role("button", name="Pay").click()
+    expect(cart.locator("#order-status")).to_have_text("paid", timeout=20_000)
+    expect(cart.locator("#order-done")).to_be_visible()
+    assert cart.evaluate("window.stayedOnPage") is True  # the status moved without a reload
+    shoot(cart, "paid")
+
+
+def test_a_declined_card_says_so(system: System, context: Any, shoot: Any) -> None:
+    tea = product(system, stock=3)
+    page = context.new_page()
+    page.goto(f"{system.base_url}/products/{tea['id']}")
+    page.get_by_role("button", name="Add to cart").click()
+    expect(page.locator("#flash")).to_contain_text("1 items")
+    page.goto(f"{system.base_url}/cart")
+    page.get_by_role("button", name="Place order").click()
+    page.wait_for_url("**/orders/*")
+    page.get_by_label("Test payment method").select_option("pm_card_chargeCustomerFail")
+    page.get_by_role("button", name="Pay").click()
+    expect(page.locator("#payment-error")).to_contain_text("Payment declined", timeout=20_000)
+    expect(page.locator("#order-status")).to_have_text("payment failed", timeout=20_000)
+    shoot(page, "declined")
+
+
+def test_out_of_stock_and_sign_up_in_the_browser(system: System, context: Any, shoot: Any) -> None:
+    scarce = product(system, stock=1)
+    page = context.new_page()
+    page.goto(f"{system.base_url}/products/{scarce['id']}")
+    page.get_by_label("Quantity").fill("3")
+    page.get_by_role("button", name="Add to cart").click()
+    expect(page.locator("#flash")).to_contain_text("Only 1 left")
+    page.get_by_label("Quantity").fill("1")
+    page.get_by_role("button", name="Add to cart").click()
+    expect(page.locator("#flash")).to_contain_text("1 items")
+    page.goto(f"{system.base_url}/signin")
+    form = page.locator("form[data-action=sign-up]")
+    form.get_by_label("Email").fill(f"shopper-{uuid.uuid4().hex[:8]}@example.com")
+    form.get_by_label("Password").fill("short")
+    form.get_by_role("button", name="Create account").click()
+    expect(form.locator("[data-error-for=password]")).not_to_be_empty()
+    shoot(page, "signup-refused")
+    form.get_by_label("Password").fill("correct horse battery")
+    form.get_by_role("button", name="Create account").click()
+    page.wait_for_url("**/cart")
+    expect(page.get_by_test_id("who")).to_contain_text("@example.com")
+    expect(page.get_by_test_id("cart-count")).to_have_text("1")  # the visitor's cart came along
+    shoot(page, "signed-in-cart")
