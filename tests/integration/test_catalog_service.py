@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import nats
@@ -23,7 +24,9 @@ from cartwheel.contracts.catalog import (
     UpdateProduct,
 )
 from cartwheel.errors import DomainError
+from services.catalog.seed import seed_demo_async
 from tests.helpers import random_sku
+from tests.integration.conftest import settings_for
 
 TIMEOUT = 5.0
 
@@ -380,5 +383,21 @@ def test_an_image_is_recorded_with_a_new_version_event_and_cache_entry(catalog, 
         with pytest.raises(DomainError) as caught:
             await request(nc, SetProductImage(product_id="nope", etag=etag, content_type="image/png"), TIMEOUT)
         assert caught.value.code == "not_found"
+
+    client.run(scenario)
+
+
+def test_the_demo_seed_gives_categories_to_demo_products_made_before_categories(
+    catalog, client, nats_url: str, tmp_path: Path
+) -> None:
+    async def scenario(nc: nats.NATS) -> None:
+        old = await create(nc, sku="CW-MUG-01", name="Enamel camp mug")
+        settings = settings_for(nats_url, tmp_path)
+        assert await seed_demo_async(settings) == 11
+        mug = await request(nc, GetProduct(id_or_sku=old["id"]), TIMEOUT)
+        assert mug["categories"] == ["kitchen", "mugs", "outdoor"] and mug["version"] == 2
+        assert await seed_demo_async(settings) == 0
+        assert (await request(nc, GetProduct(id_or_sku=old["id"]), TIMEOUT))["version"] == 2
+        assert len(await listing(nc, category="stationery")) == 3
 
     client.run(scenario)
