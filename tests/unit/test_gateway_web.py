@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 from typing import Any
 
@@ -295,3 +296,18 @@ def test_admin_pages_hold_no_token_in_links_or_forms(admin: FlaskClient, shop: S
     for path in ("/admin/products", f"/admin/products/{mug.id}", "/admin/inventory", "/admin/orders"):
         html = admin.get(path).get_data(as_text=True)
         assert TOKEN not in html and "Bearer" not in html, path
+
+
+def test_an_id_from_a_page_url_stays_one_segment(client: FlaskClient, bus: FakeBus) -> None:
+    assert client.get("/products/x%3Finclude_inactive=true").status_code == 404
+    assert sent(bus, GetProduct)[-1].id_or_sku == "x?include_inactive=true"
+
+
+def test_unknown_pages_and_oversized_uploads_get_the_html_error_page(admin: FlaskClient, shop: Shop) -> None:
+    missing = admin.get("/admin/nothing")
+    assert missing.status_code == 404 and missing.mimetype == "text/html"
+    mug = shop.add()
+    token = csrf_of(admin.get(f"/admin/products/{mug.id}"))
+    form = {"csrf_token": token, "image": (io.BytesIO(b"x" * (7 << 20)), "a.png")}
+    huge = admin.post(f"/admin/products/{mug.id}/image", data=form, content_type="multipart/form-data")
+    assert huge.status_code == 413 and "at most 5 MB" in huge.get_data(as_text=True)

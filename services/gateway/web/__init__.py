@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from flask import Flask, Response, render_template
+from werkzeug.exceptions import HTTPException
 
 from services.gateway.context import EXTENSION
 from services.gateway.web import admin, admin_orders, shop
@@ -34,6 +35,7 @@ def mount(api: Flask) -> Flask:
     for blueprint in (shop.pages, admin.pages, admin_orders.pages):
         pages.register_blueprint(blueprint)
     pages.register_error_handler(PageError, _error_page)
+    pages.register_error_handler(HTTPException, _http_error_page)
     pages.after_request(_page_headers)
     api.wsgi_app = _dispatch(pages.wsgi_app, api.wsgi_app)  # type: ignore[method-assign]
     return pages
@@ -53,6 +55,12 @@ def _dispatch(pages: WSGIApp, api: WSGIApp) -> WSGIApp:
 
 def _error_page(error: PageError) -> tuple[str, int]:
     return render_template("error.html", error=error), error.status
+
+
+def _http_error_page(error: HTTPException) -> tuple[str, int]:
+    status = error.code or 500
+    message = {404: "There is no page here.", 413: "That upload is too large (images: at most 5 MB)."}.get(status)
+    return _error_page(PageError(status, message or error.description or "That did not work."))
 
 
 def _page_headers(response: Response) -> Response:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from flask import current_app, request
 from werkzeug.datastructures import Headers
@@ -91,7 +92,7 @@ def call(
         headers["Authorization"] = f"Bearer {token.get_secret_value() if token else ''}"
     wanted = {k: v for k, v in (query or {}).items() if v not in (None, "")}
     builder = EnvironBuilder(
-        path=path,
+        path=_quoted(path),
         method=method,
         query_string=wanted,
         headers=headers,
@@ -103,3 +104,8 @@ def call(
     response = Client(current_app.extensions[API_WSGI], use_cookies=False).open(builder)
     data = response.get_json(silent=True) if response.mimetype == "application/json" else None
     return Answer(response.status_code, data, response.headers)
+
+
+def _quoted(path: str) -> str:
+    """Each segment percent-encoded: an id taken from a page URL stays one segment ("?" and "#" included)."""
+    return "/".join(quote(segment, safe="@:!$&'()*+,;=-._~") for segment in path.split("/"))

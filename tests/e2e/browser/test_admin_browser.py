@@ -62,6 +62,11 @@ def test_an_admin_creates_restocks_and_sells_a_product(
     page.get_by_role("button", name="Create product").click()
     expect(page.get_by_role("status")).to_have_text("Product created.")
     if has_image_route(system):
+        notes = tmp_path / "notes.png"
+        notes.write_text("not an image, whatever its name says")
+        page.get_by_label("PNG, JPEG or WebP").set_input_files(str(notes))
+        page.get_by_role("button", name="Upload image").click()
+        expect(page.locator("#e-image")).to_be_visible()  # the API's 415, next to the file field
         image = tmp_path / "teapot.png"
         image.write_bytes(png())
         page.get_by_label("PNG, JPEG or WebP").set_input_files(str(image))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import requests
 from playwright.sync_api import expect
 
 from cartwheel.supervisor import System
@@ -98,3 +99,22 @@ def test_out_of_stock_and_sign_up_in_the_browser(system: System, context: Any, s
     expect(page.get_by_test_id("who")).to_contain_text("@example.com")
     expect(page.get_by_test_id("cart-count")).to_have_text("1")  # the visitor's cart came along
     shoot(page, "signed-in-cart")
+
+
+def test_a_price_change_is_shown_and_can_be_accepted(system: System, context: Any, shoot: Any) -> None:
+    lamp = product(system, stock=5, name="Desk lamp", price_cents=4000)
+    page = context.new_page()
+    page.goto(f"{system.base_url}/products/{lamp['id']}")
+    page.get_by_role("button", name="Add to cart").click()
+    expect(page.locator("#flash")).to_contain_text("1 items")
+    changed = requests.patch(f"{system.base_url}/api/admin/products/{lamp['id']}", json={"price_cents": 4500},
+                             headers={"Authorization": f"Bearer {system.admin_token}"}, timeout=20)
+    assert changed.status_code == 200, changed.text
+    page.goto(f"{system.base_url}/cart")
+    page.get_by_role("button", name="Place order").click()
+    problem = page.locator("#checkout-problem")
+    expect(problem).to_contain_text("Desk lamp: was 40.00 EUR, now 45.00 EUR")
+    shoot(page, "price-changed")
+    problem.get_by_role("button", name="Accept new prices").click()
+    page.wait_for_url("**/orders/*")
+    expect(page.locator("#order")).to_contain_text("45.00 EUR")
