@@ -3,7 +3,7 @@
 Every word must match somewhere in name, description or sku; the last word matches as a prefix
 (search as you type). Relevance is a whole number, so pages can continue after it: 4 when the name
 holds every word, plus 2 for the sku, plus 1 for the description; ties go newest first.
-SQLite answers from an FTS5 table (porter stemming), PostgreSQL from a tsvector column ('english').
+SQLite answers from an FTS5 table (porter stemming), PostgreSQL from a weighted tsvector column ('english').
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from services.catalog.store import to_product
 WEIGHTS = {"name": 4, "sku": 2, "description": 1}
 FTS = table("products_fts", sql_column("rowid"))  # SQLite's FTS5 index, made by migration 0002
 ENGLISH = literal_column("'english'")  # PostgreSQL's text search configuration (regconfig)
+PG_WEIGHTS = {"name": "A", "sku": "B", "description": "D"}  # as migration 0003 weighs the search vector
 
 
 def list_products(session: Session, query: ListProducts) -> ProductPage:
@@ -92,26 +93,26 @@ def _after(
 # -- the two full-text engines -----------------------------------------------------------------
 
 
-def _fts5_query(terms: list[str], column: str | None = None) -> str:
+def _fts5_query(terms: list[str], field: str | None = None) -> str:
     words = " AND ".join(f'"{t}"' for t in terms) + "*"  # terms are letters and digits only: nothing to escape
-    return f"{column} : ({words})" if column else words
+    return f"{field} : ({words})" if field else words
 
 
-def _tsquery(terms: list[str]) -> str:
-    return " & ".join(f"'{t}'" for t in terms) + ":*"
+def _tsquery(terms: list[str], weight: str = "") -> str:
+    """Every word, the last as a prefix; ``weight`` keeps to the field of that weight (A name, B sku, D description)."""
+    words = [f"'{t}':{weight}" if weight else f"'{t}'" for t in terms[:-1]]
+    return " & ".join([*words, f"'{terms[-1]}':*{weight}"])
 
 
-def _matches(terms: list[str], postgres: bool, column: str | None = None) -> ColumnElement[bool]:
-    """Products holding every word (in ``column`` alone when given)."""
+def _matches(terms: list[str], postgres: bool, field: str | None = None) -> ColumnElement[bool]:
+    """Products holding every word (in ``field`` alone when given)."""
     if postgres:
-        query = func.to_tsquery(ENGLISH, _tsquery(terms))
-        field = getattr(ProductRow, column) if column else None
-        vector = literal_column("products.search_vector") if field is None else func.to_tsvector(ENGLISH, field)
-        return vector.op("@@")(query)
-    hits = select(FTS.c.rowid).where(literal_column(FTS.name).op("MATCH")(_fts5_query(terms, column)))
+        query = func.to_tsquery(ENGLISH, _tsquery(terms, PG_WEIGHTS[field] if field else ""))
+        return literal_column("products.search_vector").op("@@")(query)
+    hits = select(FTS.c.rowid).where(literal_column(FTS.name).op("MATCH")(_fts5_query(terms, field)))
     return ProductRow.seq.in_(hits)
 
 
 def _score(terms: list[str], postgres: bool) -> ColumnElement[int]:
-    parts = [case((_matches(terms, postgres, column), points), else_=0) for column, points in WEIGHTS.items()]
+    parts = [case((_matches(terms, postgres, field), points), else_=0) for field, points in WEIGHTS.items()]
     return (parts[0] + parts[1] + parts[2]).label("score")

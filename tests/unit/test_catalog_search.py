@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from cartwheel.contracts.catalog import ListProducts, ProductDraft, ProductPatch
 from cartwheel.errors import Invalid
-from services.catalog import domain
+from services.catalog import domain, search
 
 DRAFT = {"sku": "MUG-1", "name": "Mug", "price_cents": 1200, "currency": "EUR"}
 
@@ -81,3 +81,10 @@ def test_cursors_of_the_unsorted_api_continue_in_insertion_order() -> None:
 def test_cursors_with_wrong_keys_are_invalid(data: object) -> None:
     with pytest.raises(Invalid):
         domain.decode_cursor(cursor_of(data))
+
+
+def test_full_text_queries_take_every_word_and_the_last_as_a_prefix() -> None:
+    assert search._fts5_query(["blue", "mu"]) == '"blue" AND "mu"*'
+    assert search._fts5_query(["mu"], "name") == 'name : ("mu"*)'
+    assert search._tsquery(["blue", "mu"]) == "'blue' & 'mu':*"
+    assert search._tsquery(["blue", "mu"], "A") == "'blue':A & 'mu':*A"
