@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from cartwheel.supervisor import System
 from tests.conftest import in_ci
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -24,8 +25,9 @@ _shots: list[Path] = []
 
 
 def chromium_path() -> str | None:
-    """Debian's chromium (or ``$CARTWHEEL_CHROMIUM``); None when there is none."""
-    for candidate in (os.environ.get(CHROMIUM_ENV), "/usr/bin/chromium", shutil.which("chromium")):
+    """``$CARTWHEEL_CHROMIUM`` when set, else Debian's chromium; None when it is not there."""
+    chosen = os.environ.get(CHROMIUM_ENV)
+    for candidate in [chosen] if chosen else ["/usr/bin/chromium", shutil.which("chromium")]:
         if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
             return candidate
     return None
@@ -38,18 +40,38 @@ def _missing(reason: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def chromium() -> Iterator[Any]:
+def chromium_executable() -> str:
+    """Chromium's path, once Playwright is known to be there too; skips (fails in CI) otherwise."""
     executable = chromium_path()
     if executable is None:
-        _missing("no Chromium at /usr/bin/chromium")
+        _missing(f"no Chromium at {os.environ.get(CHROMIUM_ENV) or '/usr/bin/chromium'}")
     try:
-        from playwright.sync_api import sync_playwright
+        import playwright.sync_api  # noqa: F401
     except ImportError:
         _missing("the playwright package is not installed (pip install -e '.[dev]')")
+    return executable  # type: ignore[return-value]
+
+
+@pytest.fixture(autouse=True)
+def _chromium_first(chromium_executable: str) -> None:
+    """Without Chromium, skip (or fail) before the shop is started for nothing."""
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
     shutil.rmtree(ARTIFACTS, ignore_errors=True)
     ARTIFACTS.mkdir(parents=True)
+    return ARTIFACTS
+
+
+@pytest.fixture(scope="module")
+def chromium(chromium_executable: str, system: System, artifacts: Path) -> Iterator[Any]:
+    """The browser of one test module, launched after the shop is up (Playwright keeps an event loop of its
+    own in this thread while it runs; the tests outside this folder never see it)."""
+    from playwright.sync_api import sync_playwright
+
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        browser = playwright.chromium.launch(executable_path=chromium_executable, args=["--no-sandbox"])
         try:
             yield browser
         finally:
