@@ -10,7 +10,7 @@ import pytest
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from cartwheel.contracts.cart import AddToCart, GetCart
+from cartwheel.contracts.cart import AddToCart, GetCart, ListCarts
 from cartwheel.contracts.catalog import CreateProduct, GetProduct, ListProducts, UpdateProduct
 from cartwheel.contracts.inventory import GetStock, GetStocks, Restock, SetStock
 from cartwheel.contracts.orders import CancelOrder, Checkout, GetOrder, ListOrders, PayOrder
@@ -311,3 +311,18 @@ def test_unknown_pages_and_oversized_uploads_get_the_html_error_page(admin: Flas
     form = {"csrf_token": token, "image": (io.BytesIO(b"x" * (7 << 20)), "a.png")}
     huge = admin.post(f"/admin/products/{mug.id}/image", data=form, content_type="multipart/form-data")
     assert huge.status_code == 413 and "at most 5 MB" in huge.get_data(as_text=True)
+
+
+def test_abandoned_carts_and_inactive_products_show_to_the_admin(admin: FlaskClient, bus: FakeBus, shop: Shop) -> None:
+    bus.handlers[ListCarts] = lambda message: {"items": [abandoned_cart(message)], "next_cursor": None}
+    html = admin.get("/admin/carts").get_data(as_text=True)
+    assert "2 \u00d7 Mug" in html and sent(bus, ListCarts)[0].status == "abandoned"
+    shop.add(name="Retired teapot", active=False)
+    assert "Retired teapot" in admin.get("/admin/products").get_data(as_text=True)
+    assert sent(bus, ListProducts)[-1].include_inactive is True
+
+
+def abandoned_cart(message: ListCarts) -> dict[str, Any]:
+    carts = Carts()
+    carts.lines["c1"] = {PRODUCT: 2}
+    return {**carts.view("c1"), "status": message.status}
