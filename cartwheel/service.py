@@ -207,6 +207,8 @@ class Service:
 
     async def _after_startup(self) -> None:
         assert self.relay is not None
+        # The server has every subscription once this returns: a request sent right after start finds us.
+        await self.broker.connection.flush(timeout=5)
         self.relay.start()
         start_ops_server(self.settings.metrics_port, self.registry, self.db.ping, self.settings.metrics_host)
         self.log.info("%s ready (instance %s)", self.name, self.instance)
