@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -73,7 +73,6 @@ from services.orders.models import OrderRow
 
 log = logging.getLogger("cartwheel.orders")
 
-T = TypeVar("T")
 STALE_RETRIES = 10
 SWEEP_EVERY = 1.0  # seconds between looks for overdue and stalled orders
 RESUMABLE = ("pending", "reserved")
