@@ -25,7 +25,7 @@ from services.gateway.errors import ApiError
 from services.gateway.models import LoginAttemptRow
 from services.gateway.store import now, read, write
 
-EMAIL, IP, SIGNUP = "email", "ip", "signup"
+EMAIL, IP, SIGNUP, ADMIN = "email", "ip", "signup", "admin"
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,11 @@ def limits_for(email: str, address: str) -> list[Limit]:
 def begin_attempt(email: str, address: str) -> Attempt:
     """Record a sign-in attempt, or refuse it with 429 ``too_many_attempts`` and Retry-After."""
     return Attempt(email, _record(limits_for(email, address)))
+
+
+def begin_admin_attempt(address: str) -> Attempt:
+    """Record a try of the admin token from ``address`` (the per-address sign-in limit), or refuse it with 429."""
+    return Attempt("", _record([Limit(ADMIN, address, gateway().settings.login_max_failures_per_ip)]))
 
 
 def count_registration(address: str) -> None:

@@ -183,6 +183,16 @@ def test_a_wrong_token_is_refused(client: FlaskClient) -> None:
     assert "Set-Cookie" not in answer.headers
 
 
+def test_wrong_tokens_are_limited_per_address(make_client: Any) -> None:
+    client = make_client(login_max_failures_per_ip=2)
+    assert [sign_in_admin(client, "guess").status_code for _ in range(2)] == [401, 401]
+    refused = sign_in_admin(client)  # even the right token waits now
+    assert refused.status_code == 429 and 890 <= int(refused.headers["Retry-After"]) <= 900
+    assert "Too many wrong tokens" in refused.get_data(as_text=True)
+    elsewhere = client.post("/admin/login", data={"token": TOKEN}, environ_base={"REMOTE_ADDR": "198.51.100.9"})
+    assert elsewhere.status_code == 303
+
+
 def test_the_session_cookie_is_signed_httponly_lax_and_never_holds_the_token(client: FlaskClient) -> None:
     answer = sign_in_admin(client)
     cookie = answer.headers["Set-Cookie"]

@@ -9,6 +9,8 @@ from typing import Any
 from flask import Blueprint, redirect, render_template, request
 from werkzeug.wrappers import Response as BaseResponse
 
+from services.gateway import ratelimit
+from services.gateway.errors import ApiError
 from services.gateway.web import admin_session
 from services.gateway.web.admin_session import admin_only
 from services.gateway.web.forms import number, problems_of, product_fields
@@ -41,9 +43,16 @@ def home() -> BaseResponse | str:
 
 
 @pages.post("/login")
-def login() -> BaseResponse | tuple[str, int]:
+def login() -> BaseResponse | tuple[str, int, dict[str, str]] | tuple[str, int]:
+    try:  # wrong tokens count against the address, like failed shopper sign-ins
+        attempt = ratelimit.begin_admin_attempt(ratelimit.client_address())
+    except ApiError as refused:
+        wait = refused.headers
+        message = f"Too many wrong tokens from here; try again in {wait.get('Retry-After', 'a few')} seconds."
+        return render_template("admin/signin.html", error=message), 429, wait
     if not admin_session.token_is_right(request.form.get("token", "")):
         return render_template("admin/signin.html", error="That is not the admin token."), 401
+    ratelimit.attempt_succeeded(attempt)
     return _redirect_setting("/admin/products", admin_session.session_cookie())
 
 
