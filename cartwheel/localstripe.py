@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -33,7 +32,7 @@ from importlib import metadata
 from pathlib import Path
 from types import TracebackType
 
-from cartwheel.natsserver import PortInUse, free_port, port_is_free, spawn, terminate
+from cartwheel.natsserver import PortInUse, free_port, port_is_free, spawn, terminate, wait_until_answering
 
 log = logging.getLogger(__name__)
 
@@ -85,14 +84,8 @@ class LocalStripe:
         return True
 
     def wait_ready(self, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.answers():
-            code = self.process.poll()
-            if code is not None:
-                raise LocalStripeError(f"localstripe exited with code {code} while starting (output: {self.log_path})")
-            if time.monotonic() > deadline:
-                raise LocalStripeError(f"localstripe did not answer on {self.url} within {timeout:.0f} s")
-            time.sleep(0.05)
+        what = f"localstripe on {self.url} (output: {self.log_path or 'discarded'})"
+        wait_until_answering(self.process, self.answers, what, timeout, LocalStripeError)
 
     def stop(self, grace: float = 5.0) -> int:
         """SIGTERM, then SIGKILL after ``grace`` seconds; the exit code."""

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -34,6 +35,19 @@ class PortInUse(RuntimeError):
         self.host = host
         self.port = port
 
+
+
+def wait_until_answering(process: subprocess.Popen[bytes], answers: Callable[[], bool], what: str,
+                         timeout: float, error: type[Exception]) -> None:
+    """Poll ``answers`` until it says yes; ``error`` if ``process`` exits first or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while not answers():
+        code = process.poll()
+        if code is not None:
+            raise error(f"{what} exited with code {code} while starting")
+        if time.monotonic() > deadline:
+            raise error(f"{what} did not answer within {timeout:.0f} s")
+        time.sleep(0.05)
 
 class NatsServerError(RuntimeError):
     """The server exited or did not answer in time."""
@@ -215,14 +229,8 @@ class NatsServer:
     def wait_ready(self, timeout: float = 15.0) -> None:
         if self.process is None:
             raise NatsServerError("nats-server was not started")
-        deadline = time.monotonic() + timeout
-        while not jetstream_answers(self.host, self.port, timeout=1.0):
-            code = self.process.poll()
-            if code is not None:
-                raise NatsServerError(f"nats-server exited with code {code} while starting")
-            if time.monotonic() > deadline:
-                raise NatsServerError(f"nats-server did not answer on {self.url} within {timeout:.0f} s")
-            time.sleep(0.05)
+        wait_until_answering(self.process, lambda: jetstream_answers(self.host, self.port, timeout=1.0),
+                             f"nats-server on {self.url}", timeout, NatsServerError)
 
     def stop(self, grace: float = 5.0) -> int | None:
         """SIGTERM, then SIGKILL after ``grace`` seconds; the exit code, or None if never started."""

@@ -30,8 +30,6 @@ TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
 }
 """Where each status may go next. A status not listed as a target of ``X`` is refused from ``X``."""
 
-UNPAID_ENDS: frozenset[OrderStatus] = frozenset({"cancelled", "expired", "payment_failed"})
-"""Ended without a payment: their stock is released (a late payment re-reserves or refunds)."""
 HOLDS_STOCK: frozenset[OrderStatus] = frozenset({"reserved", "awaiting_payment"})
 PAID: frozenset[OrderStatus] = frozenset({"paid", "fulfilled"})
 

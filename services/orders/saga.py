@@ -306,11 +306,8 @@ class Saga:
         Each step is idempotent, so a repeat changes nothing. A refusal that can't change by waiting
         (a bug, a payment the provider refused) is logged and dropped; anything else comes back later.
         """
-        exists = await self.service.db.read(lambda s: store.load(s, event.order_id))
-        if exists is None:
-            log.warning("payment event %s for unknown order %s ignored", event.stripe_event_id, event.order_id)
-            return
-        try:
+        try:  # an unknown order is a not_found refusal from the claim: logged and dropped
+
             async with self._claimed(event.order_id):
                 await self._on_payment(event)
         except DomainError as refusal:
@@ -622,15 +619,16 @@ class Saga:
                 log.warning("order %s: claim not renewed (%s)", order_id, exc)
 
     async def _claim(self, order_id: str, wait: float) -> None:
-        deadline = time.monotonic() + wait
+        deadline, first = time.monotonic() + wait, True
         while True:
             now = utcnow()
             take = functools.partial(store.claim, order_id=order_id, worker=self.worker, now=now,
                                      until=now + timedelta(seconds=CLAIM_TTL))
             if await self.service.db.run(take):
                 return
-            if await self.service.db.read(lambda s: store.load(s, order_id)) is None:
+            if first and await self.service.db.read(lambda s: store.load(s, order_id)) is None:
                 raise DomainError(f"no order {order_id}", code="not_found", order_id=order_id)
+            first = False
             if time.monotonic() >= deadline:
                 raise OrderBusy(order_id)
             await asyncio.sleep(CLAIM_POLL)
