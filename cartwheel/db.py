@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -75,7 +77,7 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # let SQLAlchemy's "begin" hook below issue BEGIN
         cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _enter_wal(cursor)
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
@@ -89,6 +91,32 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
 
     return engine
+
+
+SQLITE_LOCK_WAIT_SECONDS = 30.0
+
+
+def _enter_wal(cursor: Any) -> None:
+    """Switch a database file to WAL, waiting for other first openers instead of failing.
+
+    WAL is a property of the file, so once any opener switched it the check is a read. The switch
+    itself needs the file to itself, and SQLite answers "database is locked" at once, without its
+    busy handler, while another process is opening or switching the same new file.
+    """
+    deadline = time.monotonic() + SQLITE_LOCK_WAIT_SECONDS
+    delay = 0.005
+    while True:
+        try:
+            mode = cursor.execute("PRAGMA journal_mode").fetchone()[0]
+            if mode.lower() in ("wal", "memory"):
+                return
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
 
 def is_sqlite(engine: Engine) -> bool:

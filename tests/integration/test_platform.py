@@ -318,3 +318,34 @@ def test_an_event_that_does_not_parse_is_dropped_not_retried(nats_url: str, tmp_
         assert client.run(pending) == (0, 0)  # the bad one was terminated at once, not left to come back
     finally:
         runner.stop()
+
+
+# A process that opens a new SQLite file at an agreed instant, then takes the write lock once.
+_FIRST_OPENER = """
+import sys, time
+from sqlalchemy import text
+from cartwheel.db import make_engine
+folder, start, rounds = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+for n in range(rounds):
+    time.sleep(max(0.0, start + n * 0.25 - time.time()))
+    engine = make_engine(f"sqlite:///{folder}/db{n}.sqlite", pool_size=1)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE IF NOT EXISTS opened (n INTEGER)"))
+    engine.dispose()
+"""
+
+
+def test_processes_opening_a_new_sqlite_file_at_once_all_get_in(tmp_path: Path) -> None:
+    # Replicas and `cartwheel up` open a fresh file together: switching it to WAL answered
+    # "database is locked" at once (no busy wait) to all but one of them.
+    import subprocess
+    import sys
+
+    rounds, start = 16, time.time() + 3.0
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _FIRST_OPENER, str(tmp_path), str(start), str(rounds)],
+                         stderr=subprocess.PIPE, text=True)
+        for _ in range(6)
+    ]
+    failures = [p.communicate(timeout=60)[1] for p in procs if p.wait(timeout=60) != 0]
+    assert failures == []
