@@ -59,19 +59,13 @@ def configure_logging(service: str, level: str = "INFO", fmt: str = "text") -> N
 
 
 class ServiceMetrics:
-    """Metrics a service keeps beyond FastStream's own (received, processed, latency, exceptions)."""
+    """Metrics of a service's event consumers beyond FastStream's own (requests: :mod:`cartwheel.requests`)."""
 
     def __init__(self, service: str, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self.refusals = Counter(
-            "cartwheel_refusals",
-            "Requests answered with a domain error, by subject and code",
-            ["service", "subject", "code"],
-            registry=registry,
-        )
         self.failures = Counter(
             "cartwheel_handler_failures",
-            "Requests whose handler raised unexpectedly",
+            "Events whose handler raised, or that did not parse",
             ["service", "subject"],
             registry=registry,
         )

@@ -25,12 +25,12 @@ from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ValidationError
 
 from cartwheel import subjects
-from cartwheel.bus import declare_topology, encode, make_broker
-from cartwheel.contracts.base import Message, Reply
+from cartwheel.bus import declare_topology, make_broker
+from cartwheel.contracts.base import Message
 from cartwheel.db import Database, migrate
-from cartwheel.errors import DomainError, ServiceUnavailable
 from cartwheel.observability import ServiceMetrics, configure_logging, message_id, start_ops_server
 from cartwheel.outbox import OutboxRelay
+from cartwheel.requests import RequestServer
 from cartwheel.settings import Settings, get_settings
 
 HANDLER_CONCURRENCY = 64
@@ -43,10 +43,6 @@ Handler = Callable[[M], Awaitable[Any]]
 def redelivery_delay(deliveries: int) -> float:
     """Seconds before an event whose handler failed on its ``deliveries``-th delivery comes back."""
     return min(REDELIVER_S * 2 ** min(max(deliveries - 1, 0), 16), REDELIVER_MAX_S)
-
-
-def validation_details(exc: ValidationError) -> list[dict[str, str]]:
-    return [{"field": ".".join(str(p) for p in err["loc"]) or "body", "message": err["msg"]} for err in exc.errors()]
 
 
 class Service:
@@ -70,7 +66,8 @@ class Service:
             on_shutdown=[self._before_broker_stops],
             after_shutdown=[self._close],
         )
-        self.broker.subscriber(subjects.health(name))(self._health)
+        self.requests = RequestServer(name, self.registry, concurrency=HANDLER_CONCURRENCY, log=self.log)
+        self.requests.add(subjects.health(name), None, self._health, envelope=False)
 
     @property
     def js(self) -> JetStreamContext:
@@ -87,15 +84,13 @@ class Service:
         return hook
 
     def handle(self, subject: str, model: type[M]) -> Callable[[Handler[M]], Handler[M]]:
-        """Answer requests on ``subject`` (queue group = service): parse into ``model``, reply in the envelope."""
+        """Answer requests on ``subject`` (queue group = service): parse into ``model``, reply in the envelope.
+
+        Served by the lean :class:`~cartwheel.requests.RequestServer`, many requests at once.
+        """
 
         def register(fn: Handler[M]) -> Handler[M]:
-            async def endpoint(msg: NatsMessage) -> bytes:
-                return await self._answer(subject, model, fn, msg)
-
-            endpoint.__name__ = fn.__name__
-            # Requests are independent: answer many at once (FastStream's default is one at a time).
-            self.broker.subscriber(subject, queue=self.name, max_workers=HANDLER_CONCURRENCY)(endpoint)
+            self.requests.add(subject, model, fn)
             return fn
 
         return register
@@ -149,46 +144,10 @@ class Service:
 
         return register
 
-    async def _answer(self, subject: str, model: type[M], fn: Handler[M], msg: NatsMessage) -> bytes:
-        token = message_id.set(msg.message_id or "-")
-        try:
-            try:
-                request = model.model_validate_json(msg.body)
-            except ValidationError as exc:
-                self.metrics.refusals.labels(self.name, subject, "validation_failed").inc()
-                return (
-                    Reply.failure("validation_failed", "invalid request", fields=validation_details(exc))
-                    .model_dump_json()
-                    .encode()
-                )
-            message_id.set(getattr(request, "id", None) or msg.message_id or "-")
-            data = await fn(request)
-            return encode({"ok": True, "data": data})
-        except DomainError as exc:
-            self.metrics.refusals.labels(self.name, subject, exc.code).inc()
-            return Reply.failure(exc.code, exc.message, **exc.details).model_dump_json().encode()
-        except ServiceUnavailable as exc:  # a service this one asked did not answer: the caller may retry
-            self.metrics.refusals.labels(self.name, subject, "service_unavailable").inc()
-            return Reply.failure("service_unavailable", f"{exc.subject}: {exc.reason}").model_dump_json().encode()
-        except Exception:
-            self.metrics.failures.labels(self.name, subject).inc()
-            self.log.exception("handler for %s failed", subject)
-            return (
-                Reply.failure("internal_error", f"{self.name} could not handle the request").model_dump_json().encode()
-            )
-        finally:
-            message_id.reset(token)
-
-    async def _health(self, msg: NatsMessage) -> bytes:
+    async def _health(self, _body: bytes) -> dict[str, Any]:
         db_ok = await asyncio.get_running_loop().run_in_executor(None, self.db.ping)
-        return encode(
-            {
-                "service": self.name,
-                "instance": self.instance,
-                "status": "ok" if db_ok else "degraded",
-                "database": db_ok,
-            }
-        )
+        return {"service": self.name, "instance": self.instance, "status": "ok" if db_ok else "degraded",
+                "database": db_ok}
 
     def notify_outbox(self) -> None:
         """Wake the outbox relay after a transaction that recorded events."""
@@ -207,6 +166,7 @@ class Service:
 
     async def _after_startup(self) -> None:
         assert self.relay is not None
+        await self.requests.start(self.broker.connection)
         # The server has every subscription once this returns: a request sent right after start finds us.
         await self.broker.connection.flush(timeout=5)
         self.relay.start()
@@ -214,6 +174,7 @@ class Service:
         self.log.info("%s ready (instance %s)", self.name, self.instance)
 
     async def _before_broker_stops(self) -> None:
+        await self.requests.stop()  # no new requests; those in flight are answered while everything is up
         for hook in reversed(self._on_stop):
             try:
                 await hook()

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from cartwheel.contracts.catalog import Product
-from cartwheel.contracts.orders import OrderLine, OrderStatus, PriceChange
+from cartwheel.contracts.orders import OrderLine, OrderStatus, PriceChange, ShortLine
 from cartwheel.errors import DomainError
 
 TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
@@ -45,6 +45,24 @@ def check_transition(current: OrderStatus, to: OrderStatus) -> None:
 
 def new_order_id() -> str:
     return f"ord_{uuid.uuid4().hex}"
+
+
+PLACED_PATH: tuple[tuple[OrderStatus, str], ...] = (
+    ("pending", "checkout"),
+    ("reserved", "stock reserved"),
+    ("awaiting_payment", "payment intent created"),
+)
+"""The history of a new order: written at once, when its lines are reserved and its intent exists."""
+
+
+def out_of_stock(short: list[ShortLine]) -> DomainError:
+    """The refusal of a checkout whose ``short`` lines could not be reserved."""
+    return DomainError(
+        "not enough stock for " + ", ".join(line.product_id for line in short),
+        code="out_of_stock",
+        lines=[line.model_dump() for line in short],
+        **({"available": short[0].available, "product_id": short[0].product_id} if len(short) == 1 else {}),
+    )
 
 
 def reservation_id(order_id: str) -> str:

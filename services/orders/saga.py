@@ -28,7 +28,7 @@ from cartwheel import subjects
 from cartwheel.bus import request
 from cartwheel.contracts.base import Message, utcnow
 from cartwheel.contracts.cart import CartView, GetCart
-from cartwheel.contracts.catalog import GetProduct, Product
+from cartwheel.contracts.catalog import Product
 from cartwheel.contracts.inventory import CommitReservation, ReleaseReservation, ReserveStock, Restock
 from cartwheel.contracts.orders import (
     CancelOrder,
@@ -55,6 +55,7 @@ from cartwheel.contracts.payments import (
 )
 from cartwheel.errors import DomainError, ServiceUnavailable
 from cartwheel.lanes.client import LaneClient
+from cartwheel.lookups import Lookups
 from cartwheel.service import Service
 from services.orders import store
 from services.orders.domain import (
@@ -65,9 +66,9 @@ from services.orders.domain import (
     late_reservation,
     merge_wanted,
     new_order_id,
+    out_of_stock,
     price_lines,
     reservation_id,
-    total_cents,
 )
 from services.orders.models import OrderRow
 
@@ -95,7 +96,10 @@ class Saga:
         self.service = service
         self.settings = service.settings
         self.timeout = self.settings.request_timeout * 0.8
+        # How long after its intent a checkout may still be writing its order: a few of its steps' waits.
+        self._placing_window = timedelta(seconds=self.settings.request_timeout * 3)
         self.inventory: LaneClient | None = None
+        self.lookups: Lookups | None = None
         self.worker = service.instance
         self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # per order: its lock and how many want it
         self._sweeper: asyncio.Task[None] | None = None
@@ -104,6 +108,8 @@ class Saga:
 
     async def start(self) -> None:
         self.inventory = await LaneClient(self.service.broker.connection, subjects.INVENTORY_LANE).start()
+        self.lookups = Lookups(lambda: self.service.broker.connection, self.timeout)
+        self.lookups.start()
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="orders-sweeper")
 
     async def stop(self) -> None:
@@ -111,6 +117,8 @@ class Saga:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
+        if self.lookups:
+            await self.lookups.stop()
         if self.inventory:
             await self.inventory.close()
 
@@ -131,11 +139,16 @@ class Saga:
     # -- checkout ---------------------------------------------------------------------------
 
     async def checkout(self, cmd: Checkout) -> dict[str, Any]:
+        """Reserve every line, ask for the intent, then write the order once, already awaiting payment.
+
+        A refusal (out of stock, prices changed) writes nothing. A crash between the reservation and
+        the write leaves no order: the buyer had no answer, and the reservation ends at its TTL.
+        """
         key = _idempotency_scope(cmd)
         if key is not None:
-            existing = await self.service.db.read(lambda s: store.by_idempotency_key(s, key))
+            existing = await self.service.db.read(lambda s: store.id_by_idempotency_key(s, key))
             if existing is not None:
-                return (await self._again(existing.id)).model_dump(mode="json")
+                return (await self._again(existing)).model_dump(mode="json")
         wanted, cart_id = await self._wanted(cmd)
         products = await self._products([w.product_id for w in wanted], cmd)
         lines, changes, currency = price_lines(wanted, products)
@@ -146,19 +159,28 @@ class Saga:
                 changes=[c.model_dump() for c in changes],
             )
         order_id = new_order_id()
-        created = await self._create(order_id, cmd, key, cart_id, lines, currency)  # claimed by this worker
-        if created.order_id != order_id:  # a concurrent retry with the same key made it first
-            return (await self._again(created.order_id)).model_dump(mode="json")
-        async with self._claimed(order_id, held=True):
-            return (await self._reserve_and_ask_payment(order_id)).model_dump(mode="json")
+        placing = store.Placing(order_id, cmd.tenant, lines, currency, reservation_id(order_id),
+                                user_id=cmd.user_id, email=cmd.email, cart_id=cart_id, idempotency_key=key)
+        await self._reserve_all(placing)
+        intent = await self._intent_for(placing)
+        try:
+            order = await self.service.db.run(lambda s: store.place(s, placing, intent))
+        except IntegrityError:
+            if key is None:
+                raise
+            # The same Idempotency-Key raced this request in: its order is the answer, ours is let go.
+            await self._let_go(placing, intent)
+            existing = await self.service.db.read(lambda s: store.id_by_idempotency_key(s, key))
+            if existing is None:
+                raise
+            return (await self._again(existing)).model_dump(mode="json")
+        self.service.notify_outbox()
+        return order.model_dump(mode="json")
 
     async def _again(self, order_id: str) -> OrderView:
         """A checkout retried with its Idempotency-Key: the same order, carried on if it was left half-way."""
         async with self._claimed(order_id):  # waits for the first request, if it is still at work
-            row = await self._row(order_id)
-            if row.status == "pending":
-                return await self._reserve_and_ask_payment(order_id)
-            if row.status == "reserved":
+            if (await self._row(order_id)).status == "reserved":  # a crash came before its intent
                 return await self._ask_payment(order_id)
         return await self._view(order_id)
 
@@ -175,76 +197,66 @@ class Saga:
         return [Wanted(i.product_id, i.quantity, i.unit_price_cents) for i in cart.items], cart.id
 
     async def _products(self, product_ids: list[str], cause: Message) -> dict[str, Product]:
+        """Today's products, from this process's copy of the catalog's bucket where it has them."""
+        assert self.lookups is not None
+
         async def one(product_id: str) -> tuple[str, Product | None]:
             try:
-                found = await self._ask(GetProduct(tenant=cause.tenant, id_or_sku=product_id))
+                return product_id, await self.lookups.product(product_id, cause)  # type: ignore[union-attr]
             except DomainError as refusal:
                 if refusal.code == "not_found":
                     return product_id, None
                 raise
-            return product_id, Product.model_validate(found)
 
         found = await asyncio.gather(*(one(p) for p in product_ids))
         return {product_id: product for product_id, product in found if product is not None}
 
-    async def _create(
-        self, order_id: str, cmd: Checkout, key: str | None, cart_id: str | None, lines: list[OrderLine], currency: str
-    ) -> OrderView:
-        now = utcnow()
-        row = OrderRow(
-            id=order_id,
-            tenant=cmd.tenant,
-            status="pending",
-            version=1,
-            user_id=cmd.user_id,
-            email=cmd.email,
-            cart_id=cart_id,
-            idempotency_key=key,
-            currency=currency,
-            total_cents=total_cents(lines),
-            lines=json.dumps([line.model_dump() for line in lines]),
-            reservation=reservation_id(order_id),
-            created_at=now,
-            updated_at=now,
-            claimed_by=self.worker,
-            claimed_until=now + timedelta(seconds=CLAIM_TTL),
-        )
-        try:
-            return await self.service.db.run(lambda s: store.insert(s, row, "checkout"))
-        except IntegrityError:
-            if key is None:
-                raise
-            # The same Idempotency-Key raced this request in: its order is the answer.
-            existing = await self.service.db.read(lambda s: store.by_idempotency_key(s, key))
-            if existing is None:
-                raise
-            return await self._view(existing.id)
-        finally:
-            self.service.notify_outbox()
-
-    async def _reserve_and_ask_payment(self, order_id: str) -> OrderView:
-        row = await self._row(order_id)
-        lines = _lines(row)
+    async def _reserve_all(self, placing: store.Placing) -> None:
+        """Hold every line under the order's reservation, or none: :class:`DomainError` ``out_of_stock``."""
         ttl = self.settings.reservation_ttl_seconds
-        short = await self._reserve(row, lines, row.reservation, ttl)
-        if short:
-            await self._release(row.id, row.reservation, lines)
-            await self._transition(  # no key: a retry after a restock may succeed
-                order_id,
-                lambda r: ("cancelled", "out of stock", {"idempotency_key": None}) if r.status == "pending" else None,
-            )
-            raise DomainError(
-                "not enough stock for " + ", ".join(line.product_id for line in short),
-                code="out_of_stock",
-                lines=[line.model_dump() for line in short],
-                **({"available": short[0].available, "product_id": short[0].product_id} if len(short) == 1 else {}),
-            )
-        until = utcnow() + timedelta(seconds=ttl)
-        await self._transition(
-            order_id,
-            lambda r: ("reserved", "stock reserved", {"reserved_until": until}) if r.status == "pending" else None,
+        placing.reserved_at = utcnow()
+        placing.reserved_until = placing.reserved_at + timedelta(seconds=ttl)
+        outcomes = await asyncio.gather(
+            *(self._reserve_line(placing.tenant, placing.order_id, placing.reservation, line, ttl)
+              for line in placing.lines),
+            return_exceptions=True,
         )
-        return await self._ask_payment(order_id)
+        short = [o for o in outcomes if isinstance(o, ShortLine)]
+        failure = next((o for o in outcomes if isinstance(o, BaseException)), None)
+        if not short and failure is None:
+            return
+        # Lines refused by their lane hold nothing; any other may (a reply lost in a time-out included).
+        unrefused = [line for line, o in zip(placing.lines, outcomes, strict=True) if not isinstance(o, ShortLine)]
+        if unrefused:
+            await self._release(placing.order_id, placing.reservation, unrefused)
+        if failure is not None:
+            raise failure
+        raise out_of_stock(short)
+
+    async def _intent_for(self, placing: store.Placing) -> IntentView:
+        """The new order's PaymentIntent; if none can be had, its stock goes back and the buyer is told."""
+        ask = CreateIntent(tenant=placing.tenant, order_id=placing.order_id, amount_cents=placing.total_cents,
+                           currency=placing.currency, email=placing.email)
+        try:
+            intent = IntentView.model_validate(await self._ask(ask))
+        except (DomainError, ServiceUnavailable) as failure:
+            log.warning("order %s: no payment intent (%s); releasing its stock", placing.order_id, failure)
+            await self._release(placing.order_id, placing.reservation, placing.lines)
+            if isinstance(failure, DomainError) and failure.code != "payment_provider_unavailable":
+                raise
+            raise DomainError("payments are unavailable; try again", code="payment_provider_unavailable") from None
+        placing.intent_at = utcnow()
+        return intent
+
+    async def _let_go(self, placing: store.Placing, intent: IntentView) -> None:
+        """Undo a checkout whose order was never written: its stock back, its intent cancelled."""
+        await self._release(placing.order_id, placing.reservation, placing.lines)
+        cancel = CancelIntent(tenant=placing.tenant, order_id=placing.order_id,
+                              payment_intent_id=intent.payment_intent_id)
+        try:
+            await self._ask(cancel)
+        except (DomainError, ServiceUnavailable) as failure:  # never shown to anyone, it can't be paid
+            log.warning("order %s was never placed; its intent was not cancelled (%s)", placing.order_id, failure)
 
     async def _ask_payment(self, order_id: str) -> OrderView:
         row = await self._row(order_id)
@@ -305,13 +317,15 @@ class Saga:
 
         Each step is idempotent, so a repeat changes nothing. A refusal that can't change by waiting
         (a bug, a payment the provider refused) is logged and dropped; anything else comes back later.
+        An unknown order (the claim's not_found) comes back while its checkout may still be writing it.
         """
-        try:  # an unknown order is a not_found refusal from the claim: logged and dropped
-
+        try:
             async with self._claimed(event.order_id):
                 await self._on_payment(event)
         except DomainError as refusal:
             if refusal.code in TRANSIENT:
+                raise
+            if refusal.code == "not_found" and utcnow() - event.occurred_at < self._placing_window:
                 raise
             log.error("order %s: %s from payment event %s was refused (%s: %s); not retried",
                       event.order_id, type(event).__name__, event.stripe_event_id, refusal.code, refusal.message)
@@ -476,20 +490,17 @@ class Saga:
 
     # -- inventory --------------------------------------------------------------------------
 
-    async def _reserve(self, row: OrderRow, lines: list[OrderLine], reservation: str, ttl: int) -> list[ShortLine]:
-        """Reserve every line under ``reservation``; the lines that could not be (none: all held)."""
-
-        async def one(line: OrderLine) -> ShortLine | None:
-            cmd = ReserveStock(tenant=row.tenant, product_id=line.product_id, reservation_id=reservation,
-                               order_id=row.id, quantity=line.quantity, ttl_seconds=ttl)
-            try:
-                await self._lane(line.product_id, cmd, _command_id(reservation, "reserve", line.product_id))
-            except DomainError as refusal:
-                available = refusal.details.get("available", 0)
-                return ShortLine(product_id=line.product_id, requested=line.quantity, available=int(available or 0))
-            return None
-
-        return [short for short in await asyncio.gather(*(one(line) for line in lines)) if short is not None]
+    async def _reserve_line(self, tenant: str, order_id: str, reservation: str, line: OrderLine,
+                            ttl: int) -> ShortLine | None:
+        """Reserve one line under ``reservation``; the short line if its lane refused it."""
+        cmd = ReserveStock(tenant=tenant, product_id=line.product_id, reservation_id=reservation,
+                           order_id=order_id, quantity=line.quantity, ttl_seconds=ttl)
+        try:
+            await self._lane(line.product_id, cmd, _command_id(reservation, "reserve", line.product_id))
+        except DomainError as refusal:
+            available = refusal.details.get("available", 0)
+            return ShortLine(product_id=line.product_id, requested=line.quantity, available=int(available or 0))
+        return None
 
     async def _release(self, order_id: str, reservation: str, lines: list[OrderLine]) -> bool:
         """Release every line; one never reserved is remembered as released, so a late reserve holds nothing.

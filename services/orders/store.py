@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -24,9 +25,10 @@ from cartwheel.contracts.orders import (
     OrderView,
     PaymentInfo,
 )
+from cartwheel.contracts.payments import IntentView
 from cartwheel.errors import NotFound
 from cartwheel.outbox import record_events
-from services.orders.domain import IllegalTransition, check_transition
+from services.orders.domain import PLACED_PATH, IllegalTransition, check_transition, total_cents
 from services.orders.models import OrderRow, OrderTransitionRow
 
 log = logging.getLogger("cartwheel.orders")
@@ -71,6 +73,59 @@ def insert(session: Session, row: OrderRow, reason: str) -> OrderView:
     return order
 
 
+@dataclass
+class Placing:
+    """A checkout under way: what its order will be once its lines are reserved and its intent exists."""
+
+    order_id: str
+    tenant: str
+    lines: list[OrderLine]
+    currency: str
+    reservation: str
+    user_id: str | None = None
+    email: str | None = None
+    cart_id: str | None = None
+    idempotency_key: str | None = None
+    started_at: datetime = field(default_factory=utcnow)
+    reserved_at: datetime | None = None
+    reserved_until: datetime | None = None
+    intent_at: datetime | None = None
+
+    @property
+    def total_cents(self) -> int:
+        return total_cents(self.lines)
+
+
+def place(session: Session, placing: Placing, intent: IntentView) -> OrderView:
+    """Write a checkout's order once, awaiting payment, with its whole history and ``events.orders.created``.
+
+    :class:`IntegrityError` if another order has its Idempotency-Key.
+    """
+    at = placing.intent_at or utcnow()
+    row = OrderRow(
+        id=placing.order_id, tenant=placing.tenant, status="awaiting_payment", version=1, user_id=placing.user_id,
+        email=placing.email, cart_id=placing.cart_id, idempotency_key=placing.idempotency_key,
+        currency=placing.currency, total_cents=placing.total_cents,
+        lines=json.dumps([line.model_dump() for line in placing.lines]), reservation=placing.reservation,
+        reserved_until=placing.reserved_until, payment_intent_id=intent.payment_intent_id,
+        client_secret=intent.client_secret, payment_status=intent.status, created_at=placing.started_at,
+        updated_at=at,
+    )
+    session.add(row)
+    times = (placing.started_at, placing.reserved_at or at, at)
+    previous: str | None = None
+    history = []
+    for (status, reason), when in zip(PLACED_PATH, times, strict=True):
+        history.append(OrderTransitionRow(order_id=row.id, from_status=previous, to_status=status, reason=reason,
+                                          at=when))
+        previous = status
+    session.add_all(history)
+    session.flush()
+    order = view(row, history)
+    record_events(session, [OrderCreated(tenant=row.tenant, order=order)])
+    return order
+
+
 def load(session: Session, order_id: str) -> OrderRow | None:
     return session.scalar(select(OrderRow).where(OrderRow.id == order_id))
 
@@ -87,8 +142,8 @@ def history(session: Session, order_id: str) -> list[OrderTransitionRow]:
     return list(session.scalars(query))
 
 
-def by_idempotency_key(session: Session, key: str) -> OrderRow | None:
-    return session.scalar(select(OrderRow).where(OrderRow.idempotency_key == key))
+def id_by_idempotency_key(session: Session, key: str) -> str | None:
+    return session.scalar(select(OrderRow.id).where(OrderRow.idempotency_key == key))
 
 
 def by_payment_intent(session: Session, payment_intent_id: str) -> OrderRow | None:

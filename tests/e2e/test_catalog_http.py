@@ -99,7 +99,7 @@ def second_catalog(system: System) -> Iterator[int]:
 def handled_updates(metrics_port: int) -> float:
     text = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=TIMEOUT).text
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("faststream_received_messages_total") and "catalog.products.update" in line)
+               if line.startswith("cartwheel_requests_total") and "catalog.products.update" in line)
 
 
 def test_updates_are_seen_with_two_catalog_replicas(system: System, second_catalog: int) -> None:

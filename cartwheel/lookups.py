@@ -1,8 +1,10 @@
-"""A product and its stock for the cart without a round trip: in-process copies of the catalog's
-and inventory's KV buckets, kept by watches. A key not (yet) in a copy is asked for as before.
+"""A product and its stock without a round trip: in-process copies of the catalog's and inventory's
+KV buckets, kept by watches. A key not (yet) in a copy is asked for as before. The cart prices its
+lines with them, and checkout prices its orders.
 
 A copy can trail its bucket by the time a watch takes to deliver (about a millisecond here): a
-price or a stock figure that old is fine for a cart, since checkout checks both again. The
+price that old is the price a moment earlier, as if the request had come a moment earlier; a stock
+figure that old is fine for a cart, since checkout reserves in inventory's lane. The
 catalog writes a change into its bucket before it answers the change, so a product an admin
 deactivated is refused once the copy has that write.
 """
