@@ -27,9 +27,9 @@ from cartwheel.contracts.catalog import Product
 from cartwheel.contracts.orders import OrderPaid
 from cartwheel.lanes.client import LaneClient
 from cartwheel.lanes.store import load_all_states, load_states
+from cartwheel.lookups import Lookups
 from cartwheel.service import Service
 from services.cart.domain import CartState, view
-from cartwheel.lookups import Lookups
 
 SCAN = 5000  # carts read per page at most, so a rare status can't make one request read them all
 
