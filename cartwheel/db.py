@@ -132,6 +132,8 @@ class Database:
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.is_local = is_sqlite(self.engine)
         """A file on this machine (SQLite), not a server at the other end of a connection."""
+        self._queued: list[tuple[Callable[[Session], Any], asyncio.Future[Any]]] = []
+        self._group_writer: asyncio.Task[None] | None = None
         self._read_sessions = sessionmaker(self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)
         self._executor = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="db")
         # SQLite has one writer at a time: one writing thread avoids lock contention in the process.
@@ -153,6 +155,52 @@ class Database:
     async def run(self, work: Callable[[Session], T]) -> T:
         """Run ``work(session)`` in one transaction on a worker thread; commit if it returns."""
         return await asyncio.get_running_loop().run_in_executor(self._write_executor, self.run_sync, work)
+
+    async def run_together(self, work: Callable[[Session], T]) -> T:
+        """Like :meth:`run`, but writes asked for meanwhile share one transaction (group commit).
+
+        While one group is being written, new writes queue; the next group takes them all. Each write
+        runs in its own savepoint, so one that raises (a unique key taken) fails alone.
+        """
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[T] = loop.create_future()
+        self._queued.append((work, done))
+        if self._group_writer is None:
+            self._group_writer = loop.create_task(self._write_groups())
+        return await done
+
+    async def _write_groups(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._queued:
+                group, self._queued = self._queued, []
+                try:
+                    works = [work for work, _ in group]
+                    outcomes = await loop.run_in_executor(self._write_executor, self._write_group, works)
+                except Exception as exc:  # the transaction itself failed: every write in it did
+                    outcomes = [exc] * len(group)
+                for (_, done), outcome in zip(group, outcomes, strict=True):
+                    if done.done():  # its caller gave up waiting
+                        continue
+                    if isinstance(outcome, Exception):
+                        done.set_exception(outcome)
+                    else:
+                        done.set_result(outcome)
+        finally:
+            self._group_writer = None
+
+    def _write_group(self, works: list[Callable[[Session], Any]]) -> list[Any]:
+        outcomes: list[Any] = []
+        with self.transaction() as session:
+            if len(works) == 1:  # alone: no savepoint needed, its failure is the transaction's
+                return [works[0](session)]
+            for work in works:
+                try:
+                    with session.begin_nested():
+                        outcomes.append(work(session))
+                except Exception as exc:
+                    outcomes.append(exc)
+        return outcomes
 
     def read_sync(self, work: Callable[[Session], T]) -> T:
         with self._read_sessions.begin() as session:

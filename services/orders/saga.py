@@ -164,7 +164,7 @@ class Saga:
         await self._reserve_all(placing)
         intent = await self._intent_for(placing)
         try:
-            order = await self.service.db.run(lambda s: store.place(s, placing, intent))
+            order = await self.service.db.run_together(lambda s: store.place(s, placing, intent))
         except IntegrityError:
             if key is None:
                 raise

@@ -6,6 +6,7 @@ import asyncio
 import json
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -349,3 +350,33 @@ def test_processes_opening_a_new_sqlite_file_at_once_all_get_in(tmp_path: Path) 
     ]
     failures = [p.communicate(timeout=60)[1] for p in procs if p.wait(timeout=60) != 0]
     assert failures == []
+
+
+def test_writes_asked_for_together_share_transactions_and_one_that_fails_fails_alone(database_url: str) -> None:
+    from sqlalchemy import event as sa_event
+
+    migrate("catalog", database_url)
+    db = Database(database_url)
+    commits: list[int] = []
+    sa_event.listen(db.engine, "commit", lambda _conn: commits.append(1))
+    stamp = random_sku()
+
+    def mark(event_id: str) -> Callable[[Session], bool]:
+        return lambda session: first_delivery(session, "grouped", event_id)
+
+    def broken(session: Session) -> None:
+        first_delivery(session, "grouped", f"{stamp}-broken")
+        raise ValueError("refused")
+
+    async def scenario() -> list[object]:
+        writes = [db.run_together(mark(f"{stamp}-{i}")) for i in range(30)]
+        return await asyncio.gather(*writes[:15], db.run_together(broken), *writes[15:], return_exceptions=True)
+
+    outcomes = asyncio.run(scenario())
+    assert [o for o in outcomes if not isinstance(o, bool)] == [outcomes[15]]
+    assert isinstance(outcomes[15], ValueError)
+    kept = db.read_sync(lambda s: s.scalar(select(func.count()).select_from(ProcessedEvent)
+                                           .where(ProcessedEvent.event_id.like(f"{stamp}-%"))))
+    assert kept == 30  # the broken write's row went with its savepoint
+    assert len(commits) < 10  # 31 writes asked for at once: a few transactions, not one each
+    db.close()
