@@ -146,7 +146,7 @@ class Saga:
         """
         key = _idempotency_scope(cmd)
         if key is not None:
-            existing = await self.service.db.read(lambda s: store.id_by_idempotency_key(s, key))
+            existing = await self.service.db.lookup(store.ID_BY_IDEMPOTENCY_KEY, key=key)
             if existing is not None:
                 return (await self._again(existing)).model_dump(mode="json")
         wanted, cart_id = await self._wanted(cmd)
@@ -170,7 +170,7 @@ class Saga:
                 raise
             # The same Idempotency-Key raced this request in: its order is the answer, ours is let go.
             await self._let_go(placing, intent)
-            existing = await self.service.db.read(lambda s: store.id_by_idempotency_key(s, key))
+            existing = await self.service.db.lookup(store.ID_BY_IDEMPOTENCY_KEY, key=key)
             if existing is None:
                 raise
             return (await self._again(existing)).model_dump(mode="json")

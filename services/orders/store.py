@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from cartwheel.contracts.base import Message, utcnow
@@ -135,8 +135,8 @@ def history(session: Session, order_id: str) -> list[OrderTransitionRow]:
     return list(session.scalars(query))
 
 
-def id_by_idempotency_key(session: Session, key: str) -> str | None:
-    return session.scalar(select(OrderRow.id).where(OrderRow.idempotency_key == key))
+ID_BY_IDEMPOTENCY_KEY = select(OrderRow.id).where(OrderRow.idempotency_key == bindparam("key"))
+"""The order an Idempotency-Key placed: ``db.lookup(ID_BY_IDEMPOTENCY_KEY, key=...)``."""
 
 
 def by_payment_intent(session: Session, payment_intent_id: str) -> OrderRow | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,30 @@ class ServiceThread:
             raise TimeoutError(f"{self.service.name} did not start within 30 s")
         if self._failure:
             raise self._failure
+        self._wait_until_answering()
         return self
+
+    def _wait_until_answering(self, timeout: float = 10.0) -> None:
+        """Ask the service's health subject from a connection of its own until it answers: the first request
+        of a test found "no service is listening" now and then, right after a start that had flushed."""
+        from cartwheel import subjects
+
+        async def probe() -> None:
+            nc = await nats.connect(self.service.settings.nats_servers[0])
+            try:
+                deadline = time.monotonic() + timeout
+                while True:
+                    try:
+                        await nc.request(subjects.health(self.service.name), b"", timeout=1)
+                        return
+                    except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                        if time.monotonic() > deadline:
+                            raise
+                        await asyncio.sleep(0.05)
+            finally:
+                await nc.close()
+
+        asyncio.run(probe())
 
     def stop(self) -> None:
         if self._thread.is_alive():
