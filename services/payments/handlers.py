@@ -25,8 +25,10 @@ class PaymentHandlers:
         self.stripe = stripe
 
     async def create_intent(self, cmd: CreateIntent) -> dict[str, Any]:
-        row = await self.db.read(lambda s: store.intent_for_order(s, cmd.order_id))
-        if row is None:
+        known = await self.db.lookup(store.INTENT_OF_ORDER, order_id=cmd.order_id)  # a retry: no second intent
+        if known is not None:
+            row = await self.db.read(lambda s: s.get(IntentRow, known))
+        else:
             key = domain.intent_key(cmd.order_id)
             made = domain.snapshot(
                 await self._stripe().create_intent(cmd.order_id, cmd.tenant, cmd.amount_cents, cmd.currency, key)
@@ -36,8 +38,8 @@ class PaymentHandlers:
                 store.insert_intent(session, made, cmd.tenant)  # a concurrent twin's intent may be there first
                 return store.intent_for_order(session, cmd.order_id)
 
-            row = await self.db.run(keep_first)
-            assert row is not None
+            row = await self.db.run_together(keep_first)
+        assert row is not None
         if (row.amount_cents, row.currency) != (cmd.amount_cents, cmd.currency):
             raise DomainError(
                 f"order {cmd.order_id!r} already has a payment of {row.amount_cents} {row.currency}",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -35,6 +35,10 @@ def to_view(row: IntentRow) -> IntentView:
 
 def refund_reply(row: RefundRow) -> dict[str, Any]:
     return {"refund_id": row.id, "status": row.status, "amount_cents": row.amount_cents}
+
+
+INTENT_OF_ORDER = select(IntentRow.id).where(IntentRow.order_id == bindparam("order_id"))
+"""The id of an order's intent: ``db.lookup(INTENT_OF_ORDER, order_id=...)``."""
 
 
 def intent_for_order(session: Session, order_id: str) -> IntentRow | None:

@@ -69,7 +69,7 @@ class ServiceThread:
             finally:
                 await nc.close()
 
-        asyncio.run(probe())
+        asyncio.run_coroutine_threadsafe(probe(), self._loop).result(timeout + 5)  # callers may be in a loop
 
     def stop(self) -> None:
         if self._thread.is_alive():
