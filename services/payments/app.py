@@ -16,6 +16,8 @@ def build(settings: Settings) -> Service:
     stripe = StripePayments.from_settings(settings)
     if stripe is None:
         service.log.warning("no Stripe secret key (CARTWHEEL_STRIPE_SECRET_KEY): payment requests are refused")
+    else:
+        service.on_stop(stripe.close)
     secret = settings.stripe_webhook_secret.get_secret_value() if settings.stripe_webhook_secret else None
     payments = PaymentHandlers(service, stripe)
     webhooks = WebhookHandlers(service, stripe, secret)
