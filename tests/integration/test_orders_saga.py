@@ -30,7 +30,7 @@ from cartwheel.contracts.base import Message
 from cartwheel.contracts.cart import AddToCart, GetCart
 from cartwheel.contracts.catalog import ProductPatch, UpdateProduct
 from cartwheel.contracts.inventory import CommitReservation, GetStock, SetStock
-from cartwheel.contracts.orders import CancelOrder, Checkout, CheckoutItem, GetOrder, PayOrder
+from cartwheel.contracts.orders import CancelOrder, Checkout, CheckoutItem, GetOrder, ListOrders, PayOrder
 from cartwheel.contracts.payments import PaymentFailed, PaymentSucceeded
 from cartwheel.errors import DomainError
 from cartwheel.lanes.client import LaneClient
@@ -273,6 +273,11 @@ def test_fifty_buyers_for_the_last_unit_make_one_paid_order(
     outcomes = client.run(rush)
     winners = [o for o in outcomes if isinstance(o, dict)]
     assert len(winners) == 1 and outcomes.count("out_of_stock") == 49
+    # A refusal writes nothing: the only order of this product is the winner's (no cancelled ones),
+    # and no intent was asked for a refused checkout.
+    listed = ask(client, ListOrders(limit=200))["items"]
+    assert [o["order_id"] for o in listed if o["lines"][0]["product_id"] == last] == [winners[0]["order_id"]]
+    assert [a["order_id"] for a in payments.asked(subjects.PAYMENTS_INTENT_CREATE)] == [winners[0]["order_id"]]
     payments.publish(paid_event(winners[0]))
     wait_for(lambda: status_of(client, winners[0]["order_id"]) == "paid", "the winner paid")
     assert stock(client, last) == (0, 0)
