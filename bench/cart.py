@@ -130,14 +130,16 @@ def children_cpu_s() -> float:
 # ---------------------------------------------------------------- setup over HTTP
 
 
-def make_products(base_url: str, token: str, count: int) -> list[dict[str, Any]]:
+def make_products(base_url: str, token: str, count: int, *, stock: int = STOCK,
+                  sku_prefix: str = "CARTBENCH") -> list[dict[str, Any]]:
+    """``count`` products with ``stock`` units each; returns once inventory shows that stock available."""
     session = requests.Session()
     session.headers["Authorization"] = f"Bearer {token}"
     made = []
     stamp = int(time.time())
     for i in range(count):
-        body = {"sku": f"CARTBENCH-{stamp}-{i}", "name": f"Cart bench product {i}", "price_cents": 1000 + i,
-                "currency": "EUR", "description": "made by bench/cart.py", "stock": STOCK}
+        body = {"sku": f"{sku_prefix}-{stamp}-{i}", "name": f"Cart bench product {i}", "price_cents": 1000 + i,
+                "currency": "EUR", "description": "made by bench/cart.py", "stock": stock}
         resp = session.post(f"{base_url}/api/admin/products", json=body, timeout=10)
         resp.raise_for_status()
         made.append(resp.json())
@@ -146,7 +148,7 @@ def make_products(base_url: str, token: str, count: int) -> list[dict[str, Any]]
         while True:
             resp = session.get(f"{base_url}/api/products/{p['id']}", timeout=10)
             resp.raise_for_status()
-            if resp.json().get("available") == STOCK:
+            if resp.json().get("available") == stock:
                 break
             if time.monotonic() > deadline:
                 raise RuntimeError(f"product {p['id']}: stock not available after 60 s: {resp.json()}")
