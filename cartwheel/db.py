@@ -145,6 +145,9 @@ class Database:
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.is_local = is_sqlite(self.engine)
         """A file on this machine (SQLite), not a server at the other end of a connection."""
+        self._writer: contextlib.AbstractContextManager[Any] = (
+            threading.RLock() if self.is_local else contextlib.nullcontext()
+        )
         self._queued: list[tuple[Callable[[Session], Any], asyncio.Future[Any]]] = []
         self._group_writer: asyncio.Task[None] | None = None
         self._lookup_connections = threading.local()
@@ -160,7 +163,10 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        with self.sessions.begin() as session:
+        # SQLite: one writer at a time in this process, by a lock that wakes its waiter at once. Left to
+        # SQLite, a second thread's BEGIN IMMEDIATE sleeps in its busy handler (1, 2, 5, 10 ms ...):
+        # a lane applying on the event loop waited behind the outbox relay's writes that way.
+        with self._writer, self.sessions.begin() as session:
             yield session
 
     def run_sync(self, work: Callable[[Session], T]) -> T:
@@ -246,7 +252,7 @@ class Database:
 
     def ping(self) -> bool:
         try:
-            with self.engine.connect() as conn:
+            with self.engine.execution_options(**{READ_ONLY: True}).connect() as conn:  # never the write lock
                 conn.execute(text("SELECT 1"))
             return True
         except Exception:
