@@ -166,6 +166,8 @@ class StockEvent(Message):
     on_hand: int
     reserved: int
     available: int
+    version: int | None = None
+    """The stock's version after this change (None from senders before it was added)."""
 
 
 class ReservationEvent(StockEvent):

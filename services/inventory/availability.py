@@ -38,6 +38,11 @@ class StockBoard:
         self._known: dict[str, tuple[int, int]] = {}  # key -> (revision, version) this process last saw
         self._filled: dict[str, float] = {}
 
+    def holds(self, product_id: str, version: int) -> bool:
+        """True when this process wrote (or saw) the product's entry at ``version`` or newer."""
+        known = self._known.get(subjects.inventory_stock_key(product_id))
+        return known is not None and known[1] >= version
+
     async def write(self, entry: StockEntry, attempts: int = 10) -> bool:
         """Put ``entry`` unless the bucket holds the same or a newer version; True if written."""
         key = subjects.inventory_stock_key(entry.product_id)

@@ -25,6 +25,7 @@ from cartwheel.contracts.inventory import (
     Restock,
     SetStock,
     StockCommand,
+    StockEvent,
 )
 from cartwheel.errors import DomainError, Invalid
 from cartwheel.lanes.types import ALARM, Alarm, LaneCommand, LaneSpec, Outcome
@@ -178,7 +179,11 @@ def handle(stock: Stock, command: LaneCommand) -> Outcome[Stock]:
         model, rule = COMMANDS[command.kind]
         outcome = rule(stock, decode(model, command), command)
     if outcome.state is not None:
-        outcome.state = outcome.state.model_copy(update={"version": stock.version + 1})
+        version = stock.version + 1
+        outcome.state = outcome.state.model_copy(update={"version": version})
+        for event in outcome.events:
+            if isinstance(event, StockEvent):
+                event.version = version  # copies of the stock skip events older than what they hold
     return outcome
 
 

@@ -449,3 +449,10 @@ def test_the_stored_state_reads_back_and_its_counts_alone() -> None:
     assert Counts.model_validate_json(stored).level(lane.key) == StockLevel(
         product_id=lane.key, on_hand=5, reserved=2, available=3
     )
+
+
+def test_every_event_of_a_change_carries_the_stock_version_it_made() -> None:
+    lane = Lane(stock=Stock(on_hand=5, initialized=True, version=41))
+    lane.reserve("r1", quantity=5)  # reserved, and the last unit went: out_of_stock too
+    assert lane.stock.version == 42
+    assert len(lane.events) == 2 and all(e.version == 42 for e in lane.events)
