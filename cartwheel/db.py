@@ -84,7 +84,11 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": 30})
+    # Room for every reader thread, the writer, a lane applying on the loop, lookups and pings at once:
+    # an overflow connection is closed on return and the next one runs the pragmas again.
+    in_file = bool(parsed.database) and parsed.database != ":memory:"
+    sizes = {"pool_size": pool_size + 5, "max_overflow": pool_size} if in_file else {}
+    engine = create_engine(url, connect_args={"timeout": 30}, **sizes)
 
     @event.listens_for(engine, "connect")
     def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

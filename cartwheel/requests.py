@@ -40,7 +40,7 @@ def validation_details(exc: ValidationError) -> list[dict[str, str]]:
 
 
 def success(data: Any) -> bytes:
-    return pydantic_core.to_json({"ok": True, "data": data})
+    return pydantic_core.to_json({"ok": True, "data": data}, fallback=str)
 
 
 def failure(code: str, message: str, **details: Any) -> bytes:
@@ -63,6 +63,7 @@ class _Route:
     parse: Callable[[bytes], Any]
     handler: Handler
     envelope: bool = True
+    shared: bool = True
     gate: asyncio.Semaphore | None = None
     subscription: Subscription | None = None
 
@@ -79,11 +80,13 @@ class RequestServer:
         self._routes: list[_Route] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def add(self, subject: str, model: type[BaseModel] | None, handler: Handler, *, envelope: bool = True) -> None:
+    def add(self, subject: str, model: type[BaseModel] | None, handler: Handler, *, envelope: bool = True,
+            shared: bool = True) -> None:
         """Answer ``subject``: its body parsed into ``model`` (or handed over as bytes when None), the handler's
-        result in the reply envelope (or, ``envelope=False``, as JSON on its own: health answers)."""
+        result in the reply envelope (or, ``envelope=False``, as JSON on its own: health answers).
+        ``shared``: one replica answers each request (the service's queue group); else every replica does."""
         parse = model.model_validate_json if model is not None else bytes
-        self._routes.append(_Route(subject, parse, handler, envelope))
+        self._routes.append(_Route(subject, parse, handler, envelope, shared))
 
     @property
     def subjects(self) -> list[str]:
@@ -92,7 +95,8 @@ class RequestServer:
     async def start(self, nc: NatsClient) -> None:
         for route in self._routes:
             route.gate = asyncio.Semaphore(self.concurrency)
-            route.subscription = await nc.subscribe(route.subject, queue=self.service, cb=self._receiver(nc, route))
+            queue = self.service if route.shared else ""
+            route.subscription = await nc.subscribe(route.subject, queue=queue, cb=self._receiver(nc, route))
 
     async def stop(self, grace: float = 5.0) -> None:
         """Take no new requests, then give those in flight up to ``grace`` seconds to be answered."""
@@ -139,7 +143,7 @@ class RequestServer:
                     "validation_failed"
             message_id.set(getattr(request, "id", None) or "-")
             data = await route.handler(request)
-            return (success(data) if route.envelope else pydantic_core.to_json(data)), "ok"
+            return (success(data) if route.envelope else pydantic_core.to_json(data, fallback=str)), "ok"
         except DomainError as exc:
             return failure(exc.code, exc.message, **exc.details), exc.code
         except ServiceUnavailable as exc:  # a service this one asked did not answer: the caller may retry

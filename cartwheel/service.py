@@ -67,7 +67,7 @@ class Service:
             after_shutdown=[self._close],
         )
         self.requests = RequestServer(name, self.registry, concurrency=HANDLER_CONCURRENCY, log=self.log)
-        self.requests.add(subjects.health(name), None, self._health, envelope=False)
+        self.requests.add(subjects.health(name), None, self._health, envelope=False, shared=False)  # every replica
 
     @property
     def js(self) -> JetStreamContext:

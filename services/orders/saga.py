@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
+from faststream.exceptions import NackMessage
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -80,6 +81,7 @@ RESUMABLE = ("pending", "reserved")
 CLAIM_TTL = 10.0  # seconds a claim lasts unless renewed: its holder renews it while working, so only a dead
 # holder's claim lapses, and then another replica may go on with the order
 CLAIM_POLL = 0.05
+PLACING_RETRY_S = 1.0  # a payment event for an order not written yet comes back this much later
 TRANSIENT = {"service_unavailable", "payment_provider_unavailable", "internal_error"}
 """Refusals that may go away by themselves: a payment event that met one comes back later."""
 
@@ -102,6 +104,7 @@ class Saga:
         self.lookups: Lookups | None = None
         self.worker = service.instance
         self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # per order: its lock and how many want it
+        self._checkouts: dict[str, asyncio.Future[dict[str, Any]]] = {}  # Idempotency-Key scope -> the checkout
         self._sweeper: asyncio.Task[None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -142,9 +145,26 @@ class Saga:
         """Reserve every line, ask for the intent, then write the order once, already awaiting payment.
 
         A refusal (out of stock, prices changed) writes nothing. A crash between the reservation and
-        the write leaves no order: the buyer had no answer, and the reservation ends at its TTL.
+        the write leaves no order: the buyer had no answer, and the reservation ends at its TTL. A
+        retry with the same Idempotency-Key while the first is still at work here gets its answer.
         """
         key = _idempotency_scope(cmd)
+        if key is None:
+            return await self._checkout(cmd, None)
+        running = self._checkouts.get(key)
+        if running is not None:  # the buyer's retry overtook its first try (a gateway time-out)
+            return await asyncio.shield(running)
+        first = asyncio.ensure_future(self._checkout(cmd, key))
+        self._checkouts[key] = first
+        try:
+            return await asyncio.shield(first)
+        finally:
+            if first.done():
+                self._checkouts.pop(key, None)
+            else:  # our caller gave up; the checkout goes on, and answers a retry meanwhile
+                first.add_done_callback(lambda _: self._checkouts.pop(key, None))
+
+    async def _checkout(self, cmd: Checkout, key: str | None) -> dict[str, Any]:
         if key is not None:
             existing = await self.service.db.lookup(store.ID_BY_IDEMPOTENCY_KEY, key=key)
             if existing is not None:
@@ -166,14 +186,19 @@ class Saga:
         try:
             order = await self.service.db.run_together(lambda s: store.place(s, placing, intent))
         except IntegrityError:
-            if key is None:
-                raise
-            # The same Idempotency-Key raced this request in: its order is the answer, ours is let go.
             await self._let_go(placing, intent)
-            existing = await self.service.db.lookup(store.ID_BY_IDEMPOTENCY_KEY, key=key)
+            existing = await self.service.db.lookup(store.ID_BY_IDEMPOTENCY_KEY, key=key) if key else None
             if existing is None:
                 raise
+            # The same Idempotency-Key raced this request in (another replica): its order is the answer.
             return (await self._again(existing)).model_dump(mode="json")
+        except BaseException as failure:  # the order was not written: nothing may stay held for it
+            await asyncio.shield(self._let_go(placing, intent))
+            if isinstance(failure, Exception) and not isinstance(failure, (DomainError, ServiceUnavailable)):
+                log.exception("order %s could not be written; its stock and intent were let go", order_id)
+                raise ServiceUnavailable(subjects.ORDERS_CHECKOUT, "the order could not be written; try again") \
+                    from None
+            raise
         self.service.notify_outbox()
         return order.model_dump(mode="json")
 
@@ -228,7 +253,7 @@ class Saga:
         # Lines refused by their lane hold nothing; any other may (a reply lost in a time-out included).
         unrefused = [line for line, o in zip(placing.lines, outcomes, strict=True) if not isinstance(o, ShortLine)]
         if unrefused:
-            await self._release(placing.order_id, placing.reservation, unrefused)
+            await self._release_quietly(placing, unrefused)
         if failure is not None:
             raise failure
         raise out_of_stock(short)
@@ -239,9 +264,11 @@ class Saga:
                            currency=placing.currency, email=placing.email)
         try:
             intent = IntentView.model_validate(await self._ask(ask))
-        except (DomainError, ServiceUnavailable) as failure:
-            log.warning("order %s: no payment intent (%s); releasing its stock", placing.order_id, failure)
-            await self._release(placing.order_id, placing.reservation, placing.lines)
+        except BaseException as failure:
+            log.warning("order %s: no payment intent (%r); releasing its stock", placing.order_id, failure)
+            await asyncio.shield(self._release_quietly(placing))
+            if not isinstance(failure, Exception):  # cancelled
+                raise
             if isinstance(failure, DomainError) and failure.code != "payment_provider_unavailable":
                 raise
             raise DomainError("payments are unavailable; try again", code="payment_provider_unavailable") from None
@@ -250,13 +277,21 @@ class Saga:
 
     async def _let_go(self, placing: store.Placing, intent: IntentView) -> None:
         """Undo a checkout whose order was never written: its stock back, its intent cancelled."""
-        await self._release(placing.order_id, placing.reservation, placing.lines)
+        await self._release_quietly(placing)
         cancel = CancelIntent(tenant=placing.tenant, order_id=placing.order_id,
                               payment_intent_id=intent.payment_intent_id)
         try:
             await self._ask(cancel)
         except (DomainError, ServiceUnavailable) as failure:  # never shown to anyone, it can't be paid
             log.warning("order %s was never placed; its intent was not cancelled (%s)", placing.order_id, failure)
+
+    async def _release_quietly(self, placing: store.Placing, lines: list[OrderLine] | None = None) -> None:
+        """Release an unwritten order's lines; a release that fails is logged: the reservation's TTL ends it."""
+        try:
+            await self._release(placing.order_id, placing.reservation, placing.lines if lines is None else lines)
+        except Exception as failure:
+            log.warning("order %s was never placed; its stock is held until its reservation ends (%r)",
+                        placing.order_id, failure)
 
     async def _ask_payment(self, order_id: str) -> OrderView:
         row = await self._row(order_id)
@@ -325,8 +360,12 @@ class Saga:
         except DomainError as refusal:
             if refusal.code in TRANSIENT:
                 raise
+            if refusal.code == "not_found" and isinstance(event, PaymentCanceled):
+                log.info("order %s: its intent was cancelled before the order was written (never placed)",
+                         event.order_id)
+                return
             if refusal.code == "not_found" and utcnow() - event.occurred_at < self._placing_window:
-                raise
+                raise NackMessage(delay=PLACING_RETRY_S) from None  # its checkout may still be writing it
             log.error("order %s: %s from payment event %s was refused (%s: %s); not retried",
                       event.order_id, type(event).__name__, event.stripe_event_id, refusal.code, refusal.message)
 

@@ -32,7 +32,7 @@ from cartwheel.contracts.catalog import ProductPatch, UpdateProduct
 from cartwheel.contracts.inventory import CommitReservation, GetStock, SetStock
 from cartwheel.contracts.orders import CancelOrder, Checkout, CheckoutItem, GetOrder, ListOrders, PayOrder
 from cartwheel.contracts.payments import PaymentFailed, PaymentSucceeded
-from cartwheel.errors import DomainError
+from cartwheel.errors import DomainError, ServiceUnavailable
 from cartwheel.lanes.client import LaneClient
 from tests.integration.conftest import Client
 from tests.integration.test_cart_service import product
@@ -299,6 +299,28 @@ def test_an_idempotency_key_returns_the_same_order(orders: Any, payments: FakePa
     assert other_buyer["order_id"] != first["order_id"]
     assert stock(client, mug) == (10, 2)
     assert len(payments.asked(subjects.PAYMENTS_INTENT_CREATE)) == 2
+
+
+def test_a_retry_with_the_same_key_while_the_first_is_at_work_gets_the_same_order(
+    orders: Any, payments: FakePayments, client: Client
+) -> None:
+    last = new_product(client, 1)  # a second checkout of its own would be refused
+
+    async def slow_intent(body: dict[str, Any]) -> None:
+        await asyncio.sleep(1.5)
+
+    payments.before_intent_reply = slow_intent
+    wanted = buy(last, 1, user_id="u-retry", idempotency_key="retry-while-at-work")
+
+    async def gateway_gives_up_then_retries(nc: nats.NATS) -> Any:
+        with contextlib.suppress(ServiceUnavailable):
+            await request(nc, wanted, 0.3)
+        return await request(nc, wanted, TIMEOUT)
+
+    order = client.run(gateway_gives_up_then_retries)
+    assert order["status"] == "awaiting_payment"
+    assert [a["order_id"] for a in payments.asked(subjects.PAYMENTS_INTENT_CREATE)] == [order["order_id"]]
+    assert stock(client, last) == (1, 1)
 
 
 def test_a_payment_heard_before_the_checkout_reply_still_ends_paid(

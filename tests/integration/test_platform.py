@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -380,3 +381,21 @@ def test_writes_asked_for_together_share_transactions_and_one_that_fails_fails_a
     assert kept == 30  # the broken write's row went with its savepoint
     assert len(commits) < 10  # 31 writes asked for at once: a few transactions, not one each
     db.close()
+
+
+def test_every_replica_answers_the_health_subject(database_url: str, start_service, client: Client) -> None:
+    replicas = {start_service("catalog", catalog_database_url=database_url).service.instance for _ in range(2)}
+
+    async def ask_all(nc: nats.NATS) -> set[str]:
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+        await nc.publish(subjects.health("catalog"), b"", reply=inbox)
+        seen: set[str] = set()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not replicas <= seen:
+            with contextlib.suppress(nats.errors.TimeoutError):
+                seen.add(json.loads((await sub.next_msg(timeout=0.5)).data)["instance"])
+        await sub.unsubscribe()
+        return seen
+
+    assert replicas <= client.run(ask_all)  # a probe of the health subject sees every replica, no queue group
