@@ -112,7 +112,7 @@ class Saga:
     async def start(self) -> None:
         self.inventory = await LaneClient(self.service.broker.connection, subjects.INVENTORY_LANE).start()
         self.lookups = Lookups(lambda: self.service.broker.connection, self.timeout)
-        self.lookups.start()
+        self.lookups.catalog.start()  # prices only: checkout asks the lanes for stock, never a copy
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="orders-sweeper")
 
     async def stop(self) -> None:
