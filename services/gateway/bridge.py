@@ -36,11 +36,9 @@ Work = Awaitable[T] | Callable[[], Awaitable[T]]
 
 KV_TIMEOUT = 1.0
 OBJECT_TIMEOUT = 15.0  # an image of 5 MB travels in 128 kB chunks
-# Buckets each worker keeps a live copy of (a watch), so reading them costs no round trip: a product
-# read is the product and its stock from memory. A copy trails its bucket by the watch's delivery
-# (about a millisecond): a read that old is the read a moment earlier. The catalog's bucket holds
-# the products read at least once (filled on a miss, replaced on every change).
-MIRRORED = frozenset({subjects.INVENTORY_STOCK_BUCKET, subjects.CATALOG_CACHE_BUCKET})
+# Buckets each worker keeps a live copy of (a watch), so reading them costs no round trip. Product
+# reads ask for each product's stock; a copy that trails the bucket by a moment is fine there.
+MIRRORED = frozenset({subjects.INVENTORY_STOCK_BUCKET})
 GRACE = 0.5  # Extra seconds the bridge waits so the bus's own timeout fires first and names the subject.
 
 

@@ -20,7 +20,7 @@ import pytest
 from cartwheel import bus, subjects
 from cartwheel.bus import request
 from cartwheel.contracts.cart import AddToCart
-from cartwheel.contracts.catalog import CreateProduct, GetProduct, ProductDraft, ProductPatch, UpdateProduct
+from cartwheel.contracts.catalog import CreateProduct, ProductDraft, ProductPatch, UpdateProduct
 from cartwheel.contracts.inventory import GetStock, Restock
 from cartwheel.errors import DomainError
 from cartwheel.settings import Settings
@@ -256,30 +256,3 @@ def test_a_stock_query_puts_a_missing_entry_back(services: Callable[..., Service
         assert (await entry_with(nc, product_id, available=3))["on_hand"] == 3
 
     client.run(scenario)
-
-
-def test_the_gateway_reads_products_and_their_changes_from_its_copy_of_the_catalog_bucket(
-    services: Callable[..., ServiceThread], client: Client, bridge: NatsBridge
-) -> None:
-    catalog = services("catalog")
-    product_id = client.run(lambda nc: new_product(nc, stock=5))
-    client.run(lambda nc: request(nc, GetProduct(id_or_sku=product_id), TIMEOUT))  # a read fills the bucket
-    key = subjects.catalog_cache_key(product_id)
-    bridge.kv_get(subjects.CATALOG_CACHE_BUCKET, key)  # starts the worker's copy
-    assert bridge.kv_is_local(subjects.CATALOG_CACHE_BUCKET) or _until_local(bridge)
-    client.run(lambda nc: request(nc, UpdateProduct(product_id=product_id, patch=ProductPatch(price_cents=777)),
-                                  TIMEOUT))
-    deadline = time.monotonic() + 10
-    while json.loads(bridge.kv_get(subjects.CATALOG_CACHE_BUCKET, key) or b"{}").get("price_cents") != 777:
-        assert time.monotonic() < deadline, "the change did not reach the gateway's copy"
-        time.sleep(0.02)
-    catalog.stop()  # from here on, only the copy knows the product
-    assert json.loads(bridge.kv_get(subjects.CATALOG_CACHE_BUCKET, key) or b"{}")["price_cents"] == 777
-
-
-def _until_local(bridge: NatsBridge) -> bool:
-    deadline = time.monotonic() + 10
-    while not bridge.kv_is_local(subjects.CATALOG_CACHE_BUCKET):
-        assert time.monotonic() < deadline, "the gateway's copy of the catalog bucket never synced"
-        time.sleep(0.02)
-    return True
