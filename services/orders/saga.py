@@ -629,12 +629,11 @@ class Saga:
     # -- plumbing ---------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def _claimed(self, order_id: str, wait: float | None = None, *, held: bool = False) -> AsyncIterator[None]:
+    async def _claimed(self, order_id: str, wait: float | None = None) -> AsyncIterator[None]:
         """Hold the order for one saga step: one step at a time per order, in this process (a lock) and
         across replicas (a claim in its row, which lapses after ``CLAIM_TTL`` if its holder died).
 
         :class:`OrderBusy` (a 503 to callers; an event comes back later) if it stays taken ``wait`` seconds.
-        ``held``: the row was written with this worker's claim (a new order); only the lock is taken.
         """
         lock, wanted = self._locks.setdefault(order_id, (asyncio.Lock(), [0]))
         wanted[0] += 1
@@ -642,8 +641,7 @@ class Saga:
             if wait == 0 and lock.locked():
                 raise OrderBusy(order_id)
             async with lock:
-                if not held:
-                    await self._claim(order_id, self.timeout if wait is None else wait)
+                await self._claim(order_id, self.timeout if wait is None else wait)
                 renewal = asyncio.create_task(self._renew(order_id), name=f"claim-{order_id}")
                 try:
                     yield
