@@ -103,10 +103,10 @@ def place(session: Session, placing: Placing, intent: IntentView) -> OrderView:
     )
     session.execute(_INSERT_ORDER, [{c.key: getattr(row, c.key) for c in _ORDER_COLUMNS}])
     times = (placing.started_at, placing.reserved_at or at, at)
-    statuses = [status for status, _ in PLACED_PATH]
+    before = [None, *(status for status, _ in PLACED_PATH[:-1])]
     history = [
-        {"order_id": row.id, "from_status": before, "to_status": status, "reason": reason, "at": when}
-        for (status, reason), before, when in zip(PLACED_PATH, [None, *statuses], times, strict=False)
+        {"order_id": row.id, "from_status": came_from, "to_status": status, "reason": reason, "at": when}
+        for (status, reason), came_from, when in zip(PLACED_PATH, before, times, strict=True)
     ]
     session.execute(_INSERT_TRANSITIONS, history)
     order = view(row, [OrderTransitionRow(**h) for h in history])
