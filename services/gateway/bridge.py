@@ -7,6 +7,7 @@ Under gunicorn's gevent worker, :meth:`NatsBridge.start` runs after monkey-patch
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import logging
@@ -61,6 +62,9 @@ class NatsBridge:
         self._connecting: asyncio.Task[None] | None = None
         self._closing = False
         self._reconnect_hooks: list[Callable[[], None]] = []
+        # Calls from greenlets waiting for the loop to start them; one wake-up of the loop serves them all.
+        self._inbox: collections.deque[tuple[Work[Any], _Pending]] = collections.deque()
+        self._woken = False
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -185,12 +189,41 @@ class NatsBridge:
         if threading.current_thread() is self._runner:
             _discard(work)
             raise RuntimeError("NatsBridge.call from the bridge's own loop would deadlock; await instead")
+        if self.loop_kind == "greenlet":
+            return self._call_from_greenlet(loop, work, timeout, what)
         future = asyncio.run_coroutine_threadsafe(_invoke(work), loop)
         try:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:
             future.cancel()
             raise ServiceUnavailable(what, f"no answer within {timeout:g} s") from None
+
+    def _call_from_greenlet(self, loop: asyncio.AbstractEventLoop, work: Work[T], timeout: float, what: str) -> T:
+        """:meth:`call` when the loop is a greenlet of this thread: gevent's own waiting, batched wake-ups.
+
+        ``run_coroutine_threadsafe`` would pay, per call, a thread-safe future (a Condition and its
+        locks) and a byte through the loop's self-pipe. Here calls queue up and the loop is woken once
+        for all the calls that arrived while it was busy; each waits on a gevent ``AsyncResult``,
+        which the loop's greenlet sets directly.
+        """
+        import gevent
+
+        pending = _Pending()
+        self._inbox.append((work, pending))
+        if not self._woken:
+            self._woken = True
+            loop.call_soon_threadsafe(self._start_queued)
+        try:
+            return pending.result.get(timeout=timeout)  # type: ignore[no-any-return]
+        except gevent.Timeout:
+            pending.cancel(loop)
+            raise ServiceUnavailable(what, f"no answer within {timeout:g} s") from None
+
+    def _start_queued(self) -> None:
+        self._woken = False
+        while self._inbox:
+            work, pending = self._inbox.popleft()
+            pending.start(work)
 
     @property
     def nc(self) -> NatsClient:
@@ -357,6 +390,39 @@ class NatsBridge:
         if store is None:
             store = self._object_stores[bucket] = await self.js.object_store(bucket)
         return store
+
+
+class _Pending:
+    """One call from a greenlet: its task on the loop and the gevent result its caller waits on."""
+
+    __slots__ = ("cancelled", "result", "task")
+
+    def __init__(self) -> None:
+        from gevent.event import AsyncResult
+
+        self.result = AsyncResult()
+        self.task: asyncio.Task[Any] | None = None
+        self.cancelled = False
+
+    def start(self, work: Work[Any]) -> None:
+        if self.cancelled:  # the caller gave up before the loop came to it
+            _discard(work)
+            return
+        self.task = asyncio.ensure_future(_invoke(work))
+        self.task.add_done_callback(self._settle)
+
+    def _settle(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled():
+            self.result.set_exception(concurrent.futures.CancelledError())
+        elif (error := task.exception()) is not None:
+            self.result.set_exception(error)
+        else:
+            self.result.set(task.result())
+
+    def cancel(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.cancelled = True
+        if self.task is not None:
+            loop.call_soon_threadsafe(self.task.cancel)
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

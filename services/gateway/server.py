@@ -123,7 +123,10 @@ def gateway_worker_class() -> type:
     then; ended at once, the browsers reconnect to another worker within their retry time.
     gunicorn imports its gevent worker in the master anyway, so importing it here costs nothing.
     """
+    from gunicorn.http import wsgi
     from gunicorn.workers.ggevent import GeventWorker
+
+    wsgi.Response = one_send_response(wsgi.Response)  # the async worker builds wsgi.Response by this name
 
     class GatewayWorker(GeventWorker):
         def handle_exit(self, sig: int, frame: Any) -> None:
@@ -133,6 +136,61 @@ def gateway_worker_class() -> type:
             gevent.spawn(end_streams, self)  # out of the signal handler, like gunicorn's own handle_quit
 
     return GatewayWorker
+
+
+def one_send_response(base: type) -> type:
+    """gunicorn's response, sending the head with the first body bytes instead of on its own.
+
+    gunicorn writes the status line and headers in one send and the body in another: two system
+    calls (and two TCP segments) for every JSON answer, a sixth of the gateway's CPU in a flash
+    sale's profile. Here the head is held back and goes out in the same send as the body; a
+    streamed (chunked) answer, an empty one, or a head-only one goes out as before.
+    """
+    if getattr(base, "sends_head_with_body", False):
+        return base
+
+    class _Held:
+        def __init__(self) -> None:
+            self.data = b""
+
+        def sendall(self, data: bytes) -> None:
+            self.data += data
+
+    class OneSendResponse(base):  # type: ignore[misc,valid-type]
+        sends_head_with_body = True
+        _hold = False
+        _head: bytes | None = None
+
+        def write(self, arg: bytes) -> None:
+            self._hold = not self.headers_sent and not self.chunked and isinstance(arg, bytes) and bool(arg)
+            try:
+                super().write(arg)
+            finally:
+                self._hold = False
+                self._send_held()  # a body write that sent nothing (its length reached) must not keep the head
+
+        def send_headers(self) -> None:
+            if self.headers_sent or not self._hold:
+                super().send_headers()
+                return
+            sock, held = self.sock, _Held()
+            self.sock = held
+            try:
+                super().send_headers()
+            finally:
+                self.sock = sock
+            self._head = held.data
+
+        def _emit_body(self, data: bytes) -> None:
+            head, self._head = self._head, None
+            super()._emit_body(data if head is None else head + data)
+
+        def _send_held(self) -> None:
+            head, self._head = self._head, None
+            if head:
+                self.sock.sendall(head)
+
+    return OneSendResponse
 
 
 def end_streams(worker: Any) -> None:

@@ -176,3 +176,65 @@ def test_the_gateway_starts_without_nats_and_becomes_ready_when_it_appears(tmp_p
     finally:
         app.extensions["cartwheel.gateway"].bus.close()
         server.stop()
+
+
+GREENLET_CALLS = """
+from gevent import monkey
+monkey.patch_all()
+import asyncio, json, sys
+from pathlib import Path
+import gevent
+from cartwheel.errors import ServiceUnavailable
+from cartwheel.settings import Settings
+from services.gateway.bridge import NatsBridge
+
+bridge = NatsBridge(Settings(nats_url=sys.argv[1], var_dir=Path(sys.argv[2]), secret="s" * 32))
+bridge.start(wait=10)
+seen = {"loop": bridge.loop_kind}
+
+async def echo(n):
+    await asyncio.sleep(0.001 * (n % 7))
+    return n
+
+calls = [gevent.spawn(bridge.call, echo(n), 5) for n in range(300)]
+gevent.joinall(calls)
+seen["answers_in_order"] = [c.value for c in calls] == list(range(300))
+
+cancelled = []
+async def never_answers():
+    try:
+        await asyncio.sleep(60)
+    except asyncio.CancelledError:
+        cancelled.append(True)
+        raise
+try:
+    bridge.call(never_answers(), 0.2)
+except ServiceUnavailable as error:
+    seen["timeout"] = str(error)
+gevent.sleep(0.2)
+seen["cancelled"] = cancelled == [True]
+
+async def fails():
+    raise ValueError("from the loop")
+try:
+    bridge.call(fails, 5)
+except ValueError as error:
+    seen["error"] = str(error)
+bridge.close()
+print(json.dumps(seen))
+"""
+
+
+def test_calls_from_greenlets_are_answered_cancelled_and_fail_as_from_threads(nats_url: str, tmp_path: Path) -> None:
+    """Under gevent (the gateway's workers) calls take the greenlet path: many at once, a time-out, an error."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", GREENLET_CALLS, nats_url, str(tmp_path)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen == {"loop": "greenlet", "answers_in_order": True, "timeout": seen.get("timeout"),
+                    "cancelled": True, "error": "from the loop"}
+    assert "no answer within 0.2 s" in seen["timeout"]
