@@ -3,6 +3,11 @@
 The copy is ``synced`` once the watch has delivered the bucket's current content, and stays so
 while the watch runs. After a reconnect the watch may have missed updates, so the copy is
 unsynced and watched again from the start; callers read the bucket (or ask its owner) meanwhile.
+
+A synced copy trails the bucket by the watch's delivery (about a millisecond). A reader that must
+see every write finished before it began (read-your-writes across processes) awaits
+:meth:`KvMirror.caught_up` first: the bucket's last sequence, asked of the server after the read
+began, is in the copy.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ class KvMirror(Generic[V]):
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.resyncs = 0  # watches started after the first: reconnects and failures
+        self.revision = 0  # the stream sequence of the newest update in the copy (0: none yet)
+        self._waiting: list[tuple[int, asyncio.Future[None]]] = []  # (revision, its waiter)
 
     @property
     def synced(self) -> bool:
@@ -83,6 +90,43 @@ class KvMirror(Generic[V]):
             await asyncio.sleep(0.01)
         return self._synced
 
+    async def caught_up(self, nc: NatsClient, timeout: float) -> bool:
+        """True once the copy holds every update the bucket had when the server was asked, here and now.
+
+        One request to the server (the bucket stream's state), then a wait of at most ``timeout`` s
+        for the watch to deliver up to its last sequence. False when the copy is not synced or did
+        not catch up in time: the caller reads the bucket instead. An empty stream (its last entry
+        expired by age) has nothing to deliver.
+        """
+        if not self._synced:
+            return False
+        state = (await nc.jetstream().stream_info(f"KV_{self.bucket}")).state
+        if state.messages == 0 or self.revision >= state.last_seq:
+            return self._synced
+        reached: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((state.last_seq, reached))
+        try:
+            await asyncio.wait_for(asyncio.shield(reached), timeout)
+        except TimeoutError:
+            return False
+        finally:
+            if not reached.done():
+                reached.cancel()
+        return self._synced and self.revision >= state.last_seq
+
+    def _advance(self, revision: int) -> None:
+        self.revision = max(self.revision, revision)
+        if self._waiting:
+            still = []
+            for wanted, waiter in self._waiting:
+                if waiter.done():
+                    continue
+                if wanted <= self.revision:
+                    waiter.set_result(None)
+                else:
+                    still.append((wanted, waiter))
+            self._waiting = still
+
     async def _run(self) -> None:
         watches = 0
         while not self._stopping:
@@ -106,6 +150,7 @@ class KvMirror(Generic[V]):
 
     async def _follow(self, nc: NatsClient) -> None:
         reconnects = nc.stats["reconnects"]
+        self.revision = 0
         kv: KeyValue = await nc.jetstream().key_value(self.bucket)
         watcher = await kv.watchall()
         loading: dict[str, V] | None = {}  # the current content, until the watch says it is all here
@@ -130,8 +175,16 @@ class KvMirror(Generic[V]):
                     values.pop(entry.key, None)
                 else:
                     values[entry.key] = value
+                if loading is None:
+                    self._advance(entry.revision or 0)
+                else:
+                    self.revision = max(self.revision, entry.revision or 0)
         finally:
             self._synced = False
+            for _, waiter in self._waiting:  # they answer False at once: the copy is not current
+                if not waiter.done():
+                    waiter.set_result(None)
+            self._waiting = []
             with contextlib.suppress(Exception):
                 await watcher.stop()
 

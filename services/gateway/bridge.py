@@ -39,7 +39,12 @@ KV_TIMEOUT = 1.0
 OBJECT_TIMEOUT = 15.0  # an image of 5 MB travels in 128 kB chunks
 # Buckets each worker keeps a live copy of (a watch), so reading them costs no round trip. Product
 # reads ask for each product's stock; a copy that trails the bucket by a moment is fine there.
-MIRRORED = frozenset({subjects.INVENTORY_STOCK_BUCKET})
+# A product itself must not trail: an admin's change, answered by one worker, must be what any
+# worker serves next. Reads of CURRENT buckets first make sure the copy holds every write the
+# bucket had when they began (one server request shared by all the reads waiting together).
+MIRRORED = frozenset({subjects.INVENTORY_STOCK_BUCKET, subjects.CATALOG_CACHE_BUCKET})
+CURRENT = frozenset({subjects.CATALOG_CACHE_BUCKET})
+CATCH_UP = 0.1  # seconds a read waits for its copy to receive what the bucket already has; then it asks the bucket
 GRACE = 0.5  # Extra seconds the bridge waits so the bus's own timeout fires first and names the subject.
 
 
@@ -65,6 +70,7 @@ class NatsBridge:
         # Calls from greenlets waiting for the loop to start them; one wake-up of the loop serves them all.
         self._inbox: collections.deque[tuple[Work[Any], _Pending]] = collections.deque()
         self._woken = False
+        self._rounds: dict[str, _Rounds] = {}  # per CURRENT bucket: its shared catch-up checks
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -295,12 +301,33 @@ class NatsBridge:
 
         Raises :class:`ServiceUnavailable` when NATS doesn't answer within ``timeout`` (default: 1 s at most).
         """
-        mirror = self.mirror(bucket)
-        if mirror is not None and mirror.synced:
-            return mirror.get(key)
         timeout = timeout or min(KV_TIMEOUT, self.settings.request_timeout)
+        mirror = self.mirror(bucket)
+        if mirror is not None and mirror.synced and (bucket not in CURRENT or self._current(mirror, timeout)):
+            return mirror.get(key)
         self.nc  # noqa: B018 -- fail fast while disconnected
         return self.call(self._kv_get(bucket, key), timeout, what=bucket)
+
+    def _current(self, mirror: KvMirror[bytes], timeout: float) -> bool:
+        """True when ``mirror`` holds every write its bucket had when this call began."""
+        if self.loop_kind != "greenlet":
+            return self._caught_up(mirror, timeout)
+        rounds = self._rounds.get(mirror.bucket)
+        if rounds is None:
+            rounds = self._rounds[mirror.bucket] = _Rounds(lambda: self._caught_up(mirror, timeout))
+        return rounds.wait(timeout)
+
+    def _caught_up(self, mirror: KvMirror[bytes], timeout: float) -> bool:
+        async def ask() -> bool:
+            try:
+                return await mirror.caught_up(self.nc, CATCH_UP)
+            except (nats.errors.Error, TimeoutError, ServiceUnavailable):
+                return False
+
+        try:
+            return self.call(ask(), timeout, what=mirror.bucket)
+        except ServiceUnavailable:
+            return False
 
     def kv_is_local(self, bucket: str) -> bool:
         """True when :meth:`kv_get` of ``bucket`` reads this worker's live copy: no round trip."""
@@ -423,6 +450,47 @@ class _Pending:
         self.cancelled = True
         if self.task is not None:
             loop.call_soon_threadsafe(self.task.cancel)
+
+
+class _Rounds:
+    """Greenlets that each need an answer begun after they asked share one run of ``ask`` per round.
+
+    A caller that arrives while a round is running waits for the next one (the running round may
+    have asked the server before the caller began); every caller waiting then gets that answer.
+    Like a consensus log's batched read barrier: one server request per batch, not per read.
+    """
+
+    def __init__(self, ask: Callable[[], bool]) -> None:
+        self._ask = ask
+        self._next: Any = None  # the AsyncResult of the round not yet begun
+        self._running = False
+
+    def wait(self, timeout: float) -> bool:
+        import gevent
+        from gevent.event import AsyncResult
+
+        if self._next is None:
+            self._next = AsyncResult()
+        mine = self._next
+        if not self._running:
+            self._running = True
+            gevent.spawn(self._run)
+        try:
+            return bool(mine.get(timeout=timeout))
+        except gevent.Timeout:
+            return False
+
+    def _run(self) -> None:
+        try:
+            while self._next is not None:
+                round_, self._next = self._next, None
+                try:
+                    round_.set(self._ask())
+                except Exception:  # a failed check is "not current": the callers read the bucket
+                    log.warning("gateway copy check failed", exc_info=True)
+                    round_.set(False)
+        finally:
+            self._running = False
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

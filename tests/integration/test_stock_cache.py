@@ -20,7 +20,7 @@ import pytest
 from cartwheel import bus, subjects
 from cartwheel.bus import request
 from cartwheel.contracts.cart import AddToCart
-from cartwheel.contracts.catalog import CreateProduct, ProductDraft, ProductPatch, UpdateProduct
+from cartwheel.contracts.catalog import CreateProduct, GetProduct, ProductDraft, ProductPatch, UpdateProduct
 from cartwheel.contracts.inventory import GetStock, Restock
 from cartwheel.errors import DomainError
 from cartwheel.settings import Settings
@@ -256,3 +256,51 @@ def test_a_stock_query_puts_a_missing_entry_back(services: Callable[..., Service
         assert (await entry_with(nc, product_id, available=3))["on_hand"] == 3
 
     client.run(scenario)
+
+
+def test_the_gateway_reads_products_and_their_changes_from_its_copy_of_the_catalog_bucket(
+    services: Callable[..., ServiceThread], client: Client, bridge: NatsBridge
+) -> None:
+    catalog = services("catalog")
+    product_id = client.run(lambda nc: new_product(nc, stock=5))
+    client.run(lambda nc: request(nc, GetProduct(id_or_sku=product_id), TIMEOUT))  # a read fills the bucket
+    key = subjects.catalog_cache_key(product_id)
+    bridge.kv_get(subjects.CATALOG_CACHE_BUCKET, key)  # starts the worker's copy
+    _until_local(bridge)
+    client.run(lambda nc: request(nc, UpdateProduct(product_id=product_id, patch=ProductPatch(price_cents=777)),
+                                  TIMEOUT))
+    assert json.loads(bridge.kv_get(subjects.CATALOG_CACHE_BUCKET, key) or b"{}")["price_cents"] == 777
+    catalog.stop()  # from here on, only the copy (and the bucket) know the product
+    assert json.loads(bridge.kv_get(subjects.CATALOG_CACHE_BUCKET, key) or b"{}")["price_cents"] == 777
+
+
+def test_a_busy_worker_never_serves_a_product_older_than_a_change_already_answered(
+    services: Callable[..., ServiceThread], client: Client, bridge: NatsBridge
+) -> None:
+    """Another worker answered the admin's change; this one was busy and its copy had not heard of it yet.
+
+    The read must still show the change: it waits until the copy holds what the bucket held when
+    the read began. Without that, the copy's old product is served (read-your-writes broken).
+    """
+    services("catalog")
+    product_id = client.run(lambda nc: new_product(nc, stock=5))
+    client.run(lambda nc: request(nc, GetProduct(id_or_sku=product_id), TIMEOUT))
+    key = subjects.catalog_cache_key(product_id)
+    bridge.kv_get(subjects.CATALOG_CACHE_BUCKET, key)
+    _until_local(bridge)
+    loop = bridge._loop
+    assert loop is not None
+    for price in (301, 302, 303):
+        loop.call_soon_threadsafe(time.sleep, 0.3)  # the worker's loop is busy: the watch's update waits
+        client.run(lambda nc, price=price: request(
+            nc, UpdateProduct(product_id=product_id, patch=ProductPatch(price_cents=price)), TIMEOUT))
+        assert json.loads(bridge.kv_get(subjects.CATALOG_CACHE_BUCKET, key) or b"{}")["price_cents"] == price
+    assert bridge.kv_is_local(subjects.CATALOG_CACHE_BUCKET)  # still read from the copy, not around it
+
+
+def _until_local(bridge: NatsBridge) -> bool:
+    deadline = time.monotonic() + 10
+    while not bridge.kv_is_local(subjects.CATALOG_CACHE_BUCKET):
+        assert time.monotonic() < deadline, "the gateway's copy of the catalog bucket never synced"
+        time.sleep(0.02)
+    return True
