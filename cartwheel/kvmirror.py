@@ -101,10 +101,13 @@ class KvMirror(Generic[V]):
         if not self._synced:
             return False
         state = (await nc.jetstream().stream_info(f"KV_{self.bucket}")).state
+        if not self._synced:  # the watch started over while the server answered
+            return False
         if state.messages == 0 or self.revision >= state.last_seq:
-            return self._synced
+            return True
         reached: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append((state.last_seq, reached))
+        waiter = (state.last_seq, reached)
+        self._waiting.append(waiter)
         try:
             await asyncio.wait_for(asyncio.shield(reached), timeout)
         except TimeoutError:
@@ -112,6 +115,8 @@ class KvMirror(Generic[V]):
         finally:
             if not reached.done():
                 reached.cancel()
+                with contextlib.suppress(ValueError):
+                    self._waiting.remove(waiter)
         return self._synced and self.revision >= state.last_seq
 
     def _advance(self, revision: int) -> None:
@@ -168,6 +173,7 @@ class KvMirror(Generic[V]):
                     if loading is not None:
                         self._values, loading = loading, None
                         self._synced = True
+                        self._advance(self.revision)
                     continue
                 values = self._values if loading is None else loading
                 value = None if entry.operation in (KV_DEL, KV_PURGE) else self._decode(entry.key, entry.value or b"")

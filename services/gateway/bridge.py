@@ -172,6 +172,10 @@ class NatsBridge:
         loop.call_soon_threadsafe(loop.stop)
         runner.join(timeout)
         self._loop = None
+        for work, _ in self._inbox:  # queued after the loop's last turn: never started
+            _discard(work)
+        self._inbox.clear()
+        self._woken = False
 
     async def _shutdown(self) -> None:
         if self._connecting is not None and not self._connecting.done():
@@ -212,18 +216,27 @@ class NatsBridge:
         for all the calls that arrived while it was busy; each waits on a gevent ``AsyncResult``,
         which the loop's greenlet sets directly.
         """
-        import gevent
-
         pending = _Pending()
         self._inbox.append((work, pending))
         if not self._woken:
             self._woken = True
-            loop.call_soon_threadsafe(self._start_queued)
+            try:
+                loop.call_soon_threadsafe(self._start_queued)
+            except RuntimeError:  # the loop is closed (the worker is stopping): nothing will run
+                self._woken = False
+                self._inbox.clear()
+                _discard(work)
+                raise ServiceUnavailable(what, "the gateway's nats bridge is stopped") from None
         try:
-            return pending.result.get(timeout=timeout)  # type: ignore[no-any-return]
-        except gevent.Timeout:
+            # wait() rather than get(timeout=): a gevent.Timeout of an enclosing block must reach its owner
+            pending.result.wait(timeout)
+        except BaseException:  # the caller is killed (GreenletExit) or timed out from outside
             pending.cancel(loop)
-            raise ServiceUnavailable(what, f"no answer within {timeout:g} s") from None
+            raise
+        if not pending.result.ready():
+            pending.cancel(loop)
+            raise ServiceUnavailable(what, f"no answer within {timeout:g} s")
+        return pending.result.get(block=False)  # type: ignore[no-any-return]
 
     def _start_queued(self) -> None:
         self._woken = False
@@ -314,7 +327,7 @@ class NatsBridge:
             return self._caught_up(mirror, timeout)
         rounds = self._rounds.get(mirror.bucket)
         if rounds is None:
-            rounds = self._rounds[mirror.bucket] = _Rounds(lambda: self._caught_up(mirror, timeout))
+            rounds = self._rounds[mirror.bucket] = _Rounds(lambda wait: self._caught_up(mirror, wait))
         return rounds.wait(timeout)
 
     def _caught_up(self, mirror: KvMirror[bytes], timeout: float) -> bool:
@@ -330,7 +343,8 @@ class NatsBridge:
             return False
 
     def kv_is_local(self, bucket: str) -> bool:
-        """True when :meth:`kv_get` of ``bucket`` reads this worker's live copy: no round trip."""
+        """True when :meth:`kv_get` of ``bucket`` reads this worker's live copy (for a CURRENT bucket,
+        after a catch-up check shared with the other reads waiting then)."""
         mirror = self.mirror(bucket)
         return mirror is not None and mirror.synced
 
@@ -449,7 +463,8 @@ class _Pending:
     def cancel(self, loop: asyncio.AbstractEventLoop) -> None:
         self.cancelled = True
         if self.task is not None:
-            loop.call_soon_threadsafe(self.task.cancel)
+            with contextlib.suppress(RuntimeError):  # the loop is already closed: the task went with it
+                loop.call_soon_threadsafe(self.task.cancel)
 
 
 class _Rounds:
@@ -458,11 +473,13 @@ class _Rounds:
     A caller that arrives while a round is running waits for the next one (the running round may
     have asked the server before the caller began); every caller waiting then gets that answer.
     Like a consensus log's batched read barrier: one server request per batch, not per read.
+    ``ask(timeout)`` gets the longest time any caller of its round is willing to wait.
     """
 
-    def __init__(self, ask: Callable[[], bool]) -> None:
+    def __init__(self, ask: Callable[[float], bool]) -> None:
         self._ask = ask
         self._next: Any = None  # the AsyncResult of the round not yet begun
+        self._next_timeout = 0.0
         self._running = False
 
     def wait(self, timeout: float) -> bool:
@@ -471,26 +488,31 @@ class _Rounds:
 
         if self._next is None:
             self._next = AsyncResult()
+            self._next_timeout = 0.0
+        self._next_timeout = max(self._next_timeout, timeout)
         mine = self._next
         if not self._running:
             self._running = True
             gevent.spawn(self._run)
-        try:
-            return bool(mine.get(timeout=timeout))
-        except gevent.Timeout:
-            return False
+        mine.wait(timeout)  # not get(timeout=): a gevent.Timeout of an enclosing block must reach its owner
+        return bool(mine.ready() and mine.successful() and mine.value)
 
     def _run(self) -> None:
+        current = None
         try:
             while self._next is not None:
-                round_, self._next = self._next, None
+                current, self._next = self._next, None
                 try:
-                    round_.set(self._ask())
+                    current.set(self._ask(self._next_timeout))
                 except Exception:  # a failed check is "not current": the callers read the bucket
                     log.warning("gateway copy check failed", exc_info=True)
-                    round_.set(False)
+                    current.set(False)
         finally:
             self._running = False
+            for left in (current, self._next):  # killed mid-round: nobody may wait for an answer that won't come
+                if left is not None and not left.ready():
+                    left.set(False)
+            self._next = None
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

@@ -238,3 +238,72 @@ def test_calls_from_greenlets_are_answered_cancelled_and_fail_as_from_threads(na
     assert seen == {"loop": "greenlet", "answers_in_order": True, "timeout": seen.get("timeout"),
                     "cancelled": True, "error": "from the loop"}
     assert "no answer within 0.2 s" in seen["timeout"]
+
+
+GREENLET_COPY = """
+from gevent import monkey
+monkey.patch_all()
+import json, subprocess, sys
+from pathlib import Path
+import gevent
+from cartwheel import bus, subjects
+from cartwheel.settings import Settings
+from services.gateway.bridge import NatsBridge
+
+nats_url, var_dir = sys.argv[1], Path(sys.argv[2])
+settings = Settings(nats_url=nats_url, var_dir=var_dir, secret="s" * 32)
+bridge = NatsBridge(settings)
+bridge.start(wait=10)
+bridge.call(lambda: bus.declare_topology(bridge.js, settings), 10)
+key = subjects.catalog_cache_key("00000000-0000-4000-8000-000000000001")
+
+async def put(value):
+    await (await bridge.key_value(subjects.CATALOG_CACHE_BUCKET)).put(key, value)
+
+bridge.call(put(b"old"), 5)
+bridge.kv_get(subjects.CATALOG_CACHE_BUCKET, key)  # starts the copy
+deadline = gevent.get_hub().loop.now() + 10
+while not bridge.kv_is_local(subjects.CATALOG_CACHE_BUCKET):
+    assert gevent.get_hub().loop.now() < deadline, "the copy never synced"
+    gevent.sleep(0.02)
+
+WRITER = '''
+import asyncio, sys, nats
+async def main():
+    nc = await nats.connect(sys.argv[1])
+    kv = await nc.jetstream().key_value(sys.argv[2])
+    await kv.put(sys.argv[3], b"new")
+    await nc.close()
+asyncio.run(main())
+'''
+seen = []
+for _ in range(3):
+    bridge.call(put(b"old"), 5)
+    gevent.sleep(0.2)  # the copy has "old"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, nats_url, subjects.CATALOG_CACHE_BUCKET, key])
+    monkey.get_original("time", "sleep")(1.5)  # this worker is busy: the writer's change waits unread
+    assert writer.poll() == 0, "the writer did not finish while the worker was busy"
+    readers = [gevent.spawn(bridge.kv_get, subjects.CATALOG_CACHE_BUCKET, key) for _ in range(20)]
+    gevent.joinall(readers)
+    seen.append(sorted({r.value.decode() for r in readers}))
+bridge.close()
+print(json.dumps(seen))
+"""
+
+
+def test_reads_of_the_catalog_copy_in_a_busy_gevent_worker_see_a_change_made_elsewhere(
+    nats_url: str, tmp_path: Path
+) -> None:
+    """The gateway's real setting: greenlets sharing one catch-up check after the worker was busy.
+
+    Another process changes a product while this worker's thread is blocked; then 20 reads start
+    at once. All must see the change (the copy has not received it yet when they begin).
+    """
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", GREENLET_COPY, nats_url, str(tmp_path)],
+                          capture_output=True, text=True, timeout=90, check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [["new"]] * 3
