@@ -148,6 +148,8 @@ class ReservationHeld(BaseModel):
     order_id: str
     quantity: int
     expires_at: datetime
+    available: int | None = None
+    """Units left for others once this is held (None in replies recorded before it was added)."""
 
 
 class ReservationEnded(BaseModel):

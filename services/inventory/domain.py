@@ -43,7 +43,7 @@ def expiry_alarm_id(product_id: str, reservation_id: str) -> str:
 def reserve(stock: Stock, cmd: ReserveStock, command: LaneCommand) -> Outcome[Stock]:
     held = stock.reservations.get(cmd.reservation_id)
     if held is not None:  # a retry under a new command id: same answer, no second hold
-        return Outcome(reply=_held(cmd.reservation_id, held))
+        return Outcome(reply=_held(cmd.reservation_id, held, stock.available))
     if ended := stock.ended.get(cmd.reservation_id):
         raise DomainError(
             f"reservation {cmd.reservation_id} was already {ended.status}",
@@ -65,7 +65,7 @@ def reserve(stock: Stock, cmd: ReserveStock, command: LaneCommand) -> Outcome[St
     alarm_id = expiry_alarm_id(command.key, cmd.reservation_id)
     alarm = Alarm(alarm_id, reservation.expires_at, {"reservation_id": cmd.reservation_id})
     return Outcome(
-        reply=_held(cmd.reservation_id, reservation),
+        reply=_held(cmd.reservation_id, reservation, after.available),
         state=after,
         events=[
             events.reserved(after, command, cmd.reservation_id, reservation),
@@ -212,8 +212,9 @@ def _changed(after: Stock, command: LaneCommand, reason: str, before: Stock) -> 
     )
 
 
-def _held(reservation_id: str, reservation: Reservation) -> dict[str, Any]:
-    return ReservationHeld(reservation_id=reservation_id, **reservation.model_dump()).model_dump(mode="json")
+def _held(reservation_id: str, reservation: Reservation, available: int) -> dict[str, Any]:
+    held = ReservationHeld(reservation_id=reservation_id, available=available, **reservation.model_dump())
+    return held.model_dump(mode="json")
 
 
 def _ended(reservation_id: str, status: str, quantity: int) -> dict[str, Any]:

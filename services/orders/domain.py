@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cartwheel.contracts.catalog import Product
 from cartwheel.contracts.orders import OrderLine, OrderStatus, PriceChange, ShortLine
@@ -147,3 +147,50 @@ def merge_wanted(items: Iterable[Wanted]) -> list[Wanted]:
 
 def total_cents(lines: Iterable[OrderLine]) -> int:
     return sum(line.line_total_cents for line in lines)
+
+
+INTENT_AHEAD_MARGIN = 20
+"""Units a product must have left beyond what this process is reserving of it for a checkout to ask
+for its PaymentIntent while the lane reserves (so a refusal, which then cancels the intent, stays rare)."""
+HINT_FRESH_S = 5.0
+"""How long what a lane said of a product's stock counts as a hint."""
+
+
+@dataclass
+class StockHints:
+    """What this process last heard of each product's available stock (its lane's answers) and how
+    many units its checkouts are reserving right now (their answers not heard yet).
+
+    A checkout asks for its intent at the same time as it reserves only when every line has plenty
+    left beyond those (:meth:`plenty`). For the last units of a flash sale, for a product never heard
+    of, and after a refusal, the intent waits for the reservation: a refused buyer costs the payment
+    provider nothing.
+    """
+
+    seen: dict[str, tuple[int, float]] = field(default_factory=dict)
+    ahead: dict[str, int] = field(default_factory=dict)
+
+    def heard(self, product_id: str, available: int | None, now: float) -> None:
+        if available is not None:
+            self.seen[product_id] = (available, now)
+
+    def plenty(self, lines: Iterable[OrderLine], now: float) -> bool:
+        for line in lines:
+            known = self.seen.get(line.product_id)
+            if known is None or now - known[1] > HINT_FRESH_S:
+                return False
+            if known[0] - self.ahead.get(line.product_id, 0) < line.quantity + INTENT_AHEAD_MARGIN:
+                return False
+        return True
+
+    def begin(self, lines: Iterable[OrderLine]) -> None:
+        for line in lines:
+            self.ahead[line.product_id] = self.ahead.get(line.product_id, 0) + line.quantity
+
+    def end(self, lines: Iterable[OrderLine]) -> None:
+        for line in lines:
+            left = self.ahead.get(line.product_id, 0) - line.quantity
+            if left > 0:
+                self.ahead[line.product_id] = left
+            else:
+                self.ahead.pop(line.product_id, None)

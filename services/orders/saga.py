@@ -63,6 +63,7 @@ from services.orders.domain import (
     HOLDS_STOCK,
     PAID,
     TRANSITIONS,
+    StockHints,
     Wanted,
     late_reservation,
     merge_wanted,
@@ -105,6 +106,7 @@ class Saga:
         self.worker = service.instance
         self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # per order: its lock and how many want it
         self._checkouts: dict[str, asyncio.Future[dict[str, Any]]] = {}  # Idempotency-Key scope -> the checkout
+        self.hints = StockHints()
         self._sweeper: asyncio.Task[None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -181,8 +183,7 @@ class Saga:
         order_id = new_order_id()
         placing = store.Placing(order_id, cmd.tenant, lines, currency, reservation_id(order_id),
                                 user_id=cmd.user_id, email=cmd.email, cart_id=cart_id, idempotency_key=key)
-        await self._reserve_all(placing)
-        intent = await self._intent_for(placing)
+        intent = await self._reserve_and_ask_payment(placing)
         try:
             order = await self.service.db.run_together(lambda s: store.place(s, placing, intent))
         except IntegrityError:
@@ -236,6 +237,31 @@ class Saga:
         found = await asyncio.gather(*(one(p) for p in product_ids))
         return {product_id: product for product_id, product in found if product is not None}
 
+    async def _reserve_and_ask_payment(self, placing: store.Placing) -> IntentView:
+        """Hold every line, then get the order's intent; both at once when every line has plenty left.
+
+        With plenty left (:meth:`StockHints.plenty`) a refusal is unlikely, so the buyer needn't wait
+        for the lane before the payment provider: a refusal that still comes cancels the intent.
+        """
+        early = self.hints.plenty(placing.lines, time.monotonic())
+        self.hints.begin(placing.lines)  # every reservation in flight counts, or a burst would outrun the hint
+        try:
+            if not early:
+                await self._reserve_all(placing)
+            else:
+                held, intent = await asyncio.gather(self._reserve_all(placing), self._intent_for(placing),
+                                                    return_exceptions=True)
+        finally:
+            self.hints.end(placing.lines)
+        if not early:
+            return await self._intent_for(placing)
+        if isinstance(intent, BaseException):  # _intent_for released the lines: a reserve landing later holds nothing
+            raise intent
+        if isinstance(held, BaseException):  # _reserve_all let go of what it held
+            await asyncio.shield(self._cancel_unplaced(placing, intent))
+            raise held
+        return intent
+
     async def _reserve_all(self, placing: store.Placing) -> None:
         """Hold every line under the order's reservation, or none: :class:`DomainError` ``out_of_stock``."""
         ttl = self.settings.reservation_ttl_seconds
@@ -278,6 +304,10 @@ class Saga:
     async def _let_go(self, placing: store.Placing, intent: IntentView) -> None:
         """Undo a checkout whose order was never written: its stock back, its intent cancelled."""
         await self._release_quietly(placing)
+        await self._cancel_unplaced(placing, intent)
+
+    async def _cancel_unplaced(self, placing: store.Placing, intent: IntentView) -> None:
+        """Cancel the intent of an order that was never written; a failure is logged (nobody can pay it)."""
         cancel = CancelIntent(tenant=placing.tenant, order_id=placing.order_id,
                               payment_intent_id=intent.payment_intent_id)
         try:
@@ -535,10 +565,13 @@ class Saga:
         cmd = ReserveStock(tenant=tenant, product_id=line.product_id, reservation_id=reservation,
                            order_id=order_id, quantity=line.quantity, ttl_seconds=ttl)
         try:
-            await self._lane(line.product_id, cmd, _command_id(reservation, "reserve", line.product_id))
+            held = await self._lane(line.product_id, cmd, _command_id(reservation, "reserve", line.product_id))
         except DomainError as refusal:
-            available = refusal.details.get("available", 0)
-            return ShortLine(product_id=line.product_id, requested=line.quantity, available=int(available or 0))
+            available = int(refusal.details.get("available", 0) or 0)
+            if refusal.code == "out_of_stock":
+                self.hints.heard(line.product_id, available, time.monotonic())
+            return ShortLine(product_id=line.product_id, requested=line.quantity, available=available)
+        self.hints.heard(line.product_id, held.get("available"), time.monotonic())
         return None
 
     async def _release(self, order_id: str, reservation: str, lines: list[OrderLine]) -> bool:

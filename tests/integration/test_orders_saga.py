@@ -455,6 +455,32 @@ def test_a_payment_for_a_cancelled_order_is_refunded(orders: Any, payments: Fake
     assert stock(client, mug) == (3, 0)
 
 
+def test_with_plenty_left_the_intent_is_asked_while_reserving_and_a_refusal_then_cancels_it(
+    orders: Any, payments: FakePayments, client: Client
+) -> None:
+    """The lane said 99 were left a moment ago, so the next checkout asks for its intent at once.
+
+    Stock was cut meanwhile (an admin), so the lane refuses: the intent asked for nothing is
+    cancelled and nothing is held. The refusal taught the process the stock is gone, so the next
+    checkout waits for its reservation before asking the payment provider.
+    """
+    kettle = new_product(client, 100)
+    first = ask(client, buy(kettle))
+    ask(client, SetStock(product_id=kettle, on_hand=1))  # the first order holds the only unit left
+    created = len(payments.asked(subjects.PAYMENTS_INTENT_CREATE))
+
+    assert refused(client, buy(kettle)).code == "out_of_stock"
+    asked = payments.asked(subjects.PAYMENTS_INTENT_CREATE)[created:]
+    assert len(asked) == 1, "the intent was asked while the lane reserved"
+    early = asked[0]["order_id"]
+    wait_for(lambda: any(c["order_id"] == early for c in payments.asked(subjects.PAYMENTS_INTENT_CANCEL)),
+             "the early intent's cancel")
+    assert stock(client, kettle) == (1, 1)
+    assert refused(client, buy(kettle)).code == "out_of_stock"
+    assert len(payments.asked(subjects.PAYMENTS_INTENT_CREATE)) == created + 1, "no intent for a known sell-out"
+    assert status_of(client, first["order_id"]) == "awaiting_payment"
+
+
 def test_a_key_that_met_no_stock_may_be_tried_again_after_a_restock(orders: Any, client: Client) -> None:
     mug = new_product(client, 1)
     wanted = buy(mug, 2, user_id="u-restock", idempotency_key="try-again")

@@ -118,6 +118,7 @@ def test_reserve_holds_stock_and_sets_an_expiry_alarm() -> None:
         "order_id": "order-7",
         "quantity": 2,
         "expires_at": (T0 + timedelta(seconds=90)).isoformat().replace("+00:00", "Z"),
+        "available": 3,  # what is left for others: orders' hint for asking intents early
     }
     assert level(lane) == (5, 2, 3)
     (alarm,) = lane.alarms.values()

@@ -8,11 +8,14 @@ from itertools import pairwise
 import pytest
 
 from cartwheel.contracts.catalog import Product
-from cartwheel.contracts.orders import Checkout, CheckoutItem
+from cartwheel.contracts.orders import Checkout, CheckoutItem, OrderLine
 from cartwheel.errors import DomainError
 from services.orders.domain import (
+    HINT_FRESH_S,
+    INTENT_AHEAD_MARGIN,
     TRANSITIONS,
     IllegalTransition,
+    StockHints,
     Wanted,
     check_transition,
     late_reservation,
@@ -99,3 +102,25 @@ def test_an_idempotency_key_belongs_to_its_buyer() -> None:
     other_body = _idempotency_scope(Checkout(items=[CheckoutItem(product_id="a", quantity=2)], idempotency_key="k"))
     assert len({user, cart, anon, other_body}) == 4
     assert anon == _idempotency_scope(Checkout(items=item, idempotency_key="k"))
+
+
+def _line(product_id: str, quantity: int) -> OrderLine:
+    return OrderLine(product_id=product_id, sku="S", name="N", unit_price_cents=100, quantity=quantity,
+                     line_total_cents=100 * quantity)
+
+
+def test_stock_hints_ask_for_the_intent_early_only_with_plenty_left_beyond_what_is_being_reserved() -> None:
+    hints = StockHints()
+    mug = [_line("mug", 2)]
+    assert not hints.plenty(mug, now=0.0)  # never heard of
+    hints.heard("mug", INTENT_AHEAD_MARGIN + 2, now=0.0)
+    assert hints.plenty(mug, now=1.0)
+    assert not hints.plenty(mug, now=HINT_FRESH_S + 0.5)  # too old to go by
+    hints.begin(mug)  # two units are being reserved, their answer not heard yet
+    assert not hints.plenty(mug, now=1.0)
+    hints.end(mug)
+    assert hints.plenty(mug, now=1.0) and hints.ahead == {}
+    hints.heard("mug", None, now=1.5)  # a reply that says nothing of the stock changes nothing
+    assert hints.seen["mug"] == (INTENT_AHEAD_MARGIN + 2, 0.0)
+    hints.heard("plate", 500, now=1.0)
+    assert not hints.plenty([*mug, _line("cup", 1), _line("plate", 1)], now=1.0)  # every line must be known
