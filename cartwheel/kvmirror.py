@@ -6,8 +6,8 @@ unsynced and watched again from the start; callers read the bucket (or ask its o
 
 A synced copy trails the bucket by the watch's delivery (about a millisecond). A reader that must
 see every write finished before it began (read-your-writes across processes) awaits
-:meth:`KvMirror.caught_up` first: the bucket's last sequence, asked of the server after the read
-began, is in the copy.
+:meth:`KvMirror.current` first: the bucket's last sequence, asked of the server after the read
+began, is in the copy (one request shared by the reads waiting together).
 """
 
 from __future__ import annotations
@@ -56,6 +56,8 @@ class KvMirror(Generic[V]):
         self.resyncs = 0  # watches started after the first: reconnects and failures
         self.revision = 0  # the stream sequence of the newest update in the copy (0: none yet)
         self._waiting: list[tuple[int, asyncio.Future[None]]] = []  # (revision, its waiter)
+        self._next_round: asyncio.Future[bool] | None = None  # the catch-up check not begun yet
+        self._rounds: asyncio.Task[None] | None = None
 
     @property
     def synced(self) -> bool:
@@ -77,6 +79,14 @@ class KvMirror(Generic[V]):
     async def stop(self) -> None:
         self._stopping = True
         self._synced = False
+        if self._rounds is not None:
+            self._rounds.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._rounds
+            self._rounds = None
+        if self._next_round is not None and not self._next_round.done():
+            self._next_round.set_result(False)
+        self._next_round = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -118,6 +128,35 @@ class KvMirror(Generic[V]):
                 with contextlib.suppress(ValueError):
                     self._waiting.remove(waiter)
         return self._synced and self.revision >= state.last_seq
+
+    async def current(self, nc: NatsClient, timeout: float) -> bool:
+        """:meth:`caught_up`, one check shared by every caller waiting for it.
+
+        A caller that arrives while a check runs waits for the next one (the running one may have
+        asked the server before the caller began); all callers waiting then share that answer. Under
+        load, one request to the server serves a batch of reads.
+        """
+        if not self._synced:
+            return False
+        if self._next_round is None:
+            self._next_round = asyncio.get_running_loop().create_future()
+        mine = self._next_round
+        if self._rounds is None or self._rounds.done():
+            self._rounds = asyncio.get_running_loop().create_task(self._run_rounds(nc, timeout))
+        return await asyncio.shield(mine)
+
+    async def _run_rounds(self, nc: NatsClient, timeout: float) -> None:
+        while (round_ := self._next_round) is not None:
+            self._next_round = None
+            try:
+                ok = await self.caught_up(nc, timeout)
+            except asyncio.CancelledError:
+                round_.set_result(False)
+                raise
+            except Exception as error:  # not current: the callers ask the bucket's owner instead
+                log.info("kv mirror of %s could not check it is current: %r", self.bucket, error)
+                ok = False
+            round_.set_result(ok)
 
     def _advance(self, revision: int) -> None:
         self.revision = max(self.revision, revision)

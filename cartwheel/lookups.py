@@ -2,11 +2,12 @@
 KV buckets, kept by watches. A key not (yet) in a copy is asked for as before. The cart prices its
 lines with them, and checkout prices its orders.
 
-A copy can trail its bucket by the time a watch takes to deliver (about a millisecond here): a
-price that old is the price a moment earlier, as if the request had come a moment earlier; a stock
-figure that old is fine for a cart, since checkout reserves in inventory's lane. The
-catalog writes a change into its bucket before it answers the change, so a product an admin
-deactivated is refused once the copy has that write.
+A copy can trail its bucket by the time a watch takes to deliver (about a millisecond here). A
+stock figure that old is fine for a cart, since checkout reserves in inventory's lane. A product
+is not read until the copy holds every write its bucket had when the read began
+(:meth:`KvMirror.current`, one server request per batch of reads): the catalog writes a change
+into its bucket before it answers it, so a product an admin deactivated or repriced is refused
+or repriced by the very next request, whichever process answers it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from cartwheel.contracts.catalog import GetProduct, Product
 from cartwheel.contracts.inventory import GetStock, StockLevel
 from cartwheel.kvmirror import KvMirror
 
+CATCH_UP = 0.1  # seconds a product read waits for the copy to receive what its bucket already has
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _PRODUCT_KEY = subjects.catalog_cache_key("")
 
@@ -53,7 +55,8 @@ class Lookups:
 
     async def product(self, id_or_sku: str, cause: Message) -> Product:
         """The product (active or not) from the catalog's bucket, else from the catalog."""
-        found = self._cached_product(id_or_sku) if self.catalog.synced else None
+        current = self.catalog.synced and await self.catalog.current(self._client(), CATCH_UP)
+        found = self._cached_product(id_or_sku) if current else None
         if found is not None:
             return found
         query = GetProduct(tenant=cause.tenant, id_or_sku=id_or_sku)
