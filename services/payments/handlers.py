@@ -34,9 +34,8 @@ class PaymentHandlers:
                 await self._stripe().create_intent(cmd.order_id, cmd.tenant, cmd.amount_cents, cmd.currency, key)
             )
 
-            def keep_first(session: Session) -> IntentRow | None:
-                store.insert_intent(session, made, cmd.tenant)  # a concurrent twin's intent may be there first
-                return store.intent_for_order(session, cmd.order_id)
+            def keep_first(session: Session) -> IntentRow | None:  # a concurrent twin's intent may be there first
+                return store.insert_intent(session, made, cmd.tenant) or store.intent_for_order(session, cmd.order_id)
 
             row = await self.db.run_together(keep_first)
         assert row is not None

@@ -23,7 +23,7 @@ def settle(session: Session, snap: IntentSnapshot, source: str, tenant: str) -> 
     fresh = (
         store.lock_intent(session, snap.id) is None
         and snap.order_id is not None
-        and store.insert_intent(session, snap, tenant)
+        and store.insert_intent(session, snap, tenant) is not None
     )
     row = store.lock_intent(session, snap.id)
     if row is None:

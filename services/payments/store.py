@@ -58,13 +58,19 @@ def lock_intent(session: Session, intent_id: str) -> IntentRow | None:
 
 
 def _insert_if_absent(session: Session, table: Any, values: dict[str, Any]) -> bool:
-    """Insert unless a unique key is taken (a concurrent twin, or the order's other intent); True if inserted."""
+    """Insert unless a unique key is taken (a concurrent twin, or the order's other intent); True if inserted.
+
+    Told by the row RETURNING gives back, not by ``rowcount``: psycopg reports -1 for this statement,
+    which read as "inserted" every time on PostgreSQL.
+    """
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    result = session.execute(dialect.insert(table).values(**values).on_conflict_do_nothing())
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    key = next(iter(table.primary_key.columns))
+    inserted = session.execute(dialect.insert(table).values(**values).on_conflict_do_nothing().returning(key))
+    return inserted.first() is not None
 
 
-def insert_intent(session: Session, snap: IntentSnapshot, tenant: str) -> bool:
+def insert_intent(session: Session, snap: IntentSnapshot, tenant: str) -> IntentRow | None:
+    """The new row as written (not read back: a tenth of the service's CPU in a sale), None if one was there."""
     now = utcnow()
     values = {
         "id": snap.id,
@@ -79,7 +85,7 @@ def insert_intent(session: Session, snap: IntentSnapshot, tenant: str) -> bool:
         "created_at": now,
         "updated_at": now,
     }
-    return _insert_if_absent(session, IntentRow.__table__, values)
+    return IntentRow(**values) if _insert_if_absent(session, IntentRow.__table__, values) else None
 
 
 def update_intent(row: IntentRow, snap: IntentSnapshot) -> None:

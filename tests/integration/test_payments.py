@@ -493,3 +493,30 @@ def test_the_migrations_match_the_models(database_url: str) -> None:
         diff = compare_metadata(MigrationContext.configure(conn), [PaymentsBase.metadata, PlatformBase.metadata])
     db.close()
     assert diff == []
+
+
+def test_an_intent_row_is_inserted_once_and_a_twin_is_told_it_was_not(database_url: str) -> None:
+    """A second intent for the same order is not inserted, and says so (on PostgreSQL, rowcount said -1)."""
+    from sqlalchemy.orm import sessionmaker
+
+    from cartwheel.db import make_engine
+    from services.payments import store
+    from services.payments.domain import IntentSnapshot
+
+    migrate("payments", database_url)
+    engine = make_engine(database_url)
+    order = new_order()
+
+    def snap(intent_id: str) -> IntentSnapshot:
+        return IntentSnapshot(id=intent_id, order_id=order, tenant="default", amount_cents=500, currency="EUR",
+                              status="requires_payment_method", client_secret=f"{intent_id}_secret", last_error=None)
+
+    try:
+        with sessionmaker(engine).begin() as session:
+            first = store.insert_intent(session, snap(f"pi_{order}_a"), "default")
+            twin = store.insert_intent(session, snap(f"pi_{order}_b"), "default")
+            assert first is not None and first.id == f"pi_{order}_a"
+            assert twin is None
+            assert store.intent_for_order(session, order).id == f"pi_{order}_a"  # type: ignore[union-attr]
+    finally:
+        engine.dispose()
