@@ -82,11 +82,11 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
-    if parsed.database and parsed.database != ":memory:":
+    in_file = bool(parsed.database) and parsed.database != ":memory:"
+    if in_file:
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     # Room for every reader thread, the writer, a lane applying on the loop, lookups and pings at once:
     # an overflow connection is closed on return and the next one runs the pragmas again.
-    in_file = bool(parsed.database) and parsed.database != ":memory:"
     sizes = {"pool_size": pool_size + 5, "max_overflow": pool_size} if in_file else {}
     engine = create_engine(url, connect_args={"timeout": 30}, **sizes)
 

@@ -2,12 +2,15 @@
 KV buckets, kept by watches. A key not (yet) in a copy is asked for as before. The cart prices its
 lines with them, and checkout prices its orders.
 
-A copy can trail its bucket by the time a watch takes to deliver (about a millisecond here). A
-stock figure that old is fine for a cart, since checkout reserves in inventory's lane. A product
-is not read until the copy holds every write its bucket had when the read began
-(:meth:`KvMirror.current`, one server request per batch of reads): the catalog writes a change
-into its bucket before it answers it, so a product an admin deactivated or repriced is refused
-or repriced by the very next request, whichever process answers it.
+A copy can trail its bucket by the time a watch takes to deliver (about a millisecond here), or
+longer when its watch was lost and not yet noticed. A stock figure that old is fine for a cart,
+since checkout reserves in inventory's lane; so is a product for a cart, since checkout prices and
+checks every line again. Checkout reads a product ``current``: not until the copy holds every
+write its bucket had when the read began (:meth:`KvMirror.current`, one server request per batch
+of reads). The catalog writes a change into its bucket before it answers it, so a product an
+admin deactivated or repriced is refused or repriced by the very next checkout, whichever replica
+answers it. Cart adds don't wait for that: at the rates a cart sees, a round serves about one
+read, and it cost 15 % of add-to-cart throughput (bench, same run).
 """
 
 from __future__ import annotations
@@ -53,10 +56,13 @@ class Lookups:
         await self.catalog.stop()
         await self.stock.stop()
 
-    async def product(self, id_or_sku: str, cause: Message) -> Product:
-        """The product (active or not) from the catalog's bucket, else from the catalog."""
-        current = self.catalog.synced and await self.catalog.current(self._client(), CATCH_UP)
-        found = self._cached_product(id_or_sku) if current else None
+    async def product(self, id_or_sku: str, cause: Message, *, current: bool) -> Product:
+        """The product (active or not) from the catalog's bucket, else from the catalog.
+
+        ``current``: as the bucket was when this call began, not as the copy last heard it.
+        """
+        usable = self.catalog.synced and (not current or await self.catalog.current(self._client(), CATCH_UP))
+        found = self._cached_product(id_or_sku) if usable else None
         if found is not None:
             return found
         query = GetProduct(tenant=cause.tenant, id_or_sku=id_or_sku)

@@ -39,8 +39,12 @@ def validation_details(exc: ValidationError) -> list[dict[str, str]]:
     return [{"field": ".".join(str(p) for p in err["loc"]) or "body", "message": err["msg"]} for err in exc.errors()]
 
 
+def _json(data: Any) -> bytes:
+    return pydantic_core.to_json(data, fallback=str)  # a value JSON has no type for (a Decimal, say) as its text
+
+
 def success(data: Any) -> bytes:
-    return pydantic_core.to_json({"ok": True, "data": data}, fallback=str)
+    return _json({"ok": True, "data": data})
 
 
 def failure(code: str, message: str, **details: Any) -> bytes:
@@ -143,7 +147,7 @@ class RequestServer:
                     "validation_failed"
             message_id.set(getattr(request, "id", None) or "-")
             data = await route.handler(request)
-            return (success(data) if route.envelope else pydantic_core.to_json(data, fallback=str)), "ok"
+            return (success(data) if route.envelope else _json(data)), "ok"
         except DomainError as exc:
             return failure(exc.code, exc.message, **exc.details), exc.code
         except ServiceUnavailable as exc:  # a service this one asked did not answer: the caller may retry

@@ -127,8 +127,8 @@ class CartHandlers:
             )
 
     async def _product(self, product_id: str, cause: Message) -> Product:
-        """From this process's copy of the catalog's cache, else from the catalog."""
-        return await self.lookups.product(product_id, cause)
+        """From this process's copy of the catalog's cache, else from the catalog (checkout checks it again)."""
+        return await self.lookups.product(product_id, cause, current=False)
 
     async def _available(self, product_id: str, cause: Message) -> int:
         """From this process's copy of inventory's stock bucket, else from inventory."""

@@ -228,7 +228,7 @@ class Saga:
 
         async def one(product_id: str) -> tuple[str, Product | None]:
             try:
-                return product_id, await self.lookups.product(product_id, cause)  # type: ignore[union-attr]
+                return product_id, await self.lookups.product(product_id, cause, current=True)  # type: ignore[union-attr]
             except DomainError as refusal:
                 if refusal.code == "not_found":
                     return product_id, None

@@ -70,7 +70,10 @@ def _insert_if_absent(session: Session, table: Any, values: dict[str, Any]) -> b
 
 
 def insert_intent(session: Session, snap: IntentSnapshot, tenant: str) -> IntentRow | None:
-    """The new row as written (not read back: a tenth of the service's CPU in a sale), None if one was there."""
+    """The new row as written, or None if the order had one already.
+
+    Not read back: that was a tenth of the service's CPU when every checkout was a sale (bench ``open``).
+    """
     now = utcnow()
     values = {
         "id": snap.id,

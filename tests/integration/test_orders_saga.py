@@ -250,6 +250,26 @@ def test_a_price_change_since_adding_is_refused_unless_accepted(orders: Any, cli
     assert order["total_cents"] == 1500
 
 
+def test_a_checkout_whose_catalog_copy_lost_its_watch_still_refuses_a_product_deactivated_since(
+    orders: Any, client: Client
+) -> None:
+    """Orders' copy of the catalog bucket lost its watch on the server (as after a server restart) and,
+    until it notices, hears no change. A checkout must still see the product as the bucket has it when
+    the checkout begins: a copy is read only once it holds that, else the catalog is asked."""
+    kettle = new_product(client, 5)
+    ask(client, buy(kettle))  # the product is in orders' copy
+
+    async def lose_the_watches(nc: nats.NATS) -> None:
+        js, stream = nc.jetstream(), f"KV_{subjects.CATALOG_CACHE_BUCKET}"
+        for consumer in await js.consumers_info(stream):  # every watch of the bucket, orders' among them
+            await js.delete_consumer(stream, consumer.name)
+
+    client.run(lose_the_watches)
+    ask(client, UpdateProduct(product_id=kettle, patch=ProductPatch(active=False)))
+    assert refused(client, buy(kettle)).code == "not_for_sale"
+    assert stock(client, kettle) == (5, 1)
+
+
 def test_an_empty_or_unknown_cart_is_refused(orders: Any, client: Client) -> None:
     assert refused(client, Checkout(cart_id="cart-never-used")).code == "empty_cart"
     assert refused(client, Checkout()).code == "empty_cart"
