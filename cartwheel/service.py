@@ -28,6 +28,7 @@ from cartwheel import subjects
 from cartwheel.bus import declare_topology, make_broker
 from cartwheel.contracts.base import Message
 from cartwheel.db import Database, migrate
+from cartwheel.heap import freeze_startup_heap
 from cartwheel.observability import ServiceMetrics, configure_logging, message_id, start_ops_server
 from cartwheel.outbox import OutboxRelay
 from cartwheel.requests import RequestServer
@@ -194,5 +195,10 @@ def main(name: str) -> int:
     settings = get_settings()
     configure_logging(name, settings.log_level, settings.log_format)
     service: Service = importlib.import_module(f"services.{name}.app").build(settings)
+
+    @service.app.after_startup
+    async def freeze() -> None:  # a process of its own (not a test's thread): what it started with stays for life
+        service.log.info("%d startup objects frozen out of the collector's full runs", freeze_startup_heap())
+
     asyncio.run(service.app.run())
     return 0

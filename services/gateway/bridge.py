@@ -236,7 +236,14 @@ class NatsBridge:
         if not pending.result.ready():
             pending.cancel(loop)
             raise ServiceUnavailable(what, f"no answer within {timeout:g} s")
-        return pending.result.get(block=False)  # type: ignore[no-any-return]
+        result, pending = pending.result, None
+        if result.successful():
+            return result.value  # type: ignore[no-any-return]
+        error, result = result.exception, None
+        try:
+            raise error
+        finally:  # neither this frame nor gevent's reraise may hold the error its traceback holds: no cycle per refusal
+            error = None
 
     def _start_queued(self) -> None:
         self._woken = False

@@ -17,6 +17,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger as GunicornLogger
 
+from cartwheel.heap import freeze_startup_heap
 from cartwheel.observability import configure_logging
 from cartwheel.settings import Settings
 from services.gateway.migrate import migrate_database
@@ -205,6 +206,8 @@ def start_bridge(worker: Any) -> None:
     from services.gateway.context import EXTENSION
 
     worker.wsgi.extensions[EXTENSION].bus.start()
+    frozen = freeze_startup_heap()  # the app and its models, out of the collector's full runs (see cartwheel.heap)
+    log.info("worker %d: %d startup objects frozen", os.getpid(), frozen)
 
 
 def close_bridge(server: Any, worker: Any) -> None:

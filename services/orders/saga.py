@@ -153,18 +153,14 @@ class Saga:
         key = _idempotency_scope(cmd)
         if key is None:
             return await self._checkout(cmd, None)
-        running = self._checkouts.get(key)
-        if running is not None:  # the buyer's retry overtook its first try (a gateway time-out)
-            return await asyncio.shield(running)
-        first = asyncio.ensure_future(self._checkout(cmd, key))
-        self._checkouts[key] = first
+        task = self._checkouts.get(key)
+        if task is None:  # else the buyer's retry overtook its first try (a gateway time-out): it gets that answer
+            task = self._checkouts[key] = asyncio.ensure_future(self._checkout(cmd, key))
+            task.add_done_callback(lambda _: self._checkouts.pop(key, None))  # if our caller gives up, it goes on
         try:
-            return await asyncio.shield(first)
-        finally:
-            if first.done():
-                self._checkouts.pop(key, None)
-            else:  # our caller gave up; the checkout goes on, and answers a retry meanwhile
-                first.add_done_callback(lambda _: self._checkouts.pop(key, None))
+            return await asyncio.shield(task)
+        finally:  # a refusal's traceback holds this frame: holding the task too would make a cycle of each one
+            del task
 
     async def _checkout(self, cmd: Checkout, key: str | None) -> dict[str, Any]:
         if key is not None:
