@@ -35,6 +35,9 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+Item = TypeVar("Item")
+Batch = Callable[[Session, list[Item]], list[T]]
+"""Writes many items of one kind in the caller's transaction; one outcome per item, in order."""
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -152,7 +155,7 @@ class Database:
         self._writer: contextlib.AbstractContextManager[Any] = (
             threading.RLock() if self.is_local else contextlib.nullcontext()
         )
-        self._queued: list[tuple[Callable[[Session], Any], asyncio.Future[Any]]] = []
+        self._queued: list[tuple[Batch[Any, Any], Any, asyncio.Future[Any]]] = []
         self._group_writer: asyncio.Task[None] | None = None
         self._lookup_connections = threading.local()
         self._opened_lookups: list[Connection] = []
@@ -187,12 +190,26 @@ class Database:
         While one group is being written, new writes queue; the next group takes them all. Each write
         runs in its own savepoint, so one that raises (a unique key taken) fails alone.
         """
+        return await self.run_batched(_one_by_one, work)  # type: ignore[no-any-return]
+
+    async def run_batched(self, batch: Batch[Item, T], item: Item) -> T:
+        """Group commit of many writes of one kind: ``batch(session, items)`` writes them all at once.
+
+        Items asked for while a group is being written wait for the next group, whose items of the
+        same ``batch`` (the same function) go to one call: one multi-row insert per table instead of
+        a few statements and a savepoint per write. ``batch`` returns one outcome per item, in
+        order. If the call raises, its savepoint is rolled back and each item is written again
+        alone (so ``batch`` must only write: it runs again), and one that raises fails alone.
+        """
         loop = asyncio.get_running_loop()
         done: asyncio.Future[T] = loop.create_future()
-        self._queued.append((work, done))
+        self._queued.append((batch, item, done))
         if self._group_writer is None:
             self._group_writer = loop.create_task(self._write_groups())
-        return await done
+        try:
+            return await done
+        finally:  # a failed write's traceback holds this frame: holding its future too would be a cycle
+            del done
 
     async def _write_groups(self) -> None:
         loop = asyncio.get_running_loop()
@@ -200,11 +217,11 @@ class Database:
             while self._queued:
                 group, self._queued = self._queued, []
                 try:
-                    works = [work for work, _ in group]
-                    outcomes = await loop.run_in_executor(self._write_executor, self._write_group, works)
+                    asked = [(batch, item) for batch, item, _ in group]
+                    outcomes = await loop.run_in_executor(self._write_executor, self._write_group, asked)
                 except Exception as exc:  # the transaction itself failed: every write in it did
                     outcomes = [exc] * len(group)
-                for (_, done), outcome in zip(group, outcomes, strict=True):
+                for (_, _, done), outcome in zip(group, outcomes, strict=True):
                     if done.done():  # its caller gave up waiting
                         continue
                     if isinstance(outcome, Exception):
@@ -214,17 +231,32 @@ class Database:
         finally:
             self._group_writer = None
 
-    def _write_group(self, works: list[Callable[[Session], Any]]) -> list[Any]:
-        outcomes: list[Any] = []
+    def _write_group(self, asked: list[tuple[Batch[Any, Any], Any]]) -> list[Any]:
+        kinds: dict[Batch[Any, Any], list[int]] = {}
+        for n, (batch, _) in enumerate(asked):
+            kinds.setdefault(batch, []).append(n)
+        outcomes: list[Any] = [None] * len(asked)
         with self.transaction() as session:
-            if len(works) == 1:  # alone: no savepoint needed, its failure is the transaction's
-                return [works[0](session)]
-            for work in works:
-                try:
-                    with session.begin_nested():
-                        outcomes.append(work(session))
-                except Exception as exc:
-                    outcomes.append(exc)
+            if len(asked) == 1:  # alone: no savepoint needed, its failure is the transaction's
+                batch, item = asked[0]
+                return batch(session, [item])  # type: ignore[no-any-return]
+            for batch, positions in kinds.items():
+                items = [asked[n][1] for n in positions]
+                if batch is not _one_by_one and len(items) > 1:
+                    try:
+                        with session.begin_nested():
+                            written = batch(session, items)
+                        for n, outcome in zip(positions, written, strict=True):
+                            outcomes[n] = outcome
+                        continue
+                    except Exception:  # one of them, probably: each alone finds out which
+                        pass
+                for n, item in zip(positions, items, strict=True):
+                    try:
+                        with session.begin_nested():
+                            outcomes[n] = batch(session, [item])[0]
+                    except Exception as exc:
+                        outcomes[n] = exc
         return outcomes
 
     def read_sync(self, work: Callable[[Session], T]) -> T:
@@ -307,3 +339,8 @@ def run_migrations(*metadata: MetaData) -> None:
     context.configure(connection=connection, target_metadata=list(metadata), render_as_batch=True)
     with context.begin_transaction():
         context.run_migrations()
+
+
+def _one_by_one(session: Session, works: list[Callable[[Session], T]]) -> list[T]:
+    """:meth:`Database.run_together`'s writes: each its own work, never batched with another."""
+    return [work(session) for work in works]

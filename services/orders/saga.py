@@ -181,7 +181,7 @@ class Saga:
                                 user_id=cmd.user_id, email=cmd.email, cart_id=cart_id, idempotency_key=key)
         intent = await self._reserve_and_ask_payment(placing)
         try:
-            order = await self.service.db.run_together(lambda s: store.place(s, placing, intent))
+            order = await self.service.db.run_batched(store.place, (placing, intent))
         except IntegrityError:
             await self._let_go(placing, intent)
             existing = await self.service.db.lookup(store.ID_BY_IDEMPOTENCY_KEY, key=key) if key else None
@@ -251,12 +251,15 @@ class Saga:
             self.hints.end(placing.lines)
         if not early:
             return await self._intent_for(placing)
-        if isinstance(intent, BaseException):  # _intent_for released the lines: a reserve landing later holds nothing
-            raise intent
-        if isinstance(held, BaseException):  # _reserve_all let go of what it held
-            await asyncio.shield(self._cancel_unplaced(placing, intent))
-            raise held
-        return intent
+        try:
+            if isinstance(intent, BaseException):  # _intent_for released the lines; a late reserve holds nothing
+                raise intent
+            if isinstance(held, BaseException):  # _reserve_all let go of what it held
+                await asyncio.shield(self._cancel_unplaced(placing, intent))
+                raise held
+            return intent
+        finally:  # the refusal's traceback holds this frame: held, it would be a cycle (the burst when stock runs out)
+            del held, intent
 
     async def _reserve_all(self, placing: store.Placing) -> None:
         """Hold every line under the order's reservation, or none: :class:`DomainError` ``out_of_stock``."""
@@ -277,7 +280,10 @@ class Saga:
         if unrefused:
             await self._release_quietly(placing, unrefused)
         if failure is not None:
-            raise failure
+            try:
+                raise failure
+            finally:  # nor may this frame hold it (in `outcomes` too) once its traceback holds the frame
+                del failure, outcomes
         raise out_of_stock(short)
 
     async def _intent_for(self, placing: store.Placing) -> IntentView:

@@ -84,34 +84,43 @@ class Placing:
         return total_cents(self.lines)
 
 
-def place(session: Session, placing: Placing, intent: IntentView) -> OrderView:
-    """Write a checkout's order once, awaiting payment, with its whole history and ``events.orders.created``.
+def place(session: Session, placings: list[tuple[Placing, IntentView]]) -> list[OrderView]:
+    """Write checkouts' orders, awaiting payment, with their whole histories and ``events.orders.created``.
 
-    :class:`IntegrityError` if another order has its Idempotency-Key. Core inserts: the ORM's unit of
-    work cost more than the rest of a checkout's writes together.
+    :class:`IntegrityError` if another order has one's Idempotency-Key. Core multi-row inserts, three
+    statements however many orders (group-committed checkouts come here together): the ORM's unit of
+    work cost more than the rest of a checkout's writes, and a statement per order most of the rest.
     """
-    at = placing.intent_at or utcnow()
-    row = OrderRow(
-        id=placing.order_id, tenant=placing.tenant, status="awaiting_payment", version=1, user_id=placing.user_id,
-        email=placing.email, cart_id=placing.cart_id, idempotency_key=placing.idempotency_key,
-        currency=placing.currency, total_cents=placing.total_cents,
-        lines=json.dumps([line.model_dump() for line in placing.lines]), reservation=placing.reservation,
-        reserved_until=placing.reserved_until, payment_intent_id=intent.payment_intent_id,
-        client_secret=intent.client_secret, payment_status=intent.status, payment_error=None,
-        created_at=placing.started_at, updated_at=at, refund_reason=None, give_back=None, claimed_by=None,
-        claimed_until=None,
-    )
-    session.execute(_INSERT_ORDER, [{c.key: getattr(row, c.key) for c in _ORDER_COLUMNS}])
-    times = (placing.started_at, placing.reserved_at or at, at)
-    before = [None, *(status for status, _ in PLACED_PATH[:-1])]
-    history = [
-        {"order_id": row.id, "from_status": came_from, "to_status": status, "reason": reason, "at": when}
-        for (status, reason), came_from, when in zip(PLACED_PATH, before, times, strict=True)
-    ]
-    session.execute(_INSERT_TRANSITIONS, history)
-    order = view(row, [OrderTransitionRow(**h) for h in history])
-    record_events(session, [OrderCreated(tenant=row.tenant, order=order)])
-    return order
+    rows: list[dict[str, Any]] = []
+    histories: list[dict[str, Any]] = []
+    orders: list[OrderView] = []
+    events: list[OrderCreated] = []
+    for placing, intent in placings:
+        at = placing.intent_at or utcnow()
+        row = OrderRow(
+            id=placing.order_id, tenant=placing.tenant, status="awaiting_payment", version=1,
+            user_id=placing.user_id, email=placing.email, cart_id=placing.cart_id,
+            idempotency_key=placing.idempotency_key, currency=placing.currency, total_cents=placing.total_cents,
+            lines=json.dumps([line.model_dump() for line in placing.lines]), reservation=placing.reservation,
+            reserved_until=placing.reserved_until, payment_intent_id=intent.payment_intent_id,
+            client_secret=intent.client_secret, payment_status=intent.status, payment_error=None,
+            created_at=placing.started_at, updated_at=at, refund_reason=None, give_back=None, claimed_by=None,
+            claimed_until=None,
+        )
+        rows.append({c.key: getattr(row, c.key) for c in _ORDER_COLUMNS})
+        times = (placing.started_at, placing.reserved_at or at, at)
+        before = [None, *(status for status, _ in PLACED_PATH[:-1])]
+        history = [
+            {"order_id": row.id, "from_status": came_from, "to_status": status, "reason": reason, "at": when}
+            for (status, reason), came_from, when in zip(PLACED_PATH, before, times, strict=True)
+        ]
+        histories.extend(history)
+        orders.append(view(row, [OrderTransitionRow(**h) for h in history]))
+        events.append(OrderCreated(tenant=row.tenant, order=orders[-1]))
+    session.execute(_INSERT_ORDER, rows)
+    session.execute(_INSERT_TRANSITIONS, histories)
+    record_events(session, events)
+    return orders
 
 
 _ORDER_COLUMNS = [c for c in OrderRow.__table__.columns if c.key != "seq"]

@@ -33,11 +33,7 @@ class PaymentHandlers:
             made = domain.snapshot(
                 await self._stripe().create_intent(cmd.order_id, cmd.tenant, cmd.amount_cents, cmd.currency, key)
             )
-
-            def keep_first(session: Session) -> IntentRow | None:  # a concurrent twin's intent may be there first
-                return store.insert_intent(session, made, cmd.tenant) or store.intent_for_order(session, cmd.order_id)
-
-            row = await self.db.run_together(keep_first)
+            row = await self.db.run_batched(store.keep_first_intents, (made, cmd.tenant))  # with concurrent ones
         assert row is not None
         if (row.amount_cents, row.currency) != (cmd.amount_cents, cmd.currency):
             raise DomainError(

@@ -57,38 +57,53 @@ def lock_intent(session: Session, intent_id: str) -> IntentRow | None:
     return session.scalar(select(IntentRow).where(IntentRow.id == intent_id).with_for_update())
 
 
-def _insert_if_absent(session: Session, table: Any, values: dict[str, Any]) -> bool:
-    """Insert unless a unique key is taken (a concurrent twin, or the order's other intent); True if inserted.
+def _insert_if_absent(session: Session, table: Any, rows: list[dict[str, Any]]) -> set[Any]:
+    """Insert the rows whose unique keys are free (else a concurrent twin, or the order's other intent, has
+    them): the primary keys of those inserted, in one statement however many rows.
 
-    Told by the row RETURNING gives back, not by ``rowcount``: psycopg reports -1 for this statement,
+    Told by the rows RETURNING gives back, not by ``rowcount``: psycopg reports -1 for this statement,
     which read as "inserted" every time on PostgreSQL.
     """
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     key = next(iter(table.primary_key.columns))
-    inserted = session.execute(dialect.insert(table).values(**values).on_conflict_do_nothing().returning(key))
-    return inserted.first() is not None
+    return set(session.scalars(dialect.insert(table).values(rows).on_conflict_do_nothing().returning(key)))
 
 
 def insert_intent(session: Session, snap: IntentSnapshot, tenant: str) -> IntentRow | None:
-    """The new row as written, or None if the order had one already.
+    """The new row as written, or None if the order had one already."""
+    return insert_intents(session, [(snap, tenant)])[0]
+
+
+def insert_intents(session: Session, made: list[tuple[IntentSnapshot, str]]) -> list[IntentRow | None]:
+    """The new rows as written, each None where its order had one already (one insert for them all).
 
     Not read back: that was a tenth of the service's CPU when every checkout was a sale (bench ``open``).
     """
     now = utcnow()
-    values = {
-        "id": snap.id,
-        "order_id": snap.order_id,
-        "tenant": snap.tenant or tenant,
-        "amount_cents": snap.amount_cents,
-        "currency": snap.currency,
-        "status": snap.status,
-        "client_secret": snap.client_secret,
-        "last_error": snap.last_error,
-        "refunded_cents": 0,
-        "created_at": now,
-        "updated_at": now,
-    }
-    return IntentRow(**values) if _insert_if_absent(session, IntentRow.__table__, values) else None
+    rows = [
+        {
+            "id": snap.id,
+            "order_id": snap.order_id,
+            "tenant": snap.tenant or tenant,
+            "amount_cents": snap.amount_cents,
+            "currency": snap.currency,
+            "status": snap.status,
+            "client_secret": snap.client_secret,
+            "last_error": snap.last_error,
+            "refunded_cents": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for snap, tenant in made
+    ]
+    inserted = _insert_if_absent(session, IntentRow.__table__, rows)
+    return [IntentRow(**values) if values["id"] in inserted else None for values in rows]
+
+
+def keep_first_intents(session: Session, made: list[tuple[IntentSnapshot, str]]) -> list[IntentRow | None]:
+    """Each new intent's row, or its order's intent written first by a concurrent twin."""
+    rows = insert_intents(session, made)
+    return [row or intent_for_order(session, snap.order_id) for row, (snap, _) in zip(rows, made, strict=True)]
 
 
 def update_intent(row: IntentRow, snap: IntentSnapshot) -> None:
@@ -113,7 +128,7 @@ def insert_refund(session: Session, refund: dict[str, Any], order_id: str, inten
         "status": str(refund["status"]),
         "created_at": utcnow(),
     }
-    _insert_if_absent(session, RefundRow.__table__, values)
+    _insert_if_absent(session, RefundRow.__table__, [values])
     row = refund_for_order(session, order_id)
     assert row is not None
     return row

@@ -17,7 +17,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from nats.js.api import StreamConfig
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -380,6 +380,39 @@ def test_writes_asked_for_together_share_transactions_and_one_that_fails_fails_a
                                            .where(ProcessedEvent.event_id.like(f"{stamp}-%"))))
     assert kept == 30  # the broken write's row went with its savepoint
     assert len(commits) < 10  # 31 writes asked for at once: a few transactions, not one each
+    db.close()
+
+
+def test_writes_of_one_kind_asked_for_together_go_in_one_call_and_one_that_fails_fails_alone(
+    database_url: str,
+) -> None:
+    migrate("catalog", database_url)
+    db = Database(database_url)
+    calls: list[int] = []
+    stamp = random_sku()
+
+    def mark_all(session: Session, event_ids: list[str]) -> list[str]:  # one multi-row insert
+        calls.append(len(event_ids))
+        session.execute(insert(ProcessedEvent.__table__), [
+            {"consumer": "batched", "event_id": event_id, "processed_at": datetime.now(UTC)} for event_id in event_ids
+        ])
+        return event_ids
+
+    async def together(event_ids: list[str]) -> list[object]:
+        return await asyncio.gather(*(db.run_batched(mark_all, e) for e in event_ids), return_exceptions=True)
+
+    fresh = [f"{stamp}-{i}" for i in range(30)]
+    assert asyncio.run(together(fresh)) == fresh
+    assert calls == [30]  # asked for at once: one group, one call for all thirty
+
+    calls.clear()
+    more = [f"{stamp}-more-{i}" for i in range(30)]
+    outcomes = asyncio.run(together([*more[:15], fresh[0], *more[15:]]))  # fresh[0] is taken
+    assert isinstance(outcomes.pop(15), IntegrityError) and outcomes == more
+    assert calls == [31, *[1] * 31]  # the group's call failed: each alone, in a savepoint of its own
+    kept = db.read_sync(lambda s: s.scalar(select(func.count()).select_from(ProcessedEvent)
+                                           .where(ProcessedEvent.event_id.like(f"{stamp}-%"))))
+    assert kept == 60
     db.close()
 
 
