@@ -18,7 +18,9 @@ def freeze_startup_heap() -> int:
 
     Call it once the process is ready (after imports, connections, subscriptions). Objects created
     later are collected as usual; a frozen one that becomes garbage is freed by reference counting
-    only, so only what lives for the process's whole life should be here.
+    only, so only what lives for the process's whole life should be here. What does not, and is
+    cyclic, stays: e.g. the first NATS connection's transport, replaced after a reconnect (once
+    per process; bounded).
     """
     gc.collect()
     gc.freeze()
