@@ -200,6 +200,8 @@ class Database:
         a few statements and a savepoint per write. ``batch`` returns one outcome per item, in
         order. If the call raises, its savepoint is rolled back and each item is written again
         alone (so ``batch`` must only write: it runs again), and one that raises fails alone.
+        Within a group, kinds are written in the order each first arrived (all of a kind at once),
+        so two writes of different kinds may commit in the other order than they were asked for.
         """
         loop = asyncio.get_running_loop()
         done: asyncio.Future[T] = loop.create_future()
@@ -213,6 +215,7 @@ class Database:
 
     async def _write_groups(self) -> None:
         loop = asyncio.get_running_loop()
+        group: list[tuple[Batch[Any, Any], Any, asyncio.Future[Any]]] = []
         try:
             while self._queued:
                 group, self._queued = self._queued, []
@@ -228,6 +231,12 @@ class Database:
                         done.set_exception(outcome)
                     else:
                         done.set_result(outcome)
+                group = []
+        except BaseException:  # cancelled (the service is stopping): nobody may wait for an answer that won't come
+            for _, _, done in (*group, *self._queued):
+                done.cancel()
+            self._queued = []
+            raise
         finally:
             self._group_writer = None
 
@@ -239,22 +248,25 @@ class Database:
         with self.transaction() as session:
             if len(asked) == 1:  # alone: no savepoint needed, its failure is the transaction's
                 batch, item = asked[0]
-                return batch(session, [item])  # type: ignore[no-any-return]
+                return _written(batch, session, [item])
             for batch, positions in kinds.items():
                 items = [asked[n][1] for n in positions]
                 if batch is not _one_by_one and len(items) > 1:
                     try:
                         with session.begin_nested():
-                            written = batch(session, items)
+                            written = _written(batch, session, items)
+                    except BatchMiscounted:
+                        raise  # a bug, not a refused write: the whole group fails
+                    except Exception:  # one of them, probably: each alone finds out which
+                        pass
+                    else:
                         for n, outcome in zip(positions, written, strict=True):
                             outcomes[n] = outcome
                         continue
-                    except Exception:  # one of them, probably: each alone finds out which
-                        pass
                 for n, item in zip(positions, items, strict=True):
                     try:
                         with session.begin_nested():
-                            outcomes[n] = batch(session, [item])[0]
+                            outcomes[n] = _written(batch, session, [item])[0]
                     except Exception as exc:
                         outcomes[n] = exc
         return outcomes
@@ -344,3 +356,16 @@ def run_migrations(*metadata: MetaData) -> None:
 def _one_by_one(session: Session, works: list[Callable[[Session], T]]) -> list[T]:
     """:meth:`Database.run_together`'s writes: each its own work, never batched with another."""
     return [work(session) for work in works]
+
+
+class BatchMiscounted(RuntimeError):
+    """A batch gave back a different number of outcomes than it was given items."""
+
+
+def _written(batch: Batch[Any, T], session: Session, items: list[Any]) -> list[T]:
+    """``batch``'s outcomes, one per item, checked before the savepoint or transaction around it ends."""
+    outcomes = batch(session, items)
+    if len(outcomes) != len(items):
+        raise BatchMiscounted(f"{getattr(batch, '__qualname__', batch)} gave {len(outcomes)} outcomes "
+                              f"for {len(items)} items")
+    return outcomes

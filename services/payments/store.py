@@ -66,7 +66,8 @@ def _insert_if_absent(session: Session, table: Any, rows: list[dict[str, Any]]) 
     """
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     key = next(iter(table.primary_key.columns))
-    return set(session.scalars(dialect.insert(table).values(rows).on_conflict_do_nothing().returning(key)))
+    # executemany with RETURNING: SQLAlchemy pages it under each database's limit on bound parameters
+    return set(session.scalars(dialect.insert(table).on_conflict_do_nothing().returning(key), rows))
 
 
 def insert_intent(session: Session, snap: IntentSnapshot, tenant: str) -> IntentRow | None:
@@ -97,7 +98,11 @@ def insert_intents(session: Session, made: list[tuple[IntentSnapshot, str]]) -> 
         for snap, tenant in made
     ]
     inserted = _insert_if_absent(session, IntentRow.__table__, rows)
-    return [IntentRow(**values) if values["id"] in inserted else None for values in rows]
+    written: list[IntentRow | None] = []
+    for values in rows:  # twins with one id (a replayed Stripe answer): only the first was written
+        written.append(IntentRow(**values) if values["id"] in inserted else None)
+        inserted.discard(values["id"])
+    return written
 
 
 def keep_first_intents(session: Session, made: list[tuple[IntentSnapshot, str]]) -> list[IntentRow | None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import threading
 import time
@@ -518,5 +519,13 @@ def test_an_intent_row_is_inserted_once_and_a_twin_is_told_it_was_not(database_u
             assert first is not None and first.id == f"pi_{order}_a"
             assert twin is None
             assert store.intent_for_order(session, order).id == f"pi_{order}_a"  # type: ignore[union-attr]
+        # One group of writes (Database.run_batched) holding two answers with one intent id, the second
+        # saying another amount: the second is told what was written, not its own values.
+        again = new_order()
+        first_try = dataclasses.replace(snap(f"pi_{again}"), order_id=again)
+        replayed = dataclasses.replace(first_try, amount_cents=999)
+        with sessionmaker(engine).begin() as session:
+            rows = store.keep_first_intents(session, [(first_try, "default"), (replayed, "default")])
+            assert [r.amount_cents for r in rows] == [500, 500]  # type: ignore[union-attr]
     finally:
         engine.dispose()

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from cartwheel import subjects
 from cartwheel.bus import declare_topology, ensure_stream, request
 from cartwheel.contracts.catalog import GetProduct, Product, ProductCreated
-from cartwheel.db import Database, PlatformBase, migrate
+from cartwheel.db import BatchMiscounted, Database, PlatformBase, migrate
 from cartwheel.errors import ServiceUnavailable
 from cartwheel.lanes.models import LanesBase
 from cartwheel.outbox import OutboxEvent, OutboxRelay, ProcessedEvent, first_delivery, record_event
@@ -413,6 +413,32 @@ def test_writes_of_one_kind_asked_for_together_go_in_one_call_and_one_that_fails
     kept = db.read_sync(lambda s: s.scalar(select(func.count()).select_from(ProcessedEvent)
                                            .where(ProcessedEvent.event_id.like(f"{stamp}-%"))))
     assert kept == 60
+    db.close()
+
+
+def test_a_batch_that_miscounts_its_outcomes_fails_its_callers_and_writes_nothing(database_url: str) -> None:
+    """A programming error, not a refused write: before, a group's rows were committed while each caller
+    was told IntegrityError (retried alone after the count failed); one alone left its caller waiting."""
+    migrate("catalog", database_url)
+    db = Database(database_url)
+    stamp = random_sku()
+
+    def miscounted(session: Session, event_ids: list[str]) -> list[str]:
+        session.execute(insert(ProcessedEvent.__table__), [
+            {"consumer": "miscounted", "event_id": e, "processed_at": datetime.now(UTC)} for e in event_ids
+        ])
+        return event_ids[1:]
+
+    async def write(event_ids: list[str]) -> list[object]:
+        asked = (db.run_batched(miscounted, e) for e in event_ids)
+        return await asyncio.wait_for(asyncio.gather(*asked, return_exceptions=True), 10)
+
+    for event_ids in ([f"{stamp}-alone"], [f"{stamp}-{i}" for i in range(3)]):
+        outcomes = asyncio.run(write(event_ids))
+        assert all(isinstance(o, BatchMiscounted) for o in outcomes), outcomes
+    kept = db.read_sync(lambda s: s.scalar(select(func.count()).select_from(ProcessedEvent)
+                                           .where(ProcessedEvent.event_id.like(f"{stamp}-%"))))
+    assert kept == 0
     db.close()
 
 
