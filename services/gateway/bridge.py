@@ -70,7 +70,6 @@ class NatsBridge:
         # Calls from greenlets waiting for the loop to start them; one wake-up of the loop serves them all.
         self._inbox: collections.deque[tuple[Work[Any], _Pending]] = collections.deque()
         self._woken = False
-        self._rounds: dict[str, _Rounds] = {}  # per CURRENT bucket: its shared catch-up checks
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -329,23 +328,10 @@ class NatsBridge:
         return self.call(self._kv_get(bucket, key), timeout, what=bucket)
 
     def _current(self, mirror: KvMirror[bytes], timeout: float) -> bool:
-        """True when ``mirror`` holds every write its bucket had when this call began."""
-        if self.loop_kind != "greenlet":
-            return self._caught_up(mirror, timeout)
-        rounds = self._rounds.get(mirror.bucket)
-        if rounds is None:
-            rounds = self._rounds[mirror.bucket] = _Rounds(lambda wait: self._caught_up(mirror, wait))
-        return rounds.wait(timeout)
-
-    def _caught_up(self, mirror: KvMirror[bytes], timeout: float) -> bool:
-        async def ask() -> bool:
-            try:
-                return await mirror.caught_up(self.nc, CATCH_UP)
-            except (nats.errors.Error, TimeoutError, ServiceUnavailable):
-                return False
-
+        """True when ``mirror`` holds every write its bucket had when this call began (:meth:`KvMirror.current`:
+        the reads waiting together on the bridge's loop share one check)."""
         try:
-            return self.call(ask(), timeout, what=mirror.bucket)
+            return self.call(mirror.current(self.nc, CATCH_UP), timeout, what=mirror.bucket)
         except ServiceUnavailable:
             return False
 
@@ -472,54 +458,6 @@ class _Pending:
         if self.task is not None:
             with contextlib.suppress(RuntimeError):  # the loop is already closed: the task went with it
                 loop.call_soon_threadsafe(self.task.cancel)
-
-
-class _Rounds:
-    """Greenlets that each need an answer begun after they asked share one run of ``ask`` per round.
-
-    A caller that arrives while a round is running waits for the next one (the running round may
-    have asked the server before the caller began); every caller waiting then gets that answer.
-    Like a consensus log's batched read barrier: one server request per batch, not per read.
-    ``ask(timeout)`` gets the longest time any caller of its round is willing to wait.
-    """
-
-    def __init__(self, ask: Callable[[float], bool]) -> None:
-        self._ask = ask
-        self._next: Any = None  # the AsyncResult of the round not yet begun
-        self._next_timeout = 0.0
-        self._running = False
-
-    def wait(self, timeout: float) -> bool:
-        import gevent
-        from gevent.event import AsyncResult
-
-        if self._next is None:
-            self._next = AsyncResult()
-            self._next_timeout = 0.0
-        self._next_timeout = max(self._next_timeout, timeout)
-        mine = self._next
-        if not self._running:
-            self._running = True
-            gevent.spawn(self._run)
-        mine.wait(timeout)  # not get(timeout=): a gevent.Timeout of an enclosing block must reach its owner
-        return bool(mine.ready() and mine.successful() and mine.value)
-
-    def _run(self) -> None:
-        current = None
-        try:
-            while self._next is not None:
-                current, self._next = self._next, None
-                try:
-                    current.set(self._ask(self._next_timeout))
-                except Exception:  # a failed check is "not current": the callers read the bucket
-                    log.warning("gateway copy check failed", exc_info=True)
-                    current.set(False)
-        finally:
-            self._running = False
-            for left in (current, self._next):  # killed mid-round: nobody may wait for an answer that won't come
-                if left is not None and not left.ready():
-                    left.set(False)
-            self._next = None
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

@@ -109,10 +109,9 @@ def place(session: Session, placings: list[tuple[Placing, IntentView]]) -> list[
         )
         rows.append({c.key: getattr(row, c.key) for c in _ORDER_COLUMNS})
         times = (placing.started_at, placing.reserved_at or at, at)
-        before = [None, *(status for status, _ in PLACED_PATH[:-1])]
         history = [
             {"order_id": row.id, "from_status": came_from, "to_status": status, "reason": reason, "at": when}
-            for (status, reason), came_from, when in zip(PLACED_PATH, before, times, strict=True)
+            for (status, reason), came_from, when in zip(PLACED_PATH, _PLACED_FROM, times, strict=True)
         ]
         histories.extend(history)
         orders.append(view(row, [OrderTransitionRow(**h) for h in history]))
@@ -123,6 +122,7 @@ def place(session: Session, placings: list[tuple[Placing, IntentView]]) -> list[
     return orders
 
 
+_PLACED_FROM = [None, *(status for status, _ in PLACED_PATH[:-1])]  # each step of PLACED_PATH comes from the one before
 _ORDER_COLUMNS = [c for c in OrderRow.__table__.columns if c.key != "seq"]
 _INSERT_ORDER = insert(OrderRow.__table__)
 _INSERT_TRANSITIONS = insert(OrderTransitionRow.__table__)
