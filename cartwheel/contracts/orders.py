@@ -26,6 +26,7 @@ OrderStatus = Literal[
     "cancelled",
     "expired",
     "payment_failed",
+    "needs_review",
     "refunded",
 ]
 OrderId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]

@@ -123,7 +123,11 @@ class PaymentEvent(Message):
 
 
 class PaymentSucceeded(PaymentEvent):
+    """``amount_cents``/``currency``: the intent as this shop created it; ``*_received``: what Stripe says came in."""
+
     subject: ClassVar[str] = subjects.PAYMENTS_SUCCEEDED
+    amount_received_cents: int | None = Field(None, description="None from a sender that did not say (older events).")
+    currency_received: str | None = None
 
 
 class PaymentFailed(PaymentEvent):

@@ -4,7 +4,9 @@
 ``payment_failed`` and ``refunded`` end an order. A payment may still succeed after an order
 expired or failed (the buyer's bank was slow, another card): then the order is paid if its
 stock can be reserved again, else refunded — hence the moves out of ``expired`` and
-``payment_failed``. Money for a ``cancelled`` order is always refunded.
+``payment_failed``. Money for a ``cancelled`` order is always refunded. A payment that took in
+another amount or currency than the order's puts it in ``needs_review``, for a person: its stock
+is not committed (the reservation runs out), and cancelling it refunds the payment.
 """
 
 from __future__ import annotations
@@ -19,19 +21,30 @@ from cartwheel.errors import DomainError
 
 TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
     "pending": frozenset({"reserved", "cancelled"}),
-    "reserved": frozenset({"awaiting_payment", "paid", "cancelled", "expired", "payment_failed"}),
-    "awaiting_payment": frozenset({"paid", "cancelled", "expired", "payment_failed"}),
+    "reserved": frozenset({"awaiting_payment", "paid", "cancelled", "expired", "payment_failed", "needs_review"}),
+    "awaiting_payment": frozenset({"paid", "cancelled", "expired", "payment_failed", "needs_review"}),
     "paid": frozenset({"fulfilled", "refunded"}),
     "fulfilled": frozenset({"refunded"}),
-    "cancelled": frozenset({"refunded"}),
-    "expired": frozenset({"paid", "refunded"}),
-    "payment_failed": frozenset({"paid", "refunded"}),
+    "cancelled": frozenset({"refunded", "needs_review"}),
+    "expired": frozenset({"paid", "refunded", "needs_review"}),
+    "payment_failed": frozenset({"paid", "refunded", "needs_review"}),
+    "needs_review": frozenset({"refunded"}),
     "refunded": frozenset(),
 }
 """Where each status may go next. A status not listed as a target of ``X`` is refused from ``X``."""
 
 HOLDS_STOCK: frozenset[OrderStatus] = frozenset({"reserved", "awaiting_payment"})
 PAID: frozenset[OrderStatus] = frozenset({"paid", "fulfilled"})
+
+
+def payment_mismatch(total_cents: int, currency: str, received_cents: int | None,
+                     received_currency: str | None) -> str | None:
+    """Why a payment can't settle an order of ``total_cents`` in ``currency`` (None: it can, or it did not say)."""
+    if received_cents is None or received_currency is None:
+        return None
+    if (received_cents, received_currency.upper()) == (total_cents, currency.upper()):
+        return None
+    return f"the payment took in {received_cents} {received_currency.upper()} for an order of {total_cents} {currency}"
 
 
 class IllegalTransition(DomainError):
@@ -93,14 +106,21 @@ def price_lines(
 ) -> tuple[list[OrderLine], list[PriceChange], str]:
     """Order lines at today's prices, the lines whose price moved since they went into the cart, and the currency.
 
-    Refuses products that are gone, inactive, or in more than one currency.
+    ``products`` maps what each wanted line names (a product id or a SKU) to the product; lines that
+    name one product twice (its id and its SKU) become one line. Refuses products that are gone,
+    inactive, or in more than one currency.
     """
+    named: list[Wanted] = []
+    for item in wanted:
+        found = products.get(item.product_id)
+        if found is None:
+            raise DomainError(f"product {item.product_id} does not exist", code="not_found", product_id=item.product_id)
+        named.append(Wanted(found.id, item.quantity, item.snapshot_price_cents))
+    by_id = {product.id: product for product in products.values()}
     lines: list[OrderLine] = []
     changes: list[PriceChange] = []
-    for item in wanted:
-        product = products.get(item.product_id)
-        if product is None:
-            raise DomainError(f"product {item.product_id} does not exist", code="not_found", product_id=item.product_id)
+    for item in merge_wanted(named):
+        product = by_id[item.product_id]
         if not product.active:
             raise DomainError(
                 f"{product.name} is no longer for sale", code="not_for_sale", product_id=product.id, sku=product.sku
@@ -125,7 +145,7 @@ def price_lines(
                 line_total_cents=product.price_cents * item.quantity,
             )
         )
-    currencies = {products[line.product_id].currency for line in lines}
+    currencies = {by_id[line.product_id].currency for line in lines}
     if len(currencies) != 1:
         raise DomainError("an order is paid in one currency", code="currency_mismatch", currencies=sorted(currencies))
     return lines, changes, currencies.pop()

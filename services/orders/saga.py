@@ -22,6 +22,7 @@ from datetime import timedelta
 from typing import Any
 
 from faststream.exceptions import NackMessage
+from prometheus_client import Counter
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -69,6 +70,7 @@ from services.orders.domain import (
     merge_wanted,
     new_order_id,
     out_of_stock,
+    payment_mismatch,
     price_lines,
     reservation_id,
 )
@@ -107,6 +109,8 @@ class Saga:
         self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # per order: its lock and how many want it
         self._checkouts: dict[str, asyncio.Future[dict[str, Any]]] = {}  # Idempotency-Key scope -> the checkout
         self.hints = StockHints()
+        self.needs_review = Counter("cartwheel_orders_needs_review", "Orders put aside for a person, by why",
+                                    ["reason"], registry=service.registry)
         self._sweeper: asyncio.Task[None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -403,7 +407,13 @@ class Saga:
 
     async def _on_payment(self, event: PaymentEvent) -> None:
         if isinstance(event, PaymentSucceeded):
-            await self._paid(event.order_id, event.payment_intent_id)
+            row = await self._row(event.order_id)
+            wrong = payment_mismatch(row.total_cents, row.currency, event.amount_received_cents,
+                                     event.currency_received)
+            if wrong is None:
+                await self._paid(event.order_id, event.payment_intent_id)
+            else:
+                await self._needs_review(row, wrong)
         elif isinstance(event, PaymentFailed):
             await self._payment_failed(event.order_id, event.reason or "the payment failed")
         elif isinstance(event, PaymentCanceled):
@@ -424,7 +434,7 @@ class Saga:
         committed by an earlier try answers as committed.
         """
         row = await self._row(order_id)
-        if row.status in PAID or row.status == "refunded":
+        if row.status in PAID or row.status in ("refunded", "needs_review"):  # the latter: a person decides
             return
         if row.payment_status == store.REFUNDING:  # an earlier try got as far as deciding to refund
             await self._refund(row, row.refund_reason or "refunded", _give_back(row))
@@ -471,6 +481,18 @@ class Saga:
             return False
         return True
 
+    async def _needs_review(self, row: OrderRow, problem: str) -> None:
+        """A payment that does not match its order: nothing is committed or shipped until a person decides."""
+        if row.status in PAID or row.status == "refunded":  # settled already; only a person can judge it now
+            log.error("order %s is %s, and a payment came that does not match it: %s", row.id, row.status, problem)
+            return
+        log.error("order %s needs review: %s", row.id, problem)
+        moved = await self._transition(row.id, lambda r: (
+            "needs_review", problem, {"payment_status": "succeeded", "payment_error": problem})
+            if "needs_review" in TRANSITIONS[r.status] else None)  # type: ignore[index]
+        if moved is not None:
+            self.needs_review.labels(reason="payment_mismatch").inc()
+
     async def _payment_failed(self, order_id: str, reason: str) -> None:
         await self._end_unpaid(order_id, "payment_failed", reason, cancel_intent=False,
                                payment_status="requires_payment_method", payment_error=reason)
@@ -495,6 +517,9 @@ class Saga:
             row = await self._row(cmd.order_id)
             if row.status in PAID:
                 await self._refund(row, cmd.reason, _lines(row) if row.status == "paid" else [])
+            elif row.status == "needs_review":  # its stock was never committed: let it go, and the money back
+                await self._release(row.id, row.reservation, _lines(row))
+                await self._refund(row, cmd.reason, [])
             elif row.status in (*HOLDS_STOCK, "pending"):
                 await self._end_unpaid(row.id, "cancelled", cmd.reason)
             else:

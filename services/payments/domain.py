@@ -53,6 +53,8 @@ class IntentSnapshot:
     status: str
     client_secret: str | None = None
     last_error: str | None = None
+    amount_received: int | None = None
+    """Stripe's ``amount_received`` (a charge's amount for a refunded charge); None where it does not say."""
 
 
 def intent_key(order_id: str) -> str:
@@ -63,8 +65,8 @@ def refund_key(order_id: str) -> str:
     return f"refund-{order_id}"
 
 
-def snapshot(intent: Mapping[str, Any], *, failed: bool = False) -> IntentSnapshot:
-    """Read a PaymentIntent; ``failed``: it comes from a failure report, so it carries an error."""
+def snapshot(intent: Mapping[str, Any]) -> IntentSnapshot:
+    """Read a PaymentIntent (as Stripe answered a call, or retrieved for one of its events)."""
     metadata = intent.get("metadata") or {}
     error = intent.get("last_payment_error") or {}
     message = error.get("message") if isinstance(error, Mapping) else None
@@ -76,7 +78,8 @@ def snapshot(intent: Mapping[str, Any], *, failed: bool = False) -> IntentSnapsh
         currency=str(intent["currency"]).upper(),
         status=str(intent["status"]),
         client_secret=intent.get("client_secret"),
-        last_error=message or (DECLINED if failed or error else None),
+        last_error=message or (DECLINED if error else None),
+        amount_received=int(intent["amount_received"]) if intent.get("amount_received") is not None else None,
     )
 
 
@@ -93,6 +96,7 @@ def refunded_intent(charge: Mapping[str, Any]) -> IntentSnapshot | None:
         amount_cents=int(charge["amount"]),
         currency=str(charge["currency"]).upper(),
         status="succeeded",
+        amount_received=int(charge["amount_captured"]) if charge.get("amount_captured") is not None else None,
     )
 
 
@@ -101,6 +105,12 @@ def payment_intent_of(charge: Mapping[str, Any]) -> str | None:
     if isinstance(intent, Mapping):  # expanded
         intent = intent.get("id")
     return str(intent) if intent else None
+
+
+def received(snap: IntentSnapshot) -> tuple[int, str]:
+    """What a succeeded intent took in: ``amount_received`` where Stripe gives it, else its amount (the
+    embedded server gives none)."""
+    return (snap.amount_cents if snap.amount_received is None else snap.amount_received), snap.currency
 
 
 def outcome(status: str, last_error: str | None) -> Outcome | None:

@@ -51,7 +51,7 @@ class PaymentHandlers:
             intent = await self._stripe().confirm_intent(row.id, cmd.payment_method, f"confirm-{cmd.id}")
         except DomainError as refusal:
             intent = await self._finished_or_raise(row.id, refusal)
-        return await self._settle(intent, "confirm", cmd.tenant)
+        return await self._settle(intent, "confirm")
 
     async def cancel_intent(self, cmd: CancelIntent) -> dict[str, Any]:
         row = await self.db.read(lambda s: store.intent_of_order(s, cmd.payment_intent_id, cmd.order_id))
@@ -61,7 +61,7 @@ class PaymentHandlers:
             intent = await self._stripe().cancel_intent(row.id)
         except DomainError as refusal:
             intent = await self._finished_or_raise(row.id, refusal)
-        return await self._settle(intent, "cancel", cmd.tenant)
+        return await self._settle(intent, "cancel")
 
     async def refund_payment(self, cmd: RefundPayment) -> dict[str, Any]:
         done = await self.db.read(lambda s: store.refund_for_order(s, cmd.order_id))
@@ -77,7 +77,7 @@ class PaymentHandlers:
                     payment_intent_id=row.id,
                     status=current["status"],
                 )
-            await self._settle(current, "retrieve", cmd.tenant)
+            await self._settle(current, "retrieve")
         refund = await self._stripe().refund(row.id, cmd.order_id, cmd.reason, domain.refund_key(cmd.order_id))
 
         def record(session: Session) -> dict[str, Any]:
@@ -91,9 +91,9 @@ class PaymentHandlers:
         self.service.notify_outbox()
         return reply
 
-    async def _settle(self, intent: dict[str, Any], action: str, tenant: str) -> dict[str, Any]:
+    async def _settle(self, intent: dict[str, Any], action: str) -> dict[str, Any]:
         snap = domain.snapshot(intent)
-        row = await self.db.run(lambda s: ledger.settle(s, snap, f"{action}:{snap.id}:{snap.status}", tenant))
+        row = await self.db.run(lambda s: ledger.settle(s, snap, f"{action}:{snap.id}:{snap.status}"))
         self.service.notify_outbox()
         assert row is not None, "the intent's row exists"
         return store.to_view(row).model_dump(mode="json")

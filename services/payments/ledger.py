@@ -18,27 +18,28 @@ from services.payments.domain import IntentSnapshot, Outcome
 from services.payments.models import IntentRow
 
 
-def settle(session: Session, snap: IntentSnapshot, source: str, tenant: str) -> IntentRow | None:
-    """Store ``snap`` (``source`` names what told us); None when no order of ours owns the intent."""
-    fresh = (
-        store.lock_intent(session, snap.id) is None
-        and snap.order_id is not None
-        and store.insert_intent(session, snap, tenant) is not None
-    )
+def settle(session: Session, snap: IntentSnapshot, source: str) -> IntentRow | None:
+    """Store ``snap`` (``source`` names what told us); None when the intent is not one this shop created."""
     row = store.lock_intent(session, snap.id)
     if row is None:
         return None
-    before = None if fresh else domain.outcome(row.status, row.last_error)
-    if not fresh and domain.accepts(row.status, snap.status):
+    before = domain.outcome(row.status, row.last_error)
+    if domain.accepts(row.status, snap.status):
         store.update_intent(row, snap)
-    announce(session, row, domain.newly_reached(before, domain.outcome(row.status, row.last_error)), source)
+    announce(session, row, domain.newly_reached(before, domain.outcome(row.status, row.last_error)), source, snap)
     return row
 
 
-def announce(session: Session, row: IntentRow, kind: Outcome | None, source: str) -> None:
-    if kind is not None:
-        details = {"reason": row.last_error} if kind == "failed" else {}
-        record_event(session, _event(domain.EVENT_BY_OUTCOME[kind], row, source, **details))
+def announce(session: Session, row: IntentRow, kind: Outcome | None, source: str, snap: IntentSnapshot) -> None:
+    """Record the event of a newly reached outcome; a success says what Stripe took in, for orders to check."""
+    if kind is None:
+        return
+    details: dict[str, Any] = {}
+    if kind == "failed":
+        details["reason"] = row.last_error
+    elif kind == "succeeded":
+        details["amount_received_cents"], details["currency_received"] = domain.received(snap)
+    record_event(session, _event(domain.EVENT_BY_OUTCOME[kind], row, source, **details))
 
 
 def settle_refund(session: Session, row: IntentRow, refunded_cents: int, source: str) -> None:

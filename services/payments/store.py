@@ -39,6 +39,8 @@ def refund_reply(row: RefundRow) -> dict[str, Any]:
 
 INTENT_OF_ORDER = select(IntentRow.id).where(IntentRow.order_id == bindparam("order_id"))
 """The id of an order's intent: ``db.lookup(INTENT_OF_ORDER, order_id=...)``."""
+ORDER_OF_INTENT = select(IntentRow.order_id).where(IntentRow.id == bindparam("intent_id"))
+"""The order of one of our intents (None: not ours): ``db.lookup(ORDER_OF_INTENT, intent_id=...)``."""
 
 
 def intent_for_order(session: Session, order_id: str) -> IntentRow | None:

@@ -1,8 +1,11 @@
 """Stripe's webhooks: verified, each Stripe event recorded once with the payment events it causes.
 
 Events may come in any order and any number of times: a replay finds its id recorded and
-changes nothing; a report of an earlier state than we know changes nothing (see ledger);
-a refund reported before the payment's success announces the success first.
+changes nothing; an intent's event is read as the intent's state at Stripe now, retrieved, so a
+late report of an earlier state changes nothing (see ledger); a refund reported before the
+payment's success announces the success first. Only intents this shop created count: an event
+for any other (another system on the same Stripe account, a hand-made one with an order id in
+its metadata) is recorded and ignored.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ from cartwheel.errors import NotFound
 from cartwheel.service import Service
 from services.payments import domain, ledger, store
 from services.payments.domain import IntentSnapshot
-from services.payments.models import IntentRow
 from services.payments.stripe_api import StripePayments, provider_unavailable, verify_webhook
 
 log = logging.getLogger(__name__)
@@ -48,22 +50,32 @@ class WebhookHandlers:
     async def _report(self, kind: str, subject: dict[str, Any]) -> tuple[IntentSnapshot | None, int | None]:
         """What the event says about which intent, and the total refunded if it is a refund."""
         if kind in domain.INTENT_EVENTS:
-            return domain.snapshot(subject, failed=kind == "payment_intent.payment_failed"), None
+            return await self._current(subject.get("id")), None
         if kind == domain.CHARGE_REFUNDED:
-            return await self._refunded_intent(subject), int(subject.get("amount_refunded") or 0)
+            snap = domain.refunded_intent(subject)
+            return (snap if snap and await self._ours(snap.id) else None), int(subject.get("amount_refunded") or 0)
         return None, None
 
-    async def _refunded_intent(self, charge: dict[str, Any]) -> IntentSnapshot | None:
-        """The charge's intent; its order from our row, the charge's metadata, or else the intent at Stripe."""
-        snap = domain.refunded_intent(charge)
-        if snap is None or snap.order_id or await self.db.read(lambda s: s.get(IntentRow, snap.id)):
-            return snap
+    async def _current(self, intent_id: Any) -> IntentSnapshot | None:
+        """The intent as Stripe has it now, not as the event says: events come late, twice and out of order
+        (a failure reported after the buyer moved on to 3-D Secure must not fail the order). None for an
+        intent this shop did not create: its event is recorded and changes nothing."""
+        if not await self._ours(intent_id):
+            return None
         if self.stripe is None:  # not recorded: Stripe delivers it again
-            raise provider_unavailable("no Stripe secret key: cannot look up the refunded payment's order")
+            raise provider_unavailable("no Stripe secret key: cannot read the payment's current state")
         try:
-            return domain.snapshot(await self.stripe.retrieve_intent(snap.id))
-        except NotFound:
-            return snap
+            return domain.snapshot(await self.stripe.retrieve_intent(intent_id))
+        except NotFound:  # Stripe no longer has it (the embedded server restarted empty): nothing to apply
+            log.warning("stripe reports on payment %s, which it no longer has: ignored", intent_id)
+            return None
+
+    async def _ours(self, intent_id: Any) -> bool:
+        """Whether this shop created the intent (its row exists): the only intents whose events count."""
+        if isinstance(intent_id, str) and await self.db.lookup(store.ORDER_OF_INTENT, intent_id=intent_id):
+            return True
+        log.info("stripe reports on payment %r, which this shop did not create: recorded, ignored", intent_id)
+        return False
 
     @staticmethod
     def _record(
@@ -72,7 +84,7 @@ class WebhookHandlers:
         store.record_stripe_event(session, event["id"], event["type"], snap.id if snap else None)
         if snap is None:
             return
-        row = ledger.settle(session, snap, event["id"], tenant)
+        row = ledger.settle(session, snap, event["id"])
         if row is None:
             log.warning("stripe event %s: payment %s belongs to no order of ours", event["id"], snap.id)
         elif refunded is not None:

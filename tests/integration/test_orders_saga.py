@@ -227,6 +227,38 @@ def test_paying_through_the_order_confirms_and_a_decline_releases_the_stock(
     assert stock(client, mug) == (2, 0)
 
 
+def test_a_product_named_by_its_sku_is_bought_under_its_id(orders: Any, client: Client) -> None:
+    mug = client.run(lambda nc: product(nc, stock=5))
+    order = ask(client, Checkout(items=[CheckoutItem(product_id=mug["sku"], quantity=2),
+                                        CheckoutItem(product_id=mug["id"], quantity=1)]))  # 500 before: a KeyError
+    assert [(line["product_id"], line["quantity"]) for line in order["lines"]] == [(mug["id"], 3)]
+    assert stock(client, mug["id"]) == (5, 3)
+
+
+def test_a_payment_that_took_in_another_amount_or_currency_puts_the_order_aside_for_review(
+    orders: Any, payments: FakePayments, client: Client
+) -> None:
+    mug = new_product(client, 4)
+    order = ask(client, buy(mug, 2))
+    wrong = paid_event(order).model_copy(update={"amount_received_cents": 1, "currency_received": "JPY"})
+    payments.publish(wrong)
+    # Before, the order was paid and its units committed: 1 yen for 2,400 cents.
+    wait_for(lambda: status_of(client, order["order_id"]) == "needs_review", "the order put aside")
+    found = ask(client, GetOrder(order_id=order["order_id"]))
+    assert found["history"][-1]["reason"] == "the payment took in 1 JPY for an order of 2400 EUR"
+    assert stock(client, mug) == (4, 2)  # nothing committed
+    payments.publish(paid_event(order, 2))  # a matching success later can't settle it: a person decides
+    time.sleep(0.5)
+    assert status_of(client, order["order_id"]) == "needs_review"
+    assert ask(client, CancelOrder(order_id=order["order_id"]))["status"] == "refunded"
+    assert stock(client, mug) == (4, 0)
+    assert [r["order_id"] for r in payments.asked(subjects.PAYMENTS_REFUND)] == [order["order_id"]]
+    matching = ask(client, buy(mug, 1))
+    payments.publish(paid_event(matching).model_copy(update={"amount_received_cents": 1200,
+                                                               "currency_received": "eur"}))
+    wait_for(lambda: status_of(client, matching["order_id"]) == "paid", "a matching payment pays")
+
+
 # -- refusals ----------------------------------------------------------------------------------
 
 

@@ -153,6 +153,15 @@ def charge_object(intent_id: str, amount: int, refunded: int, metadata: dict[str
     }
 
 
+def pays_at_stripe(stripe_client: stripe.StripeClient, intent_id: str, method: str = "pm_card_visa") -> dict[str, Any]:
+    """What the buyer's browser does with Stripe.js: confirm at Stripe, not through the service."""
+    stripe_client.v1.payment_intents.update(intent_id, params={"payment_method": method})
+    try:
+        return stripe_client.v1.payment_intents.confirm(intent_id).to_dict()
+    except stripe.CardError:
+        return stripe_client.v1.payment_intents.retrieve(intent_id).to_dict()
+
+
 # -- requests -------------------------------------------------------------------------------------
 
 
@@ -304,10 +313,11 @@ def test_an_unreachable_stripe_is_unavailable_and_nothing_is_stored(start_servic
 # -- webhooks -------------------------------------------------------------------------------------
 
 
-def test_forged_tampered_and_stale_webhooks_are_refused_and_change_nothing(payments, client) -> None:
+def test_forged_tampered_and_stale_webhooks_are_refused_and_change_nothing(payments, client, stripe_client) -> None:
     async def scenario(nc: nats.NATS) -> None:
         order = new_order()
         made = await create(nc, order)
+        pays_at_stripe(stripe_client, made["payment_intent_id"])
         event = stripe_event("payment_intent.succeeded", intent_object(made, order, "succeeded"))
         genuine = signed(event)
         tampered = genuine.model_copy(update={"payload": genuine.payload.replace('"amount": 1234', '"amount": 1')})
@@ -329,10 +339,11 @@ def test_forged_tampered_and_stale_webhooks_are_refused_and_change_nothing(payme
     client.run(scenario)
 
 
-def test_one_event_delivered_ten_times_is_announced_once(payments, client) -> None:
+def test_one_event_delivered_ten_times_is_announced_once(payments, client, stripe_client) -> None:
     async def scenario(nc: nats.NATS) -> None:
         order = new_order()
         made = await create(nc, order)
+        pays_at_stripe(stripe_client, made["payment_intent_id"])
         event = signed(stripe_event("payment_intent.succeeded", intent_object(made, order, "succeeded")))
         outcomes = await asyncio.gather(*(deliver(nc, event) for _ in range(10)))
         assert sorted(o["duplicate"] for o in outcomes) == [False] + [True] * 9
@@ -350,10 +361,12 @@ def test_one_event_delivered_ten_times_is_announced_once(payments, client) -> No
     client.run(scenario)
 
 
-def test_a_refund_reported_before_the_success_is_announced_after_it(payments, client) -> None:
+def test_a_refund_reported_before_the_success_is_announced_after_it(payments, client, stripe_client) -> None:
     async def scenario(nc: nats.NATS) -> None:
         order = new_order()
         made = await create(nc, order, 1500)
+        pays_at_stripe(stripe_client, made["payment_intent_id"])
+        stripe_client.v1.refunds.create(params={"payment_intent": made["payment_intent_id"]})
         charge = charge_object(made["payment_intent_id"], 1500, 1500)
         assert not (await deliver(nc, signed(stripe_event("charge.refunded", charge))))["duplicate"]
         success = signed(stripe_event("payment_intent.succeeded", intent_object(made, order, "succeeded")))
@@ -365,22 +378,51 @@ def test_a_refund_reported_before_the_success_is_announced_after_it(payments, cl
     client.run(scenario)
 
 
-def test_a_refund_of_a_payment_never_stored_finds_its_order_at_stripe(payments, client, stripe_client) -> None:
-    order = new_order()
+def test_events_for_an_intent_this_shop_did_not_create_are_recorded_and_ignored(
+    payments, client, stripe_client
+) -> None:
+    order = new_order()  # made at Stripe by someone else (another system, the dashboard), naming an order id
     intent = stripe_client.v1.payment_intents.create(
         params={"amount": 800, "currency": "eur", "metadata": {"order_id": order}, "payment_method": "pm_card_visa"}
     )
-    stripe_client.v1.payment_intents.confirm(intent.id)
+    paid = stripe_client.v1.payment_intents.confirm(intent.id).to_dict()
     stripe_client.v1.refunds.create(params={"payment_intent": intent.id})
-    charge = stripe_client.v1.charges.list(params={"limit": 100000})
-    [refunded] = [c.to_dict() for c in charge.data if c.payment_intent == intent.id]
-    assert refunded["metadata"] == {}  # the order is known only from the intent
+    charges = stripe_client.v1.charges.list(params={"limit": 100000})
+    [refunded] = [c.to_dict() for c in charges.data if c.payment_intent == intent.id]
 
     async def scenario(nc: nats.NATS) -> None:
-        assert not (await deliver(nc, signed(stripe_event("charge.refunded", refunded))))["duplicate"]
+        for event in (stripe_event("payment_intent.succeeded", paid), stripe_event("charge.refunded", refunded)):
+            assert [(await deliver(nc, signed(event)))["duplicate"] for _ in range(2)] == [False, True]  # recorded
+        # Before, the order named in its metadata was announced paid, then refunded.
+        assert await payment_events(nc, order, expect=0, quiet=1.0) == []
+
+    client.run(scenario)
+
+
+def test_an_event_is_read_as_the_intent_is_now_so_a_late_failure_does_not_fail_a_3d_secure_payment(
+    payments, client, stripe_client, localstripe  # noqa: F811
+) -> None:
+    card = {"number": THREE_D_SECURE_CARD, "exp_month": 12, "exp_year": 2030, "cvc": "123"}
+    method = stripe_client.v1.payment_methods.create(params={"type": "card", "card": card})
+
+    async def scenario(nc: nats.NATS) -> None:
+        order = new_order()
+        made = await create(nc, order)
+        assert pays_at_stripe(stripe_client, made["payment_intent_id"], method.id)["status"] == "requires_action"
+        declined = intent_object(made, order, "requires_payment_method",
+                                 last_payment_error={"message": "Your card was declined."})
+        late = stripe_event("payment_intent.payment_failed", declined)
+        late["created"] -= 120  # an earlier attempt's failure, delivered late
+        assert not (await deliver(nc, signed(late)))["duplicate"]
+        # What Stripe says now is announced: waiting for the buyer. Before, the order was told its payment
+        # failed (its stock released and sold to someone else).
+        assert [s for s, _ in await payment_events(nc, order, expect=1)] == [subjects.PAYMENTS_REQUIRES_ACTION]
+        authenticate_3d_secure(localstripe, made)  # the buyer passes 3-D Secure; Stripe: succeeded
+        partial = {"id": made["payment_intent_id"], "object": "payment_intent"}  # an event's object may be thin
+        assert not (await deliver(nc, signed(stripe_event("payment_intent.succeeded", partial))))["duplicate"]
         events = await payment_events(nc, order, expect=2)
-        assert [s for s, _ in events] == [subjects.PAYMENTS_SUCCEEDED, subjects.PAYMENTS_REFUNDED]
-        assert all(e["payment_intent_id"] == intent.id for _, e in events)
+        assert [s for s, _ in events] == [subjects.PAYMENTS_REQUIRES_ACTION, subjects.PAYMENTS_SUCCEEDED]
+        assert (events[1][1]["amount_received_cents"], events[1][1]["currency_received"]) == (1234, "EUR")
 
     client.run(scenario)
 

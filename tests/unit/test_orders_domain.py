@@ -20,6 +20,7 @@ from services.orders.domain import (
     check_transition,
     late_reservation,
     merge_wanted,
+    payment_mismatch,
     price_lines,
     reservation_id,
 )
@@ -82,6 +83,27 @@ def test_one_currency_per_order() -> None:
     with pytest.raises(DomainError) as caught:
         price_lines([Wanted("a", 1), Wanted("b", 1)], {"a": product("a"), "b": product("b", currency="USD")})
     assert caught.value.code == "currency_mismatch"
+
+
+def test_a_product_named_by_its_sku_is_priced_under_its_id_and_one_named_both_ways_is_one_line() -> None:
+    mug = product("a", 900)
+    alone, _, _ = price_lines([Wanted("SKU-a", 1)], {"SKU-a": mug})  # a KeyError before (500 internal_error)
+    assert [(line.product_id, line.quantity) for line in alone] == [("a", 1)]
+    lines, _, currency = price_lines([Wanted("SKU-a", 2), Wanted("a", 1)], {"SKU-a": mug, "a": mug})
+    assert [(line.product_id, line.sku, line.quantity, line.line_total_cents) for line in lines] == [
+        ("a", "SKU-a", 3, 2700)]  # two lines of one product before
+    assert currency == "EUR"
+
+
+def test_a_payment_settles_an_order_only_in_its_amount_and_currency() -> None:
+    assert payment_mismatch(2400, "EUR", 2400, "eur") is None
+    assert payment_mismatch(2400, "EUR", None, None) is None  # an event from before amounts were sent
+    assert payment_mismatch(2400, "EUR", 1, "jpy") == "the payment took in 1 JPY for an order of 2400 EUR"
+    assert payment_mismatch(2400, "EUR", 2400, "USD") is not None
+    assert payment_mismatch(2400, "EUR", 2399, "EUR") is not None
+    for held in ("reserved", "awaiting_payment", "expired", "payment_failed", "cancelled"):
+        check_transition(held, "needs_review")  # type: ignore[arg-type]
+    assert TRANSITIONS["needs_review"] == frozenset({"refunded"})  # a person refunds it (or it stays)
 
 
 def test_repeated_products_are_one_line() -> None:

@@ -36,7 +36,6 @@ def test_snapshot_reads_order_amount_and_an_upper_case_currency() -> None:
 def test_snapshot_of_a_failure_always_carries_a_reason() -> None:
     declined = intent(last_payment_error={"message": "Your card was declined.", "code": "card_declined"})
     assert domain.snapshot(declined).last_error == "Your card was declined."
-    assert domain.snapshot(intent(), failed=True).last_error == domain.DECLINED
     assert domain.snapshot(intent(last_payment_error={"code": "x"})).last_error == domain.DECLINED
     assert domain.snapshot(intent(metadata={})).order_id is None
 

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 from flask import Blueprint, redirect, render_template, request
 from werkzeug.wrappers import Response as BaseResponse
 
+from cartwheel.contracts.orders import OrderStatus
 from services.gateway.web.admin_session import admin_only
 from services.gateway.web.internal import call
 
 pages = Blueprint("admin_orders", __name__, url_prefix="/admin")
 
-STATUSES = ("pending", "reserved", "awaiting_payment", "paid", "fulfilled", "cancelled", "expired",
-            "payment_failed", "refunded")
+STATUSES: tuple[str, ...] = get_args(OrderStatus)
 ENDED = frozenset({"cancelled", "expired", "payment_failed", "refunded"})
 
 
