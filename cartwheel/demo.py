@@ -17,7 +17,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-FINAL = {"paid", "fulfilled", "payment_failed", "cancelled", "expired", "refunded"}
+FINAL = {"paid", "fulfilled", "payment_failed", "needs_review", "disputed", "dispute_lost", "cancelled", "expired",
+         "refunded"}
 
 
 class DemoFailed(RuntimeError):

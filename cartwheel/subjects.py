@@ -66,6 +66,8 @@ PAYMENTS_FAILED = "events.payments.failed"
 PAYMENTS_CANCELED = "events.payments.canceled"
 PAYMENTS_REFUNDED = "events.payments.refunded"
 PAYMENTS_REQUIRES_ACTION = "events.payments.requires_action"
+PAYMENTS_DISPUTED = "events.payments.disputed"
+PAYMENTS_DISPUTE_CLOSED = "events.payments.dispute_closed"
 PAYMENTS_EVENTS = "events.payments.>"
 
 # Key-value buckets.

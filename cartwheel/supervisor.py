@@ -212,13 +212,19 @@ class Children:
                 self.console.alarm(f"{child.name} (pid {child.process.pid}) survived SIGKILL")
 
 
-def child_env(settings: Settings, metrics_port: int) -> dict[str, str]:
-    """This process's environment plus every setting as ``CARTWHEEL_<FIELD>``, as children read them."""
+SECRET_OF: dict[str, str] = {"stripe_secret_key": "payments", "stripe_webhook_secret": "payments"}
+"""Settings only one process may hold: the Stripe key and webhook secret reach payments, never the
+internet-facing gateway or the other services."""
+
+
+def child_env(settings: Settings, metrics_port: int, role: str) -> dict[str, str]:
+    """This process's environment plus every setting as ``CARTWHEEL_<FIELD>``, as the child ``role`` reads
+    them; a secret of another role (:data:`SECRET_OF`) is left out, even one this process inherited."""
     env = dict(os.environ)
     for name in type(settings).model_fields:
         key = f"CARTWHEEL_{name.upper()}"
         value = getattr(settings, name)
-        if value is None:
+        if value is None or SECRET_OF.get(name, role) != role:
             env.pop(key, None)
         elif isinstance(value, SecretStr):
             env[key] = value.get_secret_value()
@@ -418,7 +424,7 @@ class System:
 
     def _start(self, name: str, argv: list[str], metrics_port: int) -> None:
         self._step(f"starting {name}…")
-        self.children.spawn(name, argv, child_env(self.settings, metrics_port))
+        self.children.spawn(name, argv, child_env(self.settings, metrics_port, name))
 
     def _metrics_port(self, index: int | None) -> int:
         base = self.settings.metrics_port

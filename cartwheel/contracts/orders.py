@@ -27,6 +27,8 @@ OrderStatus = Literal[
     "expired",
     "payment_failed",
     "needs_review",
+    "disputed",
+    "dispute_lost",
     "refunded",
 ]
 OrderId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
@@ -153,6 +155,7 @@ class OrderView(BaseModel):
     user_id: str | None = None
     cart_id: str | None = None
     payment: PaymentInfo = Field(default_factory=PaymentInfo)
+    refunded_cents: int = Field(0, description="Refunded so far; a partial refund leaves the status as it was.")
     reserved_until: datetime | None = None
     created_at: datetime
     updated_at: datetime

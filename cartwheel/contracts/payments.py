@@ -101,6 +101,8 @@ class IntentView(BaseModel):
     amount_cents: int
     currency: str
     last_error: str | None = Field(None, description="Why the last attempt failed (a decline), if it did.")
+    amount_received_cents: int | None = Field(None, description="What a succeeded intent took in, as Stripe said.")
+    currency_received: str | None = None
 
 
 class WebhookOutcome(BaseModel):
@@ -142,6 +144,24 @@ class PaymentCanceled(PaymentEvent):
 class PaymentRefunded(PaymentEvent):
     subject: ClassVar[str] = subjects.PAYMENTS_REFUNDED
     amount_refunded_cents: int
+
+
+class PaymentDisputed(PaymentEvent):
+    """The buyer's bank disputes the payment (a chargeback): Stripe holds the money until the dispute closes."""
+
+    subject: ClassVar[str] = subjects.PAYMENTS_DISPUTED
+    dispute_id: str
+    reason: str | None = None
+    amount_disputed_cents: int
+
+
+class PaymentDisputeClosed(PaymentEvent):
+    """A dispute ended: ``won`` (the money stays; Stripe's ``won`` or ``warning_closed``) or lost (it is gone)."""
+
+    subject: ClassVar[str] = subjects.PAYMENTS_DISPUTE_CLOSED
+    dispute_id: str
+    status: str = Field(description="Stripe's status of the closed dispute: won, lost, warning_closed.")
+    won: bool
 
 
 class PaymentRequiresAction(PaymentEvent):

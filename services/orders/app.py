@@ -6,6 +6,8 @@ from cartwheel import subjects
 from cartwheel.contracts.orders import CancelOrder, Checkout, GetOrder, ListOrders, PayOrder
 from cartwheel.contracts.payments import (
     PaymentCanceled,
+    PaymentDisputeClosed,
+    PaymentDisputed,
     PaymentEvent,
     PaymentFailed,
     PaymentRefunded,
@@ -17,11 +19,9 @@ from cartwheel.settings import Settings
 from services.orders.saga import Saga
 
 PAYMENT_EVENTS: dict[str, type[PaymentEvent]] = {
-    subjects.PAYMENTS_SUCCEEDED: PaymentSucceeded,
-    subjects.PAYMENTS_FAILED: PaymentFailed,
-    subjects.PAYMENTS_CANCELED: PaymentCanceled,
-    subjects.PAYMENTS_REFUNDED: PaymentRefunded,
-    subjects.PAYMENTS_REQUIRES_ACTION: PaymentRequiresAction,
+    kind.subject: kind
+    for kind in (PaymentSucceeded, PaymentFailed, PaymentCanceled, PaymentRefunded, PaymentRequiresAction,
+                 PaymentDisputed, PaymentDisputeClosed)
 }
 
 

@@ -1,12 +1,16 @@
 """Order rules, free of I/O: the state machine, prices checked against the cart's snapshots, totals.
 
-``pending → reserved → awaiting_payment → paid → fulfilled``; ``cancelled``, ``expired``,
-``payment_failed`` and ``refunded`` end an order. A payment may still succeed after an order
-expired or failed (the buyer's bank was slow, another card): then the order is paid if its
-stock can be reserved again, else refunded — hence the moves out of ``expired`` and
-``payment_failed``. Money for a ``cancelled`` order is always refunded. A payment that took in
-another amount or currency than the order's puts it in ``needs_review``, for a person: its stock
-is not committed (the reservation runs out), and cancelling it refunds the payment.
+``pending → reserved → awaiting_payment → paid → fulfilled``; ``cancelled``, ``expired`` and
+``refunded`` end an order. ``payment_failed`` (a declined attempt) keeps the order's stock until
+its reservation runs out, as ``awaiting_payment`` does: Stripe lets the buyer try again on the same
+intent, with another card; then it ends ``expired``, its intent cancelled. A payment may still
+succeed after an order expired (the buyer's bank was slow): then the order is paid if its stock
+can be reserved again, else refunded — hence the moves out of ``expired``. Money for a
+``cancelled`` order is always refunded. A chargeback makes a paid order ``disputed`` until the
+dispute closes: ``paid`` again when the shop wins it, ``dispute_lost`` (the money is gone) when
+not. A payment that took in another amount or currency than the order's puts it in
+``needs_review``, for a person: its stock is not committed (the reservation runs out), and
+cancelling it refunds the payment.
 """
 
 from __future__ import annotations
@@ -23,17 +27,20 @@ TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
     "pending": frozenset({"reserved", "cancelled"}),
     "reserved": frozenset({"awaiting_payment", "paid", "cancelled", "expired", "payment_failed", "needs_review"}),
     "awaiting_payment": frozenset({"paid", "cancelled", "expired", "payment_failed", "needs_review"}),
-    "paid": frozenset({"fulfilled", "refunded"}),
-    "fulfilled": frozenset({"refunded"}),
-    "cancelled": frozenset({"refunded", "needs_review"}),
+    "paid": frozenset({"fulfilled", "refunded", "disputed"}),
+    "fulfilled": frozenset({"refunded", "disputed"}),
+    "cancelled": frozenset({"refunded"}),
     "expired": frozenset({"paid", "refunded", "needs_review"}),
-    "payment_failed": frozenset({"paid", "refunded", "needs_review"}),
+    "payment_failed": frozenset({"paid", "cancelled", "expired", "refunded", "needs_review"}),
     "needs_review": frozenset({"refunded"}),
+    "disputed": frozenset({"paid", "dispute_lost"}),
+    "dispute_lost": frozenset(),
     "refunded": frozenset(),
 }
 """Where each status may go next. A status not listed as a target of ``X`` is refused from ``X``."""
 
-HOLDS_STOCK: frozenset[OrderStatus] = frozenset({"reserved", "awaiting_payment"})
+HOLDS_STOCK: frozenset[OrderStatus] = frozenset({"reserved", "awaiting_payment", "payment_failed"})
+"""Orders whose reservation holds their units until it runs out (then the sweeper expires them)."""
 PAID: frozenset[OrderStatus] = frozenset({"paid", "fulfilled"})
 
 
@@ -44,7 +51,8 @@ def payment_mismatch(total_cents: int, currency: str, received_cents: int | None
         return None
     if (received_cents, received_currency.upper()) == (total_cents, currency.upper()):
         return None
-    return f"the payment took in {received_cents} {received_currency.upper()} for an order of {total_cents} {currency}"
+    return (f"the payment took in {received_cents} {received_currency.upper()} for an order of {total_cents} "
+            f"{currency.upper()}")
 
 
 class IllegalTransition(DomainError):

@@ -48,6 +48,8 @@ from cartwheel.contracts.payments import (
     CreateIntent,
     IntentView,
     PaymentCanceled,
+    PaymentDisputeClosed,
+    PaymentDisputed,
     PaymentEvent,
     PaymentFailed,
     PaymentRefunded,
@@ -56,6 +58,7 @@ from cartwheel.contracts.payments import (
     RefundPayment,
 )
 from cartwheel.errors import DomainError, ServiceUnavailable
+from cartwheel.keyedlock import KeyedLocks
 from cartwheel.lanes.client import LaneClient
 from cartwheel.lookups import Lookups
 from cartwheel.service import Service
@@ -106,7 +109,7 @@ class Saga:
         self.inventory: LaneClient | None = None
         self.lookups: Lookups | None = None
         self.worker = service.instance
-        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # per order: its lock and how many want it
+        self._locks = KeyedLocks()  # one step at a time per order in this process (and a claim across replicas)
         self._checkouts: dict[str, asyncio.Future[dict[str, Any]]] = {}  # Idempotency-Key scope -> the checkout
         self.hints = StockHints()
         self.needs_review = Counter("cartwheel_orders_needs_review", "Orders put aside for a person, by why",
@@ -366,13 +369,14 @@ class Saga:
             if row.status not in ("awaiting_payment", "payment_failed") or row.payment_intent_id is None:
                 raise DomainError(f"this order is {row.status}; it cannot be paid now", code="order_closed",
                                   status=row.status)
-            if row.reserved_until is not None and row.reserved_until < utcnow() and row.status != "payment_failed":
+            if row.reserved_until is not None and row.reserved_until < utcnow():
                 raise DomainError("this order's time to pay has run out", code="order_closed", status="expired")
             confirm = ConfirmIntent(tenant=row.tenant, order_id=row.id, payment_intent_id=row.payment_intent_id,
                                     payment_method=cmd.payment_method)
             intent = IntentView.model_validate(await self._ask(confirm))
             if intent.status == "succeeded":
-                await self._paid(row.id, intent.payment_intent_id)
+                await self._succeeded(row.id, intent.payment_intent_id, intent.amount_received_cents,
+                                      intent.currency_received)
             elif intent.last_error and intent.status == "requires_payment_method":
                 await self._payment_failed(row.id, intent.last_error)
             else:
@@ -407,24 +411,33 @@ class Saga:
 
     async def _on_payment(self, event: PaymentEvent) -> None:
         if isinstance(event, PaymentSucceeded):
-            row = await self._row(event.order_id)
-            wrong = payment_mismatch(row.total_cents, row.currency, event.amount_received_cents,
-                                     event.currency_received)
-            if wrong is None:
-                await self._paid(event.order_id, event.payment_intent_id)
-            else:
-                await self._needs_review(row, wrong)
+            await self._succeeded(event.order_id, event.payment_intent_id, event.amount_received_cents,
+                                  event.currency_received)
         elif isinstance(event, PaymentFailed):
             await self._payment_failed(event.order_id, event.reason or "the payment failed")
         elif isinstance(event, PaymentCanceled):
             await self._end_unpaid(event.order_id, "cancelled", "the payment was cancelled", cancel_intent=False)
         elif isinstance(event, PaymentRefunded):
-            await self._refunded_elsewhere(event.order_id)
+            await self._refunded_elsewhere(event.order_id, event.amount_refunded_cents)
+        elif isinstance(event, (PaymentDisputed, PaymentDisputeClosed)):
+            await self._dispute(event)
         elif isinstance(event, PaymentRequiresAction):
             await self._transition(
                 event.order_id,
                 lambda r: {"payment_status": "requires_action"} if r.status in HOLDS_STOCK else None,
             )
+
+    async def _succeeded(self, order_id: str, payment_intent_id: str, received_cents: int | None,
+                         received_currency: str | None) -> None:
+        """Every success, whoever told it (an event, our confirm or cancel call's answer): the order is paid
+        if the payment took in its amount and currency, else put aside for a person. Money for a cancelled
+        order goes back whatever it was."""
+        row = await self._row(order_id)
+        wrong = payment_mismatch(row.total_cents, row.currency, received_cents, received_currency)
+        if wrong is None or row.status == "cancelled":
+            await self._paid(order_id, payment_intent_id)
+        else:
+            await self._needs_review(row, payment_intent_id, wrong)
 
     async def _paid(self, order_id: str, payment_intent_id: str) -> None:
         """The money arrived: secure every line (commit its reservation, or reserve it again if that ended) and
@@ -481,32 +494,67 @@ class Saga:
             return False
         return True
 
-    async def _needs_review(self, row: OrderRow, problem: str) -> None:
+    async def _needs_review(self, row: OrderRow, payment_intent_id: str, problem: str) -> None:
         """A payment that does not match its order: nothing is committed or shipped until a person decides."""
         if row.status in PAID or row.status == "refunded":  # settled already; only a person can judge it now
             log.error("order %s is %s, and a payment came that does not match it: %s", row.id, row.status, problem)
             return
         log.error("order %s needs review: %s", row.id, problem)
         moved = await self._transition(row.id, lambda r: (
-            "needs_review", problem, {"payment_status": "succeeded", "payment_error": problem})
+            "needs_review", problem, {"payment_status": "succeeded", "payment_error": problem,
+                                      "payment_intent_id": r.payment_intent_id or payment_intent_id})
             if "needs_review" in TRANSITIONS[r.status] else None)  # type: ignore[index]
         if moved is not None:
             self.needs_review.labels(reason="payment_mismatch").inc()
 
-    async def _payment_failed(self, order_id: str, reason: str) -> None:
-        await self._end_unpaid(order_id, "payment_failed", reason, cancel_intent=False,
-                               payment_status="requires_payment_method", payment_error=reason)
+    async def _dispute(self, event: PaymentDisputed | PaymentDisputeClosed) -> None:
+        """A chargeback opened (a paid order becomes ``disputed``) or closed (``paid`` again if the shop won,
+        else ``dispute_lost``). An order in another status keeps it, with a line in its history."""
+        if isinstance(event, PaymentDisputed):
+            said = f"the buyer's bank disputes the payment ({event.reason or 'no reason given'})"
+            to, payment = "disputed", "disputed"
+        else:
+            said = f"the dispute closed: {event.status}"
+            to, payment = ("paid", "succeeded") if event.won else ("dispute_lost", "dispute_lost")
 
-    async def _refunded_elsewhere(self, order_id: str) -> None:
-        """Refunded at the provider (the dashboard, a dispute): a paid order's stock comes back."""
+        def decide(r: OrderRow) -> tuple[str, str, dict[str, Any]] | None:
+            if r.status == to:  # heard again
+                return None
+            moves = r.status == "disputed" if to != "disputed" else to in TRANSITIONS[r.status]  # type: ignore[index]
+            return (to, said, {"payment_status": payment}) if moves else (r.status, f"{said} (while {r.status})", {})
+
+        await self._transition(event.order_id, decide)
+
+    async def _payment_failed(self, order_id: str, reason: str) -> None:
+        """A declined attempt: the order says so and keeps its stock until its reservation runs out (Stripe
+        lets the buyer try again on the same intent); unpaid by then, the sweeper expires it, intent and all."""
+        fields = {"payment_status": "requires_payment_method", "payment_error": reason}
+        await self._transition(order_id, lambda r: ("payment_failed", reason, fields)
+                               if r.status in ("reserved", "awaiting_payment")
+                               else fields if r.status == "payment_failed" else None)
+
+    async def _refunded_elsewhere(self, order_id: str, refunded_cents: int) -> None:
+        """Refunded at the provider (the dashboard, a dispute), ``refunded_cents`` in all so far.
+
+        A partial refund is written down (``refunded_cents``, a history line) and changes nothing else:
+        the order keeps its status and its units. Refunded in full, a paid order's stock comes back.
+        """
         row = await self._row(order_id)
-        if row.status == "refunded":
+        if row.status == "refunded" or refunded_cents <= row.refunded_cents:
+            return  # a replay, or older news than what we know
+        if refunded_cents < row.total_cents:
+            said = f"partially refunded at the payment provider: {refunded_cents} of {row.total_cents} {row.currency}"
+            await self._transition(order_id, lambda r: (r.status, said, {"refunded_cents": refunded_cents})
+                                   if refunded_cents > r.refunded_cents and r.status != "refunded" else None)
             return
         if row.status in PAID:
             await self._restock(row, _lines(row))
+        elif row.status == "needs_review":  # never committed: its reservation may still hold the units
+            await self._release(row.id, row.reservation, _lines(row))
+        full = {"payment_status": "refunded", "refunded_cents": row.total_cents}
         await self._transition(
             order_id,
-            lambda r: ("refunded", "refunded at the payment provider", {"payment_status": "refunded"})
+            lambda r: ("refunded", "refunded at the payment provider", full)
             if r.status != "refunded" and "refunded" in TRANSITIONS[r.status] else None,  # type: ignore[index]
         )
 
@@ -535,8 +583,6 @@ class Saga:
         """
         row = await self._row(order_id)
         if row.status not in (*HOLDS_STOCK, "pending"):
-            if row.status == "payment_failed" and fields:
-                await self._transition(order_id, lambda r: fields if r.status == "payment_failed" else None)
             return
         if cancel_intent and row.payment_intent_id:
             try:
@@ -548,7 +594,8 @@ class Saga:
                 fields = {**fields, "payment_status": store.CANCEL_PENDING}
             else:
                 if intent.status == "succeeded":
-                    await self._paid(order_id, intent.payment_intent_id)
+                    await self._succeeded(order_id, intent.payment_intent_id, intent.amount_received_cents,
+                                          intent.currency_received)
                     return
                 fields = {**fields, "payment_status": intent.status}
         if await self._release(row.id, row.reservation, _lines(row)):
@@ -570,10 +617,8 @@ class Saga:
         await self._transition(row.id, lambda r: decided if r.status != "refunded" else None)
         await self._ask(RefundPayment(tenant=row.tenant, order_id=row.id, payment_intent_id=row.payment_intent_id))
         await self._restock(row, give_back)
-        await self._transition(
-            row.id,
-            lambda r: ("refunded", reason, {"payment_status": "refunded"}) if r.status != "refunded" else None,
-        )
+        full = {"payment_status": "refunded", "refunded_cents": row.total_cents}
+        await self._transition(row.id, lambda r: ("refunded", reason, full) if r.status != "refunded" else None)
 
     async def _restock(self, row: OrderRow, lines: list[OrderLine]) -> None:
         """Put a refunded order's committed units back on hand (once per order and product)."""
@@ -671,7 +716,8 @@ class Saga:
         intent = IntentView.model_validate(await self._ask(
             CancelIntent(tenant=row.tenant, order_id=row.id, payment_intent_id=row.payment_intent_id)))
         if intent.status == "succeeded":  # paid after all: the late-payment rules decide
-            await self._paid(order_id, intent.payment_intent_id)
+            await self._succeeded(order_id, intent.payment_intent_id, intent.amount_received_cents,
+                                  intent.currency_received)
         else:
             await self._transition(order_id, lambda r: {"payment_status": intent.status}
                                    if r.payment_status == store.CANCEL_PENDING else None)
@@ -695,25 +741,18 @@ class Saga:
 
         :class:`OrderBusy` (a 503 to callers; an event comes back later) if it stays taken ``wait`` seconds.
         """
-        lock, wanted = self._locks.setdefault(order_id, (asyncio.Lock(), [0]))
-        wanted[0] += 1
-        try:
-            if wait == 0 and lock.locked():
-                raise OrderBusy(order_id)
-            async with lock:
-                await self._claim(order_id, self.timeout if wait is None else wait)
-                renewal = asyncio.create_task(self._renew(order_id), name=f"claim-{order_id}")
-                try:
-                    yield
-                finally:
-                    renewal.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await renewal
-                    await self.service.db.run(lambda s: store.release_claim(s, order_id, self.worker))
-        finally:
-            wanted[0] -= 1
-            if not wanted[0]:
-                self._locks.pop(order_id, None)
+        if wait == 0 and self._locks.locked(order_id):
+            raise OrderBusy(order_id)
+        async with self._locks.hold(order_id):
+            await self._claim(order_id, self.timeout if wait is None else wait)
+            renewal = asyncio.create_task(self._renew(order_id), name=f"claim-{order_id}")
+            try:
+                yield
+            finally:
+                renewal.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renewal
+                await self.service.db.run(lambda s: store.release_claim(s, order_id, self.worker))
 
     async def _renew(self, order_id: str) -> None:
         while True:
@@ -756,8 +795,9 @@ class Saga:
     async def _transition(
         self, order_id: str, decide: Callable[[OrderRow], tuple[str, str, dict[str, Any]] | dict[str, Any] | None]
     ) -> OrderView | None:
-        """Read the order, ask ``decide`` what to do with it (a move ``(status, reason, fields)``, a change of
-        fields, or nothing), and write it; read again and decide again if it moved meanwhile."""
+        """Read the order, ask ``decide`` what to do with it (a move ``(status, reason, fields)``, a history line
+        ``(its status, reason, fields)``, a change of fields, or nothing), and write it; read again and decide
+        again if it moved meanwhile."""
 
         def work(session: Session) -> OrderView | None:
             row = store.load(session, order_id)
@@ -769,6 +809,8 @@ class Saga:
             if isinstance(decision, dict):
                 return store.view(store.change(session, row, **decision))
             to, reason, fields = decision
+            if to == row.status:  # a history line that keeps the status
+                return store.note(session, row, reason, **fields)
             return store.move(session, row, to, reason, **fields)[1]  # type: ignore[arg-type]
 
         for _ in range(STALE_RETRIES):

@@ -28,7 +28,7 @@ from cartwheel.contracts.orders import (
 from cartwheel.contracts.payments import IntentView
 from cartwheel.errors import NotFound
 from cartwheel.outbox import record_events
-from services.orders.domain import PLACED_PATH, IllegalTransition, check_transition, total_cents
+from services.orders.domain import HOLDS_STOCK, PLACED_PATH, IllegalTransition, check_transition, total_cents
 from services.orders.models import OrderRow, OrderTransitionRow
 
 log = logging.getLogger("cartwheel.orders")
@@ -54,6 +54,7 @@ def view(row: OrderRow, history: Sequence[OrderTransitionRow] = ()) -> OrderView
             status=row.payment_status,
             last_error=row.payment_error,
         ),
+        refunded_cents=row.refunded_cents or 0,
         reserved_until=row.reserved_until,
         created_at=row.created_at,
         updated_at=row.updated_at,
@@ -103,7 +104,7 @@ def place(session: Session, placings: list[tuple[Placing, IntentView]]) -> list[
             idempotency_key=placing.idempotency_key, currency=placing.currency, total_cents=placing.total_cents,
             lines=json.dumps([line.model_dump() for line in placing.lines]), reservation=placing.reservation,
             reserved_until=placing.reserved_until, payment_intent_id=intent.payment_intent_id,
-            client_secret=intent.client_secret, payment_status=intent.status, payment_error=None,
+            client_secret=intent.client_secret, payment_status=intent.status, payment_error=None, refunded_cents=0,
             created_at=placing.started_at, updated_at=at, refund_reason=None, give_back=None, claimed_by=None,
             claimed_until=None,
         )
@@ -192,6 +193,14 @@ def change(session: Session, row: OrderRow, **fields: Any) -> OrderRow:
     return row
 
 
+def note(session: Session, row: OrderRow, reason: str, **fields: Any) -> OrderView:
+    """A line in the order's history that keeps its status (a partial refund), with a change of ``fields``."""
+    fresh = change(session, row, **fields)
+    session.add(OrderTransitionRow(order_id=row.id, from_status=row.status, to_status=row.status, reason=reason,
+                                   at=fresh.updated_at))
+    return view(fresh)
+
+
 def move(
     session: Session, row: OrderRow, to: OrderStatus, reason: str | None = None, **fields: Any
 ) -> tuple[OrderRow, OrderView]:
@@ -209,7 +218,7 @@ def move(
     )
     order = view(fresh)
     events: list[Message] = [OrderStatusChanged(tenant=fresh.tenant, order=order, previous=previous, reason=reason)]
-    if to == "paid":
+    if to == "paid" and previous != "disputed":  # a dispute won: paid once already
         events.append(OrderPaid(tenant=fresh.tenant, order=order))
     record_events(session, events)
     return fresh, order
@@ -259,10 +268,10 @@ def stalled(session: Session, statuses: Sequence[str], before: datetime, limit: 
 
 
 def overdue(session: Session, now: datetime, limit: int = 100) -> list[str]:
-    """Ids of orders still awaiting payment whose reservation has run out."""
+    """Ids of orders still holding stock, unpaid, whose reservation has run out."""
     query = (
         select(OrderRow.id)
-        .where(OrderRow.status.in_(("reserved", "awaiting_payment")), OrderRow.reserved_until < now)
+        .where(OrderRow.status.in_(HOLDS_STOCK), OrderRow.reserved_until < now)
         .order_by(OrderRow.reserved_until)
         .limit(limit)
     )

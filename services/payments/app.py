@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from cartwheel import subjects
 from cartwheel.contracts.payments import CancelIntent, ConfirmIntent, CreateIntent, RefundPayment, StripeWebhook
+from cartwheel.keyedlock import KeyedLocks
 from cartwheel.service import Service
 from cartwheel.settings import Settings
 from services.payments.handlers import PaymentHandlers
@@ -19,8 +20,9 @@ def build(settings: Settings) -> Service:
     else:
         service.on_stop(stripe.close)
     secret = settings.stripe_webhook_secret.get_secret_value() if settings.stripe_webhook_secret else None
-    payments = PaymentHandlers(service, stripe)
-    webhooks = WebhookHandlers(service, stripe, secret)
+    intents = KeyedLocks()
+    payments = PaymentHandlers(service, stripe, intents)
+    webhooks = WebhookHandlers(service, stripe, secret, intents)
     service.handle(subjects.PAYMENTS_INTENT_CREATE, CreateIntent)(payments.create_intent)
     service.handle(subjects.PAYMENTS_INTENT_CONFIRM, ConfirmIntent)(payments.confirm_intent)
     service.handle(subjects.PAYMENTS_INTENT_CANCEL, CancelIntent)(payments.cancel_intent)

@@ -32,6 +32,11 @@ INTENT_EVENTS = frozenset(
     }
 )
 CHARGE_REFUNDED = "charge.refunded"
+DISPUTE_CREATED = "charge.dispute.created"
+DISPUTE_CLOSED = "charge.dispute.closed"
+DISPUTE_EVENTS = frozenset({DISPUTE_CREATED, DISPUTE_CLOSED})
+DISPUTE_WON = frozenset({"won", "warning_closed"})
+"""A closed dispute's statuses that leave the money with the shop (an inquiry that closed without a chargeback)."""
 EVENT_BY_OUTCOME: dict[Outcome, type[PaymentEvent]] = {
     "succeeded": PaymentSucceeded,
     "failed": PaymentFailed,
@@ -98,6 +103,14 @@ def refunded_intent(charge: Mapping[str, Any]) -> IntentSnapshot | None:
         status="succeeded",
         amount_received=int(charge["amount_captured"]) if charge.get("amount_captured") is not None else None,
     )
+
+
+def intent_of(kind: str, subject: Mapping[str, Any]) -> str | None:
+    """The PaymentIntent an event's object is about: the object itself, or a charge's or dispute's intent."""
+    if kind in INTENT_EVENTS:
+        found = subject.get("id")
+        return found if isinstance(found, str) else None
+    return payment_intent_of(subject)
 
 
 def payment_intent_of(charge: Mapping[str, Any]) -> str | None:

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from cartwheel.contracts.payments import CancelIntent, ConfirmIntent, CreateIntent, RefundPayment
 from cartwheel.errors import DomainError
+from cartwheel.keyedlock import KeyedLocks
 from cartwheel.service import Service
 from services.payments import domain, ledger, store
 from services.payments.models import IntentRow
@@ -19,10 +20,11 @@ from services.payments.stripe_api import StripePayments, provider_unavailable
 
 
 class PaymentHandlers:
-    def __init__(self, service: Service, stripe: StripePayments | None) -> None:
+    def __init__(self, service: Service, stripe: StripePayments | None, intents: KeyedLocks) -> None:
         self.service = service
         self.db = service.db
         self.stripe = stripe
+        self.intents = intents  # a call's answer and a webhook's reading of one intent are written in turn
 
     async def create_intent(self, cmd: CreateIntent) -> dict[str, Any]:
         known = await self.db.lookup(store.INTENT_OF_ORDER, order_id=cmd.order_id)  # a retry: no second intent
@@ -47,21 +49,23 @@ class PaymentHandlers:
         row = await self.db.read(lambda s: store.intent_of_order(s, cmd.payment_intent_id, cmd.order_id))
         if row.status in domain.FINISHED:
             return store.to_view(row).model_dump(mode="json")
-        try:
-            intent = await self._stripe().confirm_intent(row.id, cmd.payment_method, f"confirm-{cmd.id}")
-        except DomainError as refusal:
-            intent = await self._finished_or_raise(row.id, refusal)
-        return await self._settle(intent, "confirm")
+        async with self.intents.hold(row.id):
+            try:
+                intent = await self._stripe().confirm_intent(row.id, cmd.payment_method, f"confirm-{cmd.id}")
+            except DomainError as refusal:
+                intent = await self._finished_or_raise(row.id, refusal)
+            return await self._settle(intent, "confirm")
 
     async def cancel_intent(self, cmd: CancelIntent) -> dict[str, Any]:
         row = await self.db.read(lambda s: store.intent_of_order(s, cmd.payment_intent_id, cmd.order_id))
         if row.status in domain.FINISHED:
             return store.to_view(row).model_dump(mode="json")
-        try:
-            intent = await self._stripe().cancel_intent(row.id)
-        except DomainError as refusal:
-            intent = await self._finished_or_raise(row.id, refusal)
-        return await self._settle(intent, "cancel")
+        async with self.intents.hold(row.id):
+            try:
+                intent = await self._stripe().cancel_intent(row.id)
+            except DomainError as refusal:
+                intent = await self._finished_or_raise(row.id, refusal)
+            return await self._settle(intent, "cancel")
 
     async def refund_payment(self, cmd: RefundPayment) -> dict[str, Any]:
         done = await self.db.read(lambda s: store.refund_for_order(s, cmd.order_id))

@@ -6,12 +6,13 @@ so whichever arrives first moves the order and the other finds nothing new to sa
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from cartwheel.contracts.base import utcnow
-from cartwheel.contracts.payments import PaymentEvent, PaymentRefunded
+from cartwheel.contracts.payments import PaymentDisputeClosed, PaymentDisputed, PaymentEvent, PaymentRefunded
 from cartwheel.outbox import record_event
 from services.payments import domain, store
 from services.payments.domain import IntentSnapshot, Outcome
@@ -26,11 +27,11 @@ def settle(session: Session, snap: IntentSnapshot, source: str) -> IntentRow | N
     before = domain.outcome(row.status, row.last_error)
     if domain.accepts(row.status, snap.status):
         store.update_intent(row, snap)
-    announce(session, row, domain.newly_reached(before, domain.outcome(row.status, row.last_error)), source, snap)
+    announce(session, row, domain.newly_reached(before, domain.outcome(row.status, row.last_error)), source)
     return row
 
 
-def announce(session: Session, row: IntentRow, kind: Outcome | None, source: str, snap: IntentSnapshot) -> None:
+def announce(session: Session, row: IntentRow, kind: Outcome | None, source: str) -> None:
     """Record the event of a newly reached outcome; a success says what Stripe took in, for orders to check."""
     if kind is None:
         return
@@ -38,7 +39,7 @@ def announce(session: Session, row: IntentRow, kind: Outcome | None, source: str
     if kind == "failed":
         details["reason"] = row.last_error
     elif kind == "succeeded":
-        details["amount_received_cents"], details["currency_received"] = domain.received(snap)
+        details |= {"amount_received_cents": row.received_cents, "currency_received": row.received_currency}
     record_event(session, _event(domain.EVENT_BY_OUTCOME[kind], row, source, **details))
 
 
@@ -50,6 +51,19 @@ def settle_refund(session: Session, row: IntentRow, refunded_cents: int, source:
     row.refunded_cents = total
     row.updated_at = utcnow()
     record_event(session, _event(PaymentRefunded, row, source, amount_refunded_cents=total))
+
+
+def dispute(session: Session, row: IntentRow, kind: str, dispute: Mapping[str, Any], source: str) -> None:
+    """Announce a dispute of the intent's payment opened or closed (``kind``: Stripe's event type)."""
+    dispute_id = str(dispute.get("id") or "")
+    if kind == domain.DISPUTE_CREATED:
+        amount = int(dispute.get("amount") or row.amount_cents)
+        record_event(session, _event(PaymentDisputed, row, source, dispute_id=dispute_id,
+                                     reason=dispute.get("reason"), amount_disputed_cents=amount))
+    else:
+        status = str(dispute.get("status") or "")
+        record_event(session, _event(PaymentDisputeClosed, row, source, dispute_id=dispute_id, status=status,
+                                     won=status in domain.DISPUTE_WON))
 
 
 def _event(kind: type[PaymentEvent], row: IntentRow, source: str, **details: Any) -> PaymentEvent:

@@ -28,6 +28,9 @@ class IntentRow(Base):
     client_secret: Mapped[str | None] = mapped_column(String(255))
     last_error: Mapped[str | None] = mapped_column(Text)
     refunded_cents: Mapped[int] = mapped_column(BigInteger, default=0)
+    # What a succeeded intent took in, as Stripe said: orders settles an order only when it matches.
+    received_cents: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    received_currency: Mapped[str | None] = mapped_column(String(3), default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 

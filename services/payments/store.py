@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from cartwheel.contracts.base import utcnow
 from cartwheel.contracts.payments import IntentView
 from cartwheel.errors import NotFound
+from services.payments import domain
 from services.payments.domain import IntentSnapshot
 from services.payments.models import IntentRow, RefundRow, StripeEventRow
 
@@ -30,6 +31,8 @@ def to_view(row: IntentRow) -> IntentView:
         amount_cents=row.amount_cents,
         currency=row.currency,
         last_error=row.last_error if waiting else None,
+        amount_received_cents=row.received_cents,
+        currency_received=row.received_currency,
     )
 
 
@@ -116,6 +119,8 @@ def keep_first_intents(session: Session, made: list[tuple[IntentSnapshot, str]])
 def update_intent(row: IntentRow, snap: IntentSnapshot) -> None:
     row.status = snap.status
     row.last_error = snap.last_error
+    if snap.status == "succeeded":
+        row.received_cents, row.received_currency = domain.received(snap)
     row.client_secret = row.client_secret or snap.client_secret
     row.updated_at = utcnow()
 

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from cartwheel.contracts.payments import StripeWebhook, WebhookOutcome
 from cartwheel.errors import NotFound
+from cartwheel.keyedlock import KeyedLocks
 from cartwheel.service import Service
 from services.payments import domain, ledger, store
 from services.payments.domain import IntentSnapshot
@@ -26,11 +27,13 @@ log = logging.getLogger(__name__)
 
 
 class WebhookHandlers:
-    def __init__(self, service: Service, stripe: StripePayments | None, secret: str | None) -> None:
+    def __init__(self, service: Service, stripe: StripePayments | None, secret: str | None,
+                 intents: KeyedLocks) -> None:
         self.service = service
         self.db = service.db
         self.stripe = stripe
         self.secret = secret
+        self.intents = intents
 
     async def stripe_webhook(self, msg: StripeWebhook) -> dict[str, Any]:
         event = verify_webhook(msg.payload, msg.signature, self.secret)
@@ -38,11 +41,14 @@ class WebhookHandlers:
         if await self.db.read(lambda s: store.stripe_event_seen(s, outcome.event_id)):
             return outcome.model_dump(mode="json")
         subject = (event.get("data") or {}).get("object") or {}
-        snap, refunded = await self._report(event["type"], subject)
-        try:
-            await self.db.run(lambda s: self._record(s, event, snap, refunded, msg.tenant))
-        except store.AlreadyRecorded:  # a concurrent delivery of the same event won
-            return outcome.model_dump(mode="json")
+        # One intent's reports one at a time, read and written: two read out of order and written in the
+        # other order would leave the older state (a failure over the buyer's 3-D Secure step).
+        async with self.intents.hold(domain.intent_of(event["type"], subject) or event["id"]):
+            snap, refunded = await self._report(event["type"], subject)
+            try:
+                await self.db.run(lambda s: self._record(s, event, snap, refunded))
+            except store.AlreadyRecorded:  # a concurrent delivery of the same event won
+                return outcome.model_dump(mode="json")
         self.service.notify_outbox()
         log.info("stripe event %s (%s) recorded", outcome.event_id, outcome.type)
         return outcome.model_copy(update={"duplicate": False}).model_dump(mode="json")
@@ -50,7 +56,7 @@ class WebhookHandlers:
     async def _report(self, kind: str, subject: dict[str, Any]) -> tuple[IntentSnapshot | None, int | None]:
         """What the event says about which intent, and the total refunded if it is a refund."""
         if kind in domain.INTENT_EVENTS:
-            return await self._current(subject.get("id")), None
+            return await self._current(domain.intent_of(kind, subject)), None
         if kind == domain.CHARGE_REFUNDED:
             snap = domain.refunded_intent(subject)
             return (snap if snap and await self._ours(snap.id) else None), int(subject.get("amount_refunded") or 0)
@@ -66,9 +72,9 @@ class WebhookHandlers:
             raise provider_unavailable("no Stripe secret key: cannot read the payment's current state")
         try:
             return domain.snapshot(await self.stripe.retrieve_intent(intent_id))
-        except NotFound:  # Stripe no longer has it (the embedded server restarted empty): nothing to apply
-            log.warning("stripe reports on payment %s, which it no longer has: ignored", intent_id)
-            return None
+        except NotFound:  # ours, yet Stripe says no such intent: a key of another account or mode? Not recorded
+            raise provider_unavailable(f"Stripe has no payment {intent_id}, which this shop created: "
+                                       "is the secret key of the account and mode that made it?") from None
 
     async def _ours(self, intent_id: Any) -> bool:
         """Whether this shop created the intent (its row exists): the only intents whose events count."""
@@ -78,10 +84,18 @@ class WebhookHandlers:
         return False
 
     @staticmethod
-    def _record(
-        session: Session, event: dict[str, Any], snap: IntentSnapshot | None, refunded: int | None, tenant: str
-    ) -> None:
-        store.record_stripe_event(session, event["id"], event["type"], snap.id if snap else None)
+    def _record(session: Session, event: dict[str, Any], snap: IntentSnapshot | None, refunded: int | None) -> None:
+        kind, subject = event["type"], (event.get("data") or {}).get("object") or {}
+        disputed = domain.intent_of(kind, subject) if kind in domain.DISPUTE_EVENTS else None
+        store.record_stripe_event(session, event["id"], kind, snap.id if snap else disputed)
+        if disputed is not None:
+            row = store.lock_intent(session, disputed)
+            if row is None:
+                log.info("stripe event %s: a dispute of payment %s, which this shop did not create", event["id"],
+                         disputed)
+            else:
+                ledger.dispute(session, row, kind, subject, event["id"])
+            return
         if snap is None:
             return
         row = ledger.settle(session, snap, event["id"])

@@ -79,7 +79,8 @@ def test_deactivated_products_leave_the_shop(system: System) -> None:
 def second_catalog(system: System) -> Iterator[int]:
     """Another catalog replica on the same database, as `--scale catalog=2` would run it; yields its metrics port."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "services.catalog"], env=child_env(system.settings, port),
+    process = subprocess.Popen([sys.executable, "-m", "services.catalog"],
+                               env=child_env(system.settings, port, "catalog"),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -33,7 +33,13 @@ from cartwheel.contracts.cart import AddToCart, GetCart
 from cartwheel.contracts.catalog import ProductPatch, UpdateProduct
 from cartwheel.contracts.inventory import CommitReservation, GetStock, SetStock
 from cartwheel.contracts.orders import CancelOrder, Checkout, CheckoutItem, GetOrder, ListOrders, PayOrder
-from cartwheel.contracts.payments import PaymentFailed, PaymentSucceeded
+from cartwheel.contracts.payments import (
+    PaymentDisputeClosed,
+    PaymentDisputed,
+    PaymentFailed,
+    PaymentRefunded,
+    PaymentSucceeded,
+)
 from cartwheel.errors import DomainError, ServiceUnavailable
 from cartwheel.lanes.client import LaneClient
 from tests.integration.conftest import Client
@@ -51,6 +57,7 @@ class FakePayments:
         self.before_intent_reply: Callable[[dict[str, Any]], Awaitable[None]] | None = None  # on the fake's loop
         self.hold_intents = threading.Event()  # set: CreateIntent never answers (a crash test)
         self.confirm_status = "succeeded"
+        self.received: tuple[int, str] | None = None  # what a succeeded confirm says it took in (None: the total)
         self.cancel_status = "canceled"  # "succeeded": the buyer paid just before the cancel reached Stripe
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -105,6 +112,8 @@ class FakePayments:
             intent["status"] = self.confirm_status
             if self.confirm_status == "requires_payment_method":
                 intent["last_error"] = "Your card was declined."
+            if self.confirm_status == "succeeded" and self.received:
+                intent["amount_received_cents"], intent["currency_received"] = self.received
         elif msg.subject == subjects.PAYMENTS_REFUND:
             await msg.respond(encode({"ok": True, "data": {"refund_id": f"re_{order_id}", "status": "succeeded",
                                                            "amount_cents": 0}}))
@@ -212,7 +221,7 @@ def test_a_cart_checks_out_reserves_and_on_payment_commits_and_closes_the_cart(
     assert [h["status"] for h in ask(client, GetOrder(order_id=order["order_id"]))["history"]][-1] == "paid"
 
 
-def test_paying_through_the_order_confirms_and_a_decline_releases_the_stock(
+def test_paying_through_the_order_confirms_and_a_decline_keeps_the_stock_for_another_card(
     orders: Any, payments: FakePayments, client: Client
 ) -> None:
     mug = new_product(client, 4)
@@ -220,10 +229,11 @@ def test_paying_through_the_order_confirms_and_a_decline_releases_the_stock(
     payments.confirm_status = "requires_payment_method"
     declined = ask(client, PayOrder(order_id=order["order_id"], payment_method="pm_card_chargeCustomerFail"))
     assert declined["status"] == "payment_failed" and declined["payment"]["last_error"] == "Your card was declined."
-    assert stock(client, mug) == (4, 0)
-    payments.confirm_status = "succeeded"  # another card: paid, the stock reserved again and committed
+    assert stock(client, mug) == (4, 2)  # still held: released before, and sold to someone else meanwhile
+    payments.confirm_status = "succeeded"  # another card on the same intent: paid, its reservation committed
     paid = ask(client, PayOrder(order_id=order["order_id"], payment_method="pm_card_visa"))
     assert paid["status"] == "paid"
+    assert [h["reason"] for h in paid["history"]][-1] == "paid"  # not "paid after its reservation ended"
     assert stock(client, mug) == (2, 0)
 
 
@@ -253,10 +263,77 @@ def test_a_payment_that_took_in_another_amount_or_currency_puts_the_order_aside_
     assert ask(client, CancelOrder(order_id=order["order_id"]))["status"] == "refunded"
     assert stock(client, mug) == (4, 0)
     assert [r["order_id"] for r in payments.asked(subjects.PAYMENTS_REFUND)] == [order["order_id"]]
+    payments.received = (5, "EUR")  # paid through the shop (pay): the answer is checked as an event is
+    answered = ask(client, buy(mug, 1))
+    paid = ask(client, PayOrder(order_id=answered["order_id"], payment_method="pm_card_visa"))
+    assert paid["status"] == "needs_review" and stock(client, mug) == (4, 1)
     matching = ask(client, buy(mug, 1))
     payments.publish(paid_event(matching).model_copy(update={"amount_received_cents": 1200,
                                                                "currency_received": "eur"}))
     wait_for(lambda: status_of(client, matching["order_id"]) == "paid", "a matching payment pays")
+
+
+def test_a_partial_refund_at_stripe_is_written_down_and_leaves_the_order_paid_and_its_stock_alone(
+    orders: Any, payments: FakePayments, client: Client
+) -> None:
+    mug = new_product(client, 5)
+    order = ask(client, buy(mug, 2))  # 2,400 EUR cents
+    payments.publish(paid_event(order))
+    wait_for(lambda: status_of(client, order["order_id"]) == "paid", "the order paid")
+
+    def refunded(cents: int, n: int) -> PaymentRefunded:
+        return PaymentRefunded(order_id=order["order_id"], payment_intent_id=f"pi_{order['order_id']}",
+                               stripe_event_id=f"evt_r{n}", amount_cents=2400, currency="EUR",
+                               amount_refunded_cents=cents)
+
+    payments.publish(refunded(100, 1))
+    wait_for(lambda: ask(client, GetOrder(order_id=order["order_id"]))["refunded_cents"] == 100, "100 refunded")
+    found = ask(client, GetOrder(order_id=order["order_id"]))
+    # Before: the order became refunded and both units went back on hand (stock overstated: oversold later).
+    assert found["status"] == "paid"
+    assert found["history"][-1] == {**found["history"][-1], "status": "paid",
+                                    "reason": "partially refunded at the payment provider: 100 of 2400 EUR"}
+    assert stock(client, mug) == (3, 0)
+    payments.publish(refunded(50, 2))  # older news (a cumulative total below what we know): nothing
+    time.sleep(0.5)
+    assert ask(client, GetOrder(order_id=order["order_id"]))["refunded_cents"] == 100
+    cancelled = ask(client, CancelOrder(order_id=order["order_id"]))  # the admin refunds the rest
+    assert (cancelled["status"], cancelled["refunded_cents"]) == ("refunded", 2400)
+    assert [r["order_id"] for r in payments.asked(subjects.PAYMENTS_REFUND)] == [order["order_id"]]
+    assert stock(client, mug) == (5, 0)
+
+
+def test_a_chargeback_makes_a_paid_order_disputed_until_it_closes_won_or_lost(
+    orders: Any, payments: FakePayments, client: Client
+) -> None:
+    mug = new_product(client, 5)
+    won, lost = ask(client, buy(mug, 1)), ask(client, buy(mug, 1))
+    for n, order in enumerate((won, lost)):
+        payments.publish(paid_event(order, n))
+        wait_for(lambda order=order: status_of(client, order["order_id"]) == "paid", "paid")
+
+    def dispute(order: dict[str, Any], closed: str | None = None) -> PaymentDisputed | PaymentDisputeClosed:
+        common = {"order_id": order["order_id"], "payment_intent_id": f"pi_{order['order_id']}",
+                  "stripe_event_id": f"evt_d_{closed}", "amount_cents": 1200, "currency": "EUR", "dispute_id": "dp_1"}
+        if closed is None:
+            return PaymentDisputed(reason="fraudulent", amount_disputed_cents=1200, **common)
+        return PaymentDisputeClosed(status=closed, won=closed == "won", **common)
+
+    for order in (won, lost):
+        payments.publish(dispute(order))
+        payments.publish(dispute(order))  # heard twice: one line in the history
+        wait_for(lambda order=order: status_of(client, order["order_id"]) == "disputed", "disputed")  # stayed paid
+    refused(client, CancelOrder(order_id=won["order_id"]))  # no refund of a disputed payment
+    payments.publish(dispute(won, "won"))
+    payments.publish(dispute(lost, "lost"))
+    wait_for(lambda: status_of(client, won["order_id"]) == "paid", "won: paid again")
+    wait_for(lambda: status_of(client, lost["order_id"]) == "dispute_lost", "lost")
+    history = [(h["status"], h["reason"]) for h in ask(client, GetOrder(order_id=won["order_id"]))["history"]]
+    assert history[-2:] == [("disputed", "the buyer's bank disputes the payment (fraudulent)"),
+                            ("paid", "the dispute closed: won")]
+    assert stock(client, mug) == (3, 0)  # the units stay sold either way
+    listed = ask(client, ListOrders(status="dispute_lost", limit=200))["items"]
+    assert lost["order_id"] in [o["order_id"] for o in listed]
 
 
 # -- refusals ----------------------------------------------------------------------------------
@@ -443,14 +520,23 @@ def test_a_payment_after_expiry_is_refunded_when_the_stock_is_gone(
     assert stock(client, mug) == (0, 0)
 
 
-def test_a_failed_payment_releases_the_stock(orders: Any, payments: FakePayments, client: Client) -> None:
+def test_a_failed_payment_keeps_the_stock_until_the_reservation_ends_then_expires_and_cancels_its_intent(
+    backends: None, payments: FakePayments, database_url: str, start_service: Any, client: Client
+) -> None:
+    start_service("orders", orders_database_url=database_url, reservation_ttl_seconds=3)
     mug = new_product(client, 3)
     order = ask(client, buy(mug, 3))
     payments.publish(PaymentFailed(order_id=order["order_id"], payment_intent_id=f"pi_{order['order_id']}",
                                    stripe_event_id="evt_f", amount_cents=order["total_cents"], currency="EUR",
                                    reason="insufficient funds"))
     wait_for(lambda: status_of(client, order["order_id"]) == "payment_failed", "payment failed")
+    assert stock(client, mug) == (3, 3)  # released at once before: the buyer's next card found it sold
+    assert payments.asked(subjects.PAYMENTS_INTENT_CANCEL) == []
+    wait_for(lambda: status_of(client, order["order_id"]) == "expired", "expired with its reservation")
     assert stock(client, mug) == (3, 0)
+    assert [c["order_id"] for c in payments.asked(subjects.PAYMENTS_INTENT_CANCEL)] == [order["order_id"]]
+    history = [h["status"] for h in ask(client, GetOrder(order_id=order["order_id"]))["history"]]
+    assert history[-2:] == ["payment_failed", "expired"]
 
 
 def test_an_expiry_that_finds_the_intent_paid_marks_the_order_paid(

@@ -427,6 +427,62 @@ def test_an_event_is_read_as_the_intent_is_now_so_a_late_failure_does_not_fail_a
     client.run(scenario)
 
 
+def test_an_event_for_our_intent_that_stripe_cannot_show_is_not_recorded_so_stripe_sends_it_again(
+    payments, client, database_url: str
+) -> None:
+    from sqlalchemy.orm import sessionmaker
+
+    from cartwheel.db import make_engine
+    from services.payments import store
+    from services.payments.domain import IntentSnapshot
+
+    order = new_order()
+    missing = f"pi_missing_{order}"  # ours (a row), but Stripe has no such intent (another account's key?)
+    engine = make_engine(database_url)
+    try:
+        with sessionmaker(engine).begin() as session:
+            store.insert_intent(session, IntentSnapshot(id=missing, order_id=order, tenant="default", amount_cents=500,
+                                                        currency="EUR", status="requires_payment_method"), "default")
+    finally:
+        engine.dispose()
+    event = stripe_event("payment_intent.succeeded", {"id": missing, "object": "payment_intent"})
+
+    async def scenario(nc: nats.NATS) -> None:
+        # Before: recorded and answered 200 (the report read off the event): Stripe would never send it again.
+        assert [await refused(nc, signed(event)) for _ in range(2)] == ["payment_provider_unavailable"] * 2
+        assert await payment_events(nc, order, expect=0, quiet=0.5) == []
+
+    client.run(scenario)
+
+
+def dispute_object(intent_id: str, amount: int, status: str) -> dict[str, Any]:
+    """A Dispute as Stripe sends it in ``charge.dispute.*`` events (the embedded server makes none)."""
+    return {"id": f"dp_test_{uuid.uuid4().hex[:14]}", "object": "dispute", "amount": amount, "currency": "eur",
+            "charge": f"ch_test_{uuid.uuid4().hex[:14]}", "payment_intent": intent_id, "reason": "fraudulent",
+            "status": status, "is_charge_refundable": False, "livemode": False}
+
+
+def test_a_chargeback_is_announced_when_opened_and_when_closed(payments, client, stripe_client) -> None:
+    async def scenario(nc: nats.NATS) -> None:
+        order, stranger = new_order(), new_order()
+        made = await create(nc, order, 900)
+        pays_at_stripe(stripe_client, made["payment_intent_id"])
+        opened = dispute_object(made["payment_intent_id"], 900, "needs_response")
+        created = signed(stripe_event("charge.dispute.created", opened))
+        assert [(await deliver(nc, created))["duplicate"] for _ in range(2)] == [False, True]
+        lost = signed(stripe_event("charge.dispute.closed", {**opened, "status": "lost"}))
+        assert not (await deliver(nc, lost))["duplicate"]
+        foreign = dispute_object("pi_not_ours_" + stranger, 500, "needs_response")
+        assert not (await deliver(nc, signed(stripe_event("charge.dispute.created", foreign))))["duplicate"]
+        # Before: ignored (the order stayed paid, as if nothing had happened).
+        events = await payment_events(nc, order, expect=2)
+        assert [s for s, _ in events] == [subjects.PAYMENTS_DISPUTED, subjects.PAYMENTS_DISPUTE_CLOSED]
+        assert (events[0][1]["reason"], events[0][1]["amount_disputed_cents"]) == ("fraudulent", 900)
+        assert (events[1][1]["status"], events[1][1]["won"]) == ("lost", False)
+
+    client.run(scenario)
+
+
 class Forwarder:
     """A webhook endpoint like the gateway's: the raw body and its Stripe-Signature go to payments over NATS."""
 

@@ -60,8 +60,9 @@ def test_exit_descriptions() -> None:
 def test_children_read_back_exactly_the_supervisors_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     settings = Settings(
         var_dir=tmp_path, nats_url="nats://127.0.0.1:4333", gateway_port=8181, embedded_nats=True
-    ).model_copy(update={"admin_token": SecretStr("admin-t"), "secret": SecretStr("cookie-s")})
-    env = child_env(settings, metrics_port=9102)
+    ).model_copy(update={"admin_token": SecretStr("admin-t"), "secret": SecretStr("cookie-s"),
+                         "stripe_secret_key": SecretStr("sk_test_x"), "stripe_webhook_secret": SecretStr("whsec_x")})
+    env = child_env(settings, metrics_port=9102, role="payments")
     assert env["CARTWHEEL_METRICS_PORT"] == "9102"
     assert env["CARTWHEEL_ADMIN_TOKEN"] == "admin-t"
     for key, value in env.items():
@@ -73,3 +74,17 @@ def test_children_read_back_exactly_the_supervisors_settings(tmp_path: Path, mon
     )
     assert child.model_dump(mode="json") == expected.model_dump(mode="json")
     assert child.secret is not None and child.secret.get_secret_value() == "cookie-s"
+    assert child.stripe_secret_key is not None and child.stripe_secret_key.get_secret_value() == "sk_test_x"
+
+
+def test_only_payments_is_given_the_stripe_key_and_webhook_secret(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CARTWHEEL_STRIPE_SECRET_KEY", "sk_test_inherited")  # exported in the operator's shell
+    settings = Settings(var_dir=tmp_path).model_copy(
+        update={"stripe_secret_key": SecretStr("sk_test_x"), "stripe_webhook_secret": SecretStr("whsec_x")})
+    for role in ("gateway", "catalog", "cart", "inventory", "orders"):
+        env = child_env(settings, metrics_port=0, role=role)
+        # Before, every process had both: the internet-facing gateway could charge and refund cards.
+        assert "CARTWHEEL_STRIPE_SECRET_KEY" not in env and "CARTWHEEL_STRIPE_WEBHOOK_SECRET" not in env, role
+    env = child_env(settings, metrics_port=0, role="payments")
+    assert (env["CARTWHEEL_STRIPE_SECRET_KEY"], env["CARTWHEEL_STRIPE_WEBHOOK_SECRET"]) == ("sk_test_x", "whsec_x")

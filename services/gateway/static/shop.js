@@ -1,7 +1,8 @@
 // Storefront behaviour on top of the server-rendered pages, talking to the JSON API (same origin, cookies).
 "use strict";
 
-const FINAL = ["paid", "fulfilled", "cancelled", "expired", "payment_failed", "needs_review", "refunded"];
+const FINAL = ["paid", "fulfilled", "cancelled", "expired", "payment_failed", "needs_review", "disputed",
+  "dispute_lost", "refunded"];
 const $ = (selector, root = document) => root.querySelector(selector);
 
 async function api(method, path, body, headers = {}) {

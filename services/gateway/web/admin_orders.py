@@ -14,7 +14,8 @@ from services.gateway.web.internal import call
 pages = Blueprint("admin_orders", __name__, url_prefix="/admin")
 
 STATUSES: tuple[str, ...] = get_args(OrderStatus)
-ENDED = frozenset({"cancelled", "expired", "payment_failed", "refunded"})
+ENDED = frozenset({"cancelled", "expired", "refunded", "disputed", "dispute_lost"})
+"""No cancel button: nothing left to cancel, or (a dispute) nothing the shop may refund now."""
 
 
 @pages.get("/orders")
