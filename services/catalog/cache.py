@@ -36,14 +36,20 @@ class ProductCache:
             log.warning("cache fill for %s failed: %s", product.id, exc)
 
     async def replace(self, product: Product, previous_sku: str | None = None, attempts: int = 10) -> None:
-        """Write ``product`` unless the cache holds the same or a newer version; drop the entry if that fails."""
+        """Write ``product`` unless the cache holds the same or a newer version; drop the entry if that fails.
+
+        ``previous_sku``: the sku before this change (its entry goes, the new one comes first). None (a
+        repair from an event, which may be an older version than the cache has): the sku entry is written
+        only with the product, so an old event can't bring back the entry of a sku changed since.
+        """
         key = subjects.catalog_cache_key(product.id)
+        sku_entry = subjects.catalog_sku_key(product.sku), product.id.encode()
         try:
-            if previous_sku != product.sku:  # None: the caller doesn't know, so write it
-                if previous_sku:
-                    await self.kv.delete(subjects.catalog_sku_key(previous_sku))
-                await self.kv.put(subjects.catalog_sku_key(product.sku), product.id.encode())
-            await self._write_newer(key, product, attempts)
+            if previous_sku is not None and previous_sku != product.sku:
+                await self.kv.delete(subjects.catalog_sku_key(previous_sku))
+                await self.kv.put(*sku_entry)
+            if await self._write_newer(key, product, attempts) and previous_sku is None:
+                await self.kv.put(*sku_entry)
         except Exception as exc:
             log.error("cache write for %s failed (%s); dropping the entry", product.id, exc)
             try:
@@ -51,7 +57,8 @@ class ProductCache:
             except Exception:
                 log.exception("cache entry %s may be stale until the product event repairs it", key)
 
-    async def _write_newer(self, key: str, product: Product, attempts: int) -> None:
+    async def _write_newer(self, key: str, product: Product, attempts: int) -> bool:
+        """Whether ``product`` was written (False: the cache has the same or a newer version)."""
         value = product.model_dump_json().encode()
         for _ in range(attempts):
             try:
@@ -63,7 +70,9 @@ class ProductCache:
                     await self.kv.create(key, value)
                 elif Product.model_validate_json(entry.value or b"{}").version < product.version:
                     await self.kv.update(key, value, last=entry.revision)
-                return
+                else:
+                    return False
+                return True
             except nats.js.errors.KeyWrongLastSequenceError:
                 continue  # raced another writer: look again
         raise RuntimeError(f"no stable write after {attempts} attempts")
