@@ -76,9 +76,9 @@ class CpuMeter:
     def start(self) -> None:
         self.before, self.began = self._read(), time.monotonic()
 
-    def stop(self) -> dict[str, float | None]:
+    def stop(self, digits: int = 2) -> dict[str, float | None]:
         after, wall = self._read(), time.monotonic() - self.began
-        return {role: round((after[role] - b) / wall, 2) if b is not None and after[role] is not None else None
+        return {role: round((after[role] - b) / wall, digits) if b is not None and after[role] is not None else None
                 for role, b in self.before.items()}
 
 

@@ -404,7 +404,7 @@ class System:
         self._step(f"starting {PAYMENT_SERVER} {localstripe.version()} (the embedded payment server) on {host}:{port}…")
         if not port_is_free(port, host):
             raise PortTaken(_port_taken(port, PAYMENT_SERVER, "CARTWHEEL_STRIPE_API_BASE"))
-        argv = [sys.executable, "-c", localstripe.BOOTSTRAP, host, str(port)]
+        argv = localstripe.bootstrap_argv(host, port, self.settings.var_dir / "localstripe" / "state.pickle")
         child = self.children.spawn(PAYMENT_SERVER, argv)
         try:
             localstripe.LocalStripe(child.process, host, port, None).wait_ready()

@@ -20,6 +20,7 @@ from pydantic import (
 
 from cartwheel import subjects
 from cartwheel.contracts.base import Message
+from cartwheel.money import unchargeable
 
 # Active ISO 4217 codes (2026), minus funds and precious-metal codes a shop does not price in.
 _ISO_4217_CODES = (
@@ -79,6 +80,12 @@ class ProductDraft(BaseModel):
     active: StrictBool = True
     categories: Categories = []
     stock: Stock | None = Field(None, description="Initial stock on hand, handed to inventory.")
+
+    @model_validator(mode="after")
+    def _chargeable(self) -> ProductDraft:
+        if problem := unchargeable(self.price_cents, self.currency):
+            raise ValueError(f"price_cents: {problem}")
+        return self
 
 
 class ProductPatch(BaseModel):

@@ -8,7 +8,8 @@ from sqlalchemy.orm import Session
 
 from cartwheel.contracts.base import new_id, utcnow
 from cartwheel.contracts.catalog import Product, ProductDraft, ProductPatch
-from cartwheel.errors import DomainError, NotFound
+from cartwheel.errors import DomainError, Invalid, NotFound
+from cartwheel.money import unchargeable
 from services.catalog import domain
 from services.catalog.models import ProductRow
 
@@ -74,6 +75,9 @@ def update_product(session: Session, product_id: str, patch: ProductPatch) -> tu
         return before, before, []
     if "sku" in changed and _sku_taken(session, changed["sku"], other_than=product_id):
         raise _duplicate_sku(changed["sku"])
+    price, currency = changed.get("price_cents", before.price_cents), changed.get("currency", before.currency)
+    if ("price_cents" in changed or "currency" in changed) and (problem := unchargeable(price, currency)):
+        raise Invalid(f"price_cents: {problem}", fields=[{"field": "price_cents", "message": problem}])
     for field, value in changed.items():
         setattr(row, field, value)
     row.version += 1

@@ -29,7 +29,7 @@ TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
     "awaiting_payment": frozenset({"paid", "cancelled", "expired", "payment_failed", "needs_review"}),
     "paid": frozenset({"fulfilled", "refunded", "disputed"}),
     "fulfilled": frozenset({"refunded", "disputed"}),
-    "cancelled": frozenset({"refunded"}),
+    "cancelled": frozenset({"refunded", "needs_review"}),
     "expired": frozenset({"paid", "refunded", "needs_review"}),
     "payment_failed": frozenset({"paid", "cancelled", "expired", "refunded", "needs_review"}),
     "needs_review": frozenset({"refunded"}),

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from cartwheel.db import UTCDateTime, service_metadata
+from services.orders.domain import HOLDS_STOCK
 
 
 class Base(DeclarativeBase):
     metadata = service_metadata()
+
+
+OPEN = text("status IN (" + ", ".join(f"'{status}'" for status in sorted(HOLDS_STOCK)) + ")")
+"""An order still open for payment, holding its stock."""
 
 
 class OrderRow(Base):
@@ -19,6 +24,9 @@ class OrderRow(Base):
     __table_args__ = (
         Index("ix_orders_status_updated", "status", "updated_at"),
         Index("ix_orders_user_seq", "user_id", "seq"),
+        # One cart, at most one open order, whichever replica takes its checkouts: a double click never
+        # makes two orders that could both be paid.
+        Index("ux_orders_open_cart", "cart_id", unique=True, sqlite_where=OPEN, postgresql_where=OPEN),
     )
 
     # Insertion order: the key of cursor pagination (newest first), stable while orders are added.

@@ -83,6 +83,8 @@ log = logging.getLogger("cartwheel.orders")
 
 STALE_RETRIES = 10
 SWEEP_EVERY = 1.0  # seconds between looks for overdue and stalled orders
+SWEEP_BACKOFF_MAX = 300.0  # seconds a failing sweep step waits at most before its next try
+SWEEP_GIVE_UP = 5  # tries of a step failing for good (no such payment at the provider) before a person decides
 RESUMABLE = ("pending", "reserved")
 CLAIM_TTL = 10.0  # seconds a claim lasts unless renewed: its holder renews it while working, so only a dead
 # holder's claim lapses, and then another replica may go on with the order
@@ -112,6 +114,8 @@ class Saga:
         self._locks = KeyedLocks()  # one step at a time per order in this process (and a claim across replicas)
         self._checkouts: dict[str, asyncio.Future[dict[str, Any]]] = {}  # Idempotency-Key scope -> the checkout
         self.hints = StockHints()
+        self._carts = KeyedLocks()  # one checkout of a cart at a time in this process
+        self._sweep_failures: dict[str, tuple[int, float]] = {}  # order id -> failed sweep steps, next try at
         self.needs_review = Counter("cartwheel_orders_needs_review", "Orders put aside for a person, by why",
                                     ["reason"], registry=service.registry)
         self._sweeper: asyncio.Task[None] | None = None
@@ -154,9 +158,18 @@ class Saga:
         """Reserve every line, ask for the intent, then write the order once, already awaiting payment.
 
         A refusal (out of stock, prices changed) writes nothing. A crash between the reservation and
-        the write leaves no order: the buyer had no answer, and the reservation ends at its TTL. A
-        retry with the same Idempotency-Key while the first is still at work here gets its answer.
+        the write leaves no order: the buyer had no answer, and the reservation ends at its TTL. A cart
+        has one open order at most: checked out again with what it held then, whatever the
+        Idempotency-Key, it gets that order (a second click, another tab); changed since, that order is
+        cancelled and a new one placed.
         """
+        if cmd.items is None and cmd.cart_id is not None:  # one checkout of a cart at a time (two clicks)
+            async with self._carts.hold(cmd.cart_id):
+                return await self._checkout_once(cmd)
+        return await self._checkout_once(cmd)
+
+    async def _checkout_once(self, cmd: Checkout) -> dict[str, Any]:
+        """A retry with the same Idempotency-Key while the first is still at work here gets its answer."""
         key = _idempotency_scope(cmd)
         if key is None:
             return await self._checkout(cmd, None)
@@ -175,6 +188,8 @@ class Saga:
             if existing is not None:
                 return (await self._again(existing)).model_dump(mode="json")
         wanted, cart_id = await self._wanted(cmd)
+        if cart_id is not None and (still_open := await self._open_order(cart_id, wanted)) is not None:
+            return still_open.model_dump(mode="json")
         products = await self._products([w.product_id for w in wanted], cmd)
         lines, changes, currency = price_lines(wanted, products)
         if changes and not cmd.accept_price_changes:
@@ -192,9 +207,12 @@ class Saga:
         except IntegrityError:
             await self._let_go(placing, intent)
             existing = await self.service.db.lookup(store.ID_BY_IDEMPOTENCY_KEY, key=key) if key else None
+            if existing is None and cart_id is not None:
+                existing = await self.service.db.lookup(store.OPEN_ORDER_OF_CART, cart_id=cart_id)
             if existing is None:
                 raise
-            # The same Idempotency-Key raced this request in (another replica): its order is the answer.
+            # The same Idempotency-Key, or a checkout of the same cart, raced this request in (another
+            # replica): its order is the answer.
             return (await self._again(existing)).model_dump(mode="json")
         except BaseException as failure:  # the order was not written: nothing may stay held for it
             await asyncio.shield(self._let_go(placing, intent))
@@ -212,6 +230,23 @@ class Saga:
             if (await self._row(order_id)).status == "reserved":  # a crash came before its intent
                 return await self._ask_payment(order_id)
         return await self._view(order_id)
+
+    async def _open_order(self, cart_id: str, wanted: list[Wanted]) -> OrderView | None:
+        """The cart's order still open for payment, if it holds what the cart holds now; one for what the
+        cart held before is cancelled first (its intent too: it can't be paid any more), and None."""
+        order_id = await self.service.db.lookup(store.OPEN_ORDER_OF_CART, cart_id=cart_id)
+        if order_id is None:
+            return None
+        held = sorted((line.product_id, line.quantity) for line in _lines(await self._row(order_id)))
+        if held == sorted((w.product_id, w.quantity) for w in merge_wanted(wanted)):
+            return await self._again(order_id)
+        async with self._claimed(order_id):
+            await self._end_unpaid(order_id, "cancelled", "its cart changed and was checked out again")
+        if (await self._row(order_id)).status in HOLDS_STOCK:  # its stock could not be let go now
+            raise ServiceUnavailable(subjects.ORDERS_CHECKOUT, "the cart's earlier order is still open; try again")
+        if (await self._row(order_id)).status in PAID:  # paid meanwhile (another tab): the cart is done
+            raise DomainError("this cart was checked out", code="cart_closed", status="checked_out")
+        return None
 
     async def _wanted(self, cmd: Checkout) -> tuple[list[Wanted], str | None]:
         if cmd.items:
@@ -723,14 +758,46 @@ class Saga:
                                    if r.payment_status == store.CANCEL_PENDING else None)
 
     async def _swept(self, order_id: str, step: Callable[[str], Awaitable[Any]]) -> int:
+        """Run one sweep step on the order, unless it failed lately: a failing step waits twice as long
+        after each failure, and one that fails for good (the provider has no such payment, ``not_found``)
+        puts the order in ``needs_review`` after :data:`SWEEP_GIVE_UP` tries, instead of trying for ever."""
+        failures, not_before = self._sweep_failures.get(order_id, (0, 0.0))
+        if time.monotonic() < not_before:
+            return 0
         try:
             async with self._claimed(order_id, wait=0):
                 await step(order_id)
         except OrderBusy:
             return 0
         except (DomainError, ServiceUnavailable) as failure:
-            log.warning("order %s: sweep step failed (%s); trying again later", order_id, failure)
+            failures += 1
+            if isinstance(failure, DomainError) and failure.code == "not_found" and failures >= SWEEP_GIVE_UP:
+                self._sweep_failures.pop(order_id, None)
+                await self._given_up(order_id, failure)
+                return 1
+            wait = min(SWEEP_BACKOFF_MAX, SWEEP_EVERY * 2**failures)
+            self._sweep_failures[order_id] = (failures, time.monotonic() + wait)
+            log.warning("order %s: sweep step failed (%s); trying again in %.0f s", order_id, failure, wait)
+        else:
+            self._sweep_failures.pop(order_id, None)
         return 1
+
+    async def _given_up(self, order_id: str, failure: DomainError) -> None:
+        """A sweep step that can't succeed: the order goes to a person, and out of the sweeper's lists."""
+        reason = f"the sweeper gave up after {SWEEP_GIVE_UP} tries: {failure.message}"
+        log.error("order %s: %s", order_id, reason)
+        lost = {"payment_status": store.UNKNOWN_TO_PROVIDER, "payment_error": reason}
+
+        def decide(r: OrderRow) -> tuple[str, str, dict[str, Any]] | dict[str, Any]:
+            return ("needs_review", reason, lost) if "needs_review" in TRANSITIONS[r.status] else lost  # type: ignore[index]
+
+        try:
+            async with self._claimed(order_id, wait=0):
+                moved = await self._transition(order_id, decide)
+        except OrderBusy:
+            return
+        if moved is not None and moved.status == "needs_review":
+            self.needs_review.labels(reason="sweep_gave_up").inc()
 
     # -- plumbing ---------------------------------------------------------------------------
 

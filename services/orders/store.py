@@ -29,7 +29,7 @@ from cartwheel.contracts.payments import IntentView
 from cartwheel.errors import NotFound
 from cartwheel.outbox import record_events
 from services.orders.domain import HOLDS_STOCK, PLACED_PATH, IllegalTransition, check_transition, total_cents
-from services.orders.models import OrderRow, OrderTransitionRow
+from services.orders.models import OPEN, OrderRow, OrderTransitionRow
 
 log = logging.getLogger("cartwheel.orders")
 
@@ -147,6 +147,8 @@ def history(session: Session, order_id: str) -> list[OrderTransitionRow]:
 
 ID_BY_IDEMPOTENCY_KEY = select(OrderRow.id).where(OrderRow.idempotency_key == bindparam("key"))
 """The order an Idempotency-Key placed: ``db.lookup(ID_BY_IDEMPOTENCY_KEY, key=...)``."""
+OPEN_ORDER_OF_CART = select(OrderRow.id).where(OrderRow.cart_id == bindparam("cart_id"), OPEN)
+"""The cart's order still open for payment (one at most): ``db.lookup(OPEN_ORDER_OF_CART, cart_id=...)``."""
 
 
 def by_payment_intent(session: Session, payment_intent_id: str) -> OrderRow | None:
@@ -254,6 +256,7 @@ def intents_to_cancel(session: Session, limit: int = 100) -> list[str]:
 
 CANCEL_PENDING = "cancel_pending"
 REFUNDING = "refunding"
+UNKNOWN_TO_PROVIDER = "unknown_to_provider"  # the provider has no such payment: the sweeper gave up on it
 
 
 def stalled(session: Session, statuses: Sequence[str], before: datetime, limit: int = 100) -> list[str]:

@@ -20,6 +20,7 @@ from cartwheel.contracts.payments import (
     PaymentRequiresAction,
     PaymentSucceeded,
 )
+from cartwheel.money import from_stripe
 
 Outcome = Literal["succeeded", "failed", "canceled", "requires_action"]
 FINISHED = frozenset({"succeeded", "canceled"})
@@ -73,18 +74,19 @@ def refund_key(order_id: str) -> str:
 def snapshot(intent: Mapping[str, Any]) -> IntentSnapshot:
     """Read a PaymentIntent (as Stripe answered a call, or retrieved for one of its events)."""
     metadata = intent.get("metadata") or {}
+    currency = str(intent["currency"]).upper()
     error = intent.get("last_payment_error") or {}
     message = error.get("message") if isinstance(error, Mapping) else None
     return IntentSnapshot(
         id=str(intent["id"]),
         order_id=metadata.get("order_id"),
         tenant=metadata.get("tenant"),
-        amount_cents=int(intent["amount"]),
-        currency=str(intent["currency"]).upper(),
+        amount_cents=from_stripe(int(intent["amount"]), currency),
+        currency=currency,
         status=str(intent["status"]),
         client_secret=intent.get("client_secret"),
         last_error=message or (DECLINED if error else None),
-        amount_received=int(intent["amount_received"]) if intent.get("amount_received") is not None else None,
+        amount_received=stripe_amount(intent, "amount_received", currency),
     )
 
 
@@ -94,15 +96,24 @@ def refunded_intent(charge: Mapping[str, Any]) -> IntentSnapshot | None:
     if intent_id is None:
         return None
     metadata = charge.get("metadata") or {}
+    currency = str(charge["currency"]).upper()
     return IntentSnapshot(
         id=intent_id,
         order_id=metadata.get("order_id"),
         tenant=metadata.get("tenant"),
-        amount_cents=int(charge["amount"]),
-        currency=str(charge["currency"]).upper(),
+        amount_cents=from_stripe(int(charge["amount"]), currency),
+        currency=currency,
         status="succeeded",
-        amount_received=int(charge["amount_captured"]) if charge.get("amount_captured") is not None else None,
+        amount_received=stripe_amount(charge, "amount_captured", currency),
     )
+
+
+def stripe_amount(stripe_object: Mapping[str, Any], field: str, currency: str | None = None) -> int | None:
+    """An amount field of a Stripe object in the shop's units (``currency``: the object's own by default)."""
+    value = stripe_object.get(field)
+    if value is None:
+        return None
+    return from_stripe(int(value), currency or str(stripe_object["currency"]).upper())
 
 
 def intent_of(kind: str, subject: Mapping[str, Any]) -> str | None:

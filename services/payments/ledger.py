@@ -57,7 +57,7 @@ def dispute(session: Session, row: IntentRow, kind: str, dispute: Mapping[str, A
     """Announce a dispute of the intent's payment opened or closed (``kind``: Stripe's event type)."""
     dispute_id = str(dispute.get("id") or "")
     if kind == domain.DISPUTE_CREATED:
-        amount = int(dispute.get("amount") or row.amount_cents)
+        amount = domain.stripe_amount(dispute, "amount") or row.amount_cents
         record_event(session, _event(PaymentDisputed, row, source, dispute_id=dispute_id,
                                      reason=dispute.get("reason"), amount_disputed_cents=amount))
     else:

@@ -135,7 +135,7 @@ def insert_refund(session: Session, refund: dict[str, Any], order_id: str, inten
         "id": refund["id"],
         "order_id": order_id,
         "payment_intent_id": intent_id,
-        "amount_cents": int(refund["amount"]),
+        "amount_cents": domain.stripe_amount(refund, "amount"),
         "currency": str(refund["currency"]).upper(),
         "status": str(refund["status"]),
         "created_at": utcnow(),

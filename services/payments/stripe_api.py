@@ -19,6 +19,7 @@ from typing import Any
 import stripe
 
 from cartwheel.errors import DomainError, NotFound
+from cartwheel.money import to_stripe
 from cartwheel.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -75,8 +76,12 @@ class StripePayments:
         return cls(settings.stripe_secret_key.get_secret_value(), settings.stripe_api_base)
 
     async def create_intent(self, order_id: str, tenant: str, amount_cents: int, currency: str, key: str) -> dict:
+        try:
+            amount = to_stripe(amount_cents, currency)  # Stripe's units: ISK in hundredths, MGA whole
+        except ValueError as unpayable:  # a price saved before such prices were refused
+            raise DomainError(str(unpayable), code="conflict") from None
         params = {
-            "amount": amount_cents,
+            "amount": amount,
             "currency": currency.lower(),
             "metadata": {"order_id": order_id, "tenant": tenant},
             "payment_method_types": ["card"],

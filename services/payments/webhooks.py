@@ -59,7 +59,8 @@ class WebhookHandlers:
             return await self._current(domain.intent_of(kind, subject)), None
         if kind == domain.CHARGE_REFUNDED:
             snap = domain.refunded_intent(subject)
-            return (snap if snap and await self._ours(snap.id) else None), int(subject.get("amount_refunded") or 0)
+            refunded = domain.stripe_amount(subject, "amount_refunded") or 0
+            return (snap if snap and await self._ours(snap.id) else None), refunded
         return None, None
 
     async def _current(self, intent_id: Any) -> IntentSnapshot | None:

@@ -17,8 +17,8 @@ from cartwheel.contracts.catalog import (
     GetProduct,
     ListProducts,
     Product,
-    ProductDraft,
     ProductCreated,
+    ProductDraft,
     ProductPatch,
     ProductUpdated,
     SetProductImage,
@@ -67,6 +67,21 @@ def test_duplicate_sku_is_refused(catalog, client) -> None:
         with pytest.raises(DomainError) as caught:
             await request(nc, UpdateProduct(product_id=other["id"], patch=ProductPatch(sku=made["sku"])), TIMEOUT)
         assert caught.value.code == "duplicate_sku"
+
+    client.run(scenario)
+
+
+def test_a_change_to_a_price_stripe_cannot_charge_is_refused(catalog, client) -> None:
+    async def scenario(nc: nats.NATS) -> None:
+        made = await create(nc, price_cents=12345)  # 123.45 EUR
+        for patch in (ProductPatch(currency="MGA"), ProductPatch(currency="KWD", price_cents=5124)):
+            with pytest.raises(DomainError) as caught:  # before: saved, and refused by Stripe at checkout
+                await request(nc, UpdateProduct(product_id=made["id"], patch=patch), TIMEOUT)
+            assert caught.value.code == "validation_failed" and caught.value.details["fields"][0]["field"] == \
+                "price_cents"
+        moved = await request(nc, UpdateProduct(product_id=made["id"], patch=ProductPatch(currency="MGA",
+                                                                                          price_cents=12300)), TIMEOUT)
+        assert (moved["price_cents"], moved["currency"]) == (12300, "MGA")
 
     client.run(scenario)
 

@@ -42,6 +42,8 @@ from cartwheel.contracts.payments import (
 )
 from cartwheel.errors import DomainError, ServiceUnavailable
 from cartwheel.lanes.client import LaneClient
+from cartwheel.requests import failure
+from services.orders import saga
 from tests.integration.conftest import Client
 from tests.integration.test_cart_service import product
 
@@ -59,6 +61,7 @@ class FakePayments:
         self.confirm_status = "succeeded"
         self.received: tuple[int, str] | None = None  # what a succeeded confirm says it took in (None: the total)
         self.cancel_status = "canceled"  # "succeeded": the buyer paid just before the cancel reached Stripe
+        self.cancel_refusal: str | None = None  # a refusal code every cancel answers with (not_found: no such intent)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.nc: nats.NATS | None = None
@@ -119,6 +122,9 @@ class FakePayments:
                                                            "amount_cents": 0}}))
             return
         elif msg.subject == subjects.PAYMENTS_INTENT_CANCEL:
+            if self.cancel_refusal:
+                await msg.respond(failure(self.cancel_refusal, "Stripe has no such object (cancel the payment)"))
+                return
             intent["status"] = self.cancel_status
         await msg.respond(encode({"ok": True, "data": intent}))
 
@@ -336,6 +342,54 @@ def test_a_chargeback_makes_a_paid_order_disputed_until_it_closes_won_or_lost(
     assert lost["order_id"] in [o["order_id"] for o in listed]
 
 
+def test_a_cart_has_one_open_order_whatever_the_idempotency_key_and_a_changed_cart_replaces_it(
+    orders: Any, payments: FakePayments, client: Client
+) -> None:
+    mug, plate = new_product(client, 5), new_product(client, 5)
+    ask(client, AddToCart(cart_id="cart-one-open", product_id=mug, quantity=2))
+
+    async def clicks(nc: nats.NATS) -> list[dict[str, Any]]:  # "Place order" twice, each with its own key
+        return await asyncio.gather(*(request(nc, Checkout(cart_id="cart-one-open", idempotency_key=f"click-{i}"),
+                                              TIMEOUT) for i in range(2)))
+
+    first, second = client.run(clicks)
+    # Before: two orders, two intents, both payable: the buyer could be charged twice.
+    assert first["order_id"] == second["order_id"]
+    assert first["payment"]["client_secret"] == second["payment"]["client_secret"]
+    again = ask(client, Checkout(cart_id="cart-one-open", idempotency_key="another-tab"))
+    assert again["order_id"] == first["order_id"]
+    assert len(payments.asked(subjects.PAYMENTS_INTENT_CREATE)) == 1 and stock(client, mug) == (5, 2)
+
+    ask(client, AddToCart(cart_id="cart-one-open", product_id=plate, quantity=1))  # the cart changed
+    changed = ask(client, Checkout(cart_id="cart-one-open", idempotency_key="after-the-change"))
+    assert changed["order_id"] != first["order_id"]
+    assert sorted((line["product_id"], line["quantity"]) for line in changed["lines"]) == sorted([(mug, 2),
+                                                                                                 (plate, 1)])
+    assert status_of(client, first["order_id"]) == "cancelled"  # its intent cancelled: it can't be paid
+    assert [c["order_id"] for c in payments.asked(subjects.PAYMENTS_INTENT_CANCEL)] == [first["order_id"]]
+    assert stock(client, mug) == (5, 2) and stock(client, plate) == (5, 1)
+
+
+def test_two_orders_replicas_never_make_a_cart_two_open_orders(
+    orders: Any, payments: FakePayments, database_url: str, start_service: Any, client: Client
+) -> None:
+    start_service("orders", orders_database_url=database_url, reservation_ttl_seconds=60)  # a second replica
+    mug = new_product(client, 50)
+    placed: set[str] = set()
+    for n in range(5):
+        cart = f"cart-replicas-{n}"
+        ask(client, AddToCart(cart_id=cart, product_id=mug, quantity=1))
+
+        async def clicks(nc: nats.NATS, cart: str = cart) -> list[dict[str, Any]]:
+            return await asyncio.gather(*(request(nc, Checkout(cart_id=cart, idempotency_key=f"k-{i}"), TIMEOUT)
+                                          for i in range(4)))
+
+        orders_of_cart = {answer["order_id"] for answer in client.run(clicks)}
+        assert len(orders_of_cart) == 1, orders_of_cart  # the unique index decides across replicas
+        placed |= orders_of_cart
+    assert stock(client, mug) == (50, 5)
+
+
 # -- refusals ----------------------------------------------------------------------------------
 
 
@@ -537,6 +591,30 @@ def test_a_failed_payment_keeps_the_stock_until_the_reservation_ends_then_expire
     assert [c["order_id"] for c in payments.asked(subjects.PAYMENTS_INTENT_CANCEL)] == [order["order_id"]]
     history = [h["status"] for h in ask(client, GetOrder(order_id=order["order_id"]))["history"]]
     assert history[-2:] == ["payment_failed", "expired"]
+
+
+def test_a_sweep_step_that_fails_for_good_backs_off_then_puts_the_order_aside_instead_of_trying_for_ever(
+    short_orders: Any, payments: FakePayments, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(saga, "SWEEP_BACKOFF_MAX", 1.5)  # the service runs in this process: 2, 4, 8 ... s, capped
+    mug = new_product(client, 2)
+    payments.cancel_refusal = "not_found"  # the embedded payment server restarted empty: it has no such intent
+    order = ask(client, buy(mug, 1))
+    wait_for(lambda: status_of(client, order["order_id"]) == "expired", "expired, its intent not cancelled")
+    assert stock(client, mug) == (2, 0)
+
+    def cancels() -> int:
+        return len(payments.asked(subjects.PAYMENTS_INTENT_CANCEL))
+
+    # Before: tried again at every sweep (once a second), for ever, a warning each time.
+    wait_for(lambda: status_of(client, order["order_id"]) == "needs_review", "put aside", timeout=30)
+    tried = cancels()
+    assert tried == 1 + saga.SWEEP_GIVE_UP  # the expiry's own try, then the sweeper's, further and further apart
+    found = ask(client, GetOrder(order_id=order["order_id"]))
+    assert found["payment"]["status"] == "unknown_to_provider"
+    assert "Stripe has no such object" in found["history"][-1]["reason"]
+    time.sleep(2.5)
+    assert cancels() == tried
 
 
 def test_an_expiry_that_finds_the_intent_paid_marks_the_order_paid(

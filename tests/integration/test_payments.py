@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
+import signal
 import threading
 import time
 import urllib.parse
@@ -33,7 +35,7 @@ from cartwheel.contracts.payments import (
 )
 from cartwheel.db import Database, PlatformBase, migrate
 from cartwheel.errors import DomainError
-from cartwheel.localstripe import register_webhook
+from cartwheel.localstripe import register_webhook, start_localstripe
 from cartwheel.natsserver import free_port
 from services.payments.models import Base as PaymentsBase
 from tests.helpers import random_sku
@@ -212,6 +214,18 @@ def test_a_3d_secure_card_requires_action(payments, client, stripe_client) -> No
         assert pending["status"] == "requires_action" and pending["last_error"] is None
         [(subject, _)] = await payment_events(nc, order, expect=1)
         assert subject == subjects.PAYMENTS_REQUIRES_ACTION
+
+    client.run(scenario)
+
+
+def test_an_intent_is_created_in_stripes_units_and_read_back_in_the_shops(payments, client, stripe_client) -> None:
+    async def scenario(nc: nats.NATS) -> None:
+        for currency, ours, stripes in (("ISK", 5000, 500000), ("MGA", 500000, 5000), ("EUR", 1234, 1234)):
+            order = new_order()
+            made = await request(nc, CreateIntent(order_id=order, amount_cents=ours, currency=currency), TIMEOUT)
+            assert (made["amount_cents"], made["currency"]) == (ours, currency)
+            at_stripe = stripe_client.v1.payment_intents.retrieve(made["payment_intent_id"])
+            assert at_stripe.amount == stripes, currency  # 5,000 ISK went to Stripe as 50 ISK before
 
     client.run(scenario)
 
@@ -582,6 +596,36 @@ def test_the_embedded_server_keeps_no_pickle(stripe_client) -> None:
     before = pickle.stat().st_mtime_ns if pickle.exists() else None
     stripe_client.v1.customers.create(params={"email": "buyer@example.test"})
     assert (pickle.stat().st_mtime_ns if pickle.exists() else None) == before
+
+
+def test_the_embedded_server_keeps_its_state_in_its_file_through_a_restart_and_a_sigkill(tmp_path: Path) -> None:
+    state = tmp_path / "var" / "localstripe" / "state.pickle"
+
+    def intents(server: Any) -> Any:
+        client = stripe.StripeClient(API_KEY, base_addresses={"api": server.url}, max_network_retries=0)
+        return client.v1.payment_intents
+
+    server = start_localstripe(state=state)
+    try:
+        first = intents(server).create(params={"amount": 500, "currency": "eur"})
+    finally:
+        server.stop()  # SIGTERM: what changed is written on the way out
+    server = start_localstripe(state=state)
+    try:
+        # Before: the embedded server started empty, and the shop's sweeper asked it for intents it no longer
+        # had, about 60 a second, for ever.
+        assert intents(server).retrieve(first.id).amount == 500
+        second = intents(server).create(params={"amount": 700, "currency": "eur"})
+        time.sleep(1.0)  # written within 0.2 s
+        os.kill(server.process.pid, signal.SIGKILL)
+        server.process.wait(5)
+    finally:
+        server.stop()
+    server = start_localstripe(state=state)
+    try:
+        assert intents(server).retrieve(second.id).amount == 700
+    finally:
+        server.stop()
 
 
 def test_the_migrations_match_the_models(database_url: str) -> None:

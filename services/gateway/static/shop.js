@@ -164,7 +164,9 @@ async function checkout(acceptPrices) {
   if (email && email.value.trim()) body.email = email.value.trim();
   const button = $("#checkout button[type=submit]");
   button.disabled = true;
-  const reply = await api("POST", "/api/checkout", body, { "Idempotency-Key": crypto.randomUUID() });
+  // One key per cart version: a second click, or a retry after a lost answer, is the same checkout.
+  const key = shown.id && shown.version >= 0 ? `cart-${shown.id}-v${shown.version}` : crypto.randomUUID();
+  const reply = await api("POST", "/api/checkout", body, { "Idempotency-Key": key });
   button.disabled = false;
   if (reply.status === 201) {
     window.location.assign(`/orders/${encodeURIComponent(reply.data.order_id)}`);
