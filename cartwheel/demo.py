@@ -17,6 +17,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from cartwheel.money import money
+
 FINAL = {"paid", "fulfilled", "payment_failed", "needs_review", "disputed", "dispute_lost", "cancelled", "expired",
          "refunded"}
 
@@ -56,10 +58,10 @@ def demo_checkout(base_url: str, payment_method: str = "pm_card_visa", say: Call
     if product is None:
         raise DemoFailed("no product with stock to buy (restock one in the admin API)")
     shopper.call("POST", "/api/cart/items", {"product_id": product["id"], "quantity": 1})
-    say(f"added 1 x {product['name']} ({product['price_cents'] / 100:.2f} {product['currency']}) to a new cart")
+    say(f"added 1 x {product['name']} ({money(product['price_cents'], product['currency'])}) to a new cart")
     order = shopper.call("POST", "/api/checkout", {}, {"Idempotency-Key": uuid.uuid4().hex})
     order_id = order["order_id"]
-    say(f"order {order_id}: {order['status']}, total {order['total_cents'] / 100:.2f} {order['currency']}, "
+    say(f"order {order_id}: {order['status']}, total {money(order['total_cents'], order['currency'])}, "
         f"payment intent {order['payment']['payment_intent_id']}")
     paid = shopper.call("POST", f"/api/orders/{order_id}/pay", {"payment_method": payment_method})
     say(f"paid with {payment_method}: order {paid['status']}, payment {paid['payment'].get('status')}")

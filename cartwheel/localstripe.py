@@ -9,7 +9,9 @@ most every 0.2 s, atomically, and read back at the next start, so the intents of
 ``./var`` outlive a restart (a SIGKILL loses the changes since the last write: 0.2 s, or ten
 times what a write takes once the state is large, so writing costs it a tenth of its time at
 most); without one it lives in memory
-(the tests'). Its output (access log, webhook deliveries) goes to ``log_path``, or nowhere.
+(the tests'). The file is a pickle, read back at start: whoever can write ``var/`` can run code in
+this test server (as they can change the shop's own data there). Its output (access log, webhook
+deliveries) goes to ``log_path``, or nowhere.
 
 What localstripe 1.15.10 does, measured with stripe 16.1.0:
 
@@ -57,12 +59,17 @@ if state and os.path.exists(state):
         os.replace(state, f"{state}.unreadable-{int(time.time())}")
         print(f"cartwheel: {state} could not be read ({exc!r}); set aside, starting empty", flush=True)
 def flush():
-    dirty.clear()
-    with open(state + ".tmp", "wb") as f:
-        pickle.dump(dict(resources.store), f, protocol=pickle.HIGHEST_PROTOCOL)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(state + ".tmp", state)
+    pending = len(dirty)
+    try:
+        with open(state + ".tmp", "wb") as f:
+            pickle.dump(dict(resources.store), f, protocol=pickle.HIGHEST_PROTOCOL)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(state + ".tmp", state)
+    except Exception as exc:  # kept dirty: the next round tries again
+        print(f"cartwheel: the payment server's state was not written ({exc!r})", flush=True)
+        return
+    del dirty[:pending]
 async def flusher():
     took = 0.0
     while True:

@@ -10,6 +10,8 @@ checkout. Pure: no I/O.
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 ISO_ZERO_DECIMAL = frozenset(
     ["BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "VND", "VUV", "XAF", "XOF", "XPF"]
 )
@@ -30,6 +32,14 @@ def minor_units(currency: str | None) -> int:
     if currency in ISO_ZERO_DECIMAL:
         return 0
     return 3 if currency in ISO_THREE_DECIMAL else 2
+
+
+def money(amount: int | None, currency: str | None) -> str:
+    """As people read it: ``1250, "EUR"`` → ``"12.50 EUR"``, ``5000, "ISK"`` → ``"5,000 ISK"``."""
+    if amount is None:
+        return ""
+    digits = minor_units(currency)
+    return f"{Decimal(amount).scaleb(-digits):,.{digits}f} {currency or ''}".strip()
 
 
 def stripe_units(currency: str) -> int:

@@ -68,6 +68,7 @@ PAYMENTS_REFUNDED = "events.payments.refunded"
 PAYMENTS_REQUIRES_ACTION = "events.payments.requires_action"
 PAYMENTS_DISPUTED = "events.payments.disputed"
 PAYMENTS_DISPUTE_CLOSED = "events.payments.dispute_closed"
+PAYMENTS_REFUND_FAILED = "events.payments.refund_failed"
 PAYMENTS_EVENTS = "events.payments.>"
 
 # Key-value buckets.

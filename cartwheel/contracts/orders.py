@@ -1,8 +1,10 @@
 """Messages owned by the orders service, the owner of the checkout saga and the order state machine.
 
 An order moves ``pending → reserved → awaiting_payment → paid → fulfilled``, or ends
-``cancelled``, ``expired``, ``payment_failed`` or ``refunded``. Every transition and the event
-it causes are written in one transaction.
+``cancelled``, ``expired`` or ``refunded``; ``payment_failed`` (a declined card) holds its stock
+until the reservation ends, ``needs_review`` waits for a person, ``disputed`` for a chargeback to
+close (``paid`` again, or ``dispute_lost``). Every transition and the event it causes are written
+in one transaction (services/orders/domain.py has the whole state machine).
 """
 
 from __future__ import annotations
@@ -101,12 +103,22 @@ class ListOrders(Message):
     cursor: OrderId | None = None
 
 
+class CancelQuery(BaseModel):
+    """``POST /api/admin/orders/{id}/cancel?restock=``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    restock: bool = Field(True, description="A paid order's units go back on hand (false: they were shipped).")
+
+
 class CancelOrder(Message):
-    """Admin cancel: an unpaid order releases its stock; a paid one is refunded."""
+    """Admin cancel: an unpaid order releases its stock; a paid one is refunded, its units back on hand
+    only with ``restock``."""
 
     subject: ClassVar[str] = subjects.ORDERS_CANCEL
     order_id: OrderId
     reason: str = "cancelled by an admin"
+    restock: bool = True
 
 
 class PayOrder(Message):

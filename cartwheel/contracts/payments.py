@@ -164,6 +164,23 @@ class PaymentDisputeClosed(PaymentEvent):
     won: bool
 
 
+class PaymentRefundFailed(PaymentEvent):
+    """A refund Stripe had accepted failed or was cancelled after all: that money did not go back."""
+
+    subject: ClassVar[str] = subjects.PAYMENTS_REFUND_FAILED
+    refund_id: str
+    amount_not_refunded_cents: int
+    reason: str | None = None
+
+
+class RefundView(BaseModel):
+    """The answer to :class:`RefundPayment`: the order's refund and its status at Stripe."""
+
+    refund_id: str
+    status: str = Field(description="Stripe's: succeeded, pending, requires_action, failed or canceled.")
+    amount_cents: int
+
+
 class PaymentRequiresAction(PaymentEvent):
     """3-D Secure or another step only the buyer can take; the order keeps waiting for payment."""
 

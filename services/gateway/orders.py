@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field, TypeAdapter
 from cartwheel.contracts.base import Message
 from cartwheel.contracts.orders import (
     CancelOrder,
+    CancelQuery,
     Checkout,
     CheckoutBody,
     GetOrder,
@@ -144,16 +145,18 @@ def admin_list_orders(query: OrderListQuery) -> tuple[OrderPage, dict[str, str]]
 
 @admin_routes.post(
     "/api/admin/orders/{order_id}/cancel",
-    summary="Cancel an order: unpaid, its stock is released; paid, it is refunded",
+    summary="Cancel an order: unpaid, its stock is released; paid, it is refunded (its units back on hand "
+    "unless restock=false)",
+    query=CancelQuery,
     response=OrderView,
-    errors=(404, 409, 503),
+    errors=(400, 404, 409, 503),
     auth="admin",
 )
-def admin_cancel_order(order_id: str) -> tuple[OrderView, dict[str, str]]:
+def admin_cancel_order(order_id: str, query: CancelQuery) -> tuple[OrderView, dict[str, str]]:
     if not is_valid(_ORDER_ID, order_id):
         raise _unknown()
     ctx = gateway()
-    message = CancelOrder(tenant=ctx.settings.tenant, order_id=order_id)
+    message = CancelOrder(tenant=ctx.settings.tenant, order_id=order_id, restock=query.restock)
     return _ask(message, timeout=ctx.settings.request_timeout * SLOW), NO_STORE
 
 

@@ -11,6 +11,7 @@ from cartwheel.contracts.payments import (
     PaymentEvent,
     PaymentFailed,
     PaymentRefunded,
+    PaymentRefundFailed,
     PaymentRequiresAction,
     PaymentSucceeded,
 )
@@ -21,7 +22,7 @@ from services.orders.saga import Saga
 PAYMENT_EVENTS: dict[str, type[PaymentEvent]] = {
     kind.subject: kind
     for kind in (PaymentSucceeded, PaymentFailed, PaymentCanceled, PaymentRefunded, PaymentRequiresAction,
-                 PaymentDisputed, PaymentDisputeClosed)
+                 PaymentDisputed, PaymentDisputeClosed, PaymentRefundFailed)
 }
 
 

@@ -27,15 +27,15 @@ TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
     "pending": frozenset({"reserved", "cancelled"}),
     "reserved": frozenset({"awaiting_payment", "paid", "cancelled", "expired", "payment_failed", "needs_review"}),
     "awaiting_payment": frozenset({"paid", "cancelled", "expired", "payment_failed", "needs_review"}),
-    "paid": frozenset({"fulfilled", "refunded", "disputed"}),
-    "fulfilled": frozenset({"refunded", "disputed"}),
+    "paid": frozenset({"fulfilled", "refunded", "disputed", "needs_review"}),  # the last: its refund failed
+    "fulfilled": frozenset({"refunded", "disputed", "needs_review"}),
     "cancelled": frozenset({"refunded", "needs_review"}),
     "expired": frozenset({"paid", "refunded", "needs_review"}),
     "payment_failed": frozenset({"paid", "cancelled", "expired", "refunded", "needs_review"}),
-    "needs_review": frozenset({"refunded"}),
-    "disputed": frozenset({"paid", "dispute_lost"}),
+    "needs_review": frozenset({"refunded", "cancelled"}),  # cancelled: there was no payment to give back
+    "disputed": frozenset({"paid", "dispute_lost", "refunded"}),  # refunded: an inquiry may be refunded
     "dispute_lost": frozenset(),
-    "refunded": frozenset(),
+    "refunded": frozenset({"needs_review"}),  # a refund that failed after all: the buyer has not got the money
 }
 """Where each status may go next. A status not listed as a target of ``X`` is refused from ``X``."""
 

@@ -53,9 +53,11 @@ from cartwheel.contracts.payments import (
     PaymentEvent,
     PaymentFailed,
     PaymentRefunded,
+    PaymentRefundFailed,
     PaymentRequiresAction,
     PaymentSucceeded,
     RefundPayment,
+    RefundView,
 )
 from cartwheel.errors import DomainError, ServiceUnavailable
 from cartwheel.keyedlock import KeyedLocks
@@ -91,6 +93,8 @@ CLAIM_TTL = 10.0  # seconds a claim lasts unless renewed: its holder renews it w
 CLAIM_POLL = 0.05
 PLACING_RETRY_S = 1.0  # a payment event for an order not written yet comes back this much later
 TRANSIENT = {"service_unavailable", "payment_provider_unavailable", "internal_error"}
+SETTLED_ELSEWHERE = frozenset({"refunded", "needs_review", "disputed", "dispute_lost"})
+"""Statuses a success heard (again, or late) must not move: refunded, a person decides, or a dispute holds it."""
 """Refusals that may go away by themselves: a payment event that met one comes back later."""
 
 
@@ -209,8 +213,8 @@ class Saga:
             existing = await self.service.db.lookup(store.ID_BY_IDEMPOTENCY_KEY, key=key) if key else None
             if existing is None and cart_id is not None:
                 existing = await self.service.db.lookup(store.OPEN_ORDER_OF_CART, cart_id=cart_id)
-            if existing is None:
-                raise
+            if existing is None:  # the order that won has closed meanwhile: this buyer may simply try again
+                raise ServiceUnavailable(subjects.ORDERS_CHECKOUT, "a concurrent checkout won; try again") from None
             # The same Idempotency-Key, or a checkout of the same cart, raced this request in (another
             # replica): its order is the answer.
             return (await self._again(existing)).model_dump(mode="json")
@@ -452,10 +456,15 @@ class Saga:
             await self._payment_failed(event.order_id, event.reason or "the payment failed")
         elif isinstance(event, PaymentCanceled):
             await self._end_unpaid(event.order_id, "cancelled", "the payment was cancelled", cancel_intent=False)
+        elif isinstance(event, (PaymentRefunded, PaymentDisputed)) and (
+                await self._row(event.order_id)).status in HOLDS_STOCK:
+            raise NackMessage(delay=PLACING_RETRY_S)  # heard before its success (another consumer): back later
         elif isinstance(event, PaymentRefunded):
             await self._refunded_elsewhere(event.order_id, event.amount_refunded_cents)
         elif isinstance(event, (PaymentDisputed, PaymentDisputeClosed)):
             await self._dispute(event)
+        elif isinstance(event, PaymentRefundFailed):
+            await self._refund_failed(event)
         elif isinstance(event, PaymentRequiresAction):
             await self._transition(
                 event.order_id,
@@ -482,7 +491,7 @@ class Saga:
         committed by an earlier try answers as committed.
         """
         row = await self._row(order_id)
-        if row.status in PAID or row.status in ("refunded", "needs_review"):  # the latter: a person decides
+        if row.status in PAID or row.status in SETTLED_ELSEWHERE:
             return
         if row.payment_status == store.REFUNDING:  # an earlier try got as far as deciding to refund
             await self._refund(row, row.refund_reason or "refunded", _give_back(row))
@@ -582,7 +591,7 @@ class Saga:
             await self._transition(order_id, lambda r: (r.status, said, {"refunded_cents": refunded_cents})
                                    if refunded_cents > r.refunded_cents and r.status != "refunded" else None)
             return
-        if row.status in PAID:
+        if row.status in PAID or row.status == "disputed":
             await self._restock(row, _lines(row))
         elif row.status == "needs_review":  # never committed: its reservation may still hold the units
             await self._release(row.id, row.reservation, _lines(row))
@@ -599,10 +608,14 @@ class Saga:
         async with self._claimed(cmd.order_id):
             row = await self._row(cmd.order_id)
             if row.status in PAID:
-                await self._refund(row, cmd.reason, _lines(row) if row.status == "paid" else [])
+                await self._refund(row, cmd.reason, _lines(row) if row.status == "paid" and cmd.restock else [])
             elif row.status == "needs_review":  # its stock was never committed: let it go, and the money back
                 await self._release(row.id, row.reservation, _lines(row))
-                await self._refund(row, cmd.reason, [])
+                if row.payment_status == store.UNKNOWN_TO_PROVIDER:  # no payment to give back
+                    await self._transition(row.id, lambda r: ("cancelled", cmd.reason, {})
+                                           if r.status == "needs_review" else None)
+                else:
+                    await self._refund(row, cmd.reason, [])
             elif row.status in (*HOLDS_STOCK, "pending"):
                 await self._end_unpaid(row.id, "cancelled", cmd.reason)
             else:
@@ -636,8 +649,9 @@ class Saga:
         if await self._release(row.id, row.reservation, _lines(row)):
             log.warning("order %s: its stock was committed meanwhile (a payment); not ending it %s", order_id, to)
             return
+        ended = {**fields, "idempotency_key": None}  # the key (a cart version's) may check out again
         await self._transition(
-            order_id, lambda r: (to, reason, fields) if r.status in (*HOLDS_STOCK, "pending") else None
+            order_id, lambda r: (to, reason, ended) if r.status in (*HOLDS_STOCK, "pending") else None
         )
 
     async def _refund(self, row: OrderRow, reason: str, give_back: list[OrderLine]) -> None:
@@ -650,10 +664,38 @@ class Saga:
         decided = {"payment_status": store.REFUNDING, "refund_reason": reason,
                    "give_back": json.dumps([line.product_id for line in give_back])}
         await self._transition(row.id, lambda r: decided if r.status != "refunded" else None)
-        await self._ask(RefundPayment(tenant=row.tenant, order_id=row.id, payment_intent_id=row.payment_intent_id))
+        refund = RefundView.model_validate(await self._ask(
+            RefundPayment(tenant=row.tenant, order_id=row.id, payment_intent_id=row.payment_intent_id)))
+        if refund.status not in ("succeeded", "pending"):  # Stripe took the request but did not give the money
+            await self._refund_stuck(row.id, f"the refund {refund.refund_id} is {refund.status} at the provider")
+            return
         await self._restock(row, give_back)
-        full = {"payment_status": "refunded", "refunded_cents": row.total_cents}
+        full = {"payment_status": "refunded" if refund.status == "succeeded" else "refund_pending",
+                "refunded_cents": row.total_cents}
         await self._transition(row.id, lambda r: ("refunded", reason, full) if r.status != "refunded" else None)
+
+    async def _refund_stuck(self, order_id: str, problem: str, **fields: Any) -> None:
+        """A refund that did not (or no longer) give the money back: the order goes to a person (who may
+        refund it from Stripe's dashboard)."""
+        log.error("order %s: %s", order_id, problem)
+        lost = {"payment_status": "refund_failed", "payment_error": problem, **fields}
+        moved = await self._transition(order_id, lambda r: ("needs_review", problem, lost)
+                                       if "needs_review" in TRANSITIONS[r.status] else lost)  # type: ignore[index]
+        if moved is not None and moved.status == "needs_review":
+            self.needs_review.labels(reason="refund_failed").inc()
+
+    async def _refund_failed(self, event: PaymentRefundFailed) -> None:
+        """A refund failed after Stripe had taken it: what is still paid goes up again; a refunded order
+        goes to a person (the buyer has not got their money), any other keeps its status, with a line."""
+        row = await self._row(event.order_id)
+        problem = (f"a refund of {event.amount_not_refunded_cents} {event.currency} failed at the provider "
+                   f"({event.reason or 'no reason given'})")
+        still = max(0, row.refunded_cents - event.amount_not_refunded_cents)
+        if row.status == "refunded":
+            await self._refund_stuck(event.order_id, problem, refunded_cents=still)
+            return
+        await self._transition(event.order_id, lambda r: (r.status, problem, {
+            "refunded_cents": still, "payment_status": "refund_failed", "payment_error": problem}))
 
     async def _restock(self, row: OrderRow, lines: list[OrderLine]) -> None:
         """Put a refunded order's committed units back on hand (once per order and product)."""
@@ -715,13 +757,17 @@ class Saga:
                 log.exception("orders sweep failed; trying again")
 
     async def sweep(self) -> int:
-        """Expire overdue orders, finish or clean up stalled ones, cancel intents that could not be; how many
-        orders it worked on. An order another step holds is left for the next sweep."""
+        """Expire overdue orders, finish or clean up stalled ones, cancel intents that could not be, finish
+        refunds left half-way; how many orders it worked on. An order another step holds is left for the next
+        sweep."""
         now = utcnow()
         overdue = await self.service.db.read(lambda s: store.overdue(s, now))
         stalled_before = now - timedelta(seconds=self.settings.checkout_resume_seconds)
         stalled = await self.service.db.read(lambda s: store.stalled(s, RESUMABLE, stalled_before))
         uncancelled = await self.service.db.read(store.intents_to_cancel)
+        refunding = await self.service.db.read(lambda s: store.refunds_left(s, stalled_before))
+        listed = {*overdue, *stalled, *uncancelled, *refunding}
+        self._sweep_failures = {o: failed for o, failed in self._sweep_failures.items() if o in listed}
         touched = 0
         for order_id in overdue:
             touched += await self._swept(
@@ -732,7 +778,17 @@ class Saga:
                 touched += await self._swept(order_id, self._resume)
         for order_id in uncancelled:
             touched += await self._swept(order_id, self._cancel_intent_again)
+        for order_id in refunding:
+            touched += await self._swept(order_id, self._refund_again)
         return touched
+
+    async def _refund_again(self, order_id: str) -> None:
+        """A refund decided and not finished (a crash, payments unreachable): ask again (it is idempotent)."""
+        row = await self._row(order_id)
+        if row.payment_status != store.REFUNDING:
+            return
+        log.warning("order %s was left refunding: asking for its refund again", order_id)
+        await self._refund(row, row.refund_reason or "refunded", _give_back(row))
 
     async def _resume(self, order_id: str) -> None:
         row = await self._row(order_id)

@@ -270,6 +270,17 @@ def stalled(session: Session, statuses: Sequence[str], before: datetime, limit: 
     return list(session.scalars(query))
 
 
+def refunds_left(session: Session, before: datetime, limit: int = 100) -> list[str]:
+    """Ids of orders whose refund was decided (``refunding``) and has not moved since ``before``."""
+    query = (
+        select(OrderRow.id)
+        .where(OrderRow.payment_status == REFUNDING, OrderRow.updated_at < before)
+        .order_by(OrderRow.updated_at)
+        .limit(limit)
+    )
+    return list(session.scalars(query))
+
+
 def overdue(session: Session, now: datetime, limit: int = 100) -> list[str]:
     """Ids of orders still holding stock, unpaid, whose reservation has run out."""
     query = (

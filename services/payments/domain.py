@@ -37,6 +37,9 @@ DISPUTE_CREATED = "charge.dispute.created"
 DISPUTE_CLOSED = "charge.dispute.closed"
 DISPUTE_EVENTS = frozenset({DISPUTE_CREATED, DISPUTE_CLOSED})
 DISPUTE_WON = frozenset({"won", "warning_closed"})
+REFUND_EVENTS = frozenset({"refund.updated", "refund.failed", "charge.refund.updated"})
+REFUND_LOST = frozenset({"failed", "canceled"})
+"""A refund's statuses that mean the money did not go back (after Stripe first took the request)."""
 """A closed dispute's statuses that leave the money with the shop (an inquiry that closed without a chargeback)."""
 EVENT_BY_OUTCOME: dict[Outcome, type[PaymentEvent]] = {
     "succeeded": PaymentSucceeded,
@@ -117,7 +120,7 @@ def stripe_amount(stripe_object: Mapping[str, Any], field: str, currency: str | 
 
 
 def intent_of(kind: str, subject: Mapping[str, Any]) -> str | None:
-    """The PaymentIntent an event's object is about: the object itself, or a charge's or dispute's intent."""
+    """The PaymentIntent an event's object is about: the object itself, or a charge's, dispute's or refund's."""
     if kind in INTENT_EVENTS:
         found = subject.get("id")
         return found if isinstance(found, str) else None

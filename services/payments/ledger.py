@@ -12,7 +12,13 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from cartwheel.contracts.base import utcnow
-from cartwheel.contracts.payments import PaymentDisputeClosed, PaymentDisputed, PaymentEvent, PaymentRefunded
+from cartwheel.contracts.payments import (
+    PaymentDisputeClosed,
+    PaymentDisputed,
+    PaymentEvent,
+    PaymentRefunded,
+    PaymentRefundFailed,
+)
 from cartwheel.outbox import record_event
 from services.payments import domain, store
 from services.payments.domain import IntentSnapshot, Outcome
@@ -51,6 +57,24 @@ def settle_refund(session: Session, row: IntentRow, refunded_cents: int, source:
     row.refunded_cents = total
     row.updated_at = utcnow()
     record_event(session, _event(PaymentRefunded, row, source, amount_refunded_cents=total))
+
+
+def refund_changed(session: Session, row: IntentRow, refund: Mapping[str, Any], source: str) -> None:
+    """A refund of the intent's payment moved at Stripe; one that failed (or was cancelled) after it had
+    counted gives its amount back to what is still paid, and is announced."""
+    refund_id, status = str(refund.get("id") or ""), str(refund.get("status") or "")
+    amount = domain.stripe_amount(refund, "amount") or 0
+    kept = store.refund_by_id(session, refund_id)
+    before = kept.status if kept is not None else "succeeded"  # one made elsewhere (the dashboard) had counted
+    if kept is not None:
+        kept.status = status
+    if status not in domain.REFUND_LOST or before in domain.REFUND_LOST:
+        return
+    row.refunded_cents = max(0, row.refunded_cents - amount)
+    row.updated_at = utcnow()
+    reason = refund.get("failure_reason") or status
+    record_event(session, _event(PaymentRefundFailed, row, source, refund_id=refund_id,
+                                 amount_not_refunded_cents=amount, reason=str(reason)))
 
 
 def dispute(session: Session, row: IntentRow, kind: str, dispute: Mapping[str, Any], source: str) -> None:

@@ -146,6 +146,10 @@ def insert_refund(session: Session, refund: dict[str, Any], order_id: str, inten
     return row
 
 
+def refund_by_id(session: Session, refund_id: str) -> RefundRow | None:
+    return session.get(RefundRow, refund_id, with_for_update=True)
+
+
 def stripe_event_seen(session: Session, event_id: str) -> bool:
     return session.get(StripeEventRow, event_id) is not None
 

@@ -87,15 +87,16 @@ class WebhookHandlers:
     @staticmethod
     def _record(session: Session, event: dict[str, Any], snap: IntentSnapshot | None, refunded: int | None) -> None:
         kind, subject = event["type"], (event.get("data") or {}).get("object") or {}
-        disputed = domain.intent_of(kind, subject) if kind in domain.DISPUTE_EVENTS else None
-        store.record_stripe_event(session, event["id"], kind, snap.id if snap else disputed)
-        if disputed is not None:
-            row = store.lock_intent(session, disputed)
+        about = domain.intent_of(kind, subject) if kind in domain.DISPUTE_EVENTS | domain.REFUND_EVENTS else None
+        store.record_stripe_event(session, event["id"], kind, snap.id if snap else about)
+        if about is not None:
+            row = store.lock_intent(session, about)
             if row is None:
-                log.info("stripe event %s: a dispute of payment %s, which this shop did not create", event["id"],
-                         disputed)
-            else:
+                log.info("stripe event %s (%s): payment %s is not one this shop created", event["id"], kind, about)
+            elif kind in domain.DISPUTE_EVENTS:
                 ledger.dispute(session, row, kind, subject, event["id"])
+            else:
+                ledger.refund_changed(session, row, subject, event["id"])
             return
         if snap is None:
             return

@@ -38,6 +38,7 @@ from cartwheel.contracts.payments import (
     PaymentDisputed,
     PaymentFailed,
     PaymentRefunded,
+    PaymentRefundFailed,
     PaymentSucceeded,
 )
 from cartwheel.errors import DomainError, ServiceUnavailable
@@ -62,6 +63,8 @@ class FakePayments:
         self.received: tuple[int, str] | None = None  # what a succeeded confirm says it took in (None: the total)
         self.cancel_status = "canceled"  # "succeeded": the buyer paid just before the cancel reached Stripe
         self.cancel_refusal: str | None = None  # a refusal code every cancel answers with (not_found: no such intent)
+        self.refund_status = "succeeded"  # what Stripe says of the refund it made
+        self.hold_refunds = threading.Event()  # set: a refund request is never answered (payments unreachable)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.nc: nats.NATS | None = None
@@ -118,7 +121,9 @@ class FakePayments:
             if self.confirm_status == "succeeded" and self.received:
                 intent["amount_received_cents"], intent["currency_received"] = self.received
         elif msg.subject == subjects.PAYMENTS_REFUND:
-            await msg.respond(encode({"ok": True, "data": {"refund_id": f"re_{order_id}", "status": "succeeded",
+            if self.hold_refunds.is_set():
+                return
+            await msg.respond(encode({"ok": True, "data": {"refund_id": f"re_{order_id}", "status": self.refund_status,
                                                            "amount_cents": 0}}))
             return
         elif msg.subject == subjects.PAYMENTS_INTENT_CANCEL:
@@ -330,6 +335,9 @@ def test_a_chargeback_makes_a_paid_order_disputed_until_it_closes_won_or_lost(
         payments.publish(dispute(order))  # heard twice: one line in the history
         wait_for(lambda order=order: status_of(client, order["order_id"]) == "disputed", "disputed")  # stayed paid
     refused(client, CancelOrder(order_id=won["order_id"]))  # no refund of a disputed payment
+    payments.publish(paid_event(won, 7))  # the success heard again: it must not end the dispute
+    time.sleep(0.5)
+    assert status_of(client, won["order_id"]) == "disputed"
     payments.publish(dispute(won, "won"))
     payments.publish(dispute(lost, "lost"))
     wait_for(lambda: status_of(client, won["order_id"]) == "paid", "won: paid again")
@@ -340,6 +348,18 @@ def test_a_chargeback_makes_a_paid_order_disputed_until_it_closes_won_or_lost(
     assert stock(client, mug) == (3, 0)  # the units stay sold either way
     listed = ask(client, ListOrders(status="dispute_lost", limit=200))["items"]
     assert lost["order_id"] in [o["order_id"] for o in listed]
+    inquiry = ask(client, buy(mug, 1))  # an inquiry, refunded at Stripe while it is open
+    payments.publish(paid_event(inquiry, 9))
+    wait_for(lambda: status_of(client, inquiry["order_id"]) == "paid", "paid")
+    payments.publish(dispute(inquiry))
+    wait_for(lambda: status_of(client, inquiry["order_id"]) == "disputed", "disputed")
+    payments.publish(PaymentRefunded(order_id=inquiry["order_id"], payment_intent_id=f"pi_{inquiry['order_id']}",
+                                     stripe_event_id="evt_ri", amount_cents=1200, currency="EUR",
+                                     amount_refunded_cents=1200))
+    wait_for(lambda: status_of(client, inquiry["order_id"]) == "refunded", "refunded during the inquiry")
+    payments.publish(dispute(inquiry, "warning_closed"))  # the inquiry closes "won": the money went back anyway
+    time.sleep(0.5)
+    assert status_of(client, inquiry["order_id"]) == "refunded"
 
 
 def test_a_cart_has_one_open_order_whatever_the_idempotency_key_and_a_changed_cart_replaces_it(
@@ -388,6 +408,83 @@ def test_two_orders_replicas_never_make_a_cart_two_open_orders(
         assert len(orders_of_cart) == 1, orders_of_cart  # the unique index decides across replicas
         placed |= orders_of_cart
     assert stock(client, mug) == (50, 5)
+
+
+def test_a_refund_that_fails_puts_the_order_aside_instead_of_calling_it_refunded(
+    orders: Any, payments: FakePayments, client: Client
+) -> None:
+    mug = new_product(client, 5)
+    order = ask(client, buy(mug, 2))
+    payments.publish(paid_event(order))
+    wait_for(lambda: status_of(client, order["order_id"]) == "paid", "paid")
+    payments.refund_status = "failed"  # e.g. the card was closed: Stripe takes the refund, then fails it
+    found = ask(client, CancelOrder(order_id=order["order_id"]))
+    # Before: "refunded", its units back on hand, while the buyer never got the money.
+    assert (found["status"], found["payment"]["status"]) == ("needs_review", "refund_failed")
+    assert stock(client, mug) == (3, 0)
+    payments.refund_status = "succeeded"
+    late = ask(client, buy(mug, 1))
+    payments.publish(paid_event(late, 2))
+    wait_for(lambda: status_of(client, late["order_id"]) == "paid", "paid")
+    payments.publish(PaymentRefunded(order_id=late["order_id"], payment_intent_id=f"pi_{late['order_id']}",
+                                     stripe_event_id="evt_r", amount_cents=1200, currency="EUR",
+                                     amount_refunded_cents=1200))
+    wait_for(lambda: status_of(client, late["order_id"]) == "refunded", "refunded at Stripe")
+    payments.publish(PaymentRefundFailed(order_id=late["order_id"], payment_intent_id=f"pi_{late['order_id']}",
+                                         stripe_event_id="evt_rf", amount_cents=1200, currency="EUR",
+                                         refund_id="re_1", amount_not_refunded_cents=1200,
+                                         reason="expired_or_canceled_card"))
+    wait_for(lambda: status_of(client, late["order_id"]) == "needs_review", "the refund failed after all")
+    assert ask(client, GetOrder(order_id=late["order_id"]))["refunded_cents"] == 0
+
+
+def test_a_refund_heard_before_its_payments_success_still_refunds_the_order(
+    orders: Any, payments: FakePayments, client: Client
+) -> None:
+    mug = new_product(client, 5)
+    order = ask(client, buy(mug, 2))
+    payments.publish(PaymentRefunded(order_id=order["order_id"], payment_intent_id=f"pi_{order['order_id']}",
+                                     stripe_event_id="evt_r", amount_cents=2400, currency="EUR",
+                                     amount_refunded_cents=2400))  # its own consumer got to it first
+    time.sleep(0.3)
+    payments.publish(paid_event(order))
+    # Before: the refund was dropped (an awaiting order can't be refunded), then the success made it paid:
+    # its units sold, its money back with the buyer.
+    wait_for(lambda: status_of(client, order["order_id"]) == "refunded", "refunded after its success")
+    assert stock(client, mug) == (5, 0)
+
+
+def test_whether_a_refunded_order_puts_its_units_back_is_the_admins_choice(
+    orders: Any, payments: FakePayments, client: Client
+) -> None:
+    mug = new_product(client, 5)
+    kept, shipped = ask(client, buy(mug, 1)), ask(client, buy(mug, 2))
+    for n, order in enumerate((kept, shipped)):
+        payments.publish(paid_event(order, n))
+        wait_for(lambda order=order: status_of(client, order["order_id"]) == "paid", "paid")
+    assert stock(client, mug) == (2, 0)
+    assert ask(client, CancelOrder(order_id=kept["order_id"]))["status"] == "refunded"
+    assert stock(client, mug) == (3, 0)  # back on hand
+    assert ask(client, CancelOrder(order_id=shipped["order_id"], restock=False))["status"] == "refunded"
+    assert stock(client, mug) == (3, 0)  # shipped: refunded, not restocked (before: always restocked)
+
+
+def test_a_refund_left_half_way_is_finished_by_the_sweeper(
+    backends: None, payments: FakePayments, database_url: str, start_service: Any, client: Client
+) -> None:
+    start_service("orders", orders_database_url=database_url, checkout_resume_seconds=1, request_timeout=1.0)
+    mug = new_product(client, 5)
+    order = ask(client, buy(mug, 2))
+    payments.publish(paid_event(order))
+    wait_for(lambda: status_of(client, order["order_id"]) == "paid", "paid")
+    payments.hold_refunds.set()  # payments does not answer: the admin's cancel fails half-way
+    with pytest.raises((DomainError, ServiceUnavailable)):
+        ask(client, CancelOrder(order_id=order["order_id"]))
+    assert ask(client, GetOrder(order_id=order["order_id"]))["payment"]["status"] == "refunding"
+    payments.hold_refunds.clear()
+    # Before: left "paid" and "refunding" for ever (only a payment heard again would finish it).
+    wait_for(lambda: status_of(client, order["order_id"]) == "refunded", "refunded by the sweeper")
+    assert stock(client, mug) == (5, 0)
 
 
 # -- refusals ----------------------------------------------------------------------------------
@@ -546,6 +643,19 @@ def test_an_unpaid_order_expires_releases_and_cancels_its_intent(
     wait_for(lambda: payments.asked(subjects.PAYMENTS_INTENT_CANCEL), "the intent cancelled")
 
 
+def test_a_cart_checked_out_again_with_the_same_key_after_its_order_expired_gets_a_new_order(
+    short_orders: Any, payments: FakePayments, client: Client
+) -> None:
+    mug = new_product(client, 2)
+    ask(client, AddToCart(cart_id="cart-again", product_id=mug, quantity=1))
+    key = "cart-cart-again-v1"  # the storefront's key: one per cart version, and the cart did not change
+    first = ask(client, Checkout(cart_id="cart-again", idempotency_key=key))
+    wait_for(lambda: status_of(client, first["order_id"]) == "expired", "the order expired")
+    second = ask(client, Checkout(cart_id="cart-again", idempotency_key=key))
+    # Before: the expired order again, for ever (until the cart was edited).
+    assert second["order_id"] != first["order_id"] and second["status"] == "awaiting_payment"
+
+
 def test_a_payment_after_expiry_reserves_again_when_stock_allows(
     short_orders: Any, payments: FakePayments, client: Client
 ) -> None:
@@ -615,6 +725,8 @@ def test_a_sweep_step_that_fails_for_good_backs_off_then_puts_the_order_aside_in
     assert "Stripe has no such object" in found["history"][-1]["reason"]
     time.sleep(2.5)
     assert cancels() == tried
+    closed = ask(client, CancelOrder(order_id=order["order_id"]))  # a person closes it: nothing to refund
+    assert closed["status"] == "cancelled" and payments.asked(subjects.PAYMENTS_REFUND) == []
 
 
 def test_an_expiry_that_finds_the_intent_paid_marks_the_order_paid(

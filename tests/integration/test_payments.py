@@ -295,6 +295,33 @@ def test_a_refund_happens_once_per_order(payments, client) -> None:
     client.run(scenario)
 
 
+def test_a_refund_that_fails_after_stripe_took_it_is_announced_and_counts_as_paid_again(
+    payments, client, stripe_client
+) -> None:
+    async def scenario(nc: nats.NATS) -> None:
+        order = new_order()
+        made = await create(nc, order, 4200)
+        await confirm(nc, order, made["payment_intent_id"], "pm_card_visa")
+        refund = await request(nc, RefundPayment(order_id=order, payment_intent_id=made["payment_intent_id"]),
+                               TIMEOUT)
+        failed = {"id": refund["refund_id"], "object": "refund", "amount": 4200, "currency": "eur",
+                  "payment_intent": made["payment_intent_id"], "status": "failed",
+                  "failure_reason": "expired_or_canceled_card"}
+        event = signed(stripe_event("refund.failed", failed))
+        assert [(await deliver(nc, event))["duplicate"] for _ in range(2)] == [False, True]
+        # Before: ignored; the order stayed refunded while the buyer never got the money.
+        events = await payment_events(nc, order, expect=3)
+        assert [s for s, _ in events] == [subjects.PAYMENTS_SUCCEEDED, subjects.PAYMENTS_REFUNDED,
+                                          subjects.PAYMENTS_REFUND_FAILED]
+        assert (events[2][1]["amount_not_refunded_cents"], events[2][1]["reason"]) == (4200,
+                                                                                      "expired_or_canceled_card")
+        again = await request(nc, RefundPayment(order_id=order, payment_intent_id=made["payment_intent_id"]),
+                              TIMEOUT)
+        assert again["status"] == "failed"  # the order's one refund, as it is now
+
+    client.run(scenario)
+
+
 def test_without_a_stripe_key_requests_are_refused_as_unavailable(start_service, client) -> None:
     start_service("payments")
 

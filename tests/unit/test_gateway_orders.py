@@ -455,7 +455,11 @@ def test_admins_cancel_orders(client: FlaskClient, bus: FakeBus) -> None:
     response = client.post(f"/api/admin/orders/{order_id}/cancel", headers=ADMIN)
     assert response.status_code == 200 and response.get_json()["status"] == "cancelled"
     (message,) = sent(bus, CancelOrder)
-    assert (message.order_id, message.tenant) == (order_id, "shop-1")
+    assert (message.order_id, message.tenant, message.restock) == (order_id, "shop-1", True)
+    shipped = buy_now(client).get_json()["order_id"]
+    assert client.post(f"/api/admin/orders/{shipped}/cancel?restock=false", headers=ADMIN).status_code == 200
+    assert sent(bus, CancelOrder)[-1].restock is False  # the admin's choice: the units were shipped
+    assert client.post(f"/api/admin/orders/{shipped}/cancel?restock=maybe", headers=ADMIN).status_code == 400
     again = client.post(f"/api/admin/orders/{order_id}/cancel", headers=ADMIN)
     assert again.status_code == 409 and again.get_json()["error"]["code"] == "order_closed"
     assert client.post(f"/api/admin/orders/{uuid.uuid4().hex}/cancel", headers=ADMIN).status_code == 404

@@ -15,9 +15,9 @@ from cartwheel.contracts.catalog import CreateProduct, GetProduct, ListProducts,
 from cartwheel.contracts.inventory import GetStock, GetStocks, Restock, SetStock
 from cartwheel.contracts.orders import CancelOrder, Checkout, GetOrder, ListOrders, PayOrder
 from cartwheel.errors import DomainError
+from cartwheel.money import money
 from services.gateway.testing import FakeBus
 from services.gateway.web.admin_session import ADMIN_COOKIE
-from services.gateway.web.money import money
 from tests.unit import test_gateway_accounts, test_gateway_orders
 from tests.unit.test_gateway_cart import PRODUCT, Carts
 from tests.unit.test_gateway_orders import TOKEN, Orders, checkout

@@ -1,8 +1,7 @@
 // Storefront behaviour on top of the server-rendered pages, talking to the JSON API (same origin, cookies).
 "use strict";
 
-const FINAL = ["paid", "fulfilled", "cancelled", "expired", "payment_failed", "needs_review", "disputed",
-  "dispute_lost", "refunded"];
+const FINAL = ["paid", "fulfilled", "cancelled", "expired", "needs_review", "disputed", "dispute_lost", "refunded"];
 const $ = (selector, root = document) => root.querySelector(selector);
 
 async function api(method, path, body, headers = {}) {
@@ -247,7 +246,7 @@ function showOrder(order) {
   const status = $("#order-status");
   status.textContent = order.status.replace(/_/g, " ");
   status.className = `status status-${order.status}`;
-  $("#pay").hidden = order.status !== "awaiting_payment";
+  $("#pay").hidden = !["awaiting_payment", "payment_failed"].includes(order.status);  // another card after a decline
   const declined = $("#payment-error");
   declined.hidden = !order.payment.last_error;
   declined.textContent = order.payment.last_error ? `Payment declined: ${order.payment.last_error}` : "";

@@ -12,10 +12,10 @@ from typing import Any
 from flask import Flask, Response, render_template
 from werkzeug.exceptions import HTTPException
 
+from cartwheel.money import money
 from services.gateway.context import EXTENSION
 from services.gateway.web import admin, admin_orders, shop
 from services.gateway.web.internal import API_WSGI, PageError
-from services.gateway.web.money import money
 
 PAGE_PREFIXES = ("/products/", "/cart", "/signin", "/orders/", "/admin", "/static/")
 MAX_UPLOAD = 6 * 1024 * 1024  # an image of up to 5 MB in a multipart form; the API says 413 above its own limit

@@ -40,7 +40,8 @@ def order(order_id: str) -> tuple[str, int]:
 @pages.post("/orders/<order_id>/cancel")
 @admin_only
 def cancel(order_id: str) -> BaseResponse | tuple[str, int]:
-    answer = call("POST", f"/api/admin/orders/{order_id}/cancel", admin=True)
+    restock = "true" if request.form.get("restock") else "false"  # a paid order's units: back on hand, or shipped
+    answer = call("POST", f"/api/admin/orders/{order_id}/cancel", admin=True, query={"restock": restock})
     if answer.ok:
         return redirect(f"/admin/orders/{order_id}?notice=cancelled", code=303)
     found = call("GET", f"/api/orders/{order_id}", admin=True).or_raise()

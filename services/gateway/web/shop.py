@@ -18,8 +18,8 @@ SORTS = {
     "price_desc": "Price, high to low",
     "name": "Name",
 }
-FINAL = frozenset({"paid", "fulfilled", "cancelled", "expired", "payment_failed", "needs_review", "disputed",
-                   "dispute_lost", "refunded"})
+FINAL = frozenset({"paid", "fulfilled", "cancelled", "expired", "needs_review", "disputed", "dispute_lost",
+                   "refunded"})  # not payment_failed: another card may still pay it until the reservation ends
 PAYMENT_METHODS = {"pm_card_visa": "Visa test card (succeeds)", "pm_card_chargeCustomerFail": "Test card (declined)"}
 PAGE_SIZE = 24
 
