@@ -120,6 +120,7 @@ class Saga:
         self.hints = StockHints()
         self._carts = KeyedLocks()  # one checkout of a cart at a time in this process
         self._sweep_failures: dict[str, tuple[int, float]] = {}  # order id -> failed sweep steps, next try at
+        self._cancels_after = ""  # where the sweeper's round of intents to cancel again goes on
         self.needs_review = Counter("cartwheel_orders_needs_review", "Orders put aside for a person, by why",
                                     ["reason"], registry=service.registry)
         self._sweeper: asyncio.Task[None] | None = None
@@ -764,10 +765,12 @@ class Saga:
         overdue = await self.service.db.read(lambda s: store.overdue(s, now))
         stalled_before = now - timedelta(seconds=self.settings.checkout_resume_seconds)
         stalled = await self.service.db.read(lambda s: store.stalled(s, RESUMABLE, stalled_before))
-        uncancelled = await self.service.db.read(store.intents_to_cancel)
+        uncancelled = await self.service.db.read(lambda s: store.intents_to_cancel(s, self._cancels_after))
+        self._cancels_after = uncancelled[-1] if uncancelled else ""  # the next sweep takes the next ones
         refunding = await self.service.db.read(lambda s: store.refunds_left(s, stalled_before))
-        listed = {*overdue, *stalled, *uncancelled, *refunding}
-        self._sweep_failures = {o: failed for o, failed in self._sweep_failures.items() if o in listed}
+        listed, now_s = {*overdue, *stalled, *uncancelled, *refunding}, time.monotonic()
+        self._sweep_failures = {o: (n, at) for o, (n, at) in self._sweep_failures.items()  # forget settled ones
+                                if o in listed or now_s < at + SWEEP_BACKOFF_MAX}
         touched = 0
         for order_id in overdue:
             touched += await self._swept(
@@ -833,7 +836,9 @@ class Saga:
                 return 1
             wait = min(SWEEP_BACKOFF_MAX, SWEEP_EVERY * 2**failures)
             self._sweep_failures[order_id] = (failures, time.monotonic() + wait)
-            log.warning("order %s: sweep step failed (%s); trying again in %.0f s", order_id, failure, wait)
+            log.log(logging.WARNING if failures == 1 else logging.INFO,
+                    "order %s: sweep step failed (%s, %d times); trying again in %.0f s", order_id, failure, failures,
+                    wait)
         else:
             self._sweep_failures.pop(order_id, None)
         return 1

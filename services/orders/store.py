@@ -244,11 +244,14 @@ def page(session: Session, *, user_id: str | None, status: str | None, limit: in
     return OrderPage(items=[view(r) for r in rows], next_cursor=rows[-1].id if more and rows else None)
 
 
-def intents_to_cancel(session: Session, limit: int = 100) -> list[str]:
-    """Ids of orders that ended unpaid while their PaymentIntent could not be cancelled (tried again)."""
+def intents_to_cancel(session: Session, after: str = "", limit: int = 100) -> list[str]:
+    """Ids of orders that ended unpaid while their PaymentIntent could not be cancelled (tried again), by id
+    from ``after``: the sweeper goes round them all, so a hundred failing ones can't hide the rest."""
     query = (
         select(OrderRow.id)
-        .where(OrderRow.status.in_(("cancelled", "expired")), OrderRow.payment_status == CANCEL_PENDING)
+        .where(OrderRow.status.in_(("cancelled", "expired")), OrderRow.payment_status == CANCEL_PENDING,
+               OrderRow.id > after)
+        .order_by(OrderRow.id)
         .limit(limit)
     )
     return list(session.scalars(query))

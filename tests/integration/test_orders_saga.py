@@ -28,7 +28,7 @@ import pytest
 
 from cartwheel import subjects
 from cartwheel.bus import encode, request
-from cartwheel.contracts.base import Message
+from cartwheel.contracts.base import Message, utcnow
 from cartwheel.contracts.cart import AddToCart, GetCart
 from cartwheel.contracts.catalog import ProductPatch, UpdateProduct
 from cartwheel.contracts.inventory import CommitReservation, GetStock, SetStock
@@ -928,3 +928,32 @@ def _answers(subject: str) -> Callable[[nats.NATS], Any]:
         return True
 
     return probe
+
+
+def test_the_sweeper_goes_round_every_intent_left_to_cancel_so_a_hundred_failing_ones_hide_none(
+    database_url: str,
+) -> None:
+    from sqlalchemy.orm import sessionmaker
+
+    from cartwheel.db import make_engine, migrate
+    from services.orders import store as orders_store
+    from services.orders.models import OrderRow
+
+    migrate("orders", database_url)
+    engine = make_engine(database_url)
+    now = utcnow()
+    ids = [f"ord_round_{n:03d}" for n in range(150)]
+    try:
+        with sessionmaker(engine).begin() as session:
+            session.add_all(OrderRow(id=i, tenant="default", status="expired", version=1, currency="EUR",
+                                     total_cents=100, lines="[]", reservation=i, payment_intent_id=f"pi_{i}",
+                                     payment_status=orders_store.CANCEL_PENDING, created_at=now, updated_at=now)
+                            for i in ids)
+        with sessionmaker(engine).begin() as session:
+            first = orders_store.intents_to_cancel(session)
+            rest = orders_store.intents_to_cancel(session, first[-1])
+            again = orders_store.intents_to_cancel(session, rest[-1])
+        # Before: the same hundred every sweep; failing for good (their intents gone), they hid the other fifty.
+        assert (first, rest, again) == (ids[:100], ids[100:], [])
+    finally:
+        engine.dispose()
