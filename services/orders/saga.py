@@ -247,9 +247,10 @@ class Saga:
             return await self._again(order_id)
         async with self._claimed(order_id):
             await self._end_unpaid(order_id, "cancelled", "its cart changed and was checked out again")
-        if (await self._row(order_id)).status in HOLDS_STOCK:  # its stock could not be let go now
+        now = (await self._row(order_id)).status
+        if now in HOLDS_STOCK:  # its stock could not be let go now
             raise ServiceUnavailable(subjects.ORDERS_CHECKOUT, "the cart's earlier order is still open; try again")
-        if (await self._row(order_id)).status in PAID:  # paid meanwhile (another tab): the cart is done
+        if now in PAID:  # paid meanwhile (another tab): the cart is done
             raise DomainError("this cart was checked out", code="cart_closed", status="checked_out")
         return None
 

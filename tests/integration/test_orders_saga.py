@@ -203,6 +203,22 @@ def paid_event(order: dict[str, Any], n: int = 1) -> PaymentSucceeded:
                             stripe_event_id=f"evt_{n}", amount_cents=order["total_cents"], currency=order["currency"])
 
 
+def refunded_event(order: dict[str, Any], cents: int, n: int = 1) -> PaymentRefunded:
+    """Stripe refunded ``cents`` of the order's payment in all so far."""
+    return PaymentRefunded(order_id=order["order_id"], payment_intent_id=f"pi_{order['order_id']}",
+                           stripe_event_id=f"evt_r{n}", amount_cents=order["total_cents"],
+                           currency=order["currency"], amount_refunded_cents=cents)
+
+
+def paid_orders(client: Client, payments: FakePayments, product_id: str, *quantities: int) -> list[dict[str, Any]]:
+    """Buy-now orders of ``product_id``, one per quantity, each paid (its success heard) before this returns."""
+    orders = [ask(client, buy(product_id, quantity)) for quantity in quantities]
+    for n, order in enumerate(orders):
+        payments.publish(paid_event(order, 100 + n))
+        wait_for(lambda order=order: status_of(client, order["order_id"]) == "paid", "paid")
+    return orders
+
+
 # -- the happy path ----------------------------------------------------------------------------
 
 
@@ -288,16 +304,8 @@ def test_a_partial_refund_at_stripe_is_written_down_and_leaves_the_order_paid_an
     orders: Any, payments: FakePayments, client: Client
 ) -> None:
     mug = new_product(client, 5)
-    order = ask(client, buy(mug, 2))  # 2,400 EUR cents
-    payments.publish(paid_event(order))
-    wait_for(lambda: status_of(client, order["order_id"]) == "paid", "the order paid")
-
-    def refunded(cents: int, n: int) -> PaymentRefunded:
-        return PaymentRefunded(order_id=order["order_id"], payment_intent_id=f"pi_{order['order_id']}",
-                               stripe_event_id=f"evt_r{n}", amount_cents=2400, currency="EUR",
-                               amount_refunded_cents=cents)
-
-    payments.publish(refunded(100, 1))
+    (order,) = paid_orders(client, payments, mug, 2)  # 2,400 EUR cents
+    payments.publish(refunded_event(order, 100, 1))
     wait_for(lambda: ask(client, GetOrder(order_id=order["order_id"]))["refunded_cents"] == 100, "100 refunded")
     found = ask(client, GetOrder(order_id=order["order_id"]))
     # Before: the order became refunded and both units went back on hand (stock overstated: oversold later).
@@ -305,7 +313,7 @@ def test_a_partial_refund_at_stripe_is_written_down_and_leaves_the_order_paid_an
     assert found["history"][-1] == {**found["history"][-1], "status": "paid",
                                     "reason": "partially refunded at the payment provider: 100 of 2400 EUR"}
     assert stock(client, mug) == (3, 0)
-    payments.publish(refunded(50, 2))  # older news (a cumulative total below what we know): nothing
+    payments.publish(refunded_event(order, 50, 2))  # older news (a cumulative total below what we know): nothing
     time.sleep(0.5)
     assert ask(client, GetOrder(order_id=order["order_id"]))["refunded_cents"] == 100
     cancelled = ask(client, CancelOrder(order_id=order["order_id"]))  # the admin refunds the rest
@@ -318,10 +326,7 @@ def test_a_chargeback_makes_a_paid_order_disputed_until_it_closes_won_or_lost(
     orders: Any, payments: FakePayments, client: Client
 ) -> None:
     mug = new_product(client, 5)
-    won, lost = ask(client, buy(mug, 1)), ask(client, buy(mug, 1))
-    for n, order in enumerate((won, lost)):
-        payments.publish(paid_event(order, n))
-        wait_for(lambda order=order: status_of(client, order["order_id"]) == "paid", "paid")
+    won, lost = paid_orders(client, payments, mug, 1, 1)
 
     def dispute(order: dict[str, Any], closed: str | None = None) -> PaymentDisputed | PaymentDisputeClosed:
         common = {"order_id": order["order_id"], "payment_intent_id": f"pi_{order['order_id']}",
@@ -348,14 +353,10 @@ def test_a_chargeback_makes_a_paid_order_disputed_until_it_closes_won_or_lost(
     assert stock(client, mug) == (3, 0)  # the units stay sold either way
     listed = ask(client, ListOrders(status="dispute_lost", limit=200))["items"]
     assert lost["order_id"] in [o["order_id"] for o in listed]
-    inquiry = ask(client, buy(mug, 1))  # an inquiry, refunded at Stripe while it is open
-    payments.publish(paid_event(inquiry, 9))
-    wait_for(lambda: status_of(client, inquiry["order_id"]) == "paid", "paid")
+    (inquiry,) = paid_orders(client, payments, mug, 1)  # an inquiry, refunded at Stripe while it is open
     payments.publish(dispute(inquiry))
     wait_for(lambda: status_of(client, inquiry["order_id"]) == "disputed", "disputed")
-    payments.publish(PaymentRefunded(order_id=inquiry["order_id"], payment_intent_id=f"pi_{inquiry['order_id']}",
-                                     stripe_event_id="evt_ri", amount_cents=1200, currency="EUR",
-                                     amount_refunded_cents=1200))
+    payments.publish(refunded_event(inquiry, 1200))
     wait_for(lambda: status_of(client, inquiry["order_id"]) == "refunded", "refunded during the inquiry")
     payments.publish(dispute(inquiry, "warning_closed"))  # the inquiry closes "won": the money went back anyway
     time.sleep(0.5)
@@ -414,21 +415,15 @@ def test_a_refund_that_fails_puts_the_order_aside_instead_of_calling_it_refunded
     orders: Any, payments: FakePayments, client: Client
 ) -> None:
     mug = new_product(client, 5)
-    order = ask(client, buy(mug, 2))
-    payments.publish(paid_event(order))
-    wait_for(lambda: status_of(client, order["order_id"]) == "paid", "paid")
+    (order,) = paid_orders(client, payments, mug, 2)
     payments.refund_status = "failed"  # e.g. the card was closed: Stripe takes the refund, then fails it
     found = ask(client, CancelOrder(order_id=order["order_id"]))
     # Before: "refunded", its units back on hand, while the buyer never got the money.
     assert (found["status"], found["payment"]["status"]) == ("needs_review", "refund_failed")
     assert stock(client, mug) == (3, 0)
     payments.refund_status = "succeeded"
-    late = ask(client, buy(mug, 1))
-    payments.publish(paid_event(late, 2))
-    wait_for(lambda: status_of(client, late["order_id"]) == "paid", "paid")
-    payments.publish(PaymentRefunded(order_id=late["order_id"], payment_intent_id=f"pi_{late['order_id']}",
-                                     stripe_event_id="evt_r", amount_cents=1200, currency="EUR",
-                                     amount_refunded_cents=1200))
+    (late,) = paid_orders(client, payments, mug, 1)
+    payments.publish(refunded_event(late, 1200))
     wait_for(lambda: status_of(client, late["order_id"]) == "refunded", "refunded at Stripe")
     payments.publish(PaymentRefundFailed(order_id=late["order_id"], payment_intent_id=f"pi_{late['order_id']}",
                                          stripe_event_id="evt_rf", amount_cents=1200, currency="EUR",
@@ -443,9 +438,7 @@ def test_a_refund_heard_before_its_payments_success_still_refunds_the_order(
 ) -> None:
     mug = new_product(client, 5)
     order = ask(client, buy(mug, 2))
-    payments.publish(PaymentRefunded(order_id=order["order_id"], payment_intent_id=f"pi_{order['order_id']}",
-                                     stripe_event_id="evt_r", amount_cents=2400, currency="EUR",
-                                     amount_refunded_cents=2400))  # its own consumer got to it first
+    payments.publish(refunded_event(order, 2400))  # its own consumer got to it first
     time.sleep(0.3)
     payments.publish(paid_event(order))
     # Before: the refund was dropped (an awaiting order can't be refunded), then the success made it paid:
@@ -458,10 +451,7 @@ def test_whether_a_refunded_order_puts_its_units_back_is_the_admins_choice(
     orders: Any, payments: FakePayments, client: Client
 ) -> None:
     mug = new_product(client, 5)
-    kept, shipped = ask(client, buy(mug, 1)), ask(client, buy(mug, 2))
-    for n, order in enumerate((kept, shipped)):
-        payments.publish(paid_event(order, n))
-        wait_for(lambda order=order: status_of(client, order["order_id"]) == "paid", "paid")
+    kept, shipped = paid_orders(client, payments, mug, 1, 2)
     assert stock(client, mug) == (2, 0)
     assert ask(client, CancelOrder(order_id=kept["order_id"]))["status"] == "refunded"
     assert stock(client, mug) == (3, 0)  # back on hand
@@ -474,9 +464,7 @@ def test_a_refund_left_half_way_is_finished_by_the_sweeper(
 ) -> None:
     start_service("orders", orders_database_url=database_url, checkout_resume_seconds=1, request_timeout=1.0)
     mug = new_product(client, 5)
-    order = ask(client, buy(mug, 2))
-    payments.publish(paid_event(order))
-    wait_for(lambda: status_of(client, order["order_id"]) == "paid", "paid")
+    (order,) = paid_orders(client, payments, mug, 2)
     payments.hold_refunds.set()  # payments does not answer: the admin's cancel fails half-way
     with pytest.raises((DomainError, ServiceUnavailable)):
         ask(client, CancelOrder(order_id=order["order_id"]))
