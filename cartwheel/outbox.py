@@ -72,8 +72,9 @@ def first_delivery(session: Session, consumer: str, event_id: str) -> bool:
 class OutboxRelay:
     """Publishes unpublished outbox rows in order, with their event id as ``Nats-Msg-Id``.
 
-    Woken by :meth:`notify` after a commit and every ``interval`` seconds regardless, so
-    rows left behind by a crash go out after restart. Several replicas may relay at once:
+    Woken by :meth:`notify` after a commit, every ``interval`` seconds while a publish is failing,
+    and every ``idle`` seconds regardless, so rows left behind by a crash (this replica's before a
+    restart, or another's) go out. Several replicas may relay at once:
     JetStream's duplicate window drops the second copy and consumers dedupe by event id.
     """
 
@@ -84,12 +85,15 @@ class OutboxRelay:
         *,
         batch: int = 200,
         interval: float = 1.0,
+        idle: float = 5.0,
         keep: timedelta = timedelta(days=7),
     ) -> None:
         self.db = db
         self.js = js
         self.batch = batch
         self.interval = interval
+        self.idle = max(idle, interval)
+        self._behind = False  # the last round left events unpublished: try again after ``interval``
         self.keep = keep
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -117,7 +121,7 @@ class OutboxRelay:
         next_prune = 0.0
         while not self._stopping:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.interval):
+                async with asyncio.timeout(self.interval if self._behind else self.idle):
                     await self._wake.wait()
             self._wake.clear()
             try:
@@ -127,21 +131,26 @@ class OutboxRelay:
                     await self.db.run(self._prune)
                     next_prune = time.monotonic() + 3600
             except Exception:
+                self._behind = True
                 log.exception("outbox relay failed; retrying in %.1f s", self.interval)
 
     async def relay_pending(self) -> int:
+        self._behind = True  # until this round has published all it read
         rows = await self.db.run(self._pending)
         published: list[int] = []
+        failed = False
         for position, event_id, subject, payload in rows:
             try:
                 await self.js.publish(subject, payload.encode(), headers={"Nats-Msg-Id": event_id}, timeout=5)
             except Exception as exc:
                 log.warning("event %s on %s not published yet: %s", event_id, subject, exc)
                 await self.db.run(partial(self._failed, position=position, error=repr(exc)))
+                failed = True
                 break  # keep order: nothing after a failed event goes out before it
             published.append(position)
         if published:
             await self.db.run(lambda s: self._published(s, published))
+        self._behind = failed
         return len(rows)
 
     def _pending(self, session: Session) -> list[tuple[int, str, str, str]]:

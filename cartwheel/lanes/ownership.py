@@ -1,11 +1,16 @@
 """Which replica applies which partition: membership and leases in a KV bucket whose entries expire.
 
-Every replica writes ``member.<id>`` each tick; partitions are dealt round-robin over the
-sorted live members, so they spread evenly and every replica computes the same answer. A
-replica works a partition only while it holds ``lease.<n>`` (created only when absent,
-renewed each tick with compare-and-set). A crashed replica's entries expire after ``ttl``;
-a leaving one deletes them at once. The database cursor, not the lease, is what makes a
-double owner harmless (see :func:`cartwheel.lanes.store.apply_batch`).
+Every replica writes ``member.<id>`` each tick (its heartbeat) and hears the others' through one
+watcher on ``member.>``: a member is live while its heartbeat was heard within ``ttl``. Partitions
+are dealt round-robin over the sorted live members, so they spread evenly and every replica
+computes the same answer. A replica works a partition only while it holds ``lease.<n>``
+(created only when absent, renewed each tick with compare-and-set). A crashed replica's entries
+expire after ``ttl``; a leaving one deletes them at once, and the others hear it and take over
+without waiting for their tick. The database cursor, not the lease, is what makes a double owner
+harmless (see :func:`cartwheel.lanes.store.apply_batch`).
+
+An idle replica costs one heartbeat and one renewal per held lease each tick (a third of the
+TTL) and nothing else: no listing of the bucket, which would create a consumer every round.
 """
 
 from __future__ import annotations
@@ -13,12 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.kv import KeyValue
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from cartwheel import subjects
 from cartwheel.bus import ensure_bucket
@@ -36,7 +42,7 @@ def assignment(members: list[str], partitions: int) -> dict[int, str]:
 
 class Ownership:
     def __init__(self, js: JetStreamContext, lane: str, partitions: int, member: str, *, acquire: Hook,
-                 release: Hook, ttl: float = 3.0, tick: float = 0.5, replicas: int = 1) -> None:
+                 release: Hook, ttl: float = 3.0, tick: float = 1.0, replicas: int = 1) -> None:
         self.js = js
         self.lane = lane
         self.partitions = partitions
@@ -50,6 +56,11 @@ class Ownership:
         self.kv: KeyValue | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._heard: dict[str, float] = {}  # member → when its heartbeat was last heard (monotonic)
+        self._changed = asyncio.Event()  # a member joined or left: deal the partitions again now
+        self._watcher: KeyValue.KeyWatcher | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._listening_since = 0.0
 
     async def start(self) -> None:
         bucket = subjects.lane_bucket(self.lane)
@@ -57,6 +68,7 @@ class Ownership:
                                                     replicas=self.replicas,
                                                     description=f"replicas and partition leases of lane {self.lane}"))
         self.kv = await self.js.key_value(bucket)
+        await self._listen()
         await self._round()
         self._task = asyncio.create_task(self._run(), name=f"lane-{self.lane}-ownership")
 
@@ -72,33 +84,74 @@ class Ownership:
         if self.kv:
             with contextlib.suppress(Exception):
                 await self.kv.delete(f"member.{self.member}")
+        await self._stop_listening()
 
     async def _run(self) -> None:
+        waiting = False  # wanted partitions are still held by others: look again soon, they are being let go
         while not self._stopping:
-            await asyncio.sleep(self.tick)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.tick / 4 if waiting else self.tick):
+                    await self._changed.wait()
+            self._changed.clear()
             try:
-                await self._round()
+                waiting = await self._round()
             except Exception:
                 log.exception("lane %s: ownership round failed", self.lane)
 
-    async def _round(self) -> None:
+    async def _round(self) -> bool:
+        """Heartbeat, renew, and take or give up partitions; True while a wanted one is still held by another."""
         assert self.kv is not None
         await self.kv.put(f"member.{self.member}", b"")
+        if time.monotonic() - max(self._heard.get(self.member, 0.0), self._listening_since) > self.ttl:
+            log.warning("lane %s: heard no heartbeat, not even its own, for %.0f s; watching again", self.lane,
+                        self.ttl)
+            await self._listen()
         await self._renew()
-        members = await self._members()
-        wanted = {p for p, m in assignment(members, self.partitions).items() if m == self.member}
+        wanted = {p for p, m in assignment(self._members(), self.partitions).items() if m == self.member}
         for partition in sorted(set(self.held) - wanted):
             await self.give_up(partition)
         for partition in sorted(wanted - set(self.held)):
             await self._try_take(partition)
+        return bool(wanted - set(self.held))
 
-    async def _members(self) -> list[str]:
+    def _members(self) -> list[str]:
+        """The members heard within ``ttl``, this one always among them."""
+        now = time.monotonic()
+        return sorted({m for m, at in self._heard.items() if now - at < self.ttl} | {self.member})
+
+    async def _listen(self) -> None:
+        """(Re)start the watcher that hears every member's heartbeat and departure."""
         assert self.kv is not None
-        try:
-            keys = await self.kv.keys()
-        except nats.js.errors.NoKeysError:
-            return [self.member]
-        return [k.removeprefix("member.") for k in keys if k.startswith("member.")] or [self.member]
+        await self._stop_listening()
+        self._heard.clear()
+        self._listening_since = time.monotonic()
+        self._watcher = await self.kv.watch("member.>")
+        self._listener = asyncio.create_task(self._hear(self._watcher), name=f"lane-{self.lane}-members")
+
+    async def _stop_listening(self) -> None:
+        if self._listener:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
+        if self._watcher:
+            with contextlib.suppress(Exception):
+                await self._watcher.stop()
+            self._watcher = None
+
+    async def _hear(self, watcher: KeyValue.KeyWatcher) -> None:
+        async for entry in watcher:
+            if entry is None:  # the watcher's "caught up" marker
+                continue
+            member = entry.key.removeprefix("member.")
+            if entry.operation in (KV_DEL, KV_PURGE):
+                self._heard.pop(member, None)
+                self._changed.set()
+            else:
+                joined = time.monotonic() - self._heard.get(member, float("-inf")) >= self.ttl
+                self._heard[member] = time.monotonic()
+                if joined and member != self.member:
+                    self._changed.set()
 
     async def _renew(self) -> None:
         assert self.kv is not None

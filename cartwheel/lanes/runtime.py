@@ -307,7 +307,7 @@ def _settle(done: asyncio.Future[store.BatchResult], outcome: store.BatchResult 
 class LaneRuntime:
     """Runs ``spec``'s lane in ``service``: construct it before the service starts."""
 
-    def __init__(self, service: Service, spec: LaneSpec[Any], *, lease_ttl: float = 3.0, tick: float = 0.5,
+    def __init__(self, service: Service, spec: LaneSpec[Any], *, lease_ttl: float = 3.0, tick: float = 1.0,
                  grouped: bool | None = None) -> None:
         """``grouped``: apply all owned partitions' ready batches in one transaction (see :class:`GroupApplier`).
         By default on SQLite only: it has one writer anyway, so grouping is pure gain (flash_sale

@@ -18,7 +18,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from faststream.exceptions import NackMessage
@@ -84,7 +84,9 @@ from services.orders.models import OrderRow
 log = logging.getLogger("cartwheel.orders")
 
 STALE_RETRIES = 10
-SWEEP_EVERY = 1.0  # seconds between looks for overdue and stalled orders
+SWEEP_EVERY = 1.0  # seconds between looks for overdue and stalled orders while there is work
+SWEEP_IDLE = 5.0  # seconds at most between looks when nothing is due sooner (stalled and refunding orders wait
+# this long to be noticed; an unpaid order still expires within SWEEP_EVERY of its reservation's end)
 SWEEP_BACKOFF_MAX = 300.0  # seconds a failing sweep step waits at most before its next try
 SWEEP_GIVE_UP = 5  # tries of a step failing for good (no such payment at the provider) before a person decides
 RESUMABLE = ("pending", "reserved")
@@ -751,40 +753,48 @@ class Saga:
     # -- the sweeper --------------------------------------------------------------------------
 
     async def _sweep_forever(self) -> None:
+        wait = SWEEP_EVERY
         while True:
-            await asyncio.sleep(SWEEP_EVERY)
+            await asyncio.sleep(wait)
             try:
-                await self.sweep()
+                wait = await self.sweep()
             except Exception:
                 log.exception("orders sweep failed; trying again")
+                wait = SWEEP_EVERY
 
-    async def sweep(self) -> int:
+    async def sweep(self) -> float:
         """Expire overdue orders, finish or clean up stalled ones, cancel intents that could not be, finish
-        refunds left half-way; how many orders it worked on. An order another step holds is left for the next
-        sweep."""
+        refunds left half-way; how long to wait before the next sweep. An order another step holds is left
+        for the next sweep. A quiet shop sweeps every :data:`SWEEP_IDLE` s, or when its next order comes due."""
         now = utcnow()
-        overdue = await self.service.db.read(lambda s: store.overdue(s, now))
         stalled_before = now - timedelta(seconds=self.settings.checkout_resume_seconds)
-        stalled = await self.service.db.read(lambda s: store.stalled(s, RESUMABLE, stalled_before))
-        uncancelled = await self.service.db.read(lambda s: store.intents_to_cancel(s, self._cancels_after))
+
+        def lists(s: Session) -> tuple[list[str], list[str], list[str], list[str], datetime | None]:
+            return (store.overdue(s, now), store.stalled(s, RESUMABLE, stalled_before),
+                    store.intents_to_cancel(s, self._cancels_after), store.refunds_left(s, stalled_before),
+                    store.next_due(s))
+
+        overdue, stalled, uncancelled, refunding, due = await self.service.db.read(lists)
         self._cancels_after = uncancelled[-1] if uncancelled else ""  # the next sweep takes the next ones
-        refunding = await self.service.db.read(lambda s: store.refunds_left(s, stalled_before))
         listed, now_s = {*overdue, *stalled, *uncancelled, *refunding}, time.monotonic()
         self._sweep_failures = {o: (n, at) for o, (n, at) in self._sweep_failures.items()  # forget settled ones
                                 if o in listed or now_s < at + SWEEP_BACKOFF_MAX}
-        touched = 0
         for order_id in overdue:
-            touched += await self._swept(
-                order_id, lambda o: self._end_unpaid(o, "expired", "unpaid when its reservation ran out")
-            )
+            await self._swept(order_id, lambda o: self._end_unpaid(o, "expired", "unpaid when its reservation ran out"))
         for order_id in stalled:
             if order_id not in overdue:
-                touched += await self._swept(order_id, self._resume)
+                await self._swept(order_id, self._resume)
         for order_id in uncancelled:
-            touched += await self._swept(order_id, self._cancel_intent_again)
+            await self._swept(order_id, self._cancel_intent_again)
         for order_id in refunding:
-            touched += await self._swept(order_id, self._refund_again)
-        return touched
+            await self._swept(order_id, self._refund_again)
+        if listed:
+            return SWEEP_EVERY
+        # A new order comes due a reservation's TTL after it is placed, so it is seen in time too.
+        soonest = min(SWEEP_IDLE, float(self.settings.reservation_ttl_seconds))
+        if due is not None:
+            soonest = min(soonest, (due - utcnow()).total_seconds())
+        return max(SWEEP_EVERY / 10, soonest)
 
     async def _refund_again(self, order_id: str) -> None:
         """A refund decided and not finished (a crash, payments unreachable): ask again (it is idempotent)."""
@@ -817,24 +827,24 @@ class Saga:
             await self._transition(order_id, lambda r: {"payment_status": intent.status}
                                    if r.payment_status == store.CANCEL_PENDING else None)
 
-    async def _swept(self, order_id: str, step: Callable[[str], Awaitable[Any]]) -> int:
+    async def _swept(self, order_id: str, step: Callable[[str], Awaitable[Any]]) -> None:
         """Run one sweep step on the order, unless it failed lately: a failing step waits twice as long
         after each failure, and one that fails for good (the provider has no such payment, ``not_found``)
         puts the order in ``needs_review`` after :data:`SWEEP_GIVE_UP` tries, instead of trying for ever."""
         failures, not_before = self._sweep_failures.get(order_id, (0, 0.0))
         if time.monotonic() < not_before:
-            return 0
+            return
         try:
             async with self._claimed(order_id, wait=0):
                 await step(order_id)
         except OrderBusy:
-            return 0
+            return
         except (DomainError, ServiceUnavailable) as failure:
             failures += 1
             if isinstance(failure, DomainError) and failure.code == "not_found" and failures >= SWEEP_GIVE_UP:
                 self._sweep_failures.pop(order_id, None)
                 await self._given_up(order_id, failure)
-                return 1
+                return
             wait = min(SWEEP_BACKOFF_MAX, SWEEP_EVERY * 2**failures)
             self._sweep_failures[order_id] = (failures, time.monotonic() + wait)
             log.log(logging.WARNING if failures == 1 else logging.INFO,
@@ -842,7 +852,6 @@ class Saga:
                     wait)
         else:
             self._sweep_failures.pop(order_id, None)
-        return 1
 
     async def _given_up(self, order_id: str, failure: DomainError) -> None:
         """A sweep step that can't succeed: the order goes to a person, and out of the sweeper's lists."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, or_, select, update
+from sqlalchemy import bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from cartwheel.contracts.base import Message, utcnow
@@ -282,6 +282,11 @@ def refunds_left(session: Session, before: datetime, limit: int = 100) -> list[s
         .limit(limit)
     )
     return list(session.scalars(query))
+
+
+def next_due(session: Session) -> datetime | None:
+    """When the next order still holding stock runs out of reservation, if any does."""
+    return session.scalar(select(func.min(OrderRow.reserved_until)).where(OrderRow.status.in_(HOLDS_STOCK)))
 
 
 def overdue(session: Session, now: datetime, limit: int = 100) -> list[str]:
