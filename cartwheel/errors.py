@@ -30,6 +30,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "unsupported_media_type": 415,
     "validation_failed": 422,
     "empty_cart": 422,
+    "nothing_to_pay": 422,
     "rate_limited": 429,
     "internal_error": 500,
     "service_unavailable": 503,

@@ -47,7 +47,12 @@ Sku = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Description = Annotated[str, StringConstraints(max_length=10_000)]
 PriceCents = Annotated[StrictInt, Field(ge=0, le=MAX_PRICE_CENTS)]
-Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$"), AfterValidator(_known_currency)]
+Currency = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Z]{3}$"),
+    AfterValidator(_known_currency),
+    Field(json_schema_extra={"enum": sorted(ISO_4217)}),  # the codes taken, spelled out in /openapi.json
+]
 Stock = Annotated[StrictInt, Field(ge=0, le=10_000_000)]
 MAX_CATEGORIES = 10
 Category = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]+(?:-[a-z0-9]+)*$", max_length=40)]
@@ -88,10 +93,18 @@ class ProductDraft(BaseModel):
         return self
 
 
+def _given_and_not_null(schema: dict[str, Any]) -> None:
+    """ProductPatch's JSON schema says what ``_not_empty`` enforces: at least one field, and none of them null."""
+    schema["minProperties"] = 1
+    for prop in schema["properties"].values():
+        prop.pop("default", None)
+        prop.update(next(kind for kind in prop.pop("anyOf") if kind.get("type") != "null"))
+
+
 class ProductPatch(BaseModel):
     """Fields an admin may change; at least one."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_given_and_not_null)
 
     sku: Sku | None = None
     name: Name | None = None

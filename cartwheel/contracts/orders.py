@@ -49,7 +49,12 @@ class CheckoutBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    email: str | None = Field(None, max_length=320, description="Receipt address; the signed-in user's by default.")
+    email: str | None = Field(
+        None,
+        max_length=320,
+        description="Receipt address; the signed-in user's by default.",
+        json_schema_extra={"format": "email"},
+    )
     items: list[CheckoutItem] | None = Field(None, min_length=1, max_length=MAX_LINES)
     accept_price_changes: bool = Field(False, description="Check out at today's prices if they moved since adding.")
 

@@ -43,7 +43,11 @@ Email = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=3, max_length=320),
     AfterValidator(normalised_email),
-    Field(description="Compared case-insensitively, after normalisation.", examples=["ada@example.com"]),
+    Field(
+        description="Compared case-insensitively, after normalisation.",
+        examples=["ada@example.com"],
+        json_schema_extra={"format": "email"},
+    ),
 ]
 
 

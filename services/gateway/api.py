@@ -4,19 +4,29 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from flask import Flask, Response, request
 from pydantic import BaseModel
 
 from services.gateway.auth import require_admin
-from services.gateway.validation import parse_body, parse_query
+from services.gateway.validation import check_path, parse_body, parse_query
 
 Auth = Literal["none", "optional", "admin"]
 View = Callable[..., Any]
 
 _PARAM = re.compile(r"{(\w+)}")
+
+
+@dataclass(frozen=True)
+class Header:
+    """A request header the view reads itself; declared here so /openapi.json documents it."""
+
+    name: str
+    description: str
+    schema: dict[str, Any] = field(default_factory=lambda: {"type": "string"})
+    required: bool = False
 
 
 @dataclass(frozen=True)
@@ -33,6 +43,9 @@ class Operation:
     auth: Auth = "none"
     media_type: str = "application/json"
     tag: str = "shop"
+    headers: tuple[Header, ...] = ()
+    raw_body: tuple[str, ...] = ()  # media types of a body the view reads as bytes (not validated here)
+    not_modified: bool = False  # may answer 304, without a body, to a conditional GET
 
     @property
     def endpoint(self) -> str:
@@ -97,6 +110,7 @@ def _handler(op: Operation) -> View:
     def handle(**path: str) -> Response:
         if op.auth == "admin":
             require_admin()
+        check_path(path)
         arguments: dict[str, Any] = dict(path)
         if op.query:
             arguments["query"] = parse_query(request, op.query)

@@ -11,13 +11,14 @@ import hashlib
 import logging
 import threading
 from collections import OrderedDict
-from typing import Protocol, cast
+from typing import Protocol, cast, get_args
 
 from flask import Response, current_app, request
 
 from cartwheel import subjects
 from cartwheel.contracts.catalog import ImageType, Product, SetProductImage
 from cartwheel.errors import NotFound, ServiceUnavailable
+from services.gateway.api import Header
 from services.gateway.auth import is_admin
 from services.gateway.context import gateway
 from services.gateway.errors import ApiError
@@ -64,6 +65,7 @@ def sniff(data: bytes) -> ImageType | None:
     errors=(404, 413, 415, 503),
     auth="admin",
     tag="admin",
+    raw_body=get_args(ImageType),
 )
 def upload_image(id: str) -> ProductOut:
     product = find_product(id)
@@ -87,6 +89,8 @@ def upload_image(id: str) -> ProductOut:
     errors=(404, 503),
     auth="optional",
     media_type="image/*",
+    headers=(Header("If-None-Match", "ETags of the copies the client has: 304 when the image is one of them."),),
+    not_modified=True,
 )
 def product_image(id: str) -> Response:
     admin = is_admin()

@@ -7,7 +7,7 @@ import uuid
 from flask import request
 
 from cartwheel.contracts.inventory import GetStock, Restock, RestockBody, SetStock, SetStockBody, StockLevel
-from services.gateway.api import Routes
+from services.gateway.api import Header, Routes
 from services.gateway.context import gateway
 from services.gateway.errors import ApiError
 from services.gateway.products import find_product
@@ -15,6 +15,12 @@ from services.gateway.products import find_product
 routes = Routes(tag="admin")
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+MAX_KEY = 200
+IDEMPOTENCY = Header(
+    IDEMPOTENCY_HEADER,
+    "Retrying with the same key applies the change once and answers as the first time.",
+    {"type": "string", "minLength": 1, "maxLength": MAX_KEY},
+)
 _KEYS = uuid.uuid5(uuid.NAMESPACE_URL, "cartwheel:gateway:idempotency")
 
 
@@ -38,6 +44,7 @@ def get_stock(product_id: str) -> StockLevel:
     response=StockLevel,
     errors=(404, 503),
     auth="admin",
+    headers=(IDEMPOTENCY,),
 )
 def restock(product_id: str, body: RestockBody) -> StockLevel:
     ctx = gateway()
@@ -53,6 +60,7 @@ def restock(product_id: str, body: RestockBody) -> StockLevel:
     response=StockLevel,
     errors=(404, 409, 503),
     auth="admin",
+    headers=(IDEMPOTENCY,),
 )
 def set_stock(product_id: str, body: SetStockBody) -> StockLevel:
     ctx = gateway()
@@ -66,6 +74,6 @@ def _command_id() -> str:
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is None:
         return str(uuid.uuid4())
-    if not 1 <= len(key) <= 200:
-        raise ApiError(400, "bad_request", f"{IDEMPOTENCY_HEADER} must be 1 to 200 characters")
+    if not 1 <= len(key) <= MAX_KEY:
+        raise ApiError(400, "bad_request", f"{IDEMPOTENCY_HEADER} must be 1 to {MAX_KEY} characters")
     return str(uuid.uuid5(_KEYS, f"{request.method} {request.path} {key}"))

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
-from services.gateway.api import Operation
+from services.gateway.api import Header, Operation
 from services.gateway.schemas import ErrorResponse
 
 DESCRIPTION = "The Cartwheel shop API: JSON in and out, money as integer cents, one error shape."
@@ -47,16 +47,21 @@ def _package_version() -> str:
 
 
 def _operation(op: Operation, refs: dict[Any, Any], schemas: dict[str, Any]) -> dict[str, Any]:
+    parameters = [_path_param(name) for name in op.path_params] + _query_params(op, schemas)
     spec: dict[str, Any] = {
         "operationId": op.endpoint.replace(".", "_"),
         "summary": op.summary,
         "tags": [op.tag],
-        "parameters": [_path_param(name) for name in op.path_params] + _query_params(op, schemas),
+        "parameters": parameters + [_header_param(header) for header in op.headers],
         "responses": {str(op.status): _success(op, refs)},
     }
+    if op.not_modified:
+        spec["responses"]["304"] = {"description": HTTPStatus.NOT_MODIFIED.phrase}
     if op.body:
         body = {"application/json": {"schema": refs[(op.body, "validation")]}}
         spec["requestBody"] = {"required": True, "content": body}
+    elif op.raw_body:
+        spec["requestBody"] = {"required": True, "content": {kind: {"schema": _raw(kind)} for kind in op.raw_body}}
     if op.auth in SECURITY:
         spec["security"] = SECURITY[op.auth]
     error = refs[(ErrorResponse, "serialization")]
@@ -70,11 +75,27 @@ def _operation(op: Operation, refs: dict[Any, Any], schemas: dict[str, Any]) -> 
 
 
 def _success(op: Operation, refs: dict[Any, Any]) -> dict[str, Any]:
+    if op.status == HTTPStatus.NO_CONTENT:
+        return {"description": HTTPStatus.NO_CONTENT.phrase}
     if op.response:
         schema = refs[(op.response, "serialization")]
     else:
         schema = {"type": "object"} if op.media_type == "application/json" else {"type": "string"}
     return {"description": HTTPStatus(op.status).phrase, "content": {op.media_type: {"schema": schema}}}
+
+
+def _raw(media_type: str) -> dict[str, Any]:
+    return {"type": "object"} if media_type == "application/json" else {"type": "string", "format": "binary"}
+
+
+def _header_param(header: Header) -> dict[str, Any]:
+    return {
+        "name": header.name,
+        "in": "header",
+        "required": header.required,
+        "description": header.description,
+        "schema": header.schema,
+    }
 
 
 def _path_param(name: str) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from cartwheel.contracts.orders import (
 )
 from cartwheel.errors import DomainError, NotFound
 from services.gateway.accounts import normalised_email
-from services.gateway.api import Routes
+from services.gateway.api import Header, Routes
 from services.gateway.auth import is_admin
 from services.gateway.cart import NO_STORE
 from services.gateway.context import gateway
@@ -44,6 +44,11 @@ admin_routes = Routes(tag="admin")
 
 _ORDER_ID = TypeAdapter(OrderId)
 _IDEMPOTENCY_KEY = TypeAdapter(IdempotencyKey)
+CHECKOUT_KEY = Header(
+    IDEMPOTENCY_HEADER,
+    "A retried checkout with the same key answers with the order the first one placed.",
+    _IDEMPOTENCY_KEY.json_schema(),
+)
 SLOW = 2  # checkout reserves stock and creates a PaymentIntent; paying waits on Stripe: more than one hop each
 
 
@@ -64,7 +69,8 @@ class Placed(BaseModel):
     body=CheckoutBody,
     response=Placed,
     status=201,
-    errors=(409, 422, 503),
+    errors=(404, 409, 422, 503),
+    headers=(CHECKOUT_KEY,),
 )
 def checkout(body: CheckoutBody) -> tuple[Placed, dict[str, str]]:
     ctx = gateway()

@@ -2,6 +2,7 @@
 
 400 when the request is malformed (not JSON, not an object, wrong JSON types, unknown query
 parameters); 422 when it is well-formed but a value is refused (out of range, bad pattern, ...).
+No text a client sends may hold a NUL character: PostgreSQL can neither store one nor compare with one.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ from typing import Any, TypeVar
 from flask import Request
 from pydantic import BaseModel, ValidationError
 
+from cartwheel.errors import NotFound
 from services.gateway.errors import ApiError
 
 M = TypeVar("M", bound=BaseModel)
 
 MALFORMED_SUFFIXES = ("_type", "_parsing")
 MALFORMED_TYPES = {"int_from_float", "json_invalid"}
+NUL = "\x00"
 
 
 def is_json(mimetype: str) -> bool:
@@ -49,7 +52,16 @@ def parse_query(request: Request, model: type[M]) -> M:
     return validate(model, data, source="query")
 
 
+def check_path(values: dict[str, str]) -> None:
+    """Path values are names: one with a NUL character names nothing."""
+    if any(NUL in value for value in values.values()):
+        raise NotFound("nothing has that name")
+
+
 def validate(model: type[M], data: dict[str, Any], *, source: str) -> M:
+    if (where := _nul_at(data)) is not None:
+        fields = [{"field": where, "message": "must not contain a NUL character"}]
+        raise ApiError(422, "validation_failed", "some values are not acceptable", fields=fields)
     try:
         return model.model_validate(data)
     except ValidationError as error:
@@ -69,6 +81,20 @@ def _malformed(kind: str, source: str) -> bool:
     if source == "query" and kind == "extra_forbidden":
         return True
     return kind in MALFORMED_TYPES or kind.endswith(MALFORMED_SUFFIXES)
+
+
+def _nul_at(data: Any) -> str | None:
+    """The dotted path of a string holding a NUL character, else None; walked without recursion (any depth)."""
+    pending: list[tuple[tuple[int | str, ...], Any]] = [((), data)]
+    while pending:
+        loc, value = pending.pop()
+        if isinstance(value, str) and NUL in value:
+            return _field(loc)
+        if isinstance(value, dict):
+            pending += [((*loc, key), item) for key, item in value.items()]
+        elif isinstance(value, list):
+            pending += [((*loc, index), item) for index, item in enumerate(value)]
+    return None
 
 
 def _field(loc: tuple[int | str, ...]) -> str | None:

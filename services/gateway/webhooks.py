@@ -11,7 +11,7 @@ from flask import request
 from pydantic import BaseModel, Field
 
 from cartwheel.contracts.payments import StripeWebhook, WebhookOutcome
-from services.gateway.api import Routes
+from services.gateway.api import Header, Routes
 from services.gateway.cart import NO_STORE
 from services.gateway.context import gateway
 from services.gateway.errors import ApiError
@@ -32,6 +32,9 @@ class Received(BaseModel):
     summary="Stripe events (raw JSON body, verified by its Stripe-Signature header); 200 on a replay",
     response=Received,
     errors=(400, 413, 503),
+    headers=(Header(SIGNATURE_HEADER, "Stripe's signature of the raw body; 400 when missing, bad or stale.",
+                    required=True),),
+    raw_body=("application/json",),
 )
 def stripe_webhook() -> tuple[Received, dict[str, str]]:
     signature = request.headers.get(SIGNATURE_HEADER, "")

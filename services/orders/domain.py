@@ -116,7 +116,7 @@ def price_lines(
 
     ``products`` maps what each wanted line names (a product id or a SKU) to the product; lines that
     name one product twice (its id and its SKU) become one line. Refuses products that are gone,
-    inactive, or in more than one currency.
+    inactive, or in more than one currency, and an order that costs nothing (there is no payment to take).
     """
     named: list[Wanted] = []
     for item in wanted:
@@ -156,6 +156,8 @@ def price_lines(
     currencies = {by_id[line.product_id].currency for line in lines}
     if len(currencies) != 1:
         raise DomainError("an order is paid in one currency", code="currency_mismatch", currencies=sorted(currencies))
+    if total_cents(lines) == 0:
+        raise DomainError("these products cost nothing: there is no payment to take", code="nothing_to_pay")
     return lines, changes, currencies.pop()
 
 

@@ -26,7 +26,7 @@ from cartwheel.contracts.orders import (
     PaymentInfo,
 )
 from cartwheel.contracts.payments import IntentView
-from cartwheel.errors import NotFound
+from cartwheel.errors import Invalid, NotFound
 from cartwheel.outbox import record_events
 from services.orders.domain import HOLDS_STOCK, PLACED_PATH, IllegalTransition, check_transition, total_cents
 from services.orders.models import OPEN, OrderRow, OrderTransitionRow
@@ -236,7 +236,8 @@ def page(session: Session, *, user_id: str | None, status: str | None, limit: in
     if cursor is not None:
         after = session.scalar(select(OrderRow.seq).where(OrderRow.id == cursor))
         if after is None:
-            raise NotFound(f"no order {cursor} to continue after", field="cursor")
+            # the collection exists; a cursor naming no order is a bad value, as the catalog's forged cursor is
+            raise Invalid(f"no order {cursor} to continue after", fields=[{"field": "cursor", "message": "unknown"}])
         query = query.where(OrderRow.seq < after)
     rows = list(session.scalars(query.order_by(OrderRow.seq.desc()).limit(limit + 1)))
     more = len(rows) > limit

@@ -162,6 +162,26 @@ def test_an_order_is_visible_to_its_buyer_only(system: System) -> None:
     assert as_admin.status_code == 200
 
 
+# Found by test_api_fuzz.py: each was a 404 or a 500 where a client's mistake gets a 4xx /openapi.json documents.
+
+
+def test_a_page_after_an_order_that_does_not_exist_is_422(system: System) -> None:
+    # A 404 before, which reads as "no such route" on a list; the catalog answers a forged cursor with 422 too.
+    listed = requests.get(f"{system.base_url}/api/admin/orders", params={"cursor": "ord_nothing"},
+                          headers=admin(system), timeout=TIMEOUT)
+    assert listed.status_code == 422, listed.text
+    assert listed.json()["error"]["fields"] == [{"field": "cursor", "message": "unknown"}]
+
+
+def test_an_order_that_costs_nothing_is_422_and_holds_no_stock(system: System) -> None:
+    # A 500 before: the stock was reserved, then no payment intent of 0 could be asked for, and the unit stayed held.
+    free = product(system, stock=5, price_cents=0)
+    answer = checkout(shopper_with(system, free["id"]), system, json={})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["error"]["code"] == "nothing_to_pay"
+    assert stock(system, free["id"]) == (5, 0)
+
+
 # -- webhooks ------------------------------------------------------------------------------------
 
 

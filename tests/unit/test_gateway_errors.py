@@ -225,6 +225,32 @@ def test_admin_routes_need_the_token(client: FlaskClient, bus: FakeBus, headers:
     assert bus.sent == []
 
 
+# PostgreSQL can neither store nor compare text holding a NUL: each of these reached a service and was a 500 there.
+def test_a_nul_character_in_a_body_or_a_query_is_422_and_reaches_no_service(client: FlaskClient, bus: FakeBus) -> None:
+    nul = {"field": "categories.1", "message": "must not contain a NUL character"}
+    assert error_of(post(client, draft(categories=["mugs", "a\u0000"])), 422)["fields"] == [nul]
+    assert error_of(post(client, draft(name="Mug\u0000")), 422)["fields"][0]["field"] == "name"
+    assert error_of(client.get("/api/products?q=mug%00"), 422)["fields"][0]["field"] == "q"
+    assert bus.sent == []
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/api/products/a%00b"),
+        ("GET", "/api/products/%00/image"),
+        ("PATCH", "/api/admin/products/%00"),
+        ("GET", "/api/admin/inventory/%00"),
+    ],
+)
+def test_a_path_id_with_a_nul_character_is_404_and_reaches_no_service(
+    client: FlaskClient, bus: FakeBus, method: str, path: str
+) -> None:
+    response = client.open(path, method=method, json={"name": "Mug"}, headers=ADMIN)
+    assert error_of(response, 404)["code"] == "not_found"
+    assert bus.sent == [] and bus.kv_reads == []
+
+
 def test_no_admin_token_configured_refuses_everyone(bus: FakeBus) -> None:
     client = create_app(Settings(admin_token=None, secret="s" * 32), bus).test_client()
     assert error_of(post(client, draft(), headers={"Authorization": "Bearer "}), 401)["code"] == "unauthorized"

@@ -9,7 +9,7 @@ import pytest
 
 from cartwheel.contracts.catalog import Product
 from cartwheel.contracts.orders import Checkout, CheckoutItem, OrderLine
-from cartwheel.errors import DomainError
+from cartwheel.errors import DomainError, status_for
 from services.orders.domain import (
     HINT_FRESH_S,
     INTENT_AHEAD_MARGIN,
@@ -83,6 +83,17 @@ def test_one_currency_per_order() -> None:
     with pytest.raises(DomainError) as caught:
         price_lines([Wanted("a", 1), Wanted("b", 1)], {"a": product("a"), "b": product("b", currency="USD")})
     assert caught.value.code == "currency_mismatch"
+
+
+def test_an_order_that_costs_nothing_is_refused_before_anything_is_reserved() -> None:
+    # Checking out a cart of one product priced 0 was a 500: the saga reserved it, then could not ask
+    # payments for an intent of 0 (CreateIntent's amount_cents >= 1), and the reservation stayed held.
+    free, mug = product("a", 0), product("b", 900)
+    with pytest.raises(DomainError) as caught:
+        price_lines([Wanted("a", 3)], {"a": free})
+    assert caught.value.code == "nothing_to_pay" and status_for(caught.value.code) == 422
+    lines, _, _ = price_lines([Wanted("a", 1), Wanted("b", 1)], {"a": free, "b": mug})  # a free gift with a mug
+    assert [line.line_total_cents for line in lines] == [0, 900]
 
 
 def test_a_product_named_by_its_sku_is_priced_under_its_id_and_one_named_both_ways_is_one_line() -> None:
