@@ -66,6 +66,7 @@ def handle(state: Ledger, command: LaneCommand) -> Outcome[Ledger]:
     raise DomainError(f"unknown command {command.kind}", code="validation_failed")
 
 
+TICK = 0.25  # the ownership round: quick hand-overs in tests
 SPEC = LaneSpec(name=LANE, state=Ledger, initial=lambda key: Ledger(), handle=handle, partitions=PARTITIONS)
 
 
@@ -73,7 +74,7 @@ def build() -> Service:
     settings = get_settings()
     # Inventory's database has the lane tables (its migration 0002); the ledger's rows are its own.
     service = Service("inventory", settings)
-    LaneRuntime(service, SPEC, lease_ttl=2.0, tick=0.25)
+    LaneRuntime(service, SPEC, lease_ttl=2.0, tick=TICK)
     return service
 
 

@@ -28,7 +28,7 @@ from cartwheel.lanes.store import load_states
 from services.inventory.domain import LANE as INVENTORY
 from services.inventory.state import Stock
 from tests.integration.conftest import Client
-from tests.lane_replica import LANE, PARTITIONS, Ledger
+from tests.lane_replica import LANE, PARTITIONS, TICK, Ledger
 
 
 class Replicas:
@@ -238,12 +238,12 @@ def test_partitions_spread_evenly_and_hand_over(replicas: Replicas, client: Clie
     replicas.wait_for(lambda o: sorted(Counter(o.values()).values()) == [2, 3, 3], "rebalanced 3/3/2 after a join")
 
 
-def test_idle_replicas_ask_the_bus_for_their_heartbeats_and_leases_and_nothing_else(
-    replicas: Replicas, client: Client
-) -> None:
-    """Before issue 12, every round listed the bucket (a new consumer, its info and deletion, several
-    times a second per replica): a third of an idle shop's CPU, nats-server's included."""
+def test_idle_replicas_send_their_heartbeats_and_nothing_else(replicas: Replicas, client: Client) -> None:
+    """Before issue 12, every round renewed every lease a replica held and listed the bucket (a new
+    consumer, its info and deletion), several times a second per lane: a third of an idle shop's CPU,
+    nats-server's included."""
     replicas.start(2)
+    replicas.wait_for(lambda o: sorted(Counter(o.values()).values()) == [4, 4], "dealt 4/4: no hand-over under way")
     heard: Counter[str] = Counter()
 
     async def listen(nc: nats.NATS) -> None:
@@ -257,8 +257,8 @@ def test_idle_replicas_ask_the_bus_for_their_heartbeats_and_leases_and_nothing_e
         await kv.unsubscribe()
 
     client.run(listen)
-    assert heard["member"] > 0 and heard["lease"] > 0, heard  # heartbeats and renewals go on
-    assert set(heard) == {"member", "lease"}, heard  # no consumer made, read or listed while idle
+    assert set(heard) == {"member"}, heard  # no lease renewed, no consumer made, read or listed while idle
+    assert heard["member"] <= 2 * 2 * (3 / TICK + 1), heard  # a heartbeat a tick each, not a round running hot
 
 
 def test_a_killed_owner_loses_nothing_and_applies_nothing_twice(
