@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
+from cartwheel.files import PRIVATE_UMASK
 from cartwheel.settings import DATABASES, SERVICES, get_settings
 
 RUNNABLE = (*SERVICES, "gateway")
@@ -44,6 +46,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    os.umask(PRIVATE_UMASK)  # what this process and its children write (var/, databases) is the owner's alone
     settings = get_settings()
     if args.command == "up":
         from cartwheel.supervisor import up

@@ -33,6 +33,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
+from cartwheel.files import create_private, private_dir
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Item = TypeVar("Item")
@@ -87,7 +89,8 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
     in_file = bool(parsed.database) and parsed.database != ":memory:"
     if in_file:
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        private_dir(Path(parsed.database).parent)
+        create_private(Path(parsed.database))  # emails and password hashes: the owner's alone
     # Room for every reader thread, the writer, a lane applying on the loop, lookups and pings at once:
     # an overflow connection is closed on return and the next one runs the pragmas again.
     sizes = {"pool_size": pool_size + 5, "max_overflow": pool_size} if in_file else {}

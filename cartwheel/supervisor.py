@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
+from cartwheel.files import private_dir, write_private
 from cartwheel.natsserver import (
     NatsServer,
     NatsServerError,
@@ -300,7 +301,7 @@ class System:
         started = time.monotonic()
         self._check_ports()
         try:
-            self.var_dir.mkdir(parents=True, exist_ok=True)
+            private_dir(self.var_dir, narrow=True)
             if self.nats is not None:
                 self._start_nats()
             if self.embedded_stripe:
@@ -509,7 +510,7 @@ class System:
         except Exception as exc:
             self.console.write("".join(traceback.format_exception(exc)).rstrip())
             raise StartupError(f"seeding the demo catalog failed: {exc}") from exc
-        marker.write_text(f"{created} products created by `cartwheel up`\n")
+        write_private(marker, f"{created} products created by `cartwheel up`\n".encode())
         self.console.say(f"demo catalog seeded ({created} products)")
 
     def _step(self, message: str) -> None:

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 from uuid import uuid4
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+MAX_PAGE_CURSOR = 600  # a service's cursor (the catalog's are at most 500) plus the gateway's signature
+PageCursor = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z0-9_.-]+$", max_length=MAX_PAGE_CURSOR),  # URL-safe: fits any request line
+    Field(description="`next_cursor` of the previous page, exactly as given (the gateway signs it)."),
+]
 
 
 def new_id() -> str:

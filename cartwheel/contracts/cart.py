@@ -14,7 +14,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
 
 from cartwheel import subjects
-from cartwheel.contracts.base import Message
+from cartwheel.contracts.base import Message, PageCursor
 
 CART_LANE = "cart"
 MAX_LINES = 100
@@ -204,7 +204,7 @@ class CartListQuery(BaseModel):
 
     status: CartStatus | None = None
     limit: int = Field(50, ge=1, le=200)
-    cursor: CartId | None = Field(None, description="`next_cursor` of the previous page.")
+    cursor: PageCursor | None = None
 
 
 class AddItemBody(BaseModel):

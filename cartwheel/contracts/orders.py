@@ -15,7 +15,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from cartwheel import subjects
-from cartwheel.contracts.base import Message
+from cartwheel.contracts.base import Message, PageCursor
 from cartwheel.contracts.cart import MAX_LINES, CartId, LineQuantity, ProductRef
 from cartwheel.contracts.payments import PaymentMethodId
 
@@ -74,7 +74,7 @@ class OrderListQuery(BaseModel):
 
     status: OrderStatus | None = None
     limit: int = Field(50, ge=1, le=200)
-    cursor: OrderId | None = Field(None, description="`next_cursor` of the previous page.")
+    cursor: PageCursor | None = None
 
 
 # -- requests to the orders service ---------------------------------------------------------

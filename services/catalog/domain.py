@@ -13,6 +13,7 @@ from cartwheel.contracts.catalog import ProductPatch
 from cartwheel.errors import Invalid
 
 MAX_TERMS = 16
+MAX_SQL_INTEGER = 2**63 - 1  # a cursor's numbers beyond SQL's BIGINT would overflow the query (a 500)
 _WORD = re.compile(r"[^\W_]+")  # letters and digits: what both full-text tokenizers keep as words
 
 
@@ -82,7 +83,7 @@ def _position(data: dict[str, Any]) -> Position | None:
 
 
 def _natural(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_SQL_INTEGER
 
 
 # The type of each sort's key (None: the seq alone orders the listing).

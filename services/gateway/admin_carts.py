@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cartwheel.contracts.cart import CartListQuery, CartPage, ListCarts
+from services.gateway import cursors
 from services.gateway.api import Routes
 from services.gateway.context import gateway
 
@@ -19,5 +20,7 @@ routes = Routes(tag="admin")
 )
 def list_carts(query: CartListQuery) -> CartPage:
     ctx = gateway()
-    message = ListCarts(tenant=ctx.settings.tenant, status=query.status, limit=query.limit, after=query.cursor)
-    return CartPage.model_validate(ctx.bus.request(message))
+    after = cursors.verified(query.cursor)
+    message = ListCarts(tenant=ctx.settings.tenant, status=query.status, limit=query.limit, after=after)
+    page = CartPage.model_validate(ctx.bus.request(message))
+    return page.model_copy(update={"next_cursor": cursors.signed(page.next_cursor)})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from flask import Flask
+from flask import Flask, Response
 
 from cartwheel.settings import Settings, get_settings
 from services.gateway import accounts, admin_carts, api, cart, inventory, ops, orders, products, sse, webhooks
@@ -30,6 +30,7 @@ def create_app(settings: Settings | None = None, bridge: Bus | None = None) -> F
     if _gevent_patched():
         app.before_request(_yield_to_other_greenlets)
     install_error_handlers(app)
+    app.after_request(_no_sniffing)
     everything = [ops.routes, products.routes, inventory.routes, cart.routes, sse.routes, admin_carts.routes]
     everything += [accounts.routes, orders.routes, orders.admin_routes, webhooks.routes]
     context.operations = api.register(app, everything)
@@ -41,6 +42,12 @@ def _start_bridge() -> None:
     bus = gateway().bus
     if not bus.started:
         bus.start()
+
+
+def _no_sniffing(response: Response) -> Response:
+    # Browsers take JSON and images as the type they are sent as, never as HTML they might guess.
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    return response
 
 
 def _gevent_patched() -> bool:

@@ -35,6 +35,12 @@ class ApiError(Exception):
         self.details = details
 
 
+def invalid_value(field: str, problem: str) -> ApiError:
+    """The 422 of one value a client sent, in the shape validation gives."""
+    fields = [{"field": field, "message": problem}]
+    return ApiError(422, "validation_failed", "some values are not acceptable", fields=fields)
+
+
 def error_response(
     status: int,
     code: str,

@@ -3,17 +3,20 @@
 Each image is stored under its product id and sha256 (content-addressed), and the catalog records
 that sha256 on the product. A reader serves the object the product names, so the bytes always
 match the ETag; bytes by name never change, so a worker may keep recent ones in memory.
+An upload is stored only when its bytes decode whole (Pillow) as the type their magic numbers declare.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import threading
 from collections import OrderedDict
 from typing import Protocol, cast, get_args
 
 from flask import Response, current_app, request
+from PIL import Image
 
 from cartwheel import subjects
 from cartwheel.contracts.catalog import ImageType, Product, SetProductImage
@@ -31,6 +34,8 @@ MAX_IMAGE_BYTES = 5 * 1024 * 1024
 VERSIONED_MAX_AGE = 86400  # the URL names the image's version: a change makes a new URL
 UNVERSIONED_MAX_AGE = 60  # the plain URL's image may change: revalidate soon (cheap, with If-None-Match)
 MEMORY_BYTES = 32 * 1024 * 1024  # recent images each worker keeps
+MAX_IMAGE_PIXELS = 25_000_000  # a decode holds every pixel in memory (~100 MB at 4 bytes a pixel)
+PILLOW_FORMAT: dict[ImageType, str] = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP"}
 
 
 class ObjectStore(Protocol):
@@ -58,9 +63,39 @@ def sniff(data: bytes) -> ImageType | None:
     return None
 
 
+def image_type(data: bytes) -> ImageType:
+    """The type of an image whose bytes decode whole as the type their magic numbers declare.
+
+    Magic numbers alone let HTML ride behind a PNG signature; a full decode does not.
+    A 415 when the bytes are no png, jpeg or webp (or are broken), a 413 beyond MAX_IMAGE_PIXELS.
+    """
+    declared = sniff(data)
+    if declared is None:
+        raise _not_an_image()
+    try:
+        with Image.open(io.BytesIO(data), formats=[PILLOW_FORMAT[declared]]) as image:
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise _too_many_pixels()
+            image.load()
+    except Image.DecompressionBombError:
+        raise _too_many_pixels() from None
+    except (OSError, SyntaxError, ValueError, EOFError):  # what Pillow raises for bytes it cannot decode
+        raise _not_an_image() from None
+    return declared
+
+
+def _not_an_image() -> ApiError:
+    return ApiError(415, "unsupported_media_type", "the body must be a png, jpeg or webp image")
+
+
+def _too_many_pixels() -> ApiError:
+    return ApiError(413, "payload_too_large", f"the image has more than {MAX_IMAGE_PIXELS:,} pixels")
+
+
 @routes.put(
     "/api/admin/products/{id}/image",
-    summary="Upload the product's image: the raw bytes of a png, jpeg or webp (at most 5 MB) as the body",
+    summary="Upload the product's image: the raw bytes of a png, jpeg or webp (at most 5 MB and 25 megapixels) "
+    "as the body; bytes that do not decode as that type are 415",
     response=ProductOut,
     errors=(404, 413, 415, 503),
     auth="admin",
@@ -70,9 +105,7 @@ def sniff(data: bytes) -> ImageType | None:
 def upload_image(id: str) -> ProductOut:
     product = find_product(id)
     data = _body(MAX_IMAGE_BYTES)
-    content_type = sniff(data)
-    if content_type is None:
-        raise ApiError(415, "unsupported_media_type", "the body must be a png, jpeg or webp image")
+    content_type = image_type(data)
     etag = hashlib.sha256(data).hexdigest()
     ctx = gateway()
     _objects().object_put(subjects.PRODUCT_IMAGES_BUCKET, subjects.product_image_object(product.id, etag), data)
@@ -101,14 +134,21 @@ def product_image(id: str) -> Response:
         if not product.image_etag or not product.image_type or (not product.active and not admin):
             raise NotFound("this product has no image")
         etag = product.image_etag
-        max_age = VERSIONED_MAX_AGE if request.args.get("v") == etag[:16] else UNVERSIONED_MAX_AGE
-        headers = {"ETag": f'"{etag}"', "Cache-Control": f"public, max-age={max_age}"}
+        headers = {"ETag": f'"{etag}"', "Cache-Control": _cache_control(product, etag)}
         if request.if_none_match.contains_weak(etag):  # If-None-Match compares weakly (RFC 9110)
             return Response(status=304, headers=headers)
         data = _image_bytes(product.id, etag)
         if data is not None:
             return Response(data, mimetype=product.image_type, headers=headers)
     raise NotFound("this product's image is gone")
+
+
+def _cache_control(product: Product, etag: str) -> str:
+    """Public for a product on sale; an inactive one's image (admins only) is kept by no shared cache."""
+    if not product.active:
+        return "private, no-cache"  # the admin's browser revalidates: each use is checked again
+    max_age = VERSIONED_MAX_AGE if request.args.get("v") == etag[:16] else UNVERSIONED_MAX_AGE
+    return f"public, max-age={max_age}"
 
 
 def _body(limit: int) -> bytes:

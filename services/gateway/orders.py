@@ -29,13 +29,14 @@ from cartwheel.contracts.orders import (
     PayOrder,
 )
 from cartwheel.errors import DomainError, NotFound
+from services.gateway import cursors
 from services.gateway.accounts import normalised_email
 from services.gateway.api import Header, Routes
 from services.gateway.auth import is_admin
 from services.gateway.cart import NO_STORE
 from services.gateway.context import gateway
 from services.gateway.cookies import is_valid, orders_cookie, orders_from_cookie
-from services.gateway.errors import ApiError
+from services.gateway.errors import ApiError, invalid_value
 from services.gateway.inventory import IDEMPOTENCY_HEADER
 from services.gateway.session import current_shopper, signed_in_user
 
@@ -117,8 +118,7 @@ def list_orders(query: OrderListQuery) -> tuple[OrderPage, dict[str, str]]:
     user = signed_in_user()
     if user is None:
         raise ApiError(401, "unauthorized", "sign in to see your orders")
-    message = ListOrders(tenant=gateway().settings.tenant, user_id=user.id, **query.model_dump())
-    return OrderPage.model_validate(gateway().bus.request(message)), NO_STORE
+    return _page(query, user_id=user.id), NO_STORE
 
 
 @routes.post(
@@ -145,8 +145,7 @@ def pay_order(order_id: str, body: PayBody) -> tuple[OrderView, dict[str, str]]:
     auth="admin",
 )
 def admin_list_orders(query: OrderListQuery) -> tuple[OrderPage, dict[str, str]]:
-    message = ListOrders(tenant=gateway().settings.tenant, **query.model_dump())
-    return OrderPage.model_validate(gateway().bus.request(message)), NO_STORE
+    return _page(query, user_id=None), NO_STORE
 
 
 @admin_routes.post(
@@ -185,6 +184,15 @@ def _buyers_order(order_id: str, *, admin: bool) -> OrderView:
     return order
 
 
+def _page(query: OrderListQuery, *, user_id: str | None) -> OrderPage:
+    """A page of orders (one user's, or everyone's for the admin); cursors in and out are signed."""
+    cursor = cursors.verified(query.cursor)
+    message = ListOrders(tenant=gateway().settings.tenant, user_id=user_id, status=query.status, limit=query.limit,
+                         cursor=cursor)
+    page = OrderPage.model_validate(gateway().bus.request(message))
+    return page.model_copy(update={"next_cursor": cursors.signed(page.next_cursor)})
+
+
 def _unknown() -> NotFound:
     return NotFound("no such order")  # the same for an order that exists but is someone else's
 
@@ -199,16 +207,11 @@ def _email(value: str | None) -> str | None:
     try:
         return normalised_email(value)
     except ValueError as error:
-        raise _refused("email", str(error)) from None
+        raise invalid_value("email", str(error)) from None
 
 
 def _idempotency_key() -> str | None:
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is not None and not is_valid(_IDEMPOTENCY_KEY, key):
-        raise _refused(IDEMPOTENCY_HEADER, "1 to 255 visible ASCII characters (no spaces)")
+        raise invalid_value(IDEMPOTENCY_HEADER, "1 to 255 visible ASCII characters (no spaces)")
     return key
-
-
-def _refused(field: str, problem: str) -> ApiError:
-    fields = [{"field": field, "message": problem}]
-    return ApiError(422, "validation_failed", "some values are not acceptable", fields=fields)

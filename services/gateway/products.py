@@ -19,7 +19,7 @@ from cartwheel.contracts.catalog import (
     UpdateProduct,
 )
 from cartwheel.errors import NotFound, ServiceUnavailable
-from services.gateway import stock
+from services.gateway import cursors, stock
 from services.gateway.api import Routes
 from services.gateway.auth import is_admin
 from services.gateway.context import gateway
@@ -46,12 +46,13 @@ def list_products(query: ProductListQuery) -> ProductList:
     if query.include_inactive and not admin:
         raise ApiError(401, "unauthorized", "include_inactive needs the admin token")
     ctx = gateway()
-    message = ListProducts(tenant=ctx.settings.tenant, **query.model_dump())
+    cursor = cursors.verified(query.cursor)
+    message = ListProducts(tenant=ctx.settings.tenant, **query.model_dump(exclude={"cursor"}), cursor=cursor)
     page = ProductPage.model_validate(ctx.bus.request(message))
     products = [p for p in page.items if p.active or query.include_inactive]
     available = stock.available_of([p.id for p in products])  # one request per page
     items = [ProductOut.from_product(p, available.get(p.id)) for p in products]
-    return ProductList(items=items, next_cursor=page.next_cursor)
+    return ProductList(items=items, next_cursor=cursors.signed(page.next_cursor))
 
 
 @routes.get(

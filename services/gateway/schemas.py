@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cartwheel.contracts.base import PageCursor
 from cartwheel.contracts.catalog import Category, Product, Sort
 
 
@@ -76,7 +77,7 @@ class ProductListQuery(BaseModel):
         "price_desc or name. A cursor continues in the sort it was made in.",
     )
     limit: int = Field(20, ge=1, le=100)
-    cursor: str | None = Field(None, max_length=500, description="`next_cursor` of the previous page.")
+    cursor: PageCursor | None = None
     include_inactive: bool = Field(False, description="Admins only: list inactive products too.")
 
 

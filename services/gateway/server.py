@@ -17,6 +17,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger as GunicornLogger
 
+from cartwheel.files import private_dir
 from cartwheel.heap import freeze_startup_heap
 from cartwheel.observability import configure_logging
 from cartwheel.settings import Settings
@@ -58,7 +59,7 @@ def prepare_metrics_dir(settings: Settings) -> Path:
     if path.exists():
         for stale in path.glob("*.db"):
             stale.unlink()
-    path.mkdir(parents=True, exist_ok=True)
+    private_dir(path)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path.resolve())
     if "prometheus_client" in sys.modules:  # imported before the variable was set: choose the value class again
         from prometheus_client import values

@@ -14,7 +14,7 @@ from flask import Request
 from pydantic import BaseModel, ValidationError
 
 from cartwheel.errors import NotFound
-from services.gateway.errors import ApiError
+from services.gateway.errors import ApiError, invalid_value
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -60,8 +60,7 @@ def check_path(values: dict[str, str]) -> None:
 
 def validate(model: type[M], data: dict[str, Any], *, source: str) -> M:
     if (where := _nul_at(data)) is not None:
-        fields = [{"field": where, "message": "must not contain a NUL character"}]
-        raise ApiError(422, "validation_failed", "some values are not acceptable", fields=fields)
+        raise invalid_value(where, "must not contain a NUL character")
     try:
         return model.model_validate(data)
     except ValidationError as error:

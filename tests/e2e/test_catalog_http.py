@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import subprocess
 import sys
 import time
@@ -13,7 +15,7 @@ import requests
 
 from cartwheel.natsserver import free_port
 from cartwheel.supervisor import System, child_env
-from tests.helpers import random_sku
+from tests.helpers import image, random_sku
 
 TIMEOUT = 10
 
@@ -175,10 +177,7 @@ def test_operations_endpoints(system: System) -> None:
 
 # -- images, search and browsing --------------------------------------------------------------
 
-PNG = bytes.fromhex(
-    "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c489"
-    "0000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
-)
+PNG = image("PNG")
 
 
 def test_an_uploaded_image_is_served_with_its_etag(system: System) -> None:
@@ -196,11 +195,35 @@ def test_an_uploaded_image_is_served_with_its_etag(system: System) -> None:
     served = requests.get(system.base_url + image_url, timeout=TIMEOUT)
     assert served.status_code == 200 and served.content == PNG
     assert served.headers["Content-Type"] == "image/png" and served.headers["Cache-Control"].startswith("public")
+    assert served.headers["X-Content-Type-Options"] == "nosniff"
     again = requests.get(system.base_url + image_url, headers={"If-None-Match": served.headers["ETag"]},
                          timeout=TIMEOUT)
     assert again.status_code == 304
     missing = requests.get(f"{system.base_url}/api/products/{create(system)['id']}/image", timeout=TIMEOUT)
     assert missing.status_code == 404
+
+
+def test_html_behind_image_magic_is_refused_and_a_hidden_products_image_is_private(system: System) -> None:
+    # Stored and served as image/png, without nosniff, before; an inactive product's image was `public`.
+    made = create(system, active=False)
+    url = f"{system.base_url}/api/admin/products/{made['id']}/image"
+    html = PNG[:8] + b"<html><script>alert(document.cookie)</script></html>"
+    refused = requests.put(url, data=html, headers=admin(system), timeout=TIMEOUT)
+    assert refused.status_code == 415 and refused.headers["X-Content-Type-Options"] == "nosniff"
+    image_url = requests.put(url, data=PNG, headers=admin(system), timeout=TIMEOUT).json()["image_url"]
+    assert requests.get(system.base_url + image_url, timeout=TIMEOUT).status_code == 404
+    served = requests.get(system.base_url + image_url, headers=admin(system), timeout=TIMEOUT)
+    assert served.status_code == 200 and served.headers["Cache-Control"] == "private, no-cache"
+
+
+def test_a_forged_cursor_is_422_and_the_storefront_shows_the_first_page(system: System) -> None:
+    # The probe's cursor: a 500 (OverflowError in SQLite) and a 503 storefront page before.
+    forged = base64.urlsafe_b64encode(json.dumps({"after": 2**63}).encode()).decode()
+    listed = requests.get(f"{system.base_url}/api/products", params={"cursor": forged}, timeout=TIMEOUT)
+    assert listed.status_code == 422, listed.text
+    assert [f["field"] for f in listed.json()["error"]["fields"]] == ["cursor"]
+    page = requests.get(f"{system.base_url}/", params={"cursor": forged}, timeout=TIMEOUT)
+    assert page.status_code == 200 and "That page link no longer works" in page.text
 
 
 def test_search_filter_sort_and_pages_over_http(system: System) -> None:

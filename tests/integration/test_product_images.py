@@ -13,16 +13,13 @@ from cartwheel import bus, subjects
 from cartwheel.settings import Settings
 from services.gateway.app import create_app
 from services.gateway.bridge import NatsBridge
-from tests.helpers import random_sku
+from tests.helpers import image, random_sku
 
 TOKEN = "t" * 24
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
-# A real 1x1 png, and a larger jpeg-headed body that spans many object store chunks (128 kB each).
-PNG = bytes.fromhex(
-    "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c489"
-    "0000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
-)
-JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4096
+# A small png, and a jpeg of noise that spans several object store chunks (128 kB each).
+PNG = image("PNG")
+JPEG = image("JPEG", 640, 640, noise=True)
 
 
 @pytest.fixture

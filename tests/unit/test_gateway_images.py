@@ -16,11 +16,10 @@ from cartwheel.settings import Settings
 from services.gateway.app import create_app
 from services.gateway.images import MAX_IMAGE_BYTES, sniff
 from services.gateway.testing import FakeBus
+from tests.helpers import image
 from tests.unit.test_gateway_products import ADMIN, TOKEN, Catalog
 
-PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
-JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 64
-WEBP = b"RIFF\x24\x00\x00\x00WEBPVP8 " + b"\x00" * 64
+PNG, JPEG, WEBP = image("PNG"), image("JPEG"), image("WEBP")
 
 
 class ImageCatalog(Catalog):
@@ -139,6 +138,64 @@ def test_anything_but_png_jpeg_webp_is_415(client: FlaskClient, bus: FakeBus, ca
     resp = upload(client, product.id, data, **{"Content-Type": "image/png"})
     assert resp.status_code == 415 and resp.get_json()["error"]["code"] == "unsupported_media_type"
     assert bus.objects == {}
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        PNG[:8] + b"<html><script>alert(document.cookie)</script></html>",  # the probe's upload
+        JPEG[:4] + b"<html></html>" * 10,
+        WEBP[:16] + b"\x00" * 64,
+        PNG[: len(PNG) // 2],  # cut short
+        image("PNG", 4, 4).replace(b"IDAT", b"IDAx"),  # a broken chunk
+    ],
+    ids=["html-behind-png-magic", "html-behind-jpeg-magic", "webp-header-alone", "png-cut-short", "png-broken-chunk"],
+)
+def test_bytes_that_only_start_like_an_image_are_415_and_not_stored(
+    client: FlaskClient, bus: FakeBus, catalog: Catalog, data: bytes
+) -> None:
+    product = catalog.add()
+    resp = upload(client, product.id, data, **{"Content-Type": "image/png"})
+    assert resp.status_code == 415 and resp.get_json()["error"]["code"] == "unsupported_media_type"
+    assert bus.objects == {} and not [m for m in bus.sent if isinstance(m, SetProductImage)]
+
+
+def test_an_image_of_too_many_pixels_is_413_and_not_stored(
+    client: FlaskClient, bus: FakeBus, catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("services.gateway.images.MAX_IMAGE_PIXELS", 100)  # a real bomb would take seconds to make
+    product = catalog.add()
+    assert upload(client, product.id, image("PNG", 10, 10)).status_code == 200
+    resp = upload(client, product.id, image("PNG", 10, 11))
+    assert resp.status_code == 413 and resp.get_json()["error"]["code"] == "payload_too_large"
+    assert len(bus.objects) == 1
+
+
+def test_every_json_and_image_response_says_nosniff(client: FlaskClient, catalog: Catalog) -> None:
+    product = catalog.add()
+    url = upload(client, product.id, PNG).get_json()["image_url"]
+    image_response = client.get(url)
+    responses = [
+        image_response,
+        client.get(url, headers={"If-None-Match": image_response.headers["ETag"]}),  # 304
+        client.get(f"/api/products/{product.id}"),
+        client.get("/api/products/nope/image"),  # an error
+        client.post("/api/admin/products", data="{", headers={**ADMIN, "Content-Type": "application/json"}),
+        client.get("/openapi.json"),
+        client.get("/healthz"),
+    ]
+    assert [r.status_code for r in responses] == [200, 304, 200, 404, 400, 200, 200]
+    assert {r.headers.get("X-Content-Type-Options") for r in responses} == {"nosniff"}
+
+
+def test_an_inactive_products_image_is_kept_by_no_shared_cache(client: FlaskClient, catalog: Catalog) -> None:
+    product = catalog.add(active=False)
+    url = upload(client, product.id, PNG).get_json()["image_url"]
+    for path in (url, f"/api/products/{product.id}/image"):
+        served = client.get(path, headers=ADMIN)
+        assert served.status_code == 200 and served.headers["Cache-Control"] == "private, no-cache"
+        again = client.get(path, headers={**ADMIN, "If-None-Match": served.headers["ETag"]})
+        assert again.status_code == 304 and again.headers["Cache-Control"] == "private, no-cache"
 
 
 def test_unknown_products_are_404(client: FlaskClient, bus: FakeBus, catalog: Catalog) -> None:

@@ -17,6 +17,7 @@ from cartwheel.contracts.cart import AddToCart, GetCart
 from cartwheel.contracts.orders import CancelOrder, Checkout, GetOrder, ListOrders, PayOrder
 from cartwheel.errors import DomainError, ServiceUnavailable
 from cartwheel.settings import Settings
+from services.gateway import cursors
 from services.gateway.app import create_app
 from services.gateway.cookies import CART_SALT, ORDERS_COOKIE, ORDERS_COOKIE_MAX_AGE, ORDERS_KEPT, ORDERS_SALT
 from services.gateway.models import UserRow
@@ -375,6 +376,15 @@ def test_the_order_list_is_the_signed_in_shoppers(make_client: Any, bus: FakeBus
     assert message.user_id is not None and message.tenant == "shop-1"
 
 
+def test_a_shopper_cannot_page_after_an_order_id_of_their_choosing(make_client: Any, bus: FakeBus) -> None:
+    someone_elses = buy_now(make_client()).get_json()["order_id"]
+    shopper = signed_in(make_client)
+    response = shopper.get("/api/orders", query_string={"cursor": someone_elses})  # "does this order exist?"
+    assert response.status_code == 422
+    assert [f["field"] for f in response.get_json()["error"]["fields"]] == ["cursor"]
+    assert sent(bus, ListOrders) == []
+
+
 def test_the_order_list_needs_sign_in_and_a_good_query(make_client: Any, bus: FakeBus) -> None:
     anonymous = make_client()
     buy_now(anonymous)
@@ -444,7 +454,10 @@ def test_paying_a_closed_order_is_409(client: FlaskClient, bus: FakeBus) -> None
 def test_admins_list_every_order(client: FlaskClient, bus: FakeBus) -> None:
     buy_now(client)
     cursor = uuid.uuid4().hex
-    response = client.get(f"/api/admin/orders?status=paid&limit=10&cursor={cursor}", headers=ADMIN)
+    with client.application.app_context():
+        handed_out = cursors.signed(cursor)  # as a previous page gave it
+    query = {"status": "paid", "limit": 10, "cursor": handed_out}
+    response = client.get("/api/admin/orders", query_string=query, headers=ADMIN)
     assert response.status_code == 200 and len(response.get_json()["items"]) == 1
     (message,) = sent(bus, ListOrders)
     assert (message.user_id, message.status, message.limit, message.cursor) == (None, "paid", 10, cursor)

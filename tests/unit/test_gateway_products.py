@@ -14,6 +14,7 @@ from cartwheel.contracts.catalog import CreateProduct, GetProduct, ListProducts,
 from cartwheel.contracts.inventory import GetStock, GetStocks
 from cartwheel.errors import DomainError, NotFound, ServiceUnavailable
 from cartwheel.settings import Settings
+from services.gateway import cursors
 from services.gateway.app import create_app
 from services.gateway.testing import FakeBus
 from tests.helpers import random_sku, random_tenant
@@ -214,7 +215,10 @@ def test_the_list_passes_the_query_and_hides_inactive_products(
 ) -> None:
     active = catalog.add()
     catalog.add(active=False)
-    body = client.get("/api/products?q=mug&limit=5&cursor=abc&category=mugs&sort=price_desc").get_json()
+    with client.application.app_context():
+        cursor = cursors.signed("abc")  # as a previous page gave it
+    query = {"q": "mug", "limit": 5, "cursor": cursor, "category": "mugs", "sort": "price_desc"}
+    body = client.get("/api/products", query_string=query).get_json()
     assert [item["id"] for item in body["items"]] == [active.id]
     assert set(body["items"][0]) == API_FIELDS
     (message,) = sent(bus, ListProducts)
@@ -235,11 +239,13 @@ def test_empty_query_values_are_not_given(client: FlaskClient, bus: FakeBus) -> 
     assert (message.q, message.limit, message.cursor) == (None, 20, None)
 
 
-def test_the_list_pages(client: FlaskClient, catalog: Catalog) -> None:
+def test_the_list_pages(client: FlaskClient, bus: FakeBus, catalog: Catalog) -> None:
     for _ in range(3):
         catalog.add()
     body = client.get("/api/products?limit=2").get_json()
-    assert len(body["items"]) == 2 and body["next_cursor"] == "c2"
+    assert len(body["items"]) == 2 and body["next_cursor"].startswith("c2.")  # the catalog's, signed
+    assert client.get("/api/products", query_string={"cursor": body["next_cursor"]}).status_code == 200
+    assert sent(bus, ListProducts)[-1].cursor == "c2"
 
 
 def test_include_inactive_is_for_admins(client: FlaskClient, bus: FakeBus, catalog: Catalog) -> None:

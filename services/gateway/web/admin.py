@@ -9,6 +9,7 @@ from typing import Any
 from flask import Blueprint, redirect, render_template, request
 from werkzeug.wrappers import Response as BaseResponse
 
+from cartwheel.contracts.base import MAX_PAGE_CURSOR
 from services.gateway import ratelimit
 from services.gateway.errors import ApiError
 from services.gateway.web import admin_session
@@ -65,7 +66,7 @@ def logout() -> BaseResponse:
 @pages.get("/products")
 @admin_only
 def products() -> str:
-    q, cursor = request.args.get("q", "").strip()[:200], request.args.get("cursor", "")[:500]
+    q, cursor = request.args.get("q", "").strip()[:200], request.args.get("cursor", "")[:MAX_PAGE_CURSOR]
     query = {"q": q, "cursor": cursor, "include_inactive": "true", "limit": 50}
     listing = call("GET", "/api/products", query=query, admin=True).or_raise()
     return render_template("admin/products.html", listing=listing, q=q)

@@ -7,6 +7,7 @@ from typing import get_args
 from flask import Blueprint, redirect, render_template, request
 from werkzeug.wrappers import Response as BaseResponse
 
+from cartwheel.contracts.base import MAX_PAGE_CURSOR
 from cartwheel.contracts.orders import OrderStatus
 from services.gateway.web.admin_session import admin_only
 from services.gateway.web.internal import call
@@ -23,7 +24,7 @@ ENDED = frozenset({"cancelled", "expired", "refunded", "disputed", "dispute_lost
 def orders() -> str:
     status = request.args.get("status", "")
     status = status if status in STATUSES else ""
-    query = {"status": status, "cursor": request.args.get("cursor", "")[:64], "limit": 50}
+    query = {"status": status, "cursor": request.args.get("cursor", "")[:MAX_PAGE_CURSOR], "limit": 50}
     listing = call("GET", "/api/admin/orders", query=query, admin=True).or_raise()
     return render_template("admin/orders.html", listing=listing, status=status, statuses=STATUSES)
 
@@ -52,6 +53,6 @@ def cancel(order_id: str) -> BaseResponse | tuple[str, int]:
 @pages.get("/carts")
 @admin_only
 def carts() -> str:
-    query = {"status": "abandoned", "cursor": request.args.get("cursor", "")[:64], "limit": 50}
+    query = {"status": "abandoned", "cursor": request.args.get("cursor", "")[:MAX_PAGE_CURSOR], "limit": 50}
     listing = call("GET", "/api/admin/carts", query=query, admin=True).or_raise()
     return render_template("admin/carts.html", listing=listing)

@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Blueprint, render_template, request
 
+from cartwheel.contracts.base import MAX_PAGE_CURSOR
 from services.gateway.web.internal import Answer, call
 
 pages = Blueprint("shop", __name__)
@@ -26,7 +27,8 @@ PAGE_SIZE = 24
 
 @pages.get("/")
 def products() -> str:
-    search = {name: request.args.get(name, "").strip()[:200] for name in ("q", "category", "sort", "cursor")}
+    search = {name: request.args.get(name, "").strip()[:200] for name in ("q", "category", "sort")}
+    search["cursor"] = request.args.get("cursor", "").strip()[:MAX_PAGE_CURSOR]
     answer, note = _search(search)
     listing = answer.or_raise()
     return render_template("shop/products.html", listing=listing, search=search, sorts=SORTS, note=note,
@@ -56,8 +58,15 @@ def order(order_id: str) -> str:
 
 
 def _search(search: dict[str, str]) -> tuple[Answer, str | None]:
-    """Products for the search; filters the API refuses (an older catalog) are dropped with a note."""
+    """Products for the search; filters the API refuses (an older catalog) are dropped with a note.
+
+    A "more products" link whose cursor the shop no longer accepts (edited, or from before a secret
+    rotation) shows the first page of the same search: the shopper asked for products, not an error.
+    """
     answer = call("GET", "/api/products", query={**search, "limit": PAGE_SIZE})
+    if answer.status == 422 and "cursor" in answer.field_errors():
+        first = call("GET", "/api/products", query={**search, "cursor": "", "limit": PAGE_SIZE})
+        return first, "That page link no longer works; here is the first page."
     if answer.status in (400, 422) and (search["category"] or search["sort"]):
         kept = {**search, "category": "", "sort": ""}
         note = "Filtering and sorting are not available here yet; showing every match."
