@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from pathlib import Path
 from typing import Any
 
@@ -136,8 +137,7 @@ def test_list_pages_are_stable_under_inserts_and_hide_inactive(catalog, client) 
 
 def test_text_query_matches_name_description_sku_and_treats_wildcards_literally(catalog, client) -> None:
     async def scenario(nc: nats.NATS) -> None:
-        # Letters only: PostgreSQL's parser reads a hex run like "7e528b11e59b" as a number and "sku-2024"
-        # as "sku" and "-2024", which a search for it then misses (~6 % of random tags; a known defect).
+        # Letters only: a tag with digits is the next test's case.
         tag = "sku-" + random_sku().removeprefix("sku-").translate(str.maketrans("0123456789", "ghijklmnop"))
         by_name = await create(nc, name=f"Kettle {tag}")
         by_desc = await create(nc, description=f"pairs with {tag.upper()}")
@@ -437,5 +437,23 @@ def test_the_demo_seed_gives_categories_to_demo_products_made_before_categories(
         assert await seed_demo_async(settings) == 0
         assert (await request(nc, GetProduct(id_or_sku=old["id"]), TIMEOUT))["version"] == 2
         assert len(await listing(nc, category="stationery")) == 3
+
+    client.run(scenario)
+
+
+def test_a_sku_is_found_as_typed_where_postgresql_reads_numbers_in_it(catalog, client) -> None:
+    """PostgreSQL's parser read "KX…-123456789" as "kx…" and "-123456789", and a hex run "7e5123456b…" as a
+    number and a word, while the search looks for the words between the punctuation: a search for such a
+    SKU as typed found nothing (about 6 % of random hex SKUs). SQLite always found them."""
+    letters = random_sku().removeprefix("sku-").translate(str.maketrans("0123456789", "ghijklmnop"))
+    digits = "".join(random.choices("0123456789", k=9))
+    skus = [f"KX{letters}-{digits}", f"kx{letters}-7e5{digits}b{letters[:3]}"]
+
+    async def scenario(nc: nats.NATS) -> None:
+        for sku in skus:
+            made = await create(nc, sku=sku)
+            for typed in (sku, sku.lower(), sku[: len(sku) - 2]):  # whole, in lower case, and its start
+                found = await request(nc, ListProducts(q=typed, limit=10), TIMEOUT)
+                assert made["id"] in [p["id"] for p in found["items"]], (typed, found["items"])
 
     client.run(scenario)
