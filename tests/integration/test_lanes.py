@@ -244,6 +244,7 @@ def test_idle_replicas_send_their_heartbeats_and_nothing_else(replicas: Replicas
     nats-server's included."""
     replicas.start(2)
     replicas.wait_for(lambda o: sorted(Counter(o.values()).values()) == [4, 4], "dealt 4/4: no hand-over under way")
+    time.sleep(1)  # a lease is taken before its partition's consumer is made: let the last ones start
     heard: Counter[str] = Counter()
 
     async def listen(nc: nats.NATS) -> None:
@@ -257,7 +258,10 @@ def test_idle_replicas_send_their_heartbeats_and_nothing_else(replicas: Replicas
         await kv.unsubscribe()
 
     client.run(listen)
-    assert set(heard) == {"member"}, heard  # no lease renewed, no consumer made, read or listed while idle
+    # No lease renewed, no bucket listed (before: a consumer made and read every round, ~50 in these 3 s); at
+    # most a partition's consumer made anew by nats-py (an ordered consumer that missed a heartbeat on a busy
+    # machine resets itself).
+    assert set(heard) <= {"member", "CONSUMER"} and heard["CONSUMER"] <= 2, heard
     assert heard["member"] <= 2 * 2 * (3 / TICK + 1), heard  # a heartbeat a tick each, not a round running hot
 
 
