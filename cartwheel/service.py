@@ -20,7 +20,7 @@ from faststream import FastStream
 from faststream.exceptions import NackMessage, RejectMessage
 from faststream.nats import JStream, NatsMessage
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ValidationError
 
@@ -138,7 +138,7 @@ class Service:
             self.broker.subscriber(
                 subject,
                 queue=durable,  # nats-py makes the queue name the durable consumer's name and deliver group
-                deliver_policy=DeliverPolicy.ALL,
+                config=event_consumer(durable),
                 stream=JStream(subjects.EVENTS_STREAM, declare=False),  # declared by declare_topology
             )(endpoint)
             return fn
@@ -188,6 +188,13 @@ class Service:
     async def _close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.db.close)
         self.log.info("%s stopped", self.name)
+
+
+def event_consumer(durable: str) -> ConsumerConfig:
+    """The EVENTS consumer every replica of a service asks for: the same config from each (its deliver subject
+    too), so replicas starting together get one consumer instead of racing to create it."""
+    return ConsumerConfig(filter_subjects=[], deliver_policy=DeliverPolicy.ALL,
+                          deliver_subject=subjects.event_delivery(durable))
 
 
 def main(name: str) -> int:

@@ -28,7 +28,7 @@ from cartwheel.db import BatchMiscounted, Database, PlatformBase, migrate
 from cartwheel.errors import ServiceUnavailable
 from cartwheel.lanes.models import LanesBase
 from cartwheel.outbox import OutboxEvent, OutboxRelay, ProcessedEvent, first_delivery, record_event
-from cartwheel.service import Service
+from cartwheel.service import Service, event_consumer
 from cartwheel.settings import SERVICES
 from services.catalog.models import Base as CatalogBase
 from services.catalog.models import described_by_models
@@ -320,6 +320,32 @@ def test_an_event_that_does_not_parse_is_dropped_not_retried(nats_url: str, tmp_
         assert client.run(pending) == (0, 0)  # the bad one was terminated at once, not left to come back
     finally:
         runner.stop()
+
+
+def test_replicas_starting_together_share_one_event_consumer(nats_url: str, tmp_path: Path) -> None:
+    """Every replica asked for the EVENTS consumer with a deliver inbox of its own: started together (an
+    orchestrator does), all but the first could fail with "consumer name already in use" and exit (seen once
+    with 3 inventory replicas; this test does not make that race happen at will). Now they all ask for the same
+    config, deliver subject included, which the server answers idempotently: checked here."""
+    durable = f"together_{random_sku()}"
+
+    async def subscribe_together() -> list[str]:
+        clients = [await nats.connect(nats_url) for _ in range(4)]
+        await declare_topology(clients[0].jetstream(), settings_for(nats_url, tmp_path))
+        try:
+            subscriptions = await asyncio.gather(*(
+                nc.jetstream().subscribe(subjects.CATALOG_PRODUCT_CREATED, queue=durable, stream=subjects.EVENTS_STREAM,
+                                         config=event_consumer(durable), cb=lambda msg: msg.ack())
+                for nc in clients
+            ))
+            return [(await sub.consumer_info()).config.deliver_subject for sub in subscriptions]
+        finally:
+            for nc in clients:
+                await nc.close()
+            async with await nats.connect(nats_url) as nc:
+                await nc.jetstream().delete_consumer(subjects.EVENTS_STREAM, durable)
+
+    assert set(asyncio.run(subscribe_together())) == {subjects.event_delivery(durable)}
 
 
 # A process that opens a new SQLite file at an agreed instant, then takes the write lock once.
