@@ -44,7 +44,7 @@ from _load import CpuMeter, percentile
 from _wrk import run_wrk
 from itsdangerous import URLSafeSerializer
 
-from cartwheel import bus
+from cartwheel import bus, natsauth
 from cartwheel.contracts.cart import CART_LANE, AddItem, AddToCart, GetCart, ProductSnapshot
 from cartwheel.contracts.catalog import GetProduct
 from cartwheel.contracts.inventory import GetStock
@@ -257,7 +257,7 @@ async def run_async(scenario: str, cart_ids: list[str], products: list[dict[str,
     carts, count = len(cart_ids), len(products)
     snapshots = [ProductSnapshot(product_id=p["id"], sku=p["sku"], name=p["name"], unit_price_cents=p["price_cents"],
                                  currency=p["currency"], active=p.get("active", True)) for p in products]
-    nc = await nats.connect(shop.nats_url)
+    nc = await nats.connect(shop.nats_url, **natsauth.connect_options(shop.settings, natsauth.ADMIN))
     lane = await LaneClient(nc, CART_LANE).start()
     try:
         async def service_add(i: int) -> bool:

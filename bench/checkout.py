@@ -39,7 +39,7 @@ import requests
 from _load import CpuMeter, percentile
 from cart import make_products, roles
 
-from cartwheel import subjects
+from cartwheel import natsauth, subjects
 from cartwheel.bus import encode, request
 from cartwheel.contracts.orders import Checkout, CheckoutItem
 from cartwheel.natsserver import free_port
@@ -127,7 +127,7 @@ def settle(shop: System, orders: list[str], products: list[dict[str, Any]]) -> d
 
 async def saga_checkout(shop: System, products: list[dict[str, Any]], concurrency: int,
                         duration: float) -> dict[str, Any]:
-    nc = await nats.connect(shop.nats_url)
+    nc = await nats.connect(shop.nats_url, **natsauth.connect_options(shop.settings, natsauth.ADMIN))
 
     async def instant_payments(msg: Any) -> None:
         body = json.loads(msg.data)

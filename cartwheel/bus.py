@@ -16,7 +16,7 @@ from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType, StreamConfig
 from prometheus_client import CollectorRegistry
 
-from cartwheel import subjects
+from cartwheel import natsauth, subjects
 from cartwheel.contracts.base import Message, Reply
 from cartwheel.errors import DomainError, ServiceUnavailable
 from cartwheel.settings import Settings
@@ -37,6 +37,7 @@ def make_broker(settings: Settings, service: str, registry: CollectorRegistry | 
         logger=logging.getLogger(f"cartwheel.{service}.bus"),
         log_level=logging.DEBUG,  # one line per message is too loud at INFO under load
         graceful_timeout=5.0,  # finish in-flight handlers on stop, within the 10 s a Ctrl-C allows
+        **natsauth.connect_options(settings, service),
     )
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import nats
 
-from cartwheel import subjects
+from cartwheel import natsauth, subjects
 from cartwheel.settings import Settings
 
 
@@ -50,7 +50,8 @@ async def _check(settings: Settings, names: list[str]) -> dict[str, bool]:
     backend = [n for n in names if n != "gateway"]
     if backend:
         try:
-            nc = await nats.connect(settings.nats_servers, connect_timeout=2, max_reconnect_attempts=0)
+            nc = await nats.connect(settings.nats_servers, connect_timeout=2, max_reconnect_attempts=0,
+                                     **natsauth.connect_options(settings, natsauth.ADMIN))
         except Exception:
             return {name: False for name in names}
         try:

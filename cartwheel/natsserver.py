@@ -8,6 +8,7 @@ so a SIGKILLed supervisor leaves nothing behind.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ctypes
 import functools
@@ -22,6 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import IO
+
+import nkeys
 
 from cartwheel.files import PRIVATE_UMASK, private_dir, write_private
 
@@ -141,19 +144,30 @@ def terminate(process: subprocess.Popen[bytes], grace: float = 5.0) -> int:
     return code
 
 
-def jetstream_answers(host: str, port: int, timeout: float = 1.0) -> bool:
+def _connect_line(info: bytes, seed: str | None) -> bytes:
+    """The CONNECT of a client that signs the server's nonce with ``seed`` (none: anonymous)."""
+    options: dict[str, object] = {"verbose": False, "pedantic": False}
+    if seed is not None:
+        pair = nkeys.from_seed(bytearray(seed.encode()))
+        nonce = json.loads(info[len(b"INFO "):]).get("nonce", "")
+        options |= {"nkey": pair.public_key.decode(), "sig": base64.b64encode(pair.sign(nonce.encode())).decode()}
+    return b"CONNECT " + json.dumps(options).encode() + b"\r\n"
+
+
+def jetstream_answers(host: str, port: int, timeout: float = 1.0, seed: str | None = None) -> bool:
     """True when the server at ``host:port`` answers a JetStream ``$JS.API.INFO`` request.
 
     Speaks the NATS text protocol over a plain socket, so it works from any thread and needs no
-    event loop.
+    event loop; signs in with the NKey ``seed`` when the server wants one.
     """
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
             reader = sock.makefile("rb")
-            if not reader.readline().startswith(b"INFO "):
+            info = reader.readline()
+            if not info.startswith(b"INFO "):
                 return False
             sock.sendall(
-                b'CONNECT {"verbose":false,"pedantic":false}\r\n'
+                _connect_line(info, seed) +
                 b"SUB _cartwheel.ready 1\r\n"
                 b"PUB $JS.API.INFO _cartwheel.ready 0\r\n\r\n"
             )
@@ -180,6 +194,9 @@ def version() -> str:
 class NatsServer:
     """One nats-server with JetStream, listening on ``host:port``, its files under ``data_dir``.
 
+    ``authorization`` is a config block (:func:`cartwheel.natsauth.authorization`) and ``probe_seed``
+    the seed that the readiness probe signs in with; without them anybody may connect.
+
     ``with NatsServer(path, port) as server:`` starts it and waits until JetStream answers.
     """
 
@@ -191,12 +208,16 @@ class NatsServer:
         *,
         max_memory_store: str = "512MB",
         max_file_store: str = "8GB",
+        authorization: str = "",
+        probe_seed: str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.port = port
         self.host = host
         self.max_memory_store = max_memory_store
         self.max_file_store = max_file_store
+        self.authorization = authorization
+        self.probe_seed = probe_seed
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -217,6 +238,7 @@ class NatsServer:
             f"  max_memory_store: {self.max_memory_store}\n"
             f"  max_file_store: {self.max_file_store}\n"
             "}\n"
+            f"{self.authorization}"
         )
         write_private(self.config_path, config.encode())
         return self.config_path
@@ -234,7 +256,7 @@ class NatsServer:
     def wait_ready(self, timeout: float = 15.0) -> None:
         if self.process is None:
             raise NatsServerError("nats-server was not started")
-        wait_until_answering(self.process, lambda: jetstream_answers(self.host, self.port, timeout=1.0),
+        wait_until_answering(self.process, lambda: jetstream_answers(self.host, self.port, 1.0, self.probe_seed),
                              f"nats-server on {self.url}", timeout, NatsServerError)
 
     def stop(self, grace: float = 5.0) -> int | None:

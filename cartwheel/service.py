@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import nats.js.errors
 from faststream import FastStream
 from faststream.exceptions import NackMessage, RejectMessage
 from faststream.nats import JStream, NatsMessage
@@ -24,7 +25,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ValidationError
 
-from cartwheel import subjects
+from cartwheel import natsauth, subjects
 from cartwheel.bus import declare_topology, make_broker
 from cartwheel.contracts.base import Message
 from cartwheel.db import Database, migrate
@@ -59,6 +60,7 @@ class Service:
         self._on_start: list[Callable[[], Awaitable[None]]] = []
         self._on_stop: list[Callable[[], Awaitable[None]]] = []
         self.relay: OutboxRelay | None = None
+        self._durables: list[str] = []
         self.app = FastStream(
             self.broker,
             logger=self.log,
@@ -135,10 +137,11 @@ class Service:
                     message_id.reset(token)
 
             endpoint.__name__ = fn.__name__
+            self._durables.append(durable)
             self.broker.subscriber(
                 subject,
                 queue=durable,  # nats-py makes the queue name the durable consumer's name and deliver group
-                config=event_consumer(durable),
+                config=event_consumer(self.name, durable),
                 stream=JStream(subjects.EVENTS_STREAM, declare=False),  # declared by declare_topology
             )(endpoint)
             return fn
@@ -160,10 +163,25 @@ class Service:
         await asyncio.get_running_loop().run_in_executor(None, migrate, self.name, self.db.url)
         await self.broker.connect()
         await declare_topology(self.js, self.settings)
+        await self._move_event_consumers()
         self.relay = OutboxRelay(self.db, self.js)
         for hook in self._on_start:
             await hook()
         self.log.info("migrated and connected in %.2f s", time.monotonic() - started)
+
+    async def _move_event_consumers(self) -> None:
+        """Bring a durable made by an older version to the deliver subject this one subscribes to (the server
+        keeps a consumer's config, and nats-py subscribes where it says), keeping its place in the stream."""
+        for durable in self._durables:
+            wanted = event_consumer(self.name, durable).deliver_subject
+            try:
+                config = (await self.js.consumer_info(subjects.EVENTS_STREAM, durable)).config
+            except nats.js.errors.NotFoundError:
+                continue
+            if config.deliver_subject != wanted:
+                self.log.info("event consumer %s now delivers to %s (was %s)", durable, wanted, config.deliver_subject)
+                config.deliver_subject = wanted
+                await self.js.add_consumer(subjects.EVENTS_STREAM, config=config)
 
     async def _after_startup(self) -> None:
         assert self.relay is not None
@@ -190,11 +208,11 @@ class Service:
         self.log.info("%s stopped", self.name)
 
 
-def event_consumer(durable: str) -> ConsumerConfig:
+def event_consumer(service: str, durable: str) -> ConsumerConfig:
     """The EVENTS consumer every replica of a service asks for: the same config from each (its deliver subject
     too), so replicas starting together get one consumer instead of racing to create it."""
     return ConsumerConfig(filter_subjects=[], deliver_policy=DeliverPolicy.ALL,
-                          deliver_subject=subjects.event_delivery(durable))
+                          deliver_subject=subjects.event_delivery(natsauth.inbox_prefix(service), durable))
 
 
 def main(name: str) -> int:

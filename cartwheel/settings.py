@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import ssl
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -32,6 +33,14 @@ class Settings(BaseSettings):
     embedded_nats: bool = Field(
         True, description="`cartwheel up` starts its own nats-server on the port of `nats_url`."
     )
+    nats_nkey_file: Path | None = Field(
+        None,
+        description="File holding this process's NATS NKey seed (a mounted Secret); "
+        "default: var/nats-keys/<service>.nk when `cartwheel up` made it, else no credentials.",
+    )
+    nats_tls_ca: Path | None = Field(None, description="CA file that signs the NATS servers' certificates (TLS on).")
+    nats_tls_cert: Path | None = Field(None, description="Client certificate for NATS servers that verify clients.")
+    nats_tls_key: Path | None = Field(None, description="Key of `nats_tls_cert`.")
     stream_replicas: int = Field(
         1, ge=1, le=5, description="JetStream replicas for streams and buckets (3 on a cluster)."
     )
@@ -126,6 +135,15 @@ class Settings(BaseSettings):
     @property
     def nats_servers(self) -> list[str]:
         return [s.strip() for s in self.nats_url.split(",") if s.strip()]
+
+    def nats_tls_context(self) -> ssl.SSLContext | None:
+        """TLS for the bus when a CA is configured (or the URL says ``tls://``); None: plain TCP."""
+        if self.nats_tls_ca is None and not any(url.startswith("tls://") for url in self.nats_servers):
+            return None
+        context = ssl.create_default_context(cafile=str(self.nats_tls_ca) if self.nats_tls_ca else None)
+        if self.nats_tls_cert is not None:
+            context.load_cert_chain(str(self.nats_tls_cert), str(self.nats_tls_key) if self.nats_tls_key else None)
+        return context
 
     def with_secrets(self) -> Settings:
         """Fill admin token and cookie secret from env, else from (or into) ``var/secrets.json``."""

@@ -104,11 +104,12 @@ def product_image_object(product_id: str, etag: str) -> str:
 LANE_REPLY_HEADER = "Cartwheel-Reply"
 
 
-def event_delivery(durable: str) -> str:
+def event_delivery(inbox: str, durable: str) -> str:
     """Where the EVENTS stream pushes a service's durable consumer: one subject for every replica, so replicas
     starting at once ask for one consumer with one config (the server answers all of them) instead of each
-    asking with an inbox of its own, when all but the first fail with "consumer name already in use"."""
-    return f"_INBOX.cartwheel.events.{durable}"
+    asking with an inbox of its own, when all but the first fail with "consumer name already in use". Under
+    the service's own ``inbox`` prefix, where only it may subscribe."""
+    return f"{inbox}.events.{durable}"
 
 
 def lane_stream(lane: str) -> str:

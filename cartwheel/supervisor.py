@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
+from cartwheel import natsauth
 from cartwheel.files import private_dir, write_private
 from cartwheel.natsserver import (
     NatsServer,
@@ -233,6 +234,7 @@ def child_env(settings: Settings, metrics_port: int, role: str) -> dict[str, str
             env[key] = "true" if value else "false"
         else:
             env[key] = str(value)
+    env.pop("CARTWHEEL_NATS_NKEY_FILE", None)  # each child signs in as itself: var/nats-keys/<role>.nk
     for service in SERVICES:
         env[f"CARTWHEEL_{service.upper()}_DATABASE_URL"] = settings.database_url(service)
     env["CARTWHEEL_METRICS_PORT"] = str(metrics_port)
@@ -290,9 +292,15 @@ class System:
         self._stopped = False
         nats = urlsplit(self.settings.nats_servers[0])
         self._nats_port = nats.port or 4222
-        self.nats: NatsServer | None = (
-            NatsServer(self.var_dir / "nats", self._nats_port) if self.settings.embedded_nats else None
-        )
+        self.nats: NatsServer | None = self._embedded_nats() if self.settings.embedded_nats else None
+
+    def _embedded_nats(self) -> NatsServer:
+        """The embedded server, which admits only the shop's own processes: a seed for each in var/nats-keys/
+        (made at the first start), their public keys and permissions in its config."""
+        seeds = natsauth.ensure_keys(self.var_dir / natsauth.KEYS_DIR)
+        public = {identity: natsauth.public_key(seed) for identity, seed in seeds.items()}
+        return NatsServer(self.var_dir / "nats", self._nats_port, authorization=natsauth.authorization(public),
+                          probe_seed=seeds[natsauth.ADMIN])
 
     # -- lifecycle ----------------------------------------------------------------------
 

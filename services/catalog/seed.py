@@ -8,6 +8,7 @@ from pathlib import Path
 
 import nats
 
+from cartwheel import natsauth
 from cartwheel.bus import request
 from cartwheel.contracts.catalog import CreateProduct, GetProduct, Product, ProductDraft, ProductPatch, UpdateProduct
 from cartwheel.errors import DomainError
@@ -17,7 +18,8 @@ DEMO_PRODUCTS = Path(__file__).with_name("demo_products.json")
 
 
 async def seed_demo_async(settings: Settings) -> int:
-    nc = await nats.connect(settings.nats_servers, name="cartwheel-seed")
+    nc = await nats.connect(settings.nats_servers, name="cartwheel-seed",
+                            **natsauth.connect_options(settings, natsauth.ADMIN))
     created = 0
     try:
         for fields in json.loads(DEMO_PRODUCTS.read_text()):

@@ -24,7 +24,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
-from cartwheel import bus, subjects
+from cartwheel import bus, natsauth, subjects
 from cartwheel.contracts.base import Message
 from cartwheel.errors import ServiceUnavailable
 from cartwheel.kvmirror import KvMirror
@@ -118,6 +118,7 @@ class NatsBridge:
             error_cb=self._on_error,
             disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected,
+            **natsauth.connect_options(self.settings, natsauth.GATEWAY),
         )
         self._js = self._nc.jetstream(timeout=self.settings.request_timeout)
         self._failures = 0

@@ -16,12 +16,12 @@ import nats
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from nats.js.api import StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from cartwheel import subjects
+from cartwheel import natsauth, subjects
 from cartwheel.bus import declare_topology, ensure_stream, request
 from cartwheel.contracts.catalog import GetProduct, Product, ProductCreated
 from cartwheel.db import BatchMiscounted, Database, PlatformBase, migrate
@@ -335,7 +335,7 @@ def test_replicas_starting_together_share_one_event_consumer(nats_url: str, tmp_
         try:
             subscriptions = await asyncio.gather(*(
                 nc.jetstream().subscribe(subjects.CATALOG_PRODUCT_CREATED, queue=durable, stream=subjects.EVENTS_STREAM,
-                                         config=event_consumer(durable), cb=lambda msg: msg.ack())
+                                         config=event_consumer("catalog", durable), cb=lambda msg: msg.ack())
                 for nc in clients
             ))
             return [(await sub.consumer_info()).config.deliver_subject for sub in subscriptions]
@@ -345,7 +345,54 @@ def test_replicas_starting_together_share_one_event_consumer(nats_url: str, tmp_
             async with await nats.connect(nats_url) as nc:
                 await nc.jetstream().delete_consumer(subjects.EVENTS_STREAM, durable)
 
-    assert set(asyncio.run(subscribe_together())) == {subjects.event_delivery(durable)}
+    wanted = subjects.event_delivery(natsauth.inbox_prefix("catalog"), durable)
+    assert set(asyncio.run(subscribe_together())) == {wanted}
+
+
+def test_an_event_consumer_made_by_an_older_version_moves_to_the_services_own_inbox(
+        nats_url: str, tmp_path: Path, client: Client) -> None:
+    """Durables used to deliver to ``_INBOX.cartwheel.events.<durable>``, where on an authenticated bus a
+    service may not subscribe; nats-py subscribes where the stored consumer says, so without the move an
+    upgraded service would hear nothing. The consumer keeps its place: an event published before the upgrade
+    and not yet handled still arrives."""
+    now = datetime.now(UTC)
+    event = ProductCreated(product=Product(id=f"p-{random_sku()}", sku=random_sku(), name="Old", description="",
+                                           price_cents=100, currency="EUR", active=True, version=1,
+                                           created_at=now, updated_at=now))
+    durable = f"upgraded_{random_sku()}"
+
+    async def old_consumer(nc: nats.NATS) -> None:
+        js = nc.jetstream()
+        await declare_topology(js, settings_for(nats_url, tmp_path))
+        last = (await js.stream_info(subjects.EVENTS_STREAM)).state.last_seq
+        await js.add_consumer(subjects.EVENTS_STREAM, config=ConsumerConfig(
+            durable_name=durable, deliver_group=durable, deliver_subject=f"_INBOX.cartwheel.events.{durable}",
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=last + 1,
+            filter_subject=subjects.CATALOG_PRODUCT_CREATED, ack_policy=AckPolicy.EXPLICIT))
+        await js.publish(event.subject, event.model_dump_json().encode())
+
+    client.run(old_consumer)
+    seen: list[str] = []
+    service = Service("inventory", settings_for(nats_url, tmp_path))
+
+    @service.consume(subjects.CATALOG_PRODUCT_CREATED, ProductCreated, durable=durable)
+    async def heard(got: ProductCreated) -> None:
+        seen.append(got.id)
+
+    runner = ServiceThread(service).start()
+    try:
+        deadline = time.monotonic() + 15
+        while event.id not in seen and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert seen == [event.id]
+
+        async def delivery(nc: nats.NATS) -> str | None:
+            return (await nc.jetstream().consumer_info(subjects.EVENTS_STREAM, durable)).config.deliver_subject
+
+        assert client.run(delivery) == subjects.event_delivery(natsauth.inbox_prefix("inventory"), durable)
+    finally:
+        runner.stop()
+        client.run(lambda nc: nc.jetstream().delete_consumer(subjects.EVENTS_STREAM, durable))
 
 
 # A process that opens a new SQLite file at an agreed instant, then takes the write lock once.
