@@ -1,10 +1,11 @@
-"""``cartwheel up | run SERVICE | migrate | seed | health | demo-checkout``."""
+"""``cartwheel up | run SERVICE | migrate | seed | health | nats-auth | demo-checkout``."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from cartwheel.files import PRIVATE_UMASK
 from cartwheel.settings import DATABASES, SERVICES, get_settings
@@ -28,6 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="ask this machine's instance on its metrics port instead of any replica (container health checks)",
     )
     health.add_argument("services", nargs="*", metavar="SERVICE")
+    auth = sub.add_parser(
+        "nats-auth",
+        help="make each process's NATS key (where missing) and write the server's authorization block (auth.conf)",
+    )
+    auth.add_argument("--keys", type=Path, help="folder of the <identity>.nk seeds and auth.conf (var/nats-keys)")
+    auth.add_argument("--rotate", nargs="*", metavar="IDENTITY",
+                      help="replace these identities' keys (all with no name given after --rotate)")
     demo = sub.add_parser("demo-checkout", help="buy one product on the running shop, pay with a test card, follow it")
     demo.add_argument("--url", help="the shop's address (default: this machine's gateway)")
     demo.add_argument("--card", default="pm_card_visa", help="Stripe test payment method (default pm_card_visa)")
@@ -79,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         names = args.services or list(RUNNABLE)
         healthy = check_local(settings, names) if args.local else check_services(settings, names)
         return 0 if healthy else 1
+    if args.command == "nats-auth":
+        return nats_auth(args.keys or settings.var_dir / "nats-keys", args.rotate)
     if args.command == "demo-checkout":
         from cartwheel.demo import DemoFailed, demo_checkout
 
@@ -91,6 +101,23 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     return 2
+
+
+def nats_auth(folder: Path, rotate: list[str] | None) -> int:
+    """``cartwheel nats-auth``: seeds in ``folder`` (new ones for ``rotate``; ``[]`` rotates all) and auth.conf."""
+    from cartwheel import natsauth
+
+    unknown = sorted(set(rotate or ()) - set(natsauth.IDENTITIES))
+    if unknown:
+        print(f"nats-auth: unknown identity {', '.join(unknown)} (choose from {', '.join(natsauth.IDENTITIES)})",
+              file=sys.stderr)
+        return 2
+    for identity in natsauth.IDENTITIES if rotate == [] else rotate or ():
+        (folder / f"{identity}.nk").unlink(missing_ok=True)
+    seeds = natsauth.ensure_keys(folder)
+    conf = natsauth.write_authorization(folder, seeds)
+    print(f"nats-auth: {len(seeds)} keys in {folder}; the server's users and permissions in {conf}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -202,6 +202,14 @@ def authorization(public_keys: dict[str, str]) -> str:
     return "authorization {\n  users: [\n" + body + "\n  ]\n}\n"
 
 
+def write_authorization(folder: Path, seeds: dict[str, str]) -> Path:
+    """Write ``folder/auth.conf`` (public keys and permissions only) for a server config to ``include``."""
+    path = folder / "auth.conf"
+    write_private(path, authorization({identity: public_key(seed) for identity, seed in seeds.items()}).encode())
+    path.chmod(0o644)  # no secret in it; the server may run as another user
+    return path
+
+
 def seed_file(settings: Settings, identity: str) -> Path | None:
     """The seed file ``identity`` signs in with: the configured one, else ``var/nats-keys/<identity>.nk`` if
     it exists (``cartwheel up`` made it), else None (connect without credentials)."""

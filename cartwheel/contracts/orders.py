@@ -81,13 +81,14 @@ class OrderListQuery(BaseModel):
 
 
 class Checkout(Message):
-    """Place an order: from ``cart_id`` when ``items`` is None. ``idempotency_key`` (scoped to the buyer)
-    makes a retried checkout answer with the same order."""
+    """Place an order: from ``cart_id`` when ``items`` is None. ``idempotency_key`` (scoped to the buyer: the
+    user, else the cart, else ``visitor_id``) makes a retried checkout answer with the same order."""
 
     subject: ClassVar[str] = subjects.ORDERS_CHECKOUT
     cart_id: CartId | None = None
     items: list[CheckoutItem] | None = None
     user_id: str | None = None
+    visitor_id: CartId | None = None  # an anonymous buyer's browser (the id its cart cookie holds), issued by us
     email: str | None = None
     accept_price_changes: bool = False
     idempotency_key: IdempotencyKey | None = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from flask import request
 from pydantic import BaseModel, Field, TypeAdapter
+from werkzeug.datastructures import Headers
 
 from cartwheel.contracts.base import Message
 from cartwheel.contracts.orders import (
@@ -35,7 +36,7 @@ from services.gateway.api import Header, Routes
 from services.gateway.auth import is_admin
 from services.gateway.cart import NO_STORE
 from services.gateway.context import gateway
-from services.gateway.cookies import is_valid, orders_cookie, orders_from_cookie
+from services.gateway.cookies import cart_cookie, is_valid, new_cart_id, orders_cookie, orders_from_cookie
 from services.gateway.errors import ApiError, invalid_value
 from services.gateway.inventory import IDEMPOTENCY_HEADER
 from services.gateway.session import current_shopper, signed_in_user
@@ -47,7 +48,8 @@ _ORDER_ID = TypeAdapter(OrderId)
 _IDEMPOTENCY_KEY = TypeAdapter(IdempotencyKey)
 CHECKOUT_KEY = Header(
     IDEMPOTENCY_HEADER,
-    "A retried checkout with the same key answers with the order the first one placed.",
+    "A retried checkout with the same key answers with the order the first one placed, to the same buyer only: "
+    "the signed-in user, else the cart, else (a buy-now) the browser's cart cookie, which the first answer sets.",
     _IDEMPOTENCY_KEY.json_schema(),
 )
 SLOW = 2  # checkout reserves stock and creates a PaymentIntent; paying waits on Stripe: more than one hop each
@@ -73,17 +75,24 @@ class Placed(BaseModel):
     errors=(404, 409, 422, 503),
     headers=(CHECKOUT_KEY,),
 )
-def checkout(body: CheckoutBody) -> tuple[Placed, dict[str, str]]:
+def checkout(body: CheckoutBody) -> tuple[Placed, Headers]:
     ctx = gateway()
     key, email, shopper = _idempotency_key(), _email(body.email), current_shopper()
     cart_id = shopper.cart_id if body.items is None else None  # buying `items` leaves the cart alone
     if body.items is None and cart_id is None:
         raise DomainError("there is nothing to check out: the cart is empty", code="empty_cart")
+    headers = Headers(NO_STORE)
+    visitor = None
+    if not shopper.signed_in and cart_id is None:  # an anonymous buy-now: its key is this browser's
+        visitor = shopper.cart_id or new_cart_id()
+        if visitor != shopper.cart_id:
+            headers.add("Set-Cookie", cart_cookie(visitor))  # the browser's id from now on (its cart's, later)
     message = Checkout(
         tenant=ctx.settings.tenant,
         cart_id=cart_id,
         items=body.items,
         user_id=shopper.user_id,
+        visitor_id=visitor,
         email=email or shopper.email,
         accept_price_changes=body.accept_price_changes,
         idempotency_key=key,
@@ -91,9 +100,9 @@ def checkout(body: CheckoutBody) -> tuple[Placed, dict[str, str]]:
     order = _ask(message, timeout=ctx.settings.request_timeout * SLOW)
     summary = order.model_dump(include={"order_id", "status", "total_cents", "currency", "payment"})
     placed = Placed(order=order, **summary)
-    if shopper.signed_in:  # their session shows them their orders; a cookie would outlive signing out
-        return placed, NO_STORE
-    return placed, {**NO_STORE, "Set-Cookie": orders_cookie(order.order_id)}
+    if not shopper.signed_in:  # a signed-in buyer's session shows their orders; a cookie would outlive signing out
+        headers.add("Set-Cookie", orders_cookie(order.order_id))
+    return placed, headers
 
 
 @routes.get(

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
 import json
 import logging
 import time
@@ -979,8 +978,9 @@ def _command_id(reservation: str, step: str, product_id: str) -> str:
 def _idempotency_scope(cmd: Checkout) -> str | None:
     """The key as the buyer's: two buyers who happen to send the same key get their own orders.
 
-    A buyer is the signed-in user, else the cart; an anonymous buy-now has neither, so what it asks
-    for (items and email) stands in: the same key with another body is another checkout.
+    A buyer is the signed-in user, else the cart, else (an anonymous buy-now) the browser the gateway gave an
+    id. Never what the request says: a key and body anyone may replay would hand them the buyer's order.
+    Nobody to scope it to, the key is not used.
     """
     if cmd.idempotency_key is None:
         return None
@@ -988,7 +988,8 @@ def _idempotency_scope(cmd: Checkout) -> str | None:
         buyer = f"user:{cmd.user_id}"
     elif cmd.cart_id:
         buyer = f"cart:{cmd.cart_id}"
+    elif cmd.visitor_id:
+        buyer = f"visitor:{cmd.visitor_id}"
     else:
-        body = json.dumps([[i.product_id, i.quantity] for i in cmd.items or []] + [cmd.email], separators=(",", ":"))
-        buyer = "anon:" + hashlib.sha256(body.encode()).hexdigest()[:32]
+        return None
     return f"{buyer}:{cmd.idempotency_key}"

@@ -150,6 +150,23 @@ def test_an_idempotency_key_retry_returns_the_same_order(system: System) -> None
     assert stock(system, mug["id"]) == (5, 1)
 
 
+def test_an_anonymous_buy_now_replayed_by_another_client_is_not_the_first_buyers_order(system: System) -> None:
+    """Issue 13, finding 6: the key was scoped to the body (items, email), which anyone may replay; the second
+    client got the first buyer's order, client secret and orders cookie. Now the key is the browser's."""
+    mug = product(system, stock=5)
+    body = {"items": [{"product_id": mug["id"], "quantity": 1}], "email": "buyer@example.com"}
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    buyer, replayer = requests.Session(), requests.Session()
+    first = checkout(buyer, system, json=body, headers=key)
+    again = checkout(buyer, system, json=body, headers=key)  # the buyer's own retry: the same order
+    stolen = checkout(replayer, system, json=body, headers=key)
+    assert first.status_code == again.status_code == 201, first.text
+    assert again.json()["order_id"] == first.json()["order_id"]
+    assert stolen.status_code == 201 and stolen.json()["order_id"] != first.json()["order_id"]
+    assert stolen.json()["payment"]["client_secret"] != first.json()["payment"]["client_secret"]
+    assert first.json()["order_id"] not in stolen.cookies.get("orders", "")
+
+
 def test_an_order_is_visible_to_its_buyer_only(system: System) -> None:
     mug = product(system, stock=5)
     browser = shopper_with(system, mug["id"])
