@@ -80,7 +80,10 @@ class Settings(BaseSettings):
     login_failure_window_seconds: int = Field(
         900, ge=1, description="Failed sign-ins (and registrations) are counted over this sliding window."
     )
-    login_max_failures_per_email: int = Field(5, ge=1, description="Failed sign-ins per account in the window.")
+    login_max_failures_per_email: int = Field(
+        5, ge=1, description="Failed sign-ins per account from one client address in the window (a stranger's guesses "
+        "never lock the owner out)."
+    )
     login_max_failures_per_ip: int = Field(20, ge=1, description="Failed sign-ins per client address in the window.")
     register_max_per_ip: int = Field(10, ge=1, description="Registrations per client address in the same window.")
     trusted_proxies: int = Field(

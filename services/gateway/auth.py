@@ -6,6 +6,7 @@ import hmac
 
 from flask import request
 
+from services.gateway import ratelimit
 from services.gateway.context import gateway
 from services.gateway.errors import ApiError
 
@@ -19,13 +20,17 @@ def bearer_token() -> str | None:
 
 
 def is_admin() -> bool:
-    """True for a valid admin token, False without a bearer token; a wrong token is a 401."""
+    """True for a valid admin token, False without a bearer token; a wrong token is a 401, and counts against
+    the client's address like a wrong token on the admin sign-in page: past the limit, 429 with Retry-After."""
     token = bearer_token()
     if token is None:
         return False
+    address = ratelimit.client_address()
+    ratelimit.refuse_admin_guesses(address)
     expected = gateway().settings.admin_token
     secret = expected.get_secret_value() if expected else ""
     if not secret or not hmac.compare_digest(token.encode(), secret.encode()):
+        ratelimit.count_wrong_admin_token(address)
         raise ApiError(401, "unauthorized", "the admin token is not valid", CHALLENGE)
     return True
 

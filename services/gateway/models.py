@@ -1,4 +1,5 @@
-"""The gateway's own tables: shopper accounts, their sign-in sessions, and failed sign-ins (the rate limiter)."""
+"""The gateway's own tables: shopper accounts, their sign-in sessions, admin sessions, and failed sign-ins (the
+rate limiter)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,16 @@ class SessionRow(Base):
     # sha256 of the cookie's token: a copy of this table signs nobody in.
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     user_id: Mapped[str] = mapped_column(String(32), ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class AdminSessionRow(Base):
+    """A sign-in to the admin pages; signing out deletes it, so a copied cookie stops working too."""
+
+    __tablename__ = "admin_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of the cookie's token
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
 

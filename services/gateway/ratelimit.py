@@ -1,5 +1,10 @@
-"""Failed sign-ins per account and per client address, and registrations per client address, counted over a
-sliding window in the gateway database.
+"""Failed sign-ins per account *from one address* and per client address, and registrations per client address,
+counted over a sliding window in the gateway database.
+
+The account limit is kept per address: a stranger's wrong passwords use up the stranger's own tries at the
+account, never its owner's, so nobody can lock an owner out by guessing (as keying by account alone let
+anyone do with 5 requests every 15 minutes). Guessing one account from many addresses is bounded by each
+address's own limit (and argon2's cost per guess).
 
 The database is shared by every worker and replica, so the limit holds across all of them. An attempt
 is recorded *before* its password is checked and counted after that record is committed: of the
@@ -11,6 +16,7 @@ and an address creating account after account is what the limit is for.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import math
 from dataclasses import dataclass
@@ -25,7 +31,7 @@ from services.gateway.errors import ApiError
 from services.gateway.models import LoginAttemptRow
 from services.gateway.store import now, read, write
 
-EMAIL, IP, SIGNUP, ADMIN = "email", "ip", "signup", "admin"
+ACCOUNT, IP, SIGNUP, ADMIN = "account", "ip", "signup", "admin"
 
 
 @dataclass(frozen=True)
@@ -39,7 +45,7 @@ class Limit:
 class Attempt:
     """A sign-in under way: its rows in ``login_attempts``."""
 
-    email: str
+    account: str  # the account-and-address key whose failures a success forgives ("" for the admin token)
     row_ids: tuple[int, ...]
 
 
@@ -79,19 +85,38 @@ def client_address() -> str:
 def limits_for(email: str, address: str) -> list[Limit]:
     settings = gateway().settings
     return [
-        Limit(EMAIL, email, settings.login_max_failures_per_email),
+        Limit(ACCOUNT, account_key(email, address), settings.login_max_failures_per_email),
         Limit(IP, address, settings.login_max_failures_per_ip),
     ]
 
 
+def account_key(email: str, address: str) -> str:
+    """The key of an account's failures from one address (hashed: an email may fill the column alone)."""
+    return hashlib.sha256(f"{email}\n{address}".encode()).hexdigest()
+
+
 def begin_attempt(email: str, address: str) -> Attempt:
     """Record a sign-in attempt, or refuse it with 429 ``too_many_attempts`` and Retry-After."""
-    return Attempt(email, _record(limits_for(email, address)))
+    return Attempt(account_key(email, address), _record(limits_for(email, address)))
 
 
 def begin_admin_attempt(address: str) -> Attempt:
     """Record a try of the admin token from ``address`` (the per-address sign-in limit), or refuse it with 429."""
-    return Attempt("", _record([Limit(ADMIN, address, gateway().settings.login_max_failures_per_ip)]))
+    return Attempt("", _record(_admin_limits(address)))
+
+
+def refuse_admin_guesses(address: str) -> None:
+    """429 when ``address`` has used up its wrong admin tokens (the bearer API's check, a read per request)."""
+    _refuse_if_full(_admin_limits(address), ())
+
+
+def count_wrong_admin_token(address: str) -> None:
+    """A wrong bearer token from ``address``: counted against the same limit as the sign-in page's."""
+    _record(_admin_limits(address))
+
+
+def _admin_limits(address: str) -> list[Limit]:
+    return [Limit(ADMIN, address, gateway().settings.login_max_failures_per_ip)]
 
 
 def count_registration(address: str) -> None:
@@ -127,7 +152,7 @@ def attempt_succeeded(attempt: Attempt) -> None:
     def clear(session: Session) -> None:
         session.execute(delete(LoginAttemptRow).where(LoginAttemptRow.id.in_(attempt.row_ids)))
         session.execute(
-            delete(LoginAttemptRow).where(LoginAttemptRow.scope == EMAIL, LoginAttemptRow.key == attempt.email)
+            delete(LoginAttemptRow).where(LoginAttemptRow.scope == ACCOUNT, LoginAttemptRow.key == attempt.account)
         )
 
     write(clear)

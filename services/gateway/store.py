@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from cartwheel.db import Database
 from cartwheel.errors import ServiceUnavailable
 from services.gateway.context import gateway
-from services.gateway.models import SessionRow, UserRow
+from services.gateway.models import AdminSessionRow, SessionRow, UserRow
 
 T = TypeVar("T")
 EXTENSION = "cartwheel.gateway.db"
@@ -155,3 +155,21 @@ def user_of_session(token: str) -> User | None:
 
 def end_session(token: str) -> None:
     write(lambda session: session.execute(delete(SessionRow).where(SessionRow.id == session_id(token))))
+
+
+def start_admin_session(token: str, expires_at: datetime) -> None:
+    def insert(session: Session) -> None:
+        session.execute(delete(AdminSessionRow).where(AdminSessionRow.expires_at <= now()))
+        session.add(AdminSessionRow(id=session_id(token), created_at=now(), expires_at=expires_at))
+
+    write(insert)
+
+
+def admin_session_lives(token: str) -> bool:
+    row = AdminSessionRow
+    query = select(row.id).where(row.id == session_id(token), row.expires_at > now())
+    return read(lambda session: session.scalar(query)) is not None
+
+
+def end_admin_session(token: str) -> None:
+    write(lambda session: session.execute(delete(AdminSessionRow).where(AdminSessionRow.id == session_id(token))))

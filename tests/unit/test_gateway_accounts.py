@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 from http.cookies import SimpleCookie
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +13,6 @@ from sqlalchemy import create_engine, update
 from werkzeug.test import TestResponse
 
 from cartwheel.contracts.cart import AddToCart, GetCart, MergeCarts
-from cartwheel.db import migrate
 from cartwheel.errors import DomainError, ServiceUnavailable
 from cartwheel.settings import Settings
 from services.gateway.app import create_app
@@ -51,18 +49,9 @@ class MergingCarts(Carts):
         }
 
 
-@pytest.fixture(scope="module")
-def migrated(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("gateway") / "template.db"
-    migrate("gateway", f"sqlite:///{path}")
-    return path
-
-
 @pytest.fixture
-def database_url(migrated: Path, tmp_path: Path) -> str:
-    copy = tmp_path / "gateway.db"
-    copy.write_bytes(migrated.read_bytes())  # a migrated copy: faster than migrating for every test
-    return f"sqlite:///{copy}"
+def database_url(gateway_database_url: str) -> str:
+    return gateway_database_url
 
 
 @pytest.fixture
@@ -357,7 +346,8 @@ def test_a_cart_already_merged_elsewhere_does_not_stop_sign_in(
 # -- the limiter -----------------------------------------------------------------------------------------
 
 
-def test_failures_per_account_are_limited_even_for_the_right_password(client: FlaskClient, account: str) -> None:
+def test_failures_per_account_from_an_address_are_limited_even_for_the_right_password(
+        client: FlaskClient, account: str) -> None:
     for _ in range(5):
         assert login(client, account, "wrong password").status_code == 401
     refused = login(client, account)
@@ -369,6 +359,15 @@ def test_failures_per_account_are_limited_even_for_the_right_password(client: Fl
     other = new_email()
     register(client, other)
     assert login(client, other).status_code == 200  # another account from the same address
+
+
+def test_a_strangers_wrong_passwords_do_not_lock_the_owner_out(client: FlaskClient, account: str) -> None:
+    """Issue 13, finding 3: 5 wrong passwords from anywhere locked the account's owner out for 15 minutes."""
+    stranger = {"environ_base": {"REMOTE_ADDR": "203.0.113.66"}}
+    for _ in range(5):
+        assert login(client, account, "wrong password", **stranger).status_code == 401
+    assert login(client, account, "wrong password", **stranger).status_code == 429  # the stranger waits
+    assert login(client, account).status_code == 200  # the owner, from their own address, does not
 
 
 def test_a_success_forgives_the_accounts_failures(client: FlaskClient, account: str) -> None:
@@ -448,3 +447,20 @@ def test_the_auth_routes_are_documented(client: FlaskClient) -> None:
     assert register_op["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/Registration")
     assert {"200", "401"} <= set(paths["/api/auth/me"]["get"]["responses"])
     assert "204" in paths["/api/auth/logout"]["post"]["responses"]
+
+
+def test_wrong_admin_tokens_on_the_api_are_limited_like_the_sign_in_page(make_client: Any) -> None:
+    """Issue 13, finding 7: the bearer API let anyone try tokens without end (the sign-in page had a limit)."""
+    client = make_client(login_max_failures_per_ip=3)
+
+    def orders(token: str, address: str = "203.0.113.5") -> TestResponse:
+        return client.get("/api/admin/orders", headers={"Authorization": f"Bearer {token}"},
+                          environ_base={"REMOTE_ADDR": address})
+
+    assert [orders("guess").status_code for _ in range(3)] == [401, 401, 401]
+    refused = orders("guess")
+    assert refused.status_code == 429 and 890 <= int(refused.headers["Retry-After"]) <= 900
+    assert orders("t").status_code == 429  # the right token waits too, from that address
+    assert orders("t", "198.51.100.7").status_code not in (401, 429)  # another address is not held up
+    signin = client.post("/admin/login", data={"token": "t"}, environ_base={"REMOTE_ADDR": "203.0.113.5"})
+    assert signin.status_code == 429  # one budget of wrong tokens per address, page and API alike

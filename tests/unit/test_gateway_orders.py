@@ -30,7 +30,7 @@ from tests.unit.test_gateway_products import sent
 TOKEN = "admin-token-for-tests-0123456789"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 AT = datetime(2026, 1, 1, tzinfo=UTC).isoformat()
-migrated, database_url = test_gateway_accounts.migrated, test_gateway_accounts.database_url  # a migrated db per test
+database_url = test_gateway_accounts.database_url  # a migrated db per test (tests/unit/conftest.py)
 
 
 class Orders:

@@ -23,7 +23,7 @@ from tests.unit.test_gateway_cart import PRODUCT, Carts
 from tests.unit.test_gateway_orders import TOKEN, Orders, checkout
 from tests.unit.test_gateway_products import Catalog, Inventory, sent
 
-migrated, database_url = test_gateway_accounts.migrated, test_gateway_accounts.database_url
+database_url = test_gateway_accounts.database_url  # a migrated db per test (tests/unit/conftest.py)
 make_client = test_gateway_orders.make_client  # over this module's bus
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
@@ -232,6 +232,20 @@ def test_signing_out_clears_the_cookie(admin: FlaskClient) -> None:
     answer = admin.post("/admin/logout", data={"csrf_token": token})
     assert answer.status_code == 303 and f"{ADMIN_COOKIE}=;" in answer.headers["Set-Cookie"]
     assert admin.get("/admin/products").status_code == 303
+
+
+def test_signing_out_ends_the_session_for_a_copy_of_the_cookie_too(admin: FlaskClient, make_client: Any) -> None:
+    """Issue 13, finding 4: sign-out cleared the browser's cookie, but a copy kept working for 8 hours."""
+    copy = admin.get_cookie(ADMIN_COOKIE, path="/admin")
+    assert copy is not None
+    elsewhere = make_client()
+    elsewhere.set_cookie(ADMIN_COOKIE, copy.value, path="/admin")
+    assert elsewhere.get("/admin/products").status_code == 200  # the copy works while the session lives
+    admin.post("/admin/logout", data={"csrf_token": csrf_of(admin.get("/admin/products"))})
+    assert elsewhere.get("/admin/products").status_code == 303
+    other = make_client()
+    sign_in_admin(other)
+    assert other.get("/admin/products").status_code == 200  # one admin signing out ends no other session
 
 
 # -- admin forms ------------------------------------------------------------------------------------

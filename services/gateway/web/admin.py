@@ -60,7 +60,7 @@ def login() -> BaseResponse | tuple[str, int, dict[str, str]] | tuple[str, int]:
 @pages.post("/logout")
 @admin_only
 def logout() -> BaseResponse:
-    return _redirect_setting("/admin", admin_session.ended_cookie())
+    return _redirect_setting("/admin", admin_session.end_session())
 
 
 @pages.get("/products")

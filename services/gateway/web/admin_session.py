@@ -1,5 +1,7 @@
-"""The admin's browser session: a signed, HttpOnly cookie (path /admin) holding a CSRF token, given out
-for the admin token. The token itself stays on the server; a changed token ends every admin session."""
+"""The admin's browser session: a signed, HttpOnly cookie (path /admin) holding a random session token, given
+out for the admin token. The server keeps the session (its token's hash, in the gateway database) until it
+expires or the admin signs out, so signing out ends every copy of the cookie; a changed admin token ends
+every admin session. The session's CSRF token is derived from its token, never stored."""
 
 from __future__ import annotations
 
@@ -7,13 +9,15 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Callable
+from datetime import timedelta
 from functools import wraps
 from typing import Any
 
-from flask import redirect, request
+from flask import g, redirect, request
 from itsdangerous import BadData, URLSafeTimedSerializer
 from werkzeug.http import dump_cookie
 
+from services.gateway import store
 from services.gateway.context import gateway
 from services.gateway.cookies import secret
 from services.gateway.web.internal import PageError
@@ -23,6 +27,7 @@ ADMIN_SALT = "cartwheel.admin"
 ADMIN_PATH = "/admin"
 MAX_AGE = 8 * 3600  # a working day; then the token is asked again
 CSRF_FIELD = "csrf_token"
+_CSRF = "cartwheel_admin_csrf"  # this request's answer, in flask.g: one database read per request
 
 
 def token_is_right(given: str) -> bool:
@@ -31,17 +36,31 @@ def token_is_right(given: str) -> bool:
 
 
 def session_cookie() -> str:
-    """The ``Set-Cookie`` value of a new admin session."""
-    value = _serializer().dumps({"csrf": secrets.token_urlsafe(32), "key": _token_fingerprint()})
-    return _cookie(value, MAX_AGE)
+    """Start an admin session: the ``Set-Cookie`` value that carries it."""
+    token = secrets.token_urlsafe(32)
+    store.start_admin_session(token, store.now() + timedelta(seconds=MAX_AGE))
+    return _cookie(_serializer().dumps({"session": token, "key": _token_fingerprint()}), MAX_AGE)
 
 
-def ended_cookie() -> str:
+def end_session() -> str:
+    """Sign out: the session ends on the server, whoever holds a copy of the cookie; the clearing ``Set-Cookie``."""
+    if (token := _session_token()) is not None:
+        store.end_admin_session(token)
     return _cookie("", 0)
 
 
 def csrf_token() -> str | None:
-    """This request's admin session's CSRF token; None when there is no valid admin session."""
+    """This request's admin session's CSRF token; None when there is no live admin session."""
+    if _CSRF not in g:
+        token = _session_token()
+        live = token is not None and store.admin_session_lives(token)
+        setattr(g, _CSRF, hmac.new(secret().encode(), f"csrf:{token}".encode(), hashlib.sha256).hexdigest()
+                if live else None)
+    return g.get(_CSRF)
+
+
+def _session_token() -> str | None:
+    """The session token of this request's cookie, if the cookie verifies and was given for today's admin token."""
     value = request.cookies.get(ADMIN_COOKIE)
     if not value:
         return None
@@ -51,8 +70,8 @@ def csrf_token() -> str | None:
         return None
     if not isinstance(data, dict) or not hmac.compare_digest(str(data.get("key")), _token_fingerprint()):
         return None
-    token = data.get("csrf")
-    return token if isinstance(token, str) else None
+    token = data.get("session")
+    return token if isinstance(token, str) and 0 < len(token) <= 128 else None
 
 
 def admin_only(view: Callable[..., Any]) -> Callable[..., Any]:
