@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,11 @@ log = logging.getLogger("cartwheel.gateway.server")
 
 WORKER_CONNECTIONS = 2000  # must exceed the peak number of open SSE streams per worker
 GRACEFUL_TIMEOUT = 5  # Ctrl-C stops everything well within 10 s
-LINGER_SECONDS = 1.0  # after a 413, read (and drop) what the client still sends, so it sees the answer
-LINGER_BYTES = 1024 * 1024
+# After a 413, read and drop what the client still sends (up to these bounds), so that a client that reads
+# only once it has sent everything (urllib, curl) gets the answer instead of a broken pipe.
+LINGER_SECONDS = 10.0  # in all
+LINGER_IDLE_SECONDS = 1.0  # with nothing arriving
+LINGER_BYTES = 64 * 1024 * 1024
 
 
 def serve(settings: Settings) -> int:
@@ -228,8 +232,9 @@ def forget_worker_metrics(server: Any, worker: Any) -> None:
 def close_after_refused_body(worker: Any, req: Any, environ: dict[str, Any], resp: Any) -> None:
     """After a 413 the body is left unread: close the connection instead of reading it to reach the next request.
 
-    A short lingering close (stop writing, drop what arrives for a moment) lets the client read the
-    413 before the connection goes.
+    A lingering close (stop writing, then drop what arrives: the declared body, up to :data:`LINGER_BYTES`
+    and :data:`LINGER_SECONDS`) lets a client that is still sending finish and read the 413; closing with
+    its bytes unread would reset the connection under it.
     """
     if resp is None or resp.status_code != 413:
         return
@@ -237,11 +242,14 @@ def close_after_refused_body(worker: Any, req: Any, environ: dict[str, Any], res
     sock = environ.get("gunicorn.socket")
     if sock is None:
         return
+    declared = environ.get("CONTENT_LENGTH") or ""
+    limit = min(int(declared), LINGER_BYTES) if declared.isdigit() else LINGER_BYTES
+    deadline = time.monotonic() + LINGER_SECONDS
     try:
         sock.shutdown(socket.SHUT_WR)
-        sock.settimeout(LINGER_SECONDS)
+        sock.settimeout(LINGER_IDLE_SECONDS)
         drained = 0
-        while drained < LINGER_BYTES and (chunk := sock.recv(65536)):
+        while drained < limit and time.monotonic() < deadline and (chunk := sock.recv(65536)):
             drained += len(chunk)
     except OSError:
         pass

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -152,6 +155,17 @@ def test_a_chunked_body_over_the_limit_is_refused(gateway: Gateway) -> None:
     body = (b"%x\r\n" % len(chunk) + chunk + b"\r\n") * 40  # 2.5 MiB, no Content-Length
     answer = ask_with_a_big_body(gateway, b"Transfer-Encoding: chunked\r\n", body)
     assert answer.startswith(b"HTTP/1.1 413")
+
+
+def test_a_client_that_sends_all_of_an_11_mb_body_before_reading_gets_the_413(gateway: Gateway) -> None:
+    """Issue 13, finding 10: the gateway read 1 MB after its 413 and closed, so a client still sending (as
+    urllib and curl do, reading only when done) saw a broken pipe instead of the answer."""
+    asked = urllib.request.Request(f"{gateway.url}/api/admin/products", data=b"x" * (11 * 1024 * 1024), method="POST",
+                                   headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(asked, timeout=30)
+    assert refused.value.code == 413
+    assert json.loads(refused.value.read())["error"]["code"] == "payload_too_large"
 
 
 def test_errors_are_json_on_the_real_server(gateway: Gateway) -> None:
