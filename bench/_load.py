@@ -19,6 +19,12 @@ from typing import Any
 
 Attempt = Callable[[int], Awaitable[bool]]
 
+ONE_ADDRESS_IS_MANY_CLIENTS: dict[str, Any] = {
+    "gateway_max_requests_per_address": 100_000, "sse_max_per_address": 100_000, "sse_max_per_cart": 100_000,
+}
+"""Settings of a shop under a load test: every simulated client comes from 127.0.0.1, which the gateway's
+per-address caps would otherwise treat as one client (services/gateway/guard.py)."""
+
 
 @dataclass
 class Run:

@@ -40,7 +40,7 @@ from typing import Any
 
 import nats
 import requests
-from _load import CpuMeter, percentile
+from _load import ONE_ADDRESS_IS_MANY_CLIENTS, CpuMeter, percentile
 from _wrk import run_wrk
 from itsdangerous import URLSafeSerializer
 
@@ -340,6 +340,7 @@ def main() -> int:
 
     var_dir = Path(tempfile.mkdtemp(prefix="cw-cart-bench-"))
     settings = Settings(var_dir=var_dir, nats_url=f"nats://127.0.0.1:{free_port()}", gateway_port=free_port(),
+                        **ONE_ADDRESS_IS_MANY_CLIENTS,
                         gateway_workers=args.workers, metrics_port=0, log_level="WARNING")
     results: dict[str, dict[str, Any]] = {}
     with (var_dir / "system.log").open("w") as log, System(settings, out=log, colour=False, seed=False) as shop:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from _load import ONE_ADDRESS_IS_MANY_CLIENTS
 from _wrk import run_wrk
 
 from cartwheel.natsserver import free_port
@@ -97,6 +98,7 @@ def main() -> int:
 
     var_dir = Path(tempfile.mkdtemp(prefix="cw-bench-"))
     settings = Settings(var_dir=var_dir, nats_url=f"nats://127.0.0.1:{free_port()}", gateway_port=free_port(),
+                        **ONE_ADDRESS_IS_MANY_CLIENTS,
                         gateway_workers=args.workers, metrics_port=0, catalog_database_url=args.catalog_db,
                         log_level="WARNING")
     with (var_dir / "system.log").open("w") as log, System(settings, out=log, colour=False, seed=False) as shop:

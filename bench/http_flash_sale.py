@@ -119,7 +119,7 @@ from typing import Any
 import psycopg
 import requests
 from _flask_pg_shop import add_product, create_tables, drop_tables, stock_and_orders
-from _load import CpuMeter, cpu_seconds, percentile
+from _load import ONE_ADDRESS_IS_MANY_CLIENTS, CpuMeter, cpu_seconds, percentile
 from _wrk import run_wrk
 from cart import LUA as CART_LUA
 from cart import children_cpu_s, descendants, make_products, open_carts, roles
@@ -454,6 +454,7 @@ def running_shop(args: argparse.Namespace) -> Iterator[System]:
     try:
         with fresh_databases(args.db) as urls:
             settings = Settings(var_dir=var_dir, nats_url=f"nats://127.0.0.1:{free_port()}", gateway_port=free_port(),
+                        **ONE_ADDRESS_IS_MANY_CLIENTS,
                                 gateway_workers=args.workers, metrics_port=0, log_level="WARNING", **urls)
             with (var_dir / "system.log").open("w") as log, System(settings, out=log, colour=False, seed=False) as shop:
                 yield shop

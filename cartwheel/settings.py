@@ -93,6 +93,21 @@ class Settings(BaseSettings):
         description="Proxies in front of the gateway whose X-Forwarded-For to believe (0: use the peer address).",
     )
 
+    gateway_max_requests_per_address: int = Field(
+        128, ge=1, description="Requests (SSE streams included) one client address may have in flight per gateway "
+        "worker; beyond, 429 at once."
+    )
+    request_body_seconds: float = Field(
+        10.0, gt=0, description="A request body must arrive within this, plus its size at `request_body_min_rate`."
+    )
+    request_body_min_rate: int = Field(
+        64 * 1024, ge=1024, description="Bytes per second a large body may take to arrive (slower: 408)."
+    )
+    sse_max_per_cart: int = Field(8, ge=1, description="Open cart event streams per cart per gateway worker.")
+    sse_max_per_address: int = Field(
+        32, ge=1, description="Open cart event streams per client address per gateway worker."
+    )
+
     cart_abandon_seconds: float = Field(
         1800, gt=0, description="A cart untouched this long is abandoned (events.cart.abandoned)."
     )

@@ -17,7 +17,6 @@ and an address creating account after account is what the limit is for.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -26,6 +25,7 @@ from flask import request
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from services.gateway import guard
 from services.gateway.context import gateway
 from services.gateway.errors import ApiError
 from services.gateway.models import LoginAttemptRow
@@ -61,25 +61,8 @@ def wait_seconds(recent: list[datetime], max_failures: int, window: timedelta, a
 
 
 def client_address() -> str:
-    """The client's address, as werkzeug's ProxyFix reads it: X-Forwarded-For only past ``trusted_proxies`` hops.
-
-    An IPv6 client counts as its /64: one subscriber gets a whole /64, so one address per guess costs nothing.
-    """
-    address = request.remote_addr or "unknown"
-    trusted = gateway().settings.trusted_proxies
-    if trusted:
-        hops = [hop.strip() for hop in ",".join(request.headers.getlist("X-Forwarded-For")).split(",")]
-        if len(hops) >= trusted and hops[-trusted]:
-            address = hops[-trusted]
-    try:
-        parsed = ipaddress.ip_address(address)
-    except ValueError:
-        return address[:64]
-    if isinstance(parsed, ipaddress.IPv6Address):
-        if parsed.ipv4_mapped:
-            return str(parsed.ipv4_mapped)
-        return str(ipaddress.ip_network(f"{parsed}/64", strict=False))
-    return str(parsed)
+    """This request's client address (:func:`services.gateway.guard.client_address`, behind ``trusted_proxies``)."""
+    return guard.client_address(request.environ, gateway().settings.trusted_proxies)
 
 
 def limits_for(email: str, address: str) -> list[Limit]:

@@ -107,8 +107,11 @@ class GatewayServer(BaseApplication):
 
     def load(self) -> Any:
         from services.gateway.app import create_app  # in the worker, after gevent's patching
+        from services.gateway.guard import ClientGuard
 
-        return create_app(self.settings)
+        app = create_app(self.settings)
+        app.wsgi_app = ClientGuard(app.wsgi_app, self.settings)  # type: ignore[method-assign]
+        return app
 
 
 class PropagatingLogger(GunicornLogger):

@@ -39,10 +39,11 @@ from pydantic import ValidationError
 from cartwheel import subjects
 from cartwheel.contracts.cart import CartView, GetCart
 from cartwheel.errors import DomainError, ServiceUnavailable
-from services.gateway import store
+from services.gateway import ratelimit, store
 from services.gateway.api import Routes
 from services.gateway.cart import CartOut
 from services.gateway.context import gateway
+from services.gateway.errors import ApiError
 from services.gateway.session import current_shopper, session_token
 
 log = logging.getLogger("cartwheel.gateway.sse")
@@ -70,8 +71,9 @@ Subscribe = Callable[[str, Callable[[bytes], None]], Callable[[], None]]
 class Listener:
     """One open stream's mailbox: only the newest cart waits in it (a slow client skips carts, never queues them)."""
 
-    def __init__(self, cart_id: str) -> None:
+    def __init__(self, cart_id: str, address: str = "") -> None:
         self.cart_id = cart_id
+        self.address = address  # the client's, for the per-address cap
         self.ended = False  # the client hung up, or the worker is stopping
         self._wake = threading.Event()  # a gevent Event once monkey-patched: waiting yields to other requests
         self._lock = threading.Lock()
@@ -115,13 +117,14 @@ class CartFeed:
         self._unsubscribe: Callable[[], None] | None = None
         self._closed = False
 
-    def listen(self, cart_id: str) -> Listener:
-        """A listener of ``cart_id``; every update published after this returns reaches it.
+    def listen(self, cart_id: str, address: str = "") -> Listener:
+        """A listener of ``cart_id`` for a client at ``address``; every update published after this returns
+        reaches it.
 
         Raises :class:`ServiceUnavailable` when NATS is unreachable or the worker is stopping.
         """
         self._ensure_subscribed()
-        listener = Listener(cart_id)
+        listener = Listener(cart_id, address)
         with self._lock:
             if self._closed:
                 raise ServiceUnavailable("cart events", "the gateway worker is stopping")
@@ -146,6 +149,20 @@ class CartFeed:
             if cart_id is not None:
                 return len(self._listeners.get(cart_id, ()))
             return sum(len(listeners) for listeners in self._listeners.values())
+
+    def count_from(self, address: str) -> int:
+        """Open listeners of a client address, whatever their carts."""
+        with self._lock:
+            return sum(listener.address == address for listeners in self._listeners.values() for listener in listeners)
+
+    def refuse_if_full(self, cart_id: str, address: str, per_cart: int, per_address: int) -> None:
+        """429 when the cart, or the client's address, already has its share of open streams in this worker."""
+        if self.count(cart_id) >= per_cart:
+            raise ApiError(429, "too_many_streams", "this cart has too many open event streams; close a tab",
+                           {"Retry-After": str(RETRY_MS // 1000)})
+        if self.count_from(address) >= per_address:
+            raise ApiError(429, "too_many_streams", "too many open event streams from your address",
+                           {"Retry-After": str(RETRY_MS // 1000)})
 
     def deliver(self, data: bytes) -> None:
         """A ``CartUpdated`` event as published (runs on the NATS loop: it must not block)."""
@@ -221,6 +238,7 @@ def end_streams(app: Flask) -> None:
         "every change, a comment line every 15 s; without a cart one empty `cart` event, then reconnect"
     ),
     media_type=EVENT_STREAM,
+    errors=(429,),
 )
 def cart_events() -> Response:
     try:
@@ -245,7 +263,9 @@ def cart_events() -> Response:
         feed = cart_feed(current_app)
     except ServiceUnavailable as error:
         return _respond(_unavailable(error))
-    return _respond(_updates(feed, cart_id, read, request.environ, allowed))
+    address = ratelimit.client_address()
+    feed.refuse_if_full(cart_id, address, ctx.settings.sse_max_per_cart, ctx.settings.sse_max_per_address)
+    return _respond(_updates(feed, cart_id, read, request.environ, allowed, address))
 
 
 def _session_alive(app: Flask, token: str | None, cart_id: str) -> Callable[[], bool]:
@@ -275,12 +295,13 @@ def _updates(
     read: Callable[[], CartView],
     environ: dict[str, Any],
     allowed: Callable[[], bool] = _always,
+    address: str = "",
 ) -> Iterator[bytes]:
     """The stream's body. It starts listening only once the server iterates it (a HEAD never does),
     and its ``finally`` lets go however the stream ends (closing a generator raises GeneratorExit at
     its ``yield``; gevent kills a greenlet with GreenletExit wherever it waits)."""
     try:
-        listener = feed.listen(cart_id)  # before reading the cart: no change can fall between the two
+        listener = feed.listen(cart_id, address)  # before reading the cart: no change can fall between the two
     except ServiceUnavailable as error:
         yield from _unavailable(error)
         return

@@ -41,7 +41,7 @@ class Gateway:
         return self.log.read_text(errors="replace")
 
 
-def start_gateway(nats_url: str, tmp_path: Path, workers: int) -> Gateway:
+def start_gateway(nats_url: str, tmp_path: Path, workers: int, **settings: str) -> Gateway:
     port = natsserver.free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CARTWHEEL_", "PROMETHEUS_"))}
     env.update(
@@ -52,6 +52,7 @@ def start_gateway(nats_url: str, tmp_path: Path, workers: int) -> Gateway:
         CARTWHEEL_ADMIN_TOKEN=TOKEN,
         CARTWHEEL_SECRET="s" * 32,
         CARTWHEEL_REQUEST_TIMEOUT="20",
+        **{f"CARTWHEEL_{name.upper()}": value for name, value in settings.items()},
     )
     log = tmp_path / f"gateway-{port}.log"
     with log.open("wb") as out:
@@ -70,6 +71,9 @@ def start_gateway(nats_url: str, tmp_path: Path, workers: int) -> Gateway:
     raise AssertionError(f"the gateway was not ready within 30 s:\n{gateway.output()}")
 
 
+PER_ADDRESS = 40
+
+
 @pytest.fixture(scope="module")
 def catalog(nats_url: str) -> Iterator[FakeCatalog]:
     catalog = FakeCatalog(nats_url).start()
@@ -80,7 +84,8 @@ def catalog(nats_url: str) -> Iterator[FakeCatalog]:
 @pytest.fixture(scope="module")
 def gateway(nats_url: str, catalog: FakeCatalog, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """One worker, so every request below is served by the same process as the slow one."""
-    gateway = start_gateway(nats_url, tmp_path_factory.mktemp("gateway"), workers=1)
+    gateway = start_gateway(nats_url, tmp_path_factory.mktemp("gateway"), workers=1, request_body_seconds="2",
+                            gateway_max_requests_per_address=str(PER_ADDRESS), trusted_proxies="1")
     yield gateway
     natsserver.terminate(gateway.process)
 
@@ -166,6 +171,37 @@ def test_a_client_that_sends_all_of_an_11_mb_body_before_reading_gets_the_413(ga
         urllib.request.urlopen(asked, timeout=30)
     assert refused.value.code == 413
     assert json.loads(refused.value.read())["error"]["code"] == "payload_too_large"
+
+
+def test_slow_bodies_from_one_address_neither_hold_the_gateway_nor_last(gateway: Gateway) -> None:
+    """Issue 13, finding 2: connections that send headers and one byte of a body held a greenlet each for as
+    long as they liked (no body deadline), and 2,000 of them stopped a one-worker gateway answering /healthz.
+    Now requests in flight from one address are capped (the rest get 429 at once) and a body has a deadline
+    (408, here 2 s)."""
+    host, port = gateway.url.removeprefix("http://").split(":")
+    head = (b"POST /api/cart/items HTTP/1.1\r\nHost: test\r\nX-Forwarded-For: 203.0.113.9\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+    socks = []
+    try:
+        for _ in range(PER_ADDRESS + 5):
+            sock = socket.create_connection((host, int(port)), timeout=10)
+            sock.sendall(head)
+            socks.append(sock)
+        started = time.monotonic()
+        assert gateway.get("/healthz").status_code == 200  # another address is served meanwhile
+        statuses = sorted(_status_line(sock) for sock in socks)
+        assert statuses == [b"HTTP/1.1 408"] * PER_ADDRESS + [b"HTTP/1.1 429"] * 5
+        assert time.monotonic() - started < 8  # the deadline, not the client, ended them
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def _status_line(sock: socket.socket) -> bytes:
+    answer = b""
+    while b"\r\n" not in answer and (chunk := sock.recv(4096)):
+        answer += chunk
+    return answer.split(b"\r\n", 1)[0][:12]
 
 
 def test_errors_are_json_on_the_real_server(gateway: Gateway) -> None:

@@ -301,3 +301,26 @@ def test_a_head_request_leaves_no_listener(client: FlaskClient, feed: sse.CartFe
     response = client.head("/api/cart/events")
     assert response.status_code == 200 and response.get_data() == b""
     assert feed.count() == 0 and "get" not in log
+
+
+def test_streams_are_capped_per_cart_and_per_address(bus: FakeBus, feed: sse.CartFeed) -> None:
+    """Issue 13, finding 2: 1,500 streams from one address were accepted; each holds a greenlet and a socket."""
+    app = create_app(Settings(admin_token="t", secret=SECRET, tenant="shop-1", sse_max_per_cart=2,
+                              sse_max_per_address=3), bus)
+    app.extensions[sse.FEED] = feed
+    client = app.test_client()
+    streams = [open_stream(client) for _ in range(2)]  # held: a stream let go of is closed, and released
+    for stream in streams:
+        stream.next_cart()
+    client.set_cookie(CART_COOKIE, signed(CART))
+    refused = client.get("/api/cart/events")
+    assert refused.status_code == 429 and refused.get_json()["error"]["code"] == "too_many_streams"
+    assert refused.headers["Retry-After"] == "2"
+    streams.append(open_stream(client, "another-cart-0000000000000000001"))  # another cart, the address's third
+    streams[-1].next_cart()
+    client.set_cookie(CART_COOKIE, signed("another-cart-0000000000000000002"))
+    assert client.get("/api/cart/events").status_code == 429  # the address's fourth
+    elsewhere = app.test_client()
+    elsewhere.set_cookie(CART_COOKIE, signed("another-cart-0000000000000000002"))
+    assert elsewhere.get("/api/cart/events", buffered=False,
+                         environ_base={"REMOTE_ADDR": "198.51.100.4"}).status_code == 200
