@@ -66,6 +66,10 @@ class Settings(BaseSettings):
 
     metrics_host: str = Field("127.0.0.1", description="Address of the services' metrics port (0.0.0.0 in containers).")
 
+    public_openapi: bool = Field(
+        True, description="/openapi.json for anyone (the API's public contract); false: for the admin token only."
+    )
+
     admin_token: SecretStr | None = Field(
         None, description="Bearer token of the admin API; generated into var/ if unset."
     )

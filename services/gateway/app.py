@@ -44,9 +44,15 @@ def _start_bridge() -> None:
         bus.start()
 
 
+API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+"""What a browser may do with an API response it renders (JSON, an image, an event stream): nothing."""
+
+
 def _no_sniffing(response: Response) -> Response:
-    # Browsers take JSON and images as the type they are sent as, never as HTML they might guess.
+    # Browsers take JSON and images as the type they are sent as, never as HTML they might guess; and even
+    # one rendered as a document may load, run, frame or submit nothing.
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Content-Security-Policy", API_CSP)
     return response
 
 

@@ -160,5 +160,6 @@ def _refuse(start_response: Callable[..., Any], status: int, code: str, message:
     reason = {429: "Too Many Requests", 408: "Request Timeout"}[status]
     start_response(f"{status} {reason}", [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
                                          ("X-Content-Type-Options", "nosniff"), ("Connection", "close"),
+                                         ("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'"),
                                          *headers.items()])
     return [body]

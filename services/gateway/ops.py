@@ -11,6 +11,7 @@ from flask import Response, current_app, jsonify
 from cartwheel import subjects
 from cartwheel.errors import ServiceUnavailable
 from services.gateway.api import Routes
+from services.gateway.auth import require_admin
 from services.gateway.context import gateway
 from services.gateway.errors import error_response
 from services.gateway.openapi import build_spec
@@ -49,13 +50,22 @@ def readyz() -> Response | Readiness:
     return Readiness(worker=worker, services=services)
 
 
-@routes.get("/metrics", summary="Prometheus metrics", media_type="text/plain")
+@routes.get(
+    "/metrics",
+    summary="Prometheus metrics, for the admin token (or without one on the gateway's metrics port, 9100)",
+    media_type="text/plain",
+    errors=(401, 429),
+)
 def metrics() -> Response:
+    require_admin()  # counts and routes tell a stranger how the shop is doing
     return current_app.extensions["cartwheel.metrics"].render()
 
 
-@routes.get("/openapi.json", summary="This API's OpenAPI 3.1 description")
+@routes.get("/openapi.json", summary="This API's OpenAPI 3.1 description (the admin token's if not public)",
+            errors=(401, 429))
 def openapi() -> Response:
+    if not gateway().settings.public_openapi:
+        require_admin()
     spec = current_app.extensions.get("cartwheel.openapi")
     if spec is None:
         spec = current_app.extensions["cartwheel.openapi"] = build_spec(gateway().operations)

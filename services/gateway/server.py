@@ -12,6 +12,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from gunicorn.glogging import Logger as GunicornLogger
 
 from cartwheel.files import private_dir
 from cartwheel.heap import freeze_startup_heap
-from cartwheel.observability import configure_logging
+from cartwheel.observability import configure_logging, start_ops_server
 from cartwheel.settings import Settings
 from services.gateway.migrate import migrate_database
 
@@ -89,6 +90,7 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "logger_class": PropagatingLogger,
         "proc_name": "cartwheel-gateway",
         "control_socket_disable": True,  # it would write to ~/.gunicorn; containers run with a read-only root
+        "when_ready": serve_metrics(settings),
         "post_worker_init": start_bridge,
         "worker_exit": close_bridge,
         "child_exit": forget_worker_metrics,
@@ -224,6 +226,20 @@ def close_bridge(server: Any, worker: Any) -> None:
     app = getattr(worker, "wsgi", None)
     if app is not None:
         app.extensions[EXTENSION].bus.close(timeout=2.0)
+
+
+def serve_metrics(settings: Settings) -> Callable[[Any], None]:
+    """gunicorn's ``when_ready``: the master serves every worker's metrics on the metrics port (off the public
+    port, where /metrics needs the admin token), as the services do on theirs."""
+
+    def when_ready(server: Any) -> None:
+        from prometheus_client import CollectorRegistry, multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # reads the workers' files at each scrape
+        start_ops_server(settings.metrics_port, registry, lambda: True, settings.metrics_host)
+
+    return when_ready
 
 
 def forget_worker_metrics(server: Any, worker: Any) -> None:

@@ -214,7 +214,8 @@ def test_errors_are_json_on_the_real_server(gateway: Gateway) -> None:
 def test_two_workers_add_up_their_metrics_and_stop_on_ctrl_c(
     nats_url: str, catalog: FakeCatalog, tmp_path: Path
 ) -> None:
-    gateway = start_gateway(nats_url, tmp_path, workers=2)
+    metrics_port = natsserver.free_port()
+    gateway = start_gateway(nats_url, tmp_path, workers=2, metrics_port=str(metrics_port))
     try:
         pids, ready = set(), 0
         for _ in range(2000):  # until both workers are connected and have answered
@@ -225,13 +226,15 @@ def test_two_workers_add_up_their_metrics_and_stop_on_ctrl_c(
             if len(pids) == 2:
                 break
         assert len(pids) == 2
-        metrics = gateway.get("/metrics").text
+        assert gateway.get("/metrics").status_code == 401  # issue 13, finding 9: not for strangers on the public port
+        assert gateway.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+        metrics = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=15).text  # the master's port
         line = next(
             line
             for line in metrics.splitlines()
             if line.startswith('cartwheel_gateway_http_requests_total{method="GET",route="/readyz",status="200"}')
         )
-        assert float(line.rsplit(" ", 1)[1]) >= ready  # both workers' counts, whichever one served /metrics
+        assert float(line.rsplit(" ", 1)[1]) >= ready  # both workers' counts
         gateway.process.send_signal(signal.SIGINT)
         assert gateway.process.wait(timeout=10) == 0
     finally:

@@ -13,7 +13,7 @@ from cartwheel.contracts.catalog import GetProduct, Product, SetProductImage
 from cartwheel.contracts.inventory import GetStock
 from cartwheel.errors import NotFound
 from cartwheel.settings import Settings
-from services.gateway.app import create_app
+from services.gateway.app import API_CSP, create_app
 from services.gateway.images import MAX_IMAGE_BYTES, sniff
 from services.gateway.testing import FakeBus
 from tests.helpers import image
@@ -171,7 +171,7 @@ def test_an_image_of_too_many_pixels_is_413_and_not_stored(
     assert len(bus.objects) == 1
 
 
-def test_every_json_and_image_response_says_nosniff(client: FlaskClient, catalog: Catalog) -> None:
+def test_every_json_and_image_response_says_nosniff_and_allows_nothing(client: FlaskClient, catalog: Catalog) -> None:
     product = catalog.add()
     url = upload(client, product.id, PNG).get_json()["image_url"]
     image_response = client.get(url)
@@ -186,6 +186,9 @@ def test_every_json_and_image_response_says_nosniff(client: FlaskClient, catalog
     ]
     assert [r.status_code for r in responses] == [200, 304, 200, 404, 400, 200, 200]
     assert {r.headers.get("X-Content-Type-Options") for r in responses} == {"nosniff"}
+    # Issue 13: a restrictive CSP on every response, so even one rendered as a document can do nothing.
+    assert {r.headers.get("Content-Security-Policy") for r in responses} == {API_CSP}
+    assert "default-src 'none'" in API_CSP and "frame-ancestors 'none'" in API_CSP
 
 
 def test_an_inactive_products_image_is_kept_by_no_shared_cache(client: FlaskClient, catalog: Catalog) -> None:

@@ -64,12 +64,22 @@ def test_readyz_reports_a_degraded_service(client: FlaskClient, bus: FakeBus) ->
     assert client.get("/readyz").get_json()["services"]["catalog"]["status"] == "degraded"
 
 
+def test_metrics_and_a_private_api_description_need_the_admin_token(client: FlaskClient, bus: FakeBus) -> None:
+    """Issue 13, finding 9: /metrics (routes, counts, errors) answered anyone on the public port."""
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.get("/openapi.json").status_code == 200  # public by default: the API's published contract
+    private = create_app(Settings(admin_token="t" * 24, secret="s" * 32, public_openapi=False), bus).test_client()
+    assert private.get("/openapi.json").status_code == 401
+    assert private.get("/openapi.json", headers={"Authorization": "Bearer " + "t" * 24}).status_code == 200
+
+
 def test_metrics_count_requests_by_route_template(client: FlaskClient) -> None:
     client.get("/api/products")
     client.get("/api/products/one-sku")  # no catalog answer: 503
     client.get("/api/products/another-sku")
     client.get("/no/such/route")
-    response = client.get("/metrics")
+    response = client.get("/metrics", headers={"Authorization": "Bearer " + "t" * 24})
     assert response.status_code == 200 and response.mimetype == "text/plain"
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
