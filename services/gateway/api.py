@@ -30,6 +30,17 @@ class Header:
 
 
 @dataclass(frozen=True)
+class Link:
+    """An OpenAPI link from an operation's success to the operation ``target`` (its endpoint, ``module.view``),
+    whose ``parameters`` (path parameter name → runtime expression such as ``$response.body#/id``) it supplies:
+    how a client, or a stateful fuzzer, goes on from what it just made."""
+
+    name: str
+    target: str
+    parameters: dict[str, str]
+
+
+@dataclass(frozen=True)
 class Operation:
     method: str
     path: str  # OpenAPI style: /api/products/{id}
@@ -46,6 +57,7 @@ class Operation:
     headers: tuple[Header, ...] = ()
     raw_body: tuple[str, ...] = ()  # media types of a body the view reads as bytes (not validated here)
     not_modified: bool = False  # may answer 304, without a body, to a conditional GET
+    links: tuple[Link, ...] = ()
 
     @property
     def endpoint(self) -> str:
@@ -62,12 +74,12 @@ class Operation:
     @property
     def error_statuses(self) -> list[int]:
         statuses = set(self.errors) | {500}
-        if self.body:
-            statuses |= {400, 413, 415, 422}
+        if self.body or self.raw_body:
+            statuses |= {400, 408, 413, 415, 422}  # 408: the body did not arrive in time (guard.py)
         if self.query:
             statuses |= {400, 422}
         if self.auth != "none":
-            statuses.add(401)
+            statuses |= {401, 429}  # 429: too many wrong admin tokens from this address
         return sorted(statuses)
 
 

@@ -26,8 +26,13 @@ def build_spec(operations: list[Operation], *, title: str = "Cartwheel", version
     refs, definitions = models_json_schema(wanted, ref_template=REF_TEMPLATE)
     schemas: dict[str, Any] = dict(definitions.get("$defs", {}))
     paths: dict[str, dict[str, Any]] = {}
+    ids = {op.endpoint: _operation_id(op) for op in operations}
     for op in operations:
-        paths.setdefault(op.path, {})[op.method.lower()] = _operation(op, refs, schemas)
+        spec = paths.setdefault(op.path, {})[op.method.lower()] = _operation(op, refs, schemas)
+        if op.links:
+            spec["responses"][str(op.status)]["links"] = {
+                link.name: {"operationId": ids[link.target], "parameters": link.parameters} for link in op.links
+            }
     return {
         "openapi": "3.1.0",
         "info": {"title": title, "version": version or _package_version(), "description": DESCRIPTION},
@@ -37,6 +42,10 @@ def build_spec(operations: list[Operation], *, title: str = "Cartwheel", version
             "securitySchemes": {"adminBearer": {"type": "http", "scheme": "bearer", "description": "The admin token."}},
         },
     }
+
+
+def _operation_id(op: Operation) -> str:
+    return op.endpoint.replace(".", "_")
 
 
 def _package_version() -> str:
@@ -49,7 +58,7 @@ def _package_version() -> str:
 def _operation(op: Operation, refs: dict[Any, Any], schemas: dict[str, Any]) -> dict[str, Any]:
     parameters = [_path_param(name) for name in op.path_params] + _query_params(op, schemas)
     spec: dict[str, Any] = {
-        "operationId": op.endpoint.replace(".", "_"),
+        "operationId": _operation_id(op),
         "summary": op.summary,
         "tags": [op.tag],
         "parameters": parameters + [_header_param(header) for header in op.headers],

@@ -32,7 +32,7 @@ from cartwheel.contracts.orders import (
 from cartwheel.errors import DomainError, NotFound
 from services.gateway import cursors
 from services.gateway.accounts import normalised_email
-from services.gateway.api import Header, Routes
+from services.gateway.api import Header, Link, Routes
 from services.gateway.auth import is_admin
 from services.gateway.cart import NO_STORE
 from services.gateway.context import gateway
@@ -74,6 +74,11 @@ class Placed(BaseModel):
     status=201,
     errors=(404, 409, 422, 503),
     headers=(CHECKOUT_KEY,),
+    links=(
+        Link("GetOrder", "orders.get_order", {"order_id": "$response.body#/order_id"}),
+        Link("PayOrder", "orders.pay_order", {"order_id": "$response.body#/order_id"}),
+        Link("CancelOrder", "orders.admin_cancel_order", {"order_id": "$response.body#/order_id"}),
+    ),
 )
 def checkout(body: CheckoutBody) -> tuple[Placed, Headers]:
     ctx = gateway()

@@ -20,7 +20,7 @@ from cartwheel.contracts.catalog import (
 )
 from cartwheel.errors import NotFound, ServiceUnavailable
 from services.gateway import cursors, stock
-from services.gateway.api import Routes
+from services.gateway.api import Link, Routes
 from services.gateway.auth import is_admin
 from services.gateway.context import gateway
 from services.gateway.errors import ApiError
@@ -79,6 +79,14 @@ def get_product(id_or_sku: str) -> ProductOut:
     errors=(409, 503),
     auth="admin",
     tag="admin",
+    links=(
+        Link("GetProduct", "products.get_product", {"id_or_sku": "$response.body#/id"}),
+        Link("UpdateProduct", "products.update_product", {"id": "$response.body#/id"}),
+        Link("UploadImage", "images.upload_image", {"id": "$response.body#/id"}),
+        Link("GetStock", "inventory.get_stock", {"product_id": "$response.body#/id"}),
+        Link("Restock", "inventory.restock", {"product_id": "$response.body#/id"}),
+        Link("SetStock", "inventory.set_stock", {"product_id": "$response.body#/id"}),
+    ),
 )
 def create_product(body: ProductDraft) -> tuple[ProductOut, dict[str, str]]:
     ctx = gateway()

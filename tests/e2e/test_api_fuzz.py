@@ -1,5 +1,7 @@
 """Every operation of the running shop's own ``/openapi.json``, fuzzed by schemathesis: nothing a client sends
-is a 500, and every answer has a status, content type, headers and body the spec documents.
+is a 500, and every answer has a status, content type, headers and body the spec documents. Operation by
+operation, then statefully: sequences that follow the spec's links (and the links schemathesis infers from
+the response schemas), so the fuzzer reaches what stands behind ids the shop really made.
 
 Deterministic and bounded: a fixed seed, derandomized generation and a few examples per operation
 (schemathesis's examples, coverage and fuzzing phases, valid and invalid input). The fuzzer shares the
@@ -26,6 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import hypothesis
 import pytest
 import requests
 import schemathesis
@@ -58,6 +61,8 @@ CHECKS = [
     response_headers_conformance,
     response_schema_conformance,
 ]
+STATEFUL_RUNS = 15
+STATEFUL_STEPS = 6
 LOG_SETTLES = 0.5  # the services' output reaches the log through the supervisor's pipes
 
 
@@ -144,6 +149,44 @@ def test_nothing_a_client_sends_is_a_server_error(
         except Exception as failure:  # schemathesis's FailureGroup says what failed, with a curl to reproduce it
             failures.append(f"{operation.label}: {failure}")
     assert not failures, "\n\n".join(failures)
+    time.sleep(LOG_SETTLES)
+    with log.open(encoding="utf-8") as output:
+        output.seek(logged_before)
+        assert "Traceback" not in output.read(), f"the shop logged a stack trace while fuzzed; see {log}"
+
+
+def test_sequences_that_follow_the_specs_links_reach_real_ids_and_no_server_error(
+    system: System, shop_schema: BaseSchema, fuzzer: requests.Session, created: Created
+) -> None:
+    """Stateful: schemathesis chains operations along /openapi.json's links (a created product is then read,
+    patched, given an image and stock; a placed order is read, paid, cancelled), so it reaches the paths
+    behind real ids, with the same checks. Bounded: a fixed seed, STATEFUL_RUNS scenarios of at most
+    STATEFUL_STEPS calls each."""
+    log = system.var_dir / "system.log"
+    logged_before = log.stat().st_size
+    followed: list[str] = []
+
+    class ShopMachine(shop_schema.as_state_machine()):  # type: ignore[misc]
+        def call(self, case: Case, **kwargs: Any) -> Any:
+            response = case.call(session=fuzzer, timeout=TIMEOUT, **kwargs)
+            created.note(response)
+            return response
+
+        def step(self, input: Any) -> Any:
+            if input.transition is not None:
+                followed.append(input.transition.id)
+            return super().step(input)
+
+        def validate_response(self, response: Any, case: Case, additional_checks: Any = None, **kwargs: Any) -> None:
+            case.validate_response(response, checks=CHECKS)
+
+    ShopMachine.run(settings=hypothesis.settings(
+        max_examples=STATEFUL_RUNS, stateful_step_count=STATEFUL_STEPS, deadline=None, derandomize=True,
+        database=None, phases=[hypothesis.Phase.generate], suppress_health_check=list(hypothesis.HealthCheck),
+    ))
+    declared = {"GetOrder", "PayOrder", "CancelOrder", "GetProduct", "UpdateProduct", "UploadImage", "GetStock",
+                "Restock", "SetStock"}  # the links the gateway declares (schemathesis infers more of its own)
+    assert any(transition.split("] ", 1)[-1].split(" -> ", 1)[0] in declared for transition in followed), followed
     time.sleep(LOG_SETTLES)
     with log.open(encoding="utf-8") as output:
         output.seek(logged_before)
