@@ -4,6 +4,10 @@ nats-server configured as ``cartwheel up`` configures the embedded one."""
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
+import ssl
+import subprocess
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +18,8 @@ import pytest
 
 from cartwheel import natsauth, subjects
 from cartwheel.contracts.orders import ListOrders
-from cartwheel.natsserver import NatsServer, free_port
+from cartwheel.natsserver import BINARY, NatsServer, free_port, port_is_free, spawn, terminate, wait_until_answering
+from cartwheel.settings import Settings
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +137,42 @@ def test_a_seed_file_is_made_once_private_and_kept(tmp_path: Path) -> None:
     assert set(first) == set(natsauth.IDENTITIES)
     assert all((tmp_path / "keys" / f"{identity}.nk").stat().st_mode & 0o777 == 0o600 for identity in first)
     assert (tmp_path / "keys").stat().st_mode & 0o777 == 0o700
+
+
+def test_a_process_reaches_a_tls_only_server_with_the_tls_settings(tmp_path: Path) -> None:
+    """TLS to NATS is configuration: a server with a certificate (and keys), a process with
+    CARTWHEEL_NATS_TLS_CA and a tls:// URL; without the CA the handshake is refused."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl makes the test certificate")
+    cert, key = tmp_path / "server.crt", tmp_path / "server.key"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True, timeout=60)
+    seeds = natsauth.ensure_keys(tmp_path / "var" / natsauth.KEYS_DIR)
+    public = {identity: natsauth.public_key(seed) for identity, seed in seeds.items()}
+    port = free_port()
+    config = tmp_path / "tls.conf"
+    config.write_text(f'listen: "127.0.0.1:{port}"\n'
+                      f'tls {{\n  cert_file: {json.dumps(str(cert))}\n  key_file: {json.dumps(str(key))}\n}}\n'
+                      + natsauth.authorization(public))
+    server = spawn([str(BINARY), "-c", str(config)])
+    try:
+        wait_until_answering(server, lambda: not port_is_free(port), "nats-server", 15, RuntimeError)
+        settings = Settings(var_dir=tmp_path / "var", nats_url=f"tls://127.0.0.1:{port}", nats_tls_ca=cert)
+
+        async def ping(options: dict[str, Any]) -> bool:
+            nc = await nats.connect(settings.nats_servers, allow_reconnect=False, max_reconnect_attempts=0,
+                                    connect_timeout=3, **options)
+            try:
+                await nc.flush(timeout=3)
+                return nc.is_connected
+            finally:
+                await nc.close()
+
+        assert asyncio.run(ping(natsauth.connect_options(settings, "catalog")))
+        untrusting = natsauth.connect_options(settings.model_copy(update={"nats_tls_ca": None}), "catalog")
+        with pytest.raises((ssl.SSLError, OSError, nats.errors.Error)):  # the system's CAs don't know this one
+            asyncio.run(ping(untrusting))
+    finally:
+        terminate(server)
