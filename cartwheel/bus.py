@@ -7,6 +7,7 @@ import logging
 from dataclasses import replace
 from typing import Any
 
+import nats
 import nats.errors
 import nats.js.errors
 from faststream.nats import NatsBroker
@@ -37,7 +38,7 @@ def make_broker(settings: Settings, service: str, registry: CollectorRegistry | 
         logger=logging.getLogger(f"cartwheel.{service}.bus"),
         log_level=logging.DEBUG,  # one line per message is too loud at INFO under load
         graceful_timeout=5.0,  # finish in-flight handlers on stop, within the 10 s a Ctrl-C allows
-        **natsauth.connect_options(settings, service),
+        **natsauth.broker_options(settings, service),
     )
 
 
@@ -86,8 +87,9 @@ def object_store_configs(settings: Settings) -> list[ObjectStoreConfig]:
     ]
 
 
-async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
-    """Create the stream, or bring an existing one to ``config``; safe to call from every replica."""
+async def ensure_stream(js: JetStreamContext, config: StreamConfig, *, update: bool = True) -> None:
+    """Create the stream, or bring an existing one to ``config`` (with ``update``; without, say that it differs);
+    safe to call from every replica."""
     try:
         info = await js.stream_info(config.name)
     except nats.js.errors.NotFoundError:
@@ -99,6 +101,10 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
             info = await js.stream_info(config.name)  # another replica won the race
     wanted = replace(info.config, **{key: getattr(config, key) for key in _MANAGED})
     if any(getattr(info.config, key) != getattr(wanted, key) for key in _MANAGED):
+        if not update:
+            log.warning("stream %s differs from its declaration; `cartwheel migrate --streams` (as admin) updates it",
+                        config.name)
+            return
         await js.update_stream(wanted)
         log.info("stream %s updated", config.name)
 
@@ -129,14 +135,27 @@ async def ensure_object_store(js: JetStreamContext, config: ObjectStoreConfig) -
             await js.object_store(config.bucket)  # type: ignore[arg-type]  # created meanwhile by another replica
 
 
-async def declare_topology(js: JetStreamContext, settings: Settings) -> None:
-    """Declare every stream and bucket, idempotently. Run by each service at start."""
+async def declare_topology(js: JetStreamContext, settings: Settings, *, update: bool = True) -> None:
+    """Declare every stream and bucket, idempotently. Run by each service at start (``update=False``: a service
+    may create what is missing, not change what exists), and by ``cartwheel up`` and ``cartwheel migrate
+    --streams`` as admin, which bring existing streams up to date."""
     for stream in stream_configs(settings):
-        await ensure_stream(js, stream)
+        await ensure_stream(js, stream, update=update)
     for bucket in bucket_configs(settings):
         await ensure_bucket(js, bucket)
     for store in object_store_configs(settings):
         await ensure_object_store(js, store)
+
+
+async def declare_streams(settings: Settings) -> None:
+    """Declare every stream and bucket and bring existing ones up to date, as admin (services may only create
+    what is missing): ``cartwheel up`` at each start, ``cartwheel migrate --streams`` elsewhere."""
+    nc = await nats.connect(settings.nats_servers, connect_timeout=5, max_reconnect_attempts=2,
+                            **natsauth.connect_options(settings, natsauth.ADMIN))
+    try:
+        await declare_topology(nc.jetstream(), settings)
+    finally:
+        await nc.close()
 
 
 async def request(nc: NatsClient, message: Message, timeout: float, subject: str | None = None) -> Any:

@@ -21,6 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("service", choices=RUNNABLE)
     migrate = sub.add_parser("migrate", help="apply database migrations (all services and the gateway unless named)")
     migrate.add_argument("services", nargs="*", metavar="SERVICE")
+    migrate.add_argument("--streams", action="store_true",
+                         help="also declare NATS streams and buckets and bring them up to date (as admin)")
     sub.add_parser("seed", help="add the demo catalog (skips products whose sku exists)")
     health = sub.add_parser("health", help="ask services over NATS whether they are healthy; exit 1 if not")
     health.add_argument(
@@ -74,6 +76,13 @@ def main(argv: list[str] | None = None) -> int:
         for service in args.services or DATABASES:
             migrate(service, settings.database_url(service))
             print(f"{service}: migrated")
+        if args.streams:
+            import asyncio
+
+            from cartwheel.bus import declare_streams
+
+            asyncio.run(declare_streams(settings))
+            print("streams and buckets: declared")
         return 0
     if args.command == "seed":
         from services.catalog.seed import seed_demo

@@ -52,7 +52,8 @@ def inbox_prefix(identity: str) -> str:
 
 
 def _stream_read(stream: str) -> list[str]:
-    """Read a stream: its info, messages by sequence, and consumers of one's own (push or pull) with their acks."""
+    """Read all of a stream (a bucket, a lane's own): its info, messages by sequence, consumers of one's own
+    (push or pull) with their acks."""
     api = "$JS.API"
     return [
         f"{api}.STREAM.INFO.{stream}", f"{api}.STREAM.MSG.GET.{stream}",
@@ -65,10 +66,22 @@ def _stream_read(stream: str) -> list[str]:
 
 
 def _stream_own(stream: str) -> list[str]:
-    """Declare (create, bring up to date) and purge a stream, besides reading it."""
+    """Declare (create, bring up to date) and purge a stream, besides reading it: a lane's own stream and bucket."""
     api = "$JS.API"
     return [*_stream_read(stream), f"{api}.STREAM.CREATE.{stream}", f"{api}.STREAM.UPDATE.{stream}",
             f"{api}.STREAM.PURGE.{stream}"]
+
+
+def _event_consumers(service: str) -> list[str]:
+    """Of the EVENTS stream (every order, with emails, passes through it), only the service's own durables,
+    each made with its own filter (the server checks the request's filter against the subject's), and their
+    acks: no reading by sequence, no consumer of another's, no other filter."""
+    api, stream = "$JS.API", subjects.EVENTS_STREAM
+    allowed = [f"{api}.STREAM.INFO.{stream}"]
+    for durable, subject in subjects.EVENT_CONSUMERS[service].items():
+        allowed += [f"{api}.CONSUMER.CREATE.{stream}.{durable}.{subject}", f"{api}.CONSUMER.INFO.{stream}.{durable}",
+                    f"$JS.ACK.{stream}.{durable}.>"]
+    return allowed
 
 
 def _bucket_read(bucket: str) -> list[str]:
@@ -76,20 +89,26 @@ def _bucket_read(bucket: str) -> list[str]:
 
 
 def _bucket_write(bucket: str) -> list[str]:
+    return [*_stream_read(_KV + bucket), f"$KV.{bucket}.>"]
+
+
+def _lane_bucket(bucket: str) -> list[str]:
     return [*_stream_own(_KV + bucket), f"$KV.{bucket}.>"]
 
 
 def _declares() -> list[str]:
-    """What every service needs to declare the shared topology at start (:func:`cartwheel.bus.declare_topology`)."""
+    """What every service needs to declare the shared topology at start (:func:`cartwheel.bus.declare_topology`):
+    to create what is missing. Not to change what exists (a stream takes whatever subjects its config names,
+    whoever may publish them): that is admin's, with ``cartwheel migrate --streams``."""
     api = "$JS.API"
     names = [subjects.EVENTS_STREAM, _KV + subjects.CATALOG_CACHE_BUCKET, _KV + subjects.INVENTORY_STOCK_BUCKET,
              _OBJ + subjects.PRODUCT_IMAGES_BUCKET]
-    return [f"{api}.{verb}.{name}" for name in names for verb in ("STREAM.INFO", "STREAM.CREATE", "STREAM.UPDATE")]
+    return [f"{api}.{verb}.{name}" for name in names for verb in ("STREAM.INFO", "STREAM.CREATE")]
 
 
 def _lane(lane: str) -> list[str]:
     """Run a lane: its stream and lease bucket, its command and outcome subjects."""
-    return [*_stream_own(subjects.lane_stream(lane)), *_bucket_write(subjects.lane_bucket(lane)),
+    return [*_stream_own(subjects.lane_stream(lane)), *_lane_bucket(subjects.lane_bucket(lane)),
             subjects.lane_command(lane, "*"), subjects.lane_outcome(lane)]
 
 
@@ -126,16 +145,14 @@ _LANE_CALLERS = {"cart": ["cart"], subjects.INVENTORY_LANE: ["inventory", "order
 """Whose inboxes a lane worker answers (its callers: :data:`_CALLS` with ``_lane_caller``)."""
 
 _JETSTREAM: dict[str, list[str]] = {
-    "catalog": [*_stream_read(subjects.EVENTS_STREAM), *_bucket_write(subjects.CATALOG_CACHE_BUCKET)],
-    "cart": [*_stream_read(subjects.EVENTS_STREAM), *_bucket_read(subjects.CATALOG_CACHE_BUCKET),
-             *_bucket_read(subjects.INVENTORY_STOCK_BUCKET)],
-    "inventory": [*_stream_read(subjects.EVENTS_STREAM), *_bucket_write(subjects.INVENTORY_STOCK_BUCKET)],
-    "orders": [*_stream_read(subjects.EVENTS_STREAM), *_bucket_read(subjects.CATALOG_CACHE_BUCKET),
-               *_bucket_read(subjects.INVENTORY_STOCK_BUCKET)],
-    "payments": [*_stream_read(subjects.EVENTS_STREAM)],
-    GATEWAY: [*_stream_read(subjects.EVENTS_STREAM), *_bucket_read(subjects.CATALOG_CACHE_BUCKET),
-              *_bucket_read(subjects.INVENTORY_STOCK_BUCKET), *_stream_own(_OBJ + subjects.PRODUCT_IMAGES_BUCKET),
-              f"$O.{subjects.PRODUCT_IMAGES_BUCKET}.>",
+    "catalog": [*_bucket_write(subjects.CATALOG_CACHE_BUCKET)],
+    "cart": [*_bucket_read(subjects.CATALOG_CACHE_BUCKET), *_bucket_read(subjects.INVENTORY_STOCK_BUCKET)],
+    "inventory": [*_bucket_write(subjects.INVENTORY_STOCK_BUCKET)],
+    "orders": [*_bucket_read(subjects.CATALOG_CACHE_BUCKET), *_bucket_read(subjects.INVENTORY_STOCK_BUCKET)],
+    "payments": [],
+    GATEWAY: [*_bucket_read(subjects.CATALOG_CACHE_BUCKET), *_bucket_read(subjects.INVENTORY_STOCK_BUCKET),
+              *_stream_read(_OBJ + subjects.PRODUCT_IMAGES_BUCKET), f"$O.{subjects.PRODUCT_IMAGES_BUCKET}.>",
+              f"$JS.API.STREAM.PURGE.{_OBJ}{subjects.PRODUCT_IMAGES_BUCKET}",  # an image replaced
               "$JS.API.STREAM.NAMES"],  # nats-py finds an object's stream by its subject (names only)
 }
 
@@ -151,10 +168,11 @@ def permissions(identity: str) -> dict[str, Any]:
     if identity == GATEWAY:
         subscribe.append(subjects.CART_UPDATED)  # live carts (SSE) hear changes as they are published
     if identity in SERVICES:
-        publish += [f"events.{identity}.>", *_declares()]
+        publish += [f"events.{identity}.>", *_declares(), *_event_consumers(identity)]
         subscribe += [f"{identity}.>", subjects.health(identity)]
         if lane := _LANES.get(identity):
-            publish += [*_lane(lane), *(f"{inbox_prefix(caller)}.>" for caller in _LANE_CALLERS[lane])]
+            callers = _LANE_CALLERS[lane]
+            publish += [*_lane(lane), *(subjects.lane_replies(inbox_prefix(caller), ">") for caller in callers)]
     entry: dict[str, Any] = {"publish": {"allow": _unique(publish)}, "subscribe": {"allow": _unique(subscribe)}}
     if identity in SERVICES:
         entry["allow_responses"] = True  # answer a request on its reply subject, once, whoever asked
@@ -219,11 +237,31 @@ def seed_file(settings: Settings, identity: str) -> Path | None:
     return path if path.exists() else None
 
 
+def signs_in_as(settings: Settings, identity: str) -> str:
+    """The identity this process's key belongs to: the one a configured key file is named after
+    (``/keys/catalog.nk``: catalog, whatever the process asks to be, e.g. ``cartwheel health`` run in the catalog
+    container), else ``identity``. Its inbox must be that identity's, where the server lets it subscribe."""
+    if settings.nats_nkey_file is not None and settings.nats_nkey_file.stem in IDENTITIES:
+        return settings.nats_nkey_file.stem
+    return identity
+
+
 def connect_options(settings: Settings, identity: str) -> dict[str, Any]:
-    """Keyword arguments for ``nats.connect`` / ``NatsBroker``: the identity's seed, inbox and TLS."""
-    options: dict[str, Any] = {"inbox_prefix": inbox_prefix(identity)}
+    """Keyword arguments for ``nats.connect``: the identity's seed, inbox and TLS."""
+    options: dict[str, Any] = {"inbox_prefix": inbox_prefix(signs_in_as(settings, identity))}
     if (path := seed_file(settings, identity)) is not None:
         options["nkeys_seed_str"] = path.read_text().strip()
     if (tls := settings.nats_tls_context()) is not None:
         options["tls"] = tls
     return options
+
+
+def broker_options(settings: Settings, identity: str) -> dict[str, Any]:
+    """The same for FastStream's ``NatsBroker``, which takes the seed and TLS as one ``security``."""
+    from faststream.nats.security import NatsNKey, NatsSecurity
+
+    tls = settings.nats_tls_context()
+    path = seed_file(settings, identity)
+    security = NatsNKey.from_seed(path.read_text().strip(), ssl_context=tls) if path is not None \
+        else NatsSecurity(ssl_context=tls) if tls is not None else None
+    return {"inbox_prefix": inbox_prefix(signs_in_as(settings, identity)), "security": security}

@@ -60,7 +60,7 @@ class Service:
         self._on_start: list[Callable[[], Awaitable[None]]] = []
         self._on_stop: list[Callable[[], Awaitable[None]]] = []
         self.relay: OutboxRelay | None = None
-        self._durables: list[str] = []
+        self.event_consumers: dict[str, str] = {}  # durable -> subject, as subjects.EVENT_CONSUMERS lists them
         self.app = FastStream(
             self.broker,
             logger=self.log,
@@ -137,7 +137,7 @@ class Service:
                     message_id.reset(token)
 
             endpoint.__name__ = fn.__name__
-            self._durables.append(durable)
+            self.event_consumers[durable] = subject
             self.broker.subscriber(
                 subject,
                 queue=durable,  # nats-py makes the queue name the durable consumer's name and deliver group
@@ -162,7 +162,7 @@ class Service:
         started = time.monotonic()
         await asyncio.get_running_loop().run_in_executor(None, migrate, self.name, self.db.url)
         await self.broker.connect()
-        await declare_topology(self.js, self.settings)
+        await declare_topology(self.js, self.settings, update=False)  # bringing streams up to date is admin's
         await self._move_event_consumers()
         self.relay = OutboxRelay(self.db, self.js)
         for hook in self._on_start:
@@ -172,7 +172,7 @@ class Service:
     async def _move_event_consumers(self) -> None:
         """Bring a durable made by an older version to the deliver subject this one subscribes to (the server
         keeps a consumer's config, and nats-py subscribes where it says), keeping its place in the stream."""
-        for durable in self._durables:
+        for durable in self.event_consumers:
             wanted = event_consumer(self.name, durable).deliver_subject
             try:
                 config = (await self.js.consumer_info(subjects.EVENTS_STREAM, durable)).config
@@ -211,7 +211,8 @@ class Service:
 def event_consumer(service: str, durable: str) -> ConsumerConfig:
     """The EVENTS consumer every replica of a service asks for: the same config from each (its deliver subject
     too), so replicas starting together get one consumer instead of racing to create it."""
-    return ConsumerConfig(filter_subjects=[], deliver_policy=DeliverPolicy.ALL,
+    return ConsumerConfig(name=durable,  # named: nats-py then asks with the filter in the subject, which the bus checks
+                          filter_subjects=[], deliver_policy=DeliverPolicy.ALL,
                           deliver_subject=subjects.event_delivery(natsauth.inbox_prefix(service), durable))
 
 

@@ -71,6 +71,20 @@ PAYMENTS_DISPUTE_CLOSED = "events.payments.dispute_closed"
 PAYMENTS_REFUND_FAILED = "events.payments.refund_failed"
 PAYMENTS_EVENTS = "events.payments.>"
 
+PAYMENT_OUTCOMES = (PAYMENTS_SUCCEEDED, PAYMENTS_FAILED, PAYMENTS_CANCELED, PAYMENTS_REFUNDED, PAYMENTS_REQUIRES_ACTION,
+                    PAYMENTS_DISPUTED, PAYMENTS_DISPUTE_CLOSED, PAYMENTS_REFUND_FAILED)
+"""The payment events that move an order (orders consumes each with a durable of its own)."""
+
+EVENT_CONSUMERS: dict[str, dict[str, str]] = {
+    "catalog": {"catalog-cache": CATALOG_EVENTS},
+    "cart": {"cart_checkout": ORDERS_PAID},
+    "inventory": {"inventory-products": CATALOG_PRODUCT_CREATED, "inventory-stock-board": INVENTORY_EVENTS},
+    "orders": {"orders_" + subject.rsplit(".", 1)[1]: subject for subject in PAYMENT_OUTCOMES},
+    "payments": {},
+}
+"""Each service's durable consumers of the EVENTS stream and the subjects they read: the bus lets a service
+make and use exactly these (cartwheel/natsauth.py), so it reads no other service's events."""
+
 # Key-value buckets.
 CATALOG_CACHE_BUCKET = "catalog_products"
 
@@ -128,6 +142,12 @@ def lane_partition(lane: str, partition: int) -> str:
 def lane_partition_transform(lane: str, partitions: int) -> tuple[str, str]:
     """Source and destination of the stream's subject transform that maps keys onto partitions."""
     return f"{lane}.cmd.*", f"{lane}.part.{{{{partition({partitions},1)}}}}.{{{{wildcard(1)}}}}"
+
+
+def lane_replies(inbox_prefix: str, token: str) -> str:
+    """A lane client's reply inbox, under its identity's inbox prefix: the only part of another identity's
+    inbox a lane worker may publish to (its callers' replies)."""
+    return f"{inbox_prefix}.lane.{token}"
 
 
 def lane_outcome(lane: str) -> str:

@@ -312,6 +312,7 @@ class System:
             private_dir(self.var_dir, narrow=True)
             if self.nats is not None:
                 self._start_nats()
+                self._declare_streams()
             if self.embedded_stripe:
                 self._start_payment_server()
             # The gateway needs its own database only: let it boot while the services' migrations run.
@@ -403,6 +404,19 @@ class System:
             self.nats.wait_ready()
         except NatsServerError as exc:
             raise StartupError(f"{exc}\n{self.children.last_lines(NATS)}") from None
+
+    def _declare_streams(self) -> None:
+        """As admin, before any service: streams and buckets as this version declares them (services may only
+        create what is missing)."""
+        import asyncio
+
+        from cartwheel.bus import declare_streams
+
+        self._step("declaring streams and buckets…")
+        try:
+            asyncio.run(declare_streams(self.settings))
+        except Exception as exc:
+            raise StartupError(f"could not declare the streams and buckets: {exc!r}") from None
 
     def _start_payment_server(self) -> None:
         """localstripe on loopback, in memory only: a checkout with test cards works offline."""

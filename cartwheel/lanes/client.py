@@ -43,7 +43,8 @@ class LaneClient:
         self._waiting: dict[str, list[asyncio.Future[bytes]]] = {}
 
     async def start(self) -> LaneClient:
-        self._inbox = self.nc.new_inbox()
+        prefix, token = self.nc.new_inbox().rsplit(".", 1)
+        self._inbox = subjects.lane_replies(prefix, token)  # lane workers may answer here, nowhere else of ours
         self._sub = await self.nc.subscribe(f"{self._inbox}.*", cb=self._on_reply)
         return self
 

@@ -6,7 +6,7 @@ timeouts cover the headers, not the body). Two limits, applied around the Flask 
 
 - **in flight per address**: past ``gateway_max_requests_per_address`` requests from one client address
   (as :func:`client_address` reads it, behind ``trusted_proxies``), a request is answered 429 at once,
-  before its body is read, and its connection closed. SSE streams count while they are open.
+  before its body is read, and its connection closed (:data:`CLOSE`). SSE streams count while they are open.
 - **body deadline**: a body must arrive within ``request_body_seconds`` plus its declared size at
   ``request_body_min_rate`` bytes/s; slower, the request is answered 408 and its connection closed.
 
@@ -29,9 +29,13 @@ from werkzeug.wsgi import ClosingIterator
 
 from cartwheel.settings import Settings
 
+CHUNKED_BODY_BYTES = 8 * 1024 * 1024
+"""A chunked body declares no size: it gets the time of the largest the gateway takes (an image, 5 MB)."""
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 ADDRESS = "cartwheel.client_address"  # the environ key of the address this request counts against
-_CLOSE = "cartwheel.close_connection"
+CLOSE = "cartwheel.close_connection"
+"""Set in a request's environ when its connection must not serve another request (its body is left unread):
+gunicorn ignores an app's ``Connection: close``, so server.py's ``post_request`` hook closes it."""
 
 
 def client_address(environ: dict[str, Any], trusted_proxies: int) -> str:
@@ -76,6 +80,7 @@ class ClientGuard:
             if not full:
                 self._open[address] += 1
         if full:
+            environ[CLOSE] = True
             return _refuse(start_response, 429, "too_many_requests",
                            "too many requests in flight from your address; try again shortly", {"Retry-After": "1"})
         sock = environ.get("gunicorn.socket")
@@ -90,20 +95,15 @@ class ClientGuard:
             if sock is not None:
                 sock.settimeout(None)  # gunicorn's own (blocking) for the next request on this connection
 
-        def respond(status: str, headers: list[tuple[str, str]], *args: Any) -> Any:
-            if environ.get(_CLOSE):
-                headers = [(k, v) for k, v in headers if k.lower() != "connection"] + [("Connection", "close")]
-            return start_response(status, headers, *args)
-
         try:
-            return ClosingIterator(self.app(environ, respond), [release])
+            return ClosingIterator(self.app(environ, start_response), [release])
         except BaseException:
             release()
             raise
 
     def _deadline(self, environ: dict[str, Any]) -> float:
         declared = environ.get("CONTENT_LENGTH") or ""
-        size = int(declared) if declared.isdigit() else 0
+        size = int(declared) if declared.isdigit() else CHUNKED_BODY_BYTES
         return time.monotonic() + self.settings.request_body_seconds + size / self.settings.request_body_min_rate
 
 
@@ -145,7 +145,7 @@ class DeadlineInput:
             self._give_up()
 
     def _give_up(self) -> None:
-        self._environ[_CLOSE] = True  # the rest of the body is unread: this connection can't serve another request
+        self._environ[CLOSE] = True  # the rest of the body is unread: this connection can't serve another request
         raise RequestTimeout("the request body did not arrive in time")
 
 
@@ -159,7 +159,7 @@ def _refuse(start_response: Callable[..., Any], status: int, code: str, message:
     body = json.dumps({"error": {"code": code, "message": message}}, separators=(",", ":")).encode()
     reason = {429: "Too Many Requests", 408: "Request Timeout"}[status]
     start_response(f"{status} {reason}", [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-                                         ("X-Content-Type-Options", "nosniff"), ("Connection", "close"),
+                                         ("X-Content-Type-Options", "nosniff"),
                                          ("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'"),
                                          *headers.items()])
     return [body]

@@ -7,6 +7,7 @@ then starts its NATS bridge in ``post_worker_init``, so the bridge's loop runs a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -21,8 +22,10 @@ from gunicorn.glogging import Logger as GunicornLogger
 
 from cartwheel.files import private_dir
 from cartwheel.heap import freeze_startup_heap
-from cartwheel.observability import configure_logging, start_ops_server
+from cartwheel.natsserver import spawn
+from cartwheel.observability import configure_logging
 from cartwheel.settings import Settings
+from services.gateway.guard import CLOSE
 from services.gateway.migrate import migrate_database
 
 log = logging.getLogger("cartwheel.gateway.server")
@@ -94,7 +97,7 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "post_worker_init": start_bridge,
         "worker_exit": close_bridge,
         "child_exit": forget_worker_metrics,
-        "post_request": close_after_refused_body,
+        "post_request": close_unusable_connection,
     }
 
 
@@ -229,15 +232,14 @@ def close_bridge(server: Any, worker: Any) -> None:
 
 
 def serve_metrics(settings: Settings) -> Callable[[Any], None]:
-    """gunicorn's ``when_ready``: the master serves every worker's metrics on the metrics port (off the public
-    port, where /metrics needs the admin token), as the services do on theirs."""
+    """gunicorn's ``when_ready``: every worker's metrics on the metrics port (off the public port, where /metrics
+    needs the admin token), as the services do on theirs, from a process of its own (metrics_port.py)."""
 
     def when_ready(server: Any) -> None:
-        from prometheus_client import CollectorRegistry, multiprocess
-
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # reads the workers' files at each scrape
-        start_ops_server(settings.metrics_port, registry, lambda: True, settings.metrics_host)
+        if settings.metrics_port:
+            env = {**os.environ, "CARTWHEEL_METRICS_PORT": str(settings.metrics_port),
+                   "CARTWHEEL_METRICS_HOST": settings.metrics_host}
+            spawn([sys.executable, "-m", "services.gateway.metrics_port"], output=None, env=env)
 
     return when_ready
 
@@ -248,7 +250,23 @@ def forget_worker_metrics(server: Any, worker: Any) -> None:
     multiprocess.mark_process_dead(worker.pid)
 
 
-def close_after_refused_body(worker: Any, req: Any, environ: dict[str, Any], resp: Any) -> None:
+def close_unusable_connection(worker: Any, req: Any, environ: dict[str, Any], resp: Any) -> None:
+    """A connection whose request body was left unread can't serve another request: close it.
+
+    The guard's refusals (429, 408: :data:`services.gateway.guard.CLOSE`) close at once. After a 413 the body is
+    left unread too; then see :func:`close_after_refused_body`.
+    """
+    if environ.get(CLOSE):
+        req.must_close = True
+        sock = environ.get("gunicorn.socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # gunicorn would read the rest of the body to reach the next request
+        return
+    close_after_refused_body(req, environ, resp)
+
+
+def close_after_refused_body(req: Any, environ: dict[str, Any], resp: Any) -> None:
     """After a 413 the body is left unread: close the connection instead of reading it to reach the next request.
 
     A lingering close (stop writing, then drop what arrives: the declared body, up to :data:`LINGER_BYTES`

@@ -95,7 +95,8 @@ def cart_of(system: System, tea: dict[str, Any], quantity: int = 1) -> requests.
 
 def open_streams(system: System) -> float:
     """The gateway's open cart streams, summed over its workers (from /metrics)."""
-    text = requests.get(f"{system.base_url}/metrics", timeout=TIMEOUT).text
+    admin = {"Authorization": f"Bearer {system.admin_token}"}
+    text = requests.get(f"{system.base_url}/metrics", headers=admin, timeout=TIMEOUT).text
     values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(STREAMS_METRIC + " ")]
     return sum(values)
 

@@ -169,7 +169,8 @@ def test_bad_input_gets_its_4xx_in_the_error_shape(system: System, method: str, 
 def test_operations_endpoints(system: System) -> None:
     assert requests.get(f"{system.base_url}/healthz", timeout=TIMEOUT).status_code == 200
     assert requests.get(f"{system.base_url}/readyz", timeout=TIMEOUT).status_code == 200
-    metrics = requests.get(f"{system.base_url}/metrics", timeout=TIMEOUT)
+    assert requests.get(f"{system.base_url}/metrics", timeout=TIMEOUT).status_code == 401  # the admin's
+    metrics = requests.get(f"{system.base_url}/metrics", headers=admin(system), timeout=TIMEOUT)
     assert metrics.status_code == 200 and "# TYPE" in metrics.text
     spec = requests.get(f"{system.base_url}/openapi.json", timeout=TIMEOUT).json()
     assert {"/api/products", "/api/products/{id_or_sku}", "/api/admin/products"} <= set(spec["paths"])

@@ -4,6 +4,7 @@ nats-server configured as ``cartwheel up`` configures the embedded one."""
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import shutil
 import ssl
@@ -17,9 +18,10 @@ import nats.errors
 import pytest
 
 from cartwheel import natsauth, subjects
+from cartwheel.bus import make_broker
 from cartwheel.contracts.orders import ListOrders
 from cartwheel.natsserver import BINARY, NatsServer, free_port, port_is_free, spawn, terminate, wait_until_answering
-from cartwheel.settings import Settings
+from cartwheel.settings import SERVICES, Settings
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +89,20 @@ def _errors_after(url: str, seeds: dict[str, str], identity: str,
     ("gateway", "$JS.API.CONSUMER.CREATE.LANE_INVENTORY"),
     ("cart", subjects.ORDERS_PAID),  # no service publishes another's events
     ("catalog", "$JS.API.STREAM.DELETE.EVENTS"),
+    # EVENTS carries every order (emails, client secrets): a service reads only its own durables' subjects.
+    ("catalog", "$JS.API.STREAM.MSG.GET.EVENTS"),
+    ("catalog", "$JS.API.DIRECT.GET.EVENTS"),
+    ("catalog", "$JS.API.CONSUMER.CREATE.EVENTS.catalog-cache.events.orders.>"),  # its durable, another filter
+    ("catalog", "$JS.API.CONSUMER.CREATE.EVENTS"),  # an ephemeral consumer of everything
+    ("catalog", "$JS.API.CONSUMER.DURABLE.CREATE.EVENTS.catalog-cache"),  # the form without a filter
+    ("orders", "$JS.API.CONSUMER.CREATE.EVENTS.catalog-cache.events.catalog.>"),  # another service's durable
+    ("gateway", "$JS.API.CONSUMER.CREATE.EVENTS"),
+    # A stream takes any subject its config names: changing shared ones is admin's.
+    ("catalog", "$JS.API.STREAM.UPDATE.EVENTS"),
+    ("gateway", "$JS.API.STREAM.UPDATE.OBJ_product_images"),
+    ("inventory", "$JS.API.STREAM.UPDATE.KV_catalog_products"),
+    # A lane worker answers its callers' lane inboxes, nothing else of theirs.
+    ("inventory", "_INBOX_orders.abc.1"),
 ])
 def test_a_service_may_not_publish_what_is_not_its_own(secured: tuple[str, dict[str, str]], identity: str,
                                                        subject: str) -> None:
@@ -108,6 +124,11 @@ def test_a_service_may_not_listen_to_what_is_not_its_own(secured: tuple[str, dic
                                                          subject: str) -> None:
     errors = _errors_after(*secured, identity, lambda nc: nc.subscribe(subject))
     assert f'nats: permissions violation for subscription to "{subject.lower()}"' in errors
+
+
+def test_a_lane_worker_may_answer_its_callers_lane_inbox(secured: tuple[str, dict[str, str]]) -> None:
+    errors = _errors_after(*secured, "inventory", lambda nc: nc.publish("_INBOX_orders.lane.abc.cmd-1", b"{}"))
+    assert errors == []
 
 
 def test_a_service_answers_what_it_owns_and_its_callers_hear_the_reply(secured: tuple[str, dict[str, str]]) -> None:
@@ -171,8 +192,27 @@ def test_a_process_reaches_a_tls_only_server_with_the_tls_settings(tmp_path: Pat
                 await nc.close()
 
         assert asyncio.run(ping(natsauth.connect_options(settings, "catalog")))
+
+        async def service_connects() -> bool:  # the services' FastStream broker takes the same settings
+            broker = make_broker(settings, "catalog")
+            await broker.connect()
+            try:
+                await broker.connection.flush(timeout=3)
+                return broker.connection.is_connected
+            finally:
+                await broker.stop()
+
+        assert asyncio.run(service_connects())
         untrusting = natsauth.connect_options(settings.model_copy(update={"nats_tls_ca": None}), "catalog")
         with pytest.raises((ssl.SSLError, OSError, nats.errors.Error)):  # the system's CAs don't know this one
             asyncio.run(ping(untrusting))
     finally:
         terminate(server)
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_each_services_event_consumers_are_the_ones_the_bus_lets_it_make(service: str, tmp_path: Path) -> None:
+    """The bus lets a service make exactly the EVENTS durables subjects.EVENT_CONSUMERS lists, each with its
+    filter; a service that consumed anything else would be refused at start."""
+    built = importlib.import_module(f"services.{service}.app").build(Settings(var_dir=tmp_path))
+    assert built.event_consumers == subjects.EVENT_CONSUMERS[service]

@@ -191,10 +191,21 @@ def test_slow_bodies_from_one_address_neither_hold_the_gateway_nor_last(gateway:
         assert gateway.get("/healthz").status_code == 200  # another address is served meanwhile
         statuses = sorted(_status_line(sock) for sock in socks)
         assert statuses == [b"HTTP/1.1 408"] * PER_ADDRESS + [b"HTTP/1.1 429"] * 5
+        assert all(_closed_by_the_server(sock) for sock in socks)  # their bodies are unread: no next request
         assert time.monotonic() - started < 8  # the deadline, not the client, ended them
     finally:
         for sock in socks:
             sock.close()
+
+
+def _closed_by_the_server(sock: socket.socket) -> bool:
+    sock.settimeout(5)
+    try:
+        while sock.recv(4096):
+            pass
+    except ConnectionResetError:
+        pass
+    return True
 
 
 def _status_line(sock: socket.socket) -> bytes:

@@ -664,9 +664,10 @@ def test_k8s_pods_hold_only_their_own_nats_key(monkeypatch: pytest.MonkeyPatch) 
         secrets_seen.add(secret["secretName"])
         settings = settings_from(container_env(container), monkeypatch)
         assert natsauth.seed_file(settings, name) == Path(path), name
-        key = path.name
-        assert re.search(rf"create secret generic cartwheel-nats-\$id --from-file={re.escape(key)}=nats-keys/\$id\.nk",
-                         readme), "README.md makes each Secret from `cartwheel nats-auth` output"
+        assert path.name == f"{name}.nk", f"{name}: the key file's name says whose it is (natsauth.signs_in_as)"
+        assert natsauth.signs_in_as(settings, natsauth.ADMIN) == name, f"{name}: a CLI command there signs in as it"
+        assert re.search(r"create secret generic cartwheel-nats-\$id --from-file=nats-keys/\$id\.nk", readme), \
+            "README.md makes each Secret from `cartwheel nats-auth` output"
         assert re.search(rf"\bfor id in [^;]*\b{name}\b", readme), f"README.md makes cartwheel-nats-{name}"
     assert len(secrets_seen) == len(deployments())
     assert not {o["metadata"]["name"] for o in k8s_of("Secret")} & secrets_seen, "keys are never in the manifests"

@@ -350,3 +350,16 @@ def abandoned_cart(message: ListCarts) -> dict[str, Any]:
     carts = Carts()
     carts.lines["c1"] = {PRODUCT: 2}
     return {**carts.view("c1"), "status": message.status}
+
+
+def test_admin_pages_without_the_gateway_database_are_a_503_page(make_client: Any) -> None:
+    """Admin sessions (and wrong-token counts) live in the gateway database: without it, a page that says so."""
+    signed_in = make_client()
+    sign_in_admin(signed_in)
+    cookie = signed_in.get_cookie(ADMIN_COOKIE, path="/admin")
+    assert cookie is not None
+    client = make_client(gateway_database_url="sqlite:////nonexistent-folder/gateway.db")
+    client.set_cookie(ADMIN_COOKIE, cookie.value, path="/admin")
+    for page in (client.get("/admin/products"), client.post("/admin/login", data={"token": TOKEN})):
+        assert page.status_code == 503 and page.mimetype == "text/html", page.status_code
+        assert "try again" in page.get_data(as_text=True)

@@ -12,6 +12,7 @@ from typing import Any
 from flask import Flask, Response, render_template
 from werkzeug.exceptions import HTTPException
 
+from cartwheel.errors import ServiceUnavailable
 from cartwheel.money import money
 from services.gateway.context import EXTENSION
 from services.gateway.web import admin, admin_orders, shop
@@ -36,6 +37,7 @@ def mount(api: Flask) -> Flask:
         pages.register_blueprint(blueprint)
     pages.register_error_handler(PageError, _error_page)
     pages.register_error_handler(HTTPException, _http_error_page)
+    pages.register_error_handler(ServiceUnavailable, _unavailable_page)
     pages.after_request(_page_headers)
     api.wsgi_app = _dispatch(pages.wsgi_app, api.wsgi_app)  # type: ignore[method-assign]
     return pages
@@ -55,6 +57,11 @@ def _dispatch(pages: WSGIApp, api: WSGIApp) -> WSGIApp:
 
 def _error_page(error: PageError) -> tuple[str, int]:
     return render_template("error.html", error=error), error.status
+
+
+def _unavailable_page(error: ServiceUnavailable) -> tuple[str, int, dict[str, str]]:
+    page = PageError(503, "Part of the shop is not answering right now; try again in a moment.")
+    return render_template("error.html", error=page), 503, {"Retry-After": "5"}
 
 
 def _http_error_page(error: HTTPException) -> tuple[str, int]:

@@ -33,7 +33,7 @@ NOTICES = {
 def _admin_context() -> dict[str, Any]:
     if not request.path.startswith(admin_session.ADMIN_PATH):
         return {}
-    return {"csrf_token": admin_session.csrf_token(), "notice": NOTICES.get(request.args.get("notice", ""))}
+    return {"csrf_token": admin_session.page_csrf_token(), "notice": NOTICES.get(request.args.get("notice", ""))}
 
 
 @pages.get("")

@@ -17,6 +17,7 @@ from flask import g, redirect, request
 from itsdangerous import BadData, URLSafeTimedSerializer
 from werkzeug.http import dump_cookie
 
+from cartwheel.errors import ServiceUnavailable
 from services.gateway import store
 from services.gateway.context import gateway
 from services.gateway.cookies import secret
@@ -50,13 +51,24 @@ def end_session() -> str:
 
 
 def csrf_token() -> str | None:
-    """This request's admin session's CSRF token; None when there is no live admin session."""
+    """This request's admin session's CSRF token; None when there is no live admin session.
+
+    Raises :class:`ServiceUnavailable` when the gateway database does not answer (see :func:`page_csrf_token`).
+    """
     if _CSRF not in g:
         token = _session_token()
         live = token is not None and store.admin_session_lives(token)
         setattr(g, _CSRF, hmac.new(secret().encode(), f"csrf:{token}".encode(), hashlib.sha256).hexdigest()
                 if live else None)
     return g.get(_CSRF)
+
+
+def page_csrf_token() -> str | None:
+    """:func:`csrf_token` for templates: None too when the database does not answer (an error page is shown)."""
+    try:
+        return csrf_token()
+    except ServiceUnavailable:
+        return None
 
 
 def _session_token() -> str | None:
@@ -79,7 +91,7 @@ def admin_only(view: Callable[..., Any]) -> Callable[..., Any]:
 
     @wraps(view)
     def guarded(**kwargs: Any) -> Any:
-        token = csrf_token()
+        token = csrf_token()  # the gateway database down: the pages' 503 page
         if token is None:
             return redirect(ADMIN_PATH, code=303)
         if request.method == "POST" and not hmac.compare_digest(request.form.get(CSRF_FIELD, ""), token):
