@@ -11,6 +11,7 @@ from cartwheel.files import PRIVATE_UMASK
 from cartwheel.settings import DATABASES, SERVICES, get_settings
 
 RUNNABLE = (*SERVICES, "gateway")
+LANE_SERVICES = ("cart", "inventory")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     auth.add_argument("--keys", type=Path, help="folder of the <identity>.nk seeds and auth.conf (var/nats-keys)")
     auth.add_argument("--rotate", nargs="*", metavar="IDENTITY",
                       help="replace these identities' keys (all with no name given after --rotate)")
+    letters = sub.add_parser(
+        "dead-letters", help="list a lane service's dead letters (commands its database would not take); --replay one"
+    )
+    letters.add_argument("service", choices=LANE_SERVICES)
+    letters.add_argument("--replay", type=int, metavar="SEQUENCE",
+                         help="send that command again, under a new id (once its cause is fixed), and forget it")
     demo = sub.add_parser("demo-checkout", help="buy one product on the running shop, pay with a test card, follow it")
     demo.add_argument("--url", help="the shop's address (default: this machine's gateway)")
     demo.add_argument("--card", default="pm_card_visa", help="Stripe test payment method (default pm_card_visa)")
@@ -98,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if healthy else 1
     if args.command == "nats-auth":
         return nats_auth(args.keys or settings.var_dir / "nats-keys", args.rotate)
+    if args.command == "dead-letters":
+        from cartwheel.lanes.admin import show_dead_letters
+
+        return show_dead_letters(settings, args.service, args.replay)
     if args.command == "demo-checkout":
         from cartwheel.demo import DemoFailed, demo_checkout
 

@@ -93,7 +93,8 @@ def _bucket_write(bucket: str) -> list[str]:
 
 
 def _lane_bucket(bucket: str) -> list[str]:
-    return [*_stream_own(_KV + bucket), f"$KV.{bucket}.>"]
+    """A lane's lease bucket: its own, moved from memory to file by deleting and making it again."""
+    return [*_stream_own(_KV + bucket), f"$JS.API.STREAM.DELETE.{_KV}{bucket}", f"$KV.{bucket}.>"]
 
 
 def _declares() -> list[str]:

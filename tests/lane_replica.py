@@ -54,6 +54,8 @@ def handle(state: Ledger, command: LaneCommand) -> Outcome[Ledger]:
             reply={"at": at.isoformat()},
             alarms=[Alarm(id=command.body["alarm"], at=at, body={"note": command.body.get("note", "")})],
         )
+    if command.kind == "poison":  # a state the database can't be given (it does not serialise): a dead letter
+        return Outcome(reply={}, state=Ledger.model_construct(stock=object(), applied=seen, fired=state.fired))
     if command.kind == "drop":
         return Outcome(reply={"dropped": command.key}, delete=True)
     if command.kind == "forget":

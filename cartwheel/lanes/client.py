@@ -17,8 +17,10 @@ from nats.aio.subscription import Subscription
 from cartwheel import subjects
 from cartwheel.bus import unwrap
 from cartwheel.errors import Invalid, ServiceUnavailable
+from cartwheel.lanes.types import COMMAND_ID_MAX, KEY_MAX
 
-TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,200}$")
+KEY = re.compile(rf"^[A-Za-z0-9_-]{{1,{KEY_MAX}}}$")
+COMMAND_ID = re.compile(rf"^[A-Za-z0-9_-]{{1,{COMMAND_ID_MAX}}}$")
 FIRST_WAIT = 1.0
 """Seconds before the first resend; each later wait doubles. A healthy lane answers in milliseconds;
 resending sooner only adds load to a lane that is slow because it is busy."""
@@ -62,11 +64,11 @@ class LaneClient:
         self, key: str, kind: str, body: dict[str, Any], command_id: str | None = None, timeout: float = 5.0
     ) -> Any:
         """Apply ``kind`` to ``key``; the reply's data, or DomainError / ServiceUnavailable."""
-        if not TOKEN.match(key):
+        if not KEY.match(key):
             raise Invalid(f"lane key {key!r} is not a plain token", fields=[{"field": "key", "message": "invalid"}])
         command_id = command_id or uuid.uuid4().hex
-        if not TOKEN.match(command_id):
-            raise Invalid(f"command id {command_id!r} is not a plain token")
+        if not COMMAND_ID.match(command_id):
+            raise Invalid(f"command id {command_id[:120]!r} is not a plain token of 1 to {COMMAND_ID_MAX} characters")
         if self._sub is None:
             raise RuntimeError("LaneClient.start() first")
         subject = subjects.lane_command(self.lane, key)

@@ -46,6 +46,24 @@ class LaneAlarm(LanesBase):
     body: Mapped[str] = mapped_column(Text)
 
 
+class LaneDeadLetter(LanesBase):
+    """A command the database would not take (a constraint, a value it can't store): set aside with the error,
+    answered as failed, the partition's cursor moved past it so the keys behind it go on. An operator lists
+    them (``cartwheel lanes dead-letters``) and, the cause fixed, sends one again under a new id."""
+
+    __tablename__ = "lane_dead_letters"
+
+    lane: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sequence: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    partition: Mapped[int] = mapped_column(Integer)
+    command_id: Mapped[str] = mapped_column(String(100))
+    key: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(64))
+    body: Mapped[str] = mapped_column(Text)
+    error: Mapped[str] = mapped_column(Text)
+    failed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class LaneCursor(LanesBase):
     """The last stream sequence applied per partition: moved with compare-and-set in each batch's
     transaction, so two replicas that both think they own a partition can't both apply."""

@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 
 Hook = Callable[[int], Awaitable[None]]
 MEMBER, LEASE = "member.", "lease."
+def bucket_gone(error: BaseException) -> bool:
+    """What writing to or watching a bucket raises once its stream is gone (not a missing key)."""
+    return isinstance(error, nats.js.errors.NoStreamResponseError | nats.js.errors.NotFoundError) and \
+        not isinstance(error, nats.js.errors.KeyNotFoundError)
 UNANSWERED = (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError)  # it may have been written anyway
 
 
@@ -86,22 +90,44 @@ class Ownership:
         self._watcher: KeyValue.KeyWatcher | None = None
         self._listener: asyncio.Task[None] | None = None
         self._listening_since = 0.0
+        self._bucket_lost = False
 
     @property
     def bucket(self) -> str:
         return subjects.lane_bucket(self.lane)
 
     async def start(self) -> None:
-        await ensure_bucket(self.js, KeyValueConfig(bucket=self.bucket, history=1, storage=StorageType.MEMORY,
-                                                    replicas=self.replicas,
-                                                    description=f"replicas and partition leases of lane {self.lane}"))
-        await self._no_bucket_age()
-        self.kv = await self.js.key_value(self.bucket)
+        await self._open_bucket()
         await self._heartbeat()
         await self._listen()
         await self._round()
         self._beating = asyncio.create_task(self._beat(), name=f"lane-{self.lane}-heartbeat")
         self._task = asyncio.create_task(self._run(), name=f"lane-{self.lane}-ownership")
+
+    async def _open_bucket(self) -> None:
+        """The lease bucket, made where missing: on file, so a restarted nats-server still has it (in memory it
+        was lost with every restart, and nothing made it again: failover stopped)."""
+        config = KeyValueConfig(bucket=self.bucket, history=1, storage=StorageType.FILE, replicas=self.replicas,
+                                description=f"replicas and partition leases of lane {self.lane}")
+        await ensure_bucket(self.js, config)
+        stream = f"KV_{self.bucket}"
+        if (await self.js.stream_info(stream)).config.storage != StorageType.FILE:  # made by an older version
+            log.info("lane %s: bucket %s moves from memory to file (its leases are taken again)", self.lane,
+                     self.bucket)
+            with contextlib.suppress(nats.js.errors.NotFoundError):  # another replica moved it first
+                await self.js.delete_stream(stream)
+            await ensure_bucket(self.js, config)
+        await self._no_bucket_age()
+        self.kv = await self.js.key_value(self.bucket)
+
+    async def _recover_bucket(self) -> None:
+        """The bucket is gone (a nats-server that lost it, an operator): make it again and watch it again, which
+        lets go of every partition whose lease it no longer shows (all of them), to be taken again."""
+        log.warning("lane %s: bucket %s is gone; making it again", self.lane, self.bucket)
+        self._bucket_lost = False
+        await self._open_bucket()
+        await self._heartbeat()
+        await self._listen()
 
     async def _no_bucket_age(self) -> None:
         """A bucket made before leases lived as long as their holder expired every entry after ``ttl``: leases
@@ -139,6 +165,9 @@ class Ownership:
                 await self._heartbeat()
             except Exception as exc:
                 log.warning("lane %s: heartbeat not sent (%s)", self.lane, exc)
+                if bucket_gone(exc):
+                    self._bucket_lost = True
+                    self._changed.set()
 
     async def _run(self) -> None:
         waiting = False  # wanted partitions are still held by others: look again soon, they are being let go
@@ -148,9 +177,16 @@ class Ownership:
                     await self._changed.wait()
             self._changed.clear()
             try:
+                if self._bucket_lost:
+                    await self._recover_bucket()
                 waiting = await self._round()
-            except Exception:
-                log.exception("lane %s: ownership round failed", self.lane)
+            except Exception as exc:
+                if bucket_gone(exc):
+                    self._bucket_lost = True
+                    log.warning("lane %s: ownership round failed: bucket %s is gone (%r)", self.lane, self.bucket,
+                                exc)
+                else:
+                    log.exception("lane %s: ownership round failed", self.lane)
 
     async def _round(self) -> bool:
         """Take or give up partitions; True while a wanted one is still held by another."""

@@ -18,6 +18,7 @@ from nats.aio.subscription import Subscription
 from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig, SubjectTransform
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import BaseModel
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from cartwheel import subjects
@@ -26,7 +27,7 @@ from cartwheel.contracts.base import utcnow
 from cartwheel.lanes import store
 from cartwheel.lanes.ownership import Ownership
 from cartwheel.lanes.store import Incoming
-from cartwheel.lanes.types import ALARM, LaneCommand, LaneSpec
+from cartwheel.lanes.types import ALARM, COMMAND_ID_MAX, KEY_MAX, LaneCommand, LaneSpec, fired_alarm_id
 from cartwheel.service import Service
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,45 @@ class LaneMetrics:
                            ["service", "lane"], registry=reg).labels(**labels)
         self.restarts = Counter("cartwheel_lane_partition_restarts", "Partitions re-read from their cursor",
                                 ["service", "lane"], registry=reg).labels(**labels)
+        self.dead_letters = Counter("cartwheel_lane_dead_letters", "Commands set aside: the database would not "
+                                    "take them", ["service", "lane"], registry=reg).labels(**labels)
+
+
+def decode_envelope(data: bytes) -> tuple[str, dict[str, Any], str | None]:
+    """``(kind, body, problem)`` of a command's bytes; ``problem`` says why the lane can't read it (else None)."""
+    try:
+        envelope = json.loads(data)
+    except ValueError as exc:  # not JSON, not UTF-8
+        return "", {}, f"not JSON ({str(exc)[:80]})"
+    if not isinstance(envelope, dict):
+        return "", {}, "not a JSON object"
+    kind, body = envelope.get("kind", ""), envelope.get("body") or {}
+    if not isinstance(kind, str) or not isinstance(body, dict):
+        return "", {}, "kind must be a string and body an object"
+    if kind == ALARM and not (isinstance(body.get("alarm_id"), str) and isinstance(body.get("due_at"), str)):
+        return "", {}, "an alarm needs an alarm_id and a due_at"
+    return kind, body, None
+
+
+RESTART_FIRST = 0.1
+RESTART_MAX = 10.0
+
+
+def restart_delay(failures: int) -> float:
+    """Seconds before a partition whose batch failed ``failures`` times in a row is read again: a database that
+    is down is asked again soon, then less and less often, instead of a tight loop of restarts."""
+    return min(RESTART_FIRST * 2 ** min(failures - 1, 16), RESTART_MAX)
+
+
+def permanent(error: Exception) -> bool:
+    """Whether the database refused this batch's content for good (a constraint, a value it can't store, a state
+    that won't serialise): retrying the same commands would fail the same way. A database that is down, locked
+    or out of step with the code (a missing table: an operator's matter) is worth waiting for instead."""
+    if isinstance(error, (IntegrityError, DataError)):
+        return True
+    if isinstance(error, DBAPIError | TimeoutError | ConnectionError | OSError):
+        return False
+    return isinstance(error, ValueError | TypeError | KeyError | AttributeError)
 
 
 class CursorMoved(Exception):
@@ -130,13 +170,23 @@ class PartitionWorker:
                     break
                 batch.append(msg)
             try:
-                await self._apply(batch)
+                try:
+                    await self._apply(batch)
+                except Exception as exc:
+                    if isinstance(exc, CursorMoved) or not permanent(exc):
+                        raise
+                    # Something in the batch the database will never take: find it, set it aside, go on.
+                    await self._apply_one_by_one(batch)
+                self.runtime.failures.pop(self.partition, None)
             except Exception as exc:
+                rt = self.runtime
+                failures = rt.failures[self.partition] = rt.failures.get(self.partition, 0) + 1
+                delay = 0.0 if isinstance(exc, CursorMoved) else restart_delay(failures)
                 log.log(logging.WARNING if isinstance(exc, CursorMoved) else logging.ERROR,
-                        "lane %s partition %d: %s; re-reading from the cursor", self.runtime.spec.name,
-                        self.partition, exc, exc_info=not isinstance(exc, CursorMoved))
-                self.runtime.metrics.restarts.inc()
-                self.runtime.background(self.runtime.restart(self.partition))
+                        "lane %s partition %d: %s; re-reading from the cursor in %.1f s", rt.spec.name,
+                        self.partition, exc, delay, exc_info=not isinstance(exc, CursorMoved) and failures == 1)
+                rt.metrics.restarts.inc()
+                rt.background(rt.restart(self.partition, delay))
                 return
 
     async def _apply(self, batch: list[Msg]) -> None:
@@ -166,6 +216,34 @@ class PartitionWorker:
             self._next_purge = time.monotonic() + PURGE_EVERY
             await self._purge_applied()
 
+    async def _apply_one_by_one(self, batch: list[Msg]) -> None:
+        """Apply ``batch`` a command at a time; one the database refuses for good becomes a dead letter."""
+        for msg in batch:
+            try:
+                await self._apply([msg])
+            except Exception as exc:
+                if isinstance(exc, CursorMoved) or not permanent(exc):
+                    raise
+                await self._dead_letter(self._decode(msg), exc)
+
+    async def _dead_letter(self, item: Incoming, error: Exception) -> None:
+        rt, lane = self.runtime, self.runtime.spec.name
+        if item.command.sequence <= self.cursor:
+            return
+        log.error("lane %s partition %d: command %s (%s on %s, sequence %d) set aside as a dead letter: %r",
+                  lane, self.partition, item.command.id, item.command.kind, item.command.key, item.command.sequence,
+                  error)
+        expected = self.cursor
+        result = await rt.service.db.run(
+            lambda s: store.dead_letter(s, lane, self.partition, expected, item, repr(error)))
+        if not result.applied:
+            raise CursorMoved(f"cursor moved to {result.last_sequence} elsewhere")
+        self.cursor = result.last_sequence
+        self.states.pop(item.command.key, None)  # as the database has it, read again next time
+        rt.metrics.dead_letters.inc()
+        for reply_to, data in result.replies:
+            await rt.service.broker.connection.publish(reply_to, data)
+
     async def _purge_applied(self) -> None:
         """Drop what this partition applied from the stream; the database keeps the record of it."""
         lane = self.runtime.spec.name
@@ -185,18 +263,26 @@ class PartitionWorker:
             self.states.popitem(last=False)
 
     def _decode(self, msg: Msg) -> Incoming:
+        """The command as stored; one the lane can't read is marked ``malformed`` (answered so, never applied)."""
         meta = msg.metadata
-        envelope = json.loads(msg.data)
         headers = msg.headers or {}
+        sequence = meta.sequence.stream
+        given = headers.get("Nats-Msg-Id") or ""
+        kind, body, problem = decode_envelope(msg.data)
+        key = msg.subject.split(".", 3)[3]
+        if len(given) > COMMAND_ID_MAX:
+            problem = problem or f"command id longer than {COMMAND_ID_MAX} characters"
+        if len(key) > KEY_MAX:
+            problem = problem or f"key longer than {KEY_MAX} characters"
         command = LaneCommand(
-            id=headers.get("Nats-Msg-Id") or f"seq-{meta.sequence.stream}",
-            key=msg.subject.split(".", 3)[3],
-            kind=str(envelope.get("kind", "")),
-            body=envelope.get("body") or {},
-            sequence=meta.sequence.stream,
+            id=given if 0 < len(given) <= COMMAND_ID_MAX else f"seq-{sequence}",
+            key=key,
+            kind=kind,
+            body=body,
+            sequence=sequence,
             issued_at=meta.timestamp,
         )
-        return Incoming(command=command, reply_to=headers.get(subjects.LANE_REPLY_HEADER))
+        return Incoming(command=command, reply_to=headers.get(subjects.LANE_REPLY_HEADER), malformed=problem)
 
 
 class GroupApplier:
@@ -318,6 +404,7 @@ class LaneRuntime:
         self.spec = spec
         self.metrics = LaneMetrics(service, spec.name)
         self.workers: dict[int, PartitionWorker] = {}
+        self.failures: dict[int, int] = {}  # partition -> batches failed in a row (the restart's backoff)
         self.alarms_changed = asyncio.Event()
         self.alarm_check_at = utcnow()
         self.lease_ttl = lease_ttl
@@ -377,8 +464,8 @@ class LaneRuntime:
             log.info("lane %s: handed partition %d over", self.spec.name, partition)
         self.metrics.owned.set(len(self.workers))
 
-    async def restart(self, partition: int) -> None:
-        """Re-read a partition from its database cursor (after a failed batch or a moved cursor).
+    async def restart(self, partition: int, delay: float = 0.0) -> None:
+        """Re-read a partition from its database cursor (after a failed batch or a moved cursor), ``delay`` s on.
 
         If that fails too (the database is down), the lease goes back, and the ownership loop
         tries again next tick: the partition is never left held but unworked.
@@ -386,6 +473,8 @@ class LaneRuntime:
         if partition not in self.workers:
             return
         await self._release(partition)
+        if delay:
+            await asyncio.sleep(delay)
         if not self.ownership or partition not in self.ownership.held:
             return
         try:
@@ -451,7 +540,7 @@ class LaneRuntime:
         js = self.service.js
         clock = time.monotonic()
         for alarm in due:
-            fired_id = f"alarm:{alarm.alarm_id}:{int(alarm.due_at.timestamp() * 1000)}"
+            fired_id = fired_alarm_id(alarm.alarm_id, alarm.due_at)
             if sent.get(fired_id, 0) > clock:
                 continue  # published moments ago; it is on its way through the lane
             body = {"alarm_id": alarm.alarm_id, "due_at": alarm.due_at.isoformat(), "body": json.loads(alarm.body)}

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from cartwheel.contracts.base import Reply, utcnow
 from cartwheel.errors import DomainError
-from cartwheel.lanes.models import LaneAlarm, LaneCommandRecord, LaneCursor, LaneState
+from cartwheel.lanes.models import LaneAlarm, LaneCommandRecord, LaneCursor, LaneDeadLetter, LaneState
 from cartwheel.lanes.types import ALARM, LaneCommand, LaneSpec
 from cartwheel.outbox import record_events
 
@@ -29,6 +29,8 @@ class Incoming:
 
     command: LaneCommand
     reply_to: str | None
+    malformed: str | None = None
+    """Why the lane can't read this command (not JSON, ...): it is answered so and never applied."""
 
 
 @dataclass
@@ -161,18 +163,19 @@ def apply_group(session: Session, spec: LaneSpec[Any], batches: list[PartitionBa
         return results
 
     commands = [i.command for b, _ in live for i in b.batch]
+    readable = [i.command for b, _ in live for i in b.batch if i.malformed is None]
     recorded: dict[str, str] = _select_in(conn, _SELECT_RECORDED, lane, {c.id for c in commands})
-    wanted = {i.command.key for b, _ in live for i in b.batch if i.command.key not in b.cached}
+    wanted = {i.command.key for b, _ in live for i in b.batch if i.malformed is None and i.command.key not in b.cached}
     stored: dict[str, str] = _select_in(conn, _SELECT_STATES, lane, wanted) if wanted else {}
-    alarm_ids = {_alarm_id(c) for c in commands if c.kind == ALARM}
+    alarm_ids = {_alarm_id(c) for c in readable if c.kind == ALARM}
     due: dict[str, datetime] = _select_in(conn, _SELECT_DUE, lane, alarm_ids) if alarm_ids else {}
 
     now = utcnow()
     group: list[tuple[PartitionBatch, BatchResult, _Writes]] = []
     for b, result in live:
-        keys = {i.command.key for i in b.batch}
+        keys = {i.command.key for i in b.batch if i.malformed is None}
         known = {k: b.cached[k] for k in keys & b.cached.keys()}
-        known.update({k: spec.state.model_validate_json(stored[k]) for k in keys & stored.keys()})
+        unreadable = _parse_states(spec, {k: stored[k] for k in keys & stored.keys()}, known)
         writes = _Writes(spec, b.partition, known)  # its ``existing``: before the handlers add new keys
         for item in b.batch:
             command = item.command
@@ -180,7 +183,14 @@ def apply_group(session: Session, spec: LaneSpec[Any], batches: list[PartitionBa
             if reply is not None:
                 result.duplicates += 1
             else:
-                if command.kind == ALARM and due.get(_alarm_id(command)) is None:
+                if item.malformed is not None:
+                    log.error("lane %s: command %s at sequence %d is malformed (%s); answered so, not applied",
+                              lane, command.id, command.sequence, item.malformed)
+                    reply = _failure({"code": "malformed_command", "message": f"malformed command: {item.malformed}"})
+                elif command.key in unreadable:  # kept as stored, for an operator to repair; the key waits
+                    reply = _failure({"code": "state_unreadable",
+                                      "message": f"the stored state of {command.key} no longer reads"})
+                elif command.kind == ALARM and due.get(_alarm_id(command)) is None:
                     reply = _success({"skipped": "alarm was cancelled, moved or already fired"})
                 elif command.kind == ALARM and due[_alarm_id(command)].isoformat() != command.body.get("due_at"):
                     reply = _success({"skipped": "alarm was moved"})
@@ -308,6 +318,20 @@ def _chunks(items: list[str], size: int) -> list[list[str]]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
+def _parse_states(spec: LaneSpec[Any], stored: dict[str, str], into: dict[str, BaseModel]) -> set[str]:
+    """Parse stored states into ``into``; the keys whose state no longer fits the model (their commands are
+    refused, every other key goes on: one bad row must not stop its partition)."""
+    unreadable: set[str] = set()
+    for key, raw in stored.items():
+        try:
+            into[key] = spec.state.model_validate_json(raw)
+        except ValueError as exc:
+            log.error("lane %s: the stored state of %s does not read (%s); its commands are refused",
+                      spec.name, key, str(exc)[:200])
+            unreadable.add(key)
+    return unreadable
+
+
 def _success(data: dict[str, Any]) -> str:
     return json.dumps({"ok": True, "data": data, "error": None}, separators=(",", ":"), default=str)
 
@@ -334,6 +358,36 @@ def next_alarm_at(session: Session, lane: str, partitions: list[int]) -> datetim
         select(LaneAlarm.due_at).where(LaneAlarm.lane == lane, LaneAlarm.partition.in_(partitions))
         .order_by(LaneAlarm.due_at).limit(1)
     )
+
+
+def dead_letter(session: Session, lane: str, partition: int, expected: int, item: Incoming, error: str) -> BatchResult:
+    """Set ``item`` aside (a dead letter, with ``error``), answer it as failed and move the cursor past it, if the
+    cursor is still at ``expected`` (else nothing is written and ``applied`` is False, as for a batch)."""
+    conn = session.connection()
+    current = _select_in(conn, _SELECT_CURSORS, lane, {partition}).get(partition, 0)  # type: ignore[arg-type]
+    command = item.command
+    if current != expected:
+        return BatchResult(applied=False, last_sequence=current)
+    reply = recorded_reply(session, lane, command.id)
+    if reply is None:
+        reply = _failure({"code": "dead_letter", "message": f"{lane} could not store the outcome of {command.kind}; "
+                                                            "it was set aside for an operator"})
+        now = utcnow()
+        session.merge(LaneDeadLetter(lane=lane, sequence=command.sequence, partition=partition, command_id=command.id,
+                                     key=command.key[:200], kind=command.kind[:64], body=json.dumps(command.body),
+                                     error=error[:2000], failed_at=now))
+        session.add(LaneCommandRecord(lane=lane, command_id=command.id, reply=reply, applied_at=now))
+    if current == 0 and session.get(LaneCursor, (lane, partition)) is None:
+        session.add(LaneCursor(lane=lane, partition=partition, last_sequence=command.sequence))
+    else:
+        conn.execute(_UPDATE_CURSORS, [{"b_lane": lane, "b_partition": partition, "b_sequence": command.sequence}])
+    replies = [(item.reply_to, reply.encode())] if item.reply_to else []
+    return BatchResult(applied=True, last_sequence=command.sequence, replies=replies)
+
+
+def dead_letters(session: Session, lane: str | None = None, limit: int = 100) -> list[LaneDeadLetter]:
+    query = select(LaneDeadLetter).order_by(LaneDeadLetter.failed_at.desc()).limit(limit)
+    return list(session.scalars(query.where(LaneDeadLetter.lane == lane) if lane else query))
 
 
 def recorded_reply(session: Session, lane: str, command_id: str) -> str | None:

@@ -13,6 +13,14 @@ from cartwheel.contracts.base import Message
 
 S = TypeVar("S", bound=BaseModel)
 
+COMMAND_ID_MAX = 100
+"""Longest command id (``lane_commands.command_id``): the client refuses longer ones, the runtime answers a
+longer one arriving on the stream (published past the client) as malformed instead of failing to record it."""
+KEY_MAX = 200
+"""Longest key (``lane_state.key``, ``lane_alarms.key``)."""
+ALARM_ID_MAX = 78
+"""Longest alarm id: a firing's command id, ``alarm:<id>:<milliseconds>``, must fit :data:`COMMAND_ID_MAX`."""
+
 ALARM = "alarm"
 """``LaneCommand.kind`` of a due alarm. Its ``body`` is ``{"alarm_id", "due_at", "body": <the alarm's body>}``;
 its ``id`` is unique per firing, so an alarm set again under the same id fires again."""
@@ -36,6 +44,15 @@ class Alarm:
     id: str
     at: datetime
     body: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0 < len(self.id) <= ALARM_ID_MAX:
+            raise ValueError(f"alarm id {self.id[:80]!r} is not 1 to {ALARM_ID_MAX} characters")
+
+
+def fired_alarm_id(alarm_id: str, due_at: datetime) -> str:
+    """The command id of an alarm's firing: one per alarm and due time, so a republished firing dedupes."""
+    return f"alarm:{alarm_id}:{int(due_at.timestamp() * 1000)}"
 
 
 @dataclass

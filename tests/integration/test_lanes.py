@@ -20,11 +20,15 @@ import nats.js.errors
 import pytest
 
 from cartwheel import subjects
-from cartwheel.db import Database
+from cartwheel.contracts.base import utcnow
+from cartwheel.db import Database, migrate
 from cartwheel.errors import DomainError, ServiceUnavailable
-from cartwheel.lanes import partition_of
+from cartwheel.lanes import partition_of, store
+from cartwheel.lanes.admin import show_dead_letters
 from cartwheel.lanes.client import LaneClient
+from cartwheel.lanes.models import LaneState
 from cartwheel.lanes.store import load_states
+from cartwheel.settings import Settings
 from services.inventory.domain import LANE as INVENTORY
 from services.inventory.state import Stock
 from tests.integration.conftest import Client
@@ -344,6 +348,124 @@ def test_a_retried_command_id_gets_the_first_reply(replicas: Replicas, database_
 
     client.run(scenario)
     assert ledger(database_url, "k1").stock == 3
+
+
+def test_commands_the_lane_cannot_read_or_store_are_answered_and_their_partition_goes_on(
+    replicas: Replicas, database_url: str, client: Client
+) -> None:
+    """Issue 14, R1 and R2: a command that is not JSON, an envelope that is not an object, an alarm without its
+    fields, a command id longer than the column, a state the database can't store: each made its partition
+    re-read from the cursor forever (1,542 restarts in 8 s), every other key of it unanswered. Now each is
+    answered as failed (the last set aside as a dead letter) and the next command of the key applies."""
+    replicas.start(1)
+    key = "k-poisoned"
+    subject = subjects.lane_command(LANE, key)
+
+    async def scenario(nc: nats.NATS) -> list[dict[str, Any]]:
+        lanes = await lane_client(nc)
+        inbox = nc.new_inbox()
+        replies: asyncio.Queue[bytes] = asyncio.Queue()
+        async def heard(msg: Any) -> None:
+            replies.put_nowait(msg.data)
+
+        await nc.subscribe(f"{inbox}.*", cb=heard)
+        raw = [(b"not json", "raw-1"), (b"[1, 2]", "raw-2"), (b'{"kind": "alarm", "body": "x"}', "raw-3"),
+               (b'{"kind": "append", "body": {}}', "x" * 150)]
+        answers = []
+        for data, command_id in raw:
+            await nc.publish(subject, data, headers={"Nats-Msg-Id": command_id,
+                                                     subjects.LANE_REPLY_HEADER: f"{inbox}.{len(answers)}"})
+            answers.append(json.loads(await asyncio.wait_for(replies.get(), 10)))
+        with pytest.raises(DomainError) as poisoned:
+            await lanes.call(key, "poison", {}, command_id="poison-1", timeout=10)
+        answers.append({"ok": False, "error": {"code": poisoned.value.code}})
+        started = time.monotonic()
+        after = await lanes.call(key, "append", {}, timeout=10)
+        answers.append({"ok": True, "data": after, "within": time.monotonic() - started})
+        return answers
+
+    answers = client.run(scenario)
+    assert [a["error"]["code"] for a in answers[:5]] == ["malformed_command"] * 4 + ["dead_letter"]
+    assert answers[5]["ok"] and answers[5]["within"] < 5
+    assert ledger(database_url, key).applied == [answers[5]["data"]["sequence"]]  # the poison changed nothing
+    db = Database(database_url)
+    try:
+        letters = db.read_sync(lambda s: store.dead_letters(s, LANE))
+    finally:
+        db.close()
+    assert [(d.command_id, d.kind, d.key) for d in letters] == [("poison-1", "poison", key)]
+    assert "serializ" in letters[0].error.lower()
+    # The operator's side: list them, send one again (still poisonous here: set aside again, under its new id).
+    settings = Settings(var_dir=replicas.var_dir, nats_url=replicas.env["CARTWHEEL_NATS_URL"],
+                        inventory_database_url=database_url)
+    assert show_dead_letters(settings, "inventory", None) == 0
+    assert show_dead_letters(settings, "inventory", letters[0].sequence) == 0
+    db = Database(database_url)
+    try:
+        deadline = time.monotonic() + 10
+        while [d.command_id for d in db.read_sync(lambda s: store.dead_letters(s, LANE))] != [
+                f"replay-{LANE}-{letters[0].sequence}"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [d.command_id for d in db.read_sync(lambda s: store.dead_letters(s, LANE))] == [
+            f"replay-{LANE}-{letters[0].sequence}"]
+    finally:
+        db.close()
+
+
+def test_a_stored_state_that_no_longer_reads_refuses_its_key_and_spares_the_others(
+    replicas: Replicas, database_url: str, client: Client
+) -> None:
+    """Issue 14, R1: a state row that no longer fits its model failed every batch of its partition."""
+    broken = "k-broken"
+    neighbour = next(f"k-{i}" for i in range(1000)
+                     if partition_of(f"k-{i}", PARTITIONS) == partition_of(broken, PARTITIONS) and f"k-{i}" != broken)
+    db = Database(database_url)
+    try:
+        migrate("inventory", database_url)
+        db.run_sync(lambda s: s.add(LaneState(lane=LANE, key=broken, state='{"stock": "lots"}', updated_at=utcnow())))
+    finally:
+        db.close()
+    replicas.start(1)
+
+    async def scenario(nc: nats.NATS) -> tuple[str, dict[str, Any]]:
+        lanes = await lane_client(nc)
+        with pytest.raises(DomainError) as refused:
+            await lanes.call(broken, "append", {}, timeout=10)
+        return refused.value.code, await lanes.call(neighbour, "append", {}, timeout=10)
+
+    code, answer = client.run(scenario)
+    assert code == "state_unreadable" and answer["position"] == 1
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # the bucket is NATS's: one database suffices
+def test_a_lost_lease_bucket_is_made_again_and_a_replica_that_dies_afterwards_is_replaced(
+    replicas: Replicas, client: Client
+) -> None:
+    """Issue 14, R3: the lease bucket lived in memory; a restarted nats-server lost it, nothing made it again,
+    every ownership round failed, and a replica that died afterwards was never replaced. Here the bucket is
+    deleted under two running replicas (what a restart did to it); then one of them is killed."""
+    replicas.start(2)
+
+    async def lose_the_bucket(nc: nats.NATS) -> None:
+        await nc.jetstream().delete_key_value(subjects.lane_bucket(LANE))
+
+    replicas.monitor.run(lose_the_bucket)
+    replicas.wait_for(lambda owners: set(owners) == set(range(PARTITIONS)), "every lease taken again", timeout=20)
+    survivor, victim = sorted(replicas.live_pids())
+    replicas.kill(victim)
+    started = time.monotonic()
+    replicas.wait_for(
+        lambda owners: set(owners) == set(range(PARTITIONS)) and replicas.owner_pids(owners) == {survivor},
+        "the survivor owns every partition", timeout=20)
+    took = time.monotonic() - started
+
+    async def every_partition_answers(nc: nats.NATS) -> list[int]:
+        lanes = await lane_client(nc)
+        keys = {partition_of(f"k-{i}", PARTITIONS): f"k-{i}" for i in range(200)}
+        return [(await lanes.call(keys[p], "append", {}, timeout=10))["position"] for p in range(PARTITIONS)]
+
+    assert len(client.run(every_partition_answers)) == PARTITIONS
+    assert took < 15, took
 
 
 def test_command_records_are_pruned_after_their_retention(replicas: Replicas, client: Client) -> None:

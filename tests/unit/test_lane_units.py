@@ -59,3 +59,42 @@ def test_a_failed_group_falls_back_to_one_transaction_per_partition() -> None:
     assert sorted(rounds[1:]) == [[0], [1], [2], [3], [4]]  # then each on its own
     assert isinstance(outcomes[3], RuntimeError)
     assert [o.last_sequence for i, o in enumerate(outcomes) if i != 3] == [1, 11, 21, 41]
+
+
+def test_the_limits_of_ids_agree_with_their_columns() -> None:
+    """Issue 14, R2: the client took command ids of 200 characters for a column of 100, and a firing's id
+    (``alarm:<id>:<ms>``) could outgrow it: PostgreSQL refused the row and the partition looped."""
+    from datetime import UTC, datetime
+
+    from cartwheel.lanes.client import COMMAND_ID, KEY
+    from cartwheel.lanes.models import LaneAlarm, LaneCommandRecord, LaneState
+    from cartwheel.lanes.types import ALARM_ID_MAX, COMMAND_ID_MAX, KEY_MAX, Alarm, fired_alarm_id
+    from services.cart.state import abandon_alarm, forget_alarm
+
+    assert LaneCommandRecord.__table__.c.command_id.type.length == COMMAND_ID_MAX
+    assert LaneState.__table__.c.key.type.length == LaneAlarm.__table__.c.key.type.length == KEY_MAX
+    assert LaneAlarm.__table__.c.alarm_id.type.length >= ALARM_ID_MAX
+    assert COMMAND_ID.match("c" * COMMAND_ID_MAX) and not COMMAND_ID.match("c" * (COMMAND_ID_MAX + 1))
+    assert KEY.match("k" * KEY_MAX) and not KEY.match("k" * (KEY_MAX + 1))
+    late = datetime(2286, 1, 1, tzinfo=UTC)  # 13-digit milliseconds until then
+    assert len(fired_alarm_id("a" * ALARM_ID_MAX, late)) <= COMMAND_ID_MAX
+    with pytest.raises(ValueError):
+        Alarm(id="a" * (ALARM_ID_MAX + 1), at=late)
+    longest_cart = "c" * 64  # CartId
+    assert max(len(abandon_alarm(longest_cart)), len(forget_alarm(longest_cart))) <= ALARM_ID_MAX
+
+
+@pytest.mark.parametrize(("data", "problem"), [
+    (b"not json", "not JSON"),
+    (b"\xff\xfe", "not JSON"),
+    (b"[1, 2]", "not a JSON object"),
+    (b'{"kind": 3, "body": {}}', "kind must be a string"),
+    (b'{"kind": "add", "body": [1]}', "kind must be a string"),
+    (b'{"kind": "alarm", "body": {"alarm_id": "a"}}', "an alarm needs"),
+])
+def test_a_command_the_lane_cannot_read_says_why(data: bytes, problem: str) -> None:
+    from cartwheel.lanes.runtime import decode_envelope
+
+    kind, body, said = decode_envelope(data)
+    assert (kind, body) == ("", {}) and said is not None and said.startswith(problem)
+    assert decode_envelope(b'{"kind": "add", "body": {"n": 1}}') == ("add", {"n": 1}, None)

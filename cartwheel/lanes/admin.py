@@ -1,0 +1,51 @@
+"""``cartwheel dead-letters SERVICE [--replay SEQUENCE]``: what a lane set aside, and sending it again."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import nats
+from sqlalchemy import delete
+
+from cartwheel import natsauth, subjects
+from cartwheel.db import Database
+from cartwheel.lanes import store
+from cartwheel.lanes.models import LaneDeadLetter
+from cartwheel.settings import Settings
+
+
+def show_dead_letters(settings: Settings, service: str, replay: int | None) -> int:
+    db = Database(settings.database_url(service))
+    try:
+        letters = db.read_sync(lambda s: store.dead_letters(s, limit=1000))
+        if replay is None:
+            for d in letters:
+                print(f"{d.lane} seq {d.sequence} partition {d.partition} {d.failed_at:%Y-%m-%d %H:%M:%S} "
+                      f"{d.kind} on {d.key} (command {d.command_id}): {d.error}")
+            print(f"{len(letters)} dead letter(s) in {service}")
+            return 0
+        found = [d for d in letters if d.sequence == replay]
+        if not found:
+            print(f"dead-letters: no dead letter at sequence {replay} in {service}")
+            return 1
+        letter = found[0]
+        command_id = f"replay-{letter.lane[:20]}-{letter.sequence}"
+        asyncio.run(_send(settings, letter, command_id))
+        db.run_sync(lambda s: s.execute(delete(LaneDeadLetter).where(
+            LaneDeadLetter.lane == letter.lane, LaneDeadLetter.sequence == letter.sequence)))
+        print(f"sent {letter.kind} on {letter.key} again as command {command_id}")
+        return 0
+    finally:
+        db.close()
+
+
+async def _send(settings: Settings, letter: LaneDeadLetter, command_id: str) -> None:
+    nc = await nats.connect(settings.nats_servers, connect_timeout=5, max_reconnect_attempts=2,
+                            **natsauth.connect_options(settings, natsauth.ADMIN))
+    try:
+        envelope = json.dumps({"kind": letter.kind, "body": json.loads(letter.body)}).encode()
+        await nc.jetstream().publish(subjects.lane_command(letter.lane, letter.key), envelope,
+                                     headers={"Nats-Msg-Id": command_id}, timeout=5)
+    finally:
+        await nc.close()
