@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     letters.add_argument("service", choices=LANE_SERVICES)
     letters.add_argument("--replay", type=int, metavar="SEQUENCE",
                          help="send that command again, under a new id (once its cause is fixed), and forget it")
+    rebase = sub.add_parser(
+        "lanes-rebase", help="after a lane's stream lost its commands: partitions past its end read it from its start"
+    )
+    rebase.add_argument("service", choices=LANE_SERVICES)
     demo = sub.add_parser("demo-checkout", help="buy one product on the running shop, pay with a test card, follow it")
     demo.add_argument("--url", help="the shop's address (default: this machine's gateway)")
     demo.add_argument("--card", default="pm_card_visa", help="Stripe test payment method (default pm_card_visa)")
@@ -109,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         from cartwheel.lanes.admin import show_dead_letters
 
         return show_dead_letters(settings, args.service, args.replay)
+    if args.command == "lanes-rebase":
+        from cartwheel.lanes.admin import rebase
+
+        return rebase(settings, args.service)
     if args.command == "demo-checkout":
         from cartwheel.demo import DemoFailed, demo_checkout
 

@@ -61,6 +61,7 @@ class Service:
         self._on_stop: list[Callable[[], Awaitable[None]]] = []
         self.relay: OutboxRelay | None = None
         self.event_consumers: dict[str, str] = {}  # durable -> subject, as subjects.EVENT_CONSUMERS lists them
+        self.health_checks: list[Callable[[], list[str]]] = []  # each says what is wrong now (health: degraded)
         self.app = FastStream(
             self.broker,
             logger=self.log,
@@ -150,8 +151,10 @@ class Service:
 
     async def _health(self, _body: bytes) -> dict[str, Any]:
         db_ok = await asyncio.get_running_loop().run_in_executor(None, self.db.ping)
-        return {"service": self.name, "instance": self.instance, "status": "ok" if db_ok else "degraded",
-                "database": db_ok}
+        problems = [problem for check in self.health_checks for problem in check()]
+        answer = {"service": self.name, "instance": self.instance,
+                  "status": "ok" if db_ok and not problems else "degraded", "database": db_ok}
+        return answer | ({"problems": problems} if problems else {})
 
     def notify_outbox(self) -> None:
         """Wake the outbox relay after a transaction that recorded events."""

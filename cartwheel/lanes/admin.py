@@ -1,4 +1,6 @@
-"""``cartwheel dead-letters SERVICE [--replay SEQUENCE]``: what a lane set aside, and sending it again."""
+"""Operators' commands on a service's lanes: ``cartwheel dead-letters SERVICE [--replay SEQUENCE]`` (what a
+lane set aside, and sending it again) and ``cartwheel lanes-rebase SERVICE`` (after a lane's stream lost its
+commands)."""
 
 from __future__ import annotations
 
@@ -6,12 +8,13 @@ import asyncio
 import json
 
 import nats
-from sqlalchemy import delete
+import nats.js.errors
+from sqlalchemy import delete, select, update
 
 from cartwheel import natsauth, subjects
 from cartwheel.db import Database
 from cartwheel.lanes import store
-from cartwheel.lanes.models import LaneDeadLetter
+from cartwheel.lanes.models import LaneCursor, LaneDeadLetter
 from cartwheel.settings import Settings
 
 
@@ -47,5 +50,43 @@ async def _send(settings: Settings, letter: LaneDeadLetter, command_id: str) -> 
         envelope = json.dumps({"kind": letter.kind, "body": json.loads(letter.body)}).encode()
         await nc.jetstream().publish(subjects.lane_command(letter.lane, letter.key), envelope,
                                      headers={"Nats-Msg-Id": command_id}, timeout=5)
+    finally:
+        await nc.close()
+
+
+def rebase(settings: Settings, service: str) -> int:
+    """Every partition whose cursor lies past its lane's stream's end (the stream was deleted or lost its data,
+    and numbers new commands from 1) reads the stream again from its start: what is there now was never applied
+    (and a command id applied before is still answered from its record, never applied twice). The commands the
+    stream lost are lost: their callers had no answer, and retry."""
+    db = Database(settings.database_url(service))
+    try:
+        cursors = db.read_sync(lambda s: s.execute(
+            select(LaneCursor.lane, LaneCursor.partition, LaneCursor.last_sequence)).all())
+        ends = asyncio.run(_stream_ends(settings, sorted({lane for lane, _, _ in cursors})))
+        behind = [(lane, partition, at) for lane, partition, at in cursors if at > ends[lane]]
+        for lane, partition, at in behind:
+            db.run_sync(lambda s, lane=lane, partition=partition: s.execute(
+                update(LaneCursor).where(LaneCursor.lane == lane, LaneCursor.partition == partition)
+                .values(last_sequence=0)))
+            print(f"lane {lane} partition {partition}: cursor {at} was past its stream's end ({ends[lane]}); "
+                  "it reads the stream from its start")
+        print(f"{len(behind)} partition(s) rebased in {service}")
+        return 0
+    finally:
+        db.close()
+
+
+async def _stream_ends(settings: Settings, lanes: list[str]) -> dict[str, int]:
+    nc = await nats.connect(settings.nats_servers, connect_timeout=5, max_reconnect_attempts=2,
+                            **natsauth.connect_options(settings, natsauth.ADMIN))
+    try:
+        js, ends = nc.jetstream(), {}
+        for lane in lanes:
+            try:
+                ends[lane] = (await js.stream_info(subjects.lane_stream(lane))).state.last_seq
+            except nats.js.errors.NotFoundError:
+                ends[lane] = 0
+        return ends
     finally:
         await nc.close()

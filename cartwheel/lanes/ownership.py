@@ -300,10 +300,12 @@ class Ownership:
         self.held[partition] = revision
         try:
             await self._acquire(partition)
-        except Exception:
-            log.exception("lane %s: could not start partition %d; trying again in %.0f s", self.lane, partition,
-                          self.ttl)
-            self._retry_at[partition] = time.monotonic() + self.ttl
+        except Exception as exc:
+            expected = getattr(exc, "expected", False)  # the lane says why, plainly (no traceback each try)
+            log.log(logging.ERROR, "lane %s: could not start partition %d (%s); trying again in %.0f s", self.lane,
+                    partition, exc if expected else repr(exc), self.ttl * (3 if expected else 1),
+                    exc_info=not expected)
+            self._retry_at[partition] = time.monotonic() + self.ttl * (3 if expected else 1)
             await self.give_up(partition)
         else:
             self._retry_at.pop(partition, None)

@@ -7,12 +7,14 @@ import contextlib
 import functools
 import json
 import logging
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Coroutine
 from datetime import timedelta
 from typing import Any
 
+import nats.js.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig, SubjectTransform
@@ -36,6 +38,7 @@ MAX_BATCH = 500
 DAY = 86400.0
 STATES_KEPT = 10_000  # per partition: the hot keys' states stay parsed between batches
 PURGE_EVERY = 10.0  # seconds between trimming applied commands off a partition
+STREAM_CHECK_SECONDS = 5.0  # between checks that the stream still reaches the cursors
 GATHER_PASSES = 3  # loop passes a grouped round lets pass while more partitions hand batches over
 
 
@@ -51,6 +54,28 @@ def stream_config(spec: LaneSpec[Any], replicas: int) -> StreamConfig:
         max_age=7 * DAY,  # owners purge what they applied; this only bounds a lane nobody runs
         duplicate_window=120.0,
     )
+
+
+class PartitionsChanged(RuntimeError):
+    """The lane's stream maps keys onto another number of partitions than this version declares."""
+
+
+async def check_partitions(js: Any, spec: LaneSpec[Any]) -> None:
+    """Refuse to run a lane whose stream deals keys over another number of partitions: a key would move to
+    another partition while its commands wait in the old one, and lose its order (or, with fewer partitions,
+    never be answered). Changing the count is a migration (README, "Changing a lane's partitions")."""
+    try:
+        info = await js.stream_info(subjects.lane_stream(spec.name))
+    except nats.js.errors.NotFoundError:
+        return
+    transform = info.config.subject_transform
+    _, wanted = subjects.lane_partition_transform(spec.name, spec.partitions)
+    if transform is not None and transform.dest != wanted:
+        found = re.search(r"partition\((\d+)", transform.dest or "")
+        raise PartitionsChanged(
+            f"lane {spec.name}: its stream {info.config.name} deals keys over "
+            f"{found.group(1) if found else 'another number of'} partitions, this version over {spec.partitions}; "
+            "see README.md, \"Changing a lane's partitions\"")
 
 
 class LaneMetrics:
@@ -71,6 +96,9 @@ class LaneMetrics:
                            ["service", "lane"], registry=reg).labels(**labels)
         self.restarts = Counter("cartwheel_lane_partition_restarts", "Partitions re-read from their cursor",
                                 ["service", "lane"], registry=reg).labels(**labels)
+        self.behind = Gauge("cartwheel_lane_partitions_behind_stream",
+                            "Partitions stopped because their stream ends before their cursor (lost commands)",
+                            ["service", "lane"], registry=reg).labels(**labels)
         self.dead_letters = Counter("cartwheel_lane_dead_letters", "Commands set aside: the database would not "
                                     "take them", ["service", "lane"], registry=reg).labels(**labels)
 
@@ -116,6 +144,18 @@ class CursorMoved(Exception):
     """Another replica applied this partition meanwhile (it believed it was the owner)."""
 
 
+class StreamBehind(RuntimeError):
+    """The lane's stream ends before the partition's cursor: it lost commands (deleted, or its data lost), and
+    new ones would be numbered below the cursor and skipped. The partition stops until an operator rebases it."""
+
+    expected = True  # a state the operator must fix, not a bug: said without a traceback, tried again seldom
+
+    def __init__(self, lane: str, partition: int, cursor: int, last: int) -> None:
+        super().__init__(f"lane {lane} partition {partition}: its stream ends at sequence {last}, before the cursor "
+                         f"{cursor}; stopped, not skipping what comes. Run `cartwheel lanes-rebase` (README, Lanes)")
+        self.partition, self.cursor, self.last = partition, cursor, last
+
+
 class PartitionWorker:
     """Reads one partition in stream order from its database cursor and applies it batch by batch."""
 
@@ -134,6 +174,10 @@ class PartitionWorker:
     async def start(self) -> None:
         rt = self.runtime
         self.cursor = await rt.service.db.read(lambda s: store.cursor(s, rt.spec.name, self.partition))
+        last = (await rt.service.js.stream_info(subjects.lane_stream(rt.spec.name))).state.last_seq
+        if self.cursor > last:
+            raise rt.stream_behind(self.partition, self.cursor, last)
+        rt.behind.pop(self.partition, None)
         self._sub = await rt.service.js.subscribe(
             subjects.lane_partition(rt.spec.name, self.partition),
             stream=subjects.lane_stream(rt.spec.name),
@@ -405,6 +449,7 @@ class LaneRuntime:
         self.metrics = LaneMetrics(service, spec.name)
         self.workers: dict[int, PartitionWorker] = {}
         self.failures: dict[int, int] = {}  # partition -> batches failed in a row (the restart's backoff)
+        self.behind: dict[int, StreamBehind] = {}  # partitions stopped: their stream ends before their cursor
         self.alarms_changed = asyncio.Event()
         self.alarm_check_at = utcnow()
         self.lease_ttl = lease_ttl
@@ -413,13 +458,16 @@ class LaneRuntime:
         self.applier = GroupApplier(self, service.db.is_local if grouped is None else grouped)
         self._alarm_task: asyncio.Task[None] | None = None
         self._prune_task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
         self._outcomes: Subscription | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         service.on_start(self.start)
         service.on_stop(self.stop)
+        service.health_checks.append(lambda: [str(stopped) for stopped in self.behind.values()])
 
     async def start(self) -> None:
         js = self.service.js
+        await check_partitions(js, self.spec)
         await ensure_stream(js, stream_config(self.spec, self.service.settings.stream_replicas))
         self.applier.start()
         nc = self.service.broker.connection
@@ -430,10 +478,11 @@ class LaneRuntime:
                                    replicas=self.service.settings.stream_replicas)
         await self.ownership.start()
         self._alarm_task = asyncio.create_task(self._fire_alarms(), name=f"lane-{self.spec.name}-alarms")
+        self._watch_task = asyncio.create_task(self._watch_stream(), name=f"lane-{self.spec.name}-stream")
         self._prune_task = asyncio.create_task(self._prune_records(), name=f"lane-{self.spec.name}-prune")
 
     async def stop(self) -> None:
-        for task in (self._alarm_task, self._prune_task):
+        for task in (self._alarm_task, self._prune_task, self._watch_task):
             if task:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -482,6 +531,30 @@ class LaneRuntime:
         except Exception:
             log.exception("lane %s: partition %d could not restart; handing it back", self.spec.name, partition)
             await self.ownership.give_up(partition)
+
+    def stream_behind(self, partition: int, cursor: int, last: int) -> StreamBehind:
+        stopped = self.behind[partition] = StreamBehind(self.spec.name, partition, cursor, last)
+        self.metrics.behind.set(len(self.behind))
+        return stopped
+
+    async def _watch_stream(self) -> None:
+        """Every few seconds: does the stream still reach each worked partition's cursor? A stream deleted or
+        emptied under a running lane numbers new commands from 1, below the cursors: stop those partitions
+        (loudly: log, metric, health) rather than skip what comes; a partition that starts checks the same."""
+        while True:
+            await asyncio.sleep(STREAM_CHECK_SECONDS)
+            try:
+                last = (await self.service.js.stream_info(subjects.lane_stream(self.spec.name))).state.last_seq
+            except Exception as exc:
+                log.warning("lane %s: could not read its stream's state (%s)", self.spec.name, exc)
+                continue
+            for partition, worker in list(self.workers.items()):
+                if worker.cursor > last:
+                    log.error("%s", self.stream_behind(partition, worker.cursor, last))
+                    await self._release(partition)
+                    if self.ownership and partition in self.ownership.held:
+                        await self.ownership.give_up(partition)  # taken again, and checked again, next round
+            self.metrics.behind.set(len(self.behind))
 
     def background(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -24,15 +25,16 @@ from cartwheel.contracts.base import utcnow
 from cartwheel.db import Database, migrate
 from cartwheel.errors import DomainError, ServiceUnavailable
 from cartwheel.lanes import partition_of, store
-from cartwheel.lanes.admin import show_dead_letters
+from cartwheel.lanes.admin import rebase, show_dead_letters
 from cartwheel.lanes.client import LaneClient
 from cartwheel.lanes.models import LaneState
+from cartwheel.lanes.runtime import PartitionsChanged, check_partitions, stream_config
 from cartwheel.lanes.store import load_states
 from cartwheel.settings import Settings
 from services.inventory.domain import LANE as INVENTORY
 from services.inventory.state import Stock
 from tests.integration.conftest import Client
-from tests.lane_replica import LANE, PARTITIONS, TICK, Ledger
+from tests.lane_replica import LANE, PARTITIONS, SPEC, TICK, Ledger
 
 
 class Replicas:
@@ -466,6 +468,70 @@ def test_a_lost_lease_bucket_is_made_again_and_a_replica_that_dies_afterwards_is
 
     assert len(client.run(every_partition_answers)) == PARTITIONS
     assert took < 15, took
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # a NATS matter
+def test_a_lane_whose_stream_has_another_partition_count_refuses_to_start(replicas: Replicas) -> None:
+    """Issue 14, R6: lowering a lane's partition count kept the stream's old subject transform, and the keys
+    dealt to the partitions that no longer exist were never answered. Now the lane refuses to start, saying so."""
+    fewer = dataclasses.replace(SPEC, partitions=PARTITIONS // 2)
+
+    async def declared_with(spec: Any) -> str:
+        async with await nats.connect(replicas.env["CARTWHEEL_NATS_URL"]) as nc:
+            js = nc.jetstream()
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await js.delete_stream(subjects.lane_stream(LANE))
+            await js.add_stream(stream_config(spec, 1))
+            try:
+                await check_partitions(js, SPEC)
+                return ""
+            except PartitionsChanged as refused:
+                return str(refused)
+            finally:
+                await js.delete_stream(subjects.lane_stream(LANE))
+
+    said = asyncio.run(declared_with(fewer))
+    assert f"over {PARTITIONS // 2} partitions, this version over {PARTITIONS}" in said and "README" in said
+    assert asyncio.run(declared_with(SPEC)) == ""  # the same count: nothing to say
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_stream_that_lost_its_commands_stops_the_lane_loudly_until_rebased(
+    replicas: Replicas, database_url: str, client: Client
+) -> None:
+    """Issue 14, R4: a lane stream deleted (or its data lost) numbers new commands from 1, below the database's
+    cursor, and they were skipped forever while every health check said ok. Now the partition stops, health
+    says why, and `cartwheel lanes-rebase` lets it go on with what the stream holds."""
+    replicas.start(1)
+
+    async def before(nc: nats.NATS) -> None:
+        lanes = await lane_client(nc)
+        for _ in range(3):
+            await lanes.call("k1", "append", {}, timeout=10)
+        js = nc.jetstream()
+        await js.delete_stream(subjects.lane_stream(LANE))
+        await js.add_stream(stream_config(SPEC, 1))
+
+    client.run(before)
+
+    async def health(nc: nats.NATS) -> dict[str, Any]:
+        return json.loads((await nc.request(subjects.health("inventory"), b"", timeout=5)).data)
+
+    deadline, said = time.monotonic() + 20, {}
+    while time.monotonic() < deadline and said.get("status") != "degraded":
+        said = client.run(health)
+        time.sleep(0.5)
+    assert said.get("status") == "degraded", said
+    assert any("before the cursor" in problem for problem in said["problems"]), said
+    settings = Settings(var_dir=replicas.var_dir, nats_url=replicas.env["CARTWHEEL_NATS_URL"],
+                        inventory_database_url=database_url)
+    assert rebase(settings, "inventory") == 0
+
+    async def after(nc: nats.NATS) -> dict[str, Any]:
+        return await (await lane_client(nc)).call("k1", "append", {}, timeout=30)
+
+    assert client.run(after)["position"] == 4  # the key's state kept; the command applied, not skipped
+    assert client.run(health)["status"] == "ok"
 
 
 def test_command_records_are_pruned_after_their_retention(replicas: Replicas, client: Client) -> None:
