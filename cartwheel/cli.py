@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         "dead-letters", help="list a lane service's dead letters (commands its database would not take); --replay one"
     )
     letters.add_argument("service", choices=LANE_SERVICES)
-    letters.add_argument("--replay", type=int, metavar="SEQUENCE",
+    letters.add_argument("--replay", metavar="COMMAND_ID",
                          help="send that command again, under a new id (once its cause is fixed), and forget it")
     rebase = sub.add_parser(
         "lanes-rebase", help="after a lane's stream lost its commands: partitions past its end read it from its start"

@@ -86,15 +86,15 @@ def create_lane_dead_letters() -> None:
     op.create_table(
         "lane_dead_letters",
         sa.Column("lane", sa.String(64), nullable=False),
+        sa.Column("command_id", sa.String(100), nullable=False),
         sa.Column("sequence", sa.BigInteger(), nullable=False),
         sa.Column("partition", sa.Integer(), nullable=False),
-        sa.Column("command_id", sa.String(100), nullable=False),
         sa.Column("key", sa.String(200), nullable=False),
         sa.Column("kind", sa.String(64), nullable=False),
         sa.Column("body", sa.Text(), nullable=False),
         sa.Column("error", sa.Text(), nullable=False),
         sa.Column("failed_at", UTCDateTime(), nullable=False),
-        sa.PrimaryKeyConstraint("lane", "sequence", name="pk_lane_dead_letters"),
+        sa.PrimaryKeyConstraint("lane", "command_id", name="pk_lane_dead_letters"),
     )
 
 

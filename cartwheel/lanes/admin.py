@@ -1,4 +1,4 @@
-"""Operators' commands on a service's lanes: ``cartwheel dead-letters SERVICE [--replay SEQUENCE]`` (what a
+"""Operators' commands on a service's lanes: ``cartwheel dead-letters SERVICE [--replay COMMAND_ID]`` (what a
 lane set aside, and sending it again) and ``cartwheel lanes-rebase SERVICE`` (after a lane's stream lost its
 commands)."""
 
@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
+import uuid
 
 import nats
 import nats.js.errors
@@ -15,28 +17,33 @@ from cartwheel import natsauth, subjects
 from cartwheel.db import Database
 from cartwheel.lanes import store
 from cartwheel.lanes.models import LaneCursor, LaneDeadLetter
+from cartwheel.lanes.types import ALARM
 from cartwheel.settings import Settings
 
 
-def show_dead_letters(settings: Settings, service: str, replay: int | None) -> int:
+def show_dead_letters(settings: Settings, service: str, replay: str | None) -> int:
     db = Database(settings.database_url(service))
     try:
-        letters = db.read_sync(lambda s: store.dead_letters(s, limit=1000))
         if replay is None:
+            letters = db.read_sync(lambda s: store.dead_letters(s, limit=1000))
             for d in letters:
-                print(f"{d.lane} seq {d.sequence} partition {d.partition} {d.failed_at:%Y-%m-%d %H:%M:%S} "
-                      f"{d.kind} on {d.key} (command {d.command_id}): {d.error}")
-            print(f"{len(letters)} dead letter(s) in {service}")
+                print(f"{d.failed_at:%Y-%m-%d %H:%M:%S} {d.lane} command {d.command_id} ({d.kind} on {d.key}, "
+                      f"partition {d.partition}, sequence {d.sequence}): {d.error}")
+            print(f"{len(letters)} dead letter(s) in {service} (the newest 1,000)")
             return 0
-        found = [d for d in letters if d.sequence == replay]
-        if not found:
-            print(f"dead-letters: no dead letter at sequence {replay} in {service}")
+        letter = db.read_sync(lambda s: s.scalars(select(LaneDeadLetter).where(LaneDeadLetter.command_id == replay))
+                              .first())
+        if letter is None:
+            print(f"dead-letters: no dead letter of command {replay} in {service}", file=sys.stderr)
             return 1
-        letter = found[0]
-        command_id = f"replay-{letter.lane[:20]}-{letter.sequence}"
+        if letter.kind == ALARM:
+            print("dead-letters: an alarm's firing is not sent again (its alarm was cancelled): a command to its "
+                  "key sets it again", file=sys.stderr)
+            return 1
+        command_id = f"replay-{uuid.uuid4().hex}"
         asyncio.run(_send(settings, letter, command_id))
         db.run_sync(lambda s: s.execute(delete(LaneDeadLetter).where(
-            LaneDeadLetter.lane == letter.lane, LaneDeadLetter.sequence == letter.sequence)))
+            LaneDeadLetter.lane == letter.lane, LaneDeadLetter.command_id == letter.command_id)))
         print(f"sent {letter.kind} on {letter.key} again as command {command_id}")
         return 0
     finally:

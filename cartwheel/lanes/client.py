@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 import uuid
 from typing import Any
@@ -17,10 +16,8 @@ from nats.aio.subscription import Subscription
 from cartwheel import subjects
 from cartwheel.bus import unwrap
 from cartwheel.errors import Invalid, ServiceUnavailable
-from cartwheel.lanes.types import COMMAND_ID_MAX, KEY_MAX
+from cartwheel.lanes.types import COMMAND_ID, COMMAND_ID_MAX, KEY
 
-KEY = re.compile(rf"^[A-Za-z0-9_-]{{1,{KEY_MAX}}}$")
-COMMAND_ID = re.compile(rf"^[A-Za-z0-9_-]{{1,{COMMAND_ID_MAX}}}$")
 FIRST_WAIT = 1.0
 """Seconds before the first resend; each later wait doubles. A healthy lane answers in milliseconds;
 resending sooner only adds load to a lane that is slow because it is busy."""

@@ -54,9 +54,9 @@ class LaneDeadLetter(LanesBase):
     __tablename__ = "lane_dead_letters"
 
     lane: Mapped[str] = mapped_column(String(64), primary_key=True)
-    sequence: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    command_id: Mapped[str] = mapped_column(String(100), primary_key=True)  # recorded once: one dead letter
+    sequence: Mapped[int] = mapped_column(BigInteger)  # in the stream of its day (a lost stream numbers again)
     partition: Mapped[int] = mapped_column(Integer)
-    command_id: Mapped[str] = mapped_column(String(100))
     key: Mapped[str] = mapped_column(String(200))
     kind: Mapped[str] = mapped_column(String(64))
     body: Mapped[str] = mapped_column(Text)

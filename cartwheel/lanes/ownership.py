@@ -125,6 +125,8 @@ class Ownership:
         lets go of every partition whose lease it no longer shows (all of them), to be taken again."""
         log.warning("lane %s: bucket %s is gone; making it again", self.lane, self.bucket)
         self._bucket_lost = False
+        for partition in list(self.held):  # no lease of this replica's is in a new bucket (and revisions restart)
+            await self._lost(partition, "nobody: its bucket was lost")
         await self._open_bucket()
         await self._heartbeat()
         await self._listen()

@@ -20,7 +20,7 @@ from nats.aio.subscription import Subscription
 from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig, SubjectTransform
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import BaseModel
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from sqlalchemy.orm import Session
 
 from cartwheel import subjects
@@ -29,7 +29,16 @@ from cartwheel.contracts.base import utcnow
 from cartwheel.lanes import store
 from cartwheel.lanes.ownership import Ownership
 from cartwheel.lanes.store import Incoming
-from cartwheel.lanes.types import ALARM, COMMAND_ID_MAX, KEY_MAX, LaneCommand, LaneSpec, fired_alarm_id
+from cartwheel.lanes.types import (
+    ALARM,
+    COMMAND_ID_MAX,
+    KEY,
+    KEY_MAX,
+    STORED_ID,
+    LaneCommand,
+    LaneSpec,
+    fired_alarm_id,
+)
 from cartwheel.service import Service
 
 log = logging.getLogger(__name__)
@@ -107,7 +116,7 @@ def decode_envelope(data: bytes) -> tuple[str, dict[str, Any], str | None]:
     """``(kind, body, problem)`` of a command's bytes; ``problem`` says why the lane can't read it (else None)."""
     try:
         envelope = json.loads(data)
-    except ValueError as exc:  # not JSON, not UTF-8
+    except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, nested too deep to read
         return "", {}, f"not JSON ({str(exc)[:80]})"
     if not isinstance(envelope, dict):
         return "", {}, "not a JSON object"
@@ -135,9 +144,11 @@ def permanent(error: Exception) -> bool:
     or out of step with the code (a missing table: an operator's matter) is worth waiting for instead."""
     if isinstance(error, (IntegrityError, DataError)):
         return True
+    if isinstance(error, StatementError) and not isinstance(error, DBAPIError):
+        return isinstance(error.orig, ValueError | TypeError)  # a value refused while bound to the statement
     if isinstance(error, DBAPIError | TimeoutError | ConnectionError | OSError):
         return False
-    return isinstance(error, ValueError | TypeError | KeyError | AttributeError)
+    return isinstance(error, ValueError | TypeError)  # a value that won't serialise (a state, an event)
 
 
 class CursorMoved(Exception):
@@ -314,12 +325,13 @@ class PartitionWorker:
         given = headers.get("Nats-Msg-Id") or ""
         kind, body, problem = decode_envelope(msg.data)
         key = msg.subject.split(".", 3)[3]
-        if len(given) > COMMAND_ID_MAX:
-            problem = problem or f"command id longer than {COMMAND_ID_MAX} characters"
-        if len(key) > KEY_MAX:
-            problem = problem or f"key longer than {KEY_MAX} characters"
+        if given and not STORED_ID.match(given):
+            problem = problem or f"command id is not a plain token of 1 to {COMMAND_ID_MAX} characters"
+        if not KEY.match(key):
+            problem = problem or f"key is not a plain token of 1 to {KEY_MAX} characters"
         command = LaneCommand(
-            id=given if 0 < len(given) <= COMMAND_ID_MAX else f"seq-{sequence}",
+            # Without a usable id: one of its own, which a stream made again (its sequences from 1) can't repeat.
+            id=given if STORED_ID.match(given) else f"seq-{sequence}-{int(meta.timestamp.timestamp() * 1000)}",
             key=key,
             kind=kind,
             body=body,
@@ -524,6 +536,8 @@ class LaneRuntime:
         await self._release(partition)
         if delay:
             await asyncio.sleep(delay)
+            if partition in self.workers:  # let go and taken again meanwhile: that worker is the one
+                return
         if not self.ownership or partition not in self.ownership.held:
             return
         try:
@@ -541,16 +555,25 @@ class LaneRuntime:
         """Every few seconds: does the stream still reach each worked partition's cursor? A stream deleted or
         emptied under a running lane numbers new commands from 1, below the cursors: stop those partitions
         (loudly: log, metric, health) rather than skip what comes; a partition that starts checks the same."""
+        js = self.service.js
         while True:
             await asyncio.sleep(STREAM_CHECK_SECONDS)
+            held = set(self.ownership.held) if self.ownership else set()
+            for partition in set(self.behind) - held:  # another replica has it now, and says so itself
+                del self.behind[partition]
+            cursors = {partition: worker.cursor for partition, worker in self.workers.items()}  # before the end
             try:
-                last = (await self.service.js.stream_info(subjects.lane_stream(self.spec.name))).state.last_seq
+                last = (await js.stream_info(subjects.lane_stream(self.spec.name))).state.last_seq
+            except nats.js.errors.NotFoundError:  # deleted: made again (empty), so what comes is kept, and checked
+                log.error("lane %s: its stream is gone; making it again", self.spec.name)
+                await ensure_stream(js, stream_config(self.spec, self.service.settings.stream_replicas))
+                last = 0
             except Exception as exc:
                 log.warning("lane %s: could not read its stream's state (%s)", self.spec.name, exc)
                 continue
-            for partition, worker in list(self.workers.items()):
-                if worker.cursor > last:
-                    log.error("%s", self.stream_behind(partition, worker.cursor, last))
+            for partition, cursor in cursors.items():
+                if cursor > last and partition in self.workers:
+                    log.error("%s", self.stream_behind(partition, cursor, last))
                     await self._release(partition)
                     if self.ownership and partition in self.ownership.held:
                         await self.ownership.give_up(partition)  # taken again, and checked again, next round

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
@@ -21,6 +21,9 @@ from cartwheel.lanes.types import ALARM, LaneCommand, LaneSpec
 from cartwheel.outbox import record_events
 
 log = logging.getLogger(__name__)
+
+ALARM_RETRY = timedelta(seconds=60)
+"""An alarm whose key's state does not read fires again this much later (once repaired, it applies)."""
 
 
 @dataclass(frozen=True)
@@ -190,6 +193,8 @@ def apply_group(session: Session, spec: LaneSpec[Any], batches: list[PartitionBa
                 elif command.key in unreadable:  # kept as stored, for an operator to repair; the key waits
                     reply = _failure({"code": "state_unreadable",
                                       "message": f"the stored state of {command.key} no longer reads"})
+                    if command.kind == ALARM and due.get(_alarm_id(command)) is not None:
+                        writes.postpone(command, b.partition, now + ALARM_RETRY)  # fires again, maybe repaired
                 elif command.kind == ALARM and due.get(_alarm_id(command)) is None:
                     reply = _success({"skipped": "alarm was cancelled, moved or already fired"})
                 elif command.kind == ALARM and due[_alarm_id(command)].isoformat() != command.body.get("due_at"):
@@ -280,6 +285,13 @@ class _Writes:
         self.events: list[Any] = []
         self.alarms: dict[str, dict[str, Any]] = {}
         self.alarms_gone: set[str] = set()
+
+    def postpone(self, firing: LaneCommand, partition: int, to: datetime) -> None:
+        """Set a firing's alarm again for ``to`` (its key could not take it now)."""
+        alarm_id = _alarm_id(firing)
+        self.alarms_gone.discard(alarm_id)
+        self.alarms[alarm_id] = {"lane": self.spec.name, "alarm_id": alarm_id, "partition": partition,
+                                 "key": firing.key, "due_at": to, "body": json.dumps(firing.body.get("body") or {})}
 
     def apply(self, command: LaneCommand) -> str:
         spec = self.spec
@@ -373,9 +385,12 @@ def dead_letter(session: Session, lane: str, partition: int, expected: int, item
         reply = _failure({"code": "dead_letter", "message": f"{lane} could not store the outcome of {command.kind}; "
                                                             "it was set aside for an operator"})
         now = utcnow()
-        session.merge(LaneDeadLetter(lane=lane, sequence=command.sequence, partition=partition, command_id=command.id,
-                                     key=command.key[:200], kind=command.kind[:64], body=json.dumps(command.body),
-                                     error=error[:2000], failed_at=now))
+        if command.kind == ALARM:  # else it would fire again every 30 s, to be answered from this record
+            session.execute(delete(LaneAlarm).where(LaneAlarm.lane == lane, LaneAlarm.alarm_id == _alarm_id(command)))
+            error = f"{error} (its alarm was cancelled)"
+        session.add(LaneDeadLetter(lane=lane, command_id=command.id, sequence=command.sequence, partition=partition,
+                                   key=command.key[:200], kind=command.kind[:64], body=json.dumps(command.body),
+                                   error=error[:2000], failed_at=now))
         session.add(LaneCommandRecord(lane=lane, command_id=command.id, reply=reply, applied_at=now))
     if current == 0 and session.get(LaneCursor, (lane, partition)) is None:
         session.add(LaneCursor(lane=lane, partition=partition, last_sequence=command.sequence))

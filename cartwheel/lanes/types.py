@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,6 +21,13 @@ KEY_MAX = 200
 """Longest key (``lane_state.key``, ``lane_alarms.key``)."""
 ALARM_ID_MAX = 78
 """Longest alarm id: a firing's command id, ``alarm:<id>:<milliseconds>``, must fit :data:`COMMAND_ID_MAX`."""
+
+COMMAND_ID = re.compile(rf"^[A-Za-z0-9_-]{{1,{COMMAND_ID_MAX}}}$")
+KEY = re.compile(rf"^[A-Za-z0-9_-]{{1,{KEY_MAX}}}$")
+"""What command ids and keys may be: plain tokens within their columns (checked by the client)."""
+STORED_ID = re.compile(rf"^[A-Za-z0-9_.:-]{{1,{COMMAND_ID_MAX}}}$")
+"""What the runtime records as a command id: a client's, or its own (an alarm's firing, ``alarm:<id>:<ms>``);
+anything else arriving on the stream (published past the client) is answered as malformed."""
 
 ALARM = "alarm"
 """``LaneCommand.kind`` of a due alarm. Its ``body`` is ``{"alarm_id", "due_at", "body": <the alarm's body>}``;

@@ -68,7 +68,7 @@ def test_the_limits_of_ids_agree_with_their_columns() -> None:
 
     from cartwheel.lanes.client import COMMAND_ID, KEY
     from cartwheel.lanes.models import LaneAlarm, LaneCommandRecord, LaneState
-    from cartwheel.lanes.types import ALARM_ID_MAX, COMMAND_ID_MAX, KEY_MAX, Alarm, fired_alarm_id
+    from cartwheel.lanes.types import ALARM_ID_MAX, COMMAND_ID_MAX, KEY_MAX, STORED_ID, Alarm, fired_alarm_id
     from services.cart.state import abandon_alarm, forget_alarm
 
     assert LaneCommandRecord.__table__.c.command_id.type.length == COMMAND_ID_MAX
@@ -78,6 +78,7 @@ def test_the_limits_of_ids_agree_with_their_columns() -> None:
     assert KEY.match("k" * KEY_MAX) and not KEY.match("k" * (KEY_MAX + 1))
     late = datetime(2286, 1, 1, tzinfo=UTC)  # 13-digit milliseconds until then
     assert len(fired_alarm_id("a" * ALARM_ID_MAX, late)) <= COMMAND_ID_MAX
+    assert STORED_ID.match(fired_alarm_id("abandon-" + "c" * 64, late))  # the runtime takes its own firings
     with pytest.raises(ValueError):
         Alarm(id="a" * (ALARM_ID_MAX + 1), at=late)
     longest_cart = "c" * 64  # CartId
@@ -88,6 +89,7 @@ def test_the_limits_of_ids_agree_with_their_columns() -> None:
     (b"not json", "not JSON"),
     (b"\xff\xfe", "not JSON"),
     (b"[1, 2]", "not a JSON object"),
+    (b"[" * 100_000, "not JSON"),  # nested past the parser's recursion limit
     (b'{"kind": 3, "body": {}}', "kind must be a string"),
     (b'{"kind": "add", "body": [1]}', "kind must be a string"),
     (b'{"kind": "alarm", "body": {"alarm_id": "a"}}', "an alarm needs"),
