@@ -7,11 +7,12 @@ import os
 import sys
 from pathlib import Path
 
+from cartwheel import subjects
 from cartwheel.files import PRIVATE_UMASK
 from cartwheel.settings import DATABASES, SERVICES, get_settings
 
 RUNNABLE = (*SERVICES, "gateway")
-LANE_SERVICES = ("cart", "inventory")
+LANE_SERVICES = tuple(subjects.SERVICE_LANES)
 
 
 def build_parser() -> argparse.ArgumentParser:

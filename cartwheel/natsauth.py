@@ -42,8 +42,6 @@ KEYS_DIR = "nats-keys"
 
 _KV = "KV_"
 _OBJ = "OBJ_"
-_LANES = {"cart": "cart", "inventory": subjects.INVENTORY_LANE}
-"""The lane each service runs (its stream, bucket and command subjects are its own)."""
 
 
 def inbox_prefix(identity: str) -> str:
@@ -142,8 +140,11 @@ _CALLS: dict[str, list[str]] = {
 }
 """The request subjects each identity may publish: the questions it asks other services."""
 
-_LANE_CALLERS = {"cart": ["cart"], subjects.INVENTORY_LANE: ["inventory", "orders"]}
-"""Whose inboxes a lane worker answers (its callers: :data:`_CALLS` with ``_lane_caller``)."""
+
+
+def _lane_callers(owner: str, lane: str) -> list[str]:
+    """Whose inboxes a lane worker answers: its own service's, and every identity that may send it commands."""
+    return [owner, *(identity for identity, calls in _CALLS.items() if subjects.lane_command(lane, "*") in calls)]
 
 _JETSTREAM: dict[str, list[str]] = {
     "catalog": [*_bucket_write(subjects.CATALOG_CACHE_BUCKET)],
@@ -171,8 +172,8 @@ def permissions(identity: str) -> dict[str, Any]:
     if identity in SERVICES:
         publish += [f"events.{identity}.>", *_declares(), *_event_consumers(identity)]
         subscribe += [f"{identity}.>", subjects.health(identity)]
-        if lane := _LANES.get(identity):
-            callers = _LANE_CALLERS[lane]
+        if lane := subjects.SERVICE_LANES.get(identity):
+            callers = _lane_callers(identity, lane)
             publish += [*_lane(lane), *(subjects.lane_replies(inbox_prefix(caller), ">") for caller in callers)]
     entry: dict[str, Any] = {"publish": {"allow": _unique(publish)}, "subscribe": {"allow": _unique(subscribe)}}
     if identity in SERVICES:

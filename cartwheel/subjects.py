@@ -15,6 +15,9 @@ INVENTORY_STOCKS_GET = "inventory.stock.get_many"
 INVENTORY_RESTOCK = "inventory.stock.restock"
 INVENTORY_SET_STOCK = "inventory.stock.set"
 INVENTORY_LANE = "inventory"  # lane of stock commands (inventory.cmd.<product_id>), one key per product
+CART_LANE = "cart"  # lane of cart commands (cart.cmd.<cart_id>), one key per cart
+SERVICE_LANES = {"cart": CART_LANE, "inventory": INVENTORY_LANE}
+"""The lane each lane-running service owns (its stream, lease bucket, command subjects and dead letters)."""
 
 
 def health(service: str) -> str:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
 from cartwheel import subjects
 from cartwheel.contracts.base import Message, PageCursor
 
-CART_LANE = "cart"
+CART_LANE = subjects.CART_LANE
 MAX_LINES = 100
 MAX_LINE_QUANTITY = 999
 

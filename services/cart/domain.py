@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from cartwheel.contracts.cart import (
+    CART_LANE,
     MAX_LINE_QUANTITY,
     MAX_LINES,
     AbsorbCart,
@@ -172,7 +173,7 @@ def make_spec(timers: CartTimers | None = None, tenant: str = "default") -> Lane
             cancel_alarms=[forget_alarm(command.key)],
         )
 
-    return LaneSpec(name="cart", state=CartState, initial=lambda key: CartState(), handle=handle)
+    return LaneSpec(name=CART_LANE, state=CartState, initial=lambda key: CartState(), handle=handle)
 
 
 def _parse(model: type[CartCommand], command: LaneCommand) -> Any:

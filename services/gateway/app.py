@@ -10,7 +10,7 @@ from cartwheel.settings import Settings, get_settings
 from services.gateway import accounts, admin_carts, api, cart, inventory, ops, orders, products, sse, webhooks
 from services.gateway.bridge import NatsBridge
 from services.gateway.context import EXTENSION, Bus, Gateway, gateway
-from services.gateway.errors import install_error_handlers
+from services.gateway.errors import API_CSP, install_error_handlers
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.web import mount as mount_pages
 
@@ -44,8 +44,6 @@ def _start_bridge() -> None:
         bus.start()
 
 
-API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
-"""What a browser may do with an API response it renders (JSON, an image, an event stream): nothing."""
 
 
 def _no_sniffing(response: Response) -> Response:

@@ -12,6 +12,8 @@ from cartwheel.errors import DomainError, ServiceUnavailable, status_for
 
 log = logging.getLogger("cartwheel.gateway")
 
+API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+"""What a browser may do with an API response it renders (JSON, an image, an event stream, an error): nothing."""
 RETRY_AFTER_SECONDS = 1
 
 # Codes of the HTTP errors Flask/Werkzeug raise themselves.

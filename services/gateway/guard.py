@@ -28,6 +28,7 @@ from werkzeug.exceptions import RequestTimeout
 from werkzeug.wsgi import ClosingIterator
 
 from cartwheel.settings import Settings
+from services.gateway.errors import API_CSP
 
 CHUNKED_BODY_BYTES = 8 * 1024 * 1024
 """A chunked body declares no size: it gets the time of the largest the gateway takes (an image, 5 MB)."""
@@ -69,9 +70,6 @@ class ClientGuard:
         self._open: collections.Counter[str] = collections.Counter()
         self._lock = threading.Lock()
 
-    def in_flight(self, address: str) -> int:
-        return self._open[address]
-
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         address = client_address(environ, self.settings.trusted_proxies)
         environ[ADDRESS] = address
@@ -81,8 +79,7 @@ class ClientGuard:
                 self._open[address] += 1
         if full:
             environ[CLOSE] = True
-            return _refuse(start_response, 429, "too_many_requests",
-                           "too many requests in flight from your address; try again shortly", {"Retry-After": "1"})
+            return _too_many(start_response)
         sock = environ.get("gunicorn.socket")
         if sock is not None and _has_body(environ):
             environ["wsgi.input"] = DeadlineInput(environ["wsgi.input"], sock, self._deadline(environ), environ)
@@ -154,12 +151,13 @@ def _has_body(environ: dict[str, Any]) -> bool:
     return (declared.isdigit() and int(declared) > 0) or "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
 
 
-def _refuse(start_response: Callable[..., Any], status: int, code: str, message: str,
-            headers: dict[str, str]) -> list[bytes]:
-    body = json.dumps({"error": {"code": code, "message": message}}, separators=(",", ":")).encode()
-    reason = {429: "Too Many Requests", 408: "Request Timeout"}[status]
-    start_response(f"{status} {reason}", [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-                                         ("X-Content-Type-Options", "nosniff"),
-                                         ("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'"),
-                                         *headers.items()])
+def _too_many(start_response: Callable[..., Any]) -> list[bytes]:
+    """429, written here: the request never reaches Flask (its body unread)."""
+    body = json.dumps({"error": {"code": "too_many_requests",
+                                 "message": "too many requests in flight from your address; try again shortly"}},
+                      separators=(",", ":")).encode()
+    start_response("429 Too Many Requests", [
+        ("Content-Type", "application/json"), ("Content-Length", str(len(body))), ("Retry-After", "1"),
+        ("X-Content-Type-Options", "nosniff"), ("Content-Security-Policy", API_CSP),
+    ])
     return [body]

@@ -13,7 +13,8 @@ from cartwheel.contracts.catalog import GetProduct, Product, SetProductImage
 from cartwheel.contracts.inventory import GetStock
 from cartwheel.errors import NotFound
 from cartwheel.settings import Settings
-from services.gateway.app import API_CSP, create_app
+from services.gateway.app import create_app
+from services.gateway.errors import API_CSP
 from services.gateway.images import MAX_IMAGE_BYTES, sniff
 from services.gateway.testing import FakeBus
 from tests.helpers import image
