@@ -44,6 +44,7 @@ from cartwheel.service import Service
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 500
+QUEUED = 2 * MAX_BATCH  # commands a worker holds received but not applied
 DAY = 86400.0
 STATES_KEPT = 10_000  # per partition: the hot keys' states stay parsed between batches
 PURGE_EVERY = 10.0  # seconds between trimming applied commands off a partition
@@ -173,7 +174,9 @@ class PartitionWorker:
     def __init__(self, runtime: LaneRuntime, partition: int) -> None:
         self.runtime = runtime
         self.partition = partition
-        self.queue: asyncio.Queue[Msg | None] = asyncio.Queue()  # None: stop after the batch in hand
+        # Bounded: a worker that falls behind holds two batches, and the rest waits in the stream (nats-py answers
+        # the server's flow control only as messages are handed over, so the server stops sending meanwhile).
+        self.queue: asyncio.Queue[Msg | None] = asyncio.Queue(QUEUED)  # None: stop after the batch in hand
         self.cursor = 0
         # States as this owner committed them: the database is written, never read back, while
         # this worker owns the partition (like a Durable Object's memory). A new worker starts empty.
@@ -200,17 +203,19 @@ class PartitionWorker:
         self._task = asyncio.create_task(self._run(), name=f"lane-{rt.spec.name}-{self.partition}")
 
     async def _receive(self, msg: Msg) -> None:
-        self.queue.put_nowait(msg)
+        await self.queue.put(msg)
 
-    async def stop(self, grace: float = 5.0) -> None:
-        """Apply what has been received (replies go out), then stop; the rest waits in the stream."""
+    async def stop(self, grace: float) -> None:
+        """Apply what has been received (replies go out) for up to ``grace`` s, then stop; the rest waits in the
+        stream."""
         if self._sub:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
         if self._task and not self._task.done():
-            self.queue.put_nowait(None)
             try:
-                await asyncio.wait_for(asyncio.shield(self._task), grace)
+                async with asyncio.timeout(grace):
+                    await self.queue.put(None)
+                    await asyncio.shield(self._task)
             except TimeoutError:  # a transaction stuck on the database: the next owner's cursor check covers it
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -241,7 +246,7 @@ class PartitionWorker:
                         "lane %s partition %d: %s; re-reading from the cursor in %.1f s", rt.spec.name,
                         self.partition, exc, delay, exc_info=not isinstance(exc, CursorMoved) and failures == 1)
                 rt.metrics.restarts.inc()
-                rt.background(rt.restart(self.partition, delay))
+                rt.background(rt.restart(self, delay))
                 return
 
     async def _apply(self, batch: list[Msg]) -> None:
@@ -473,6 +478,7 @@ class LaneRuntime:
         self._watch_task: asyncio.Task[None] | None = None
         self._outcomes: Subscription | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._locks: dict[int, asyncio.Lock] = {}
         service.on_start(self.start)
         service.on_stop(self.stop)
         service.health_checks.append(lambda: [str(stopped) for stopped in self.behind.values()])
@@ -510,7 +516,22 @@ class LaneRuntime:
     def owned(self) -> list[int]:
         return sorted(self.workers)
 
+    def _lock(self, partition: int) -> asyncio.Lock:
+        """Starting and stopping a partition's worker, one at a time: the ownership loop, a worker's restart and
+        the stream check each start or stop one, and interleaved (a start still connecting while the lease is
+        given up) they left a worker running without its lease, or two on one partition."""
+        return self._locks.setdefault(partition, asyncio.Lock())
+
     async def _acquire(self, partition: int) -> None:
+        async with self._lock(partition):
+            if partition not in self.workers:
+                await self._start_worker(partition)
+
+    async def _release(self, partition: int) -> None:
+        async with self._lock(partition):
+            await self._stop_worker(partition)
+
+    async def _start_worker(self, partition: int) -> None:
         worker = PartitionWorker(self, partition)
         await worker.start()
         self.workers[partition] = worker
@@ -518,33 +539,37 @@ class LaneRuntime:
         self.alarms_changed.set()
         log.info("lane %s: applying partition %d from sequence %d", self.spec.name, partition, worker.cursor + 1)
 
-    async def _release(self, partition: int) -> None:
+    async def _stop_worker(self, partition: int) -> None:
         worker = self.workers.pop(partition, None)
         if worker:
-            await worker.stop()
+            # Within a lease round: half the lease, so handing partitions over never holds the round up for long.
+            await worker.stop(grace=self.lease_ttl / 2)
             log.info("lane %s: handed partition %d over", self.spec.name, partition)
         self.metrics.owned.set(len(self.workers))
 
-    async def restart(self, partition: int, delay: float = 0.0) -> None:
-        """Re-read a partition from its database cursor (after a failed batch or a moved cursor), ``delay`` s on.
+    async def restart(self, failed: PartitionWorker, delay: float = 0.0) -> None:
+        """Re-read a partition from its database cursor after ``failed`` stopped on a batch (a database error, a
+        moved cursor), ``delay`` s on.
 
-        If that fails too (the database is down), the lease goes back, and the ownership loop
-        tries again next tick: the partition is never left held but unworked.
+        Nothing is done if ``failed`` is no longer the partition's worker (let go, or already replaced). If the
+        new worker cannot start (the database is down), the lease goes back, and the ownership loop tries again
+        next tick: the partition is never left held but unworked.
         """
-        if partition not in self.workers:
-            return
-        await self._release(partition)
-        if delay:
-            await asyncio.sleep(delay)
-            if partition in self.workers:  # let go and taken again meanwhile: that worker is the one
+        partition = failed.partition
+        async with self._lock(partition):
+            if self.workers.get(partition) is not failed:
                 return
-        if not self.ownership or partition not in self.ownership.held:
-            return
-        try:
-            await self._acquire(partition)
-        except Exception:
-            log.exception("lane %s: partition %d could not restart; handing it back", self.spec.name, partition)
-            await self.ownership.give_up(partition)
+            await self._stop_worker(partition)
+        await asyncio.sleep(delay)
+        async with self._lock(partition):
+            if partition in self.workers or not self.ownership or partition not in self.ownership.held:
+                return  # taken again meanwhile (that worker is the one), or no longer this replica's
+            try:
+                await self._start_worker(partition)
+                return
+            except Exception:
+                log.exception("lane %s: partition %d could not restart; handing it back", self.spec.name, partition)
+        await self.ownership.give_up(partition)
 
     def stream_behind(self, partition: int, cursor: int, last: int) -> StreamBehind:
         stopped = self.behind[partition] = StreamBehind(self.spec.name, partition, cursor, last)

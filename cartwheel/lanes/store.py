@@ -7,7 +7,7 @@ import logging
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
@@ -17,13 +17,17 @@ from sqlalchemy.orm import Session
 from cartwheel.contracts.base import Reply, utcnow
 from cartwheel.errors import DomainError
 from cartwheel.lanes.models import LaneAlarm, LaneCommandRecord, LaneCursor, LaneDeadLetter, LaneState
-from cartwheel.lanes.types import ALARM, LaneCommand, LaneSpec
+from cartwheel.lanes.types import ALARM, LaneCommand, LaneSpec, fired_alarm_id
 from cartwheel.outbox import record_events
 
 log = logging.getLogger(__name__)
 
 ALARM_RETRY = timedelta(seconds=60)
 """An alarm whose key's state does not read fires again this much later (once repaired, it applies)."""
+ALARM_EARLY = timedelta(seconds=1)
+"""How far before its due time, by the NATS server's clock, a firing may arrive and still apply. The replica that
+fires alarms reads its own clock; one that runs fast (a stopped NTP, a VM resumed) would expire a reservation
+while its buyer is paying. A firing earlier than this is skipped, not recorded, and fires again."""
 
 
 @dataclass(frozen=True)
@@ -185,6 +189,14 @@ def apply_group(session: Session, spec: LaneSpec[Any], batches: list[PartitionBa
             reply = recorded.get(command.id)
             if reply is not None:
                 result.duplicates += 1
+                if command.kind == ALARM and _still_set(command, due):  # set again for the time it fired at:
+                    writes.cancel([_alarm_id(command)])  # that firing is done, or its row would stay due forever
+                    due.pop(_alarm_id(command))
+            elif command.kind == ALARM and _early(command):
+                log.warning("lane %s: alarm %s fired at %s, before its due time %s by the server's clock; skipped "
+                            "(is the firing replica's clock fast?)", lane, _alarm_id(command),
+                            command.issued_at.isoformat(), command.body.get("due_at"))
+                reply = _success({"skipped": "alarm is not due yet"})  # not recorded: it fires again when due
             else:
                 if item.malformed is not None:
                     log.error("lane %s: command %s at sequence %d is malformed (%s); answered so, not applied",
@@ -197,13 +209,15 @@ def apply_group(session: Session, spec: LaneSpec[Any], batches: list[PartitionBa
                         writes.postpone(command, b.partition, now + ALARM_RETRY)  # fires again, maybe repaired
                 elif command.kind == ALARM and due.get(_alarm_id(command)) is None:
                     reply = _success({"skipped": "alarm was cancelled, moved or already fired"})
-                elif command.kind == ALARM and due[_alarm_id(command)].isoformat() != command.body.get("due_at"):
+                elif command.kind == ALARM and not _still_set(command, due):
                     reply = _success({"skipped": "alarm was moved"})
                 else:
                     if command.kind == ALARM:
                         writes.cancel([_alarm_id(command)])
                         due.pop(_alarm_id(command))
                     reply = writes.apply(command)
+                    if command.kind == ALARM:
+                        writes.not_again(command)
                 recorded[command.id] = reply
                 writes.records.append({"lane": lane, "command_id": command.id, "reply": reply, "applied_at": now})
             if item.reply_to:
@@ -320,6 +334,15 @@ class _Writes:
                                      "key": command.key, "due_at": alarm.at, "body": json.dumps(alarm.body)}
         return _success(outcome.reply)
 
+    def not_again(self, firing: LaneCommand) -> None:
+        """A handler that sets the alarm firing now again for the very time it fires at would make a firing with
+        the id of this one: a duplicate, answered from its record, its row never deleted. It has fired: drop it."""
+        again = self.alarms.get(_alarm_id(firing))
+        if again is not None and fired_alarm_id(_alarm_id(firing), again["due_at"]) == firing.id:
+            log.warning("lane %s: alarm %s set again for the time it just fired at; dropped", self.spec.name,
+                        _alarm_id(firing))
+            self.cancel([_alarm_id(firing)])
+
     def cancel(self, alarm_ids: list[str]) -> None:
         for alarm_id in alarm_ids:
             self.alarms.pop(alarm_id, None)
@@ -355,6 +378,21 @@ def _failure(error: dict[str, Any]) -> str:
 
 def _alarm_id(command: LaneCommand) -> str:
     return str(command.body.get("alarm_id", ""))
+
+
+def _still_set(firing: LaneCommand, due: Mapping[str, datetime]) -> bool:
+    """The firing's alarm is still set, for the time this firing is for."""
+    at = due.get(_alarm_id(firing))
+    return at is not None and at.isoformat() == firing.body.get("due_at")
+
+
+def _early(firing: LaneCommand) -> bool:
+    """The firing reached the stream before its due time by more than :data:`ALARM_EARLY` (the server's clock)."""
+    try:
+        due_at = datetime.fromisoformat(str(firing.body.get("due_at")))
+    except ValueError:
+        return False
+    return firing.issued_at + ALARM_EARLY < (due_at if due_at.tzinfo else due_at.replace(tzinfo=UTC))
 
 
 def due_alarms(session: Session, lane: str, partitions: list[int], until: datetime,

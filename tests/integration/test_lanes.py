@@ -883,3 +883,163 @@ def test_an_alarm_of_a_key_whose_state_does_not_read_fires_again_later_and_a_dea
         assert "alarm was cancelled" in letter.error
     finally:
         db.close()
+
+
+def fresh_lane(nats_url: str, database_url: str, tmp_path: Path) -> Settings:
+    """No stream or bucket of the ledger lane left by an earlier test, and the settings of a replica of it."""
+    fresh_replicas(Replicas(nats_url, database_url, tmp_path)).monitor.close()
+    migrate("inventory", database_url)
+    return Settings(nats_url=nats_url, var_dir=tmp_path, inventory_database_url=database_url, metrics_port=0)
+
+
+@contextlib.asynccontextmanager
+async def lane_in_process(settings: Settings) -> Any:
+    """The ledger lane in this process, on one replica that owns every partition and holds no round of its own
+    meanwhile (its lease and tick a minute long)."""
+    from cartwheel.lanes.runtime import LaneRuntime
+    from cartwheel.service import Service
+
+    service = Service("inventory", settings)
+    runtime = LaneRuntime(service, SPEC, lease_ttl=60.0, tick=60.0)
+    await service.app.start()
+    try:
+        assert runtime.ownership is not None and sorted(runtime.ownership.held) == list(range(PARTITIONS))
+        yield runtime
+    finally:
+        await service.app.stop()
+
+
+def test_starting_and_stopping_a_partition_are_serialised(nats_url: str, database_url: str, tmp_path: Path) -> None:
+    """R5: a failed batch's restart, the ownership loop taking a partition and giving it up, interleaved, left a
+    worker running without its lease, or two workers (two consumers) on one partition. Each start and stop of a
+    partition's worker now waits for the one before: afterwards every lease has one worker and every worker a
+    lease."""
+
+    def workers_of(partition: int) -> int:
+        return sum(1 for t in asyncio.all_tasks() if t.get_name() == f"lane-{LANE}-{partition}" and not t.done())
+
+    settings = fresh_lane(nats_url, database_url, tmp_path)
+
+    async def scenario() -> None:
+        async with lane_in_process(settings) as runtime:
+            # A batch failed on partition 0 (its restart) while the loop starts it again and lets it go again.
+            failed = runtime.workers[0]
+            await asyncio.gather(runtime.restart(failed), runtime._acquire(0), runtime._release(0),
+                                 runtime._acquire(0))
+            # The loop gives partition 1 up while a start of it is still connecting.
+            runtime.ownership.held.pop(1)
+            await asyncio.gather(runtime._acquire(1), runtime._release(1))
+            await asyncio.sleep(0.5)
+            assert set(runtime.workers) == set(runtime.ownership.held) == set(range(PARTITIONS)) - {1}
+            assert [workers_of(p) for p in range(PARTITIONS)] == [0 if p == 1 else 1 for p in range(PARTITIONS)]
+
+    asyncio.run(scenario())
+
+
+def test_a_worker_that_falls_behind_holds_a_bounded_backlog(nats_url: str, database_url: str, tmp_path: Path) -> None:
+    """Reasoned in issue 14: a worker took its partition's whole backlog into memory while its database was slow.
+    Now it holds at most two batches; the rest waits in the stream, and all of it applies once the database
+    answers."""
+    from cartwheel.lanes.runtime import QUEUED
+
+    key, sent = "backlog", 4 * QUEUED
+
+    settings = fresh_lane(nats_url, database_url, tmp_path)
+
+    async def scenario() -> None:
+        async with lane_in_process(settings) as runtime:
+            answered = asyncio.Event()
+            apply = runtime.applier.apply
+
+            async def slow(batch: Any) -> Any:  # the database, stuck until the backlog has piled up
+                await answered.wait()
+                return await apply(batch)
+
+            runtime.applier.apply = slow  # type: ignore[method-assign]
+            nc = await nats.connect(nats_url)
+            js = nc.jetstream()
+            for i in range(sent):
+                await js.publish(subjects.lane_command(LANE, key), json.dumps({"kind": "append", "body": {}}).encode(),
+                                 headers={"Nats-Msg-Id": f"backlog-{i}"})
+            await nc.close()
+            await asyncio.sleep(1.0)
+            worker = runtime.workers[partition_of(key, PARTITIONS)]
+            assert worker.queue.qsize() <= QUEUED
+            answered.set()
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and worker.cursor < sent:
+                await asyncio.sleep(0.1)
+
+    asyncio.run(scenario())
+    assert len(ledger(database_url, key).applied) == sent
+
+
+def _alarm_spec() -> Any:
+    """The ledger lane, whose alarm handler sets its alarm again for the time it fired at."""
+    from datetime import datetime
+
+    from cartwheel.lanes import ALARM, Alarm, LaneSpec, Outcome
+    from tests.lane_replica import handle
+
+    def again(state: Ledger, command: Any) -> Outcome[Ledger]:
+        if command.kind != ALARM:
+            return handle(state, command)
+        at = datetime.fromisoformat(command.body["due_at"])
+        return Outcome(reply={}, state=Ledger(stock=state.stock, applied=state.applied,
+                                              fired=[*state.fired, command.body["alarm_id"]]),
+                       alarms=[Alarm(id=command.body["alarm_id"], at=at, body={})])
+
+    return LaneSpec(name=LANE, state=Ledger, initial=lambda key: Ledger(), handle=again, partitions=PARTITIONS)
+
+
+def test_an_alarm_fires_only_when_due_by_the_servers_clock_and_once_for_its_time(database_url: str) -> None:
+    """Reasoned in issue 14: a replica whose clock runs fast fired alarms early (a reservation expired while its
+    buyer paid), and an alarm set again, by its own firing or later, for the very time it fired at was never
+    deleted (its next firing was a duplicate, answered from the record). Now a firing that reaches the stream
+    before its due time is skipped and fires again; one set again for the time it fired at is dropped."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import select
+
+    from cartwheel.lanes.models import LaneAlarm, LaneCommandRecord
+    from cartwheel.lanes.store import Incoming, PartitionBatch, apply_group
+    from cartwheel.lanes.types import ALARM, LaneCommand, fired_alarm_id
+
+    migrate("inventory", database_url)
+    db = Database(database_url)
+    spec = _alarm_spec()
+    key, due = "alarm-key", datetime(2026, 1, 1, 12, tzinfo=UTC)
+    partition = partition_of(key, PARTITIONS)
+    db.run_sync(lambda s: s.add(LaneAlarm(lane=LANE, alarm_id="al", partition=partition, key=key, due_at=due,
+                                          body="{}")))
+
+    def firing(seq: int, stored_at: datetime) -> Incoming:
+        body = {"alarm_id": "al", "due_at": due.isoformat(), "body": {}}
+        return Incoming(LaneCommand(id=fired_alarm_id("al", due), key=key, kind=ALARM, body=body, sequence=seq,
+                                    issued_at=stored_at), reply_to="inbox.al")
+
+    def apply(expected: int, item: Incoming) -> Any:
+        (result,) = db.run_sync(lambda s: apply_group(s, spec, [PartitionBatch(partition, expected, [item])]))
+        assert result.applied
+        return json.loads(result.replies[0][1])
+
+    def alarm_row() -> Any:
+        return db.read_sync(lambda s: s.scalar(select(LaneAlarm.due_at).where(LaneAlarm.alarm_id == "al")))
+
+    def records() -> int:
+        return len(db.read_sync(lambda s: s.scalars(select(LaneCommandRecord.command_id)).all()))
+
+    try:
+        early = apply(0, firing(1, due - timedelta(seconds=30)))  # by a clock 30 s fast
+        assert early["data"] == {"skipped": "alarm is not due yet"}
+        assert alarm_row() is not None and records() == 0 and ledger(database_url, key).fired == []
+        assert apply(1, firing(2, due + timedelta(milliseconds=5)))["ok"]  # due now: it fires, once
+        assert ledger(database_url, key).fired == ["al"]
+        assert alarm_row() is None  # set again by its handler for the time it fired at: dropped
+        # Set again for that time by a later command: its next firing is a duplicate, and deletes it.
+        db.run_sync(lambda s: s.add(LaneAlarm(lane=LANE, alarm_id="al", partition=partition, key=key, due_at=due,
+                                              body="{}")))
+        apply(2, firing(3, due + timedelta(seconds=30)))
+        assert alarm_row() is None and ledger(database_url, key).fired == ["al"]
+    finally:
+        db.close()
