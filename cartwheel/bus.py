@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import replace
@@ -14,7 +15,7 @@ from faststream.nats import NatsBroker
 from faststream.nats.prometheus import NatsPrometheusMiddleware
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType, StreamConfig
+from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType, StreamConfig, StreamInfo
 from prometheus_client import CollectorRegistry
 
 from cartwheel import natsauth, subjects
@@ -96,9 +97,10 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig, *, update: b
         try:
             await js.add_stream(config)
             log.info("stream %s created", config.name)
+            await stream_led(js, config.name)
             return
         except nats.js.errors.BadRequestError:
-            info = await js.stream_info(config.name)  # another replica won the race
+            info = await stream_led(js, config.name)  # another replica won the race
     wanted = replace(info.config, **{key: getattr(config, key) for key in _MANAGED})
     if any(getattr(info.config, key) != getattr(wanted, key) for key in _MANAGED):
         if not update:
@@ -113,26 +115,48 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig, *, update: b
 _MANAGED = ("subjects", "num_replicas", "max_age", "duplicate_window", "description")
 
 
+async def stream_led(js: JetStreamContext, stream: str, timeout: float = 15.0) -> StreamInfo:
+    """The stream's info once it has a leader (or after ``timeout``, as it is). A replicated stream just made, or
+    whose leader just went, elects one first and refuses writes until then ("no response from stream"): replicas
+    that wrote at once crashed at start on a cluster."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            info = await js.stream_info(stream)
+        except nats.js.errors.NotFoundError:
+            raise
+        except (nats.errors.Error, TimeoutError):
+            if loop.time() > deadline:
+                raise
+        else:
+            if info.cluster is None or info.cluster.leader or loop.time() > deadline:
+                return info
+        await asyncio.sleep(0.1)
+
+
 async def ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> None:
     try:
-        await js.key_value(config.bucket)
-    except nats.js.errors.BucketNotFoundError:
+        await stream_led(js, f"KV_{config.bucket}")
+    except nats.js.errors.NotFoundError:
         try:
             await js.create_key_value(config)
             log.info("bucket %s created", config.bucket)
         except nats.js.errors.BadRequestError:
-            await js.key_value(config.bucket)  # created meanwhile by another replica
+            pass  # created meanwhile by another replica
+        await stream_led(js, f"KV_{config.bucket}")
 
 
 async def ensure_object_store(js: JetStreamContext, config: ObjectStoreConfig) -> None:
     try:
-        await js.object_store(config.bucket)  # type: ignore[arg-type]
-    except nats.js.errors.BucketNotFoundError:
+        await stream_led(js, f"OBJ_{config.bucket}")
+    except nats.js.errors.NotFoundError:
         try:
             await js.create_object_store(config.bucket, config=config)  # the name positionally, see NATS-NOTES
             log.info("object store %s created", config.bucket)
         except nats.js.errors.BadRequestError:
-            await js.object_store(config.bucket)  # type: ignore[arg-type]  # created meanwhile by another replica
+            pass  # created meanwhile by another replica
+        await stream_led(js, f"OBJ_{config.bucket}")
 
 
 async def declare_topology(js: JetStreamContext, settings: Settings, *, update: bool = True) -> None:

@@ -18,7 +18,13 @@ LANE_SERVICES = tuple(subjects.SERVICE_LANES)
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cartwheel", description="Run and operate a Cartwheel shop.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("up", help="start NATS, every service and the gateway on this machine (Ctrl-C stops all)")
+    up = sub.add_parser("up", help="start NATS, every service and the gateway on this machine (Ctrl-C stops all)")
+    up.add_argument("--cluster", action="store_true",
+                    help="three nats-servers as one JetStream cluster on loopback; streams and buckets at 3 replicas")
+    up.add_argument("--scale", default="", metavar="SERVICE=N[,...]",
+                    help="replicas of services, e.g. inventory=3,cart=2 (one each by default)")
+    up.add_argument("--postgres", metavar="URL",
+                    help="put every database on this PostgreSQL server (cartwheel_<service>, made if missing)")
     run = sub.add_parser("run", help="run one service in the foreground (what containers do)")
     run.add_argument("service", choices=RUNNABLE)
     migrate = sub.add_parser("migrate", help="apply database migrations (all services and the gateway unless named)")
@@ -71,9 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     os.umask(PRIVATE_UMASK)  # what this process and its children write (var/, databases) is the owner's alone
     settings = get_settings()
     if args.command == "up":
-        from cartwheel.supervisor import up
+        from cartwheel.supervisor import parse_scale, up
 
-        return up(settings)
+        try:
+            scale = parse_scale(args.scale)
+        except ValueError as exc:
+            build_parser().error(f"--scale {exc}")
+        return up(settings, cluster=args.cluster, scale=scale, postgres=args.postgres)
     if args.command == "run":
         if args.service == "gateway":
             from services.gateway.server import serve

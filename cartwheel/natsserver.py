@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -191,6 +192,30 @@ def version() -> str:
     return out.strip().rsplit("v", 1)[-1]
 
 
+@dataclass(frozen=True)
+class ClusterNode:
+    """This server's place in a JetStream cluster on one host: its name (JetStream knows a node by it, so it must
+    not change across restarts), the port its routes listen on, and every node's route port (its own included)."""
+
+    name: str
+    route_port: int
+    route_ports: tuple[int, ...]
+
+    def config(self, host: str) -> str:
+        routes = ", ".join(json.dumps(f"nats://{host}:{port}") for port in self.route_ports)
+        return (f"server_name: {json.dumps(self.name)}\n"
+                f"cluster {{\n  name: cartwheel\n  listen: {json.dumps(f'{host}:{self.route_port}')}\n"
+                f"  routes: [{routes}]\n}}\n")
+
+
+def cluster_nodes(data_dir: Path, ports: list[int], route_ports: list[int], host: str = "127.0.0.1",
+                  **options: object) -> list[NatsServer]:
+    """A JetStream cluster of ``len(ports)`` servers on ``host``, node ``i`` under ``data_dir/node-i``."""
+    return [NatsServer(data_dir / f"node-{i}", port, host, **options,  # type: ignore[arg-type]
+                       cluster=ClusterNode(f"cartwheel-{i}", route, tuple(route_ports)))
+            for i, (port, route) in enumerate(zip(ports, route_ports, strict=True), start=1)]
+
+
 class NatsServer:
     """One nats-server with JetStream, listening on ``host:port``, its files under ``data_dir``.
 
@@ -210,6 +235,7 @@ class NatsServer:
         max_file_store: str = "8GB",
         authorization: str = "",
         probe_seed: str | None = None,
+        cluster: ClusterNode | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.port = port
@@ -218,6 +244,7 @@ class NatsServer:
         self.max_file_store = max_file_store
         self.authorization = authorization
         self.probe_seed = probe_seed
+        self.cluster = cluster
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -238,6 +265,7 @@ class NatsServer:
             f"  max_memory_store: {self.max_memory_store}\n"
             f"  max_file_store: {self.max_file_store}\n"
             "}\n"
+            f"{self.cluster.config(self.host) if self.cluster else ''}"
             f"{self.authorization}"
         )
         write_private(self.config_path, config.encode())

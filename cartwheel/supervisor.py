@@ -4,14 +4,19 @@
 fixture both run it. Each child's stdout and stderr are streamed line by line behind a
 fixed-width name (coloured on a terminal unless ``NO_COLOR`` is set).
 
-When a child dies on its own, the supervisor says so loudly (name and exit code), restarts
-nothing and keeps the others running; ``up`` exits 1 once nothing is left running. SIGINT or
-SIGTERM stops services and gateway first, then nats-server, SIGKILLs stragglers, all within
-10 s, and ``up`` exits 0.
+When a child dies on its own, the supervisor says so loudly (name and exit code) and starts it
+again after a pause that doubles with each crash in a row (1 s up to 30 s; a child that ran a
+minute starts over at 1 s), keeping the others running. SIGINT or SIGTERM stops services and
+gateway first, then nats-server, SIGKILLs stragglers, all within 10 s, and ``up`` exits 0.
+
+``cartwheel up --cluster`` runs three nats-servers as one JetStream cluster on loopback (every
+stream, bucket and object store at three replicas) and ``--scale inventory=3,cart=2`` runs
+replicas of services; ``--postgres URL`` puts every database on that PostgreSQL server.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import signal
@@ -23,13 +28,14 @@ import traceback
 import urllib.error
 import urllib.request
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType, TracebackType
-from typing import TextIO
+from typing import Any, TextIO
 from urllib.parse import urlsplit
 
 from pydantic import SecretStr
+from sqlalchemy.engine import make_url
 
 from cartwheel import natsauth
 from cartwheel.files import private_dir, write_private
@@ -37,12 +43,13 @@ from cartwheel.natsserver import (
     NatsServer,
     NatsServerError,
     PortInUse,
+    cluster_nodes,
     free_port,
     port_is_free,
     signal_group,
     spawn,
 )
-from cartwheel.settings import SERVICES, Settings
+from cartwheel.settings import DATABASES, SERVICES, Settings
 
 NATS = "nats-server"
 GATEWAY = "gateway"
@@ -116,12 +123,32 @@ def describe_exit(code: int) -> str:
     return f"code {code}"
 
 
+RESTART_FIRST = 1.0
+RESTART_MAX = 30.0
+STABLE_AFTER = 60.0  # seconds a child must run for its next crash to count as the first again
+
+
+def restart_delay(crashes: int) -> float:
+    """Seconds before a child that crashed ``crashes`` times in a row starts again."""
+    return min(RESTART_FIRST * 2 ** min(crashes - 1, 16), RESTART_MAX)
+
+
+Respawn = Callable[[], "subprocess.Popen[bytes]"]
+
+
 @dataclass
 class Child:
     name: str
     process: subprocess.Popen[bytes]
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=30))
     pump: threading.Thread | None = None
+    respawn: Respawn | None = None
+    """How to start it again after a crash (None: it is left down)."""
+    started_at: float = field(default_factory=time.monotonic)
+    crashes: int = 0  # in a row: the restart's backoff
+    restarts: int = 0
+    exit_seen: bool = False  # this process's exit was reported
+    restart_at: float | None = None
 
     @property
     def alive(self) -> bool:
@@ -129,7 +156,8 @@ class Child:
 
 
 class Children:
-    """Named child processes: output pumped to a :class:`Console`, unexpected exits reported, ordered stop."""
+    """Named child processes: output pumped to a :class:`Console`, crashes reported and restarted with backoff,
+    ordered stop."""
 
     def __init__(self, console: Console) -> None:
         self.console = console
@@ -137,47 +165,89 @@ class Children:
         self.unexpected_exits: dict[str, int] = {}
         self.stopping = threading.Event()
         self.all_exited = threading.Event()
+        self._stopped = threading.Event()  # the watcher ends only now: the kernel stops what a thread started
+        self._lock = threading.Lock()  # a restart and the stop never interleave
         self._monitor: threading.Thread | None = None
 
-    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Child:
-        return self.adopt(name, spawn(argv, output=subprocess.PIPE, env=env))
+    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None, *, restart: bool = False) -> Child:
+        """Start ``argv`` as ``name``; with ``restart``, start it again whenever it crashes."""
+        def start() -> subprocess.Popen[bytes]:
+            return spawn(argv, output=subprocess.PIPE, env=env)
 
-    def adopt(self, name: str, process: subprocess.Popen[bytes]) -> Child:
-        """Take over a started process whose stdout is a pipe."""
-        child = Child(name, process)
-        child.pump = threading.Thread(target=self._pump, args=(child,), name=f"log-{name}", daemon=True)
-        child.pump.start()
+        return self.adopt(name, start(), respawn=start if restart else None)
+
+    def adopt(self, name: str, process: subprocess.Popen[bytes], *, respawn: Respawn | None = None) -> Child:
+        """Take over a started process whose stdout is a pipe; ``respawn`` starts it again after a crash."""
+        child = Child(name, process, respawn=respawn)
+        self._pump_output(child)
         self.all[name] = child
         return child
 
+    def _pump_output(self, child: Child) -> None:
+        child.pump = threading.Thread(target=self._pump, args=(child, child.process), name=f"log-{child.name}",
+                                      daemon=True)
+        child.pump.start()
+
     def watch(self) -> None:
-        """From now on, report children that exit on their own (a thread polls them)."""
+        """From now on, report children that exit on their own and restart them (a thread polls them)."""
         if self._monitor is None:
             self._monitor = threading.Thread(target=self._watch, name="child-monitor", daemon=True)
             self._monitor.start()
 
-    def _pump(self, child: Child) -> None:
-        assert child.process.stdout is not None
-        for raw in iter(child.process.stdout.readline, b""):
+    def _pump(self, child: Child, process: subprocess.Popen[bytes]) -> None:
+        assert process.stdout is not None
+        for raw in iter(process.stdout.readline, b""):
             line = raw.decode("utf-8", "replace").rstrip()
             child.tail.append(line)
             self.console.child_line(child.name, line)
 
     def _watch(self) -> None:
-        reported: set[str] = set()
-        while not self.stopping.wait(0.2):
+        while not self._stopped.wait(0.2):
+            if self.stopping.is_set():
+                continue  # alive until the stop is done: children it restarted die with this thread
+            now = time.monotonic()
             for child in list(self.all.values()):
                 code = child.process.poll()
-                if code is None or child.name in reported or self.stopping.is_set():
+                if code is None:
                     continue
-                reported.add(child.name)
-                self.unexpected_exits[child.name] = code
-                self.console.alarm(
-                    f"{child.name} exited unexpectedly ({describe_exit(code)}); nothing is restarted, "
-                    "the rest keep running (Ctrl-C stops all)"
-                )
-            if self.all and len(reported) == len(self.all):
+                if not child.exit_seen:
+                    self._crashed(child, code, now)
+                elif child.restart_at is not None and now >= child.restart_at:
+                    self._restart(child)
+            if self.all and all(not c.alive and c.restart_at is None for c in self.all.values()):
                 self.all_exited.set()
+
+    def _crashed(self, child: Child, code: int, now: float) -> None:
+        child.exit_seen = True
+        self.unexpected_exits[child.name] = code
+        if child.respawn is None:
+            self.console.alarm(f"{child.name} exited unexpectedly ({describe_exit(code)}); it is not restarted, "
+                               "the rest keep running (Ctrl-C stops all)")
+            return
+        child.crashes = 1 if now - child.started_at >= STABLE_AFTER else child.crashes + 1
+        delay = restart_delay(child.crashes)
+        child.restart_at = now + delay
+        self.console.alarm(f"{child.name} exited unexpectedly ({describe_exit(code)}); restarting it in {delay:.0f} s"
+                           f" (crash {child.crashes} in a row)")
+
+    def _restart(self, child: Child) -> None:
+        assert child.respawn is not None
+        with self._lock:
+            if self.stopping.is_set():
+                return
+            child.restart_at = None
+            try:
+                process = child.respawn()
+            except Exception as exc:  # a port still taken, a binary gone: try again later
+                child.crashes += 1
+                child.restart_at = time.monotonic() + restart_delay(child.crashes)
+                self.console.alarm(f"{child.name} could not be restarted ({exc}); trying again in "
+                                   f"{restart_delay(child.crashes):.0f} s")
+                return
+            child.process, child.exit_seen, child.started_at = process, False, time.monotonic()
+            child.restarts += 1
+            self._pump_output(child)
+        self.console.say(f"{child.name} restarted (pid {process.pid}, restart {child.restarts})")
 
     def last_lines(self, name: str, count: int = 15) -> str:
         lines = list(self.all[name].tail)[-count:] if name in self.all else []
@@ -186,7 +256,14 @@ class Children:
 
     def stop(self, phases: Sequence[Sequence[str]], timeout: float = 10.0) -> None:
         """SIGTERM the named children phase by phase, SIGKILL what outlives its share; all within ``timeout``."""
-        self.stopping.set()
+        with self._lock:
+            self.stopping.set()
+        try:
+            self._stop(phases, timeout)
+        finally:
+            self._stopped.set()
+
+    def _stop(self, phases: Sequence[Sequence[str]], timeout: float) -> None:
         deadline = time.monotonic() + timeout - 0.5
         for i, names in enumerate(phases):
             left = len(phases) - i
@@ -264,7 +341,13 @@ class System:
         colour: bool | None = None,
         ready_timeout: float = 90.0,
         seed: bool = True,
+        cluster: bool = False,
+        scale: Mapping[str, int] | None = None,
+        postgres: str | None = None,
     ) -> None:
+        """``cluster``: three nats-servers as one JetStream cluster (streams at three replicas) instead of one;
+        ``scale``: replicas of each named service (one by default); ``postgres``: a PostgreSQL server's URL, on
+        which every service and the gateway get a database of their own (``cartwheel_<name>``, made if missing)."""
         update: dict[str, object] = {"var_dir": settings.var_dir.resolve()}
         if "cookie_secure" not in settings.model_fields_set:
             update["cookie_secure"] = False  # the gateway serves plain http here: a Secure cookie never comes back
@@ -276,6 +359,21 @@ class System:
                 "stripe_api_base": f"http://127.0.0.1:{free_port()}",
                 "stripe_webhook_secret": SecretStr("whsec_" + secrets.token_urlsafe(24)),
             }
+        self.postgres = postgres
+        if postgres:
+            update |= {f"{name}_database_url": postgres_database(postgres, name) for name in DATABASES}
+        nats_port = urlsplit(settings.nats_servers[0]).port or 4222
+        self._node_ports = [nats_port + i for i in range(CLUSTER_NODES if cluster else 1)]
+        if cluster:
+            if not settings.embedded_nats:
+                raise StartupError("--cluster starts its own nats-servers: unset CARTWHEEL_EMBEDDED_NATS=false")
+            update |= {"nats_url": ",".join(f"nats://127.0.0.1:{port}" for port in self._node_ports),
+                       "stream_replicas": CLUSTER_NODES}
+        unknown = sorted(set(scale or {}) - set(SERVICES))
+        if unknown or any(n < 1 for n in (scale or {}).values()):
+            raise StartupError(f"--scale takes SERVICE=N with N >= 1 for services of {', '.join(SERVICES)}"
+                               f"{f' (not {unknown[0]})' if unknown else ''}")
+        self.replicas = {name: _replica_names(name, (scale or {}).get(name, 1)) for name in SERVICES}
         resolved = settings.model_copy(update=update)
         self.settings = resolved.with_secrets()
         self.var_dir = self.settings.var_dir
@@ -285,22 +383,35 @@ class System:
         token = self.settings.admin_token
         self.admin_token = token.get_secret_value() if token else ""
         self.nats_url = self.settings.nats_url
+        self.nats_nodes: dict[str, NatsServer] = self._embedded_nats(cluster) if self.settings.embedded_nats else {}
         stream = out or sys.stdout
-        self.console = Console(stream, colour=use_colour(stream) if colour is None else colour)
+        names = (*self.nats_nodes, GATEWAY, *self.service_children, PAYMENT_SERVER)
+        self.console = Console(stream, names, colour=use_colour(stream) if colour is None else colour)
         self.children = Children(self.console)
         self._stop_requested = threading.Event()
         self._stopped = False
-        nats = urlsplit(self.settings.nats_servers[0])
-        self._nats_port = nats.port or 4222
-        self.nats: NatsServer | None = self._embedded_nats() if self.settings.embedded_nats else None
 
-    def _embedded_nats(self) -> NatsServer:
-        """The embedded server, which admits only the shop's own processes: a seed for each in var/nats-keys/
-        (made at the first start), their public keys and permissions in its config."""
+    @property
+    def nats(self) -> NatsServer | None:
+        """The (first) embedded nats-server, if any."""
+        return next(iter(self.nats_nodes.values()), None)
+
+    @property
+    def service_children(self) -> list[str]:
+        """Every service process's name: the service's, or ``inventory-2`` for its second replica."""
+        return [child for name in SERVICES for child in self.replicas[name]]
+
+    def _embedded_nats(self, cluster: bool) -> dict[str, NatsServer]:
+        """The embedded server, or the three of a cluster, which admit only the shop's own processes: a seed for
+        each in var/nats-keys/ (made at the first start), their public keys and permissions in their config."""
         seeds = natsauth.ensure_keys(self.var_dir / natsauth.KEYS_DIR)
         public = {identity: natsauth.public_key(seed) for identity, seed in seeds.items()}
-        return NatsServer(self.var_dir / "nats", self._nats_port, authorization=natsauth.authorization(public),
-                          probe_seed=seeds[natsauth.ADMIN])
+        options: dict[str, Any] = {"authorization": natsauth.authorization(public), "probe_seed": seeds[natsauth.ADMIN]}
+        if not cluster:
+            return {NATS: NatsServer(self.var_dir / "nats", self._node_ports[0], **options)}
+        nodes = cluster_nodes(self.var_dir / "nats-cluster", self._node_ports,
+                              [free_port() for _ in self._node_ports], **options)
+        return {f"{NATS}-{i}": node for i, node in enumerate(nodes, start=1)}
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -310,7 +421,9 @@ class System:
         self._check_ports()
         try:
             private_dir(self.var_dir, narrow=True)
-            if self.nats is not None:
+            if self.postgres:
+                self._make_databases()
+            if self.nats_nodes:
                 self._start_nats()
                 self._declare_streams()
             if self.embedded_stripe:
@@ -319,8 +432,12 @@ class System:
             self._migrate([GATEWAY])
             self._start(GATEWAY, [sys.executable, "-m", "cartwheel.cli", "run", "gateway"], self._metrics_port(None))
             self._migrate(SERVICES)
+            extra = len(SERVICES)  # second and later replicas' metrics ports come after every first one's
             for i, name in enumerate(SERVICES):
-                self._start(name, [sys.executable, "-m", f"services.{name}"], self._metrics_port(i))
+                for r, child in enumerate(self.replicas[name]):
+                    extra += r > 0
+                    self._start(child, [sys.executable, "-m", f"services.{name}"],
+                                self._metrics_port(extra if r else i), role=name)
             self._wait_ready(started + self.ready_timeout)
             if self.embedded_stripe:
                 self._register_webhook()
@@ -366,7 +483,7 @@ class System:
         self._stop_requested.set()
         if any(child.alive for child in self.children.all.values()):
             self.console.say("stopping…")
-        self.children.stop([[GATEWAY, *SERVICES], [NATS, PAYMENT_SERVER]], timeout)
+        self.children.stop([[GATEWAY, *self.service_children], [*self.nats_nodes, PAYMENT_SERVER]], timeout)
         self.console.say("stopped")
 
     def __enter__(self) -> System:
@@ -388,22 +505,35 @@ class System:
         host = self.settings.gateway_host
         if not port_is_free(self.settings.gateway_port, host):
             raise PortTaken(_port_taken(self.settings.gateway_port, "gateway", "CARTWHEEL_GATEWAY_PORT"))
-        if self.nats is not None and not port_is_free(self._nats_port, self.nats.host):
-            raise PortTaken(_port_taken(self._nats_port, NATS, "CARTWHEEL_NATS_URL"))
+        for name, node in self.nats_nodes.items():
+            if not port_is_free(node.port, node.host):
+                raise PortTaken(_port_taken(node.port, name, "CARTWHEEL_NATS_URL"))
 
     def _start_nats(self) -> None:
-        assert self.nats is not None
-        self._step(f"starting {NATS} (JetStream in {self.nats.data_dir})…")
+        where = ", ".join(str(node.data_dir) for node in self.nats_nodes.values())
+        cluster = f"{len(self.nats_nodes)} nodes of one JetStream cluster" if len(self.nats_nodes) > 1 else NATS
+        self._step(f"starting {cluster} (JetStream in {where})…")
+        for name, node in self.nats_nodes.items():
+            try:
+                node.start(output=subprocess.PIPE, wait=False)
+            except PortInUse as exc:
+                raise PortTaken(_port_taken(exc.port, name, "CARTWHEEL_NATS_URL")) from None
+            assert node.process is not None
+            self.children.adopt(name, node.process, respawn=functools.partial(_restart_node, node))
+        for name, node in self.nats_nodes.items():
+            try:
+                node.wait_ready(30.0)
+            except NatsServerError as exc:
+                raise StartupError(f"{exc}\n{self.children.last_lines(name)}") from None
+
+    def _make_databases(self) -> None:
+        """A database for each service and the gateway on the PostgreSQL server, where missing."""
+        self._step(f"making the databases on {_without_password(self.postgres or '')}…")
         try:
-            self.nats.start(output=subprocess.PIPE, wait=False)
-        except PortInUse as exc:
-            raise PortTaken(_port_taken(exc.port, NATS, "CARTWHEEL_NATS_URL")) from None
-        assert self.nats.process is not None
-        self.children.adopt(NATS, self.nats.process)
-        try:
-            self.nats.wait_ready()
-        except NatsServerError as exc:
-            raise StartupError(f"{exc}\n{self.children.last_lines(NATS)}") from None
+            for name in DATABASES:
+                make_postgres_database(self.settings.database_url(name))
+        except Exception as exc:
+            raise StartupError(f"could not make the databases on PostgreSQL: {exc}") from None
 
     def _declare_streams(self) -> None:
         """As admin, before any service: streams and buckets as this version declares them (services may only
@@ -428,7 +558,7 @@ class System:
         if not port_is_free(port, host):
             raise PortTaken(_port_taken(port, PAYMENT_SERVER, "CARTWHEEL_STRIPE_API_BASE"))
         argv = localstripe.bootstrap_argv(host, port, self.settings.var_dir / "localstripe" / "state.pickle")
-        child = self.children.spawn(PAYMENT_SERVER, argv)
+        child = self.children.spawn(PAYMENT_SERVER, argv, restart=True)
         try:
             localstripe.LocalStripe(child.process, host, port, None).wait_ready()
         except localstripe.LocalStripeError as exc:
@@ -445,9 +575,9 @@ class System:
             raise StartupError(f"registering the webhook with {PAYMENT_SERVER} failed: {exc}") from None
         self.console.say(f"{PAYMENT_SERVER} sends signed webhooks to {url}")
 
-    def _start(self, name: str, argv: list[str], metrics_port: int) -> None:
+    def _start(self, name: str, argv: list[str], metrics_port: int, role: str | None = None) -> None:
         self._step(f"starting {name}…")
-        self.children.spawn(name, argv, child_env(self.settings, metrics_port, name))
+        self.children.spawn(name, argv, child_env(self.settings, metrics_port, role or name), restart=True)
 
     def _metrics_port(self, index: int | None) -> int:
         base = self.settings.metrics_port
@@ -542,13 +672,64 @@ class System:
         self.console.say(message)
 
 
+CLUSTER_NODES = 3
+
+
+def _replica_names(service: str, count: int) -> list[str]:
+    return [service] if count == 1 else [f"{service}-{i}" for i in range(1, count + 1)]
+
+
+def _restart_node(node: NatsServer) -> subprocess.Popen[bytes]:
+    node.start(output=subprocess.PIPE, wait=False)
+    assert node.process is not None
+    return node.process
+
+
+def parse_scale(text: str) -> dict[str, int]:
+    """``inventory=3,cart=2`` → ``{"inventory": 3, "cart": 2}``; ValueError says what is wrong."""
+    scale: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, count = part.partition("=")
+        if name not in SERVICES or not count.isdigit() or int(count) < 1:
+            raise ValueError(f"{part!r}: expected SERVICE=N with N >= 1, SERVICE one of {', '.join(SERVICES)}")
+        scale[name] = int(count)
+    return scale
+
+
+def postgres_database(server_url: str, name: str) -> str:
+    """The URL of ``name``'s own database (``cartwheel_<name>``) on the server ``server_url`` points at."""
+    url = make_url(server_url)
+    return url.set(drivername="postgresql+psycopg", database=f"cartwheel_{name}").render_as_string(hide_password=False)
+
+
+def make_postgres_database(url: str) -> None:
+    """Create the database ``url`` names, unless it exists (asked of the server's ``postgres`` database)."""
+    import psycopg
+    from psycopg import sql
+
+    target = make_url(url)
+    admin = target.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (target.database,)).fetchone() is None:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(target.database or "")))
+
+
+def _without_password(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def _port_taken(port: int, what: str, variable: str) -> str:
     return f"port {port} is already in use ({what}); set {variable} or stop the other program"
 
 
-def up(settings: Settings) -> int:
+def up(settings: Settings, *, cluster: bool = False, scale: Mapping[str, int] | None = None,
+       postgres: str | None = None) -> int:
     """``cartwheel up``: run the shop until SIGINT/SIGTERM (exit 0); 1 when it cannot start or everything died."""
-    system = System(settings)
+    try:
+        system = System(settings, cluster=cluster, scale=scale, postgres=postgres)
+    except StartupError as exc:
+        print(f"cartwheel: {exc}", file=sys.stderr)
+        return 1
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         if system.stopping:

@@ -207,6 +207,34 @@ def test_output_is_prefixed_and_an_unexpected_exit_is_reported(children: tuple[C
     assert not kids.all_exited.is_set()
 
 
+def test_a_crashed_child_is_restarted_with_a_growing_pause_and_says_so(
+    children: tuple[Children, io.StringIO],
+) -> None:
+    """Issue 14: "inventory exited unexpectedly (signal SIGKILL); nothing is restarted". Now a child spawned to be
+    restarted comes back after 1 s, then 2 s for a second crash in a row, and the console says each."""
+    kids, out = children
+    kids.spawn("inventory", python("import time; print('up', flush=True); time.sleep(60)"), restart=True)
+    kids.spawn("cart", python("raise SystemExit(3)"))  # not to be restarted: it stays down
+    kids.watch()
+    first = kids.all["inventory"].process.pid
+    assert wait_until(lambda: lines_of(out, "inventory") == ["up"], 10), out.getvalue()
+    os.kill(first, signal.SIGKILL)
+    killed = time.monotonic()
+    assert wait_until(lambda: kids.all["inventory"].process.pid != first and kids.all["inventory"].alive, 10)
+    assert 0.9 <= time.monotonic() - killed < 5
+    second = kids.all["inventory"].process.pid
+    assert wait_until(lambda: lines_of(out, "inventory") == ["up", "up"], 10), out.getvalue()
+    os.kill(second, signal.SIGKILL)
+    killed = time.monotonic()
+    assert wait_until(lambda: kids.all["inventory"].process.pid != second and kids.all["inventory"].alive, 10)
+    assert 1.9 <= time.monotonic() - killed < 6  # the second crash in a row waits twice as long
+    text = out.getvalue()
+    assert "inventory exited unexpectedly (signal SIGKILL); restarting it in 1 s (crash 1 in a row)" in text
+    assert "restarting it in 2 s (crash 2 in a row)" in text and "inventory restarted" in text
+    assert "cart exited unexpectedly (code 3); it is not restarted" in text
+    assert not kids.all["cart"].alive and not kids.all_exited.is_set()
+
+
 def test_stop_signals_services_before_nats_server(children: tuple[Children, io.StringIO]) -> None:
     kids, out = children
     kids.spawn("catalog", python(POLITE))

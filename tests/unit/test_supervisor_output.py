@@ -88,3 +88,30 @@ def test_only_payments_is_given_the_stripe_key_and_webhook_secret(tmp_path: Path
         assert "CARTWHEEL_STRIPE_SECRET_KEY" not in env and "CARTWHEEL_STRIPE_WEBHOOK_SECRET" not in env, role
     env = child_env(settings, metrics_port=0, role="payments")
     assert (env["CARTWHEEL_STRIPE_SECRET_KEY"], env["CARTWHEEL_STRIPE_WEBHOOK_SECRET"]) == ("sk_test_x", "whsec_x")
+
+
+def test_scale_reads_service_counts_and_refuses_what_it_cannot_run() -> None:
+    from cartwheel.supervisor import parse_scale
+
+    assert parse_scale("inventory=3, cart=2") == {"inventory": 3, "cart": 2}
+    assert parse_scale("") == {}
+    for wrong in ("inventory", "inventory=0", "gateway=2", "inventory=x", "shipping=2"):
+        with pytest.raises(ValueError, match="SERVICE=N"):
+            parse_scale(wrong)
+
+
+def test_a_cluster_shop_names_its_nodes_and_replicas_and_puts_each_database_on_postgres(tmp_path: Path) -> None:
+    from cartwheel.settings import DATABASES, Settings
+    from cartwheel.supervisor import System, restart_delay
+
+    shop = System(Settings(var_dir=tmp_path, nats_url="nats://127.0.0.1:14222"), out=io.StringIO(), cluster=True,
+                  scale={"inventory": 3}, postgres="postgresql://shop:pw@db.example:5433/postgres", seed=False)
+    assert list(shop.nats_nodes) == ["nats-server-1", "nats-server-2", "nats-server-3"]
+    assert shop.settings.nats_servers == [f"nats://127.0.0.1:{port}" for port in (14222, 14223, 14224)]
+    assert shop.settings.stream_replicas == 3
+    assert shop.service_children.count("inventory-3") == 1 and "inventory" not in shop.service_children
+    assert {shop.settings.database_url(name) for name in DATABASES} == {
+        f"postgresql+psycopg://shop:pw@db.example:5433/cartwheel_{name}" for name in DATABASES}
+    routes = {node.cluster.route_ports for node in shop.nats_nodes.values() if node.cluster}
+    assert len(routes) == 1 and len(next(iter(routes))) == 3  # every node routes to the same three
+    assert [restart_delay(n) for n in (1, 2, 3, 6, 20)] == [1, 2, 4, 30, 30]
