@@ -31,6 +31,8 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from cartwheel.files import create_private, private_dir
@@ -140,6 +142,14 @@ def _enter_wal(cursor: Any) -> None:
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 0.2)
+
+
+def unavailable(error: BaseException) -> bool:
+    """Whether ``error`` says the database can't be reached or used right now (down, restarting, a connection cut,
+    a locked SQLite file, a pool with no connection free): worth answering 503 and asking again, not a bug."""
+    if isinstance(error, OperationalError | PoolTimeout):
+        return True
+    return isinstance(error, DBAPIError) and error.connection_invalidated
 
 
 def is_sqlite(engine: Engine) -> bool:

@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import BaseModel, ValidationError
 
 from cartwheel.contracts.base import Reply
+from cartwheel.db import unavailable
 from cartwheel.errors import DomainError, ServiceUnavailable
 from cartwheel.observability import message_id
 
@@ -152,7 +153,12 @@ class RequestServer:
             return failure(exc.code, exc.message, **exc.details), exc.code
         except ServiceUnavailable as exc:  # a service this one asked did not answer: the caller may retry
             return failure("service_unavailable", f"{exc.subject}: {exc.reason}"), "service_unavailable"
-        except Exception:
+        except Exception as exc:
+            if unavailable(exc):  # its database is down or restarting: the caller may retry (before: 500)
+                self.log.warning("handler for %s: the database is unavailable (%s)", route.subject,
+                                 str(exc).splitlines()[0][:200])
+                return failure("service_unavailable", f"{self.service}: its database is unavailable"), \
+                    "service_unavailable"
             self.log.exception("handler for %s failed", route.subject)
             return failure("internal_error", f"{self.service} could not handle the request"), "failed"
         finally:

@@ -8,6 +8,7 @@ from typing import Any
 from flask import Flask, Response, json, request
 from werkzeug.exceptions import HTTPException
 
+from cartwheel.db import unavailable
 from cartwheel.errors import DomainError, ServiceUnavailable, status_for
 
 log = logging.getLogger("cartwheel.gateway")
@@ -108,5 +109,10 @@ def _http_error(error: HTTPException) -> Response:
 def _unexpected(error: Exception) -> Response:
     if isinstance(error, HTTPException):  # raised past Flask's own dispatch (e.g. from a hook)
         return _http_error(error)
+    if unavailable(error):  # the gateway's own database (accounts, sessions) is down or restarting
+        log.warning("gateway database unavailable %s %s: %s", request.method, request.path,
+                    str(error).splitlines()[0][:200])
+        return error_response(503, "service_unavailable", "the shop's database is unavailable; try again shortly",
+                              headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
     log.exception("gateway internal error %s %s", request.method, request.path)
     return error_response(500, "internal_error", "something went wrong on our side; it has been logged")
