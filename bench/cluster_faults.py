@@ -21,7 +21,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.faults.test_cluster_faults import FAULTS, cluster_shop, own_postgres, sale_under
+from tests.faults.test_cluster_faults import FAULTS, SHOPS, cluster_shop, own_postgres, sale_under
 
 TARGETS = {"owner_killed": 3.0, "nats_leader_killed": 5.0}
 
@@ -31,7 +31,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", default="", help="comma-separated scenarios (default: all)")
     args = parser.parse_args()
-    names = [n for n in args.only.split(",") if n] or list(FAULTS)
+    names = [n for n in args.only.split(",") if n] or [f for f in FAULTS if "postgresql" in SHOPS.get(f, ["postgresql"])]
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     with own_postgres() as postgres, tempfile.TemporaryDirectory(prefix="cw-faults-") as var_dir, \
             cluster_shop(Path(var_dir), postgres.url) as shop:

@@ -110,12 +110,13 @@ def own_postgres() -> Iterator[OwnPostgres]:
 
 
 @contextlib.contextmanager
-def cluster_shop(var_dir: Path, postgres_url: str | None) -> Iterator[System]:
-    """``cartwheel up --cluster --scale inventory=3 [--postgres URL]``, on free ports, its output in var_dir."""
+def cluster_shop(var_dir: Path, postgres_url: str | None, *, cluster: bool = True) -> Iterator[System]:
+    """``cartwheel up --cluster --scale inventory=3 [--postgres URL]``, on free ports, its output in var_dir (without
+    ``cluster``: one nats-server)."""
     settings = Settings(var_dir=var_dir, nats_url=f"nats://127.0.0.1:{free_nats_ports()}", embedded_nats=True,
                         gateway_host="127.0.0.1", gateway_port=free_port(), metrics_port=0)
     with (var_dir / "system.log").open("w", encoding="utf-8") as log:
-        system = System(settings, out=log, colour=False, seed=False, cluster=True, scale={"inventory": 3},
+        system = System(settings, out=log, colour=False, seed=False, cluster=cluster, scale={"inventory": 3},
                         postgres=postgres_url)
         try:
             system.start()
@@ -130,13 +131,14 @@ def postgres() -> Iterator[OwnPostgres]:
         yield server
 
 
-@pytest.fixture(scope="module", params=["postgresql", "sqlite"])
+@pytest.fixture(scope="module")
 def shop(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
-    """The cluster on PostgreSQL, and on SQLite (three inventory replicas sharing its file)."""
-    var_dir = tmp_path_factory.mktemp(f"cluster-{request.param}")
+    """The cluster on PostgreSQL, on SQLite (three inventory replicas sharing its file), and the default shop's one
+    nats-server (on SQLite)."""
+    var_dir = tmp_path_factory.mktemp(f"shop-{request.param}")
     url = request.getfixturevalue("postgres").url if request.param == "postgresql" else None
     try:
-        with cluster_shop(var_dir, url) as system:
+        with cluster_shop(var_dir, url, cluster=request.param != "one-nats-server") as system:
             yield system
     except StartupError as exc:
         pytest.fail(f"the cluster did not start: {exc}\n(full output: {var_dir / 'system.log'})", pytrace=False)
@@ -296,6 +298,7 @@ def check_the_sale(shop: System, product_id: str, sale: SaleResult, fault: str) 
         time.sleep(0.5)  # an order's status follows its reservation by an event
     assert held == STOCK, f"{held} orders hold units of the product, for {STOCK} units"
     figures = {"fault": fault, "database": "postgresql" if shop.postgres else "sqlite",
+               "nats_servers": len(shop.nats_nodes),
                "buyers": BUYERS, "stock": STOCK, "orders": len(orders),
                "retried_buyers": sum(1 for b in sale.buyers if b.refused),
                "retries": sum(len(b.refused) for b in sale.buyers),
@@ -367,6 +370,15 @@ def kill_the_stream_leader(shop: System, postgres: OwnPostgres | None, product_i
     return fault
 
 
+def kill_the_nats_server(shop: System, postgres: OwnPostgres | None, product_id: str) -> Fault:
+    def fault(started: float) -> None:
+        at(started, 2.0)
+        assert shop.nats is not None and shop.nats.process is not None
+        os.kill(shop.nats.process.pid, signal.SIGKILL)  # its streams are on disk; the supervisor starts it again
+
+    return fault
+
+
 def restart_postgresql(shop: System, postgres: OwnPostgres | None, product_id: str) -> Fault:
     assert postgres is not None
 
@@ -413,6 +425,7 @@ def kill_a_replica_every_second(shop: System, postgres: OwnPostgres | None, prod
 
 FAULTS: dict[str, Callable[[System, OwnPostgres | None, str], Fault]] = {
     "nats_leader_killed": kill_the_stream_leader,  # (a)
+    "nats_server_killed": kill_the_nats_server,  # the one server of a shop without a cluster
     "postgresql_restarted": restart_postgresql,  # (b)
     "owner_sigstopped": stop_the_owner,  # (c)
     "owner_killed": kill_the_owner,  # the failover target: a hot key's owner SIGKILLed
@@ -429,11 +442,14 @@ def sale_under(shop: System, postgres: OwnPostgres | None, name: str) -> dict[st
     return check_the_sale(shop, product_id, sale, name)
 
 
-@pytest.mark.parametrize("fault", list(FAULTS))
+SHOPS = {"nats_server_killed": ["one-nats-server"], "postgresql_restarted": ["postgresql"]}
+"""The shops a fault applies to (the rest: both clusters)."""
+
+
+@pytest.mark.parametrize(("shop", "fault"), [(kind, fault) for kind in ("postgresql", "sqlite", "one-nats-server")
+                                             for fault in FAULTS if kind in SHOPS.get(fault, ["postgresql", "sqlite"])],
+                         indirect=["shop"])
 def test_a_flash_sale_sells_exactly_its_stock_through_a_fault(
     request: pytest.FixtureRequest, shop: System, fault: str
 ) -> None:
-    on_postgres = shop.postgres is not None
-    if fault == "postgresql_restarted" and not on_postgres:
-        pytest.skip("no database server to restart: SQLite is a file")
-    sale_under(shop, request.getfixturevalue("postgres") if on_postgres else None, fault)
+    sale_under(shop, request.getfixturevalue("postgres") if shop.postgres else None, fault)
