@@ -31,7 +31,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", default="", help="comma-separated scenarios (default: all)")
     args = parser.parse_args()
-    names = [n for n in args.only.split(",") if n] or [f for f in FAULTS if "postgresql" in SHOPS.get(f, ["postgresql"])]
+    on_postgres = [f for f in FAULTS if "postgresql" in SHOPS.get(f, ["postgresql"])]
+    names = [n for n in args.only.split(",") if n] or on_postgres
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     with own_postgres() as postgres, tempfile.TemporaryDirectory(prefix="cw-faults-") as var_dir, \
             cluster_shop(Path(var_dir), postgres.url) as shop:
