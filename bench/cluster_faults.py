@@ -33,6 +33,8 @@ def main() -> int:
     args = parser.parse_args()
     on_postgres = [f for f in FAULTS if "postgresql" in SHOPS.get(f, ["postgresql"])]
     names = [n for n in args.only.split(",") if n] or on_postgres
+    if unknown := sorted(set(names) - set(FAULTS)):
+        parser.error(f"--only: unknown scenario {unknown[0]} (choose from {', '.join(FAULTS)})")
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     with own_postgres() as postgres, tempfile.TemporaryDirectory(prefix="cw-faults-") as var_dir, \
             cluster_shop(Path(var_dir), postgres.url) as shop:

@@ -92,7 +92,7 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig, *, update: b
     """Create the stream, or bring an existing one to ``config`` (with ``update``; without, say that it differs);
     safe to call from every replica."""
     try:
-        info = await js.stream_info(config.name)
+        info = await stream_led(js, config.name)
     except nats.js.errors.NotFoundError:
         try:
             await js.add_stream(config)

@@ -147,9 +147,18 @@ def _enter_wal(cursor: Any) -> None:
 def unavailable(error: BaseException) -> bool:
     """Whether ``error`` says the database can't be reached or used right now (down, restarting, a connection cut,
     a locked SQLite file, a pool with no connection free): worth answering 503 and asking again, not a bug."""
-    if isinstance(error, OperationalError | PoolTimeout):
+    if isinstance(error, PoolTimeout):
         return True
-    return isinstance(error, DBAPIError) and error.connection_invalidated
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
+        return True
+    if isinstance(error, OperationalError) and isinstance(error.orig, sqlite3.Error):
+        # SQLite says "OperationalError" of a syntax error or a missing table too: those are bugs, not outages.
+        return str(getattr(error.orig, "sqlite_errorname", "")).startswith(_SQLITE_UNAVAILABLE)
+    return isinstance(error, OperationalError)  # a server's: refused, cut, shutting down, in recovery
+
+
+_SQLITE_UNAVAILABLE = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_CANTOPEN", "SQLITE_IOERR", "SQLITE_FULL",
+                       "SQLITE_PROTOCOL")
 
 
 def is_sqlite(engine: Engine) -> bool:

@@ -14,6 +14,7 @@ import ctypes
 import functools
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -200,19 +201,24 @@ class ClusterNode:
     name: str
     route_port: int
     route_ports: tuple[int, ...]
+    route_password: str
+    """What a node shows the others: without it, any local process could join as a route and see every message."""
 
     def config(self, host: str) -> str:
-        routes = ", ".join(json.dumps(f"nats://{host}:{port}") for port in self.route_ports)
+        routes = ", ".join(json.dumps(f"nats://route:{self.route_password}@{host}:{port}") for port in self.route_ports)
         return (f"server_name: {json.dumps(self.name)}\n"
                 f"cluster {{\n  name: cartwheel\n  listen: {json.dumps(f'{host}:{self.route_port}')}\n"
+                f"  authorization {{ user: route, password: {json.dumps(self.route_password)} }}\n"
                 f"  routes: [{routes}]\n}}\n")
 
 
 def cluster_nodes(data_dir: Path, ports: list[int], route_ports: list[int], host: str = "127.0.0.1",
                   **options: object) -> list[NatsServer]:
-    """A JetStream cluster of ``len(ports)`` servers on ``host``, node ``i`` under ``data_dir/node-i``."""
+    """A JetStream cluster of ``len(ports)`` servers on ``host``, node ``i`` under ``data_dir/node-i``, its routes
+    behind a password of its own (in each node's config, which only this user reads)."""
+    password = secrets.token_hex(16)
     return [NatsServer(data_dir / f"node-{i}", port, host, **options,  # type: ignore[arg-type]
-                       cluster=ClusterNode(f"cartwheel-{i}", route, tuple(route_ports)))
+                       cluster=ClusterNode(f"cartwheel-{i}", route, tuple(route_ports), password))
             for i, (port, route) in enumerate(zip(ports, route_ports, strict=True), start=1)]
 
 

@@ -6,7 +6,7 @@ fixed-width name (coloured on a terminal unless ``NO_COLOR`` is set).
 
 When a child dies on its own, the supervisor says so loudly (name and exit code) and starts it
 again after a pause that doubles with each crash in a row (1 s up to 30 s; a child that ran a
-minute starts over at 1 s), keeping the others running. SIGINT or SIGTERM stops services and
+minute starts over at 1 s), for as long as ``up`` runs, keeping the others running. SIGINT or SIGTERM stops services and
 gateway first, then nats-server, SIGKILLs stragglers, all within 10 s, and ``up`` exits 0.
 
 ``cartwheel up --cluster`` runs three nats-servers as one JetStream cluster on loopback (every
@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from cartwheel import natsauth
 from cartwheel.files import private_dir, write_private
@@ -220,6 +221,7 @@ class Children:
     def _crashed(self, child: Child, code: int, now: float) -> None:
         child.exit_seen = True
         self.unexpected_exits[child.name] = code
+        signal_group(child.process, signal.SIGKILL)  # what it leaves behind (gunicorn's workers, on its socket)
         if child.respawn is None:
             self.console.alarm(f"{child.name} exited unexpectedly ({describe_exit(code)}); it is not restarted, "
                                "the rest keep running (Ctrl-C stops all)")
@@ -361,7 +363,11 @@ class System:
             }
         self.postgres = postgres
         if postgres:
-            update |= {f"{name}_database_url": postgres_database(postgres, name) for name in DATABASES}
+            try:
+                update |= {f"{name}_database_url": postgres_database(postgres, name) for name in DATABASES}
+            except ArgumentError:
+                raise StartupError(f"--postgres {postgres!r} is not a database URL "
+                                   "(postgresql://USER@HOST:PORT/DATABASE)") from None
         nats_port = urlsplit(settings.nats_servers[0]).port or 4222
         self._node_ports = [nats_port + i for i in range(CLUSTER_NODES if cluster else 1)]
         if cluster:
@@ -709,7 +715,7 @@ def make_postgres_database(url: str) -> None:
 
     target = make_url(url)
     admin = target.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
-    with psycopg.connect(admin, autocommit=True) as conn:
+    with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (target.database,)).fetchone() is None:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(target.database or "")))
 
@@ -724,7 +730,8 @@ def _port_taken(port: int, what: str, variable: str) -> str:
 
 def up(settings: Settings, *, cluster: bool = False, scale: Mapping[str, int] | None = None,
        postgres: str | None = None) -> int:
-    """``cartwheel up``: run the shop until SIGINT/SIGTERM (exit 0); 1 when it cannot start or everything died."""
+    """``cartwheel up``: run the shop until SIGINT/SIGTERM (exit 0); 1 when it cannot start. What crashes once it
+    runs is started again (see :class:`Children`)."""
     try:
         system = System(settings, cluster=cluster, scale=scale, postgres=postgres)
     except StartupError as exc:

@@ -24,7 +24,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from sqlalchemy.orm import Session
 
 from cartwheel import subjects
-from cartwheel.bus import ensure_stream
+from cartwheel.bus import ensure_stream, stream_led
 from cartwheel.contracts.base import utcnow
 from cartwheel.lanes import store
 from cartwheel.lanes.ownership import Ownership
@@ -44,7 +44,8 @@ from cartwheel.service import Service
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 500
-QUEUED = 2 * MAX_BATCH  # commands a worker holds received but not applied
+HIGH_WATER = 4 * MAX_BATCH  # commands received but not applied at which a worker stops receiving ...
+LOW_WATER = MAX_BATCH  # ... until it has applied down to this many
 CONSUMER_HEARTBEAT = 1.0
 """Seconds between the server's heartbeats to an idle partition's consumer. nats-py makes the consumer anew after two
 missed ones; at its default of 5 s, a partition whose consumer lived on a lost nats-server stood still 10 s."""
@@ -78,7 +79,7 @@ async def check_partitions(js: Any, spec: LaneSpec[Any]) -> None:
     another partition while its commands wait in the old one, and lose its order (or, with fewer partitions,
     never be answered). Changing the count is a migration (README, "Changing a lane's partitions")."""
     try:
-        info = await js.stream_info(subjects.lane_stream(spec.name))
+        info = await stream_led(js, subjects.lane_stream(spec.name))
     except nats.js.errors.NotFoundError:
         return
     transform = info.config.subject_transform
@@ -177,9 +178,13 @@ class PartitionWorker:
     def __init__(self, runtime: LaneRuntime, partition: int) -> None:
         self.runtime = runtime
         self.partition = partition
-        # Bounded: a worker that falls behind holds two batches, and the rest waits in the stream (nats-py answers
-        # the server's flow control only as messages are handed over, so the server stops sending meanwhile).
-        self.queue: asyncio.Queue[Msg | None] = asyncio.Queue(QUEUED)  # None: stop after the batch in hand
+        # A worker that falls behind stops receiving at HIGH_WATER and takes up again from the stream where it left
+        # off: else it would take its whole backlog into memory (nats-py answers a callback's flow control at once,
+        # so the server never waits, and a bounded queue would only move the backlog into nats-py's).
+        self.queue: asyncio.Queue[Msg | None] = asyncio.Queue()  # None: stop after the batch in hand
+        self.received = 0  # the stream sequence of the last command received
+        self._pausing: asyncio.Task[None] | None = None
+        self._stopping = False
         self.cursor = 0
         # States as this owner committed them: the database is written, never read back, while
         # this worker owns the partition (like a Durable Object's memory). A new worker starts empty.
@@ -195,30 +200,57 @@ class PartitionWorker:
         if self.cursor > last:
             raise rt.stream_behind(self.partition, self.cursor, last)
         rt.behind.pop(self.partition, None)
+        self.received = self.cursor
+        await self._subscribe()
+        self._task = asyncio.create_task(self._run(), name=f"lane-{rt.spec.name}-{self.partition}")
+
+    async def _subscribe(self) -> None:
+        """Receive the partition's commands from the one after the last received."""
+        rt = self.runtime
         self._sub = await rt.service.js.subscribe(
             subjects.lane_partition(rt.spec.name, self.partition),
             stream=subjects.lane_stream(rt.spec.name),
             ordered_consumer=True,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.cursor + 1),
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.received + 1),
             cb=self._receive,
             pending_msgs_limit=-1,
             idle_heartbeat=CONSUMER_HEARTBEAT,
         )
-        self._task = asyncio.create_task(self._run(), name=f"lane-{rt.spec.name}-{self.partition}")
 
     async def _receive(self, msg: Msg) -> None:
-        await self.queue.put(msg)
+        self.received = msg.metadata.sequence.stream
+        self.queue.put_nowait(msg)
+        if self.queue.qsize() >= HIGH_WATER and self._pausing is None and self._sub is not None:
+            self._pausing = asyncio.create_task(self._pause())
+
+    async def _pause(self) -> None:
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            with contextlib.suppress(Exception):  # gone with its connection: receiving stopped all the same
+                await sub.unsubscribe()
+
+    async def _resume(self) -> None:
+        """Receive again once the backlog in hand is down to LOW_WATER (from the stream, where the rest waited)."""
+        if self._pausing is None or self._stopping or self.queue.qsize() > LOW_WATER:
+            return
+        await self._pausing  # unsubscribed: nothing more is received, and ``received`` is the last in the queue
+        self._pausing = None
+        await self._subscribe()
 
     async def stop(self, grace: float) -> None:
         """Apply what has been received (replies go out) for up to ``grace`` s, then stop; the rest waits in the
         stream."""
+        self._stopping = True
+        if self._pausing is not None:
+            with contextlib.suppress(Exception):
+                await self._pausing
         if self._sub:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
         if self._task and not self._task.done():
             try:
                 async with asyncio.timeout(grace):
-                    await self.queue.put(None)
+                    self.queue.put_nowait(None)
                     await asyncio.shield(self._task)
             except TimeoutError:  # a transaction stuck on the database: the next owner's cursor check covers it
                 self._task.cancel()
@@ -242,6 +274,7 @@ class PartitionWorker:
                     # Something in the batch the database will never take: find it, set it aside, go on.
                     await self._apply_one_by_one(batch)
                 self.runtime.failures.pop(self.partition, None)
+                await self._resume()
             except Exception as exc:
                 rt = self.runtime
                 failures = rt.failures[self.partition] = rt.failures.get(self.partition, 0) + 1
@@ -571,8 +604,10 @@ class LaneRuntime:
             try:
                 await self._start_worker(partition)
                 return
-            except Exception:
-                log.exception("lane %s: partition %d could not restart; handing it back", self.spec.name, partition)
+            except Exception as exc:
+                expected = getattr(exc, "expected", False)  # said plainly, as the ownership loop says it
+                log.error("lane %s: partition %d could not restart (%s); handing it back", self.spec.name, partition,
+                          exc if expected else repr(exc), exc_info=not expected)
         await self.ownership.give_up(partition)
 
     def stream_behind(self, partition: int, cursor: int, last: int) -> StreamBehind:
@@ -678,5 +713,8 @@ class LaneRuntime:
         upcoming = await self.service.db.read(lambda s: store.next_alarm_at(s, self.spec.name, partitions))
         if upcoming is None:
             return 5.0
-        return max(0.05, min(5.0, (upcoming - utcnow()).total_seconds()))
+        wait = (upcoming - utcnow()).total_seconds()
+        if wait <= 0:  # due, and published: on its way through the lane (or skipped as early): not every 50 ms
+            wait = 1.0
+        return max(0.05, min(5.0, wait))
 

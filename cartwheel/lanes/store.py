@@ -27,7 +27,9 @@ ALARM_RETRY = timedelta(seconds=60)
 ALARM_EARLY = timedelta(seconds=1)
 """How far before its due time, by the NATS server's clock, a firing may arrive and still apply. The replica that
 fires alarms reads its own clock; one that runs fast (a stopped NTP, a VM resumed) would expire a reservation
-while its buyer is paying. A firing earlier than this is skipped, not recorded, and fires again."""
+while its buyer is paying. A firing earlier than this is skipped, not recorded, and fires again: its republish
+(every 30 s) is dropped by the stream's 2-minute duplicate window, so such an alarm fires up to ~2.5 minutes after
+its due time, never before."""
 
 
 @dataclass(frozen=True)
@@ -183,7 +185,7 @@ def apply_group(session: Session, spec: LaneSpec[Any], batches: list[PartitionBa
         keys = {i.command.key for i in b.batch if i.malformed is None}
         known = {k: b.cached[k] for k in keys & b.cached.keys()}
         unreadable = _parse_states(spec, {k: stored[k] for k in keys & stored.keys()}, known)
-        writes = _Writes(spec, b.partition, known)  # its ``existing``: before the handlers add new keys
+        writes = _Writes(spec, b.partition, known, due)  # its ``existing``: before the handlers add new keys
         for item in b.batch:
             command = item.command
             reply = recorded.get(command.id)
@@ -191,7 +193,6 @@ def apply_group(session: Session, spec: LaneSpec[Any], batches: list[PartitionBa
                 result.duplicates += 1
                 if command.kind == ALARM and _still_set(command, due):  # set again for the time it fired at:
                     writes.cancel([_alarm_id(command)])  # that firing is done, or its row would stay due forever
-                    due.pop(_alarm_id(command))
             elif command.kind == ALARM and _early(command):
                 log.warning("lane %s: alarm %s fired at %s, before its due time %s by the server's clock; skipped "
                             "(is the firing replica's clock fast?)", lane, _alarm_id(command),
@@ -214,7 +215,6 @@ def apply_group(session: Session, spec: LaneSpec[Any], batches: list[PartitionBa
                 else:
                     if command.kind == ALARM:
                         writes.cancel([_alarm_id(command)])
-                        due.pop(_alarm_id(command))
                     reply = writes.apply(command)
                     if command.kind == ALARM:
                         writes.not_again(command)
@@ -287,10 +287,14 @@ def _flush(session: Session, conn: Connection, lane: str,
 class _Writes:
     """A batch's changes, gathered in memory in command order and written at the end."""
 
-    def __init__(self, spec: LaneSpec[Any], partition: int, states: dict[str, BaseModel]) -> None:
+    def __init__(self, spec: LaneSpec[Any], partition: int, states: dict[str, BaseModel],
+                 due: dict[str, datetime]) -> None:
         self.spec = spec
         self.partition = partition
         self.states = states
+        self.due = due
+        """When the alarms this group's firings are for are due, kept as commands move them: a firing later in the
+        batch sees a move made before it (read once, a moved alarm fired at its old time and the move was lost)."""
         self.existing = set(states)
         """Keys with a row in the database before this batch."""
         self.dirty: set[str] = set()
@@ -306,6 +310,7 @@ class _Writes:
         self.alarms_gone.discard(alarm_id)
         self.alarms[alarm_id] = {"lane": self.spec.name, "alarm_id": alarm_id, "partition": partition,
                                  "key": firing.key, "due_at": to, "body": json.dumps(firing.body.get("body") or {})}
+        self.due[alarm_id] = to
 
     def apply(self, command: LaneCommand) -> str:
         spec = self.spec
@@ -332,6 +337,7 @@ class _Writes:
             self.alarms_gone.discard(alarm.id)
             self.alarms[alarm.id] = {"lane": spec.name, "alarm_id": alarm.id, "partition": self.partition,
                                      "key": command.key, "due_at": alarm.at, "body": json.dumps(alarm.body)}
+            self.due[alarm.id] = alarm.at
         return _success(outcome.reply)
 
     def not_again(self, firing: LaneCommand) -> None:
@@ -347,6 +353,7 @@ class _Writes:
         for alarm_id in alarm_ids:
             self.alarms.pop(alarm_id, None)
             self.alarms_gone.add(alarm_id)
+            self.due.pop(alarm_id, None)
 
 
 def _chunks(items: list[str], size: int) -> list[list[str]]:

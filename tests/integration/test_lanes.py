@@ -938,12 +938,11 @@ def test_starting_and_stopping_a_partition_are_serialised(nats_url: str, databas
 
 def test_a_worker_that_falls_behind_holds_a_bounded_backlog(nats_url: str, database_url: str, tmp_path: Path) -> None:
     """Reasoned in issue 14: a worker took its partition's whole backlog into memory while its database was slow.
-    Now it holds at most two batches; the rest waits in the stream, and all of it applies once the database
-    answers."""
-    from cartwheel.lanes.runtime import QUEUED
+    Now it stops receiving at HIGH_WATER commands in hand (the rest waits in the stream) and takes up again where it
+    left off, so all of it applies, once and in order, when the database answers."""
+    from cartwheel.lanes.runtime import HIGH_WATER
 
-    key, sent = "backlog", 4 * QUEUED
-
+    key, sent = "backlog", 8 * HIGH_WATER
     settings = fresh_lane(nats_url, database_url, tmp_path)
 
     async def scenario() -> None:
@@ -964,14 +963,16 @@ def test_a_worker_that_falls_behind_holds_a_bounded_backlog(nats_url: str, datab
             await nc.close()
             await asyncio.sleep(1.0)
             worker = runtime.workers[partition_of(key, PARTITIONS)]
-            assert worker.queue.qsize() <= QUEUED
+            assert worker.queue.qsize() <= 2 * HIGH_WATER and worker.received < sent  # not all in memory
+            assert worker._sub is None or worker._sub.pending_msgs == 0  # nor waiting in nats-py's queue
             answered.set()
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline and worker.cursor < sent:
                 await asyncio.sleep(0.1)
 
     asyncio.run(scenario())
-    assert len(ledger(database_url, key).applied) == sent
+    applied = ledger(database_url, key).applied
+    assert len(applied) == sent and applied == sorted(applied)
 
 
 def _alarm_spec() -> Any:
@@ -996,7 +997,8 @@ def test_an_alarm_fires_only_when_due_by_the_servers_clock_and_once_for_its_time
     """Reasoned in issue 14: a replica whose clock runs fast fired alarms early (a reservation expired while its
     buyer paid), and an alarm set again, by its own firing or later, for the very time it fired at was never
     deleted (its next firing was a duplicate, answered from the record). Now a firing that reaches the stream
-    before its due time is skipped and fires again; one set again for the time it fired at is dropped."""
+    before its due time is skipped and fires again; one set again for the time it fired at is dropped. And (found in
+    review) an alarm moved by a command earlier in its firing's batch fired at its old time and lost the move."""
     from datetime import UTC, datetime, timedelta
 
     from sqlalchemy import select
@@ -1013,9 +1015,9 @@ def test_an_alarm_fires_only_when_due_by_the_servers_clock_and_once_for_its_time
     db.run_sync(lambda s: s.add(LaneAlarm(lane=LANE, alarm_id="al", partition=partition, key=key, due_at=due,
                                           body="{}")))
 
-    def firing(seq: int, stored_at: datetime) -> Incoming:
-        body = {"alarm_id": "al", "due_at": due.isoformat(), "body": {}}
-        return Incoming(LaneCommand(id=fired_alarm_id("al", due), key=key, kind=ALARM, body=body, sequence=seq,
+    def firing(seq: int, stored_at: datetime, at: datetime = due) -> Incoming:
+        body = {"alarm_id": "al", "due_at": at.isoformat(), "body": {}}
+        return Incoming(LaneCommand(id=fired_alarm_id("al", at), key=key, kind=ALARM, body=body, sequence=seq,
                                     issued_at=stored_at), reply_to="inbox.al")
 
     def apply(expected: int, item: Incoming) -> Any:
@@ -1041,5 +1043,16 @@ def test_an_alarm_fires_only_when_due_by_the_servers_clock_and_once_for_its_time
                                               body="{}")))
         apply(2, firing(3, due + timedelta(seconds=30)))
         assert alarm_row() is None and ledger(database_url, key).fired == ["al"]
+
+        # Moved by a command earlier in the same batch as its firing: the firing is for a time it no longer has.
+        hour = due + timedelta(hours=1)
+        db.run_sync(lambda s: s.add(LaneAlarm(lane=LANE, alarm_id="al", partition=partition, key=key, due_at=hour,
+                                              body="{}")))
+        move = Incoming(LaneCommand(id="move-al", key=key, kind="remind", body={"alarm": "al", "after": 600},
+                                    sequence=4, issued_at=hour), reply_to=None)
+        (moved,) = db.run_sync(lambda s: apply_group(s, spec, [
+            PartitionBatch(partition, 3, [move, firing(5, hour, at=hour)])]))
+        assert json.loads(moved.replies[0][1])["data"] == {"skipped": "alarm was moved"}
+        assert alarm_row() == hour + timedelta(seconds=600) and ledger(database_url, key).fired == ["al"]
     finally:
         db.close()
