@@ -167,6 +167,7 @@ class Buyer:
     sold_out: bool = False
     refused: list[str] = field(default_factory=list)  # what went wrong on the way (retried)
     wrong: str | None = None  # an answer a shop must not give (a 500, ...)
+    waited_to_start: float = 0.0  # seconds its first visit (an add to cart) took, retries included
     answered_at: float | None = None
 
 
@@ -214,10 +215,17 @@ def new_product(shop: System, stock: int) -> str:
 def buyers_with_carts(shop: System, filler: str) -> list[Buyer]:
     """Buyers who have been to the shop (a cart cookie: a buy-now retry is recognised by it)."""
     def one(i: int) -> Buyer:
-        session = requests.Session()
-        added = session.post(f"{shop.base_url}/api/cart/items", json={"product_id": filler, "quantity": 1}, timeout=30)
+        session, began = requests.Session(), time.monotonic()
+        while True:  # as a shopper would: a 503 (the cart lane still recovering from the last fault) is tried again
+            added = session.post(f"{shop.base_url}/api/cart/items", json={"product_id": filler, "quantity": 1},
+                                 timeout=30)
+            if added.status_code not in RETRY or time.monotonic() - began > GIVE_UP:
+                break
+            time.sleep(0.2)
         assert added.status_code == 200, added.text
-        return Buyer(session, f"fault-{random_sku()}-{i}", arrives=random.uniform(0.0, ARRIVALS))
+        buyer = Buyer(session, f"fault-{random_sku()}-{i}", arrives=random.uniform(0.0, ARRIVALS))
+        buyer.waited_to_start = time.monotonic() - began
+        return buyer
 
     with ThreadPoolExecutor(16) as pool:
         return list(pool.map(one, range(BUYERS)))
@@ -317,6 +325,7 @@ def check_the_sale(shop: System, product_id: str, sale: SaleResult, fault: str) 
                "retries": sum(len(b.refused) for b in sale.buyers),
                "retried_for": dict(Counter(r[:90] for b in sale.buyers for r in b.refused).most_common(4)),
                "longest_unanswered_s": round(sale.longest_unanswered(), 2),
+               "slowest_cart_add_before_s": round(max(b.waited_to_start for b in sale.buyers), 2),
                "slowest_buyer_s": round(max((b.answered_at or 0) - b.arrives for b in sale.buyers), 2)}
     print(f"\nfault figures: {json.dumps(figures)}")
     return figures
