@@ -21,7 +21,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.faults.test_cluster_faults import FAULTS, SHOPS, cluster_shop, own_postgres, sale_under
+from tests.faults.shop import cluster_shop, own_postgres
+from tests.faults.test_cluster_faults import FAULTS, SHOPS, sale_under
 
 TARGETS = {"owner_killed": 3.0, "nats_leader_killed": 5.0}
 
