@@ -1,4 +1,4 @@
-"""``cartwheel up | run SERVICE | migrate | seed | health | nats-auth | demo-checkout``."""
+"""``cartwheel up | run SERVICE | migrate | seed | health | nats-auth | admin-token | demo-checkout``."""
 
 from __future__ import annotations
 
@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         "lanes-rebase", help="after a lane's stream lost its commands: partitions past its end read it from its start"
     )
     rebase.add_argument("service", choices=LANE_SERVICES)
+    sub.add_parser("admin-token", help="print the admin token (from CARTWHEEL_ADMIN_TOKEN, else var/secrets.json)")
     demo = sub.add_parser("demo-checkout", help="buy one product on the running shop, pay with a test card, follow it")
     demo.add_argument("--url", help="the shop's address (default: this machine's gateway)")
     demo.add_argument("--card", default="pm_card_visa", help="Stripe test payment method (default pm_card_visa)")
@@ -128,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         from cartwheel.lanes.admin import rebase
 
         return rebase(settings, args.service)
+    if args.command == "admin-token":
+        token = settings.with_secrets().admin_token
+        print(token.get_secret_value() if token else "")
+        return 0
     if args.command == "demo-checkout":
         from cartwheel.demo import DemoFailed, demo_checkout
 

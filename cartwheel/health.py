@@ -45,29 +45,58 @@ def check_local(settings: Settings, names: list[str]) -> bool:
     return ok
 
 
-async def _check(settings: Settings, names: list[str]) -> dict[str, bool]:
-    results: dict[str, bool] = {}
+NATS_CONNECT_SECONDS = 2.0
+
+
+async def _quiet(_error: Exception) -> None:
+    """nats-py's default error callback logs a traceback per failed attempt: the reason is printed once instead."""
+
+
+def _why(answer: dict[str, Any] | None) -> str:
+    """Why a service's answer is not healthy ('' when it is)."""
+    if answer is None:
+        return "no replica answered over NATS within 2 s"
+    if answer.get("status") == "ok":
+        return ""
+    return "; ".join([*(["its database does not answer"] if not answer.get("database", True) else []),
+                      *map(str, answer.get("problems", []))]) or str(answer.get("status"))
+
+
+async def _check(settings: Settings, names: list[str]) -> dict[str, str]:
+    """Service → why it is not healthy ('' when it is). Bounded: NATS that does not answer is a reason, not a
+    hang (with ``max_reconnect_attempts=0``, nats-py retried a refused first connect for ever)."""
+    results: dict[str, str] = {}
     backend = [n for n in names if n != "gateway"]
     if backend:
         try:
-            nc = await nats.connect(settings.nats_servers, connect_timeout=2, max_reconnect_attempts=0,
-                                     **natsauth.connect_options(settings, natsauth.ADMIN))
-        except Exception:
-            return {name: False for name in names}
+            async with asyncio.timeout(NATS_CONNECT_SECONDS * len(settings.nats_servers) + 1):
+                nc = await nats.connect(settings.nats_servers, connect_timeout=NATS_CONNECT_SECONDS,
+                                         max_reconnect_attempts=1, error_cb=_quiet,
+                                         **natsauth.connect_options(settings, natsauth.ADMIN))
+        except Exception as exc:
+            reason = f"NATS at {settings.nats_url} did not answer ({str(exc) or type(exc).__name__})"
+            return {name: reason for name in backend} | ({"gateway": _gateway_why(settings)} if "gateway" in names
+                                                          else {})
         try:
             answers = await asyncio.gather(*(ping(nc, name) for name in backend))
         finally:
             await nc.close()
-        results = {name: bool(a and a.get("status") == "ok") for name, a in zip(backend, answers, strict=True)}
+        results = {name: _why(answer) for name, answer in zip(backend, answers, strict=True)}
     if "gateway" in names:
-        results["gateway"] = gateway_healthy(settings)
+        results["gateway"] = _gateway_why(settings)
     return results
 
 
+def _gateway_why(settings: Settings) -> str:
+    return "" if gateway_healthy(settings) else f"GET /healthz on port {settings.gateway_port} did not answer 200"
+
+
 def check_services(settings: Settings, names: list[str], quiet: bool = False) -> bool:
-    """True when every named service answers healthy; prints one line per service unless ``quiet``."""
+    """True when every named service answers healthy; prints one line per service, with the reason when it is
+    not, unless ``quiet``."""
     results = asyncio.run(_check(settings, names))
     if not quiet:
         for name in names:
-            print(f"{name}: {'ok' if results.get(name) else 'NOT HEALTHY'}")
-    return all(results.get(name) for name in names)
+            why = results.get(name, "not asked")
+            print(f"{name}: ok" if not why else f"{name}: NOT HEALTHY ({why})")
+    return not any(results.get(name, "not asked") for name in names)

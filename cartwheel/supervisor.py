@@ -507,7 +507,10 @@ class System:
 
     def banner(self) -> str:
         payments = "; test payments: `cartwheel demo-checkout`" if self.embedded_stripe else ""
-        return f"the shop is at {self.base_url}/  (admin token: {self.admin_token}{payments}; Ctrl-C stops all)"
+        # Not the token itself: whatever keeps this output (a terminal's scrollback, a log collector) would keep it.
+        where = ("CARTWHEEL_ADMIN_TOKEN" if os.environ.get("CARTWHEEL_ADMIN_TOKEN")
+                 else f"{self.var_dir / 'secrets.json'}; `cartwheel admin-token` prints it")
+        return f"the shop is at {self.base_url}/  (admin token: in {where}{payments}; Ctrl-C stops all)"
 
     # -- steps --------------------------------------------------------------------------
 

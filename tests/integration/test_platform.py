@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +30,7 @@ from cartwheel.contracts.catalog import GetProduct, Product, ProductCreated
 from cartwheel.db import BatchMiscounted, Database, PlatformBase, migrate
 from cartwheel.errors import ServiceUnavailable
 from cartwheel.lanes.models import LanesBase
+from cartwheel.natsserver import free_port
 from cartwheel.outbox import OutboxEvent, OutboxRelay, ProcessedEvent, first_delivery, record_event
 from cartwheel.service import Service, event_consumer
 from cartwheel.settings import SERVICES
@@ -531,3 +535,17 @@ def test_every_replica_answers_the_health_subject(database_url: str, start_servi
         return seen
 
     assert replicas <= client.run(ask_all)  # a probe of the health subject sees every replica, no queue group
+
+
+def test_cartwheel_health_without_nats_says_why_and_exits_1_at_once(tmp_path: Path) -> None:
+    """Issue 15, item 2: `cartwheel health` with NATS down hung for ever (nats-py retried a refused first connect
+    without end at max_reconnect_attempts=0), a traceback every 2 s. Now: exit 1 within seconds, with the reason."""
+    env = {**os.environ, "CARTWHEEL_NATS_URL": f"nats://127.0.0.1:{free_port()}", "CARTWHEEL_VAR_DIR": str(tmp_path)}
+    began = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "cartwheel.cli", "health", "cart", "inventory"], env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1 and time.monotonic() - began < 15
+    assert done.stdout.splitlines() == [
+        f"{name}: NOT HEALTHY (NATS at {env['CARTWHEEL_NATS_URL']} did not answer "
+        "(nats: no servers available for connection))" for name in ("cart", "inventory")]
+    assert "Traceback" not in done.stdout + done.stderr

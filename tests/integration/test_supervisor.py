@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import signal
 import socket
@@ -298,7 +299,12 @@ def test_up_serves_until_sigint_then_stops_everything(tmp_path: Path) -> None:
         else:
             pytest.fail("cartwheel up ended before it was ready:\n" + "".join(seen[-60:]))
         assert f"http://127.0.0.1:{gateway_port}/" in seen[-1]
-        assert "admin token: " in seen[-1]
+        # Issue 15, item 6: the banner printed the admin token into whatever keeps the output; now it says where.
+        token = json.loads((var_dir / "secrets.json").read_text())["admin_token"]
+        assert token not in "".join(seen) and "`cartwheel admin-token` prints it" in seen[-1]
+        told = subprocess.run([sys.executable, "-m", "cartwheel.cli", "admin-token"], capture_output=True, text=True,
+                              env=environ, timeout=30)
+        assert told.stdout.strip() == token
         assert processes_mentioning(str(var_dir))
         started = time.monotonic()
         up.send_signal(signal.SIGINT)

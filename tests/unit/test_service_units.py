@@ -10,3 +10,13 @@ def test_a_failed_event_comes_back_sooner_at_first_and_never_later_than_the_cap(
     assert waits == [REDELIVER_S, REDELIVER_S, 2 * REDELIVER_S, 4 * REDELIVER_S, 8 * REDELIVER_S]
     assert redelivery_delay(9) == REDELIVER_MAX_S
     assert redelivery_delay(10_000) == REDELIVER_MAX_S  # no overflow after days of failures
+
+
+def test_health_says_why_a_service_is_not_healthy() -> None:
+    from cartwheel.health import _why
+
+    assert _why({"status": "ok", "database": True}) == ""
+    assert _why(None) == "no replica answered over NATS within 2 s"
+    assert _why({"status": "degraded", "database": False}) == "its database does not answer"
+    stopped = "lane inventory partition 3: its stream ends at sequence 0, before the cursor 12"
+    assert _why({"status": "degraded", "database": True, "problems": [stopped]}) == stopped
