@@ -7,8 +7,8 @@ fixed-width name (coloured on a terminal unless ``NO_COLOR`` is set).
 When a child dies on its own, the supervisor says so loudly (name and exit code) and starts it
 again after a pause that doubles with each crash in a row (1 s up to 30 s; a child that ran 10 s
 starts over at 1 s), for as long as ``up`` runs, keeping the others running. SIGINT or SIGTERM
-stops services and gateway first, then nats-server, SIGKILLs stragglers, all within 10 s, and
-``up`` exits 0.
+stops the gateway first (the requests it holds are answered), then the services, then
+nats-server, SIGKILLs stragglers, all within 10 s, and ``up`` exits 0.
 
 ``cartwheel up --cluster`` runs three nats-servers as one JetStream cluster on loopback (every
 stream, bucket and object store at three replicas) and ``--scale inventory=3,cart=2`` runs
@@ -486,14 +486,16 @@ class System:
         return True
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Services and gateway first (SIGTERM), then nats-server; SIGKILL stragglers; within ``timeout``."""
+        """Drain: the gateway first (it takes no new request and answers those in hand, which need the services),
+        then the services (they finish what they hold), then nats-server; SIGTERM each, SIGKILL stragglers; all
+        within ``timeout``. (Stopped together, an in-flight checkout got 503 "no service is listening".)"""
         if self._stopped:
             return
         self._stopped = True
         self._stop_requested.set()
         if any(child.alive for child in self.children.all.values()):
             self.console.say("stopping…")
-        self.children.stop([[GATEWAY, *self.service_children], [*self.nats_nodes, PAYMENT_SERVER]], timeout)
+        self.children.stop([[GATEWAY], self.service_children, [*self.nats_nodes, PAYMENT_SERVER]], timeout)
         self.console.say("stopped")
 
     def __enter__(self) -> System:

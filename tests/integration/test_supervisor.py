@@ -317,3 +317,54 @@ def test_up_serves_until_sigint_then_stops_everything(tmp_path: Path) -> None:
     assert "exited unexpectedly" not in "".join(seen) + rest
     assert wait_until(lambda: not processes_mentioning(str(var_dir)), 2), processes_mentioning(str(var_dir))
     assert port_is_free(gateway_port)
+
+
+def test_stopping_the_shop_answers_the_checkouts_in_hand(tmp_path: Path) -> None:
+    """Issue 15, item 9: stopping `cartwheel up` stopped the gateway and the services together, so a checkout in
+    flight got 503 "no service is listening". Now the gateway drains first: every checkout it accepted is
+    answered (an order or out of stock); one that came too late is refused at the door, never half served."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    from cartwheel.settings import Settings
+    from cartwheel.supervisor import System
+
+    settings = Settings(var_dir=tmp_path, nats_url=f"nats://127.0.0.1:{free_port()}", gateway_host="127.0.0.1",
+                        gateway_port=free_port(), metrics_port=0)
+    out = io.StringIO()
+    shop = System(settings, out=out, colour=False, seed=False)
+    shop.start()
+    try:
+        admin = {"Authorization": f"Bearer {shop.admin_token}"}
+        made = requests.post(f"{shop.base_url}/api/admin/products", headers=admin, timeout=30, json={
+            "sku": random_sku(), "name": "Drain", "price_cents": 900, "currency": "EUR", "stock": 1000}).json()
+        assert wait_until(lambda: requests.get(f"{shop.base_url}/api/products/{made['id']}", timeout=10)
+                          .json().get("available") == 1000, 30)
+        body = {"items": [{"product_id": made["id"], "quantity": 1}]}
+        started = threading.Barrier(21)
+
+        def buyer(i: int) -> list[str]:
+            """Checkouts one after another until the gateway refuses a connection: some are in hand at the stop."""
+            got: list[str] = []
+            started.wait()
+            while len(got) < 200:
+                try:
+                    answer = requests.post(f"{shop.base_url}/api/checkout", json=body, timeout=30,
+                                           headers={"Idempotency-Key": f"drain-{i}-{len(got)}"})
+                except requests.ConnectionError:
+                    return [*got, "refused"]  # the gateway had stopped taking connections: never accepted
+                got.append(str(answer.status_code))
+            return got
+
+        with ThreadPoolExecutor(20) as pool:
+            buyers = [pool.submit(buyer, i) for i in range(20)]
+            started.wait()
+            time.sleep(0.5)  # checkouts under way in the gateway and the services
+            shop.stop()
+            got = [answer for b in buyers for answer in b.result()]
+    finally:
+        shop.stop()
+    assert set(got) <= {"201", "refused"}, sorted(set(got))
+    assert got.count("201") > 20, "hardly any checkout was under way: the test proved nothing"
