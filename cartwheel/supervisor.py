@@ -379,10 +379,10 @@ class System:
                 raise StartupError("--cluster starts its own nats-servers: unset CARTWHEEL_EMBEDDED_NATS=false")
             update |= {"nats_url": ",".join(f"nats://127.0.0.1:{port}" for port in self._node_ports),
                        "stream_replicas": CLUSTER_NODES}
-        unknown = sorted(set(scale or {}) - set(SERVICES))
-        if unknown or any(n < 1 for n in (scale or {}).values()):
-            raise StartupError(f"--scale takes SERVICE=N with N >= 1 for services of {', '.join(SERVICES)}"
-                               f"{f' (not {unknown[0]})' if unknown else ''}")
+        try:
+            check_scale(scale or {})
+        except ValueError as exc:
+            raise StartupError(f"--scale {exc}") from None
         self.replicas = {name: _replica_names(name, (scale or {}).get(name, 1)) for name in SERVICES}
         resolved = settings.model_copy(update=update)
         self.settings = resolved.with_secrets()
@@ -705,10 +705,21 @@ def parse_scale(text: str) -> dict[str, int]:
     scale: dict[str, int] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, _, count = part.partition("=")
-        if name not in SERVICES or not count.isdigit() or int(count) < 1:
-            raise ValueError(f"{part!r}: expected SERVICE=N with N >= 1, SERVICE one of {', '.join(SERVICES)}")
+        if not count.isdecimal():
+            raise ValueError(f"{part!r}: {SCALE_SYNTAX}")
         scale[name] = int(count)
+    check_scale(scale)
     return scale
+
+
+SCALE_SYNTAX = f"expected SERVICE=N with N >= 1, SERVICE one of {', '.join(SERVICES)}"
+
+
+def check_scale(scale: Mapping[str, int]) -> None:
+    """ValueError unless every name is a service and every count at least 1."""
+    for name, count in scale.items():
+        if name not in SERVICES or count < 1:
+            raise ValueError(f"'{name}={count}': {SCALE_SYNTAX}")
 
 
 def postgres_database(server_url: str, name: str) -> str:

@@ -90,8 +90,11 @@ def test_only_payments_is_given_the_stripe_key_and_webhook_secret(tmp_path: Path
     assert (env["CARTWHEEL_STRIPE_SECRET_KEY"], env["CARTWHEEL_STRIPE_WEBHOOK_SECRET"]) == ("sk_test_x", "whsec_x")
 
 
-def test_scale_reads_service_counts_and_refuses_what_it_cannot_run() -> None:
-    from cartwheel.supervisor import parse_scale
+def test_scale_reads_service_counts_and_refuses_what_it_cannot_run(tmp_path: Path) -> None:
+    from cartwheel.supervisor import StartupError, System, parse_scale
+
+    with pytest.raises(StartupError, match="gateway=2"):  # the same check, given a mapping
+        System(Settings(var_dir=tmp_path), out=io.StringIO(), scale={"gateway": 2}, seed=False)
 
     assert parse_scale("inventory=3, cart=2") == {"inventory": 3, "cart": 2}
     assert parse_scale("") == {}
