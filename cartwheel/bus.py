@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -21,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from cartwheel import natsauth, subjects
 from cartwheel.contracts.base import Message, Reply
 from cartwheel.errors import DomainError, ServiceUnavailable
+from cartwheel.observability import Trouble
 from cartwheel.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -28,13 +30,42 @@ log = logging.getLogger(__name__)
 DAY = 24 * 3600.0
 
 
-def make_broker(settings: Settings, service: str, registry: CollectorRegistry | None = None) -> NatsBroker:
+class ConnectionLog:
+    """nats-py's connection callbacks as a line when the connection is lost, a line a minute with a count
+    while it stays lost, and a line when it is back. nats-py's own logged a full traceback at ERROR for every
+    try (every 2 s): a 10-minute outage wrote 5 MB of them."""
+
+    def __init__(self, service: str, reconnected: Callable[[], None] = lambda: None) -> None:
+        self.log = logging.getLogger(f"cartwheel.{service}.bus")
+        self.trouble = Trouble(self.log, "the connection to NATS")
+        self._reconnected = reconnected
+        self.closing = False  # set when the process closes its connection: that is no trouble
+
+    async def error(self, error: Exception) -> None:
+        if not self.closing:
+            self.trouble.failed(error)
+
+    async def disconnected(self) -> None:
+        if not self.closing:
+            self.trouble.failed("disconnected; reconnecting")
+
+    async def reconnected(self) -> None:
+        self.trouble.ok()
+        self._reconnected()
+
+    def options(self) -> dict[str, Any]:
+        return {"error_cb": self.error, "disconnected_cb": self.disconnected, "reconnected_cb": self.reconnected}
+
+
+def make_broker(settings: Settings, service: str, registry: CollectorRegistry | None = None,
+                connection: ConnectionLog | None = None) -> NatsBroker:
     """A FastStream broker for ``service``, with Prometheus metrics when a registry is given."""
     middlewares = [NatsPrometheusMiddleware(registry=registry, app_name=service)] if registry else []
     return NatsBroker(
         settings.nats_servers,
         name=f"cartwheel-{service}",
         middlewares=middlewares,
+        **(connection or ConnectionLog(service)).options(),
         max_reconnect_attempts=-1,
         logger=logging.getLogger(f"cartwheel.{service}.bus"),
         log_level=logging.DEBUG,  # one line per message is too loud at INFO under load

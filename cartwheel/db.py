@@ -83,6 +83,9 @@ def service_metadata() -> MetaData:
 
 
 READ_ONLY = "cartwheel_read_only"
+BUSY_MS = "cartwheel_busy_ms"  # SQLite: how long a transaction's BEGIN waits for another process's writer
+SQLITE_BUSY_MS = 30_000
+QUICK_BUSY_MS = 20  # ... when it runs on the event loop, which must not stand still behind a lock held for long
 
 
 def make_engine(url: str, *, pool_size: int = 10) -> Engine:
@@ -105,7 +108,7 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         _enter_wal(cursor)
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -113,7 +116,12 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         # Writers take the write lock up front: a deferred transaction that later writes fails
         # with SQLITE_BUSY at once when another process (a second replica) holds the lock.
         # Readers stay deferred, so in WAL mode they run beside the writer.
-        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
+        options = conn.get_execution_options()
+        busy = options.get(BUSY_MS, SQLITE_BUSY_MS)
+        if conn.info.get(BUSY_MS, SQLITE_BUSY_MS) != busy:  # the pragma stays with the pooled connection
+            conn.exec_driver_sql(f"PRAGMA busy_timeout={busy}")
+            conn.info[BUSY_MS] = busy
+        conn.exec_driver_sql("BEGIN" if options.get(READ_ONLY) else "BEGIN IMMEDIATE")
 
     return engine
 
@@ -174,13 +182,14 @@ class Database:
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.is_local = is_sqlite(self.engine)
         """A file on this machine (SQLite), not a server at the other end of a connection."""
-        self._writer: contextlib.AbstractContextManager[Any] = (
-            threading.RLock() if self.is_local else contextlib.nullcontext()
-        )
+        self._write_lock = threading.RLock() if self.is_local else None
+        self._writer: contextlib.AbstractContextManager[Any] = self._write_lock or contextlib.nullcontext()
         self._queued: list[tuple[Batch[Any, Any], Any, asyncio.Future[Any]]] = []
         self._group_writer: asyncio.Task[None] | None = None
         self._lookup_connections = threading.local()
         self._opened_lookups: list[Connection] = []
+        self._quick_sessions = sessionmaker(self.engine.execution_options(**{BUSY_MS: QUICK_BUSY_MS}),
+                                            expire_on_commit=False)
         self._read_sessions = sessionmaker(self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)
         self._executor = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="db")
         # SQLite has one writer at a time: one writing thread avoids lock contention in the process.
@@ -201,6 +210,23 @@ class Database:
     def run_sync(self, work: Callable[[Session], T]) -> T:
         with self.transaction() as session:
             return work(session)
+
+    async def run_here(self, work: Callable[[Session], T]) -> T:
+        """SQLite: run ``work`` on the calling thread (the event loop: no hand-off, no fight for the GIL) when the
+        write lock is free now; when it is not, on the writing thread like :meth:`run`. A file write-locked for
+        long by another process (a backup, an admin's shell) held the whole service's loop for up to 30 s: no
+        health answers, no requests. Elsewhere the same as :meth:`run`."""
+        if self._write_lock is None or not self._write_lock.acquire(timeout=QUICK_BUSY_MS / 1000):
+            return await self.run(work)
+        try:
+            with self._quick_sessions.begin() as session:
+                return work(session)
+        except OperationalError as exc:
+            if "locked" not in str(exc.orig) and "busy" not in str(exc.orig):
+                raise
+        finally:
+            self._write_lock.release()
+        return await self.run(work)  # rolled back: another process holds the lock; wait for it off the loop
 
     async def run(self, work: Callable[[Session], T]) -> T:
         """Run ``work(session)`` in one transaction on a worker thread; commit if it returns."""
@@ -328,6 +354,41 @@ class Database:
         except Exception:
             log.warning("database ping failed", exc_info=True)
             return False
+
+    def write_probe(self, timeout: float = 1.0) -> str | None:
+        """Why a write could not begin within ``timeout`` s (``None``: it could), writing nothing.
+
+        ``SELECT 1`` said ok while another process held ``inventory.db``'s write lock and every restock waited
+        5 s for a 503. SQLite: take the write lock (``BEGIN IMMEDIATE``) with a busy wait of ``timeout`` and
+        let it go. PostgreSQL: a transaction id, which a read-only or recovering server refuses, under a
+        statement timeout. The connection itself is bounded by the caller (the pool may wait for a server
+        that does not answer).
+        """
+        ms = max(1, int(timeout * 1000))
+        try:
+            if self._write_lock is not None:
+                if not self._write_lock.acquire(timeout=timeout):  # this process's own writers come first
+                    return f"this process's writers held the database for over {timeout:g} s"
+                raw = self.engine.raw_connection()  # the driver's own: no SQLAlchemy autobegin before the pragma
+                try:
+                    cursor = raw.cursor()
+                    cursor.execute(f"PRAGMA busy_timeout={ms}")
+                    try:
+                        cursor.execute("BEGIN IMMEDIATE")  # the write lock, or SQLITE_BUSY after the wait
+                        cursor.execute("ROLLBACK")
+                    finally:
+                        cursor.execute(f"PRAGMA busy_timeout={raw.info.get(BUSY_MS, SQLITE_BUSY_MS)}")
+                finally:
+                    raw.close()
+                    self._write_lock.release()
+            else:
+                with self.engine.connect() as conn, conn.begin() as transaction:
+                    conn.exec_driver_sql(f"SET LOCAL statement_timeout = {ms}")
+                    conn.exec_driver_sql("SELECT txid_current()")
+                    transaction.rollback()
+        except Exception as exc:
+            return f"a write could not begin: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        return None
 
     def close(self) -> None:
         for conn in self._opened_lookups:

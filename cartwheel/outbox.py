@@ -10,15 +10,17 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from functools import partial
 
 from nats.js import JetStreamContext
-from sqlalchemy import Integer, String, Text, delete, insert, select, update
+from sqlalchemy import Integer, String, Text, delete, func, insert, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from cartwheel.contracts.base import Message, utcnow
 from cartwheel.db import Database, PlatformBase, UTCDateTime
+from cartwheel.observability import Trouble
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,7 @@ class OutboxRelay:
         interval: float = 1.0,
         idle: float = 5.0,
         keep: timedelta = timedelta(days=7),
+        on_failure: Callable[[], None] = lambda: None,
     ) -> None:
         self.db = db
         self.js = js
@@ -98,6 +101,8 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._on_failure = on_failure  # counts a failed publish (the service's metric)
+        self._trouble = Trouble(log, "outbox relay: publishing events")
 
     def notify(self) -> None:
         self._wake.set()
@@ -130,9 +135,9 @@ class OutboxRelay:
                 if time.monotonic() >= next_prune and not self._stopping:
                     await self.db.run(self._prune)
                     next_prune = time.monotonic() + 3600
-            except Exception:
+            except Exception as exc:
                 self._behind = True
-                log.exception("outbox relay failed; retrying in %.1f s", self.interval)
+                self._trouble.failed(exc, traceback=True)
 
     async def relay_pending(self) -> int:
         self._behind = True  # until this round has published all it read
@@ -143,7 +148,8 @@ class OutboxRelay:
             try:
                 await self.js.publish(subject, payload.encode(), headers={"Nats-Msg-Id": event_id}, timeout=5)
             except Exception as exc:
-                log.warning("event %s on %s not published yet: %s", event_id, subject, exc)
+                self._on_failure()
+                self._trouble.failed(f"event {event_id} on {subject} not published yet ({exc!r})")
                 await self.db.run(partial(self._failed, position=position, error=repr(exc)))
                 failed = True
                 break  # keep order: nothing after a failed event goes out before it
@@ -151,7 +157,16 @@ class OutboxRelay:
         if published:
             await self.db.run(lambda s: self._published(s, published))
         self._behind = failed
+        if not failed:
+            self._trouble.ok()
         return len(rows)
+
+    @staticmethod
+    def backlog(session: Session) -> tuple[int, datetime | None]:
+        """How many events wait to be published, and when the oldest was recorded."""
+        count, oldest = session.execute(select(func.count(), func.min(OutboxEvent.created_at))
+                                        .where(OutboxEvent.published_at.is_(None))).one()
+        return count, oldest
 
     def _pending(self, session: Session) -> list[tuple[int, str, str, str]]:
         query = (

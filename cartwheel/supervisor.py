@@ -18,6 +18,7 @@ replicas of services; ``--postgres URL`` puts every database on that PostgreSQL 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import secrets
 import signal
@@ -384,6 +385,7 @@ class System:
         except ValueError as exc:
             raise StartupError(f"--scale {exc}") from None
         self.replicas = {name: _replica_names(name, (scale or {}).get(name, 1)) for name in SERVICES}
+        self._ports: dict[str, list[int]] = {}  # service → its replicas' metrics ports
         resolved = settings.model_copy(update=update)
         self.settings = resolved.with_secrets()
         self.var_dir = self.settings.var_dir
@@ -448,6 +450,7 @@ class System:
                     extra += r > 0
                     self._start(child, [sys.executable, "-m", f"services.{name}"],
                                 self._metrics_port(extra if r else i), role=name)
+            self._write_ports()
             self._wait_ready(started + self.ready_timeout)
             if self.embedded_stripe:
                 self._register_webhook()
@@ -593,6 +596,17 @@ class System:
     def _start(self, name: str, argv: list[str], metrics_port: int, role: str | None = None) -> None:
         self._step(f"starting {name}…")
         self.children.spawn(name, argv, child_env(self.settings, metrics_port, role or name), restart=True)
+        if metrics_port:
+            self._ports.setdefault(role or name, []).append(metrics_port)
+
+    def _write_ports(self) -> None:
+        """Each child's metrics port, where ``cartwheel health --local`` finds it (service i has base + i + 1), and
+        each embedded nats-server's monitoring port (a free one, picked at every start): for a scraper."""
+        from cartwheel.health import PORTS_FILE
+
+        nats = {name: node.monitor_url for name, node in self.nats_nodes.items()}
+        write_private(self.var_dir / PORTS_FILE,
+                      json.dumps({"pid": os.getpid(), "metrics": self._ports, "nats_monitoring": nats}).encode())
 
     def _metrics_port(self, index: int | None) -> int:
         base = self.settings.metrics_port
@@ -619,8 +633,8 @@ class System:
             self._raise_if_a_child_died()
             if gateway_status != "200":
                 gateway_status = self._readyz()
-            if not services_ok:
-                services_ok = self._healthy(list(SERVICES))
+            if not services_ok:  # every replica, not the first to answer
+                services_ok = self._healthy(list(SERVICES), {name: len(self.replicas[name]) for name in SERVICES})
             if gateway_status == "200" and services_ok:
                 return
             if time.monotonic() > deadline:
@@ -628,11 +642,11 @@ class System:
             if self._stop_requested.wait(0.25):
                 raise StartupInterrupted("interrupted while starting")
 
-    def _healthy(self, names: list[str]) -> bool:
+    def _healthy(self, names: list[str], expect: dict[str, int] | None = None) -> bool:
         from cartwheel.health import check_services
 
         try:
-            return check_services(self.settings, names, quiet=True)
+            return check_services(self.settings, names, quiet=True, expect=expect)
         except Exception:  # NATS not there yet, or a service half up: ask again later
             return False
 

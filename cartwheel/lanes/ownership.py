@@ -42,6 +42,7 @@ from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from cartwheel import subjects
 from cartwheel.bus import ensure_bucket
+from cartwheel.observability import Trouble
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,8 @@ class Lease(NamedTuple):
 
 class Ownership:
     def __init__(self, js: JetStreamContext, lane: str, partitions: int, member: str, *, acquire: Hook,
-                 release: Hook, ttl: float = 3.0, tick: float = 1.0, replicas: int = 1) -> None:
+                 release: Hook, ttl: float = 3.0, tick: float = 1.0, replicas: int = 1,
+                 on_failure: Callable[[], None] = lambda: None) -> None:
         self.js = js
         self.lane = lane
         self.partitions = partitions
@@ -91,6 +93,17 @@ class Ownership:
         self._listener: asyncio.Task[None] | None = None
         self._listening_since = 0.0
         self._bucket_lost = False
+        # Renewal: the heartbeat that keeps this replica's leases, and the round that deals partitions. Both must
+        # work for failover to work; the service is not ready when either has not for ``ttl`` (renewal_age).
+        self._beat_at = self._round_at = time.monotonic()
+        self._on_failure = on_failure  # a heartbeat or round that failed (the lane's metric)
+        self._beat_trouble = Trouble(log, f"lane {lane}: heartbeat")
+        self._round_trouble = Trouble(log, f"lane {lane}: ownership round")
+
+    @property
+    def renewal_age(self) -> float:
+        """Seconds since both this replica's heartbeat and its ownership round last worked."""
+        return time.monotonic() - min(self._beat_at, self._round_at)
 
     @property
     def bucket(self) -> str:
@@ -166,10 +179,14 @@ class Ownership:
             try:
                 await self._heartbeat()
             except Exception as exc:
-                log.warning("lane %s: heartbeat not sent (%s)", self.lane, exc)
+                self._on_failure()
+                self._beat_trouble.failed(exc)
                 if bucket_gone(exc):
                     self._bucket_lost = True
                     self._changed.set()
+            else:
+                self._beat_at = time.monotonic()
+                self._beat_trouble.ok()
 
     async def _run(self) -> None:
         waiting = False  # wanted partitions are still held by others: look again soon, they are being let go
@@ -183,12 +200,15 @@ class Ownership:
                     await self._recover_bucket()
                 waiting = await self._round()
             except Exception as exc:
+                self._on_failure()
                 if bucket_gone(exc):
                     self._bucket_lost = True
-                    log.warning("lane %s: ownership round failed: bucket %s is gone (%r)", self.lane, self.bucket,
-                                exc)
+                    self._round_trouble.failed(f"bucket {self.bucket} is gone ({exc!r})")
                 else:
-                    log.exception("lane %s: ownership round failed", self.lane)
+                    self._round_trouble.failed(exc, traceback=True, level=logging.ERROR)
+            else:
+                self._round_at = time.monotonic()
+                self._round_trouble.ok()
 
     async def _round(self) -> bool:
         """Take or give up partitions; True while a wanted one is still held by another."""

@@ -17,6 +17,7 @@ from cartwheel.contracts.payments import (
 )
 from cartwheel.service import Service
 from cartwheel.settings import Settings
+from services.orders.counts import OrderCounts
 from services.orders.saga import Saga
 
 PAYMENT_EVENTS: dict[str, type[PaymentEvent]] = {
@@ -29,6 +30,7 @@ PAYMENT_EVENTS: dict[str, type[PaymentEvent]] = {
 def build(settings: Settings) -> Service:
     service = Service("orders", settings)
     saga = Saga(service)
+    OrderCounts(service)
     service.on_start(saga.start)
     service.on_stop(saga.stop)
     service.handle(subjects.ORDERS_CHECKOUT, Checkout)(saga.checkout)

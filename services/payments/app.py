@@ -8,13 +8,14 @@ from cartwheel.keyedlock import KeyedLocks
 from cartwheel.service import Service
 from cartwheel.settings import Settings
 from services.payments.handlers import PaymentHandlers
-from services.payments.stripe_api import StripePayments
+from services.payments.stripe_api import PaymentMetrics, StripePayments
 from services.payments.webhooks import WebhookHandlers
 
 
 def build(settings: Settings) -> Service:
     service = Service("payments", settings)
-    stripe = StripePayments.from_settings(settings)
+    metrics = PaymentMetrics(service.registry)
+    stripe = StripePayments.from_settings(settings, metrics)
     if stripe is None:
         service.log.warning("no Stripe secret key (CARTWHEEL_STRIPE_SECRET_KEY): payment requests are refused")
     else:
@@ -22,7 +23,7 @@ def build(settings: Settings) -> Service:
     secret = settings.stripe_webhook_secret.get_secret_value() if settings.stripe_webhook_secret else None
     intents = KeyedLocks()
     payments = PaymentHandlers(service, stripe, intents)
-    webhooks = WebhookHandlers(service, stripe, secret, intents)
+    webhooks = WebhookHandlers(service, stripe, secret, intents, metrics)
     service.handle(subjects.PAYMENTS_INTENT_CREATE, CreateIntent)(payments.create_intent)
     service.handle(subjects.PAYMENTS_INTENT_CONFIRM, ConfirmIntent)(payments.confirm_intent)
     service.handle(subjects.PAYMENTS_INTENT_CANCEL, CancelIntent)(payments.cancel_intent)

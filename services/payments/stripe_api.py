@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import stripe
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from cartwheel.errors import DomainError, NotFound
 from cartwheel.money import to_stripe
@@ -53,10 +55,28 @@ def verify_webhook(payload: str, signature: str, secret: str | None) -> dict[str
     return event
 
 
+STRIPE_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0)
+
+
+class PaymentMetrics:
+    """How Stripe answers (time and errors per operation) and what its webhooks bring (by type and result)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.seconds = Histogram("cartwheel_stripe_request_duration_seconds", "Time of a call to Stripe, retries "
+                                 "included", ["operation"], buckets=STRIPE_BUCKETS, registry=registry)
+        self.errors = Counter("cartwheel_stripe_errors", "Calls to Stripe that failed, by kind: unavailable "
+                              "(unreachable, rate-limited, 5xx, our key refused), not_found, refused, declined",
+                              ["operation", "kind"], registry=registry)
+        self.webhooks = Counter("cartwheel_webhook_events", "Stripe webhook events by type and result: applied, "
+                                "duplicate, ignored (not this shop's payment), invalid_signature, failed",
+                                ["type", "result"], registry=registry)
+
+
 class StripePayments:
     """PaymentIntents and refunds of one Stripe account (or the embedded server at ``api_base``)."""
 
-    def __init__(self, secret_key: str, api_base: str | None = None) -> None:
+    def __init__(self, secret_key: str, api_base: str | None = None, metrics: PaymentMetrics | None = None) -> None:
+        self.metrics = metrics
         self.http = stripe.AIOHTTPClient(timeout=TIMEOUT_S)  # its session opens on first use, on the running loop
         self.client = stripe.StripeClient(
             secret_key,
@@ -69,11 +89,11 @@ class StripePayments:
         await self.http.close_async()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> StripePayments | None:
+    def from_settings(cls, settings: Settings, metrics: PaymentMetrics | None = None) -> StripePayments | None:
         """None when no secret key is configured: the service runs and refuses payment requests."""
         if settings.stripe_secret_key is None:
             return None
-        return cls(settings.stripe_secret_key.get_secret_value(), settings.stripe_api_base)
+        return cls(settings.stripe_secret_key.get_secret_value(), settings.stripe_api_base, metrics)
 
     async def create_intent(self, order_id: str, tenant: str, amount_cents: int, currency: str, key: str) -> dict:
         try:
@@ -121,16 +141,28 @@ class StripePayments:
         return await self._call("refund the payment", refunds.create_async, params, key=key)
 
     async def _call(self, what: str, method: Callable[..., Awaitable[Any]], *args: Any, key: str | None = None) -> dict:
+        operation = f"{type(getattr(method, '__self__', None)).__name__.removesuffix('Service')}." \
+                    f"{getattr(method, '__name__', 'call').removesuffix('_async')}"  # PaymentIntent.create
+        started, kind = time.perf_counter(), ""
         try:
             result = await (method(*args, options={"idempotency_key": key}) if key else method(*args))
         except stripe.CardError:
+            kind = "declined"
             raise
         except stripe.StripeError as exc:
             if exc.http_status == 404:
+                kind = "not_found"
                 raise NotFound(f"Stripe has no such object ({what}): {exc.user_message or exc}") from None
             # 409: another request with our idempotency key is still running (a retry overtook it).
             if isinstance(exc, UNAVAILABLE) or exc.http_status == 409 or (exc.http_status or 500) >= 500:
+                kind = "unavailable"
                 raise provider_unavailable(f"Stripe could not {what} now: {exc.user_message or exc}") from None
+            kind = "refused"
             message = f"Stripe refused to {what}: {exc.user_message or exc}"
             raise DomainError(message, code="conflict", stripe_code=getattr(exc, "code", None)) from None
+        finally:
+            if self.metrics:
+                self.metrics.seconds.labels(operation).observe(time.perf_counter() - started)
+                if kind:
+                    self.metrics.errors.labels(operation, kind).inc()
         return result.to_dict()

@@ -16,42 +16,65 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from cartwheel.contracts.payments import StripeWebhook, WebhookOutcome
-from cartwheel.errors import NotFound
+from cartwheel.errors import DomainError, NotFound
 from cartwheel.keyedlock import KeyedLocks
 from cartwheel.service import Service
 from services.payments import domain, ledger, store
 from services.payments.domain import IntentSnapshot
-from services.payments.stripe_api import StripePayments, provider_unavailable, verify_webhook
+from services.payments.stripe_api import PaymentMetrics, StripePayments, provider_unavailable, verify_webhook
 
 log = logging.getLogger(__name__)
+
+UNVERIFIED = "unverified"  # the type of an event whose signature failed: its body can't be trusted to say
 
 
 class WebhookHandlers:
     def __init__(self, service: Service, stripe: StripePayments | None, secret: str | None,
-                 intents: KeyedLocks) -> None:
+                 intents: KeyedLocks, metrics: PaymentMetrics | None = None) -> None:
         self.service = service
+        self.metrics = metrics
         self.db = service.db
         self.stripe = stripe
         self.secret = secret
         self.intents = intents
 
     async def stripe_webhook(self, msg: StripeWebhook) -> dict[str, Any]:
-        event = verify_webhook(msg.payload, msg.signature, self.secret)
+        """Verify, record and apply one event; counted by type and result."""
+        try:
+            event = verify_webhook(msg.payload, msg.signature, self.secret)
+        except DomainError:
+            self._count(UNVERIFIED, "invalid_signature")
+            raise
+        try:
+            outcome, result = await self._receive(event)
+        except Exception:
+            self._count(event["type"], "failed")
+            raise
+        self._count(event["type"], result)
+        return outcome
+
+    def _count(self, kind: str, result: str) -> None:
+        if self.metrics:
+            self.metrics.webhooks.labels(kind if kind in domain.KNOWN_EVENTS or kind == UNVERIFIED else "other",
+                                         result).inc()
+
+    async def _receive(self, event: dict[str, Any]) -> tuple[dict[str, Any], str]:
         outcome = WebhookOutcome(event_id=event["id"], type=event["type"], duplicate=True)
         if await self.db.read(lambda s: store.stripe_event_seen(s, outcome.event_id)):
-            return outcome.model_dump(mode="json")
+            return outcome.model_dump(mode="json"), "duplicate"
         subject = (event.get("data") or {}).get("object") or {}
         # One intent's reports one at a time, read and written: two read out of order and written in the
         # other order would leave the older state (a failure over the buyer's 3-D Secure step).
         async with self.intents.hold(domain.intent_of(event["type"], subject) or event["id"]):
             snap, refunded = await self._report(event["type"], subject)
             try:
-                await self.db.run(lambda s: self._record(s, event, snap, refunded))
+                applied = await self.db.run(lambda s: self._record(s, event, snap, refunded))
             except store.AlreadyRecorded:  # a concurrent delivery of the same event won
-                return outcome.model_dump(mode="json")
+                return outcome.model_dump(mode="json"), "duplicate"
         self.service.notify_outbox()
         log.info("stripe event %s (%s) recorded", outcome.event_id, outcome.type)
-        return outcome.model_copy(update={"duplicate": False}).model_dump(mode="json")
+        return outcome.model_copy(update={"duplicate": False}).model_dump(mode="json"), \
+            "applied" if applied else "ignored"
 
     async def _report(self, kind: str, subject: dict[str, Any]) -> tuple[IntentSnapshot | None, int | None]:
         """What the event says about which intent, and the total refunded if it is a refund."""
@@ -85,7 +108,8 @@ class WebhookHandlers:
         return False
 
     @staticmethod
-    def _record(session: Session, event: dict[str, Any], snap: IntentSnapshot | None, refunded: int | None) -> None:
+    def _record(session: Session, event: dict[str, Any], snap: IntentSnapshot | None, refunded: int | None) -> bool:
+        """Record the event and apply it; whether it changed a payment of this shop's (else it is ignored)."""
         kind, subject = event["type"], (event.get("data") or {}).get("object") or {}
         about = domain.intent_of(kind, subject) if kind in domain.DISPUTE_EVENTS | domain.REFUND_EVENTS else None
         store.record_stripe_event(session, event["id"], kind, snap.id if snap else about)
@@ -97,11 +121,12 @@ class WebhookHandlers:
                 ledger.dispute(session, row, kind, subject, event["id"])
             else:
                 ledger.refund_changed(session, row, subject, event["id"])
-            return
+            return row is not None
         if snap is None:
-            return
+            return False
         row = ledger.settle(session, snap, event["id"])
         if row is None:
             log.warning("stripe event %s: payment %s belongs to no order of ours", event["id"], snap.id)
         elif refunded is not None:
             ledger.settle_refund(session, row, refunded, event["id"])
+        return row is not None

@@ -80,9 +80,8 @@ class ServiceThread:
 
 
 def settings_for(nats_url: str, tmp_path: Path, **overrides: Any) -> Settings:
-    return Settings(
-        nats_url=nats_url, var_dir=tmp_path, metrics_port=0, admin_token="t" * 24, secret="s" * 32, **overrides
-    )
+    return Settings(**{"nats_url": nats_url, "var_dir": tmp_path, "metrics_port": 0, "admin_token": "t" * 24,
+                       "secret": "s" * 32, **overrides})
 
 
 @pytest.fixture

@@ -946,3 +946,24 @@ def test_the_sweeper_goes_round_every_intent_left_to_cancel_so_a_hundred_failing
         assert (first, rest, again) == (ids[:100], ids[100:], [])
     finally:
         engine.dispose()
+
+
+def test_orders_are_counted_by_status(
+    monkeypatch: pytest.MonkeyPatch, backends: None, payments: FakePayments, database_url: str, start_service,
+    client: Client,
+) -> None:
+    """``cartwheel_orders{status}``: the checkout funnel's last steps (awaiting payment → paid), on the dashboard."""
+    from services.orders import counts
+
+    monkeypatch.setattr(counts, "COUNT_EVERY_S", 0.2)
+    orders = start_service("orders", orders_database_url=database_url, reservation_ttl_seconds=60)
+    registry = orders.service.registry
+
+    def count(status: str) -> float | None:
+        return registry.get_sample_value("cartwheel_orders", {"status": status})
+
+    wait_for(lambda: count("paid") == 0, "the first count: every status, at 0")
+    waiting = ask(client, buy(new_product(client, 5)))
+    wait_for(lambda: count("awaiting_payment") == 1, "an order awaiting payment counted")
+    payments.publish(paid_event(waiting))
+    wait_for(lambda: count("paid") == 1 and count("awaiting_payment") == 0, "the paid order counted")

@@ -344,6 +344,8 @@ def test_an_unreachable_stripe_is_unavailable_and_nothing_is_stored(start_servic
         with pytest.raises(DomainError) as caught:
             await create(nc, order)
         assert caught.value.code == "payment_provider_unavailable"
+        errors = {"operation": "PaymentIntent.create", "kind": "unavailable"}
+        assert down.service.registry.get_sample_value("cartwheel_stripe_errors_total", errors) == 1
         down.stop()
         start_service("payments", stripe_secret_key=API_KEY, stripe_api_base=localstripe)
         assert (await create(nc, order))["status"] == "requires_payment_method"
@@ -698,3 +700,37 @@ def test_an_intent_row_is_inserted_once_and_a_twin_is_told_it_was_not(database_u
             assert [r.amount_cents for r in rows] == [500, 500]  # type: ignore[union-attr]
     finally:
         engine.dispose()
+
+
+def test_stripe_calls_and_webhook_events_are_counted(payments, client, stripe_client) -> None:
+    """The metrics an incident asks of payments: how long Stripe takes and how it fails, by operation; what the
+    webhooks bring, by type and result (a run of invalid signatures is an attack or a wrong secret)."""
+    registry = payments.service.registry
+
+    def sample(name: str, **labels: str) -> float:
+        return registry.get_sample_value(name, labels) or 0.0
+
+    async def scenario(nc: nats.NATS) -> None:
+        declined = new_order()
+        await confirm(nc, declined, (await create(nc, declined))["payment_intent_id"], "pm_card_chargeCustomerFail")
+        order = new_order()
+        made = await create(nc, order)
+        pays_at_stripe(stripe_client, made["payment_intent_id"])
+        event = stripe_event("payment_intent.succeeded", intent_object(made, order, "succeeded"))
+        assert await refused(nc, signed(event, secret="whsec_forged")) == "invalid_signature"
+        for _ in range(2):
+            await deliver(nc, signed(event))
+        await deliver(nc, signed(stripe_event("customer.created", {"id": "cus_x", "object": "customer"})))
+        other = {**intent_object(made, order, "succeeded"), "id": "pi_not_ours"}
+        await deliver(nc, signed(stripe_event("payment_intent.succeeded", other)))
+
+    client.run(scenario)
+    assert sample("cartwheel_stripe_request_duration_seconds_count", operation="PaymentIntent.create") == 2
+    assert sample("cartwheel_stripe_request_duration_seconds_count", operation="PaymentIntent.confirm") >= 1
+    assert sample("cartwheel_stripe_errors_total", operation="PaymentIntent.confirm", kind="declined") == 1
+    succeeded = "payment_intent.succeeded"
+    assert sample("cartwheel_webhook_events_total", type="unverified", result="invalid_signature") == 1
+    assert sample("cartwheel_webhook_events_total", type=succeeded, result="applied") == 1
+    assert sample("cartwheel_webhook_events_total", type=succeeded, result="duplicate") == 1
+    assert sample("cartwheel_webhook_events_total", type=succeeded, result="ignored") == 1  # not this shop's
+    assert sample("cartwheel_webhook_events_total", type="other", result="ignored") == 1

@@ -313,6 +313,10 @@ def test_up_serves_until_sigint_then_stops_everything(tmp_path: Path) -> None:
     finally:
         up.kill()
     assert up.returncode == 0, "".join(seen[-30:]) + rest
+    # Issue 15: no secret in any line the shop printed, from start to stop (its log, in production).
+    secrets = [v for v in json.loads((var_dir / "secrets.json").read_text()).values() if isinstance(v, str)]
+    secrets += [seed.read_text().strip() for seed in (var_dir / "nats-keys").glob("*.nk")]
+    assert len(secrets) > 3 and not [s for s in secrets if s in "".join(seen) + rest]
     assert elapsed < 10, f"stopping took {elapsed:.1f} s"
     assert "exited unexpectedly" not in "".join(seen) + rest
     assert wait_until(lambda: not processes_mentioning(str(var_dir)), 2), processes_mentioning(str(var_dir))
