@@ -1,4 +1,5 @@
-"""Logging with service name and message id, Prometheus metrics, and the /metrics + /healthz endpoint."""
+"""Logging with service name, message id, trace id (and the order and cart in hand), Prometheus metrics, and the
+/metrics + /healthz endpoint."""
 
 from __future__ import annotations
 
@@ -7,14 +8,34 @@ import logging
 import sys
 import threading
 from collections.abc import Callable, Iterable
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from datetime import UTC, datetime
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, make_wsgi_app
 
+from cartwheel.tracing import trace_id
+
+ACCESS_LOGGER = "cartwheel.gateway.access"  # one JSON line per HTTP request (services/gateway/access.py)
 message_id: ContextVar[str] = ContextVar("message_id", default="-")
+order_id: ContextVar[str | None] = ContextVar("order_id", default=None)
+cart_id: ContextVar[str | None] = ContextVar("cart_id", default=None)
+
+
+def bind_ids(source: object) -> list[tuple[ContextVar[str | None], Token[str | None]]]:
+    """Log the ``order_id`` / ``cart_id`` that ``source`` (a request, an event) names; :func:`unbind_ids` undoes."""
+    tokens = []
+    if (order := getattr(source, "order_id", None)) is not None:
+        tokens.append((order_id, order_id.set(str(order))))
+    if (cart := getattr(source, "cart_id", None)) is not None:
+        tokens.append((cart_id, cart_id.set(str(cart))))
+    return tokens
+
+
+def unbind_ids(tokens: list[tuple[ContextVar[str | None], Token[str | None]]]) -> None:
+    for var, token in reversed(tokens):
+        var.reset(token)
 
 
 class _ContextFilter(logging.Filter):
@@ -25,29 +46,62 @@ class _ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.service = self.service
         record.message_id = message_id.get()
+        record.trace_id = trace_id()
+        order, cart = order_id.get(), cart_id.get()
+        record.order_id, record.cart_id = order, cart
+        record.ids = (f" order={order}" if order else "") + (f" cart={cart}" if cart else "")
         return True
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(self.fields(record), default=str)
+
+    def fields(self, record: logging.LogRecord) -> dict[str, Any]:
         entry: dict[str, Any] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "service": getattr(record, "service", "-"),
             "message_id": getattr(record, "message_id", "-"),
+            "trace_id": getattr(record, "trace_id", "-"),
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        for name in ("order_id", "cart_id"):
+            if (value := getattr(record, name, None)) is not None:
+                entry[name] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return entry
 
 
-TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(service)s [%(message_id)s] %(name)s: %(message)s"
+TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(service)s [%(message_id)s trace=%(trace_id)s%(ids)s] %(name)s: %(message)s"
+
+
+class FieldsFormatter(JsonFormatter):
+    """A line whose fields are the record's ``fields`` (``extra={"fields": {...}}``) beside ``ts``, ``service``,
+    ``trace_id``...: the gateway's access log, JSON whatever ``log_format`` says."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = self.fields(record)
+        del entry["msg"]
+        return json.dumps(entry | getattr(record, "fields", {}), separators=(",", ":"), default=str)
+
+
+def configure_json_logger(name: str) -> None:
+    """Lines of logger ``name`` as :class:`FieldsFormatter` JSON on stdout, with the context of every other line."""
+    handler = logging.StreamHandler(sys.stdout)
+    for kept in logging.getLogger().handlers[:1]:
+        for context in kept.filters:
+            handler.addFilter(context)
+    handler.setFormatter(FieldsFormatter())
+    logger = logging.getLogger(name)
+    logger.handlers[:] = [handler]
+    logger.propagate = False
 
 
 def configure_logging(service: str, level: str = "INFO", fmt: str = "text") -> None:
-    """Root logging for one process; every line names the service and the message being handled."""
+    """Root logging for one process; every line names the service, the message being handled and its trace."""
     handler = logging.StreamHandler(sys.stdout)
     handler.addFilter(_ContextFilter(service))
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))

@@ -25,7 +25,7 @@ from prometheus_client import Counter
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from cartwheel import subjects
+from cartwheel import observability, subjects
 from cartwheel.bus import request
 from cartwheel.contracts.base import Message, utcnow
 from cartwheel.contracts.cart import CartView, GetCart
@@ -205,6 +205,7 @@ class Saga:
                 changes=[c.model_dump() for c in changes],
             )
         order_id = new_order_id()
+        observability.order_id.set(order_id)  # this checkout's task logs its order from here on
         placing = store.Placing(order_id, cmd.tenant, lines, currency, reservation_id(order_id),
                                 user_id=cmd.user_id, email=cmd.email, cart_id=cart_id, idempotency_key=key)
         intent = await self._reserve_and_ask_payment(placing)
