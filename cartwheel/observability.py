@@ -26,6 +26,7 @@ cart_id: ContextVar[str | None] = ContextVar("cart_id", default=None)
 def bind_ids(source: object) -> list[tuple[ContextVar[str | None], Token[str | None]]]:
     """Log the ``order_id`` / ``cart_id`` that ``source`` (a request, an event) names; :func:`unbind_ids` undoes."""
     tokens = []
+    source = getattr(source, "order", None) or source  # an order's event carries the order (its ids) itself
     if (order := getattr(source, "order_id", None)) is not None:
         tokens.append((order_id, order_id.set(str(order))))
     if (cart := getattr(source, "cart_id", None)) is not None:

@@ -134,6 +134,7 @@ class Service:
                     with tracing.span(f"{durable} {subject}", parent=parent, kind=tracing.CONSUMER):
                         try:
                             await fn(event)
+                            self.log.debug("event on %s handled by %s", subject, durable)
                         except NackMessage:
                             raise
                         except Exception:

@@ -211,6 +211,7 @@ class Saga:
         intent = await self._reserve_and_ask_payment(placing)
         try:
             order = await self.service.db.run_batched(store.place, (placing, intent))
+            log.debug("order %s placed, awaiting payment %s", order_id, intent.payment_intent_id)
         except IntegrityError:
             await self._let_go(placing, intent)
             existing = await self.service.db.lookup(store.ID_BY_IDEMPOTENCY_KEY, key=key) if key else None
