@@ -19,7 +19,7 @@ from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType, StreamConfig, StreamInfo
 from prometheus_client import CollectorRegistry
 
-from cartwheel import natsauth, subjects
+from cartwheel import natsauth, subjects, tracing
 from cartwheel.contracts.base import Message, Reply
 from cartwheel.errors import DomainError, ServiceUnavailable
 from cartwheel.observability import Trouble
@@ -213,11 +213,23 @@ async def declare_streams(settings: Settings) -> None:
         await nc.close()
 
 
-async def request(nc: NatsClient, message: Message, timeout: float, subject: str | None = None) -> Any:
-    """Send ``message`` to its subject and return the reply's data; raise what the reply says."""
+async def request(nc: NatsClient, message: Message, timeout: float, subject: str | None = None,
+                  headers: dict[str, str] | None = None) -> Any:
+    """Send ``message`` to its subject and return the reply's data; raise what the reply says.
+
+    ``headers`` as given (the gateway makes them where its trace is current), else the current trace's
+    ``traceparent``, from a client span of its own when spans are on."""
     subject = subject or message.subject  # type: ignore[attr-defined]
+    if headers is None and tracing.enabled:
+        with tracing.span(subject, kind=tracing.CLIENT):
+            return await _request(nc, subject, message, timeout, tracing.inject())
+    return await _request(nc, subject, message, timeout, tracing.inject() if headers is None else headers)
+
+
+async def _request(nc: NatsClient, subject: str, message: Message, timeout: float,
+                   headers: dict[str, str] | None) -> Any:
     try:
-        raw = await nc.request(subject, message.model_dump_json().encode(), timeout=timeout)
+        raw = await nc.request(subject, message.model_dump_json().encode(), timeout=timeout, headers=headers)
     except nats.errors.NoRespondersError:
         raise ServiceUnavailable(subject, "no service is listening") from None
     except (TimeoutError, nats.errors.TimeoutError):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import functools
 import logging
 import sqlite3
 import threading
@@ -230,7 +232,9 @@ class Database:
 
     async def run(self, work: Callable[[Session], T]) -> T:
         """Run ``work(session)`` in one transaction on a worker thread; commit if it returns."""
-        return await asyncio.get_running_loop().run_in_executor(self._write_executor, self.run_sync, work)
+        # The caller's context goes along (run_in_executor takes none): log lines and outbox rows keep its trace.
+        context = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(self._write_executor, context.run, self.run_sync, work)
 
     async def run_together(self, work: Callable[[Session], T]) -> T:
         """Like :meth:`run`, but writes asked for meanwhile share one transaction (group commit).
@@ -238,7 +242,7 @@ class Database:
         While one group is being written, new writes queue; the next group takes them all. Each write
         runs in its own savepoint, so one that raises (a unique key taken) fails alone.
         """
-        return await self.run_batched(_one_by_one, work)  # type: ignore[no-any-return]
+        return await self.run_batched(_one_by_one, functools.partial(contextvars.copy_context().run, work))  # type: ignore[no-any-return]
 
     async def run_batched(self, batch: Batch[Item, T], item: Item) -> T:
         """Group commit of many writes of one kind: ``batch(session, items)`` writes them all at once.
@@ -325,7 +329,8 @@ class Database:
 
     async def read(self, work: Callable[[Session], T]) -> T:
         """Run read-only ``work(session)``; on SQLite it does not wait for the write lock."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self.read_sync, work)
+        context = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(self._executor, context.run, self.read_sync, work)
 
     async def lookup(self, statement: Executable, **params: Any) -> Any:
         """The first column of the first row of a small indexed read (None if no row), for hot paths.

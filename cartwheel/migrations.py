@@ -109,3 +109,14 @@ def drop_lane_tables_v1() -> None:
     op.drop_index("ix_lane_commands_applied_at", table_name="lane_commands")
     op.drop_table("lane_commands")
     op.drop_table("lane_state")
+
+
+def add_outbox_traceparent() -> None:
+    """The trace of the change that recorded an event, sent with it (see :mod:`cartwheel.tracing`)."""
+    with op.batch_alter_table("outbox") as table:
+        table.add_column(sa.Column("traceparent", sa.String(64), nullable=True))
+
+
+def drop_outbox_traceparent() -> None:
+    with op.batch_alter_table("outbox") as table:
+        table.drop_column("traceparent")

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from functools import partial
 
@@ -18,6 +18,7 @@ from nats.js import JetStreamContext
 from sqlalchemy import Integer, String, Text, delete, func, insert, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from cartwheel import tracing
 from cartwheel.contracts.base import Message, utcnow
 from cartwheel.db import Database, PlatformBase, UTCDateTime
 from cartwheel.observability import Trouble
@@ -36,6 +37,8 @@ class OutboxEvent(PlatformBase):
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
+    traceparent: Mapped[str | None] = mapped_column(String(64))
+    """The trace of the change that recorded the event, continued by its consumers (sent as a NATS header)."""
 
 
 class ProcessedEvent(PlatformBase):
@@ -51,14 +54,18 @@ def record_event(session: Session, event: Message) -> None:
     record_events(session, [event])
 
 
-def record_events(session: Session, events: list[Message]) -> None:
-    """Queue many events with one multi-row insert (the lanes runtime writes a batch's worth at once)."""
+def record_events(session: Session, events: list[Message], traceparents: Sequence[str | None] | None = None) -> None:
+    """Queue many events with one multi-row insert (the lanes runtime writes a batch's worth at once).
+
+    ``traceparents``: each event's trace (the lanes' commands each have their own); by default the current one."""
     if events:
         now = utcnow()
+        if traceparents is None:
+            traceparents = [tracing.current_traceparent()] * len(events)
         session.execute(insert(OutboxEvent.__table__), [
             {"event_id": e.id, "subject": e.subject, "payload": e.model_dump_json(),  # type: ignore[attr-defined]
-             "created_at": now, "attempts": 0}
-            for e in events
+             "created_at": now, "attempts": 0, "traceparent": traceparent}
+            for e, traceparent in zip(events, traceparents, strict=True)
         ])
 
 
@@ -144,9 +151,17 @@ class OutboxRelay:
         rows = await self.db.run(self._pending)
         published: list[int] = []
         failed = False
-        for position, event_id, subject, payload in rows:
+        for position, event_id, subject, payload, traceparent in rows:
+            headers = {"Nats-Msg-Id": event_id}
+            if traceparent:
+                headers[tracing.TRACEPARENT] = traceparent
             try:
-                await self.js.publish(subject, payload.encode(), headers={"Nats-Msg-Id": event_id}, timeout=5)
+                if tracing.enabled and traceparent:  # the relay's wait shows in the trace, before the consumers
+                    with tracing.span(f"{subject} publish", parent=tracing.context_of(traceparent),
+                                      kind=tracing.PRODUCER, attributes={"cartwheel.event_id": event_id}):
+                        await self.js.publish(subject, payload.encode(), headers=tracing.inject(headers), timeout=5)
+                else:
+                    await self.js.publish(subject, payload.encode(), headers=headers, timeout=5)
             except Exception as exc:
                 self._on_failure()
                 self._trouble.failed(f"event {event_id} on {subject} not published yet ({exc!r})")
@@ -168,9 +183,10 @@ class OutboxRelay:
                                         .where(OutboxEvent.published_at.is_(None))).one()
         return count, oldest
 
-    def _pending(self, session: Session) -> list[tuple[int, str, str, str]]:
+    def _pending(self, session: Session) -> list[tuple[int, str, str, str, str | None]]:
         query = (
-            select(OutboxEvent.position, OutboxEvent.event_id, OutboxEvent.subject, OutboxEvent.payload)
+            select(OutboxEvent.position, OutboxEvent.event_id, OutboxEvent.subject, OutboxEvent.payload,
+                   OutboxEvent.traceparent)
             .where(OutboxEvent.published_at.is_(None))
             .order_by(OutboxEvent.position)
             .limit(self.batch)

@@ -25,10 +25,11 @@ from nats.aio.subscription import Subscription
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import BaseModel, ValidationError
 
+from cartwheel import tracing
 from cartwheel.contracts.base import Reply
 from cartwheel.db import unavailable
 from cartwheel.errors import DomainError, ServiceUnavailable
-from cartwheel.observability import message_id
+from cartwheel.observability import bind_ids, message_id, unbind_ids
 
 Handler = Callable[[Any], Awaitable[Any]]
 
@@ -128,7 +129,14 @@ class RequestServer:
 
     async def _serve(self, nc: NatsClient, route: _Route, msg: Msg) -> None:
         began = time.perf_counter()
-        answer, outcome = await self.answer(route, msg.data)
+        parent = tracing.extract(msg.headers)
+        if parent is None and not (tracing.enabled and route.shared):  # untraced, or a health probe: no span
+            answer, outcome = await self.answer(route, msg.data)
+        else:
+            with tracing.span(route.subject, parent=parent, kind=tracing.SERVER) as span:
+                answer, outcome = await self.answer(route, msg.data)
+                if outcome != "ok" and span.is_recording():
+                    span.set_attribute("cartwheel.outcome", outcome)
         if msg.reply:
             try:
                 await nc.publish(msg.reply, answer)
@@ -140,6 +148,7 @@ class RequestServer:
     async def answer(self, route: _Route, body: bytes) -> tuple[bytes, str]:
         """The reply envelope for ``body`` and the outcome to count: never raises."""
         token = message_id.set("-")
+        ids: list[Any] = []
         try:
             try:
                 request = route.parse(body)
@@ -147,6 +156,7 @@ class RequestServer:
                 return failure("validation_failed", "invalid request", fields=validation_details(exc)), \
                     "validation_failed"
             message_id.set(getattr(request, "id", None) or "-")
+            ids = bind_ids(request)
             data = await route.handler(request)
             return (success(data) if route.envelope else _json(data)), "ok"
         except DomainError as exc:
@@ -162,4 +172,5 @@ class RequestServer:
             self.log.exception("handler for %s failed", route.subject)
             return failure("internal_error", f"{self.service} could not handle the request"), "failed"
         finally:
+            unbind_ids(ids)
             message_id.reset(token)

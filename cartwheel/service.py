@@ -26,12 +26,19 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ValidationError
 
-from cartwheel import natsauth, subjects
+from cartwheel import natsauth, subjects, tracing
 from cartwheel.bus import ConnectionLog, declare_topology, make_broker
 from cartwheel.contracts.base import Message, utcnow
 from cartwheel.db import Database, migrate
 from cartwheel.heap import freeze_startup_heap
-from cartwheel.observability import ServiceMetrics, configure_logging, message_id, start_ops_server
+from cartwheel.observability import (
+    ServiceMetrics,
+    bind_ids,
+    configure_logging,
+    message_id,
+    start_ops_server,
+    unbind_ids,
+)
 from cartwheel.outbox import OutboxRelay
 from cartwheel.requests import RequestServer
 from cartwheel.settings import Settings, get_settings
@@ -135,20 +142,25 @@ class Service:
                 token = message_id.set(event.id if isinstance(event, Message) else "-")
                 if (msg.raw_message.metadata.num_delivered or 1) > 1:
                     self.metrics.redeliveries.labels(self.name, durable).inc()
+                ids = bind_ids(event)
+                parent = tracing.extract(msg.headers)  # as the outbox relay sent it
                 try:
-                    await fn(event)
-                except NackMessage:
-                    raise
-                except Exception:
-                    # FastStream's default would terminate the event: it would never come back.
-                    self.metrics.failures.labels(self.name, subject).inc()
-                    deliveries = msg.raw_message.metadata.num_delivered or 1
-                    delay = redelivery_delay(deliveries)
-                    self.log.exception(
-                        "event handler %s failed (delivery %d); it comes back in %g s", durable, deliveries, delay
-                    )
-                    raise NackMessage(delay=delay) from None
+                    with tracing.span(f"{durable} {subject}", parent=parent, kind=tracing.CONSUMER):
+                        try:
+                            await fn(event)
+                            self.log.debug("event on %s handled by %s", subject, durable)
+                        except NackMessage:
+                            raise
+                        except Exception:
+                            # FastStream's default would terminate the event: it would never come back.
+                            self.metrics.failures.labels(self.name, subject).inc()
+                            deliveries = msg.raw_message.metadata.num_delivered or 1
+                            delay = redelivery_delay(deliveries)
+                            self.log.exception("event handler %s failed (delivery %d); it comes back in %g s",
+                                               durable, deliveries, delay)
+                            raise NackMessage(delay=delay) from None
                 finally:
+                    unbind_ids(ids)
                     message_id.reset(token)
 
             endpoint.__name__ = fn.__name__
@@ -328,6 +340,7 @@ def main(name: str) -> int:
     """Entry point of ``python -m services.<name>`` and ``cartwheel run <name>``."""
     settings = get_settings()
     configure_logging(name, settings.log_level, settings.log_format)
+    tracing.configure_tracing(name, settings.otel_exporter)
     service: Service = importlib.import_module(f"services.{name}.app").build(settings)
 
     @service.app.after_startup

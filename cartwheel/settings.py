@@ -141,6 +141,11 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = Field("text", description="`json` for log collectors.")
     tenant: str = Field("default", description="Tenant id stamped on messages.")
+    otel_exporter: str = Field(
+        "none", pattern=r"^(none|otlp|console|file:.+)$",
+        description="Where trace spans go: `none` (spans off; log lines still carry an incoming trace id), `otlp` "
+        "(OTLP over HTTP to the standard OTEL_EXPORTER_OTLP_ENDPOINT), `console`, or `file:<path>` (JSON lines).",
+    )
 
     @field_validator("stripe_secret_key", "stripe_api_base", "stripe_webhook_secret", mode="before")
     @classmethod

@@ -13,7 +13,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from cartwheel import subjects
+from cartwheel import subjects, tracing
 from cartwheel.bus import unwrap
 from cartwheel.errors import Invalid, ServiceUnavailable
 from cartwheel.lanes.types import COMMAND_ID, COMMAND_ID_MAX, KEY
@@ -61,6 +61,12 @@ class LaneClient:
         self, key: str, kind: str, body: dict[str, Any], command_id: str | None = None, timeout: float = 5.0
     ) -> Any:
         """Apply ``kind`` to ``key``; the reply's data, or DomainError / ServiceUnavailable."""
+        if tracing.enabled:
+            with tracing.span(f"{self.lane} {kind}", kind=tracing.PRODUCER, attributes={"cartwheel.lane.key": key}):
+                return await self._call(key, kind, body, command_id, timeout)
+        return await self._call(key, kind, body, command_id, timeout)
+
+    async def _call(self, key: str, kind: str, body: dict[str, Any], command_id: str | None, timeout: float) -> Any:
         if not KEY.match(key):
             raise Invalid(f"lane key {key!r} is not a plain token", fields=[{"field": "key", "message": "invalid"}])
         command_id = command_id or uuid.uuid4().hex
@@ -70,7 +76,8 @@ class LaneClient:
             raise RuntimeError("LaneClient.start() first")
         subject = subjects.lane_command(self.lane, key)
         payload = json.dumps({"kind": kind, "body": body}, separators=(",", ":"), default=str).encode()
-        headers = {"Nats-Msg-Id": command_id, subjects.LANE_REPLY_HEADER: f"{self._inbox}.{command_id}"}
+        headers = tracing.inject({"Nats-Msg-Id": command_id, subjects.LANE_REPLY_HEADER: f"{self._inbox}.{command_id}"})
+        assert headers is not None
         waiter: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(command_id, []).append(waiter)  # the same id may be in flight twice
         deadline = time.monotonic() + timeout

@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from sqlalchemy.orm import Session
 
-from cartwheel import subjects
+from cartwheel import subjects, tracing
 from cartwheel.bus import ensure_stream, stream_led
 from cartwheel.contracts.base import utcnow
 from cartwheel.lanes import store
@@ -323,7 +323,17 @@ class PartitionWorker:
             return
         started = time.perf_counter()
         cached = {i.command.key: self.states[i.command.key] for i in incoming if i.command.key in self.states}
-        result = await rt.applier.apply(store.PartitionBatch(self.partition, self.cursor, incoming, cached))
+        batch_in_hand = store.PartitionBatch(self.partition, self.cursor, incoming, cached)
+        if tracing.enabled and (traced := [i.traceparent for i in incoming if i.traceparent]):
+            # One span a batch (not a command: 12k commands/s), the child of its first traced command's and
+            # linked to the others'.
+            with tracing.span(f"{rt.spec.name} apply", parent=tracing.context_of(traced[0]), kind=tracing.CONSUMER,
+                              links=tracing.links_of(traced[1:]),
+                              attributes={"cartwheel.lane.partition": self.partition,
+                                          "cartwheel.lane.commands": len(incoming)}):
+                result = await rt.applier.apply(batch_in_hand)
+        else:
+            result = await rt.applier.apply(batch_in_hand)
         if not result.applied:
             raise CursorMoved(f"cursor moved to {result.last_sequence} elsewhere")
         self.cursor = result.last_sequence
@@ -410,7 +420,8 @@ class PartitionWorker:
             sequence=sequence,
             issued_at=meta.timestamp,
         )
-        return Incoming(command=command, reply_to=headers.get(subjects.LANE_REPLY_HEADER), malformed=problem)
+        return Incoming(command=command, reply_to=headers.get(subjects.LANE_REPLY_HEADER), malformed=problem,
+                        traceparent=headers.get(tracing.TRACEPARENT))
 
 
 class GroupApplier:

@@ -40,6 +40,8 @@ class Incoming:
     reply_to: str | None
     malformed: str | None = None
     """Why the lane can't read this command (not JSON, ...): it is answered so and never applied."""
+    traceparent: str | None = None
+    """The trace the command was sent in: the events it causes continue it."""
 
 
 @dataclass
@@ -215,7 +217,7 @@ def apply_group(session: Session, spec: LaneSpec[Any], batches: list[PartitionBa
                 else:
                     if command.kind == ALARM:
                         writes.cancel([_alarm_id(command)])
-                    reply = writes.apply(command)
+                    reply = writes.apply(command, item.traceparent)
                     if command.kind == ALARM:
                         writes.not_again(command)
                 recorded[command.id] = reply
@@ -250,7 +252,7 @@ def _flush(session: Session, conn: Connection, lane: str,
     records = [r for _, _, w in group for r in w.records]
     if records:
         conn.execute(_INSERT_RECORDS, records)
-    record_events(session, [e for _, _, w in group for e in w.events])
+    record_events(session, [e for _, _, w in group for e in w.events], [t for _, _, w in group for t in w.traces])
 
     upsert = _upsert_alarms(conn.dialect.name)
     # One row per id: two keys may set the same alarm id, and an upsert may not touch a row twice.
@@ -301,6 +303,8 @@ class _Writes:
         self.deleted: set[str] = set()
         self.records: list[dict[str, Any]] = []
         self.events: list[Any] = []
+        self.traces: list[str | None] = []
+        """Each event's trace: its command's."""
         self.alarms: dict[str, dict[str, Any]] = {}
         self.alarms_gone: set[str] = set()
 
@@ -312,7 +316,7 @@ class _Writes:
                                  "key": firing.key, "due_at": to, "body": json.dumps(firing.body.get("body") or {})}
         self.due[alarm_id] = to
 
-    def apply(self, command: LaneCommand) -> str:
+    def apply(self, command: LaneCommand, traceparent: str | None = None) -> str:
         spec = self.spec
         state = self.states.get(command.key) or spec.initial(command.key)
         try:
@@ -331,7 +335,9 @@ class _Writes:
             self.states[command.key] = outcome.state
             self.dirty.add(command.key)
             self.deleted.discard(command.key)
-        self.events.extend(outcome.events)
+        if outcome.events:
+            self.events.extend(outcome.events)
+            self.traces.extend([traceparent] * len(outcome.events))
         self.cancel(outcome.cancel_alarms)
         for alarm in outcome.alarms:
             self.alarms_gone.discard(alarm.id)

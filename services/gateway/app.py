@@ -7,7 +7,7 @@ import sys
 from flask import Flask, Response
 
 from cartwheel.settings import Settings, get_settings
-from services.gateway import accounts, admin_carts, api, cart, inventory, ops, orders, products, sse, webhooks
+from services.gateway import access, accounts, admin_carts, api, cart, inventory, ops, orders, products, sse, webhooks
 from services.gateway.bridge import NatsBridge
 from services.gateway.context import EXTENSION, Bus, Gateway, gateway
 from services.gateway.errors import API_CSP, install_error_handlers
@@ -26,6 +26,7 @@ def create_app(settings: Settings | None = None, bridge: Bus | None = None) -> F
     app.extensions[EXTENSION] = context = Gateway(settings, bridge or NatsBridge(settings))
     metrics = app.extensions["cartwheel.metrics"] = GatewayMetrics()
     metrics.install(app)
+    access.install(app, settings.trusted_proxies)
     app.before_request(_start_bridge)
     if _gevent_patched():
         app.before_request(_yield_to_other_greenlets)

@@ -24,7 +24,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
-from cartwheel import bus, natsauth, subjects
+from cartwheel import bus, natsauth, subjects, tracing
 from cartwheel.contracts.base import Message
 from cartwheel.errors import ServiceUnavailable
 from cartwheel.kvmirror import KvMirror
@@ -268,7 +268,14 @@ class NatsBridge:
         """Send ``message`` to its subject and return the reply's data (see :func:`cartwheel.bus.request`)."""
         timeout = timeout or self.settings.request_timeout
         nc = self.nc
-        return self.call(bus.request(nc, message, timeout), timeout + GRACE, what=message.subject)  # type: ignore[attr-defined]
+        subject: str = message.subject  # type: ignore[attr-defined]
+        # The trace is this greenlet's: its headers are made here, the loop that sends them has a context of its own.
+        if tracing.enabled:
+            with tracing.span(subject, kind=tracing.CLIENT):
+                headers = tracing.inject()
+                return self.call(bus.request(nc, message, timeout, headers=headers), timeout + GRACE, what=subject)
+        headers = tracing.inject()  # None without a trace: a plain PUB, no header block
+        return self.call(bus.request(nc, message, timeout, headers=headers), timeout + GRACE, what=subject)
 
     def ping(self, subject: str, payload: bytes, timeout: float) -> bytes:
         """A raw request (health probes): the reply's bytes."""

@@ -23,8 +23,9 @@ from gunicorn.glogging import Logger as GunicornLogger
 from cartwheel.files import private_dir
 from cartwheel.heap import freeze_startup_heap
 from cartwheel.natsserver import spawn
-from cartwheel.observability import configure_logging
+from cartwheel.observability import ACCESS_LOGGER, configure_json_logger, configure_logging
 from cartwheel.settings import Settings
+from cartwheel.tracing import configure_tracing
 from services.gateway.guard import CLOSE
 from services.gateway.migrate import migrate_database
 
@@ -44,6 +45,7 @@ def serve(settings: Settings) -> int:
     if settings.admin_token is None:
         settings = settings.with_secrets()
     configure_logging("gateway", settings.log_level, settings.log_format)
+    configure_json_logger(ACCESS_LOGGER)
     prepare_metrics_dir(settings)
     log.info(
         "gateway serving http://%s:%s with %d gevent workers",
@@ -114,6 +116,7 @@ class GatewayServer(BaseApplication):
         from services.gateway.app import create_app  # in the worker, after gevent's patching
         from services.gateway.guard import ClientGuard
 
+        configure_tracing("gateway", self.settings.otel_exporter)  # per worker: the SDK's threads don't cross a fork
         app = create_app(self.settings)
         app.wsgi_app = ClientGuard(app.wsgi_app, self.settings)  # type: ignore[method-assign]
         return app

@@ -25,7 +25,7 @@ from prometheus_client import Counter
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from cartwheel import subjects
+from cartwheel import observability, subjects
 from cartwheel.bus import request
 from cartwheel.contracts.base import Message, utcnow
 from cartwheel.contracts.cart import CartView, GetCart
@@ -205,11 +205,13 @@ class Saga:
                 changes=[c.model_dump() for c in changes],
             )
         order_id = new_order_id()
+        observability.order_id.set(order_id)  # this checkout's task logs its order from here on
         placing = store.Placing(order_id, cmd.tenant, lines, currency, reservation_id(order_id),
                                 user_id=cmd.user_id, email=cmd.email, cart_id=cart_id, idempotency_key=key)
         intent = await self._reserve_and_ask_payment(placing)
         try:
             order = await self.service.db.run_batched(store.place, (placing, intent))
+            log.debug("order %s placed, awaiting payment %s", order_id, intent.payment_intent_id)
         except IntegrityError:
             await self._let_go(placing, intent)
             existing = await self.service.db.lookup(store.ID_BY_IDEMPOTENCY_KEY, key=key) if key else None

@@ -20,6 +20,7 @@ from typing import Any
 import stripe
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from cartwheel import tracing
 from cartwheel.errors import DomainError, NotFound
 from cartwheel.money import to_stripe
 from cartwheel.settings import Settings
@@ -141,6 +142,13 @@ class StripePayments:
         return await self._call("refund the payment", refunds.create_async, params, key=key)
 
     async def _call(self, what: str, method: Callable[..., Awaitable[Any]], *args: Any, key: str | None = None) -> dict:
+        with tracing.span(f"stripe: {what}", kind=tracing.CLIENT) as span:
+            result = await self._send(what, method, *args, key=key)
+            if span.is_recording() and isinstance(result.get("id"), str):
+                span.set_attribute("stripe.object_id", result["id"])
+            return result
+
+    async def _send(self, what: str, method: Callable[..., Awaitable[Any]], *args: Any, key: str | None = None) -> dict:
         operation = f"{type(getattr(method, '__self__', None)).__name__.removesuffix('Service')}." \
                     f"{getattr(method, '__name__', 'call').removesuffix('_async')}"  # PaymentIntent.create
         started, kind = time.perf_counter(), ""
