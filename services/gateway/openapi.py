@@ -16,6 +16,19 @@ DESCRIPTION = "The Cartwheel shop API: JSON in and out, money as integer cents, 
 REF_TEMPLATE = "#/components/schemas/{model}"
 SECURITY = {"admin": [{"adminBearer": []}], "optional": [{}, {"adminBearer": []}]}
 RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
+TRACED = {  # on every answer (services/gateway/access.py)
+    "X-Trace-Id": {"description": "The trace this request belongs to (32 hex digits): find it in the logs.",
+                   "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"}},
+    "X-Request-Id": {"description": "The client's own request id when it sent a plain token, else one made up.",
+                     "schema": {"type": "string"}},
+}
+TRACE_PARAMETERS = [  # taken from every request, optional
+    {"name": "traceparent", "in": "header", "required": False, "schema": {"type": "string"},
+     "description": "W3C trace context: the request continues this trace (an invalid one is ignored)."},
+    {"name": "X-Request-Id", "in": "header", "required": False,
+     "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,64}$"},
+     "description": "The client's id of this request, echoed in the answer and the access log."},
+]
 
 
 def build_spec(operations: list[Operation], *, title: str = "Cartwheel", version: str | None = None) -> dict[str, Any]:
@@ -61,11 +74,11 @@ def _operation(op: Operation, refs: dict[Any, Any], schemas: dict[str, Any]) -> 
         "operationId": _operation_id(op),
         "summary": op.summary,
         "tags": [op.tag],
-        "parameters": parameters + [_header_param(header) for header in op.headers],
-        "responses": {str(op.status): _success(op, refs)},
+        "parameters": parameters + [_header_param(header) for header in op.headers] + TRACE_PARAMETERS,
+        "responses": {str(op.status): _success(op, refs) | {"headers": TRACED}},
     }
     if op.not_modified:
-        spec["responses"]["304"] = {"description": HTTPStatus.NOT_MODIFIED.phrase}
+        spec["responses"]["304"] = {"description": HTTPStatus.NOT_MODIFIED.phrase, "headers": TRACED}
     if op.body:
         body = {"application/json": {"schema": refs[(op.body, "validation")]}}
         spec["requestBody"] = {"required": True, "content": body}
@@ -78,7 +91,7 @@ def _operation(op: Operation, refs: dict[Any, Any], schemas: dict[str, Any]) -> 
         spec["responses"][str(status)] = {
             "description": HTTPStatus(status).phrase,
             "content": {"application/json": {"schema": error}},
-            **({"headers": RETRY_AFTER} if status in (429, 503) else {}),
+            "headers": TRACED | (RETRY_AFTER if status in (429, 503) else {}),
         }
     return spec
 

@@ -159,8 +159,12 @@ def test_admin_routes_declare_the_bearer_scheme(client: FlaskClient) -> None:
 def test_the_spec_documents_the_headers_and_bodies_routes_read_themselves(client: FlaskClient) -> None:
     paths = client.get("/openapi.json").get_json()["paths"]
 
+    traced = {"traceparent": False, "X-Request-Id": False}  # every route takes them (API.md, "Tracing")
+
     def headers(path: str, method: str) -> dict[str, bool]:
-        return {p["name"]: p["required"] for p in paths[path][method]["parameters"] if p["in"] == "header"}
+        found = {p["name"]: p["required"] for p in paths[path][method]["parameters"] if p["in"] == "header"}
+        assert found.items() >= traced.items()
+        return {name: required for name, required in found.items() if name not in traced}
 
     assert headers("/api/checkout", "post") == {"Idempotency-Key": False}
     assert headers("/api/admin/inventory/{product_id}/restock", "post") == {"Idempotency-Key": False}
@@ -171,6 +175,10 @@ def test_the_spec_documents_the_headers_and_bodies_routes_read_themselves(client
     assert set(upload) == {"image/png", "image/jpeg", "image/webp"}
     assert headers("/api/products/{id}/image", "get") == {"If-None-Match": False}
     assert "content" not in paths["/api/products/{id}/image"]["get"]["responses"]["304"]
+    for path in paths.values():
+        for operation in path.values():
+            assert all({"X-Trace-Id", "X-Request-Id"} <= set(answer["headers"])
+                       for answer in operation["responses"].values())
 
 
 def test_the_spec_documents_what_the_routes_answer_and_take(client: FlaskClient) -> None:
