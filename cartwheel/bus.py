@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -35,15 +36,32 @@ class ConnectionLog:
     while it stays lost, and a line when it is back. nats-py's own logged a full traceback at ERROR for every
     try (every 2 s): a 10-minute outage wrote 5 MB of them."""
 
+    LOST = (OSError, TimeoutError, nats.errors.UnexpectedEOF, nats.errors.StaleConnectionError,
+            nats.errors.NoServersError, nats.errors.ConnectionClosedError)
+    """What nats-py reports while the connection is down; anything else (a permission refused, a slow consumer)
+    is a problem of its own, and must not be folded into a spell that only a reconnect ends."""
+
     def __init__(self, service: str, reconnected: Callable[[], None] = lambda: None) -> None:
         self.log = logging.getLogger(f"cartwheel.{service}.bus")
         self.trouble = Trouble(self.log, "the connection to NATS")
         self._reconnected = reconnected
+        self._said: dict[str, tuple[float, int]] = {}  # other errors by type: when last logged, how many since
         self.closing = False  # set when the process closes its connection: that is no trouble
 
     async def error(self, error: Exception) -> None:
-        if not self.closing:
+        if self.closing:
+            return
+        if isinstance(error, self.LOST):
             self.trouble.failed(error)
+            return
+        kind, now = type(error).__name__, time.monotonic()
+        said_at, unsaid = self._said.get(kind, (float("-inf"), 0))
+        if now - said_at < 60:
+            self._said[kind] = (said_at, unsaid + 1)
+            return
+        more = f" ({unsaid} more like it in the last minute)" if unsaid else ""
+        self.log.warning("NATS reports %s: %s%s", kind, error, more)
+        self._said[kind] = (now, 0)
 
     async def disconnected(self) -> None:
         if not self.closing:

@@ -184,6 +184,7 @@ class Database:
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.is_local = is_sqlite(self.engine)
         """A file on this machine (SQLite), not a server at the other end of a connection."""
+        self.wrote_at = 0.0  # monotonic time of the last write committed: while writes go through, no probe
         self._write_lock = threading.RLock() if self.is_local else None
         self._writer: contextlib.AbstractContextManager[Any] = self._write_lock or contextlib.nullcontext()
         self._queued: list[tuple[Batch[Any, Any], Any, asyncio.Future[Any]]] = []
@@ -208,6 +209,7 @@ class Database:
         # a lane applying on the event loop waited behind the outbox relay's writes that way.
         with self._writer, self.sessions.begin() as session:
             yield session
+        self.wrote_at = time.monotonic()
 
     def run_sync(self, work: Callable[[Session], T]) -> T:
         with self.transaction() as session:
@@ -222,7 +224,9 @@ class Database:
             return await self.run(work)
         try:
             with self._quick_sessions.begin() as session:
-                return work(session)
+                done = work(session)
+            self.wrote_at = time.monotonic()
+            return done
         except OperationalError as exc:
             if "locked" not in str(exc.orig) and "busy" not in str(exc.orig):
                 raise
@@ -365,15 +369,14 @@ class Database:
 
         ``SELECT 1`` said ok while another process held ``inventory.db``'s write lock and every restock waited
         5 s for a 503. SQLite: take the write lock (``BEGIN IMMEDIATE``) with a busy wait of ``timeout`` and
-        let it go. PostgreSQL: a transaction id, which a read-only or recovering server refuses, under a
-        statement timeout. The connection itself is bounded by the caller (the pool may wait for a server
-        that does not answer).
+        let it go (beside this process's writers, not behind their lock: a probe must not stall them).
+        PostgreSQL: a transaction id, which a read-only or recovering server refuses, under a statement
+        timeout. The connection itself is bounded by the caller (the pool may wait for a server that does
+        not answer).
         """
         ms = max(1, int(timeout * 1000))
         try:
-            if self._write_lock is not None:
-                if not self._write_lock.acquire(timeout=timeout):  # this process's own writers come first
-                    return f"this process's writers held the database for over {timeout:g} s"
+            if self.is_local:
                 raw = self.engine.raw_connection()  # the driver's own: no SQLAlchemy autobegin before the pragma
                 try:
                     cursor = raw.cursor()
@@ -385,7 +388,6 @@ class Database:
                         cursor.execute(f"PRAGMA busy_timeout={raw.info.get(BUSY_MS, SQLITE_BUSY_MS)}")
                 finally:
                     raw.close()
-                    self._write_lock.release()
             else:
                 with self.engine.connect() as conn, conn.begin() as transaction:
                     conn.exec_driver_sql(f"SET LOCAL statement_timeout = {ms}")

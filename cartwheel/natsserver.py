@@ -257,6 +257,7 @@ class NatsServer:
         self.port = port
         self.host = host
         self.monitor_port = monitor_port or free_port(MONITOR_HOST)
+        self._monitor_given = bool(monitor_port)
         self.max_memory_store = max_memory_store
         self.max_file_store = max_file_store
         self.authorization = authorization
@@ -301,7 +302,10 @@ class NatsServer:
         if not port_is_free(self.port, self.host):
             raise PortInUse(self.host, self.port)
         if not port_is_free(self.monitor_port, MONITOR_HOST):
-            raise PortInUse(MONITOR_HOST, self.monitor_port)
+            if self._monitor_given:
+                raise PortInUse(MONITOR_HOST, self.monitor_port)
+            self.monitor_port = free_port(MONITOR_HOST)  # its own pick, taken meanwhile: monitoring never keeps
+            # the bus down (a restart finds another)
         self.process = spawn([str(BINARY), "-c", str(self.write_config())], output=output)
         if wait:
             self.wait_ready(timeout)

@@ -216,7 +216,7 @@ class ServiceMetrics:
         self.nats_reconnects = Counter("cartwheel_nats_reconnects", "Reconnections to NATS after a lost connection",
                                        labels, registry=registry).labels(service)
         self.pool_checked_out = gauge("cartwheel_db_pool_checked_out", "Database connections in use")
-        self.pool_size = gauge("cartwheel_db_pool_size", "Database connections the pool keeps")
+        self.pool_size = gauge("cartwheel_db_pool_size", "Database connections the pool may open (size + overflow)")
         self.outbox_pending = gauge("cartwheel_outbox_pending", "Events recorded and not yet published")
         self.outbox_age = gauge("cartwheel_outbox_oldest_age_seconds",
                                 "Age of the oldest event not yet published (0 when none)")

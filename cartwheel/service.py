@@ -7,7 +7,6 @@ A service's ``app.py`` builds a :class:`Service` and registers handlers with :me
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import logging
 import os
@@ -28,7 +27,7 @@ from pydantic import BaseModel, ValidationError
 
 from cartwheel import natsauth, subjects, tracing
 from cartwheel.bus import ConnectionLog, declare_topology, make_broker
-from cartwheel.contracts.base import Message, utcnow
+from cartwheel.contracts.base import Message
 from cartwheel.db import Database, migrate
 from cartwheel.heap import freeze_startup_heap
 from cartwheel.observability import (
@@ -40,18 +39,14 @@ from cartwheel.observability import (
     unbind_ids,
 )
 from cartwheel.outbox import OutboxRelay
+from cartwheel.readiness import Readiness
 from cartwheel.requests import RequestServer
 from cartwheel.settings import Settings, get_settings
 
 HANDLER_CONCURRENCY = 64
 REDELIVER_S = 2.0  # an event whose handler failed comes back after this long (a dependency may be back) ...
 REDELIVER_MAX_S = 300.0  # ... doubling with each failure up to this: a poison event costs little, and is never lost
-SELF_CHECK_S = 2.0  # how often a service checks its own readiness (and brings its gauges up to date)
-WRITE_PROBE_S = 1.0  # a database that can't begin a write within this is a reason not to be ready
-LIVENESS_S = 60.0  # a self-check this late means the event loop is stuck: /healthz says 503 (restart me)
-OUTBOX_STALE_S = 30.0  # an event unpublished for this long is a reason not to be ready (NATS refuses it, ...)
 M = TypeVar("M", bound=BaseModel)
-T = TypeVar("T")
 Handler = Callable[[M], Awaitable[Any]]
 
 
@@ -75,12 +70,9 @@ class Service:
         self._on_stop: list[Callable[[], Awaitable[None]]] = []
         self.relay: OutboxRelay | None = None
         self.event_consumers: dict[str, str] = {}  # durable -> subject, as subjects.EVENT_CONSUMERS lists them
-        self.health_checks: list[Callable[[], list[str]]] = []  # each says what is wrong now (health: degraded)
-        self.problems: list[str] = ["starting"]  # what keeps it from being ready, as the last self-check found
-        self._checked_at = 0.0
-        self._running: dict[str, asyncio.Future[Any]] = {}  # self-checks on threads, one of each at a time
-        self._checking: asyncio.Task[None] | None = None
-        self.metrics.pool_size.set(getattr(self.db.engine.pool, "size", lambda: 1)())
+        self.readiness = Readiness(self)
+        pool = self.db.engine.pool
+        self.metrics.pool_size.set(getattr(pool, "size", lambda: 1)() + max(getattr(pool, "_max_overflow", 0), 0))
         self.app = FastStream(
             self.broker,
             logger=self.log,
@@ -176,94 +168,10 @@ class Service:
         return register
 
     async def _health(self, _body: bytes) -> dict[str, Any]:
-        problems = self.readiness()
+        problems = self.readiness.now()
         answer = {"service": self.name, "instance": self.instance, "status": "degraded" if problems else "ok",
                   "database": not any(p.startswith("database") for p in problems)}
         return answer | ({"problems": problems} if problems else {})
-
-    def readiness(self) -> list[str]:
-        """What keeps this replica from serving, as its last self-check found (empty: ready). A self-check that
-        has not run lately is a problem of its own: the event loop is stuck."""
-        late = time.monotonic() - self._checked_at
-        if self._checked_at and late > 3 * SELF_CHECK_S + WRITE_PROBE_S:
-            return [*self.problems, f"its self-check has not run for {late:.0f} s (event loop blocked?)"]
-        return list(self.problems)
-
-    def alive(self) -> bool:
-        """Liveness (``/healthz``): the event loop still runs its self-checks. An outage of NATS or the database
-        is no reason to restart: readiness says it, and the service recovers when they are back."""
-        return time.monotonic() - self._checked_at < LIVENESS_S
-
-    async def _self_check_loop(self) -> None:
-        while True:
-            try:
-                await self.self_check()
-            except Exception as exc:  # a check of its own failing must not end the loop
-                self.problems = [f"self-check failed: {exc!r}"]
-                self.log.exception("self-check failed")
-            await asyncio.sleep(SELF_CHECK_S)
-
-    async def self_check(self) -> list[str]:
-        """Look at everything readiness covers, bring the gauges up to date, and say when readiness changes:
-        the NATS connection, a bounded database write, the outbox's oldest event, the event consumers, and
-        whatever the service's parts add (:attr:`health_checks`: lanes' leases, a lane behind its stream)."""
-        problems: list[str] = []
-        connected = self.broker.connection.is_connected if self.broker._connection else False
-        self.metrics.nats_connected.set(1 if connected else 0)
-        if not connected:
-            problems.append("not connected to NATS")
-        problems += await self._probe_database()
-        problems += await self._check_outbox()
-        if connected:
-            await self._count_consumers()
-        problems += [problem for check in self.health_checks for problem in check()]
-        self.metrics.pool_checked_out.set(getattr(self.db.engine.pool, "checkedout", lambda: 0)())
-        if problems != self.problems and not (self.problems == ["starting"] and not problems):
-            if problems:
-                self.log.warning("%s is not ready: %s", self.name, "; ".join(problems))
-            else:
-                self.log.info("%s is ready again", self.name)
-        self.problems, self._checked_at = problems, time.monotonic()
-        self.metrics.ready.set(0 if problems else 1)
-        return problems
-
-    async def _probe_database(self) -> list[str]:
-        """A write that begins and is let go (:meth:`Database.write_probe`), bounded."""
-        try:
-            why = await self._bounded("probe", lambda: self.db.write_probe(WRITE_PROBE_S))
-        except TimeoutError:
-            return [f"database: a write did not begin within {WRITE_PROBE_S:g} s"]
-        return [f"database: {why}"] if why else []
-
-    async def _check_outbox(self) -> list[str]:
-        try:
-            pending, oldest = await self._bounded("outbox", lambda: self.db.read_sync(OutboxRelay.backlog))
-        except Exception as exc:
-            return [f"database: the outbox could not be read ({type(exc).__name__})"]
-        age = (utcnow() - oldest).total_seconds() if oldest else 0.0
-        self.metrics.outbox_pending.set(pending)
-        self.metrics.outbox_age.set(age)
-        if age > OUTBOX_STALE_S:
-            return [f"outbox: {pending} events wait to be published, the oldest for {age:.0f} s"]
-        return []
-
-    async def _bounded(self, name: str, work: Callable[[], T]) -> T:
-        """``work`` on a thread, waited for at most WRITE_PROBE_S + 0.5 s (TimeoutError); while one hangs (a
-        database server that does not answer), later checks wait for it instead of starting another."""
-        running = self._running.get(name)
-        if running is None or running.done():
-            running = self._running[name] = asyncio.get_running_loop().run_in_executor(None, work)
-        async with asyncio.timeout(WRITE_PROBE_S + 0.5):
-            return await asyncio.shield(running)
-
-    async def _count_consumers(self) -> None:
-        for durable in self.event_consumers:
-            try:
-                info = await self.js.consumer_info(subjects.EVENTS_STREAM, durable, timeout=1)
-            except Exception:  # not made yet, or NATS slow: the gauges keep their last values
-                continue
-            self.metrics.consumer_pending.labels(self.name, durable).set(info.num_pending or 0)
-            self.metrics.consumer_unacked.labels(self.name, durable).set(info.num_ack_pending or 0)
 
     def notify_outbox(self) -> None:
         """Wake the outbox relay after a transaction that recorded events."""
@@ -297,21 +205,18 @@ class Service:
 
     async def _after_startup(self) -> None:
         assert self.relay is not None
-        await self.self_check()  # the first health answer already tells the truth
+        await self.readiness.check()  # the first health answer already tells the truth
         await self.requests.start(self.broker.connection)
         # The server has every subscription once this returns: a request sent right after start finds us.
         await self.broker.connection.flush(timeout=5)
         self.relay.start()
-        self._checking = asyncio.create_task(self._self_check_loop(), name=f"{self.name}-self-check")
-        start_ops_server(self.settings.metrics_port, self.registry, self.alive, self.settings.metrics_host,
-                         ready=self.readiness)
+        self.readiness.start()
+        start_ops_server(self.settings.metrics_port, self.registry, self.readiness.alive, self.settings.metrics_host,
+                         ready=self.readiness.now)
         self.log.info("%s ready (instance %s)", self.name, self.instance)
 
     async def _before_broker_stops(self) -> None:
-        if self._checking:
-            self._checking.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._checking
+        await self.readiness.stop()
         self.connection_log.closing = True
         await self.requests.stop()  # no new requests; those in flight are answered while everything is up
         for hook in reversed(self._on_stop):

@@ -94,16 +94,21 @@ class Ownership:
         self._listening_since = 0.0
         self._bucket_lost = False
         # Renewal: the heartbeat that keeps this replica's leases, and the round that deals partitions. Both must
-        # work for failover to work; the service is not ready when either has not for ``ttl`` (renewal_age).
-        self._beat_at = self._round_at = time.monotonic()
+        # work for failover to work; the service is not ready when either has not for ``ttl`` (renewal_age). A
+        # round that is still going counts as working: handing partitions over may take seconds.
+        self._beat_at = time.monotonic()
+        self._round_failing_since: float | None = None
         self._on_failure = on_failure  # a heartbeat or round that failed (the lane's metric)
         self._beat_trouble = Trouble(log, f"lane {lane}: heartbeat")
         self._round_trouble = Trouble(log, f"lane {lane}: ownership round")
 
     @property
     def renewal_age(self) -> float:
-        """Seconds since both this replica's heartbeat and its ownership round last worked."""
-        return time.monotonic() - min(self._beat_at, self._round_at)
+        """Seconds since this replica's heartbeat last went out, or since its ownership rounds began to fail,
+        whichever is longer."""
+        now = time.monotonic()
+        failing = now - self._round_failing_since if self._round_failing_since is not None else 0.0
+        return max(now - self._beat_at, failing)
 
     @property
     def bucket(self) -> str:
@@ -201,13 +206,15 @@ class Ownership:
                 waiting = await self._round()
             except Exception as exc:
                 self._on_failure()
+                if self._round_failing_since is None:
+                    self._round_failing_since = time.monotonic()
                 if bucket_gone(exc):
                     self._bucket_lost = True
                     self._round_trouble.failed(f"bucket {self.bucket} is gone ({exc!r})")
                 else:
                     self._round_trouble.failed(exc, traceback=True, level=logging.ERROR)
             else:
-                self._round_at = time.monotonic()
+                self._round_failing_since = None
                 self._round_trouble.ok()
 
     async def _round(self) -> bool:

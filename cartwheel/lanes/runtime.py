@@ -240,9 +240,10 @@ class PartitionWorker:
 
     def backlog(self) -> tuple[int, float]:
         """Commands not applied yet (in hand, and in the stream after the last received, as that one's delivery
-        said), and the age in seconds of the oldest in hand. Read at a scrape, never on the hot path."""
+        said: while receiving is paused, those that came since are not counted), and the age in seconds of the
+        oldest in hand. Read at a scrape, never on the hot path."""
         in_hand = self.queue.qsize() + (self.in_batch if self.applying is not None else 0)
-        in_stream = (self.last.metadata.num_pending or 0) if self.last is not None and self._sub is not None else 0
+        in_stream = (self.last.metadata.num_pending or 0) if self.last is not None and not self._stopping else 0
         oldest = self.applying
         if oldest is None:
             with contextlib.suppress(IndexError):  # read from the scrape's thread: it may empty meanwhile
@@ -560,7 +561,7 @@ class LaneRuntime:
         self._locks: dict[int, asyncio.Lock] = {}
         service.on_start(self.start)
         service.on_stop(self.stop)
-        service.health_checks.append(self._problems)
+        service.readiness.checks.append(self._problems)
         self.metrics.lag.set_function(lambda: sum(w.backlog()[0] for w in list(self.workers.values())))
         self.metrics.oldest.set_function(lambda: max((w.backlog()[1] for w in list(self.workers.values())),
                                                      default=0.0))

@@ -26,7 +26,6 @@ import nats
 import pytest
 from nats.js.api import ConsumerConfig
 
-from cartwheel import service as service_module
 from cartwheel import subjects
 from cartwheel.contracts.catalog import Product, ProductCreated
 from cartwheel.contracts.inventory import SetStock
@@ -90,7 +89,7 @@ def test_a_write_locked_database_makes_the_service_not_ready_and_the_lane_shows_
     path = tmp_path / "locked-inventory.db"
     runner = start_service("inventory", inventory_database_url=f"sqlite:///{path}", metrics_port=free_port())
     service = runner.service
-    assert on_loop(runner, service.self_check()) == []
+    assert on_loop(runner, service.readiness.check()) == []
     assert sample(service, "cartwheel_ready") == 1 and sample(service, "cartwheel_nats_connected") == 1
     port = service.settings.metrics_port
     assert get(f"http://127.0.0.1:{port}/readyz")[0] == 200
@@ -106,7 +105,8 @@ def test_a_write_locked_database_makes_the_service_not_ready_and_the_lane_shows_
                                                    SetStock(product_id=f"p{i}", on_hand=i).model_dump(mode="json"),
                                                    timeout=60)) for i in range(20)]
             await asyncio.sleep(2.5)
-            problems = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(service.self_check(), runner._loop))
+            checked = asyncio.run_coroutine_threadsafe(service.readiness.check(), runner._loop)
+            problems = await asyncio.wrap_future(checked)
             lag = sample(service, "cartwheel_lane_lag_commands", lane=LANE)
             oldest = sample(service, "cartwheel_lane_oldest_unapplied_seconds", lane=LANE)
             in_use = sample(service, "cartwheel_db_pool_checked_out")
@@ -127,7 +127,7 @@ def test_a_write_locked_database_makes_the_service_not_ready_and_the_lane_shows_
     assert lag >= 20 and oldest >= 2.0, (lag, oldest)  # every command waits, the oldest since the lock
     assert in_use >= 1  # the lane's transaction waits for the lock on a connection of the pool
     assert sample(service, "cartwheel_ready") == 0
-    assert on_loop(runner, service.self_check()) == []  # the lock is gone: ready again
+    assert on_loop(runner, service.readiness.check()) == []  # the lock is gone: ready again
     assert sample(service, "cartwheel_lane_lag_commands", lane=LANE) == 0
     assert sample(service, "cartwheel_lane_oldest_unapplied_seconds", lane=LANE) == 0
     assert sample(service, "cartwheel_ready") == 1
@@ -149,12 +149,12 @@ def test_a_lost_nats_server_shows_in_readiness_lease_renewal_and_connection_metr
     service = runner.service
     try:
         wait_until(lambda: sample(service, "cartwheel_lane_partitions_owned", lane=LANE) == 16, "partitions taken")
-        assert on_loop(runner, service.self_check()) == []
+        assert on_loop(runner, service.readiness.check()) == []
         caplog.clear()
         with caplog.at_level(logging.INFO):
             os.kill(own_nats.process.pid, signal.SIGSTOP)  # type: ignore[union-attr]
             try:
-                problems = wait_until(lambda: [p for p in on_loop(runner, service.self_check(), 30)
+                problems = wait_until(lambda: [p for p in on_loop(runner, service.readiness.check(), 30)
                                                if "heartbeat or ownership round" in p], "leases seen stale", 20)
                 assert sample(service, "cartwheel_lane_lease_renewal_age_seconds", lane=LANE) > 3
                 wait_until(lambda: sample(service, "cartwheel_lane_lease_renewal_failures_total", lane=LANE) >= 1,
@@ -163,18 +163,18 @@ def test_a_lost_nats_server_shows_in_readiness_lease_renewal_and_connection_metr
                 time.sleep(4)  # more failed tries: counted, not each logged
             finally:
                 os.kill(own_nats.process.pid, signal.SIGCONT)  # type: ignore[union-attr]
-            wait_until(lambda: on_loop(runner, service.self_check(), 30) == [], "ready again after SIGCONT", 20)
+            wait_until(lambda: on_loop(runner, service.readiness.check(), 30) == [], "ready again after SIGCONT", 20)
         assert problems
         failing = [r for r in caplog.records if "failed" in r.getMessage() and r.name.startswith("cartwheel")]
         assert len(failing) <= 6, [r.getMessage() for r in failing]  # one line per thing that failed, no flood
         assert all(r.exc_info is None for r in failing if "heartbeat" in r.getMessage())
 
         own_nats.stop()  # killed, and started again on its port with its files
-        wait_until(lambda: (on_loop(runner, service.self_check(), 30), sample(service, "cartwheel_nats_connected")
+        wait_until(lambda: (on_loop(runner, service.readiness.check(), 30), sample(service, "cartwheel_nats_connected")
                             == 0)[1], "the lost connection seen", 20)
-        assert "not connected to NATS" in service.readiness()
+        assert "not connected to NATS" in service.readiness.now()
         own_nats.start()
-        wait_until(lambda: on_loop(runner, service.self_check(), 30) == [], "ready after the restart", 30)
+        wait_until(lambda: on_loop(runner, service.readiness.check(), 30) == [], "ready after the restart", 30)
         assert sample(service, "cartwheel_nats_connected") == 1
         assert sample(service, "cartwheel_nats_reconnects_total") == 1
     finally:
@@ -182,24 +182,30 @@ def test_a_lost_nats_server_shows_in_readiness_lease_renewal_and_connection_metr
 
 
 def test_events_that_cannot_be_published_age_in_the_outbox_and_make_the_service_not_ready(
-    nats_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    nats_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The outbox's backlog, its oldest event's age and the failed publishes; past OUTBOX_STALE_S, not ready."""
-    monkeypatch.setattr(service_module, "OUTBOX_STALE_S", 1.0)
+    """The outbox's backlog, its oldest event's age and the failed publishes; past OUTBOX_STALE_S, not ready,
+    said once in the log however often the check finds it (with a new age each time), and once when over."""
     runner = ServiceThread(Service("orders", settings_for(nats_url, tmp_path))).start()
     service = runner.service
+    service.readiness.outbox_stale_s = 1.0
     try:
         stuck = OutboxEvent(event_id=uuid.uuid4().hex, subject=f"nowhere.{random_sku()}", payload="{}", attempts=0)
         service.db.run_sync(lambda s: s.add(stuck))  # no stream takes this subject: every publish fails
         service.notify_outbox()
         wait_until(lambda: sample(service, "cartwheel_outbox_publish_failures_total") >= 1, "a failed publish")
         time.sleep(1.2)
-        problems = on_loop(runner, service.self_check())
+        with caplog.at_level(logging.INFO, logger="cartwheel.readiness"):
+            for _ in range(3):
+                problems = on_loop(runner, service.readiness.check())
+                time.sleep(1.1)
         assert any(p.startswith("outbox: 1 events wait") for p in problems), problems
+        said = [r.getMessage() for r in caplog.records if r.name == "cartwheel.readiness"]
+        assert len(said) == 1 and said[0].startswith("orders is not ready: outbox: 1 events wait"), said
         assert sample(service, "cartwheel_outbox_pending") == 1
         assert sample(service, "cartwheel_outbox_oldest_age_seconds") > 1.0
         service.db.run_sync(lambda s: s.query(OutboxEvent).filter_by(event_id=stuck.event_id).delete())
-        assert on_loop(runner, service.self_check()) == []
+        assert on_loop(runner, service.readiness.check()) == []
         assert sample(service, "cartwheel_outbox_pending") == 0
         assert sample(service, "cartwheel_outbox_oldest_age_seconds") == 0
     finally:
@@ -239,12 +245,12 @@ def test_event_consumers_report_their_backlog_and_redeliveries(nats_url: str, tm
 
         client.run(one_at_a_time)
         client.run(lambda nc: publish(nc, "waits", "later", "later"))
-        time.sleep(0.5)
-        on_loop(runner, service.self_check())
+        wait_until(lambda: (on_loop(runner, service.readiness.check()),
+                            sample(service, "cartwheel_event_consumer_pending", consumer=durable) == 2)[1],
+                   "two events waiting behind the one in hand")
         assert sample(service, "cartwheel_event_consumer_ack_pending", consumer=durable) == 1
-        assert sample(service, "cartwheel_event_consumer_pending", consumer=durable) == 2
         runner._loop.call_soon_threadsafe(release.set)
-        wait_until(lambda: (on_loop(runner, service.self_check()),
+        wait_until(lambda: (on_loop(runner, service.readiness.check()),
                             sample(service, "cartwheel_event_consumer_pending", consumer=durable) == 0)[1],
                    "the backlog handled")
     finally:
