@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from cartwheel.service import Service
 
 SELF_CHECK_S = 2.0  # how often a service checks itself (and brings its gauges up to date)
+CONSUMERS_EVERY_S = 10.0  # how often it asks JetStream for its consumers' backlogs (API requests every replica
+# makes: not at start, when a new cluster's streams are still electing leaders and a burst of them timed out others)
 WRITE_PROBE_S = 1.0  # a database that can't begin a write within this is a reason not to be ready
 OUTBOX_STALE_S = 30.0  # an event unpublished for this long is a reason not to be ready (NATS refuses it, ...)
 TICK_S = 1.0  # the event loop's own sign of life
@@ -44,6 +46,8 @@ class Readiness:
         self._running: dict[str, asyncio.Future[Any]] = {}  # checks on threads, one of each kind at a time
         self._tasks: list[asyncio.Task[None]] = []
         self.outbox_stale_s = OUTBOX_STALE_S
+        self.consumers_every_s = CONSUMERS_EVERY_S
+        self._counted_at = time.monotonic()  # the consumers' backlogs: first asked CONSUMERS_EVERY_S after start
 
     def now(self) -> list[str]:
         """What keeps this replica from serving (empty: ready), as the last check found, and a stuck loop."""
@@ -90,7 +94,8 @@ class Readiness:
         problems = [] if connected else ["not connected to NATS"]
         problems += await self._probe_database()
         problems += await self._check_outbox()
-        if connected:
+        if connected and time.monotonic() - self._counted_at >= self.consumers_every_s:
+            self._counted_at = time.monotonic()
             await self._count_consumers()
         problems += [problem for check in self.checks for problem in check()]
         metrics.pool_checked_out.set(getattr(service.db.engine.pool, "checkedout", lambda: 0)())

@@ -245,6 +245,7 @@ def test_event_consumers_report_their_backlog_and_redeliveries(nats_url: str, tm
 
         client.run(one_at_a_time)
         client.run(lambda nc: publish(nc, "waits", "later", "later"))
+        service.readiness.consumers_every_s = 0.0  # asked at every check here
         wait_until(lambda: (on_loop(runner, service.readiness.check()),
                             sample(service, "cartwheel_event_consumer_pending", consumer=durable) == 2)[1],
                    "two events waiting behind the one in hand")
