@@ -355,15 +355,6 @@ class Database:
         finally:
             conn.rollback()  # end the read transaction: an open one would hold back WAL checkpoints
 
-    def ping(self) -> bool:
-        try:
-            with self.engine.execution_options(**{READ_ONLY: True}).connect() as conn:  # never the write lock
-                conn.execute(text("SELECT 1"))
-            return True
-        except Exception:
-            log.warning("database ping failed", exc_info=True)
-            return False
-
     def write_probe(self, timeout: float = 1.0) -> str | None:
         """Why a write could not begin within ``timeout`` s (``None``: it could), writing nothing.
 

@@ -15,16 +15,6 @@ import nats
 from cartwheel import natsauth, subjects
 from cartwheel.settings import Settings
 
-
-async def ping(nc: nats.NATS, service: str, timeout: float = 2.0) -> dict[str, Any] | None:
-    """One replica's health answer, or ``None`` when no replica answers in time."""
-    try:
-        reply = await nc.request(subjects.health(service), b"", timeout=timeout)
-    except (nats.errors.TimeoutError, nats.errors.NoRespondersError, TimeoutError):
-        return None
-    return json.loads(reply.data)
-
-
 REPLICAS_QUIET_S = 0.3  # every replica has answered once none has for this long after the first
 
 
@@ -65,10 +55,6 @@ def http_status(url: str, timeout: float = 2.0) -> int | str:
 
 def _loopback(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-
-
-def gateway_healthy(settings: Settings, timeout: float = 2.0) -> bool:
-    return _gateway_why(settings, timeout) == ""
 
 
 def _gateway_why(settings: Settings, timeout: float = 2.0) -> str:

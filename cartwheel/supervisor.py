@@ -27,8 +27,6 @@ import sys
 import threading
 import time
 import traceback
-import urllib.error
-import urllib.request
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -651,13 +649,9 @@ class System:
             return False
 
     def _readyz(self) -> str:
-        try:
-            with urllib.request.urlopen(f"{self.base_url}/readyz", timeout=2) as response:
-                return str(response.status)
-        except urllib.error.HTTPError as exc:
-            return str(exc.code)
-        except (urllib.error.URLError, OSError) as exc:
-            return str(getattr(exc, "reason", exc))
+        from cartwheel.health import http_status
+
+        return str(http_status(f"{self.base_url}/readyz"))
 
     def _not_ready(self, gateway_status: str, services_ok: bool) -> str:
         failed = [] if gateway_status == "200" else [GATEWAY]

@@ -34,7 +34,7 @@ def install(app: Flask, trusted_proxies: int) -> None:
         g.trace = tracing.begin(f"{request.method} {route}", parent=parent, attributes=attributes)
 
     def answer(response: Response) -> Response:
-        response.headers["X-Trace-Id"] = tracing.trace_id()
+        trace_id = response.headers["X-Trace-Id"] = tracing.trace_id()
         response.headers["X-Request-Id"] = g.get("request_id", "-")
         made = g.get("trace")
         if made is not None and made[0].is_recording():
@@ -48,7 +48,7 @@ def install(app: Flask, trusted_proxies: int) -> None:
                 "path": request.path,
                 "status": response.status_code,
                 "duration_ms": round((time.perf_counter() - began) * 1000, 2) if began else None,
-                "trace_id": tracing.trace_id(),
+                "trace_id": trace_id,
                 "request_id": g.get("request_id", "-"),
                 "remote_addr": client_address(request.environ, trusted_proxies),
             }})
