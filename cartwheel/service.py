@@ -110,7 +110,8 @@ class Service:
 
         return register
 
-    def consume(self, subject: str, model: type[M], durable: str) -> Callable[[Handler[M]], Handler[M]]:
+    def consume(self, subject: str, model: type[M], durable: str, *, workers: int = 1,
+                in_flight: int | None = None) -> Callable[[Handler[M]], Handler[M]]:
         """Handle events on ``subject`` from the EVENTS stream, at least once, shared by the service's replicas.
 
         A durable consumer remembers its place across restarts; a handler that raises gets the
@@ -119,7 +120,9 @@ class Service:
         parse (it can never succeed) is terminated, with an error in the log and the failure
         counted. A consumer created later starts from the oldest event the stream still
         holds, so a service added to a running shop catches up. Handlers must tolerate repeats
-        (compare versions, or use ``first_delivery``).
+        (compare versions, or use ``first_delivery``). ``workers``: events handled at once by each replica;
+        ``in_flight``: events delivered and not yet acknowledged, all replicas together (the server's default,
+        1,000, if None); the rest wait in the stream.
         """
 
         def register(fn: Handler[M]) -> Handler[M]:
@@ -160,8 +163,9 @@ class Service:
             self.broker.subscriber(
                 subject,
                 queue=durable,  # nats-py makes the queue name the durable consumer's name and deliver group
-                config=event_consumer(self.name, durable),
+                config=event_consumer(self.name, durable, in_flight),
                 stream=JStream(subjects.EVENTS_STREAM, declare=False),  # declared by declare_topology
+                **({"max_workers": workers} if workers > 1 else {}),
             )(endpoint)
             return fn
 
@@ -233,11 +237,11 @@ class Service:
         self.log.info("%s stopped", self.name)
 
 
-def event_consumer(service: str, durable: str) -> ConsumerConfig:
+def event_consumer(service: str, durable: str, in_flight: int | None = None) -> ConsumerConfig:
     """The EVENTS consumer every replica of a service asks for: the same config from each (its deliver subject
     too), so replicas starting together get one consumer instead of racing to create it."""
     return ConsumerConfig(name=durable,  # named: nats-py then asks with the filter in the subject, which the bus checks
-                          filter_subjects=[], deliver_policy=DeliverPolicy.ALL,
+                          filter_subjects=[], deliver_policy=DeliverPolicy.ALL, max_ack_pending=in_flight,
                           deliver_subject=subjects.event_delivery(natsauth.inbox_prefix(service), durable))
 
 

@@ -130,6 +130,18 @@ class Settings(BaseSettings):
     stripe_webhook_secret: SecretStr | None = Field(
         None, description="Signing secret of the Stripe webhook endpoint; generated for the embedded server."
     )
+    stripe_requests_per_second: float = Field(
+        80.0, gt=0, le=10_000, description="Calls to Stripe a second, for the whole installation (Stripe answers "
+        "429 beyond 100 in live mode, 25 in test mode): calls wait their turn, the buyers' first."
+    )
+    payments_replicas: int = Field(
+        1, ge=1, le=100, description="Replicas of the payments service: each takes its share of "
+        "`stripe_requests_per_second`."
+    )
+    stripe_checkout_wait_seconds: float = Field(
+        1.0, ge=0, le=30, description="How long a checkout waits for its turn to create its payment intent; "
+        "longer, the intent is queued and the buyer gets the order now, its client secret soon after."
+    )
     reservation_ttl_seconds: int = Field(
         900, ge=1, le=7 * 86400, description="Stock held for an order awaiting payment, then released."
     )

@@ -72,10 +72,14 @@ PAYMENTS_REQUIRES_ACTION = "events.payments.requires_action"
 PAYMENTS_DISPUTED = "events.payments.disputed"
 PAYMENTS_DISPUTE_CLOSED = "events.payments.dispute_closed"
 PAYMENTS_REFUND_FAILED = "events.payments.refund_failed"
+PAYMENTS_INTENT_REQUESTED = "events.payments.intent_requested"
+PAYMENTS_INTENT_CREATED = "events.payments.intent_created"
+PAYMENTS_NOT_STARTED = "events.payments.not_started"
 PAYMENTS_EVENTS = "events.payments.>"
 
 PAYMENT_OUTCOMES = (PAYMENTS_SUCCEEDED, PAYMENTS_FAILED, PAYMENTS_CANCELED, PAYMENTS_REFUNDED, PAYMENTS_REQUIRES_ACTION,
-                    PAYMENTS_DISPUTED, PAYMENTS_DISPUTE_CLOSED, PAYMENTS_REFUND_FAILED)
+                    PAYMENTS_DISPUTED, PAYMENTS_DISPUTE_CLOSED, PAYMENTS_REFUND_FAILED, PAYMENTS_INTENT_CREATED,
+                    PAYMENTS_NOT_STARTED)
 """The payment events that move an order (orders consumes each with a durable of its own)."""
 
 EVENT_CONSUMERS: dict[str, dict[str, str]] = {
@@ -83,7 +87,7 @@ EVENT_CONSUMERS: dict[str, dict[str, str]] = {
     "cart": {"cart_checkout": ORDERS_PAID},
     "inventory": {"inventory-products": CATALOG_PRODUCT_CREATED, "inventory-stock-board": INVENTORY_EVENTS},
     "orders": {"orders_" + subject.rsplit(".", 1)[1]: subject for subject in PAYMENT_OUTCOMES},
-    "payments": {},
+    "payments": {"payments_intent_requests": PAYMENTS_INTENT_REQUESTED},  # its own queue of intents to create
 }
 """Each service's durable consumers of the EVENTS stream and the subjects they read: the bus lets a service
 make and use exactly these (cartwheel/natsauth.py), so it reads no other service's events."""

@@ -105,6 +105,14 @@ class IntentView(BaseModel):
     currency_received: str | None = None
 
 
+class IntentQueued(BaseModel):
+    """The answer to :class:`CreateIntent` when Stripe's rate limit is fully used: the intent is queued, and
+    :class:`PaymentIntentCreated` (or :class:`PaymentNotStarted`) follows."""
+
+    queued: Literal[True] = True
+    order_id: str
+
+
 class WebhookOutcome(BaseModel):
     event_id: str
     type: str
@@ -179,6 +187,32 @@ class RefundView(BaseModel):
     refund_id: str
     status: str = Field(description="Stripe's: succeeded, pending, requires_action, failed or canceled.")
     amount_cents: int
+
+
+class IntentRequested(Message):
+    """An intent to create when Stripe's rate limit lets it: payments' own queue, kept on the EVENTS stream."""
+
+    subject: ClassVar[str] = subjects.PAYMENTS_INTENT_REQUESTED
+    order_id: OrderRef
+    amount_cents: Annotated[StrictInt, Field(ge=1)]
+    currency: Currency
+    email: str | None = None
+
+
+class PaymentIntentCreated(PaymentEvent):
+    """A queued intent exists now: the order can be paid with ``client_secret``."""
+
+    subject: ClassVar[str] = subjects.PAYMENTS_INTENT_CREATED
+    client_secret: str | None = None
+    status: IntentStatus
+
+
+class PaymentNotStarted(Message):
+    """A queued intent could not be created, for good (Stripe refused it): the order cannot be paid."""
+
+    subject: ClassVar[str] = subjects.PAYMENTS_NOT_STARTED
+    order_id: str
+    reason: str
 
 
 class PaymentRequiresAction(PaymentEvent):

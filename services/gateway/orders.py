@@ -62,7 +62,10 @@ class Placed(BaseModel):
     status: OrderStatus
     total_cents: int
     currency: str
-    payment: PaymentInfo = Field(description="Confirm `client_secret` with Stripe.js, or POST /api/orders/{id}/pay.")
+    payment: PaymentInfo = Field(description="Confirm `client_secret` with Stripe.js, or POST /api/orders/{id}/pay. "
+                                 "Status `reserved` with payment status `queued`: the stock is held and the "
+                                 "PaymentIntent waits its turn at Stripe's rate limit; `client_secret` follows in "
+                                 "GET /api/orders/{id}, usually within seconds.")
     order: OrderView
 
 

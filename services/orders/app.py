@@ -10,6 +10,8 @@ from cartwheel.contracts.payments import (
     PaymentDisputed,
     PaymentEvent,
     PaymentFailed,
+    PaymentIntentCreated,
+    PaymentNotStarted,
     PaymentRefunded,
     PaymentRefundFailed,
     PaymentRequiresAction,
@@ -20,10 +22,10 @@ from cartwheel.settings import Settings
 from services.orders.counts import OrderCounts
 from services.orders.saga import Saga
 
-PAYMENT_EVENTS: dict[str, type[PaymentEvent]] = {
+PAYMENT_EVENTS: dict[str, type[PaymentEvent | PaymentNotStarted]] = {
     kind.subject: kind
     for kind in (PaymentSucceeded, PaymentFailed, PaymentCanceled, PaymentRefunded, PaymentRequiresAction,
-                 PaymentDisputed, PaymentDisputeClosed, PaymentRefundFailed)
+                 PaymentDisputed, PaymentDisputeClosed, PaymentRefundFailed, PaymentIntentCreated, PaymentNotStarted)
 }
 
 

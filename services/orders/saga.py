@@ -51,6 +51,8 @@ from cartwheel.contracts.payments import (
     PaymentDisputed,
     PaymentEvent,
     PaymentFailed,
+    PaymentIntentCreated,
+    PaymentNotStarted,
     PaymentRefunded,
     PaymentRefundFailed,
     PaymentRequiresAction,
@@ -211,7 +213,7 @@ class Saga:
         intent = await self._reserve_and_ask_payment(placing)
         try:
             order = await self.service.db.run_batched(store.place, (placing, intent))
-            log.debug("order %s placed, awaiting payment %s", order_id, intent.payment_intent_id)
+            log.debug("order %s placed, its payment %s", order_id, intent.payment_intent_id if intent else "queued")
         except IntegrityError:
             await self._let_go(placing, intent)
             existing = await self.service.db.lookup(store.ID_BY_IDEMPOTENCY_KEY, key=key) if key else None
@@ -284,8 +286,9 @@ class Saga:
         found = await asyncio.gather(*(one(p) for p in product_ids))
         return {product_id: product for product_id, product in found if product is not None}
 
-    async def _reserve_and_ask_payment(self, placing: store.Placing) -> IntentView:
-        """Hold every line, then get the order's intent; both at once when every line has plenty left.
+    async def _reserve_and_ask_payment(self, placing: store.Placing) -> IntentView | None:
+        """Hold every line, then get the order's intent (None: queued behind Stripe's rate limit); both at once
+        when every line has plenty left.
 
         With plenty left (:meth:`StockHints.plenty`) a refusal is unlikely, so the buyer needn't wait
         for the lane before the payment provider: a refusal that still comes cancels the intent.
@@ -337,12 +340,17 @@ class Saga:
                 del failure, outcomes
         raise out_of_stock(short)
 
-    async def _intent_for(self, placing: store.Placing) -> IntentView:
-        """The new order's PaymentIntent; if none can be had, its stock goes back and the buyer is told."""
+    async def _intent_for(self, placing: store.Placing) -> IntentView | None:
+        """The new order's PaymentIntent, or None when payments queued it (Stripe's rate limit is fully used: it
+        follows as :class:`PaymentIntentCreated`); if none can be had, its stock goes back and the buyer is told."""
         ask = CreateIntent(tenant=placing.tenant, order_id=placing.order_id, amount_cents=placing.total_cents,
                            currency=placing.currency, email=placing.email)
         try:
-            intent = IntentView.model_validate(await self._ask(ask))
+            reply = await self._ask(ask)
+            if reply.get("queued"):
+                log.info("order %s: its payment intent is queued behind Stripe's rate limit", placing.order_id)
+                return None
+            intent = IntentView.model_validate(reply)
         except BaseException as failure:
             log.warning("order %s: no payment intent (%r); releasing its stock", placing.order_id, failure)
             await asyncio.shield(self._release_quietly(placing))
@@ -354,19 +362,22 @@ class Saga:
         placing.intent_at = utcnow()
         return intent
 
-    async def _let_go(self, placing: store.Placing, intent: IntentView) -> None:
+    async def _let_go(self, placing: store.Placing, intent: IntentView | None) -> None:
         """Undo a checkout whose order was never written: its stock back, its intent cancelled."""
         await self._release_quietly(placing)
         await self._cancel_unplaced(placing, intent)
 
-    async def _cancel_unplaced(self, placing: store.Placing, intent: IntentView) -> None:
-        """Cancel the intent of an order that was never written; a failure is logged (nobody can pay it)."""
-        cancel = CancelIntent(tenant=placing.tenant, order_id=placing.order_id,
-                              payment_intent_id=intent.payment_intent_id)
+    async def _cancel_unplaced(self, placing: store.Placing, intent: IntentView | None) -> None:
+        """Cancel the intent of an order that was never written; a failure is logged (nobody can pay it). A
+        queued one is cancelled when it is created (:meth:`_intent_created` finds no order to pay)."""
+        if intent is not None:
+            await self._cancel_unpayable(placing.tenant, placing.order_id, intent.payment_intent_id)
+
+    async def _cancel_unpayable(self, tenant: str, order_id: str, payment_intent_id: str) -> None:
         try:
-            await self._ask(cancel)
+            await self._ask(CancelIntent(tenant=tenant, order_id=order_id, payment_intent_id=payment_intent_id))
         except (DomainError, ServiceUnavailable) as failure:  # never shown to anyone, it can't be paid
-            log.warning("order %s was never placed; its intent was not cancelled (%s)", placing.order_id, failure)
+            log.warning("order %s can't be paid; its intent was not cancelled (%s)", order_id, failure)
 
     async def _release_quietly(self, placing: store.Placing, lines: list[OrderLine] | None = None) -> None:
         """Release an unwritten order's lines; a release that fails is logged: the reservation's TTL ends it."""
@@ -382,13 +393,23 @@ class Saga:
             tenant=row.tenant, order_id=row.id, amount_cents=row.total_cents, currency=row.currency, email=row.email
         )
         try:
-            intent = IntentView.model_validate(await self._ask(ask))
+            reply = await self._ask(ask)
         except (DomainError, ServiceUnavailable) as failure:
             log.warning("order %s: no payment intent (%s); releasing its stock", order_id, failure)
             await self._end_unpaid(order_id, "cancelled", f"payment could not start: {failure}", idempotency_key=None)
             if isinstance(failure, DomainError) and failure.code != "payment_provider_unavailable":
                 raise
             raise DomainError("payments are unavailable; try again", code="payment_provider_unavailable") from None
+        if reply.get("queued"):  # it follows as an event; the sweeper asks again if it does not
+            await self._transition(order_id, lambda r: {"payment_status": store.QUEUED}
+                                   if r.status == "reserved" else None)
+        else:
+            await self._attach_intent(order_id, IntentView.model_validate(reply))
+        return await self._view(order_id)
+
+    async def _attach_intent(self, order_id: str, intent: IntentView | PaymentIntentCreated) -> bool:
+        """The order's intent exists: a reserved order now awaits payment. False if the order can't be paid any
+        more (ended while its intent was queued)."""
         fields = {
             "payment_intent_id": intent.payment_intent_id,
             "client_secret": intent.client_secret,
@@ -403,7 +424,14 @@ class Saga:
             return None
 
         await self._transition(order_id, awaiting)
-        return await self._view(order_id)
+        row = await self._row(order_id)
+        return row.payment_intent_id == intent.payment_intent_id
+
+    async def _intent_created(self, event: PaymentIntentCreated) -> None:
+        """A queued intent was created: the order can be paid, or, ended meanwhile, its intent is cancelled."""
+        if not await self._attach_intent(event.order_id, event):
+            log.info("order %s ended before its queued intent was created: cancelling it", event.order_id)
+            await self._cancel_unpayable(event.tenant, event.order_id, event.payment_intent_id)
 
     # -- paying -----------------------------------------------------------------------------
 
@@ -431,7 +459,7 @@ class Saga:
                 )
         return (await self._view(row.id)).model_dump(mode="json")
 
-    async def on_payment_event(self, event: PaymentEvent) -> None:
+    async def on_payment_event(self, event: PaymentEvent | PaymentNotStarted) -> None:
         """A payment event from payments (a verified webhook or its own call's answer): move the order.
 
         Each step is idempotent, so a repeat changes nothing. A refusal that can't change by waiting
@@ -450,11 +478,19 @@ class Saga:
                 return
             if refusal.code == "not_found" and utcnow() - event.occurred_at < self._placing_window:
                 raise NackMessage(delay=PLACING_RETRY_S) from None  # its checkout may still be writing it
-            log.error("order %s: %s from payment event %s was refused (%s: %s); not retried",
-                      event.order_id, type(event).__name__, event.stripe_event_id, refusal.code, refusal.message)
+            if refusal.code == "not_found" and isinstance(event, PaymentIntentCreated):  # it never was
+                await self._cancel_unpayable(event.tenant, event.order_id, event.payment_intent_id)
+                return
+            log.error("order %s: %s from payment event %s was refused (%s: %s); not retried", event.order_id,
+                      type(event).__name__, getattr(event, "stripe_event_id", event.id), refusal.code, refusal.message)
 
-    async def _on_payment(self, event: PaymentEvent) -> None:
-        if isinstance(event, PaymentSucceeded):
+    async def _on_payment(self, event: PaymentEvent | PaymentNotStarted) -> None:
+        if isinstance(event, PaymentIntentCreated):
+            await self._intent_created(event)
+        elif isinstance(event, PaymentNotStarted):
+            await self._end_unpaid(event.order_id, "cancelled", f"payment could not start: {event.reason}",
+                                   idempotency_key=None)
+        elif isinstance(event, PaymentSucceeded):
             await self._succeeded(event.order_id, event.payment_intent_id, event.amount_received_cents,
                                   event.currency_received)
         elif isinstance(event, PaymentFailed):

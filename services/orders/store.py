@@ -88,8 +88,9 @@ class Placing:
         return total_cents(self.lines)
 
 
-def place(session: Session, placings: list[tuple[Placing, IntentView]]) -> list[OrderView]:
-    """Write checkouts' orders, awaiting payment, with their whole histories and ``events.orders.created``.
+def place(session: Session, placings: list[tuple[Placing, IntentView | None]]) -> list[OrderView]:
+    """Write checkouts' orders, awaiting payment (``reserved`` while the intent is queued: None), with their
+    whole histories and ``events.orders.created``.
 
     :class:`IntegrityError` if another order has one's Idempotency-Key. Core multi-row inserts, three
     statements however many orders (group-committed checkouts come here together): the ORM's unit of
@@ -101,13 +102,15 @@ def place(session: Session, placings: list[tuple[Placing, IntentView]]) -> list[
     events: list[OrderCreated] = []
     for placing, intent in placings:
         at = placing.intent_at or utcnow()
+        path = PLACED_PATH if intent is not None else PLACED_PATH[:-1]
         row = OrderRow(
-            id=placing.order_id, tenant=placing.tenant, status="awaiting_payment", version=1,
+            id=placing.order_id, tenant=placing.tenant, status=path[-1][0], version=1,
             user_id=placing.user_id, email=placing.email, cart_id=placing.cart_id,
             idempotency_key=placing.idempotency_key, currency=placing.currency, total_cents=placing.total_cents,
             lines=json.dumps([line.model_dump() for line in placing.lines]), reservation=placing.reservation,
-            reserved_until=placing.reserved_until, payment_intent_id=intent.payment_intent_id,
-            client_secret=intent.client_secret, payment_status=intent.status, payment_error=None, refunded_cents=0,
+            reserved_until=placing.reserved_until, payment_intent_id=intent.payment_intent_id if intent else None,
+            client_secret=intent.client_secret if intent else None,
+            payment_status=intent.status if intent else QUEUED, payment_error=None, refunded_cents=0,
             created_at=placing.started_at, updated_at=at, refund_reason=None, give_back=None, claimed_by=None,
             claimed_until=None,
         )
@@ -115,7 +118,7 @@ def place(session: Session, placings: list[tuple[Placing, IntentView]]) -> list[
         times = (placing.started_at, placing.reserved_at or at, at)
         history = [
             {"order_id": row.id, "from_status": came_from, "to_status": status, "reason": reason, "at": when}
-            for (status, reason), came_from, when in zip(PLACED_PATH, _PLACED_FROM, times, strict=True)
+            for (status, reason), came_from, when in zip(path, _PLACED_FROM, times, strict=False)
         ]
         histories.extend(history)
         orders.append(view(row, [OrderTransitionRow(**h) for h in history]))
@@ -262,6 +265,7 @@ def intents_to_cancel(session: Session, after: str = "", limit: int = 100) -> li
 
 
 CANCEL_PENDING = "cancel_pending"
+QUEUED = "queued"  # the order's intent waits its turn at Stripe's rate limit (payments' queue)
 REFUNDING = "refunding"
 UNKNOWN_TO_PROVIDER = "unknown_to_provider"  # the provider has no such payment: the sweeper gave up on it
 

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from cartwheel import subjects
-from cartwheel.contracts.payments import CancelIntent, ConfirmIntent, CreateIntent, RefundPayment, StripeWebhook
+from cartwheel.contracts.payments import (
+    CancelIntent,
+    ConfirmIntent,
+    CreateIntent,
+    IntentRequested,
+    RefundPayment,
+    StripeWebhook,
+)
 from cartwheel.keyedlock import KeyedLocks
 from cartwheel.service import Service
 from cartwheel.settings import Settings
 from services.payments.handlers import PaymentHandlers
+from services.payments.queue import IN_FLIGHT, WORKERS, IntentQueue
 from services.payments.stripe_api import PaymentMetrics, StripePayments
 from services.payments.webhooks import WebhookHandlers
 
@@ -29,4 +37,7 @@ def build(settings: Settings) -> Service:
     service.handle(subjects.PAYMENTS_INTENT_CANCEL, CancelIntent)(payments.cancel_intent)
     service.handle(subjects.PAYMENTS_REFUND, RefundPayment)(payments.refund_payment)
     service.handle(subjects.PAYMENTS_WEBHOOK, StripeWebhook)(webhooks.stripe_webhook)
+    (durable, subject), = subjects.EVENT_CONSUMERS["payments"].items()
+    queue = IntentQueue(payments)
+    service.consume(subject, IntentRequested, durable, workers=WORKERS, in_flight=IN_FLIGHT)(queue.create_queued)
     return service

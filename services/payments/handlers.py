@@ -10,13 +10,21 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from cartwheel.contracts.payments import CancelIntent, ConfirmIntent, CreateIntent, RefundPayment
+from cartwheel.contracts.payments import (
+    CancelIntent,
+    ConfirmIntent,
+    CreateIntent,
+    IntentQueued,
+    IntentRequested,
+    RefundPayment,
+)
 from cartwheel.errors import DomainError
 from cartwheel.keyedlock import KeyedLocks
+from cartwheel.outbox import record_event
 from cartwheel.service import Service
 from services.payments import domain, ledger, store
 from services.payments.models import IntentRow
-from services.payments.stripe_api import StripePayments, provider_unavailable
+from services.payments.stripe_api import Busy, StripePayments, provider_unavailable
 
 
 class PaymentHandlers:
@@ -27,14 +35,28 @@ class PaymentHandlers:
         self.intents = intents  # a call's answer and a webhook's reading of one intent are written in turn
 
     async def create_intent(self, cmd: CreateIntent) -> dict[str, Any]:
+        """The order's intent, made now if its turn at Stripe's rate limit comes within the checkout's wait;
+        else queued (answered :class:`IntentQueued`; the intent follows as an event)."""
+        try:
+            row = await self.intent_for(cmd, wait=self.service.settings.stripe_checkout_wait_seconds)
+        except Busy:
+            ask = IntentRequested(tenant=cmd.tenant, order_id=cmd.order_id, amount_cents=cmd.amount_cents,
+                                  currency=cmd.currency, email=cmd.email)
+            await self.db.run(lambda s: record_event(s, ask))
+            self.service.notify_outbox()
+            return IntentQueued(order_id=cmd.order_id).model_dump(mode="json")
+        return store.to_view(row).model_dump(mode="json")
+
+    async def intent_for(self, cmd: CreateIntent | IntentRequested, wait: float | None) -> IntentRow:
+        """The order's intent: the one it has (a retry, a queued twin), else a new one (:class:`Busy` if its turn
+        does not come within ``wait`` seconds); ``conflict`` if the order's amount is not the intent's."""
         known = await self.db.lookup(store.INTENT_OF_ORDER, order_id=cmd.order_id)  # a retry: no second intent
         if known is not None:
             row = await self.db.read(lambda s: s.get(IntentRow, known))
         else:
             key = domain.intent_key(cmd.order_id)
-            made = domain.snapshot(
-                await self._stripe().create_intent(cmd.order_id, cmd.tenant, cmd.amount_cents, cmd.currency, key)
-            )
+            made = domain.snapshot(await self._stripe().create_intent(
+                cmd.order_id, cmd.tenant, cmd.amount_cents, cmd.currency, key, email=cmd.email, wait=wait))
             row = await self.db.run_batched(store.keep_first_intents, (made, cmd.tenant))  # with concurrent ones
         assert row is not None
         if (row.amount_cents, row.currency) != (cmd.amount_cents, cmd.currency):
@@ -43,7 +65,7 @@ class PaymentHandlers:
                 code="conflict",
                 payment_intent_id=row.id,
             )
-        return store.to_view(row).model_dump(mode="json")
+        return row
 
     async def confirm_intent(self, cmd: ConfirmIntent) -> dict[str, Any]:
         row = await self.db.read(lambda s: store.intent_of_order(s, cmd.payment_intent_id, cmd.order_id))

@@ -37,6 +37,8 @@ from cartwheel.contracts.payments import (
     PaymentDisputeClosed,
     PaymentDisputed,
     PaymentFailed,
+    PaymentIntentCreated,
+    PaymentNotStarted,
     PaymentRefunded,
     PaymentRefundFailed,
     PaymentSucceeded,
@@ -59,6 +61,7 @@ class FakePayments:
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.before_intent_reply: Callable[[dict[str, Any]], Awaitable[None]] | None = None  # on the fake's loop
         self.hold_intents = threading.Event()  # set: CreateIntent never answers (a crash test)
+        self.queue_intents = False  # True: CreateIntent answers "queued" (Stripe's rate limit is fully used)
         self.confirm_status = "succeeded"
         self.received: tuple[int, str] | None = None  # what a succeeded confirm says it took in (None: the total)
         self.cancel_status = "canceled"  # "succeeded": the buyer paid just before the cancel reached Stripe
@@ -114,6 +117,9 @@ class FakePayments:
                 return  # never answers: the orders service is killed meanwhile
             if self.before_intent_reply:
                 await self.before_intent_reply(body)
+            if self.queue_intents:
+                await msg.respond(encode({"ok": True, "data": {"queued": True, "order_id": order_id}}))
+                return
         elif msg.subject == subjects.PAYMENTS_INTENT_CONFIRM:
             intent["status"] = self.confirm_status
             if self.confirm_status == "requires_payment_method":
@@ -246,6 +252,53 @@ def test_a_cart_checks_out_reserves_and_on_payment_commits_and_closes_the_cart(
     time.sleep(0.5)
     assert stock(client, mug) == (3, 0)
     assert [h["status"] for h in ask(client, GetOrder(order_id=order["order_id"]))["history"]][-1] == "paid"
+
+
+def created_event(order: dict[str, Any], order_id: str | None = None) -> PaymentIntentCreated:
+    """Payments made the order's queued intent."""
+    order_id = order_id or order["order_id"]
+    return PaymentIntentCreated(order_id=order_id, payment_intent_id=f"pi_{order_id}",
+                                stripe_event_id=f"create:{order_id}", amount_cents=order["total_cents"],
+                                currency=order["currency"], client_secret=f"pi_{order_id}_secret_q",
+                                status="requires_payment_method")
+
+
+def test_a_checkout_whose_intent_is_queued_answers_reserved_then_awaits_payment_when_it_is_made(
+    orders: Any, payments: FakePayments, client: Client
+) -> None:
+    mug = new_product(client, 5)
+    payments.queue_intents = True
+    order = ask(client, buy(mug, 2, email="ada@example.com"))
+    assert order["status"] == "reserved" and stock(client, mug) == (5, 2)  # the stock is the buyer's already
+    assert order["payment"] == {"provider": "stripe", "payment_intent_id": None, "client_secret": None,
+                                "status": "queued", "last_error": None}
+    assert [h["status"] for h in order["history"]] == ["pending", "reserved"]
+    for _ in range(2):  # heard twice: attached once
+        payments.publish(created_event(order))
+    wait_for(lambda: status_of(client, order["order_id"]) == "awaiting_payment", "the order awaits payment")
+    now = ask(client, GetOrder(order_id=order["order_id"]))
+    assert now["payment"]["client_secret"] == f"pi_{order['order_id']}_secret_q"
+    assert [h["status"] for h in now["history"]] == ["pending", "reserved", "awaiting_payment"]
+    payments.publish(paid_event(order))
+    wait_for(lambda: status_of(client, order["order_id"]) == "paid", "the order paid")
+    assert stock(client, mug) == (3, 0)
+
+
+def test_a_queued_intent_refused_for_good_cancels_its_order_and_one_made_too_late_is_cancelled(
+    orders: Any, payments: FakePayments, client: Client
+) -> None:
+    mug = new_product(client, 5)
+    payments.queue_intents = True
+    refused_order, late_order = ask(client, buy(mug, 1)), ask(client, buy(mug, 2))
+    payments.publish(PaymentNotStarted(order_id=refused_order["order_id"], reason="Stripe refused the currency"))
+    wait_for(lambda: status_of(client, refused_order["order_id"]) == "cancelled", "the refused order cancelled")
+    ask(client, CancelOrder(order_id=late_order["order_id"], reason="the buyer changed their mind"))
+    assert stock(client, mug) == (5, 0)
+    payments.publish(created_event(late_order))  # made after its order ended: nobody may pay it
+    wait_for(lambda: payments.asked(subjects.PAYMENTS_INTENT_CANCEL), "the late intent cancelled")
+    (cancel,) = payments.asked(subjects.PAYMENTS_INTENT_CANCEL)
+    assert (cancel["order_id"], cancel["payment_intent_id"]) == (late_order["order_id"], f"pi_{late_order['order_id']}")
+    assert status_of(client, late_order["order_id"]) == "cancelled"
 
 
 def test_paying_through_the_order_confirms_and_a_decline_keeps_the_stock_for_another_card(
