@@ -19,6 +19,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "price_changed": 409,
     "illegal_transition": 409,
     "order_closed": 409,
+    "payment_not_ready": 409,
     "not_for_sale": 409,
     "below_reserved": 409,
     "reservation_closed": 409,
@@ -35,6 +36,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "internal_error": 500,
     "service_unavailable": 503,
     "payment_provider_unavailable": 503,
+    "payment_provider_busy": 503,
 }
 
 

@@ -138,6 +138,10 @@ class Settings(BaseSettings):
         1, ge=1, le=100, description="Replicas of the payments service: each takes its share of "
         "`stripe_requests_per_second`."
     )
+    payment_server_rate_limit: float | None = Field(
+        None, gt=0, description="The embedded payment server answers 429 above this many requests a second, as "
+        "Stripe does (to rehearse its limit); unset: no limit."
+    )
     stripe_checkout_wait_seconds: float = Field(
         1.0, ge=0, le=30, description="How long a checkout waits for its turn to create its payment intent; "
         "longer, the intent is queued and the buyer gets the order now, its client secret soon after."

@@ -438,6 +438,9 @@ class Saga:
     async def pay(self, cmd: PayOrder) -> dict[str, Any]:
         async with self._claimed(cmd.order_id):
             row = await self._row(cmd.order_id)
+            if row.status == "reserved":
+                raise DomainError("this order's payment is being prepared (it waits its turn at the payment "
+                                  "provider); try again in a moment", code="payment_not_ready", status=row.status)
             if row.status not in ("awaiting_payment", "payment_failed") or row.payment_intent_id is None:
                 raise DomainError(f"this order is {row.status}; it cannot be paid now", code="order_closed",
                                   status=row.status)

@@ -273,6 +273,8 @@ def test_a_checkout_whose_intent_is_queued_answers_reserved_then_awaits_payment_
     assert order["payment"] == {"provider": "stripe", "payment_intent_id": None, "client_secret": None,
                                 "status": "queued", "last_error": None}
     assert [h["status"] for h in order["history"]] == ["pending", "reserved"]
+    too_soon = refused(client, PayOrder(order_id=order["order_id"], payment_method="pm_card_visa"))
+    assert too_soon.code == "payment_not_ready"
     for _ in range(2):  # heard twice: attached once
         payments.publish(created_event(order))
     wait_for(lambda: status_of(client, order["order_id"]) == "awaiting_payment", "the order awaits payment")
