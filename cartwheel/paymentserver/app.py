@@ -92,7 +92,6 @@ async def clear_data(request: web.Request) -> web.StreamResponse:
     answer = await standin.upstream.send("DELETE", "/_config/data")
     if answer.ok:
         standin.state.clear_data()
-        standin.methods.checked.clear()
     return relay(answer)
 
 

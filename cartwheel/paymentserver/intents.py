@@ -10,6 +10,7 @@ and clears it. Every answer about an intent shows what the stand-in keeps for it
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -66,9 +67,8 @@ class Intents:
             params.pop(name)
         if not params.has_tree("payment_method_types"):
             params.pairs.append(("payment_method_types[]", "card"))
-        if method := params.get("payment_method"):
-            params.set("payment_method", await self.methods.resolve(method))
-        answer = await self.upstream.call("POST", PATH, params, idempotency_key=idempotency_key)
+        answer = await self._with_method(params, lambda: self.upstream.call("POST", PATH, params,
+                                                                            idempotency_key=idempotency_key))
         made = answer.object()
         if not answer.ok or made is None:
             return relay(answer)
@@ -79,10 +79,10 @@ class Intents:
 
     async def update(self, intent_id: str, params: Params) -> web.Response:
         kept = self._keep(params)
-        if method := params.get("payment_method"):
-            params.set("payment_method", await self.methods.resolve(method))
-        answer = await self.upstream.call("POST", f"{PATH}/{intent_id}", params) if params else await self.read(
-            intent_id)
+        if params:
+            answer = await self._with_method(params, lambda: self.upstream.call("POST", f"{PATH}/{intent_id}", params))
+        else:
+            answer = await self.read(intent_id)
         if answer.ok and kept:
             self.state.notes(intent_id).params.update(kept)
             self.state.changed()
@@ -113,8 +113,8 @@ class Intents:
                 return self.methods.show(made)
             method = str(made.json()["id"])
         if method:
-            chosen = await self.upstream.call("POST", f"{PATH}/{intent_id}",
-                                              Params([("payment_method", await self.methods.resolve(method))]))
+            chosen = await self.methods.using(method, lambda made: self.upstream.call(
+                "POST", f"{PATH}/{intent_id}", Params([("payment_method", made)])))
             if not chosen.ok:
                 return self.show(chosen)
         if kept:
@@ -169,6 +169,18 @@ class Intents:
         intent = self.present(answer.object() or {"id": intent_id, "object": "payment_intent"})
         self.webhooks.send("payment_intent.payment_failed", intent)
         return json_answer({"error": {**error, "payment_intent": intent}} if status == 402 else intent, status)
+
+    async def _with_method(self, params: Params, call: Callable[[], Awaitable[Answer]]) -> Answer:
+        """``call`` with the ``payment_method`` parameter, if any, as localstripe's method (see Methods.using)."""
+        method = params.get("payment_method")
+        if method is None:
+            return await call()
+
+        async def with_made(made: str) -> Answer:
+            params.set("payment_method", made)
+            return await call()
+
+        return await self.methods.using(method, with_made)
 
     def _keep(self, params: Params) -> dict[str, Any]:
         kept: dict[str, Any] = {name: params.pop(name) for name in KEPT if params.get(name) is not None}

@@ -9,6 +9,7 @@ remembered with its test card, so a confirmation can answer as Stripe would for 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -29,8 +30,7 @@ class Methods:
     def __init__(self, state: State, upstream: Upstream) -> None:
         self.state = state
         self.upstream = upstream
-        self.lock = asyncio.Lock()
-        self.checked: set[str] = set()  # aliases seen in localstripe since this process started
+        self.lock = asyncio.Lock()  # one method made per test id
 
     def card_of(self, method_id: Any) -> TestCard | None:
         """The test card behind a method of localstripe's, if it was made through the stand-in."""
@@ -42,21 +42,27 @@ class Methods:
         if card is None:
             return method_id
         async with self.lock:
-            made = self.state.aliases.get(method_id)
-            if made and made not in self.checked:  # localstripe's state may have been lost while ours was kept
-                found = await self.upstream.call("GET", f"/v1/payment_methods/{made}")
-                made = made if found.ok else None
-            if made is None:
-                form = Params([("type", "card"), ("card[number]", card.upstream_number), ("card[exp_month]", "12"),
-                               ("card[exp_year]", "2034"), ("card[cvc]", "123")])
-                answer = await self.upstream.call("POST", "/v1/payment_methods", form)
-                if not answer.ok:
-                    return method_id  # localstripe's refusal comes back on the call that names it
-                made = str(answer.json()["id"])
-                self.remember(made, card)
-                self.state.aliases[method_id] = made
-            self.checked.add(made)
+            if made := self.state.aliases.get(method_id):
+                return made
+            form = Params([("type", "card"), ("card[number]", card.upstream_number), ("card[exp_month]", "12"),
+                           ("card[exp_year]", "2034"), ("card[cvc]", "123")])
+            answer = await self.upstream.call("POST", "/v1/payment_methods", form)
+            if not answer.ok:
+                return method_id  # localstripe's refusal comes back on the call that names it
+            made = str(answer.json()["id"])
+            self.remember(made, card)
+            self.state.aliases[method_id] = made
             return made
+
+    async def using(self, method_id: str, call: Callable[[str], Awaitable[Answer]]) -> Answer:
+        """``call`` with localstripe's method for ``method_id``; made again if localstripe lost it (a restart
+        without its state file, or a SIGKILL within 0.2 s of making it)."""
+        resolved = await self.resolve(method_id)
+        answer = await call(resolved)
+        if answer.status == 404 and resolved != method_id and self.state.aliases.get(method_id) == resolved:
+            del self.state.aliases[method_id]
+            answer = await call(await self.resolve(method_id))
+        return answer
 
     def remember(self, method_id: str, card: TestCard) -> None:
         self.state.methods[method_id] = card.number
@@ -87,13 +93,13 @@ class Methods:
 
     async def attach(self, method_id: str, params: Params) -> web.Response:
         """Attach to a customer; a decline card is declined here, as Stripe checks a card it attaches."""
-        method_id = await self.resolve(method_id)
-        card = self.card_of(method_id)
+        card = card_for_payment_method(method_id) or self.card_of(method_id)
         if card is not None and not card.attaches and card.error is not None:
-            found = await self.upstream.call("GET", f"/v1/payment_methods/{method_id}")
+            found = await self.using(method_id, lambda made: self.upstream.call("GET", f"/v1/payment_methods/{made}"))
             shown = present_method(found.object() or {"id": method_id}, card)
             return json_answer({"error": card_error(card.error, shown)}, 402)
-        return self.show(await self.upstream.call("POST", f"/v1/payment_methods/{method_id}/attach", params))
+        return self.show(await self.using(
+            method_id, lambda made: self.upstream.call("POST", f"/v1/payment_methods/{made}/attach", params)))
 
     async def describe(self, method_id: str | None) -> dict[str, Any] | None:
         """The method as Stripe shows it in ``last_payment_error``."""

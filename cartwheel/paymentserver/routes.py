@@ -87,9 +87,10 @@ async def create_method(request: web.Request) -> web.StreamResponse:
 async def retrieve_method(request: web.Request) -> web.StreamResponse:
     if not (who := caller(request.headers)).secret:
         return unauthorized(who)
-    methods = request.app[STANDIN].methods
-    method_id = await methods.resolve(request.match_info["id"])
-    return methods.show(await methods.upstream.call("GET", f"/v1/payment_methods/{method_id}", query_params(request)))
+    methods, query = request.app[STANDIN].methods, query_params(request)
+    answer = await methods.using(request.match_info["id"], lambda made: methods.upstream.call(
+        "GET", f"/v1/payment_methods/{made}", query))
+    return methods.show(answer)
 
 
 async def attach_method(request: web.Request) -> web.StreamResponse:
