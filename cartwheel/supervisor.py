@@ -55,8 +55,9 @@ from cartwheel.settings import DATABASES, SERVICES, Settings
 NATS = "nats-server"
 GATEWAY = "gateway"
 PAYMENT_SERVER = "localstripe"
-NAMES: tuple[str, ...] = (NATS, GATEWAY, *SERVICES, PAYMENT_SERVER)
-EMBEDDED_STRIPE_KEY = "sk_test_cartwheel_embedded"  # localstripe takes any key that looks like a test key
+PAYMENT_STANDIN = "standin"  # the Stripe stand-in in front of localstripe (cartwheel/paymentserver)
+NAMES: tuple[str, ...] = (NATS, GATEWAY, *SERVICES, PAYMENT_SERVER, PAYMENT_STANDIN)
+EMBEDDED_STRIPE_KEY = "sk_test_cartwheel_embedded"  # the embedded server takes any key that looks like a test key
 COLOURS = (36, 33, 32, 35, 34, 96, 93, 92, 95, 94)
 SEEDED_MARKER = ".demo-seeded"
 
@@ -356,7 +357,7 @@ class System:
         update: dict[str, object] = {"var_dir": settings.var_dir.resolve()}
         if "cookie_secure" not in settings.model_fields_set:
             update["cookie_secure"] = False  # the gateway serves plain http here: a Secure cookie never comes back
-        # No Stripe key: payments talks to an embedded localstripe, whose webhooks come back signed.
+        # No Stripe key: payments talks to the embedded payment server, whose webhooks come back signed.
         self.embedded_stripe = settings.stripe_secret_key is None
         if self.embedded_stripe:
             update |= {
@@ -395,7 +396,7 @@ class System:
         self.nats_url = self.settings.nats_url
         self.nats_nodes: dict[str, NatsServer] = self._embedded_nats(cluster) if self.settings.embedded_nats else {}
         stream = out or sys.stdout
-        names = (*self.nats_nodes, GATEWAY, *self.service_children, PAYMENT_SERVER)
+        names = (*self.nats_nodes, GATEWAY, *self.service_children, PAYMENT_SERVER, PAYMENT_STANDIN)
         self.console = Console(stream, names, colour=use_colour(stream) if colour is None else colour)
         self.children = Children(self.console)
         self._stop_requested = threading.Event()
@@ -496,7 +497,8 @@ class System:
         self._stop_requested.set()
         if any(child.alive for child in self.children.all.values()):
             self.console.say("stopping…")
-        self.children.stop([[GATEWAY], self.service_children, [*self.nats_nodes, PAYMENT_SERVER]], timeout)
+        self.children.stop([[GATEWAY], self.service_children, [*self.nats_nodes, PAYMENT_STANDIN, PAYMENT_SERVER]],
+                           timeout)
         self.console.say("stopped")
 
     def __enter__(self) -> System:
@@ -565,20 +567,31 @@ class System:
             raise StartupError(f"could not declare the streams and buckets: {exc!r}") from None
 
     def _start_payment_server(self) -> None:
-        """localstripe on loopback, in memory only: a checkout with test cards works offline."""
+        """localstripe on a private loopback port and the Stripe stand-in in front of it, where payments calls:
+        a checkout with test cards works offline. Each is restarted on its own port when it crashes; their state
+        is kept in var/localstripe/ (localstripe's pickle, the stand-in's JSON beside it)."""
         from cartwheel import localstripe
 
         api = urlsplit(self.settings.stripe_api_base or "")
         host, port = api.hostname or "127.0.0.1", api.port or free_port()
-        self._step(f"starting {PAYMENT_SERVER} {localstripe.version()} (the embedded payment server) on {host}:{port}…")
+        upstream_port = free_port(localstripe.UPSTREAM_HOST)
+        upstream = f"http://{localstripe.UPSTREAM_HOST}:{upstream_port}"
+        self._step(f"starting {PAYMENT_SERVER} {localstripe.version()} (the embedded payment server) on {upstream}, "
+                   f"behind the Stripe stand-in on {host}:{port}…")
         if not port_is_free(port, host):
-            raise PortTaken(_port_taken(port, PAYMENT_SERVER, "CARTWHEEL_STRIPE_API_BASE"))
-        argv = localstripe.bootstrap_argv(host, port, self.settings.var_dir / "localstripe" / "state.pickle")
-        child = self.children.spawn(PAYMENT_SERVER, argv, restart=True)
-        try:
-            localstripe.LocalStripe(child.process, host, port, None).wait_ready()
-        except localstripe.LocalStripeError as exc:
-            raise StartupError(f"{exc}\n{self.children.last_lines(PAYMENT_SERVER)}") from None
+            raise PortTaken(_port_taken(port, "the embedded payment server", "CARTWHEEL_STRIPE_API_BASE"))
+        state = self.settings.var_dir / "localstripe" / "state.pickle"
+        children = (
+            (PAYMENT_SERVER, localstripe.bootstrap_argv(localstripe.UPSTREAM_HOST, upstream_port, state), upstream),
+            (PAYMENT_STANDIN, localstripe.standin_argv(host, port, upstream, localstripe.standin_state(state)),
+             f"http://{_url_host(host)}:{port}"),
+        )
+        for name, argv, url in children:
+            child = self.children.spawn(name, argv, restart=True)
+            try:
+                localstripe.wait_ready(child.process, url, f"{name} on {url}")
+            except localstripe.LocalStripeError as exc:
+                raise StartupError(f"{exc}\n{self.children.last_lines(name)}") from None
 
     def _register_webhook(self) -> None:
         from cartwheel.localstripe import LocalStripeError, register_webhook
@@ -588,8 +601,9 @@ class System:
         try:
             register_webhook(self.settings.stripe_api_base, url, self.settings.stripe_webhook_secret.get_secret_value())
         except (LocalStripeError, OSError) as exc:
-            raise StartupError(f"registering the webhook with {PAYMENT_SERVER} failed: {exc}") from None
-        self.console.say(f"{PAYMENT_SERVER} sends signed webhooks to {url}")
+            raise StartupError(f"registering the webhook with the embedded payment server failed: {exc}") from None
+        self.console.say(f"the embedded payment server ({PAYMENT_SERVER}, {PAYMENT_STANDIN}) sends signed webhooks "
+                         f"to {url}")
 
     def _start(self, name: str, argv: list[str], metrics_port: int, role: str | None = None) -> None:
         self._step(f"starting {name}…")
