@@ -21,10 +21,12 @@ def _report(config: pytest.Config, backend: str, what: str) -> None:
 
 @pytest.fixture(scope="session")
 def localstripe(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """API base URL of a localstripe shared by the session (state in memory, bound to 127.0.0.1)."""
+    """API base URL of the embedded payment server shared by the session: the Stripe stand-in in front of
+    localstripe (state in memory, bound to 127.0.0.1)."""
     log_path = tmp_path_factory.mktemp("localstripe") / "localstripe.log"
     server = start_localstripe(log_path=log_path)
-    _report(pytestconfig, "localstripe", f"local server {version()} on {server.host}:{server.port} (log {log_path})")
+    _report(pytestconfig, "localstripe", f"local server {version()} behind the stand-in on {server.host}:{server.port} "
+                                         f"(log {log_path})")
     try:
         yield server.url
     finally:
