@@ -115,6 +115,6 @@ async def forward(request: web.Request) -> web.StreamResponse:
     answer = await standin.upstream.send(request.method, request.rel_url.raw_path,
                                          query=request.rel_url.raw_query_string, body=await request.read(),
                                          headers=request.headers)
-    if (answer.object() or {}).get("object") == "payment_method":
+    if (answer.parsed or {}).get("object") == "payment_method":
         return standin.methods.show(answer)
     return standin.intents.show(answer)

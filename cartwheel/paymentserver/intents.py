@@ -44,7 +44,7 @@ class Intents:
 
     def show(self, answer: Answer) -> web.Response:
         """localstripe's answer, each intent in it with the stand-in's notes."""
-        found = answer.object()
+        found = answer.parsed
         if not answer.ok or found is None:
             return relay(answer)
         if found.get("object") == "list":
@@ -69,7 +69,7 @@ class Intents:
             params.pairs.append(("payment_method_types[]", "card"))
         answer = await self._with_method(params, lambda: self.upstream.call("POST", PATH, params,
                                                                             idempotency_key=idempotency_key))
-        made = answer.object()
+        made = answer.parsed
         if not answer.ok or made is None:
             return relay(answer)
         if kept:
@@ -91,7 +91,7 @@ class Intents:
     async def retrieve(self, intent_id: str, query: Params, client_secret: str | None) -> web.Response:
         """An intent; for a browser (``client_secret`` given) only with the intent's own secret."""
         answer = await self.upstream.call("GET", f"{PATH}/{intent_id}", query)
-        found = answer.object()
+        found = answer.parsed
         if answer.ok and client_secret is not None and (found or {}).get("client_secret") != client_secret:
             return wrong_client_secret()
         return self.show(answer)
@@ -105,7 +105,7 @@ class Intents:
             params.pop(name)
         if client_secret is not None:
             current = await self.read(intent_id)
-            if current.ok and (current.object() or {}).get("client_secret") != client_secret:
+            if current.ok and (current.parsed or {}).get("client_secret") != client_secret:
                 return wrong_client_secret()
         if data:
             made = await self.methods.create(data)
@@ -121,7 +121,7 @@ class Intents:
             self.state.notes(intent_id).params.update(kept)
             self.state.changed()
         current = await self.read(intent_id)
-        intent = current.object()
+        intent = current.parsed
         if not current.ok or intent is None:
             return relay(current)
         card = self.methods.card_of(intent.get("payment_method"))
@@ -137,7 +137,7 @@ class Intents:
         """The buyer's answer to 3-D Secure, passed to localstripe; a failure (or a card that declines after it)
         is a ``last_payment_error`` and a ``payment_intent.payment_failed`` event, as at Stripe."""
         success = as_bool(body.get("success") or query.get("success"))
-        current = (await self.read(intent_id)).object() or {}
+        current = (await self.read(intent_id)).parsed or {}
         method = current.get("payment_method")
         card = self.methods.card_of(method)
         declines = bool(success and card and card.outcome == "requires_action_then_declined" and card.error)
@@ -166,7 +166,7 @@ class Intents:
         self.stats.note("declined")
         log.info("%s declined: %s", intent_id, error.get("decline_code") or error.get("code"))
         answer = await self.read(intent_id)
-        intent = self.present(answer.object() or {"id": intent_id, "object": "payment_intent"})
+        intent = self.present(answer.parsed or {"id": intent_id, "object": "payment_intent"})
         self.webhooks.send("payment_intent.payment_failed", intent)
         return json_answer({"error": {**error, "payment_intent": intent}} if status == 402 else intent, status)
 
@@ -183,7 +183,8 @@ class Intents:
         return await self.methods.using(method, with_made)
 
     def _keep(self, params: Params) -> dict[str, Any]:
-        kept: dict[str, Any] = {name: params.pop(name) for name in KEPT if params.get(name) is not None}
+        kept: dict[str, Any] = {name: params.pop(name) or None for name in KEPT  # "": unset, as at Stripe
+                                if params.get(name) is not None}
         if params.has_tree("automatic_payment_methods"):
             found = params.pop_tree("automatic_payment_methods")
             kept["automatic_payment_methods"] = {"allow_redirects": found.get("allow_redirects") or "always",

@@ -59,7 +59,8 @@ class Methods:
         without its state file, or a SIGKILL within 0.2 s of making it)."""
         resolved = await self.resolve(method_id)
         answer = await call(resolved)
-        if answer.status == 404 and resolved != method_id and self.state.aliases.get(method_id) == resolved:
+        if (answer.status == 404 and self.state.aliases.get(method_id) == resolved != method_id
+                and not (await self.upstream.call("GET", f"/v1/payment_methods/{resolved}")).ok):  # not another 404
             del self.state.aliases[method_id]
             answer = await call(await self.resolve(method_id))
         return answer
@@ -79,14 +80,14 @@ class Methods:
             params.set("card[number]", card.upstream_number)
             params.set("card[cvc]", "123")
         answer = await self.upstream.call("POST", "/v1/payment_methods", params)
-        made = answer.object()
+        made = answer.parsed
         if answer.ok and made and card is not None:
             self.remember(str(made["id"]), card)
         return answer
 
     def show(self, answer: Answer) -> web.Response:
         """localstripe's answer about a method, with its test card's brand and digits."""
-        made = answer.object()
+        made = answer.parsed
         if not answer.ok or made is None or made.get("object") != "payment_method":
             return relay(answer)
         return relay(answer, present_method(made, self.card_of(made.get("id"))))
@@ -96,7 +97,7 @@ class Methods:
         card = card_for_payment_method(method_id) or self.card_of(method_id)
         if card is not None and not card.attaches and card.error is not None:
             found = await self.using(method_id, lambda made: self.upstream.call("GET", f"/v1/payment_methods/{made}"))
-            shown = present_method(found.object() or {"id": method_id}, card)
+            shown = present_method(found.parsed or {"id": method_id}, card)
             return json_answer({"error": card_error(card.error, shown)}, 402)
         return self.show(await self.using(
             method_id, lambda made: self.upstream.call("POST", f"/v1/payment_methods/{made}/attach", params)))
@@ -106,4 +107,4 @@ class Methods:
         if not method_id:
             return None
         found = await self.upstream.call("GET", f"/v1/payment_methods/{method_id}")
-        return present_method(found.object() or {"id": method_id}, self.card_of(method_id)) if found.ok else None
+        return present_method(found.parsed or {"id": method_id}, self.card_of(method_id)) if found.ok else None

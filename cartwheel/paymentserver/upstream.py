@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import aiohttp
@@ -35,8 +36,9 @@ class Answer:
     def json(self) -> Any:
         return json.loads(self.body)
 
-    def object(self) -> dict[str, Any] | None:
-        """The JSON object answered, if the answer is one."""
+    @cached_property
+    def parsed(self) -> dict[str, Any] | None:
+        """The JSON object answered, if the answer is one (read once)."""
         if self.content_type != "application/json":
             return None
         try:

@@ -252,6 +252,15 @@ def test_parameters_localstripe_refuses_are_kept_and_shown(client: stripe.Stripe
                                                                    "buyer@example.test")
     plain = new_intent(client)
     assert plain.receipt_email is None and plain.automatic_payment_methods is None
+    assert client.v1.payment_intents.update(intent.id, params={"description": ""}).description is None  # unset
+
+
+def test_a_missing_intent_is_404_and_leaves_the_test_methods_as_they_were(client: stripe.StripeClient) -> None:
+    visa = client.v1.payment_methods.retrieve("pm_card_visa").id
+    with pytest.raises(stripe.InvalidRequestError) as missing:
+        client.v1.payment_intents.confirm("pi_missing", params={"payment_method": "pm_card_visa"})
+    assert missing.value.http_status == 404
+    assert client.v1.payment_methods.retrieve("pm_card_visa").id == visa  # not made again
 
 
 def test_a_method_attaches_unless_its_card_declines(client: stripe.StripeClient) -> None:
