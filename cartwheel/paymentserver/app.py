@@ -12,8 +12,7 @@ from aiohttp.typedefs import Handler
 from cartwheel.paymentserver import state as saved
 from cartwheel.paymentserver.answers import header_key, json_answer, rate_limited, relay, stripe_error, upstream_down
 from cartwheel.paymentserver.metering import path_kind
-from cartwheel.paymentserver.params import Params
-from cartwheel.paymentserver.routes import add_routes
+from cartwheel.paymentserver.routes import add_routes, body_params
 from cartwheel.paymentserver.standin import STANDIN, Standin
 from cartwheel.paymentserver.state import Registration
 from cartwheel.paymentserver.upstream import Upstream, UpstreamDown
@@ -78,7 +77,7 @@ async def allow_browsers(request: web.Request, response: web.StreamResponse) -> 
 
 
 async def register_webhook(request: web.Request) -> web.StreamResponse:
-    params = Params.from_body(await request.read(), request.content_type)
+    params = await body_params(request)
     url, secret = params.get("url") or "", params.get("secret") or ""
     events = [value for key, value in params.pairs if key in ("events[]", "events")]
     if not url.startswith("http") or not secret:

@@ -17,6 +17,7 @@ import json
 import logging
 import secrets
 import time
+import urllib.parse
 from typing import Any
 
 import aiohttp
@@ -46,6 +47,10 @@ def make_event(kind: str, subject: dict[str, Any], created: int) -> dict[str, An
             "request": {"id": None, "idempotency_key": None}}
 
 
+def webhook_path(webhook_id: str) -> str:
+    return f"/_config/webhooks/{urllib.parse.quote(webhook_id, safe='')}"
+
+
 def registration_form(registration: Registration) -> Params:
     return Params([("url", registration.url), ("secret", registration.secret),
                    *(("events[]", kind) for kind in registration.events)])
@@ -62,7 +67,7 @@ class Webhooks:
     async def register(self, webhook_id: str, registration: Registration) -> int:
         """Keep ``registration`` and pass it to localstripe; localstripe's HTTP status."""
         async with self.lock:
-            answer = await self.upstream.call("POST", f"/_config/webhooks/{webhook_id}",
+            answer = await self.upstream.call("POST", webhook_path(webhook_id),
                                               registration_form(registration))
             if answer.ok:
                 self.state.webhooks[webhook_id] = registration
@@ -77,7 +82,7 @@ class Webhooks:
             with contextlib.suppress(Exception):  # localstripe down: the next round
                 async with self.lock:
                     for webhook_id, registration in list(self.state.webhooks.items()):
-                        await self.upstream.call("POST", f"/_config/webhooks/{webhook_id}",
+                        await self.upstream.call("POST", webhook_path(webhook_id),
                                                  registration_form(registration), user_agent=QUIET)
             await asyncio.sleep(REREGISTER_EVERY)
 
