@@ -40,10 +40,15 @@ class Params:
 
     @classmethod
     def from_body(cls, body: bytes, content_type: str) -> Params:
+        """A form, or JSON whatever its type says (localstripe's stripe.js posts JSON as text/plain)."""
         if not body.strip():
             return cls()
-        if content_type == "application/json":
-            return cls(flatten(json.loads(body)))
+        if content_type == "application/json" or body.lstrip().startswith(b"{"):
+            try:
+                return cls(flatten(json.loads(body)))
+            except ValueError:
+                if content_type == "application/json":
+                    raise
         return cls(urllib.parse.parse_qsl(body.decode(), keep_blank_values=True))
 
     def get(self, key: str) -> str | None:

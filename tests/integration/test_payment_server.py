@@ -205,6 +205,17 @@ def test_3d_secure_passed_pays(server: LocalStripe, client: stripe.StripeClient,
     assert receiver.types(intent.id, expect=1) == ["payment_intent.succeeded"]
 
 
+def test_3d_secure_as_localstripes_stripe_js_reports_it(server: LocalStripe, client: stripe.StripeClient) -> None:
+    """JSON as text/plain, ``success`` in the query."""
+    intent = new_intent(client)
+    pending = client.v1.payment_intents.confirm(intent.id, params={"payment_method": "pm_card_threeDSecureRequired"})
+    body = json.dumps({"key": PUBLISHABLE, "client_secret": pending.client_secret}).encode()
+    request = urllib.request.Request(f"{server.url}/v1/payment_intents/{intent.id}/_authenticate?success=true",
+                                     data=body, headers={"Content-Type": "text/plain;charset=UTF-8"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert json.loads(answer.read())["status"] == "succeeded"
+
+
 def test_3d_secure_failed_is_reported_then_another_card_pays(
     server: LocalStripe, client: stripe.StripeClient, receiver: Receiver
 ) -> None:

@@ -25,6 +25,8 @@ def test_json_and_form_bodies_become_the_same_pairs() -> None:
                                "application/x-www-form-urlencoded")
     assert as_json.pairs == as_form.pairs == flatten(body)
     assert Params.from_body(b"", "application/json").pairs == []
+    as_text = Params.from_body(b'{"key": "pk_test_x", "client_secret": "pi_1_secret_2"}', "text/plain")
+    assert as_text.pairs == [("key", "pk_test_x"), ("client_secret", "pi_1_secret_2")]  # localstripe's stripe.js
 
 
 def test_a_tree_of_parameters_comes_out_one_level_down() -> None:
