@@ -576,14 +576,17 @@ class System:
         host, port = api.hostname or "127.0.0.1", api.port or free_port()
         upstream_port = free_port(localstripe.UPSTREAM_HOST)
         upstream = f"http://{localstripe.UPSTREAM_HOST}:{upstream_port}"
+        limit = self.settings.payment_server_rate_limit
         self._step(f"starting {PAYMENT_SERVER} {localstripe.version()} (the embedded payment server) on {upstream}, "
-                   f"behind the Stripe stand-in on {host}:{port}…")
+                   f"behind the Stripe stand-in on {host}:{port}"
+                   + (f" answering 429 above {limit:g} requests/s…" if limit else "…"))
         if not port_is_free(port, host):
             raise PortTaken(_port_taken(port, "the embedded payment server", "CARTWHEEL_STRIPE_API_BASE"))
         state = self.settings.var_dir / "localstripe" / "state.pickle"
         children = (
             (PAYMENT_SERVER, localstripe.bootstrap_argv(localstripe.UPSTREAM_HOST, upstream_port, state), upstream),
-            (PAYMENT_STANDIN, localstripe.standin_argv(host, port, upstream, localstripe.standin_state(state)),
+            (PAYMENT_STANDIN, localstripe.standin_argv(host, port, upstream, localstripe.standin_state(state),
+                                                       self.settings.payment_server_rate_limit),
              f"http://{_url_host(host)}:{port}"),
         )
         for name, argv, url in children:
