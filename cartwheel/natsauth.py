@@ -126,7 +126,8 @@ _STOCK_WRITES = [subjects.INVENTORY_RESTOCK, subjects.INVENTORY_SET_STOCK]
 _ORDER_CALLS = [subjects.ORDERS_CHECKOUT, subjects.ORDERS_GET, subjects.ORDERS_LIST, subjects.ORDERS_CANCEL,
                 subjects.ORDERS_PAY]
 _PAYMENT_CALLS = [subjects.PAYMENTS_INTENT_CREATE, subjects.PAYMENTS_INTENT_CONFIRM,
-                  subjects.PAYMENTS_INTENT_CANCEL, subjects.PAYMENTS_REFUND]
+                  subjects.PAYMENTS_INTENT_CANCEL, subjects.PAYMENTS_REFUND, subjects.PAYMENTS_CHECKOUT_CREATE,
+                  subjects.PAYMENTS_CHECKOUT_EXPIRE]
 
 _CALLS: dict[str, list[str]] = {
     "catalog": [],

@@ -130,6 +130,10 @@ class Settings(BaseSettings):
     stripe_webhook_secret: SecretStr | None = Field(
         None, description="Signing secret of the Stripe webhook endpoint; generated for the embedded server."
     )
+    public_url: str | None = Field(
+        None, pattern=r"^https?://[^/?#]+/?$", description="The shop's address as buyers reach it (`https://shop."
+        "example.com`): where Stripe's checkout page sends them back. Unset: the address each request came in on."
+    )
     stripe_requests_per_second: float = Field(
         80.0, gt=0, le=10_000, description="Calls to Stripe a second, for the whole installation (Stripe answers "
         "429 beyond 100 in live mode, 25 in test mode): calls wait their turn, the buyers' first."

@@ -43,6 +43,8 @@ PAYMENTS_INTENT_CONFIRM = "payments.intents.confirm"
 PAYMENTS_INTENT_CANCEL = "payments.intents.cancel"
 PAYMENTS_REFUND = "payments.refunds.create"
 PAYMENTS_WEBHOOK = "payments.webhooks.stripe"
+PAYMENTS_CHECKOUT_CREATE = "payments.checkout.create"
+PAYMENTS_CHECKOUT_EXPIRE = "payments.checkout.expire"
 
 # Events: one JetStream stream holds every domain event.
 EVENTS_STREAM = "EVENTS"
@@ -75,11 +77,12 @@ PAYMENTS_REFUND_FAILED = "events.payments.refund_failed"
 PAYMENTS_INTENT_REQUESTED = "events.payments.intent_requested"
 PAYMENTS_INTENT_CREATED = "events.payments.intent_created"
 PAYMENTS_NOT_STARTED = "events.payments.not_started"
+PAYMENTS_CHECKOUT_EXPIRED = "events.payments.checkout_expired"
 PAYMENTS_EVENTS = "events.payments.>"
 
 PAYMENT_OUTCOMES = (PAYMENTS_SUCCEEDED, PAYMENTS_FAILED, PAYMENTS_CANCELED, PAYMENTS_REFUNDED, PAYMENTS_REQUIRES_ACTION,
                     PAYMENTS_DISPUTED, PAYMENTS_DISPUTE_CLOSED, PAYMENTS_REFUND_FAILED, PAYMENTS_INTENT_CREATED,
-                    PAYMENTS_NOT_STARTED)
+                    PAYMENTS_NOT_STARTED, PAYMENTS_CHECKOUT_EXPIRED)
 """The payment events that move an order (orders consumes each with a durable of its own)."""
 
 EVENT_CONSUMERS: dict[str, dict[str, str]] = {

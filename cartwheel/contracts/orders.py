@@ -57,6 +57,10 @@ class CheckoutBody(BaseModel):
     )
     items: list[CheckoutItem] | None = Field(None, min_length=1, max_length=MAX_LINES)
     accept_price_changes: bool = Field(False, description="Check out at today's prices if they moved since adding.")
+    mode: Literal["elements", "hosted"] = Field(
+        "elements", description="`elements`: pay in the shop's page with Stripe.js (`payment.client_secret`); "
+        "`hosted`: pay on Stripe's checkout page (`payment.checkout_url`)."
+    )
 
 
 class PayBody(BaseModel):
@@ -80,6 +84,10 @@ class OrderListQuery(BaseModel):
 # -- requests to the orders service ---------------------------------------------------------
 
 
+ORDER_ID = "{ORDER_ID}"
+"""In a hosted checkout's ``return_url``: replaced by the new order's id."""
+
+
 class Checkout(Message):
     """Place an order: from ``cart_id`` when ``items`` is None. ``idempotency_key`` (scoped to the buyer: the
     user, else the cart, else ``visitor_id``) makes a retried checkout answer with the same order."""
@@ -92,6 +100,9 @@ class Checkout(Message):
     email: str | None = None
     accept_price_changes: bool = False
     idempotency_key: IdempotencyKey | None = None
+    mode: Literal["elements", "hosted"] = "elements"
+    return_url: str | None = Field(None, max_length=1000, description="Hosted: where the checkout page sends the "
+                                   "buyer back; `{ORDER_ID}` in it becomes the order's id (:data:`ORDER_ID`).")
 
 
 class GetOrder(Message):
@@ -153,6 +164,9 @@ class PaymentInfo(BaseModel):
     client_secret: str | None = None
     status: str | None = Field(None, description="The PaymentIntent's status as last heard.")
     last_error: str | None = None
+    checkout_session_id: str | None = Field(None, description="Hosted checkout: the order's Stripe Checkout Session.")
+    checkout_url: str | None = Field(None, description="Hosted checkout: send the buyer here to pay (while the "
+                                     "order awaits payment).")
 
 
 class OrderTransition(BaseModel):

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, Field, StrictInt, StringConstraints
@@ -77,6 +78,38 @@ class RefundPayment(Message):
     reason: Literal["requested_by_customer", "duplicate", "fraudulent"] | None = None
 
 
+class CheckoutLine(BaseModel):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=250)]
+    quantity: Annotated[StrictInt, Field(ge=1)]
+    unit_amount_cents: Annotated[StrictInt, Field(ge=0)]
+
+
+class CreateCheckoutSession(Message):
+    """A Stripe Checkout Session (hosted payment page) for an order; one per order (a retry gets the same one).
+
+    ``expires_at`` is when the page stops taking payment: before the order's reservation ends, so a payment
+    made there always finds its stock held. Stripe takes 30 minutes to 24 hours from now.
+    """
+
+    subject: ClassVar[str] = subjects.PAYMENTS_CHECKOUT_CREATE
+    order_id: OrderRef
+    amount_cents: Annotated[StrictInt, Field(ge=1)]
+    currency: Currency
+    lines: list[CheckoutLine] = Field(min_length=1)
+    email: str | None = None
+    expires_at: datetime
+    success_url: Annotated[str, StringConstraints(min_length=1, max_length=2000)]
+    cancel_url: Annotated[str, StringConstraints(min_length=1, max_length=2000)]
+
+
+class ExpireCheckoutSession(Message):
+    """Close an unpaid order's checkout page (the order expired or was cancelled); a paid one is answered as is."""
+
+    subject: ClassVar[str] = subjects.PAYMENTS_CHECKOUT_EXPIRE
+    order_id: OrderRef
+    checkout_session_id: Annotated[str, StringConstraints(min_length=1, max_length=255)]
+
+
 class StripeWebhook(Message):
     """``POST /webhooks/stripe`` as received: the body exactly as sent, and its ``Stripe-Signature``.
 
@@ -103,6 +136,17 @@ class IntentView(BaseModel):
     last_error: str | None = Field(None, description="Why the last attempt failed (a decline), if it did.")
     amount_received_cents: int | None = Field(None, description="What a succeeded intent took in, as Stripe said.")
     currency_received: str | None = None
+
+
+class CheckoutSessionView(BaseModel):
+    """A Checkout Session as the shop needs it: where to send the buyer, and what became of it."""
+
+    checkout_session_id: str
+    url: str | None = Field(None, description="Stripe's hosted payment page (None once the session is closed).")
+    status: Literal["open", "complete", "expired"]
+    payment_status: str = Field(description="Stripe's: unpaid, paid, no_payment_required.")
+    expires_at: datetime
+    payment_intent_id: str | None = None
 
 
 class IntentQueued(BaseModel):
@@ -205,6 +249,14 @@ class PaymentIntentCreated(PaymentEvent):
     subject: ClassVar[str] = subjects.PAYMENTS_INTENT_CREATED
     client_secret: str | None = None
     status: IntentStatus
+
+
+class CheckoutExpired(Message):
+    """An order's checkout page closed unpaid (Stripe's ``checkout.session.expired``): the order can't be paid."""
+
+    subject: ClassVar[str] = subjects.PAYMENTS_CHECKOUT_EXPIRED
+    order_id: str
+    checkout_session_id: str
 
 
 class PaymentNotStarted(Message):

@@ -13,6 +13,7 @@ from werkzeug.datastructures import Headers
 
 from cartwheel.contracts.base import Message
 from cartwheel.contracts.orders import (
+    ORDER_ID,
     CancelOrder,
     CancelQuery,
     Checkout,
@@ -104,6 +105,8 @@ def checkout(body: CheckoutBody) -> tuple[Placed, Headers]:
         email=email or shopper.email,
         accept_price_changes=body.accept_price_changes,
         idempotency_key=key,
+        mode=body.mode,
+        return_url=_order_page(ctx.settings.public_url) if body.mode == "hosted" else None,
     )
     order = _ask(message, timeout=ctx.settings.request_timeout * SLOW)
     summary = order.model_dump(include={"order_id", "status", "total_cents", "currency", "payment"})
@@ -111,6 +114,11 @@ def checkout(body: CheckoutBody) -> tuple[Placed, Headers]:
     if not shopper.signed_in:  # a signed-in buyer's session shows their orders; a cookie would outlive signing out
         headers.add("Set-Cookie", orders_cookie(order.order_id))
     return placed, headers
+
+
+def _order_page(public_url: str | None) -> str:
+    """Where Stripe's checkout page sends the buyer back: the order's page in the storefront."""
+    return f"{(public_url or request.host_url).rstrip('/')}/orders/{ORDER_ID}"
 
 
 @routes.get(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from cartwheel import subjects
 from cartwheel.contracts.orders import CancelOrder, Checkout, GetOrder, ListOrders, PayOrder
 from cartwheel.contracts.payments import (
+    CheckoutExpired,
     PaymentCanceled,
     PaymentDisputeClosed,
     PaymentDisputed,
@@ -22,10 +23,11 @@ from cartwheel.settings import Settings
 from services.orders.counts import OrderCounts
 from services.orders.saga import Saga
 
-PAYMENT_EVENTS: dict[str, type[PaymentEvent | PaymentNotStarted]] = {
+PAYMENT_EVENTS: dict[str, type[PaymentEvent | PaymentNotStarted | CheckoutExpired]] = {
     kind.subject: kind
     for kind in (PaymentSucceeded, PaymentFailed, PaymentCanceled, PaymentRefunded, PaymentRequiresAction,
-                 PaymentDisputed, PaymentDisputeClosed, PaymentRefundFailed, PaymentIntentCreated, PaymentNotStarted)
+                 PaymentDisputed, PaymentDisputeClosed, PaymentRefundFailed, PaymentIntentCreated, PaymentNotStarted,
+                 CheckoutExpired)
 }
 
 

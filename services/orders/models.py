@@ -50,6 +50,8 @@ class OrderRow(Base):
     client_secret: Mapped[str | None] = mapped_column(String(500), default=None)
     payment_status: Mapped[str | None] = mapped_column(String(40), default=None)
     payment_error: Mapped[str | None] = mapped_column(Text, default=None)
+    checkout_session_id: Mapped[str | None] = mapped_column(String(255), default=None)  # hosted: Stripe's page
+    checkout_url: Mapped[str | None] = mapped_column(Text, default=None)
     refunded_cents: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     """Refunded so far, as the payment provider reported it: a partial refund leaves the status alone."""
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)

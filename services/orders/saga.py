@@ -43,6 +43,8 @@ from cartwheel.contracts.orders import (
 )
 from cartwheel.contracts.payments import (
     CancelIntent,
+    CheckoutExpired,
+    CheckoutSessionView,
     ConfirmIntent,
     CreateIntent,
     IntentView,
@@ -81,6 +83,7 @@ from services.orders.domain import (
     reservation_id,
 )
 from services.orders.models import OrderRow
+from services.orders.pages import CheckoutPages, has_open_page, hosted_ttl
 
 log = logging.getLogger("cartwheel.orders")
 
@@ -127,6 +130,7 @@ class Saga:
         self.needs_review = Counter("cartwheel_orders_needs_review", "Orders put aside for a person, by why",
                                     ["reason"], registry=service.registry)
         self._sweeper: asyncio.Task[None] | None = None
+        self.pages = CheckoutPages(self._ask)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -210,7 +214,10 @@ class Saga:
         observability.order_id.set(order_id)  # this checkout's task logs its order from here on
         placing = store.Placing(order_id, cmd.tenant, lines, currency, reservation_id(order_id),
                                 user_id=cmd.user_id, email=cmd.email, cart_id=cart_id, idempotency_key=key)
-        intent = await self._reserve_and_ask_payment(placing)
+        if cmd.mode == "hosted":
+            intent: IntentView | CheckoutSessionView | None = await self._reserve_and_open_page(placing, cmd.return_url)
+        else:
+            intent = await self._reserve_and_ask_payment(placing)
         try:
             order = await self.service.db.run_batched(store.place, (placing, intent))
             log.debug("order %s placed, its payment %s", order_id, intent.payment_intent_id if intent else "queued")
@@ -315,9 +322,24 @@ class Saga:
         finally:  # the refusal's traceback holds this frame: held, it would be a cycle (the burst when stock runs out)
             del held, intent
 
-    async def _reserve_all(self, placing: store.Placing) -> None:
+    async def _reserve_and_open_page(self, placing: store.Placing, return_url: str | None) -> CheckoutSessionView:
+        """Hold every line (as long as Stripe keeps a checkout page open, at least), then open the order's page;
+        if it can't be opened, the stock goes back and the buyer is told."""
+        await self._reserve_all(placing, hosted_ttl(self.settings.reservation_ttl_seconds))
+        try:
+            page = await self.pages.open(placing, return_url)
+        except BaseException as failure:
+            log.warning("order %s: no checkout page (%r); releasing its stock", placing.order_id, failure)
+            await asyncio.shield(self._release_quietly(placing))
+            if isinstance(failure, DomainError) and failure.code == "payment_provider_busy":
+                raise DomainError("payments are busy; try again", code="payment_provider_unavailable") from None
+            raise
+        placing.intent_at = utcnow()
+        return page
+
+    async def _reserve_all(self, placing: store.Placing, ttl: int | None = None) -> None:
         """Hold every line under the order's reservation, or none: :class:`DomainError` ``out_of_stock``."""
-        ttl = self.settings.reservation_ttl_seconds
+        ttl = ttl or self.settings.reservation_ttl_seconds
         placing.reserved_at = utcnow()
         placing.reserved_until = placing.reserved_at + timedelta(seconds=ttl)
         outcomes = await asyncio.gather(
@@ -362,10 +384,13 @@ class Saga:
         placing.intent_at = utcnow()
         return intent
 
-    async def _let_go(self, placing: store.Placing, intent: IntentView | None) -> None:
-        """Undo a checkout whose order was never written: its stock back, its intent cancelled."""
+    async def _let_go(self, placing: store.Placing, intent: IntentView | CheckoutSessionView | None) -> None:
+        """Undo a checkout whose order was never written: its stock back, its intent cancelled (or page closed)."""
         await self._release_quietly(placing)
-        await self._cancel_unplaced(placing, intent)
+        if isinstance(intent, CheckoutSessionView):
+            await self.pages.close(placing.tenant, placing.order_id, intent.checkout_session_id)
+        else:
+            await self._cancel_unplaced(placing, intent)
 
     async def _cancel_unplaced(self, placing: store.Placing, intent: IntentView | None) -> None:
         """Cancel the intent of an order that was never written; a failure is logged (nobody can pay it). A
@@ -438,6 +463,9 @@ class Saga:
     async def pay(self, cmd: PayOrder) -> dict[str, Any]:
         async with self._claimed(cmd.order_id):
             row = await self._row(cmd.order_id)
+            if has_open_page(row):
+                raise DomainError("this order is paid on its checkout page", code="conflict",
+                                  checkout_url=row.checkout_url)
             if row.status == "reserved":
                 raise DomainError("this order's payment is being prepared (it waits its turn at the payment "
                                   "provider); try again in a moment", code="payment_not_ready", status=row.status)
@@ -462,7 +490,7 @@ class Saga:
                 )
         return (await self._view(row.id)).model_dump(mode="json")
 
-    async def on_payment_event(self, event: PaymentEvent | PaymentNotStarted) -> None:
+    async def on_payment_event(self, event: PaymentEvent | PaymentNotStarted | CheckoutExpired) -> None:
         """A payment event from payments (a verified webhook or its own call's answer): move the order.
 
         Each step is idempotent, so a repeat changes nothing. A refusal that can't change by waiting
@@ -487,9 +515,11 @@ class Saga:
             log.error("order %s: %s from payment event %s was refused (%s: %s); not retried", event.order_id,
                       type(event).__name__, getattr(event, "stripe_event_id", event.id), refusal.code, refusal.message)
 
-    async def _on_payment(self, event: PaymentEvent | PaymentNotStarted) -> None:
+    async def _on_payment(self, event: PaymentEvent | PaymentNotStarted | CheckoutExpired) -> None:
         if isinstance(event, PaymentIntentCreated):
             await self._intent_created(event)
+        elif isinstance(event, CheckoutExpired):
+            await self._end_unpaid(event.order_id, "expired", "its checkout page closed unpaid", cancel_intent=False)
         elif isinstance(event, PaymentNotStarted):
             await self._end_unpaid(event.order_id, "cancelled", f"payment could not start: {event.reason}",
                                    idempotency_key=None)
@@ -675,6 +705,10 @@ class Saga:
         """
         row = await self._row(order_id)
         if row.status not in (*HOLDS_STOCK, "pending"):
+            return
+        page = row.checkout_session_id if cancel_intent and has_open_page(row) else None
+        if page and await self.pages.close(row.tenant, row.id, page):
+            log.info("order %s was paid on its checkout page meanwhile: its payment settles it", order_id)
             return
         if cancel_intent and row.payment_intent_id:
             try:

@@ -26,7 +26,7 @@ from cartwheel.contracts.orders import (
     OrderView,
     PaymentInfo,
 )
-from cartwheel.contracts.payments import IntentView
+from cartwheel.contracts.payments import CheckoutSessionView, IntentView
 from cartwheel.errors import Invalid, NotFound
 from cartwheel.outbox import record_events
 from services.orders.domain import HOLDS_STOCK, PLACED_PATH, IllegalTransition, check_transition, total_cents
@@ -54,6 +54,8 @@ def view(row: OrderRow, history: Sequence[OrderTransitionRow] = ()) -> OrderView
             client_secret=row.client_secret,
             status=row.payment_status,
             last_error=row.payment_error,
+            checkout_session_id=row.checkout_session_id,
+            checkout_url=row.checkout_url if row.status in HOLDS_STOCK else None,
         ),
         refunded_cents=row.refunded_cents or 0,
         reserved_until=row.reserved_until,
@@ -88,9 +90,9 @@ class Placing:
         return total_cents(self.lines)
 
 
-def place(session: Session, placings: list[tuple[Placing, IntentView | None]]) -> list[OrderView]:
-    """Write checkouts' orders, awaiting payment (``reserved`` while the intent is queued: None), with their
-    whole histories and ``events.orders.created``.
+def place(session: Session, placings: list[tuple[Placing, IntentView | CheckoutSessionView | None]]) -> list[OrderView]:
+    """Write checkouts' orders, awaiting payment (with their intent, or their checkout page; ``reserved`` while
+    the intent is queued: None), with their whole histories and ``events.orders.created``.
 
     :class:`IntegrityError` if another order has one's Idempotency-Key. Core multi-row inserts, three
     statements however many orders (group-committed checkouts come here together): the ORM's unit of
@@ -103,6 +105,10 @@ def place(session: Session, placings: list[tuple[Placing, IntentView | None]]) -
     for placing, intent in placings:
         at = placing.intent_at or utcnow()
         path = PLACED_PATH if intent is not None else PLACED_PATH[:-1]
+        page = intent if isinstance(intent, CheckoutSessionView) else None
+        if page is not None:
+            path = (*PLACED_PATH[:-1], ("awaiting_payment", "checkout page opened"))
+            intent = None
         row = OrderRow(
             id=placing.order_id, tenant=placing.tenant, status=path[-1][0], version=1,
             user_id=placing.user_id, email=placing.email, cart_id=placing.cart_id,
@@ -110,7 +116,9 @@ def place(session: Session, placings: list[tuple[Placing, IntentView | None]]) -
             lines=json.dumps([line.model_dump() for line in placing.lines]), reservation=placing.reservation,
             reserved_until=placing.reserved_until, payment_intent_id=intent.payment_intent_id if intent else None,
             client_secret=intent.client_secret if intent else None,
-            payment_status=intent.status if intent else QUEUED, payment_error=None, refunded_cents=0,
+            payment_status=(page or intent).status if (page or intent) else QUEUED, payment_error=None,
+            refunded_cents=0, checkout_session_id=page.checkout_session_id if page else None,
+            checkout_url=page.url if page else None,
             created_at=placing.started_at, updated_at=at, refund_reason=None, give_back=None, claimed_by=None,
             claimed_until=None,
         )

@@ -6,7 +6,9 @@ from cartwheel import subjects
 from cartwheel.contracts.payments import (
     CancelIntent,
     ConfirmIntent,
+    CreateCheckoutSession,
     CreateIntent,
+    ExpireCheckoutSession,
     IntentRequested,
     RefundPayment,
     StripeWebhook,
@@ -14,6 +16,7 @@ from cartwheel.contracts.payments import (
 from cartwheel.keyedlock import KeyedLocks
 from cartwheel.service import Service
 from cartwheel.settings import Settings
+from services.payments.checkout import CheckoutHandlers
 from services.payments.handlers import PaymentHandlers
 from services.payments.queue import IN_FLIGHT, WORKERS, IntentQueue
 from services.payments.stripe_api import PaymentMetrics, StripePayments
@@ -37,6 +40,9 @@ def build(settings: Settings) -> Service:
     service.handle(subjects.PAYMENTS_INTENT_CANCEL, CancelIntent)(payments.cancel_intent)
     service.handle(subjects.PAYMENTS_REFUND, RefundPayment)(payments.refund_payment)
     service.handle(subjects.PAYMENTS_WEBHOOK, StripeWebhook)(webhooks.stripe_webhook)
+    checkouts = CheckoutHandlers(payments)
+    service.handle(subjects.PAYMENTS_CHECKOUT_CREATE, CreateCheckoutSession)(checkouts.create_checkout)
+    service.handle(subjects.PAYMENTS_CHECKOUT_EXPIRE, ExpireCheckoutSession)(checkouts.expire_checkout)
     (durable, subject), = subjects.EVENT_CONSUMERS["payments"].items()
     queue = IntentQueue(payments)
     service.consume(subject, IntentRequested, durable, workers=WORKERS, in_flight=IN_FLIGHT)(queue.create_queued)

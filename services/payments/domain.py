@@ -39,7 +39,9 @@ DISPUTE_EVENTS = frozenset({DISPUTE_CREATED, DISPUTE_CLOSED})
 DISPUTE_WON = frozenset({"won", "warning_closed"})
 """A closed dispute's statuses that leave the money with the shop (an inquiry that closed without a chargeback)."""
 REFUND_EVENTS = frozenset({"refund.updated", "refund.failed", "charge.refund.updated"})
-KNOWN_EVENTS = INTENT_EVENTS | DISPUTE_EVENTS | REFUND_EVENTS | {CHARGE_REFUNDED}
+CHECKOUT_EVENTS = frozenset({"checkout.session.completed", "checkout.session.expired"})
+"""A hosted checkout page paid (its intent is made then) or closed unpaid."""
+KNOWN_EVENTS = INTENT_EVENTS | DISPUTE_EVENTS | REFUND_EVENTS | CHECKOUT_EVENTS | {CHARGE_REFUNDED}
 """The event types the webhook metric names; any other is counted as "other" (the label set stays small)."""
 REFUND_LOST = frozenset({"failed", "canceled"})
 """A refund's statuses that mean the money did not go back (after Stripe first took the request)."""

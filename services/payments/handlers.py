@@ -55,7 +55,7 @@ class PaymentHandlers:
             row = await self.db.read(lambda s: s.get(IntentRow, known))
         else:
             key = domain.intent_key(cmd.order_id)
-            made = domain.snapshot(await self._stripe().create_intent(
+            made = domain.snapshot(await self.provider().create_intent(
                 cmd.order_id, cmd.tenant, cmd.amount_cents, cmd.currency, key, email=cmd.email, wait=wait))
             row = await self.db.run_batched(store.keep_first_intents, (made, cmd.tenant))  # with concurrent ones
         assert row is not None
@@ -73,7 +73,7 @@ class PaymentHandlers:
             return store.to_view(row).model_dump(mode="json")
         async with self.intents.hold(row.id):
             try:
-                intent = await self._stripe().confirm_intent(row.id, cmd.payment_method, f"confirm-{cmd.id}")
+                intent = await self.provider().confirm_intent(row.id, cmd.payment_method, f"confirm-{cmd.id}")
             except DomainError as refusal:
                 intent = await self._finished_or_raise(row.id, refusal)
             return await self._settle(intent, "confirm")
@@ -84,7 +84,7 @@ class PaymentHandlers:
             return store.to_view(row).model_dump(mode="json")
         async with self.intents.hold(row.id):
             try:
-                intent = await self._stripe().cancel_intent(row.id)
+                intent = await self.provider().cancel_intent(row.id)
             except DomainError as refusal:
                 intent = await self._finished_or_raise(row.id, refusal)
             return await self._settle(intent, "cancel")
@@ -95,7 +95,7 @@ class PaymentHandlers:
             return store.refund_reply(done)
         row = await self.db.read(lambda s: store.intent_of_order(s, cmd.payment_intent_id, cmd.order_id))
         if row.status != "succeeded":  # our copy may be behind (a webhook not here yet): ask
-            current = await self._stripe().retrieve_intent(row.id)
+            current = await self.provider().retrieve_intent(row.id)
             if current["status"] != "succeeded":
                 raise DomainError(
                     f"payment {row.id} has not succeeded ({current['status']}): nothing to refund",
@@ -104,7 +104,7 @@ class PaymentHandlers:
                     status=current["status"],
                 )
             await self._settle(current, "retrieve")
-        refund = await self._stripe().refund(row.id, cmd.order_id, cmd.reason, domain.refund_key(cmd.order_id))
+        refund = await self.provider().refund(row.id, cmd.order_id, cmd.reason, domain.refund_key(cmd.order_id))
 
         def record(session: Session) -> dict[str, Any]:
             kept = store.insert_refund(session, refund, cmd.order_id, row.id)
@@ -128,12 +128,12 @@ class PaymentHandlers:
         """Stripe refused because the intent finished meanwhile (a retry, a buyer's 3-D Secure): answer with it."""
         if refusal.code != "conflict":
             raise refusal
-        current = await self._stripe().retrieve_intent(intent_id)
+        current = await self.provider().retrieve_intent(intent_id)
         if current["status"] not in domain.FINISHED:
             raise refusal
         return current
 
-    def _stripe(self) -> StripePayments:
+    def provider(self) -> StripePayments:
         if self.stripe is None:
             raise provider_unavailable(
                 "payments are not configured: no Stripe secret key (CARTWHEEL_STRIPE_SECRET_KEY)"

@@ -6,6 +6,7 @@ so whichever arrives first moves the order and the other finds nothing new to sa
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from cartwheel.contracts.base import utcnow
 from cartwheel.contracts.payments import (
+    CheckoutExpired,
     PaymentDisputeClosed,
     PaymentDisputed,
     PaymentEvent,
@@ -35,6 +37,30 @@ def settle(session: Session, snap: IntentSnapshot, source: str) -> IntentRow | N
         store.update_intent(row, snap)
     announce(session, row, domain.newly_reached(before, domain.outcome(row.status, row.last_error)), source)
     return row
+
+
+def checkout_changed(session: Session, checkout: Mapping[str, Any], paid: IntentSnapshot | None,
+                     source: str) -> bool:
+    """A Checkout Session of ours moved at Stripe (``checkout``: the session as Stripe says now); ``paid``: the
+    intent it made, when the buyer paid. A closed page is announced once; a paid one settles its order's
+    intent (recorded first: Stripe made it, not we). False when the session is not ours."""
+    row = store.lock_session(session, str(checkout.get("id")))
+    if row is None:
+        return False
+    before, status = row.status, str(checkout.get("status") or row.status)
+    if before != "open":
+        status = before  # complete and expired are final
+    row.status, row.updated_at = status, utcnow()
+    if status != "open":
+        row.url = None
+    if paid is not None:
+        row.payment_intent_id = paid.id
+        snap = dataclasses.replace(paid, order_id=paid.order_id or row.order_id, tenant=paid.tenant or row.tenant)
+        store.insert_intent(session, snap, row.tenant)
+        settle(session, snap, source)
+    elif status == "expired" and before == "open":
+        record_event(session, CheckoutExpired(tenant=row.tenant, order_id=row.order_id, checkout_session_id=row.id))
+    return True
 
 
 def announce(session: Session, row: IntentRow, kind: Outcome | None, source: str) -> None:

@@ -1,4 +1,4 @@
-"""Payments tables: each order's PaymentIntent, its refund, and every Stripe event seen."""
+"""Payments tables: each order's PaymentIntent (or Checkout Session), its refund, and every Stripe event seen."""
 
 from __future__ import annotations
 
@@ -58,3 +58,21 @@ class StripeEventRow(Base):
     type: Mapped[str] = mapped_column(String(100))
     payment_intent_id: Mapped[str | None] = mapped_column(String(255))
     received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class CheckoutSessionRow(Base):
+    """An order's Stripe Checkout Session (hosted payment page): one per order; its intent comes when it is paid."""
+
+    __tablename__ = "checkout_sessions"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    order_id: Mapped[str] = mapped_column(String(100), unique=True)
+    tenant: Mapped[str] = mapped_column(String(64))
+    amount_cents: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    status: Mapped[str] = mapped_column(String(32))
+    url: Mapped[str | None] = mapped_column(Text)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    payment_intent_id: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import bindparam, select
@@ -10,11 +11,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from cartwheel.contracts.base import utcnow
-from cartwheel.contracts.payments import IntentView
+from cartwheel.contracts.payments import CheckoutSessionView, IntentView
 from cartwheel.errors import NotFound
 from services.payments import domain
 from services.payments.domain import IntentSnapshot
-from services.payments.models import IntentRow, RefundRow, StripeEventRow
+from services.payments.models import CheckoutSessionRow, IntentRow, RefundRow, StripeEventRow
 
 
 class AlreadyRecorded(Exception):
@@ -163,3 +164,36 @@ def record_stripe_event(session: Session, event_id: str, event_type: str, intent
         session.flush()  # a concurrent twin fails here on the primary key
     except IntegrityError:
         raise AlreadyRecorded(event_id) from None
+
+
+def session_view(row: CheckoutSessionRow) -> CheckoutSessionView:
+    paid = row.payment_intent_id is not None and row.status == "complete"
+    return CheckoutSessionView(checkout_session_id=row.id, url=row.url if row.status == "open" else None,
+                               status=row.status, payment_status="paid" if paid else "unpaid",  # type: ignore[arg-type]
+                               expires_at=row.expires_at, payment_intent_id=row.payment_intent_id)
+
+
+def session_of_order(session: Session, order_id: str) -> CheckoutSessionRow | None:
+    return session.scalar(select(CheckoutSessionRow).where(CheckoutSessionRow.order_id == order_id))
+
+
+def lock_session(session: Session, session_id: str) -> CheckoutSessionRow | None:
+    return session.scalar(select(CheckoutSessionRow).where(CheckoutSessionRow.id == session_id).with_for_update())
+
+
+def keep_first_session(session: Session, made: dict[str, Any], order_id: str, tenant: str, amount_cents: int,
+                       currency: str) -> CheckoutSessionRow:
+    """Record the order's new Checkout Session; a concurrent twin's row wins if it came first."""
+    now = utcnow()
+    values = {"id": made["id"], "order_id": order_id, "tenant": tenant, "amount_cents": amount_cents,
+              "currency": currency, "status": str(made.get("status") or "open"), "url": made.get("url"),
+              "expires_at": datetime.fromtimestamp(int(made["expires_at"]), UTC), "payment_intent_id": None,
+              "created_at": now, "updated_at": now}
+    _insert_if_absent(session, CheckoutSessionRow.__table__, [values])
+    row = session_of_order(session, order_id)
+    assert row is not None
+    return row
+
+
+SESSION_ORDER = select(CheckoutSessionRow.order_id).where(CheckoutSessionRow.id == bindparam("session_id"))
+"""The order of one of our Checkout Sessions (None: not ours): ``db.lookup(SESSION_ORDER, session_id=...)``."""

@@ -25,6 +25,7 @@ import stripe
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from cartwheel import tracing
+from cartwheel.contracts.payments import CreateCheckoutSession
 from cartwheel.errors import DomainError, NotFound
 from cartwheel.money import to_stripe
 from cartwheel.settings import Settings
@@ -38,7 +39,7 @@ WEBHOOK_TOLERANCE_S = 300  # Stripe's default: an older signature is a replay
 RATE_LIMITED_TRIES = 6  # a call Stripe answers 429 goes again this often, each after the wait Stripe asks
 RATE_LIMITED_WAIT_S = (0.5, 8.0)  # without a Retry-After: a doubling wait between these, with jitter
 # Whatever the request: unreachable, rate-limited, or our key refused (configuration). A later retry may work.
-UNAVAILABLE = (stripe.APIConnectionError, stripe.AuthenticationError, stripe.PermissionError)
+UNAVAILABLE = (stripe.APIConnectionError, stripe.AuthenticationError, stripe.PermissionError)  # 429 is paced
 DEFAULT_RATE = 80.0  # calls a second: below Stripe's live-mode limit of 100 (settings.stripe_requests_per_second)
 
 
@@ -149,11 +150,46 @@ class StripePayments:
             "amount": amount,
             "currency": currency.lower(),
             "metadata": {"order_id": order_id, "tenant": tenant},
-            "payment_method_types": ["card"],
+            "automatic_payment_methods": {"enabled": True},  # what the account offers, as set in its dashboard
         }
+        if email:
+            params["receipt_email"] = email  # Stripe mails its receipt once the payment succeeds
         priority = BACKGROUND if wait is None else CHECKOUT
         return await self._call("create a payment", self.client.v1.payment_intents.create_async, params, key=key,
                                 priority=priority, wait=wait)
+
+    async def create_checkout_session(self, ask: CreateCheckoutSession, key: str, wait: float) -> dict:
+        """A hosted payment page for the order: its lines, the buyer's email, when it closes, where it sends the
+        buyer back; the intent it makes carries the order in its metadata, as ours do."""
+        currency = ask.currency.lower()
+        try:
+            lines = [{"quantity": line.quantity, "price_data": {
+                "currency": currency, "unit_amount": to_stripe(line.unit_amount_cents, ask.currency),
+                "product_data": {"name": line.name}}} for line in ask.lines]
+        except ValueError as unpayable:
+            raise DomainError(str(unpayable), code="conflict") from None
+        metadata = {"order_id": ask.order_id, "tenant": ask.tenant}
+        params: dict[str, Any] = {
+            "mode": "payment",
+            "line_items": lines,
+            "success_url": ask.success_url,
+            "cancel_url": ask.cancel_url,
+            "expires_at": int(ask.expires_at.timestamp()),
+            "client_reference_id": ask.order_id,
+            "metadata": metadata,
+            "payment_intent_data": {"metadata": metadata, **({"receipt_email": ask.email} if ask.email else {})},
+            **({"customer_email": ask.email} if ask.email else {}),
+        }
+        return await self._call("open a checkout page", self.client.v1.checkout.sessions.create_async, params,
+                                key=key, priority=CHECKOUT, wait=wait)
+
+    async def retrieve_checkout_session(self, session_id: str) -> dict:
+        return await self._call("read the checkout page", self.client.v1.checkout.sessions.retrieve_async,
+                                session_id)
+
+    async def expire_checkout_session(self, session_id: str) -> dict:
+        return await self._call("close the checkout page", self.client.v1.checkout.sessions.expire_async,
+                                session_id, priority=BACKGROUND)
 
     async def retrieve_intent(self, intent_id: str) -> dict:
         return await self._call("read the payment", self.client.v1.payment_intents.retrieve_async, intent_id)

@@ -10,7 +10,9 @@ its metadata) is recorded and ignored.
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -20,6 +22,7 @@ from cartwheel.errors import DomainError, NotFound
 from cartwheel.keyedlock import KeyedLocks
 from cartwheel.service import Service
 from services.payments import domain, ledger, store
+from services.payments.checkout import paid_intent
 from services.payments.domain import IntentSnapshot
 from services.payments.stripe_api import PaymentMetrics, StripePayments, provider_unavailable, verify_webhook
 
@@ -66,9 +69,13 @@ class WebhookHandlers:
         # One intent's reports one at a time, read and written: two read out of order and written in the
         # other order would leave the older state (a failure over the buyer's 3-D Secure step).
         async with self.intents.hold(domain.intent_of(event["type"], subject) or event["id"]):
-            snap, refunded = await self._report(event["type"], subject)
+            if event["type"] in domain.CHECKOUT_EVENTS:
+                record = await self._checkout_report(event, subject)
+            else:
+                snap, refunded = await self._report(event["type"], subject)
+                record = functools.partial(self._record, event=event, snap=snap, refunded=refunded)
             try:
-                applied = await self.db.run(lambda s: self._record(s, event, snap, refunded))
+                applied = await self.db.run(record)
             except store.AlreadyRecorded:  # a concurrent delivery of the same event won
                 return outcome.model_dump(mode="json"), "duplicate"
         self.service.notify_outbox()
@@ -85,6 +92,25 @@ class WebhookHandlers:
             refunded = domain.stripe_amount(subject, "amount_refunded") or 0
             return (snap if snap and await self._ours(snap.id) else None), refunded
         return None, None
+
+    async def _checkout_report(self, event: dict[str, Any], subject: dict[str, Any]) -> Callable[[Session], bool]:
+        """How to record a checkout page's event: with the session (and the intent it made) as Stripe has them
+        now, for a session of ours; else recorded and ignored."""
+        session_id = subject.get("id")
+        if not isinstance(session_id, str) or not await self.db.lookup(store.SESSION_ORDER, session_id=session_id):
+            log.info("stripe reports on checkout page %r, which this shop did not open: recorded, ignored",
+                     session_id)
+            return functools.partial(self._record, event=event, snap=None, refunded=None)
+        if self.stripe is None:  # not recorded: Stripe delivers it again
+            raise provider_unavailable("no Stripe secret key: cannot read the checkout page's current state")
+        checkout = await self.stripe.retrieve_checkout_session(session_id)
+        paid = await paid_intent(self.stripe, checkout)
+
+        def record(session: Session) -> bool:
+            store.record_stripe_event(session, event["id"], event["type"], paid.id if paid else None)
+            return ledger.checkout_changed(session, checkout, paid, event["id"])
+
+        return record
 
     async def _current(self, intent_id: Any) -> IntentSnapshot | None:
         """The intent as Stripe has it now, not as the event says: events come late, twice and out of order
@@ -108,7 +134,7 @@ class WebhookHandlers:
         return False
 
     @staticmethod
-    def _record(session: Session, event: dict[str, Any], snap: IntentSnapshot | None, refunded: int | None) -> bool:
+    def _record(session: Session, *, event: dict[str, Any], snap: IntentSnapshot | None, refunded: int | None) -> bool:
         """Record the event and apply it; whether it changed a payment of this shop's (else it is ignored)."""
         kind, subject = event["type"], (event.get("data") or {}).get("object") or {}
         about = domain.intent_of(kind, subject) if kind in domain.DISPUTE_EVENTS | domain.REFUND_EVENTS else None

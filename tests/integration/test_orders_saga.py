@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from cartwheel.contracts.catalog import ProductPatch, UpdateProduct
 from cartwheel.contracts.inventory import CommitReservation, GetStock, SetStock
 from cartwheel.contracts.orders import CancelOrder, Checkout, CheckoutItem, GetOrder, ListOrders, PayOrder
 from cartwheel.contracts.payments import (
+    CheckoutExpired,
     PaymentDisputeClosed,
     PaymentDisputed,
     PaymentFailed,
@@ -62,6 +64,7 @@ class FakePayments:
         self.before_intent_reply: Callable[[dict[str, Any]], Awaitable[None]] | None = None  # on the fake's loop
         self.hold_intents = threading.Event()  # set: CreateIntent never answers (a crash test)
         self.queue_intents = False  # True: CreateIntent answers "queued" (Stripe's rate limit is fully used)
+        self.page_paid = False  # True: a checkout page asked to close was paid meanwhile
         self.confirm_status = "succeeded"
         self.received: tuple[int, str] | None = None  # what a succeeded confirm says it took in (None: the total)
         self.cancel_status = "canceled"  # "succeeded": the buyer paid just before the cancel reached Stripe
@@ -100,6 +103,8 @@ class FakePayments:
             subjects.PAYMENTS_INTENT_CONFIRM,
             subjects.PAYMENTS_INTENT_CANCEL,
             subjects.PAYMENTS_REFUND,
+            subjects.PAYMENTS_CHECKOUT_CREATE,
+            subjects.PAYMENTS_CHECKOUT_EXPIRE,
         ):
             await self.nc.subscribe(subject, queue="payments", cb=self._answer)
 
@@ -112,6 +117,15 @@ class FakePayments:
         intent = {"payment_intent_id": f"pi_{order_id}", "client_secret": f"pi_{order_id}_secret_x",
                   "status": "requires_payment_method", "amount_cents": body.get("amount_cents", 0),
                   "currency": body.get("currency", "EUR"), "last_error": None}
+        if msg.subject in (subjects.PAYMENTS_CHECKOUT_CREATE, subjects.PAYMENTS_CHECKOUT_EXPIRE):
+            closed = "complete" if self.page_paid else "expired"
+            page = {"checkout_session_id": f"cs_{order_id}", "url": f"http://pay.test/c/pay/cs_{order_id}",
+                    "status": "open" if msg.subject == subjects.PAYMENTS_CHECKOUT_CREATE else closed,
+                    "payment_status": "paid" if self.page_paid else "unpaid",
+                    "expires_at": body.get("expires_at", "2030-01-01T00:00:00Z"),
+                    "payment_intent_id": f"pi_{order_id}" if self.page_paid else None}
+            await msg.respond(encode({"ok": True, "data": page}))
+            return
         if msg.subject == subjects.PAYMENTS_INTENT_CREATE:
             if self.hold_intents.is_set():
                 return  # never answers: the orders service is killed meanwhile
@@ -271,7 +285,8 @@ def test_a_checkout_whose_intent_is_queued_answers_reserved_then_awaits_payment_
     order = ask(client, buy(mug, 2, email="ada@example.com"))
     assert order["status"] == "reserved" and stock(client, mug) == (5, 2)  # the stock is the buyer's already
     assert order["payment"] == {"provider": "stripe", "payment_intent_id": None, "client_secret": None,
-                                "status": "queued", "last_error": None}
+                                "status": "queued", "last_error": None, "checkout_session_id": None,
+                                "checkout_url": None}
     assert [h["status"] for h in order["history"]] == ["pending", "reserved"]
     too_soon = refused(client, PayOrder(order_id=order["order_id"], payment_method="pm_card_visa"))
     assert too_soon.code == "payment_not_ready"
@@ -301,6 +316,63 @@ def test_a_queued_intent_refused_for_good_cancels_its_order_and_one_made_too_lat
     (cancel,) = payments.asked(subjects.PAYMENTS_INTENT_CANCEL)
     assert (cancel["order_id"], cancel["payment_intent_id"]) == (late_order["order_id"], f"pi_{late_order['order_id']}")
     assert status_of(client, late_order["order_id"]) == "cancelled"
+
+
+def hosted(product_id: str, quantity: int = 1) -> Checkout:
+    return buy(product_id, quantity, email="ada@example.com", mode="hosted",
+               return_url="http://shop.test/orders/{ORDER_ID}")
+
+
+def test_a_hosted_checkout_holds_stock_while_its_page_is_open_and_is_paid_there(
+    orders: Any, payments: FakePayments, client: Client
+) -> None:
+    mug = new_product(client, 5)
+    order = ask(client, hosted(mug, 2))
+    order_id = order["order_id"]
+    assert order["status"] == "awaiting_payment" and stock(client, mug) == (5, 2)
+    assert order["payment"]["checkout_url"] == f"http://pay.test/c/pay/cs_{order_id}"
+    assert order["payment"]["checkout_session_id"] == f"cs_{order_id}" and order["payment"]["client_secret"] is None
+    assert order["history"][-1]["reason"] == "checkout page opened"
+    (page,) = payments.asked(subjects.PAYMENTS_CHECKOUT_CREATE)
+    assert page["success_url"] == f"http://shop.test/orders/{order_id}?checkout=done"
+    assert page["cancel_url"] == f"http://shop.test/orders/{order_id}?checkout=cancelled"
+    assert page["lines"] == [{"name": page["lines"][0]["name"], "quantity": 2, "unit_amount_cents": 1200}]
+    created, reserved_until = (datetime.fromisoformat(order[k]) for k in ("created_at", "reserved_until"))
+    closes = datetime.fromisoformat(page["expires_at"].replace("Z", "+00:00"))
+    assert reserved_until - created >= timedelta(minutes=32)  # Stripe keeps a page open 30 minutes at least
+    assert reserved_until - closes == timedelta(seconds=60)  # the page closes first: a payment finds its stock
+    assert refused(client, PayOrder(order_id=order_id, payment_method="pm_card_visa")).code == "conflict"
+    payments.publish(paid_event(order))  # what payments announces after checkout.session.completed
+    wait_for(lambda: status_of(client, order_id) == "paid", "the order paid")
+    assert stock(client, mug) == (3, 0)
+    assert ask(client, GetOrder(order_id=order_id))["payment"]["checkout_url"] is None  # nothing more to pay there
+
+
+def test_a_hosted_checkout_whose_page_closed_unpaid_expires_and_one_cancelled_closes_its_page(
+    orders: Any, payments: FakePayments, client: Client
+) -> None:
+    mug = new_product(client, 5)
+    abandoned, cancelled = ask(client, hosted(mug, 1)), ask(client, hosted(mug, 2))
+    closed = CheckoutExpired(order_id=abandoned["order_id"], checkout_session_id=f"cs_{abandoned['order_id']}")
+    payments.publish(closed)
+    wait_for(lambda: status_of(client, abandoned["order_id"]) == "expired", "the abandoned order expired")
+    assert not payments.asked(subjects.PAYMENTS_CHECKOUT_EXPIRE)  # Stripe closed that page itself
+    ask(client, CancelOrder(order_id=cancelled["order_id"], reason="the buyer changed their mind"))
+    (close,) = payments.asked(subjects.PAYMENTS_CHECKOUT_EXPIRE)
+    assert close["checkout_session_id"] == f"cs_{cancelled['order_id']}"
+    assert status_of(client, cancelled["order_id"]) == "cancelled" and stock(client, mug) == (5, 0)
+
+
+def test_an_order_whose_page_was_paid_as_it_was_closed_keeps_its_stock_for_the_payment(
+    orders: Any, payments: FakePayments, client: Client
+) -> None:
+    mug = new_product(client, 5)
+    order = ask(client, hosted(mug, 1))
+    payments.page_paid = True
+    ask(client, CancelOrder(order_id=order["order_id"], reason="too late: the buyer paid"))
+    assert status_of(client, order["order_id"]) == "awaiting_payment" and stock(client, mug) == (5, 1)
+    payments.publish(paid_event(order))
+    wait_for(lambda: status_of(client, order["order_id"]) == "paid", "the order paid")
 
 
 def test_paying_through_the_order_confirms_and_a_decline_keeps_the_stock_for_another_card(

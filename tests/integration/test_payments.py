@@ -734,3 +734,15 @@ def test_stripe_calls_and_webhook_events_are_counted(payments, client, stripe_cl
     assert sample("cartwheel_webhook_events_total", type=succeeded, result="duplicate") == 1
     assert sample("cartwheel_webhook_events_total", type=succeeded, result="ignored") == 1  # not this shop's
     assert sample("cartwheel_webhook_events_total", type="other", result="ignored") == 1
+
+
+def test_an_intent_offers_the_accounts_payment_methods_and_mails_the_receipt_to_the_buyer(
+    payments, client, stripe_client
+) -> None:
+    order_id = new_order()
+    ask = CreateIntent(order_id=order_id, amount_cents=2500, currency="EUR", email="ada@example.com")
+    made = client.run(lambda nc: request(nc, ask, TIMEOUT))
+    intent = stripe_client.v1.payment_intents.retrieve(made["payment_intent_id"]).to_dict()
+    assert intent["automatic_payment_methods"]["enabled"] is True  # not a fixed ["card"]: what the account offers
+    assert intent["receipt_email"] == "ada@example.com"
+    assert intent["metadata"]["order_id"] == order_id
