@@ -7,6 +7,7 @@ secrets generated once and kept in ``var/secrets.json`` (mode 0600), never hard-
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import ssl
 from functools import lru_cache
@@ -150,6 +151,16 @@ class Settings(BaseSettings):
         1.0, ge=0, le=30, description="How long a checkout waits for its turn to create its payment intent; "
         "longer, the intent is queued and the buyer gets the order now, its client secret soon after."
     )
+    stripe_publishable_key: str | None = Field(
+        None,
+        description="Stripe publishable key (pk_...): the storefront takes cards with Stripe.js; unset, it offers "
+        "test payment methods. `cartwheel up` sets one for the embedded server.",
+    )
+    stripe_js_url: str = Field(
+        "https://js.stripe.com/v3/", pattern=r"^https?://[^/?#]+/",
+        description="Where the storefront loads Stripe.js from; `cartwheel up` points it at the embedded server's "
+        "stand-in.",
+    )
     reservation_ttl_seconds: int = Field(
         900, ge=1, le=7 * 86400, description="Stock held for an order awaiting payment, then released."
     )
@@ -167,11 +178,20 @@ class Settings(BaseSettings):
         "(OTLP over HTTP to the standard OTEL_EXPORTER_OTLP_ENDPOINT), `console`, or `file:<path>` (JSON lines).",
     )
 
-    @field_validator("stripe_secret_key", "stripe_api_base", "stripe_webhook_secret", mode="before")
+    @field_validator("stripe_secret_key", "stripe_api_base", "stripe_webhook_secret", "stripe_publishable_key",
+                     mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         """``CARTWHEEL_STRIPE_SECRET_KEY=`` (as Compose passes an unset variable) means no key."""
         return None if value == "" else value
+
+    @field_validator("stripe_publishable_key")
+    @classmethod
+    def _publishable(cls, value: str | None) -> str | None:
+        """The key the pages hand to every browser: a secret key there would give the account away."""
+        if value is not None and not re.fullmatch(r"pk_(test|live)_\w+", value):
+            raise ValueError("a Stripe publishable key starts with pk_test_ or pk_live_ (never a secret sk_ key)")
+        return value
 
     def database_url(self, service: str) -> str:
         if service not in DATABASES:

@@ -58,6 +58,7 @@ PAYMENT_SERVER = "localstripe"
 PAYMENT_STANDIN = "standin"  # the Stripe stand-in in front of localstripe (cartwheel/paymentserver)
 NAMES: tuple[str, ...] = (NATS, GATEWAY, *SERVICES, PAYMENT_SERVER, PAYMENT_STANDIN)
 EMBEDDED_STRIPE_KEY = "sk_test_cartwheel_embedded"  # the embedded server takes any key that looks like a test key
+EMBEDDED_PUBLISHABLE_KEY = "pk_test_cartwheel_embedded"  # the storefront's Stripe.js calls the stand-in with it
 COLOURS = (36, 33, 32, 35, 34, 96, 93, 92, 95, 94)
 SEEDED_MARKER = ".demo-seeded"
 
@@ -357,13 +358,17 @@ class System:
         update: dict[str, object] = {"var_dir": settings.var_dir.resolve()}
         if "cookie_secure" not in settings.model_fields_set:
             update["cookie_secure"] = False  # the gateway serves plain http here: a Secure cookie never comes back
-        # No Stripe key: payments talks to the embedded payment server, whose webhooks come back signed.
+        # No Stripe key: payments talks to the embedded payment server, whose webhooks come back signed, and the
+        # storefront takes cards with the stand-in's own Stripe.js, from the same server.
         self.embedded_stripe = settings.stripe_secret_key is None
         if self.embedded_stripe:
+            api_base = f"http://127.0.0.1:{free_port()}"
             update |= {
                 "stripe_secret_key": SecretStr(EMBEDDED_STRIPE_KEY),
-                "stripe_api_base": f"http://127.0.0.1:{free_port()}",
+                "stripe_api_base": api_base,
                 "stripe_webhook_secret": SecretStr("whsec_" + secrets.token_urlsafe(24)),
+                "stripe_publishable_key": EMBEDDED_PUBLISHABLE_KEY,
+                "stripe_js_url": f"{api_base}/js.stripe.com/v3/",
             }
         self.postgres = postgres
         if postgres:

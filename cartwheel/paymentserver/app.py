@@ -17,6 +17,8 @@ from cartwheel.paymentserver.standin import STANDIN, Standin
 from cartwheel.paymentserver.state import Registration
 from cartwheel.paymentserver.upstream import Upstream, UpstreamDown
 
+STRIPE_JS = Path(__file__).with_name("static") / "stripe-v3.js"
+
 
 def make_app(upstream: str, state_path: Path | None = None, rate_limit: float | None = None) -> web.Application:
     app = web.Application(middlewares=[meter])
@@ -28,6 +30,7 @@ def make_app(upstream: str, state_path: Path | None = None, rate_limit: float | 
     app.router.add_delete("/_config/data", clear_data)
     app.router.add_get("/_config/stats", stats)
     app.router.add_delete("/_config/stats", reset_stats)
+    app.router.add_get("/js.stripe.com/v3/", stripe_js)
     add_routes(app)
     app.router.add_route("OPTIONS", "/{tail:.*}", preflight)
     app.router.add_route("*", "/{tail:.*}", forward)
@@ -102,6 +105,12 @@ async def stats(request: web.Request) -> web.StreamResponse:
 async def reset_stats(request: web.Request) -> web.StreamResponse:
     request.app[STANDIN].stats.reset()
     return await stats(request)
+
+
+async def stripe_js(request: web.Request) -> web.StreamResponse:
+    """Cartwheel's own Stripe.js stand-in (``static/stripe-v3.js``), in place of localstripe's."""
+    return web.FileResponse(STRIPE_JS, headers={"Content-Type": "text/javascript; charset=utf-8",
+                                                "Cache-Control": "no-cache"})
 
 
 async def preflight(request: web.Request) -> web.StreamResponse:

@@ -125,6 +125,40 @@ def test_three_d_secure_leaves_the_order_waiting_for_the_buyer(system: System) -
     assert stock(system, mug["id"]) == (3, 1)
 
 
+def test_the_order_page_takes_cards_with_the_embedded_servers_own_stripe_js(system: System) -> None:
+    settings = system.settings
+    browser = shopper_with(system, product(system, stock=3)["id"])
+    placed = checkout(browser, system, json={}).json()
+    page = browser.get(f"{system.base_url}/orders/{placed['order_id']}", timeout=TIMEOUT)
+    assert f'<script src="{settings.stripe_js_url}" defer></script>' in page.text
+    assert f'data-stripe-key="{settings.stripe_publishable_key}"' in page.text
+    assert f'data-client-secret="{placed["payment"]["client_secret"]}"' in page.text
+    assert f"script-src 'self' {settings.stripe_api_base};" in page.headers["Content-Security-Policy"]
+    script = requests.get(settings.stripe_js_url, timeout=TIMEOUT)
+    assert script.headers["Content-Type"].startswith("text/javascript")
+    assert "Cartwheel's stand-in for Stripe.js" in script.text  # the project's, not localstripe's
+
+
+def test_stripe_js_calls_with_the_publishable_key_pass_3d_secure_and_the_order_turns_paid(system: System) -> None:
+    """The calls the Stripe.js stand-in makes from the order page, as forms with the publishable key."""
+    api, key = system.settings.stripe_api_base, system.settings.stripe_publishable_key
+    browser = shopper_with(system, product(system, stock=3)["id"])
+    placed = checkout(browser, system, json={}).json()
+    intent, secret = placed["payment"]["payment_intent_id"], placed["payment"]["client_secret"]
+    card = {"card[number]": "4000 0025 0000 3155", "card[exp_month]": "12", "card[exp_year]": "2034",
+            "card[cvc]": "123", "billing_details[email]": "buyer@example.test"}
+    method = requests.post(f"{api}/v1/payment_methods", data={"key": key, "type": "card", **card}, timeout=TIMEOUT)
+    assert method.status_code == 200, method.text
+    confirm = {"key": key, "client_secret": secret, "payment_method": method.json()["id"],
+               "return_url": f"{system.base_url}/orders/{placed['order_id']}"}
+    pending = requests.post(f"{api}/v1/payment_intents/{intent}/confirm", data=confirm, timeout=TIMEOUT)
+    assert pending.json()["status"] == "requires_action", pending.text
+    passed = requests.post(f"{api}/v1/payment_intents/{intent}/_authenticate?success=true",
+                           data={"key": key, "client_secret": secret}, timeout=TIMEOUT)
+    assert passed.json()["status"] == "succeeded", passed.text
+    assert wait_status(browser, system, placed["order_id"], "paid")["payment"]["status"] == "succeeded"
+
+
 def test_fifty_buyers_for_the_last_unit_one_pays_the_rest_get_409(system: System) -> None:
     last = product(system, stock=1)
     browsers = [shopper_with(system, last["id"]) for _ in range(50)]

@@ -363,3 +363,86 @@ def test_admin_pages_without_the_gateway_database_are_a_503_page(make_client: An
     for page in (client.get("/admin/products"), client.post("/admin/login", data={"token": TOKEN})):
         assert page.status_code == 503 and page.mimetype == "text/html", page.status_code
         assert "try again" in page.get_data(as_text=True)
+
+
+# -- card entry with Stripe.js ---------------------------------------------------------------------
+
+SAME_ORIGIN_POLICY = ("default-src 'self'; img-src 'self' data: http: https:; style-src 'self'; script-src 'self'; "
+                      "frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
+STAND_IN = "http://127.0.0.1:4510"
+
+
+def order_page(make_client: Any, orders: Orders, **settings: Any) -> tuple[FlaskClient, str, TestResponse]:
+    buyer = make_client(**settings)
+    buyer.post("/api/cart/items", json={"product_id": PRODUCT, "quantity": 1})
+    order_id = checkout(buyer).get_json()["order_id"]
+    return buyer, order_id, buyer.get(f"/orders/{order_id}")
+
+
+def origins(policy: str) -> dict[str, set[str]]:
+    """The origins each directive names, beside 'self' and schemes."""
+    found = {}
+    for directive in policy.split("; "):
+        name, *sources = directive.split()
+        found[name] = {source for source in sources if "://" in source}
+    return found
+
+
+def test_without_a_publishable_key_the_order_page_offers_test_methods_under_the_same_origin_policy(
+    make_client: Any, orders: Orders
+) -> None:
+    _, _, page = order_page(make_client, orders)
+    html = page.get_data(as_text=True)
+    assert "pm_card_visa" in html and "data-stripe-key" not in html and "stripe" not in html.split("</head>")[0]
+    assert page.headers["Content-Security-Policy"] == SAME_ORIGIN_POLICY
+
+
+def test_with_stripes_key_the_order_page_loads_stripe_js_and_its_policy_names_stripe_only(
+    make_client: Any, orders: Orders
+) -> None:
+    buyer, order_id, page = order_page(make_client, orders, stripe_publishable_key="pk_test_shop")
+    html = page.get_data(as_text=True)
+    secret = orders.orders[order_id]["payment"]["client_secret"]
+    assert '<script src="https://js.stripe.com/v3/" defer></script>' in html
+    assert 'data-stripe-key="pk_test_shop"' in html and f'data-client-secret="{secret}"' in html
+    assert "pm_card_visa" not in html and 'id="card-element"' in html and "<script>" not in html  # no inline script
+    policy = page.headers["Content-Security-Policy"]
+    assert origins(policy) == {
+        **{name: set() for name in origins(SAME_ORIGIN_POLICY)},
+        "script-src": {"https://js.stripe.com"},
+        "connect-src": {"https://api.stripe.com"},
+        "frame-src": {"https://js.stripe.com", "https://hooks.stripe.com"},
+    }
+    assert "script-src 'self' https://js.stripe.com;" in policy
+    assert "connect-src 'self' https://api.stripe.com" in policy
+    for other in ("/", "/cart", "/signin", "/admin/login"):  # only the page that loads Stripe.js names it
+        assert buyer.get(other).headers["Content-Security-Policy"] == SAME_ORIGIN_POLICY, other
+
+
+def test_offline_the_policy_names_the_embedded_servers_origin_and_nothing_else(
+    make_client: Any, orders: Orders
+) -> None:
+    _, _, page = order_page(make_client, orders, stripe_publishable_key="pk_test_cartwheel_embedded",
+                            stripe_js_url=f"{STAND_IN}/js.stripe.com/v3/")
+    assert f'<script src="{STAND_IN}/js.stripe.com/v3/" defer></script>' in page.get_data(as_text=True)
+    named = origins(page.headers["Content-Security-Policy"])
+    assert {name: sources for name, sources in named.items() if sources} == {
+        "script-src": {STAND_IN}, "connect-src": {STAND_IN}, "frame-src": {STAND_IN}}
+
+
+def test_an_order_whose_intent_is_queued_says_preparing_and_a_paid_one_loads_no_stripe_js(
+    make_client: Any, orders: Orders
+) -> None:
+    buyer, order_id, _ = order_page(make_client, orders, stripe_publishable_key="pk_test_shop")
+    order = orders.orders[order_id]
+    order["status"], order["payment"] = "reserved", {"status": "queued"}  # behind Stripe's rate limit
+    html = buyer.get(f"/orders/{order_id}").get_data(as_text=True)
+    preparing = re.search(r'<p id="payment-preparing"([^>]*)>Preparing payment…</p>', html)
+    assert preparing and "hidden" not in preparing.group(1)
+    pay = re.search(r'<button type="submit"([^>]*)>Pay ', html)
+    assert 'data-client-secret=""' in html and pay and "disabled" in pay.group(1)
+    assert "js.stripe.com/v3/" in html  # loaded: the card is mounted once the poll brings the secret
+    order["status"] = "paid"
+    page = buyer.get(f"/orders/{order_id}")
+    assert "js.stripe.com" not in page.get_data(as_text=True)
+    assert page.headers["Content-Security-Policy"] == SAME_ORIGIN_POLICY

@@ -43,3 +43,15 @@ def test_cli_refuses_unknown_services_and_knows_local_health() -> None:
     for argv in (["migrate", "bogus"], ["health", "bogus"], ["run", "bogus"]):
         with pytest.raises(SystemExit):
             parse(argv)
+
+
+def test_a_publishable_key_must_be_one(tmp_path: Path) -> None:
+    key = Settings(var_dir=tmp_path, stripe_publishable_key="pk_test_abc123").stripe_publishable_key
+    assert key == "pk_test_abc123"
+    assert Settings(var_dir=tmp_path, stripe_publishable_key="").stripe_publishable_key is None  # Compose's unset
+    for wrong in ("sk_test_abc123", "rk_live_abc", "pk_abc", "pk_test_"):  # a secret key would reach every browser
+        with pytest.raises(ValueError, match="publishable key starts with pk_"):
+            Settings(var_dir=tmp_path, stripe_publishable_key=wrong)
+    assert Settings(var_dir=tmp_path).stripe_js_url == "https://js.stripe.com/v3/"
+    with pytest.raises(ValueError):
+        Settings(var_dir=tmp_path, stripe_js_url="js.stripe.com/v3/")

@@ -90,6 +90,22 @@ def test_only_payments_is_given_the_stripe_key_and_webhook_secret(tmp_path: Path
     assert (env["CARTWHEEL_STRIPE_SECRET_KEY"], env["CARTWHEEL_STRIPE_WEBHOOK_SECRET"]) == ("sk_test_x", "whsec_x")
 
 
+def test_the_embedded_payment_server_gives_the_storefront_a_publishable_key_and_its_stripe_js(
+    tmp_path: Path,
+) -> None:
+    from cartwheel.supervisor import EMBEDDED_PUBLISHABLE_KEY, System
+
+    shop = System(Settings(var_dir=tmp_path), out=io.StringIO(), seed=False)
+    assert shop.settings.stripe_publishable_key == EMBEDDED_PUBLISHABLE_KEY
+    assert shop.settings.stripe_js_url == f"{shop.settings.stripe_api_base}/js.stripe.com/v3/"  # the stand-in's
+    env = child_env(shop.settings, metrics_port=0, role="gateway")  # not a secret: the gateway hands it to browsers
+    assert env["CARTWHEEL_STRIPE_PUBLISHABLE_KEY"] == EMBEDDED_PUBLISHABLE_KEY
+    assert env["CARTWHEEL_STRIPE_JS_URL"] == shop.settings.stripe_js_url
+    real = Settings(var_dir=tmp_path, stripe_secret_key="sk_test_real", stripe_publishable_key="pk_test_real")
+    kept = System(real, out=io.StringIO(), seed=False).settings
+    assert (kept.stripe_publishable_key, kept.stripe_js_url) == ("pk_test_real", "https://js.stripe.com/v3/")
+
+
 def test_scale_reads_service_counts_and_refuses_what_it_cannot_run(tmp_path: Path) -> None:
     from cartwheel.supervisor import StartupError, System, parse_scale
 

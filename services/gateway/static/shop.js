@@ -92,7 +92,7 @@ document.addEventListener("submit", (event) => {
   else if (action === "checkout") checkout(false);
   else if (action === "sign-in") signIn(form);
   else if (action === "sign-up") signUp(form);
-  else if (action === "pay") pay(form);
+  else if (action === "pay") (form.dataset.stripeKey ? payByCard(form) : pay(form));
 });
 
 // -- the cart, live across tabs ---------------------------------------------------------------
@@ -240,17 +240,94 @@ async function signUp(form) {
 
 // -- an order, until it settles ------------------------------------------------------------------
 
+const PAYABLE = ["awaiting_payment", "payment_failed"];  // another card after a decline
+const CARD_PAYABLE = ["reserved", ...PAYABLE];  // a card form waits for the order's intent ("Preparing payment…")
+// Card entry's state: this page's last try (a decline's message, or confirmed) and the order as last polled.
+const card = { stripe: null, element: null, confirmed: false, message: null, orderError: null, paid: false };
+
 function showOrder(order) {
   const section = $("#order");
   section.dataset.status = order.status;
   const status = $("#order-status");
   status.textContent = order.status.replace(/_/g, " ");
   status.className = `status status-${order.status}`;
-  $("#pay").hidden = !["awaiting_payment", "payment_failed"].includes(order.status);  // another card after a decline
+  const form = $("#pay");
+  const byCard = Boolean(form.dataset.stripeKey);
+  form.hidden = card.confirmed || !(byCard ? CARD_PAYABLE : PAYABLE).includes(order.status);
+  if (byCard && order.payment.client_secret && !form.dataset.clientSecret) {
+    form.dataset.clientSecret = order.payment.client_secret;  // the queued intent is made: the card can be taken
+    mountCard(form);
+  }
+  card.orderError = order.payment.last_error;
+  card.paid = ["paid", "fulfilled"].includes(order.status);
+  showPaymentProblem();
+  $("#order-done").hidden = !card.paid;
+}
+
+function showPaymentProblem() {
+  const message = card.confirmed ? null : (card.message || card.orderError);  // this page's last try, else the order's
   const declined = $("#payment-error");
-  declined.hidden = !order.payment.last_error;
-  declined.textContent = order.payment.last_error ? `Payment declined: ${order.payment.last_error}` : "";
-  $("#order-done").hidden = !["paid", "fulfilled"].includes(order.status);
+  declined.hidden = !message;
+  declined.textContent = message ? `Payment declined: ${message}` : "";
+  const confirming = $("#payment-confirming");
+  if (confirming) confirming.hidden = !card.confirmed || card.paid;
+}
+
+// -- paying by card with Stripe.js (offline: the embedded payment server's stand-in) ---------------
+
+function mountCard(form) {
+  if (card.element || form.hidden || !form.dataset.clientSecret) return;
+  if (!card.stripe) {
+    $("#card-problem").textContent = "The card form could not be loaded. Reload the page to try again.";
+    return;
+  }
+  card.element = card.stripe.elements().create("card", { hidePostalCode: true });
+  card.element.on("change", (event) => { $("#card-problem").textContent = event.error ? event.error.message : ""; });
+  card.element.mount("#card-element");
+  $("#payment-preparing").hidden = true;
+  $("button[type=submit]", form).disabled = false;
+}
+
+async function payByCard(form) {
+  if (!card.element) return;
+  const button = $("button[type=submit]", form);
+  button.disabled = true;
+  card.message = null;
+  $("#card-problem").textContent = "";
+  const email = form.dataset.email;
+  const result = await card.stripe.confirmCardPayment(form.dataset.clientSecret, {
+    payment_method: { card: card.element, billing_details: email ? { email } : {} },
+    return_url: `${window.location.origin}${window.location.pathname}`,  // where a redirect-based method comes back
+  });
+  button.disabled = false;
+  if (result.error && result.error.type === "validation_error") $("#card-problem").textContent = result.error.message;
+  else if (result.error) card.message = result.error.message || "The payment was not made.";  // try another card
+  else settled(result.paymentIntent);
+  showPaymentProblem();
+}
+
+function settled(intent) {
+  // The order turns paid when the shop hears from Stripe (a webhook); followOrder's poll shows it.
+  card.confirmed = ["succeeded", "processing"].includes(intent.status);
+  if (card.confirmed) $("#pay").hidden = true;
+  else if (intent.last_payment_error) card.message = intent.last_payment_error.message;
+}
+
+async function returnedFromRedirect() {
+  const secret = new URLSearchParams(window.location.search).get("payment_intent_client_secret");
+  if (!secret || !card.stripe) return;
+  window.history.replaceState(null, "", window.location.pathname);
+  const result = await card.stripe.retrievePaymentIntent(secret);
+  if (result.paymentIntent) settled(result.paymentIntent);
+  showPaymentProblem();
+}
+
+function startCardEntry() {
+  const form = $("#pay[data-stripe-key]");
+  if (!form || form.hidden) return;
+  if (typeof window.Stripe === "function") card.stripe = window.Stripe(form.dataset.stripeKey);
+  if (form.dataset.clientSecret) mountCard(form);
+  returnedFromRedirect();
 }
 
 async function pay(form) {
@@ -276,4 +353,5 @@ function followOrder() {
 }
 
 watchCart();
+startCardEntry();
 followOrder();

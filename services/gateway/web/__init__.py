@@ -15,7 +15,7 @@ from werkzeug.exceptions import HTTPException
 from cartwheel.errors import ServiceUnavailable
 from cartwheel.money import money
 from services.gateway.context import EXTENSION
-from services.gateway.web import admin, admin_orders, shop
+from services.gateway.web import admin, admin_orders, shop, stripejs
 from services.gateway.web.internal import API_WSGI, PageError
 
 PAGE_PREFIXES = ("/products/", "/cart", "/signin", "/orders/", "/admin", "/static/")
@@ -71,12 +71,7 @@ def _http_error_page(error: HTTPException) -> tuple[str, int]:
 
 
 def _page_headers(response: Response) -> Response:
-    # No inline scripts, nothing from other origins: the pages work offline and resist injected markup.
-    response.headers.setdefault(
-        "Content-Security-Policy",
-        "default-src 'self'; img-src 'self' data: http: https:; style-src 'self'; script-src 'self'; "
-        "frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
-    )
+    response.headers.setdefault("Content-Security-Policy", stripejs.page_policy())
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "same-origin")
     if response.mimetype == "text/html":

@@ -8,6 +8,8 @@ from typing import Any
 from flask import Blueprint, render_template, request
 
 from cartwheel.contracts.base import MAX_PAGE_CURSOR
+from services.gateway.context import gateway
+from services.gateway.web import stripejs
 from services.gateway.web.internal import Answer, call
 
 pages = Blueprint("shop", __name__)
@@ -21,6 +23,8 @@ SORTS = {
 }
 FINAL = frozenset({"paid", "fulfilled", "cancelled", "expired", "needs_review", "disputed", "dispute_lost",
                    "refunded"})  # not payment_failed: another card may still pay it until the reservation ends
+PAYABLE = frozenset({"awaiting_payment", "payment_failed"})
+CARD_PAYABLE = PAYABLE | {"reserved"}  # its intent waits behind Stripe's rate limit: "Preparing payment…"
 PAYMENT_METHODS = {"pm_card_visa": "Visa test card (succeeds)", "pm_card_chargeCustomerFail": "Test card (declined)"}
 PAGE_SIZE = 24
 
@@ -54,7 +58,12 @@ def signin() -> str:
 @pages.get("/orders/<order_id>")
 def order(order_id: str) -> str:
     found = call("GET", f"/api/orders/{order_id}").or_raise()
-    return render_template("shop/order.html", order=found, final=FINAL, methods=PAYMENT_METHODS, signed_in=_who())
+    card = stripejs.configured(gateway().settings)  # None: the test payment methods, paid through our API
+    payable = CARD_PAYABLE if card else PAYABLE
+    if card and found["status"] in payable:
+        stripejs.loaded_on_this_page(card)
+    return render_template("shop/order.html", order=found, final=FINAL, methods=PAYMENT_METHODS, card=card,
+                           payable=payable, signed_in=_who())
 
 
 def _search(search: dict[str, str]) -> tuple[Answer, str | None]:
