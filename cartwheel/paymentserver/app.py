@@ -1,4 +1,5 @@
-"""The stand-in's application: metering, its ``/_config/`` routes, the API routes it answers, the rest forwarded."""
+"""The stand-in's application: metering, its ``/_config/`` routes, the API routes it answers (Checkout Sessions and
+their hosted page among them), the rest forwarded."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from aiohttp.typedefs import Handler
 
 from cartwheel.paymentserver import state as saved
 from cartwheel.paymentserver.answers import header_key, json_answer, rate_limited, relay, stripe_error, upstream_down
+from cartwheel.paymentserver.checkoutroutes import MIN_SESSION_SECONDS, add_checkout
 from cartwheel.paymentserver.metering import path_kind
 from cartwheel.paymentserver.routes import add_routes, body_params
 from cartwheel.paymentserver.standin import STANDIN, Standin
@@ -18,7 +20,8 @@ from cartwheel.paymentserver.state import Registration
 from cartwheel.paymentserver.upstream import Upstream, UpstreamDown
 
 
-def make_app(upstream: str, state_path: Path | None = None, rate_limit: float | None = None) -> web.Application:
+def make_app(upstream: str, state_path: Path | None = None, rate_limit: float | None = None,
+             min_session_seconds: int = MIN_SESSION_SECONDS) -> web.Application:
     app = web.Application(middlewares=[meter])
     app[STANDIN] = Standin(saved.load(state_path), Upstream(upstream), state_path, rate_limit)
     app.on_startup.append(start_tasks)
@@ -29,6 +32,7 @@ def make_app(upstream: str, state_path: Path | None = None, rate_limit: float | 
     app.router.add_get("/_config/stats", stats)
     app.router.add_delete("/_config/stats", reset_stats)
     add_routes(app)
+    add_checkout(app, min_session_seconds)
     app.router.add_route("OPTIONS", "/{tail:.*}", preflight)
     app.router.add_route("*", "/{tail:.*}", forward)
     return app

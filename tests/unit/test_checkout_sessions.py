@@ -1,12 +1,15 @@
-"""The stand-in's Checkout Sessions, pure: parameters checked as Stripe checks them, the shape shown."""
+"""The stand-in's Checkout Sessions, pure: parameters checked as Stripe checks them, the shape shown, the page."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from cartwheel.paymentserver import state as saved
+from cartwheel.paymentserver.hostedpage import CardRefused, card_params, luhn
+from cartwheel.paymentserver.pagehtml import amount, closed_page, pay_page
 from cartwheel.paymentserver.params import Params
 from cartwheel.paymentserver.sessionparams import SessionRefused, Window, nest, request_digest, session_from
 from cartwheel.paymentserver.sessions import present_lines, present_session
@@ -108,3 +111,29 @@ def test_sessions_are_kept_in_the_state_file_and_cleared_with_the_data(tmp_path:
     assert saved.load(path) == state
     state.clear_data()
     assert (state.sessions, state.session_keys) == ({}, {})
+
+
+def test_a_card_is_read_from_the_form_as_stripes_page_checks_it() -> None:
+    today = datetime(2030, 6, 1, tzinfo=UTC)
+    card = card_params({"card_number": "4242 4242 4242 4242", "expiry": "06 / 30", "cvc": "123"}, today)
+    assert card.pairs == [("card[number]", "4242424242424242"), ("card[exp_month]", "6"), ("card[exp_year]", "2030"),
+                          ("card[cvc]", "123")]
+    for wrong, message in [({"card_number": "4242 4242 4242 4241"}, "Your card number is invalid."),
+                           ({"expiry": "13/30"}, "Your card's expiration date is incomplete."),
+                           ({"expiry": "05/2030"}, "Your card's expiration date is in the past."),
+                           ({"cvc": "12"}, "Your card's security code is incomplete.")]:
+        with pytest.raises(CardRefused, match=message):
+            card_params({"card_number": "4242424242424242", "expiry": "12/34", "cvc": "123", **wrong}, today)
+    assert luhn("378282246310005") and not luhn("378282246310006")
+
+
+def test_the_page_shows_amounts_in_the_currencys_units_and_escapes_what_it_shows() -> None:
+    assert (amount(2400, "eur"), amount(500, "jpy"), amount(500000, "isk")) == ("EUR 24.00", "JPY 500", "ISK 5,000")
+    session = session_from(form(customer_email="buyer@example.test"), now=NOW, window=Window(), base_url=BASE)
+    page = pay_page(session, "Your card was declined.")
+    assert "Mug &lt;blue&gt;" in page and "<blue>" not in page
+    assert '<p role="alert" class="error">Your card was declined.</p>' in page
+    assert '<label for="card-number">Card number</label>' in page and ">Pay</button>" in page
+    assert '<a href="http://shop.test/cart">Back to the shop</a>' in page and "buyer@example.test" in page
+    session.status = "complete"
+    assert f'href="http://shop.test/ok?s={session.id}"' in closed_page(session)
