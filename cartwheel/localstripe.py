@@ -4,8 +4,9 @@ Two child processes. localstripe (GPL-licensed: Cartwheel never imports it) on a
 port, and in front of it the Stripe stand-in (:mod:`cartwheel.paymentserver`, Cartwheel's own), on
 the port callers use: it forwards every request to localstripe and answers itself where localstripe
 cannot (Stripe's test cards and their declines, a second confirmation after a decline, parameters
-localstripe refuses, browser calls with a publishable key, a rate limit for benchmarks; see its
-module). :func:`start_localstripe` starts both; ``url`` is the stand-in's, ``stop()`` stops both.
+localstripe refuses, browser calls with a publishable key, a rate limit for benchmarks, Checkout
+Sessions and their hosted page; see its module). :func:`start_localstripe` starts both; ``url`` is
+the stand-in's, ``stop()`` stops both.
 
 localstripe runs as ``python -c BOOTSTRAP``, a child that imports it, binds it to 127.0.0.1 (the
 stock command binds every interface) and turns off its pickle persistence (one fixed file in the
@@ -193,11 +194,13 @@ def start_localstripe(
     state: Path | None = None,
     timeout: float = 15.0,
     rate_limit: float | None = None,
+    min_session_seconds: int | None = None,
 ) -> LocalStripe:
     """Start localstripe on a free loopback port and the stand-in in front of it on ``host:port`` (a free port
     when None); return once both answer. Their state is kept in ``state`` and a ``standin.json`` beside it when
     given (see the module's doc), else in memory. ``rate_limit``: the stand-in answers 429 above that many API
-    requests a second.
+    requests a second. ``min_session_seconds``: the least time ahead a Checkout Session's ``expires_at`` may be
+    (Stripe's 30 minutes when None; tests give a few seconds to see sessions expire).
 
     Call it from a thread that lives as long as the server should (see :func:`cartwheel.natsserver.spawn`).
     """
@@ -215,7 +218,8 @@ def start_localstripe(
         try:
             wait_ready(process, server.upstream_url, f"localstripe on {server.upstream_url}", timeout)
             standin = standin_state(state)
-            server.standin = spawn(standin_argv(host, port, server.upstream_url, standin, rate_limit), output=into)
+            argv = standin_argv(host, port, server.upstream_url, standin, rate_limit, min_session_seconds)
+            server.standin = spawn(argv, output=into)
             server.wait_ready(timeout)
         except LocalStripeError:
             server.stop()
@@ -238,13 +242,14 @@ def standin_state(state: Path | None) -> Path | None:
 
 
 def standin_argv(host: str, port: int, upstream: str, state: Path | None = None,
-                 rate_limit: float | None = None) -> list[str]:
+                 rate_limit: float | None = None, min_session_seconds: int | None = None) -> list[str]:
     """The stand-in's command line: on ``host:port`` in front of localstripe at ``upstream``."""
     if state is not None:
         private_dir(state.parent)
     return [sys.executable, "-m", "cartwheel.paymentserver", "--host", host, "--port", str(port),
             "--upstream", upstream, *(["--state", str(state)] if state else []),
-            *(["--rate-limit", f"{rate_limit:g}"] if rate_limit else [])]
+            *(["--rate-limit", f"{rate_limit:g}"] if rate_limit else []),
+            *(["--min-session-seconds", str(min_session_seconds)] if min_session_seconds is not None else [])]
 
 
 def register_webhook(

@@ -1,4 +1,5 @@
-"""The stand-in's application: metering, its ``/_config/`` routes, the API routes it answers, the rest forwarded."""
+"""The stand-in's application: metering, its ``/_config/`` routes, the API routes it answers (Checkout Sessions and
+their hosted page among them), the rest forwarded."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from aiohttp.typedefs import Handler
 
 from cartwheel.paymentserver import state as saved
 from cartwheel.paymentserver.answers import header_key, json_answer, rate_limited, relay, stripe_error, upstream_down
+from cartwheel.paymentserver.checkoutroutes import MIN_SESSION_SECONDS, add_checkout
 from cartwheel.paymentserver.metering import path_kind
 from cartwheel.paymentserver.routes import add_routes, body_params
 from cartwheel.paymentserver.standin import STANDIN, Standin
@@ -20,7 +22,8 @@ from cartwheel.paymentserver.upstream import Upstream, UpstreamDown
 STRIPE_JS = Path(__file__).with_name("static") / "stripe-v3.js"
 
 
-def make_app(upstream: str, state_path: Path | None = None, rate_limit: float | None = None) -> web.Application:
+def make_app(upstream: str, state_path: Path | None = None, rate_limit: float | None = None,
+             min_session_seconds: int = MIN_SESSION_SECONDS) -> web.Application:
     app = web.Application(middlewares=[meter])
     app[STANDIN] = Standin(saved.load(state_path), Upstream(upstream), state_path, rate_limit)
     app.on_startup.append(start_tasks)
@@ -32,6 +35,7 @@ def make_app(upstream: str, state_path: Path | None = None, rate_limit: float | 
     app.router.add_delete("/_config/stats", reset_stats)
     app.router.add_get("/js.stripe.com/v3/", stripe_js)
     add_routes(app)
+    add_checkout(app, min_session_seconds)
     app.router.add_route("OPTIONS", "/{tail:.*}", preflight)
     app.router.add_route("*", "/{tail:.*}", forward)
     return app

@@ -2,7 +2,8 @@
 
 Per intent: the parameters localstripe refuses (``receipt_email``, ...) and the last decline; per
 PaymentMethod localstripe holds: which test card it is; per test id (``pm_card_visa``): the method
-made for it; the webhook endpoints. In memory, or in a JSON file written atomically (0600) at most
+made for it; the webhook endpoints; the Checkout Sessions (localstripe has none) and the
+Idempotency-Keys they were made with. In memory, or in a JSON file written atomically (0600) at most
 every 0.2 s — or ten times what a write takes, once the file is large — and read back at start.
 """
 
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cartwheel.files import private_dir, write_private
+from cartwheel.paymentserver.sessions import CheckoutSession
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,8 @@ class State:
     methods: dict[str, str] = field(default_factory=dict)  # localstripe's PaymentMethod id → test card number
     aliases: dict[str, str] = field(default_factory=dict)  # pm_card_visa → the localstripe method made for it
     webhooks: dict[str, Registration] = field(default_factory=dict)
+    sessions: dict[str, CheckoutSession] = field(default_factory=dict)
+    session_keys: dict[str, str] = field(default_factory=dict)  # Idempotency-Key → the session made with it
     dirty: bool = field(default=False, compare=False)
 
     def notes(self, intent_id: str) -> IntentNotes:
@@ -62,12 +66,15 @@ class State:
         self.intents.clear()
         self.methods.clear()
         self.aliases.clear()
+        self.sessions.clear()
+        self.session_keys.clear()
         self.changed()
 
     def to_json(self) -> bytes:
         body = {"format": FORMAT, "intents": {k: asdict(v) for k, v in self.intents.items()},
                 "methods": self.methods, "aliases": self.aliases,
-                "webhooks": {k: asdict(v) for k, v in self.webhooks.items()}}
+                "webhooks": {k: asdict(v) for k, v in self.webhooks.items()},
+                "sessions": {k: asdict(v) for k, v in self.sessions.items()}, "session_keys": self.session_keys}
         return json.dumps(body, separators=(",", ":")).encode()
 
     @classmethod
@@ -76,7 +83,9 @@ class State:
         if body.get("format") != FORMAT:
             raise ValueError(f"unknown format {body.get('format')!r}")
         return cls(intents={k: IntentNotes(**v) for k, v in body["intents"].items()}, methods=body["methods"],
-                   aliases=body["aliases"], webhooks={k: Registration(**v) for k, v in body["webhooks"].items()})
+                   aliases=body["aliases"], webhooks={k: Registration(**v) for k, v in body["webhooks"].items()},
+                   sessions={k: CheckoutSession.from_dict(v) for k, v in body.get("sessions", {}).items()},
+                   session_keys=body.get("session_keys", {}))  # files written before sessions have none
 
 
 def load(path: Path | None) -> State:
