@@ -56,7 +56,8 @@ def checkout_changed(session: Session, checkout: Mapping[str, Any], paid: Intent
     if paid is not None:
         row.payment_intent_id = paid.id
         snap = dataclasses.replace(paid, order_id=paid.order_id or row.order_id, tenant=paid.tenant or row.tenant)
-        store.insert_intent(session, snap, row.tenant)
+        made = dataclasses.replace(snap, status="requires_payment_method", last_error=None, amount_received=None)
+        store.insert_intent(session, made, row.tenant)  # as it was made, so what it reached is announced
         settle(session, snap, source)
     elif status == "expired" and before == "open":
         record_event(session, CheckoutExpired(tenant=row.tenant, order_id=row.order_id, checkout_session_id=row.id))
