@@ -7,8 +7,9 @@ products with enough stock, then sends ``--checkouts`` buy-now ``POST /api/check
 each on a fresh shop:
 
 - ``paced``: the payments service's limiter at ``--limiter-rate`` (100/s): what this project does.
-- ``unpaced``: the limiter out of the way (100,000/s): every checkout asks Stripe at once, as the
-  shop did before it had a limiter. Its failed checkouts are the buyers a flash sale would lose.
+- ``unpaced``: the limiter out of the way (10,000/s, the most the setting takes): every checkout
+  asks Stripe at once, as the shop did before it had a limiter. Its failed checkouts are the
+  buyers a flash sale would lose.
 
 For each: checkouts answered 201 (awaiting payment at once, or reserved with the intent queued),
 failed ones by status and code, checkout latency, the time from the first request until the last
@@ -43,7 +44,7 @@ from cartwheel.natsserver import free_port
 from cartwheel.settings import Settings
 from cartwheel.supervisor import System
 
-SCENARIOS = {"paced": None, "unpaced": 100_000.0}  # the limiter's rate: the bench's own, or out of the way
+SCENARIOS = {"paced": None, "unpaced": 10_000.0}  # the limiter's rate: the bench's own, or out of the way
 DONE_WITHIN_S = 120.0  # every intent must exist by then
 
 

@@ -71,7 +71,7 @@ document.addEventListener("click", async (event) => {
   else if (action === "sign-out") {
     await api("POST", "/api/auth/logout");
     window.location.assign("/");
-  } else if (action === "accept-prices") checkout(true);
+  } else if (action === "accept-prices") checkout(true, target.dataset.mode === "hosted");
 });
 
 document.addEventListener("change", async (event) => {
@@ -89,7 +89,7 @@ document.addEventListener("submit", (event) => {
   if (!action) return;
   event.preventDefault();
   if (action === "add-form") addToCart(form.dataset.product, Number.parseInt(form.quantity.value, 10) || 1, $("button", form));
-  else if (action === "checkout") checkout(false);
+  else if (action === "checkout") checkout(false, event.submitter && event.submitter.value === "hosted");
   else if (action === "sign-in") signIn(form);
   else if (action === "sign-up") signUp(form);
   else if (action === "pay") (form.dataset.stripeKey ? payByCard(form) : pay(form));
@@ -155,20 +155,21 @@ function cartNames() {
   return names;
 }
 
-async function checkout(acceptPrices) {
+async function checkout(acceptPrices, hosted) {
   const problem = $("#checkout-problem");
   problem.replaceChildren();
-  const body = { accept_price_changes: acceptPrices };
+  const body = { accept_price_changes: acceptPrices, mode: hosted ? "hosted" : "elements" };
   const email = $("#email");
   if (email && email.value.trim()) body.email = email.value.trim();
-  const button = $("#checkout button[type=submit]");
-  button.disabled = true;
-  // One key per cart version: a second click, or a retry after a lost answer, is the same checkout.
-  const key = shown.id && shown.version >= 0 ? `cart-${shown.id}-v${shown.version}` : crypto.randomUUID();
-  const reply = await api("POST", "/api/checkout", body, { "Idempotency-Key": key });
-  button.disabled = false;
+  const buttons = document.querySelectorAll("#checkout button[type=submit]");
+  for (const button of buttons) button.disabled = true;
+  // One key per cart version and way of paying: a second click, or a retry after a lost answer, is the same checkout.
+  const version = shown.id && shown.version >= 0 ? `cart-${shown.id}-v${shown.version}` : crypto.randomUUID();
+  const reply = await api("POST", "/api/checkout", body, { "Idempotency-Key": `${version}-${body.mode}` });
+  for (const button of buttons) button.disabled = false;
   if (reply.status === 201) {
-    window.location.assign(`/orders/${encodeURIComponent(reply.data.order_id)}`);
+    const page = reply.data.payment && reply.data.payment.checkout_url;  // hosted: pay on Stripe's page
+    window.location.assign(page || `/orders/${encodeURIComponent(reply.data.order_id)}`);
     return;
   }
   const error = reply.error || {};
@@ -184,7 +185,8 @@ async function checkout(acceptPrices) {
     box.append(el("p", { text: "Some prices changed since you added these items:" }),
       el("ul", {}, ...(error.changes || []).map((change) => el("li", { text:
         `${change.name}: was ${money(change.old_unit_price_cents, currency)}, now ${money(change.new_unit_price_cents, currency)}` }))),
-      el("button", { type: "button", "data-action": "accept-prices", text: "Accept new prices and place the order" }));
+      el("button", { type: "button", "data-action": "accept-prices", "data-mode": body.mode,
+        text: "Accept new prices and place the order" }));
   } else {
     const fields = error.fields || [];
     const emailProblem = fields.find((f) => (f.field || "").endsWith("email"));
@@ -252,12 +254,14 @@ function showOrder(order) {
   status.textContent = order.status.replace(/_/g, " ");
   status.className = `status status-${order.status}`;
   const form = $("#pay");
-  const byCard = Boolean(form.dataset.stripeKey);
-  form.hidden = card.confirmed || !(byCard ? CARD_PAYABLE : PAYABLE).includes(order.status);
+  const byCard = Boolean(form && form.dataset.stripeKey);
+  if (form) form.hidden = card.confirmed || !(byCard ? CARD_PAYABLE : PAYABLE).includes(order.status);
   if (byCard && order.payment.client_secret && !form.dataset.clientSecret) {
     form.dataset.clientSecret = order.payment.client_secret;  // the queued intent is made: the card can be taken
     mountCard(form);
   }
+  const hosted = $("#hosted-payment");  // paid on Stripe's checkout page: its link while the page is open
+  if (hosted) hosted.hidden = !order.payment.checkout_url;
   card.orderError = order.payment.last_error;
   card.paid = ["paid", "fulfilled"].includes(order.status);
   showPaymentProblem();

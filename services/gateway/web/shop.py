@@ -58,12 +58,13 @@ def signin() -> str:
 @pages.get("/orders/<order_id>")
 def order(order_id: str) -> str:
     found = call("GET", f"/api/orders/{order_id}").or_raise()
-    card = stripejs.configured(gateway().settings)  # None: the test payment methods, paid through our API
+    hosted = found["payment"].get("checkout_session_id") is not None  # paid on Stripe's checkout page
+    card = None if hosted else stripejs.configured(gateway().settings)  # None: test methods, paid through our API
     payable = CARD_PAYABLE if card else PAYABLE
     if card and found["status"] in payable:
         stripejs.loaded_on_this_page(card)
     return render_template("shop/order.html", order=found, final=FINAL, methods=PAYMENT_METHODS, card=card,
-                           payable=payable, signed_in=_who())
+                           payable=payable, hosted=hosted, returned=request.args.get("checkout"), signed_in=_who())
 
 
 def _search(search: dict[str, str]) -> tuple[Answer, str | None]:
