@@ -8,8 +8,12 @@ each on a fresh shop:
 
 - ``paced``: the payments service's limiter at ``--limiter-rate`` (100/s): what this project does.
 - ``unpaced``: the limiter out of the way (10,000/s, the most the setting takes): every checkout
-  asks Stripe at once, as the shop did before it had a limiter. Its failed checkouts are the
-  buyers a flash sale would lose.
+  asks Stripe at once, and only the handling of Stripe's 429 (hold every call, queue the intent)
+  keeps the buyers.
+- ``before``: the shop as it was before it had a limiter, run from a checkout of that commit
+  against a payment server started apart (``--external``), since that shop has no 429 rehearsal:
+  ``PYTHONPATH=<old checkout> python bench/stripe_rate.py --scenario before --external URL``.
+  Its failed checkouts are the buyers a flash sale lost.
 
 For each: checkouts answered 201 (awaiting payment at once, or reserved with the intent queued),
 failed ones by status and code, checkout latency, the time from the first request until the last
@@ -32,6 +36,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +49,7 @@ from cartwheel.natsserver import free_port
 from cartwheel.settings import Settings
 from cartwheel.supervisor import System
 
-SCENARIOS = {"paced": None, "unpaced": 10_000.0}  # the limiter's rate: the bench's own, or out of the way
+SCENARIOS = {"paced": None, "unpaced": 10_000.0, "before": None}  # the limiter's rate: the bench's, or out of the way
 DONE_WITHIN_S = 120.0  # every intent must exist by then
 
 
@@ -79,47 +84,65 @@ async def burst(base_url: str, products: list[dict[str, Any]], checkouts: int,
 
 
 def intents_of(base_url: str, token: str, order_ids: list[str], started: float) -> tuple[dict[str, str], float]:
-    """Wait until every order has its intent (or DONE_WITHIN_S passes): order → intent, seconds since start."""
+    """Wait until every order has its intent (or DONE_WITHIN_S passes): order → intent, and the seconds from
+    ``started`` (wall clock) until the last one was made (the order's move to awaiting payment, as it records)."""
     admin = requests.Session()
     admin.headers["Authorization"] = f"Bearer {token}"
     intents: dict[str, str] = {}
+    last = started
     waiting = list(order_ids)
-    deadline = started + DONE_WITHIN_S
-    while waiting and time.monotonic() < deadline:
+    deadline = time.time() + DONE_WITHIN_S
+    while waiting and time.time() < deadline:
         still = []
         for order_id in waiting:
-            payment = admin.get(f"{base_url}/api/orders/{order_id}", timeout=30).json()["payment"]
-            if payment.get("client_secret") and payment.get("payment_intent_id"):
-                intents[order_id] = payment["payment_intent_id"]
+            order = admin.get(f"{base_url}/api/orders/{order_id}", timeout=30).json()
+            if order["payment"].get("client_secret") and order["payment"].get("payment_intent_id"):
+                intents[order_id] = order["payment"]["payment_intent_id"]
+                made = max(datetime.fromisoformat(step["at"]).timestamp() for step in order["history"]
+                           if step["status"] == "awaiting_payment")
+                last = max(last, made)
             else:
                 still.append(order_id)
         waiting = still
         if waiting:
             time.sleep(0.2)
-    return intents, time.monotonic() - started
+    return intents, last - started
 
 
 def server_stats(shop: System) -> dict[str, Any]:
     return requests.get(f"{shop.settings.stripe_api_base}/_config/stats", timeout=10).json()
 
 
+def shop_settings(name: str, args: argparse.Namespace, var_dir: Path) -> Settings:
+    """This shop's settings; ``before``: only those the shop had then, its payment server the one given."""
+    common: dict[str, Any] = {
+        "var_dir": var_dir, "nats_url": f"nats://127.0.0.1:{free_port()}", "gateway_port": free_port(),
+        **ONE_ADDRESS_IS_MANY_CLIENTS, "gateway_workers": args.workers, "metrics_port": 0, "log_level": "WARNING",
+        "request_timeout": 30.0}
+    if args.external:
+        common |= {"stripe_secret_key": "sk_test_bench", "stripe_api_base": args.external,
+                   "stripe_webhook_secret": "whsec_bench"}
+    if name == "before":
+        return Settings(**common)
+    rehearsal = {} if args.external else {"payment_server_rate_limit": args.server_rate}
+    return Settings(**common, stripe_requests_per_second=SCENARIOS[name] or args.limiter_rate, **rehearsal)
+
+
 def run(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    limiter = SCENARIOS[name] or args.limiter_rate
+    limiter = None if name == "before" else SCENARIOS[name] or args.limiter_rate
     var_dir = Path(tempfile.mkdtemp(prefix="cw-stripe-rate-"))
-    settings = Settings(var_dir=var_dir, nats_url=f"nats://127.0.0.1:{free_port()}", gateway_port=free_port(),
-                        **ONE_ADDRESS_IS_MANY_CLIENTS, gateway_workers=args.workers, metrics_port=0,
-                        log_level="WARNING", stripe_requests_per_second=limiter,
-                        payment_server_rate_limit=args.server_rate, request_timeout=30.0)
+    settings = shop_settings(name, args, var_dir)
     try:
         with (var_dir / "system.log").open("w") as log, System(settings, out=log, colour=False, seed=False) as shop:
             products = make_products(shop.base_url, shop.admin_token, args.products,
                                      stock=args.checkouts // args.products + 1, sku_prefix=f"RATE-{name}")
             before = server_stats(shop)
+            started_wall = time.time()
             placed, failed, latencies, started = asyncio.run(
                 burst(shop.base_url, products, args.checkouts, args.concurrency))
             answered_s = time.monotonic() - started
             ids = [order["order_id"] for order in placed]
-            intents, last_intent_s = intents_of(shop.base_url, shop.admin_token, ids, started)
+            intents, last_intent_s = intents_of(shop.base_url, shop.admin_token, ids, started_wall)
             after = server_stats(shop)
     finally:
         shutil.rmtree(var_dir, ignore_errors=True)
@@ -150,9 +173,11 @@ def main() -> int:
     parser.add_argument("--server-rate", type=float, default=100.0, help="the payment server answers 429 above")
     parser.add_argument("--workers", type=int, default=2, help="gateway worker processes")
     parser.add_argument("--scenario", action="append", choices=tuple(SCENARIOS), help="only these (repeatable)")
+    parser.add_argument("--external", help="a payment server started apart (its API base URL), answering 429 "
+                        "above --server-rate already; needed by the 'before' scenario")
     args = parser.parse_args()
     for name in SCENARIOS:
-        if not args.scenario or name in args.scenario:
+        if (args.scenario and name in args.scenario) or (not args.scenario and name != "before"):
             print(json.dumps(run(name, args)), flush=True)
     return 0
 

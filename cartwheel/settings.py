@@ -179,7 +179,7 @@ class Settings(BaseSettings):
     )
 
     @field_validator("stripe_secret_key", "stripe_api_base", "stripe_webhook_secret", "stripe_publishable_key",
-                     mode="before")
+                     "public_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         """``CARTWHEEL_STRIPE_SECRET_KEY=`` (as Compose passes an unset variable) means no key."""
