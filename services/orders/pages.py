@@ -27,11 +27,14 @@ from services.orders.models import OrderRow
 log = logging.getLogger("cartwheel.orders")
 
 HOSTED_MIN_TTL_S = 32 * 60  # Stripe's least life of a checkout page (30 min), and the page's margin, and slack
+HOSTED_MAX_TTL_S = 24 * 3600
 PAGE_CLOSES_BEFORE_S = 60
 
 
 def hosted_ttl(reservation_ttl_seconds: int) -> int:
-    return max(reservation_ttl_seconds, HOSTED_MIN_TTL_S)
+    """The reservation of a hosted checkout: as long as Stripe keeps its page open, at least; 24 h at most (its
+    page may stay open no longer)."""
+    return min(max(reservation_ttl_seconds, HOSTED_MIN_TTL_S), HOSTED_MAX_TTL_S)
 
 
 class CheckoutPages:
@@ -53,21 +56,16 @@ class CheckoutPages:
             success_url=_with(back, "checkout=done"), cancel_url=_with(back, "checkout=cancelled"))
         return CheckoutSessionView.model_validate(await self._ask(ask))
 
-    async def close(self, tenant: str, order_id: str, session_id: str) -> bool:
-        """Close an unpaid order's page; True if it was paid meanwhile (its payment event settles the order). A
-        page that can't be closed now is logged: it closes by itself before the reservation ends."""
+    async def close(self, tenant: str, order_id: str, session_id: str) -> CheckoutSessionView | None:
+        """Close an unpaid order's page: the page as it is then (``complete`` if it was paid meanwhile: its
+        payment event settles the order); None if it could not be closed now (the sweeper tries again)."""
         try:
-            page = CheckoutSessionView.model_validate(await self._ask(
+            return CheckoutSessionView.model_validate(await self._ask(
                 ExpireCheckoutSession(tenant=tenant, order_id=order_id, checkout_session_id=session_id)))
         except (DomainError, ServiceUnavailable) as failure:
-            log.warning("order %s: its checkout page could not be closed now (%s); it closes at its time",
-                        order_id, failure)
-            return False
-        return page.status == "complete" and page.payment_intent_id is not None
-
-
-def page_fields(page: CheckoutSessionView) -> dict[str, Any]:
-    return {"checkout_session_id": page.checkout_session_id, "checkout_url": page.url, "payment_status": page.status}
+            log.warning("order %s: its checkout page could not be closed now (%s); trying again later", order_id,
+                        failure)
+            return None
 
 
 def has_open_page(row: OrderRow) -> bool:

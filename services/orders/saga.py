@@ -94,6 +94,7 @@ SWEEP_IDLE = 5.0  # seconds at most between looks when nothing is due sooner (st
 SWEEP_BACKOFF_MAX = 300.0  # seconds a failing sweep step waits at most before its next try
 SWEEP_GIVE_UP = 5  # tries of a step failing for good (no such payment at the provider) before a person decides
 RESUMABLE = ("pending", "reserved")
+QUEUED_RESUME_S = 300.0  # an order whose queued intent was not announced this long is asked for again (a backstop)
 CLAIM_TTL = 10.0  # seconds a claim lasts unless renewed: its holder renews it while working, so only a dead
 # holder's claim lapses, and then another replica may go on with the order
 CLAIM_POLL = 0.05
@@ -244,7 +245,8 @@ class Saga:
     async def _again(self, order_id: str) -> OrderView:
         """A checkout retried with its Idempotency-Key: the same order, carried on if it was left half-way."""
         async with self._claimed(order_id):  # waits for the first request, if it is still at work
-            if (await self._row(order_id)).status == "reserved":  # a crash came before its intent
+            row = await self._row(order_id)
+            if row.status == "reserved" and row.payment_status != store.QUEUED:  # a crash came before its intent
                 return await self._ask_payment(order_id)
         return await self._view(order_id)
 
@@ -387,7 +389,7 @@ class Saga:
     async def _let_go(self, placing: store.Placing, intent: IntentView | CheckoutSessionView | None) -> None:
         """Undo a checkout whose order was never written: its stock back, its intent cancelled (or page closed)."""
         await self._release_quietly(placing)
-        if isinstance(intent, CheckoutSessionView):
+        if isinstance(intent, CheckoutSessionView):  # nobody was given its address, should it stay open
             await self.pages.close(placing.tenant, placing.order_id, intent.checkout_session_id)
         else:
             await self._cancel_unplaced(placing, intent)
@@ -419,12 +421,14 @@ class Saga:
         )
         try:
             reply = await self._ask(ask)
-        except (DomainError, ServiceUnavailable) as failure:
+        except ServiceUnavailable:
+            raise  # the stock stays held: the sweeper (or the buyer's retry) asks again, the reservation bounds it
+        except DomainError as failure:
+            if failure.code in TRANSIENT or failure.code == "payment_provider_busy":
+                raise DomainError("payments are unavailable; try again", code="payment_provider_unavailable") from None
             log.warning("order %s: no payment intent (%s); releasing its stock", order_id, failure)
             await self._end_unpaid(order_id, "cancelled", f"payment could not start: {failure}", idempotency_key=None)
-            if isinstance(failure, DomainError) and failure.code != "payment_provider_unavailable":
-                raise
-            raise DomainError("payments are unavailable; try again", code="payment_provider_unavailable") from None
+            raise
         if reply.get("queued"):  # it follows as an event; the sweeper asks again if it does not
             await self._transition(order_id, lambda r: {"payment_status": store.QUEUED}
                                    if r.status == "reserved" else None)
@@ -706,10 +710,12 @@ class Saga:
         row = await self._row(order_id)
         if row.status not in (*HOLDS_STOCK, "pending"):
             return
-        page = row.checkout_session_id if cancel_intent and has_open_page(row) else None
-        if page and await self.pages.close(row.tenant, row.id, page):
-            log.info("order %s was paid on its checkout page meanwhile: its payment settles it", order_id)
-            return
+        if cancel_intent and has_open_page(row) and row.checkout_session_id:
+            page = await self.pages.close(row.tenant, row.id, row.checkout_session_id)
+            if page is not None and page.status == "complete":
+                log.info("order %s was paid on its checkout page meanwhile: its payment settles it", order_id)
+                return
+            fields = {**fields, "payment_status": store.CANCEL_PENDING if page is None else page.status}
         if cancel_intent and row.payment_intent_id:
             try:
                 intent = IntentView.model_validate(await self._ask(
@@ -844,7 +850,8 @@ class Saga:
         stalled_before = now - timedelta(seconds=self.settings.checkout_resume_seconds)
 
         def lists(s: Session) -> tuple[list[str], list[str], list[str], list[str], datetime | None]:
-            return (store.overdue(s, now), store.stalled(s, RESUMABLE, stalled_before),
+            queued_before = now - timedelta(seconds=QUEUED_RESUME_S)
+            return (store.overdue(s, now), store.stalled(s, RESUMABLE, stalled_before, queued_before),
                     store.intents_to_cancel(s, self._cancels_after), store.refunds_left(s, stalled_before),
                     store.next_due(s))
 
@@ -882,7 +889,11 @@ class Saga:
         row = await self._row(order_id)
         if row.status not in RESUMABLE:
             return
-        log.warning("order %s was left %s (a crash mid-checkout?): resuming", order_id, row.status)
+        if row.payment_status == store.QUEUED:
+            log.warning("order %s: its queued intent was not announced in %.0f s; asking again", order_id,
+                        QUEUED_RESUME_S)
+        else:
+            log.warning("order %s was left %s (a crash mid-checkout?): resuming", order_id, row.status)
         if row.status == "pending":  # the buyer was never answered: let go of whatever was reserved
             await self._end_unpaid(order_id, "cancelled", "checkout did not finish", idempotency_key=None)
         else:  # stock is held: ask for the intent, so a retry with its key can pay
@@ -890,7 +901,16 @@ class Saga:
 
     async def _cancel_intent_again(self, order_id: str) -> None:
         row = await self._row(order_id)
-        if row.payment_status != store.CANCEL_PENDING or row.payment_intent_id is None:
+        if row.payment_status != store.CANCEL_PENDING:
+            return
+        if has_open_page(row) and row.checkout_session_id:  # its checkout page could not be closed
+            page = await self.pages.close(row.tenant, row.id, row.checkout_session_id)
+            if page is None:
+                raise ServiceUnavailable(subjects.PAYMENTS_CHECKOUT_EXPIRE, "the checkout page is still open")
+            await self._transition(order_id, lambda r: {"payment_status": page.status}
+                                   if r.payment_status == store.CANCEL_PENDING else None)
+            return  # paid there meanwhile: its payment event refunds it (the order ended)
+        if row.payment_intent_id is None:
             return
         intent = IntentView.model_validate(await self._ask(
             CancelIntent(tenant=row.tenant, order_id=row.id, payment_intent_id=row.payment_intent_id)))

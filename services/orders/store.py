@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, func, insert, not_, or_, select, update
 from sqlalchemy.orm import Session
 
 from cartwheel import tracing
@@ -278,11 +278,14 @@ REFUNDING = "refunding"
 UNKNOWN_TO_PROVIDER = "unknown_to_provider"  # the provider has no such payment: the sweeper gave up on it
 
 
-def stalled(session: Session, statuses: Sequence[str], before: datetime, limit: int = 100) -> list[str]:
-    """Ids of orders in ``statuses`` not changed since ``before``: left mid-saga by a crash."""
+def stalled(session: Session, statuses: Sequence[str], before: datetime, queued_before: datetime,
+            limit: int = 100) -> list[str]:
+    """Ids of orders in ``statuses`` not changed since ``before``: left mid-saga by a crash; one whose intent is
+    queued (payments announces it when made) only once unchanged since ``queued_before``."""
+    waits_for_queue = and_(func.coalesce(OrderRow.payment_status, "") == QUEUED, OrderRow.updated_at >= queued_before)
     query = (
         select(OrderRow.id)
-        .where(OrderRow.status.in_(statuses), OrderRow.updated_at < before)
+        .where(OrderRow.status.in_(statuses), OrderRow.updated_at < before, not_(waits_for_queue))
         .order_by(OrderRow.updated_at)
         .limit(limit)
     )

@@ -3,26 +3,29 @@
 Stripe answers 429 beyond 100 operations a second in live mode (25 in test mode). A flash sale
 that asked for an intent per checkout at once would meet that wall and fail its buyers; here
 every call waits for its turn instead, in order of priority (a buyer confirming a payment before
-an intent being made, both before cancels and refunds nobody waits for), and a 429 that comes
-anyway (another system on the account) holds every call back for the time Stripe asks.
+an intent being made, both before cancels and refunds nobody waits for), though never for ever:
+a call kept waiting a second goes before younger ones. A 429 that comes anyway (another system
+on the account) holds every call back for the time Stripe asks.
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 INTERACTIVE = 0  # a buyer or a webhook waits on it: confirm, read an intent
 CHECKOUT = 1  # a checkout's new intent, while its buyer waits for the answer
 BACKGROUND = 2  # nobody waits: a queued intent, a cancel, a refund
 PRIORITIES = ("interactive", "checkout", "background")
+AGE_S = 1.0  # a call kept waiting this long goes before younger ones, whatever their priority
 
 
 class Pacer:
-    """At most ``rate`` calls a second on average, ``burst`` at once; waiting calls go in priority order."""
+    """At most ``rate`` calls a second on average, ``burst`` at once; waiting calls go in priority order, except
+    that one kept waiting :data:`AGE_S` goes before younger calls of any priority (nobody waits for ever)."""
 
     def __init__(self, rate: float, burst: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         if rate <= 0:
@@ -33,13 +36,13 @@ class Pacer:
         self._tokens = self.burst
         self._at = clock()
         self._held_until = 0.0
-        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
-        self._order = itertools.count()
+        self._waiting: tuple[deque[Waiter], ...] = tuple(deque() for _ in PRIORITIES)
         self._timer: asyncio.TimerHandle | None = None
 
     def waiting(self, priority: int | None = None) -> int:
         """Calls waiting for their turn (of one priority, or all)."""
-        return sum(1 for p, _, f in self._waiting if not f.done() and (priority is None or p == priority))
+        queues = self._waiting if priority is None else (self._waiting[priority],)
+        return sum(1 for queue in queues for waiter in queue if not waiter.ready.done())
 
     def hold(self, seconds: float) -> None:
         """Stripe said 429 (retry after ``seconds``): no call goes out before then."""
@@ -48,26 +51,23 @@ class Pacer:
 
     async def turn(self, priority: int, wait: float | None = None) -> bool:
         """Wait for this call's turn; False if it did not come within ``wait`` seconds (None: however long)."""
-        if not self._waiting and self._take():
+        if not any(self._waiting) and self._take():
             return True
-        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiting, (priority, next(self._order), ready))
+        waiter = Waiter(self._clock(), asyncio.get_running_loop().create_future())
+        self._waiting[priority].append(waiter)
         self._schedule()
         try:
-            await asyncio.wait_for(asyncio.shield(ready), wait)
+            await asyncio.wait_for(asyncio.shield(waiter.ready), wait)
             return True
-        except TimeoutError:
-            if ready.done() and not ready.cancelled():  # its turn came as the wait ran out: give it back
+        except (TimeoutError, asyncio.CancelledError) as gave_up:
+            if waiter.ready.done() and not waiter.ready.cancelled():  # its turn came as it gave up: give it back
                 self._tokens = min(self.burst, self._tokens + 1)
-                self._schedule()
-            ready.cancel()
+            waiter.ready.cancel()
+            self._forget_gone()
+            self._schedule()
+            if isinstance(gave_up, asyncio.CancelledError):
+                raise
             return False
-        except asyncio.CancelledError:
-            if ready.done() and not ready.cancelled():
-                self._tokens = min(self.burst, self._tokens + 1)
-                self._schedule()
-            ready.cancel()
-            raise
 
     def _take(self) -> bool:
         now = self._clock()
@@ -80,19 +80,34 @@ class Pacer:
             return True
         return False
 
+    def _forget_gone(self) -> None:
+        for queue in self._waiting:
+            while queue and queue[0].ready.done():
+                queue.popleft()
+
+    def _next(self) -> deque[Waiter] | None:
+        """The queue whose first call goes next: the oldest one kept waiting AGE_S, else the highest priority."""
+        self._forget_gone()
+        heads = [queue for queue in self._waiting if queue]
+        if not heads:
+            return None
+        aged = [queue for queue in heads if self._clock() - queue[0].since >= AGE_S]
+        return min(aged, key=lambda queue: queue[0].since) if aged else heads[0]
+
     def _schedule(self) -> None:
-        """Hand out the turns due now, in priority order; wake again when the next one is."""
+        """Hand out the turns due now; wake again when the next one is."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        while self._waiting and self._waiting[0][2].done():  # gave up waiting
-            heapq.heappop(self._waiting)
-        while self._waiting and self._take():
-            _, _, ready = heapq.heappop(self._waiting)
-            ready.set_result(None)
-            while self._waiting and self._waiting[0][2].done():
-                heapq.heappop(self._waiting)
-        if self._waiting:
+        while (queue := self._next()) is not None and self._take():
+            queue.popleft().ready.set_result(None)
+        if self._next() is not None:
             now = self._clock()
             due = max(self._held_until - now, (1 - self._tokens) / self.rate, 0.0)
             self._timer = asyncio.get_running_loop().call_later(due, self._schedule)
+
+
+@dataclass(frozen=True)
+class Waiter:
+    since: float
+    ready: asyncio.Future[None]

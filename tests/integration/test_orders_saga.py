@@ -65,6 +65,7 @@ class FakePayments:
         self.hold_intents = threading.Event()  # set: CreateIntent never answers (a crash test)
         self.queue_intents = False  # True: CreateIntent answers "queued" (Stripe's rate limit is fully used)
         self.page_paid = False  # True: a checkout page asked to close was paid meanwhile
+        self.page_close_refusal: str | None = None  # a refusal code every page close answers with
         self.confirm_status = "succeeded"
         self.received: tuple[int, str] | None = None  # what a succeeded confirm says it took in (None: the total)
         self.cancel_status = "canceled"  # "succeeded": the buyer paid just before the cancel reached Stripe
@@ -117,6 +118,9 @@ class FakePayments:
         intent = {"payment_intent_id": f"pi_{order_id}", "client_secret": f"pi_{order_id}_secret_x",
                   "status": "requires_payment_method", "amount_cents": body.get("amount_cents", 0),
                   "currency": body.get("currency", "EUR"), "last_error": None}
+        if msg.subject == subjects.PAYMENTS_CHECKOUT_EXPIRE and self.page_close_refusal:
+            await msg.respond(failure(self.page_close_refusal, "Stripe could not close the checkout page now"))
+            return
         if msg.subject in (subjects.PAYMENTS_CHECKOUT_CREATE, subjects.PAYMENTS_CHECKOUT_EXPIRE):
             closed = "complete" if self.page_paid else "expired"
             page = {"checkout_session_id": f"cs_{order_id}", "url": f"http://pay.test/c/pay/cs_{order_id}",
@@ -301,6 +305,22 @@ def test_a_checkout_whose_intent_is_queued_answers_reserved_then_awaits_payment_
     assert stock(client, mug) == (3, 0)
 
 
+def test_an_order_waiting_for_its_queued_intent_is_not_asked_again_by_the_sweeper_or_a_retry(
+    payments: FakePayments, backends: None, database_url: str, start_service, client: Client
+) -> None:
+    start_service("orders", orders_database_url=database_url, reservation_ttl_seconds=60,
+                  checkout_resume_seconds=0.5)
+    mug = new_product(client, 5)
+    payments.queue_intents = True
+    order = ask(client, buy(mug, 1, cart_id=None, idempotency_key="queued-once", visitor_id="visitor-queued"))
+    assert order["status"] == "reserved"
+    again = ask(client, buy(mug, 1, cart_id=None, idempotency_key="queued-once", visitor_id="visitor-queued"))
+    assert again["order_id"] == order["order_id"]  # the buyer's retry: the same order, nothing asked again
+    time.sleep(3)  # six times the resume age: a crashed checkout would have been resumed by now
+    assert len(payments.asked(subjects.PAYMENTS_INTENT_CREATE)) == 1
+    assert status_of(client, order["order_id"]) == "reserved"
+
+
 def test_a_queued_intent_refused_for_good_cancels_its_order_and_one_made_too_late_is_cancelled(
     orders: Any, payments: FakePayments, client: Client
 ) -> None:
@@ -361,6 +381,21 @@ def test_a_hosted_checkout_whose_page_closed_unpaid_expires_and_one_cancelled_cl
     (close,) = payments.asked(subjects.PAYMENTS_CHECKOUT_EXPIRE)
     assert close["checkout_session_id"] == f"cs_{cancelled['order_id']}"
     assert status_of(client, cancelled["order_id"]) == "cancelled" and stock(client, mug) == (5, 0)
+
+
+def test_a_page_that_could_not_be_closed_when_its_order_was_cancelled_is_closed_by_the_sweeper(
+    orders: Any, payments: FakePayments, client: Client
+) -> None:
+    mug = new_product(client, 5)
+    order = ask(client, hosted(mug, 1))
+    payments.page_close_refusal = "payment_provider_unavailable"
+    cancelled = ask(client, CancelOrder(order_id=order["order_id"], reason="the buyer changed their mind"))
+    assert cancelled["status"] == "cancelled" and cancelled["payment"]["status"] == "cancel_pending"
+    assert stock(client, mug) == (5, 0)
+    payments.page_close_refusal = None  # payments answers again: the sweeper closes the page
+    wait_for(lambda: ask(client, GetOrder(order_id=order["order_id"]))["payment"]["status"] == "expired",
+             "the page closed by the sweeper", timeout=20)
+    assert len(payments.asked(subjects.PAYMENTS_CHECKOUT_EXPIRE)) >= 2
 
 
 def test_an_order_whose_page_was_paid_as_it_was_closed_keeps_its_stock_for_the_payment(

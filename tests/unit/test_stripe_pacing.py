@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from services.payments.pacing import BACKGROUND, CHECKOUT, INTERACTIVE, Pacer
+from services.payments.pacing import AGE_S, BACKGROUND, CHECKOUT, INTERACTIVE, Pacer
 from services.payments.stripe_api import RATE_LIMITED_WAIT_S, retry_after
 
 
@@ -77,3 +77,39 @@ def test_stripes_retry_after_is_taken_else_a_doubling_wait_with_jitter() -> None
 def test_a_rate_must_be_positive() -> None:
     with pytest.raises(ValueError):
         Pacer(rate=0)
+
+
+def test_a_background_call_is_not_starved_by_a_flood_of_checkout_calls() -> None:
+    async def main() -> float:
+        pacer = Pacer(rate=50, burst=1)
+        stop = asyncio.Event()
+        calls: list[asyncio.Task[bool]] = []
+
+        async def flood() -> None:  # more checkout calls than the rate, for as long as the test runs
+            while not stop.is_set():
+                calls.append(asyncio.create_task(pacer.turn(CHECKOUT, wait=5)))
+                await asyncio.sleep(1 / 80)
+
+        flooding = asyncio.create_task(flood())
+        await asyncio.sleep(0.2)
+        began = time.monotonic()
+        served = await pacer.turn(BACKGROUND, wait=5)  # the strict priority order starved it: never served
+        waited = time.monotonic() - began if served else float("inf")
+        stop.set()
+        await flooding
+        for call in calls:
+            call.cancel()
+        await asyncio.gather(*calls, return_exceptions=True)
+        return waited
+
+    assert asyncio.run(main()) < AGE_S + 0.5  # served once it was the oldest kept waiting; strictly: never
+
+
+def test_calls_that_gave_up_leave_nothing_behind() -> None:
+    async def main() -> int:
+        pacer = Pacer(rate=100, burst=1)
+        await asyncio.gather(*(pacer.turn(CHECKOUT, wait=0.05) for _ in range(200)))
+        await asyncio.sleep(0.02)
+        return sum(len(queue) for queue in pacer._waiting)
+
+    assert asyncio.run(main()) == 0
