@@ -110,8 +110,8 @@ class Service:
 
         return register
 
-    def consume(self, subject: str, model: type[M], durable: str, *, workers: int = 1,
-                in_flight: int | None = None) -> Callable[[Handler[M]], Handler[M]]:
+    def consume(self, subject: str, model: type[M], durable: str, *, workers: int = 1, in_flight: int | None = None,
+                ack_wait: float | None = None) -> Callable[[Handler[M]], Handler[M]]:
         """Handle events on ``subject`` from the EVENTS stream, at least once, shared by the service's replicas.
 
         A durable consumer remembers its place across restarts; a handler that raises gets the
@@ -122,7 +122,8 @@ class Service:
         holds, so a service added to a running shop catches up. Handlers must tolerate repeats
         (compare versions, or use ``first_delivery``). ``workers``: events handled at once by each replica;
         ``in_flight``: events delivered and not yet acknowledged, all replicas together (the server's default,
-        1,000, if None); the rest wait in the stream.
+        1,000, if None); the rest wait in the stream. ``ack_wait``: seconds a delivered event may take before
+        the server delivers it again (its default, 30 s, if None).
         """
 
         def register(fn: Handler[M]) -> Handler[M]:
@@ -163,7 +164,7 @@ class Service:
             self.broker.subscriber(
                 subject,
                 queue=durable,  # nats-py makes the queue name the durable consumer's name and deliver group
-                config=event_consumer(self.name, durable, in_flight),
+                config=event_consumer(self.name, durable, in_flight, ack_wait),
                 stream=JStream(subjects.EVENTS_STREAM, declare=False),  # declared by declare_topology
                 **({"max_workers": workers} if workers > 1 else {}),
             )(endpoint)
@@ -237,11 +238,13 @@ class Service:
         self.log.info("%s stopped", self.name)
 
 
-def event_consumer(service: str, durable: str, in_flight: int | None = None) -> ConsumerConfig:
+def event_consumer(service: str, durable: str, in_flight: int | None = None,
+                   ack_wait: float | None = None) -> ConsumerConfig:
     """The EVENTS consumer every replica of a service asks for: the same config from each (its deliver subject
     too), so replicas starting together get one consumer instead of racing to create it."""
     return ConsumerConfig(name=durable,  # named: nats-py then asks with the filter in the subject, which the bus checks
                           filter_subjects=[], deliver_policy=DeliverPolicy.ALL, max_ack_pending=in_flight,
+                          ack_wait=ack_wait,
                           deliver_subject=subjects.event_delivery(natsauth.inbox_prefix(service), durable))
 
 

@@ -45,6 +45,8 @@ class CreateIntent(Message):
     amount_cents: Annotated[StrictInt, Field(ge=1)]
     currency: Currency
     email: str | None = None
+    not_after: datetime | None = Field(None, description="Queued, not created after this (its order's reservation "
+                                       "ends then: it could not be paid).")
 
 
 class ConfirmIntent(Message):
@@ -241,6 +243,7 @@ class IntentRequested(Message):
     amount_cents: Annotated[StrictInt, Field(ge=1)]
     currency: Currency
     email: str | None = None
+    not_after: datetime | None = None
 
 
 class PaymentIntentCreated(PaymentEvent):

@@ -368,7 +368,7 @@ class Saga:
         """The new order's PaymentIntent, or None when payments queued it (Stripe's rate limit is fully used: it
         follows as :class:`PaymentIntentCreated`); if none can be had, its stock goes back and the buyer is told."""
         ask = CreateIntent(tenant=placing.tenant, order_id=placing.order_id, amount_cents=placing.total_cents,
-                           currency=placing.currency, email=placing.email)
+                           currency=placing.currency, email=placing.email, not_after=placing.reserved_until)
         try:
             reply = await self._ask(ask)
             if reply.get("queued"):
@@ -416,9 +416,8 @@ class Saga:
 
     async def _ask_payment(self, order_id: str) -> OrderView:
         row = await self._row(order_id)
-        ask = CreateIntent(
-            tenant=row.tenant, order_id=row.id, amount_cents=row.total_cents, currency=row.currency, email=row.email
-        )
+        ask = CreateIntent(tenant=row.tenant, order_id=row.id, amount_cents=row.total_cents, currency=row.currency,
+                           email=row.email, not_after=row.reserved_until)
         try:
             reply = await self._ask(ask)
         except ServiceUnavailable:

@@ -18,7 +18,7 @@ from cartwheel.service import Service
 from cartwheel.settings import Settings
 from services.payments.checkout import CheckoutHandlers
 from services.payments.handlers import PaymentHandlers
-from services.payments.queue import IN_FLIGHT, WORKERS, IntentQueue
+from services.payments.queue import ACK_WAIT_S, IN_FLIGHT, WORKERS, IntentQueue
 from services.payments.stripe_api import PaymentMetrics, StripePayments
 from services.payments.webhooks import WebhookHandlers
 
@@ -45,5 +45,6 @@ def build(settings: Settings) -> Service:
     service.handle(subjects.PAYMENTS_CHECKOUT_EXPIRE, ExpireCheckoutSession)(checkouts.expire_checkout)
     (durable, subject), = subjects.EVENT_CONSUMERS["payments"].items()
     queue = IntentQueue(payments)
-    service.consume(subject, IntentRequested, durable, workers=WORKERS, in_flight=IN_FLIGHT)(queue.create_queued)
+    service.consume(subject, IntentRequested, durable, workers=WORKERS, in_flight=IN_FLIGHT,
+                    ack_wait=ACK_WAIT_S)(queue.create_queued)
     return service

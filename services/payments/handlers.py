@@ -24,6 +24,7 @@ from cartwheel.outbox import record_event
 from cartwheel.service import Service
 from services.payments import domain, ledger, store
 from services.payments.models import IntentRow
+from services.payments.pacing import CHECKOUT
 from services.payments.stripe_api import Busy, StripePayments, provider_unavailable
 
 
@@ -41,13 +42,14 @@ class PaymentHandlers:
             row = await self.intent_for(cmd, wait=self.service.settings.stripe_checkout_wait_seconds)
         except Busy:
             ask = IntentRequested(tenant=cmd.tenant, order_id=cmd.order_id, amount_cents=cmd.amount_cents,
-                                  currency=cmd.currency, email=cmd.email)
+                                  currency=cmd.currency, email=cmd.email, not_after=cmd.not_after)
             await self.db.run(lambda s: record_event(s, ask))
             self.service.notify_outbox()
             return IntentQueued(order_id=cmd.order_id).model_dump(mode="json")
         return store.to_view(row).model_dump(mode="json")
 
-    async def intent_for(self, cmd: CreateIntent | IntentRequested, wait: float | None) -> IntentRow:
+    async def intent_for(self, cmd: CreateIntent | IntentRequested, wait: float | None,
+                         priority: int = CHECKOUT) -> IntentRow:
         """The order's intent: the one it has (a retry, a queued twin), else a new one (:class:`Busy` if its turn
         does not come within ``wait`` seconds); ``conflict`` if the order's amount is not the intent's."""
         known = await self.db.lookup(store.INTENT_OF_ORDER, order_id=cmd.order_id)  # a retry: no second intent
@@ -56,7 +58,8 @@ class PaymentHandlers:
         else:
             key = domain.intent_key(cmd.order_id)
             made = domain.snapshot(await self.provider().create_intent(
-                cmd.order_id, cmd.tenant, cmd.amount_cents, cmd.currency, key, email=cmd.email, wait=wait))
+                cmd.order_id, cmd.tenant, cmd.amount_cents, cmd.currency, key, email=cmd.email, wait=wait,
+                priority=priority))
             row = await self.db.run_batched(store.keep_first_intents, (made, cmd.tenant))  # with concurrent ones
         assert row is not None
         if (row.amount_cents, row.currency) != (cmd.amount_cents, cmd.currency):

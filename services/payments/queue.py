@@ -10,14 +10,19 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
+from cartwheel.contracts.base import utcnow
 from cartwheel.contracts.payments import IntentRequested, PaymentIntentCreated, PaymentNotStarted
 from cartwheel.errors import DomainError
 from cartwheel.outbox import record_event
 from services.payments.handlers import PaymentHandlers
 from services.payments.models import IntentRow
+from services.payments.pacing import BACKGROUND
+from services.payments.stripe_api import Busy
 
 WORKERS = 64  # queued intents in flight per replica: Stripe's ~0.3 s per create times the rate, with room
-IN_FLIGHT = 256  # delivered and not yet acknowledged, all replicas together; the rest wait in the stream
+IN_FLIGHT = 64  # delivered and not yet acknowledged, all replicas together; the rest wait in the stream, so a
+# delivered one is never kept waiting long enough to be delivered again (to another worker: a second call)
+ACK_WAIT_S = 600.0  # ... and if it is (Stripe answering 429 again and again), it is not sent twice meanwhile
 COME_BACK = frozenset({"payment_provider_unavailable", "payment_provider_busy"})
 
 
@@ -27,11 +32,17 @@ class IntentQueue:
         self.service = payments.service
 
     async def create_queued(self, ask: IntentRequested) -> None:
-        """Create the queued intent in its turn (behind the buyers' calls) and announce it."""
+        """Create the queued intent in its turn (behind the buyers' calls) and announce it; not once its order can
+        no longer be paid (its reservation ended while it waited)."""
+        left = None if ask.not_after is None else (ask.not_after - utcnow()).total_seconds()
         try:
-            row = await self.payments.intent_for(ask, wait=None)
+            if left is not None and left <= 0:
+                raise DomainError("its order's reservation ended before its turn came", code="order_closed")
+            row = await self.payments.intent_for(ask, wait=left, priority=BACKGROUND)
         except DomainError as refusal:
-            if refusal.code in COME_BACK:
+            if isinstance(refusal, Busy) and ask.not_after is not None and utcnow() >= ask.not_after:
+                refusal = DomainError("its order's reservation ended before its turn came", code="order_closed")
+            elif refusal.code in COME_BACK:
                 raise  # the consumer delivers it again later
             not_started = PaymentNotStarted(tenant=ask.tenant, order_id=ask.order_id, reason=refusal.message)
             await self.service.db.run(lambda s: record_event(s, not_started))

@@ -139,9 +139,9 @@ class StripePayments:
         return cls(settings.stripe_secret_key.get_secret_value(), settings.stripe_api_base, metrics, pacer)
 
     async def create_intent(self, order_id: str, tenant: str, amount_cents: int, currency: str, key: str,
-                            email: str | None = None, wait: float | None = None) -> dict:
-        """The order's new intent; :class:`Busy` if its turn does not come within ``wait`` seconds (None: a
-        queued intent, which waits behind the buyers')."""
+                            email: str | None = None, wait: float | None = None, priority: int = CHECKOUT) -> dict:
+        """The order's new intent; :class:`Busy` if its turn does not come within ``wait`` seconds (None: however
+        long), or Stripe answers 429 to a call with a ``wait``. A queued one goes at ``BACKGROUND`` priority."""
         try:
             amount = to_stripe(amount_cents, currency)  # Stripe's units: ISK in hundredths, MGA whole
         except ValueError as unpayable:  # a price saved before such prices were refused
@@ -154,7 +154,6 @@ class StripePayments:
         }
         if email:
             params["receipt_email"] = email  # Stripe mails its receipt once the payment succeeds
-        priority = BACKGROUND if wait is None else CHECKOUT
         return await self._call("create a payment", self.client.v1.payment_intents.create_async, params, key=key,
                                 priority=priority, wait=wait)
 
