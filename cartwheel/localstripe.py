@@ -120,6 +120,7 @@ def version() -> str:
 
 
 UPSTREAM_HOST = "127.0.0.1"  # localstripe is reached through the stand-in only
+CONFIG_KEY = "sk_test_cartwheel_config"  # any secret-looking key: the stand-in's /_config/webhooks wants one
 STANDIN_STATE = "standin.json"  # beside localstripe's state file
 
 
@@ -270,7 +271,9 @@ def register_webhook(
     fields = [("url", url), ("secret", secret), *(("events[]", e) for e in events or ())]
     target = f"{api_base.rstrip('/')}/_config/webhooks/{urllib.parse.quote(webhook_id, safe='')}"
     body = urllib.parse.urlencode(fields).encode()
+    request = urllib.request.Request(target, data=body, method="POST",
+                                     headers={"Authorization": f"Bearer {CONFIG_KEY}"})  # the stand-in asks for one
     try:
-        urllib.request.urlopen(urllib.request.Request(target, data=body, method="POST"), timeout=timeout).close()
+        urllib.request.urlopen(request, timeout=timeout).close()
     except urllib.error.HTTPError as exc:
         raise LocalStripeError(f"localstripe refused the webhook registration: HTTP {exc.code}") from None

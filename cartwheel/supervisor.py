@@ -390,6 +390,9 @@ class System:
             raise StartupError(f"--scale {exc}") from None
         self.replicas = {name: _replica_names(name, (scale or {}).get(name, 1)) for name in SERVICES}
         self._ports: dict[str, list[int]] = {}  # service → its replicas' metrics ports
+        update["payments_replicas"] = len(self.replicas["payments"])  # each takes its share of Stripe's rate
+        if "public_url" not in settings.model_fields_set:  # where Stripe's checkout page sends buyers back
+            update["public_url"] = f"http://{_url_host(settings.gateway_host)}:{settings.gateway_port}"
         resolved = settings.model_copy(update=update)
         self.settings = resolved.with_secrets()
         self.var_dir = self.settings.var_dir

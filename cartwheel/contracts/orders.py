@@ -144,6 +144,9 @@ class PayOrder(Message):
     subject: ClassVar[str] = subjects.ORDERS_PAY
     order_id: OrderId
     payment_method: PaymentMethodId
+    return_url: str | None = Field(None, max_length=2000, description="Where a method that redirects the buyer (a "
+                                   "bank's page) sends them back; Stripe wants one when the intent takes every "
+                                   "method the account offers.")
 
 
 # -- replies --------------------------------------------------------------------------------

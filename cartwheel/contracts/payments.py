@@ -61,6 +61,9 @@ class ConfirmIntent(Message):
     order_id: OrderRef
     payment_intent_id: IntentId
     payment_method: PaymentMethodId
+    return_url: str | None = Field(None, max_length=2000, description="Where a method that redirects the buyer (a "
+                                   "bank's page) sends them back; Stripe wants one when the intent takes every "
+                                   "method the account offers.")
 
 
 class CancelIntent(Message):

@@ -11,7 +11,16 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from cartwheel.paymentserver import state as saved
-from cartwheel.paymentserver.answers import header_key, json_answer, rate_limited, relay, stripe_error, upstream_down
+from cartwheel.paymentserver.answers import (
+    caller,
+    header_key,
+    json_answer,
+    rate_limited,
+    relay,
+    stripe_error,
+    unauthorized,
+    upstream_down,
+)
 from cartwheel.paymentserver.checkoutroutes import MIN_SESSION_SECONDS, add_checkout
 from cartwheel.paymentserver.metering import path_kind
 from cartwheel.paymentserver.routes import add_routes, body_params
@@ -75,15 +84,24 @@ async def stop_tasks(app: web.Application) -> None:
     await standin.upstream.close()
 
 
+BROWSER_PATHS = ("/v1/", "/js.stripe.com/")
+"""What a page's script may call from another origin: the API (with a publishable key) and Stripe.js; not
+``/_config`` (a page could register a webhook) nor the checkout page."""
+
+
 async def allow_browsers(request: web.Request, response: web.StreamResponse) -> None:
     """CORS for a page's script calling with a publishable key."""
-    if origin := request.headers.get("Origin"):
+    if (origin := request.headers.get("Origin")) and request.path.startswith(BROWSER_PATHS):
         response.headers["Access-Control-Allow-Origin"] = origin
         response.headers["Access-Control-Allow-Headers"] = "Content-Type, Accept, Authorization, Idempotency-Key"
         response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS, DELETE"
 
 
 async def register_webhook(request: web.Request) -> web.StreamResponse:
+    """Where the events go, for whoever holds a secret key: a page the developer visits can post a form here (CORS
+    does not stop that), but cannot add an Authorization header to it."""
+    if not (who := caller(request.headers)).secret:
+        return unauthorized(who)
     params = await body_params(request)
     url, secret = params.get("url") or "", params.get("secret") or ""
     events = [value for key, value in params.pairs if key in ("events[]", "events")]

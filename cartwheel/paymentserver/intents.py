@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from cartwheel.paymentserver.answers import json_answer, relay, wrong_client_secret
+from cartwheel.paymentserver.answers import json_answer, relay, stripe_error, wrong_client_secret
 from cartwheel.paymentserver.metering import Stats
 from cartwheel.paymentserver.methods import Methods
 from cartwheel.paymentserver.params import Params, as_bool
@@ -29,6 +29,12 @@ log = logging.getLogger(__name__)
 
 KEPT = ("receipt_email", "description", "statement_descriptor_suffix")
 """Parameters localstripe refuses and Stripe shows back on the intent."""
+NO_RETURN_URL = ("return_url must be specified because this Payment Intent is configured to automatically accept the "
+                 "payment methods enabled in the Dashboard, some of which may require a full page redirect to "
+                 "succeed. If you do not want to accept redirect-based payment methods, set "
+                 "`automatic_payment_methods[allow_redirects]` to `never` when creating Setup Intents and Payment "
+                 "Intents.")
+"""Stripe's answer to confirming such an intent without a ``return_url`` (server-side confirms forget it)."""
 IGNORED = ("return_url", "use_stripe_sdk", "off_session", "client_secret", "key")
 """Parameters localstripe refuses that change nothing it simulates (``confirm`` is handled here)."""
 PATH = "/v1/payment_intents"
@@ -101,12 +107,17 @@ class Intents:
         method = params.pop("payment_method")
         data = params.pop_tree("payment_method_data")
         kept = self._keep(params)
+        return_url = params.get("return_url")
         for name in IGNORED:
             params.pop(name)
         if client_secret is not None:
             current = await self.read(intent_id)
-            if current.ok and (current.parsed or {}).get("client_secret") != client_secret:
+            if not current.ok:  # closed, not open: no secret checked, no confirmation
+                return self.show(current)
+            if (current.parsed or {}).get("client_secret") != client_secret:
                 return wrong_client_secret()
+        if not return_url and self._may_redirect(intent_id):
+            return stripe_error(400, NO_RETURN_URL, param="return_url")
         if data:
             made = await self.methods.create(data)
             if not made.ok:
@@ -181,6 +192,12 @@ class Intents:
             return await call()
 
         return await self.methods.using(method, with_made)
+
+    def _may_redirect(self, intent_id: str) -> bool:
+        """Whether the intent takes every method the account offers, redirecting ones too (Stripe then wants a
+        ``return_url`` at confirmation)."""
+        methods = self.state.notes(intent_id).params.get("automatic_payment_methods") or {}
+        return bool(methods.get("enabled")) and methods.get("allow_redirects", "always") == "always"
 
     def _keep(self, params: Params) -> dict[str, Any]:
         kept: dict[str, Any] = {name: params.pop(name) or None for name in KEPT  # "": unset, as at Stripe

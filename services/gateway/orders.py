@@ -106,7 +106,7 @@ def checkout(body: CheckoutBody) -> tuple[Placed, Headers]:
         accept_price_changes=body.accept_price_changes,
         idempotency_key=key,
         mode=body.mode,
-        return_url=_order_page(ctx.settings.public_url) if body.mode == "hosted" else None,
+        return_url=_hosted_return(ctx.settings.public_url) if body.mode == "hosted" else None,
     )
     order = _ask(message, timeout=ctx.settings.request_timeout * SLOW)
     summary = order.model_dump(include={"order_id", "status", "total_cents", "currency", "payment"})
@@ -114,6 +114,15 @@ def checkout(body: CheckoutBody) -> tuple[Placed, Headers]:
     if not shopper.signed_in:  # a signed-in buyer's session shows their orders; a cookie would outlive signing out
         headers.add("Set-Cookie", orders_cookie(order.order_id))
     return placed, headers
+
+
+def _hosted_return(public_url: str | None) -> str:
+    """Where Stripe's checkout page sends the buyer back: never an address the request named (its Host header),
+    or anyone could have a genuine Stripe page, in the shop's name, send buyers to a site of theirs."""
+    if not public_url:
+        raise DomainError("hosted checkout is not set up: the shop's address (CARTWHEEL_PUBLIC_URL) is unset",
+                          code="payment_provider_unavailable")
+    return _order_page(public_url)
 
 
 def _order_page(public_url: str | None) -> str:
@@ -157,7 +166,8 @@ def pay_order(order_id: str, body: PayBody) -> tuple[OrderView, dict[str, str]]:
     ctx = gateway()
     if order_id not in orders_from_cookie():
         _buyers_order(order_id, admin=False)  # a signed-in buyer's, or a 404
-    message = PayOrder(tenant=ctx.settings.tenant, order_id=order_id, payment_method=body.payment_method)
+    message = PayOrder(tenant=ctx.settings.tenant, order_id=order_id, payment_method=body.payment_method,
+                       return_url=_order_page(ctx.settings.public_url).replace(ORDER_ID, order_id))
     return _ask(message, timeout=ctx.settings.request_timeout * SLOW), NO_STORE
 
 

@@ -478,7 +478,7 @@ class Saga:
             if row.reserved_until is not None and row.reserved_until < utcnow():
                 raise DomainError("this order's time to pay has run out", code="order_closed", status="expired")
             confirm = ConfirmIntent(tenant=row.tenant, order_id=row.id, payment_intent_id=row.payment_intent_id,
-                                    payment_method=cmd.payment_method)
+                                    payment_method=cmd.payment_method, return_url=cmd.return_url)
             intent = IntentView.model_validate(await self._ask(confirm))
             if intent.status == "succeeded":
                 await self._succeeded(row.id, intent.payment_intent_id, intent.amount_received_cents,

@@ -76,7 +76,8 @@ class PaymentHandlers:
             return store.to_view(row).model_dump(mode="json")
         async with self.intents.hold(row.id):
             try:
-                intent = await self.provider().confirm_intent(row.id, cmd.payment_method, f"confirm-{cmd.id}")
+                intent = await self.provider().confirm_intent(row.id, cmd.payment_method, f"confirm-{cmd.id}",
+                                                              cmd.return_url)
             except DomainError as refusal:
                 intent = await self._finished_or_raise(row.id, refusal)
             return await self._settle(intent, "confirm")

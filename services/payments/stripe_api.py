@@ -170,6 +170,7 @@ class StripePayments:
         metadata = {"order_id": ask.order_id, "tenant": ask.tenant}
         params: dict[str, Any] = {
             "mode": "payment",
+            "payment_method_types": ["card"],  # one that completes paid: a delayed method completes unpaid
             "line_items": lines,
             "success_url": ask.success_url,
             "cancel_url": ask.cancel_url,
@@ -193,13 +194,16 @@ class StripePayments:
     async def retrieve_intent(self, intent_id: str) -> dict:
         return await self._call("read the payment", self.client.v1.payment_intents.retrieve_async, intent_id)
 
-    async def confirm_intent(self, intent_id: str, payment_method: str, key: str) -> dict:
-        """Confirm with ``payment_method``: set it, then confirm (valid on Stripe, and what every server takes)."""
+    async def confirm_intent(self, intent_id: str, payment_method: str, key: str,
+                             return_url: str | None = None) -> dict:
+        """Confirm with ``payment_method``: set it, then confirm (valid on Stripe, and what every server takes);
+        ``return_url`` for a method that sends the buyer to their bank's page (Stripe wants one)."""
         intents = self.client.v1.payment_intents
         try:
             method = {"payment_method": payment_method}
             await self._call("set the payment method", intents.update_async, intent_id, method, key=f"{key}-method")
-            return await self._call("confirm the payment", intents.confirm_async, intent_id, None, key=key)
+            back = {"return_url": return_url} if return_url else None
+            return await self._call("confirm the payment", intents.confirm_async, intent_id, back, key=key)
         except stripe.CardError as exc:  # a decline: the intent tells what happened
             declined = getattr(exc.error, "payment_intent", None)
             return declined.to_dict() if declined else await self.retrieve_intent(intent_id)

@@ -416,3 +416,28 @@ def test_localstripe_restarted_gets_the_webhooks_again_and_meanwhile_calls_are_5
         assert receiver.types(paid.id, expect=1) == ["payment_intent.succeeded"]
     finally:
         own.stop()
+
+
+def test_an_intent_taking_the_accounts_methods_wants_a_return_url_to_be_confirmed(client: stripe.StripeClient) -> None:
+    redirects = new_intent(client, automatic_payment_methods={"enabled": True})
+    with pytest.raises(stripe.InvalidRequestError) as refused:  # as at Stripe: a redirect may be needed
+        client.v1.payment_intents.confirm(redirects.id, params={"payment_method": "pm_card_visa"})
+    assert refused.value.param == "return_url"
+    paid = client.v1.payment_intents.confirm(
+        redirects.id, params={"payment_method": "pm_card_visa", "return_url": "http://127.0.0.1/orders/x"})
+    assert paid.status == "succeeded"
+    no_redirects = new_intent(client, automatic_payment_methods={"enabled": True, "allow_redirects": "never"})
+    assert client.v1.payment_intents.confirm(no_redirects.id, params={"payment_method": "pm_card_visa"}).status == \
+        "succeeded"
+
+
+def test_a_page_on_another_site_can_neither_read_the_config_nor_register_a_webhook(server: LocalStripe) -> None:
+    elsewhere = {"Origin": "http://evil.test"}
+    assert "Access-Control-Allow-Origin" not in http(server, "GET", "/_config/stats", headers=elsewhere)[2]
+    script = urllib.request.Request(f"{server.url}/js.stripe.com/v3/", headers=elsewhere)
+    with urllib.request.urlopen(script, timeout=10) as answer:  # Stripe.js and the API are for pages
+        assert answer.headers["Access-Control-Allow-Origin"] == "http://evil.test"
+    form = {"url": "http://evil.test/hook", "secret": "whsec_x"}
+    assert http(server, "POST", "/_config/webhooks/evil", form, headers=elsewhere)[0] == 401  # a form post can't
+    assert http(server, "POST", "/_config/webhooks/evil", {**form, "events[]": "cartwheel.none"},
+                headers=SECRET_KEY)[0] == 200  # ... but whoever holds a secret key can

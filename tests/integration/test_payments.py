@@ -74,7 +74,8 @@ async def create(nc: nats.NATS, order_id: str, amount_cents: int = 1234) -> dict
 
 
 async def confirm(nc: nats.NATS, order_id: str, intent_id: str, method: str) -> dict[str, Any]:
-    message = ConfirmIntent(order_id=order_id, payment_intent_id=intent_id, payment_method=method)
+    message = ConfirmIntent(order_id=order_id, payment_intent_id=intent_id, payment_method=method,
+                            return_url=f"http://shop.test/orders/{order_id}")
     return await request(nc, message, TIMEOUT)
 
 
@@ -159,7 +160,8 @@ def pays_at_stripe(stripe_client: stripe.StripeClient, intent_id: str, method: s
     """What the buyer's browser does with Stripe.js: confirm at Stripe, not through the service."""
     stripe_client.v1.payment_intents.update(intent_id, params={"payment_method": method})
     try:
-        return stripe_client.v1.payment_intents.confirm(intent_id).to_dict()
+        back = {"return_url": "http://shop.test/orders/paid"}  # as Stripe.js sends the page's own address
+        return stripe_client.v1.payment_intents.confirm(intent_id, params=back).to_dict()
     except stripe.CardError:
         return stripe_client.v1.payment_intents.retrieve(intent_id).to_dict()
 

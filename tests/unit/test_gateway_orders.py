@@ -544,3 +544,21 @@ def test_the_order_routes_are_documented(client: FlaskClient) -> None:
     assert admin["security"] == [{"adminBearer": []}] and "401" in admin["responses"]
     cancel = paths["/api/admin/orders/{order_id}/cancel"]["post"]
     assert cancel["security"] == [{"adminBearer": []}] and {"401", "404", "409"} <= set(cancel["responses"])
+
+
+def test_a_hosted_checkout_returns_to_the_shops_own_address_never_one_the_request_names(
+    make_client: Any, bus: FakeBus
+) -> None:
+    buy = {"items": [{"product_id": PRODUCT, "quantity": 1}], "mode": "hosted"}
+    unset = make_client().post("/api/checkout", json=buy, headers={"Host": "evil.example"})
+    assert unset.status_code == 503 and "CARTWHEEL_PUBLIC_URL" in unset.get_json()["error"]["message"]
+    shop = make_client(public_url="https://shop.example.com")
+    placed = shop.post("/api/checkout", json=buy, headers={"Host": "evil.example"})
+    assert placed.status_code == 201
+    (checkout,) = [m for m in sent(bus, Checkout)][-1:]
+    assert (checkout.mode, checkout.return_url) == ("hosted", "https://shop.example.com/orders/{ORDER_ID}")
+    paid = shop.post(f"/api/orders/{placed.get_json()['order_id']}/pay", json={"payment_method": "pm_card_visa"},
+                     headers={"Host": "evil.example"})  # the buyer's browser: its orders cookie is that host's
+    assert paid.status_code == 200
+    (pay,) = sent(bus, PayOrder)
+    assert pay.return_url == f"https://shop.example.com/orders/{placed.get_json()['order_id']}"
