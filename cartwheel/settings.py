@@ -133,7 +133,7 @@ class Settings(BaseSettings):
     )
     public_url: str | None = Field(
         None, pattern=r"^https?://[^/?#]+/?$", description="The shop's address as buyers reach it (`https://shop."
-        "example.com`): where Stripe's checkout page sends them back. Unset: the address each request came in on."
+        "example.com`): where Stripe's checkout page sends them back. Unset: no hosted checkout (503)."
     )
     stripe_requests_per_second: float = Field(
         80.0, gt=0, le=10_000, description="Calls to Stripe a second, for the whole installation (Stripe answers "
