@@ -24,14 +24,17 @@ AGE_S = 1.0  # a call kept waiting this long goes before younger ones, whatever 
 
 
 class Pacer:
-    """At most ``rate`` calls a second on average, ``burst`` at once; waiting calls go in priority order, except
-    that one kept waiting :data:`AGE_S` goes before younger calls of any priority (nobody waits for ever)."""
+    """At most ``rate`` calls in any one second, ``burst`` of them at once (the bucket refills at ``rate - burst``
+    a second, so a burst and a second's refill together never exceed ``rate``: Stripe counts what arrives in a
+    second). Waiting calls go in priority order, except that one kept waiting :data:`AGE_S` goes before younger
+    calls of any priority (nobody waits for ever)."""
 
     def __init__(self, rate: float, burst: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         if rate <= 0:
             raise ValueError("the rate must be positive")
         self.rate = rate
-        self.burst = max(1.0, burst if burst is not None else rate / 10)  # a tenth of a second's worth at once
+        self.burst = min(max(1.0, burst if burst is not None else rate / 10), rate / 2)  # a tenth of a second's
+        self.refill = rate - self.burst
         self._clock = clock
         self._tokens = self.burst
         self._at = clock()
@@ -73,7 +76,7 @@ class Pacer:
         now = self._clock()
         if now < self._held_until:
             return False
-        self._tokens = min(self.burst, self._tokens + (now - max(self._at, self._held_until)) * self.rate)
+        self._tokens = min(self.burst, self._tokens + (now - max(self._at, self._held_until)) * self.refill)
         self._at = now
         if self._tokens >= 1:
             self._tokens -= 1
@@ -103,7 +106,7 @@ class Pacer:
             queue.popleft().ready.set_result(None)
         if self._next() is not None:
             now = self._clock()
-            due = max(self._held_until - now, (1 - self._tokens) / self.rate, 0.0)
+            due = max(self._held_until - now, (1 - self._tokens) / self.refill, 0.0)
             self._timer = asyncio.get_running_loop().call_later(due, self._schedule)
 
 

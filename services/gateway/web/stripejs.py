@@ -18,10 +18,10 @@ from flask import g
 from cartwheel.settings import Settings
 
 STRIPE_JS_ORIGIN = "https://js.stripe.com"
-STRIPE_SOURCES: Mapping[str, tuple[str, ...]] = {
-    "script-src": (STRIPE_JS_ORIGIN,),
+STRIPE_SOURCES: Mapping[str, tuple[str, ...]] = {  # as Stripe's security guide lists them for Stripe.js
+    "script-src": (STRIPE_JS_ORIGIN, "https://*.js.stripe.com"),
     "connect-src": ("https://api.stripe.com",),
-    "frame-src": (STRIPE_JS_ORIGIN, "https://hooks.stripe.com"),
+    "frame-src": (STRIPE_JS_ORIGIN, "https://*.js.stripe.com", "https://hooks.stripe.com"),
 }
 SAME_ORIGIN: tuple[tuple[str, str], ...] = (
     ("default-src", "'self'"),
