@@ -123,10 +123,10 @@ def place(session: Session, placings: list[tuple[Placing, IntentView | CheckoutS
             claimed_until=None,
         )
         rows.append({c.key: getattr(row, c.key) for c in _ORDER_COLUMNS})
-        times = (placing.started_at, placing.reserved_at or at, at)
+        times = (placing.started_at, placing.reserved_at or at, at)[:len(path)]
         history = [
             {"order_id": row.id, "from_status": came_from, "to_status": status, "reason": reason, "at": when}
-            for (status, reason), came_from, when in zip(path, _PLACED_FROM, times, strict=False)
+            for (status, reason), came_from, when in zip(path, _PLACED_FROM[:len(path)], times, strict=True)
         ]
         histories.extend(history)
         orders.append(view(row, [OrderTransitionRow(**h) for h in history]))

@@ -244,10 +244,11 @@ class StripePayments:
                     f"{getattr(method, '__name__', 'call').removesuffix('_async')}"  # PaymentIntent.create
         for tries in range(RATE_LIMITED_TRIES):
             began = time.perf_counter()
-            if not await self.pacer.turn(priority, wait):
-                raise Busy(what)
-            if self.metrics:
+            served = await self.pacer.turn(priority, wait)
+            if self.metrics:  # the waits that ran out too: the longest are the ones to see
                 self.metrics.turn_seconds.labels(PRIORITIES[priority]).observe(time.perf_counter() - began)
+            if not served:
+                raise Busy(what)
             try:
                 return await self._send(what, operation, method, *args, key=key)
             except stripe.RateLimitError as exc:
