@@ -33,8 +33,9 @@ class Pacer:
         if rate <= 0:
             raise ValueError("the rate must be positive")
         self.rate = rate
-        self.burst = min(max(1.0, burst if burst is not None else rate / 10), rate / 2)  # a tenth of a second's
-        self.refill = rate - self.burst
+        self.burst = max(1.0, min(burst if burst is not None else rate / 10, rate / 2))  # a tenth of a second's
+        # Below 2 a second a call is a burst of its own: the refill is the rate (one call over it, at most).
+        self.refill = rate - self.burst if rate - self.burst >= rate / 2 else rate
         self._clock = clock
         self._tokens = self.burst
         self._at = clock()

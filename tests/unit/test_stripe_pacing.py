@@ -113,3 +113,11 @@ def test_calls_that_gave_up_leave_nothing_behind() -> None:
         return sum(len(queue) for queue in pacer._waiting)
 
     assert asyncio.run(main()) == 0
+
+
+def test_a_slow_rate_still_gives_turns() -> None:
+    async def main() -> tuple[bool, bool]:
+        pacer = Pacer(rate=0.5)  # a call every two seconds
+        return await pacer.turn(CHECKOUT, wait=0.1), await pacer.turn(CHECKOUT, wait=0.1)
+
+    assert asyncio.run(main()) == (True, False)  # a burst below one call made every turn wait for ever
