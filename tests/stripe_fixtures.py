@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 
@@ -31,3 +34,22 @@ def localstripe(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFa
         yield server.url
     finally:
         server.stop()
+
+
+class WebhookEndpoint:
+    """A loopback HTTP endpoint for Stripe's webhooks: each POST's raw body and its Stripe-Signature go to
+    ``receive``, whose answer is the status sent back. ``server.shutdown()`` stops it."""
+
+    def __init__(self, receive: Callable[[bytes, str], int]) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                self.send_response(receive(body, self.headers.get("Stripe-Signature", "")))
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()

@@ -238,15 +238,11 @@ class RefundView(BaseModel):
     amount_cents: int
 
 
-class IntentRequested(Message):
-    """An intent to create when Stripe's rate limit lets it: payments' own queue, kept on the EVENTS stream."""
+class IntentRequested(CreateIntent):
+    """A :class:`CreateIntent` waiting for Stripe's rate limit to let it through: payments' own queue, kept on the
+    EVENTS stream."""
 
     subject: ClassVar[str] = subjects.PAYMENTS_INTENT_REQUESTED
-    order_id: OrderRef
-    amount_cents: Annotated[StrictInt, Field(ge=1)]
-    currency: Currency
-    email: str | None = None
-    not_after: datetime | None = None
 
 
 class PaymentIntentCreated(PaymentEvent):

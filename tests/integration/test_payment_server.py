@@ -6,14 +6,12 @@ import json
 import os
 import signal
 import stat
-import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ import stripe
 from cartwheel.localstripe import LocalStripe, bootstrap_argv, register_webhook, start_localstripe, wait_ready
 from cartwheel.natsserver import spawn
 from cartwheel.paymentserver.testcards import CARDS, TestCard
+from tests.stripe_fixtures import WebhookEndpoint
 
 KEY = "sk_test_standin_tests"
 PUBLISHABLE = "pk_test_standin_tests"
@@ -45,31 +44,22 @@ def client(server: LocalStripe) -> stripe.StripeClient:
     return stripe.StripeClient(KEY, base_addresses={"api": server.url}, max_network_retries=0)
 
 
-class Receiver:
+class Receiver(WebhookEndpoint):
     """A webhook endpoint: keeps every delivery whose Stripe-Signature verifies with :data:`SECRET`."""
 
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
         self.refused = 0
-        owner = self
+        super().__init__(self._receive)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                payload = self.rfile.read(int(self.headers["Content-Length"])).decode()
-                try:
-                    stripe.WebhookSignature.verify_header(payload, self.headers["Stripe-Signature"], SECRET, 300)
-                    owner.events.append(json.loads(payload))
-                except stripe.SignatureVerificationError:
-                    owner.refused += 1
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def _receive(self, body: bytes, signature: str) -> int:
+        payload = body.decode()
+        try:
+            stripe.WebhookSignature.verify_header(payload, signature, SECRET, 300)
+            self.events.append(json.loads(payload))
+        except stripe.SignatureVerificationError:
+            self.refused += 1
+        return 200
 
     def types(self, intent_id: str, expect: int, timeout: float = 10.0) -> list[str]:
         """The types of the events about ``intent_id``, once ``expect`` have come (or ``timeout``)."""

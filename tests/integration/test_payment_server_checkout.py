@@ -4,11 +4,9 @@ paid with HTTP form posts as a browser sends them; every event signed and verifi
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ import requests
 import stripe
 
 from cartwheel.localstripe import LocalStripe, register_webhook, start_localstripe
+from tests.stripe_fixtures import WebhookEndpoint
 
 KEY = "sk_test_checkout_tests"
 SECRET = "whsec_checkout_tests"
@@ -26,26 +25,12 @@ CANCEL = "http://127.0.0.1:9/cart"
 VISA, DECLINED = "4242 4242 4242 4242", "4000 0000 0000 0002"
 
 
-class Receiver:
+class Receiver(WebhookEndpoint):
     """A webhook endpoint keeping each delivery as it came (payload and Stripe-Signature), unverified."""
 
     def __init__(self) -> None:
         self.deliveries: list[tuple[str, str]] = []
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                payload = self.rfile.read(int(self.headers["Content-Length"])).decode()
-                owner.deliveries.append((payload, self.headers["Stripe-Signature"]))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        super().__init__(lambda body, signature: self.deliveries.append((body.decode(), signature)) or 200)
 
     def verified(self, object_id: str, kind: str, timeout: float = 10.0) -> dict[str, Any]:
         """The ``kind`` event about ``object_id``, its signature verified with the SDK as the shop verifies it."""

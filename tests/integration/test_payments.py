@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
 import signal
-import threading
 import time
 import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,7 @@ from cartwheel.localstripe import register_webhook, start_localstripe
 from cartwheel.natsserver import free_port
 from services.payments.models import Base as PaymentsBase
 from tests.helpers import random_sku
-from tests.stripe_fixtures import localstripe  # noqa: F401
+from tests.stripe_fixtures import WebhookEndpoint, localstripe  # noqa: F401
 
 TIMEOUT = 15.0
 API_KEY = "sk_test_cartwheel"
@@ -528,53 +527,47 @@ def test_a_chargeback_is_announced_when_opened_and_when_closed(payments, client,
     client.run(scenario)
 
 
-class Forwarder:
+class Forwarder(WebhookEndpoint):
     """A webhook endpoint like the gateway's: the raw body and its Stripe-Signature go to payments over NATS."""
 
     def __init__(self, forward: Callable[[StripeWebhook], dict[str, Any]]) -> None:
         self.received: list[tuple[int, dict[str, Any]]] = []
-        owner = self
+        self.forward = forward
+        super().__init__(self._receive)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                signature = self.headers.get("Stripe-Signature", "")
-                try:
-                    answer, status = forward(StripeWebhook(payload=body.decode(), signature=signature)), 200
-                except DomainError as exc:
-                    answer, status = exc.to_dict(), 400
-                owner.received.append((status, {**answer, "body": json.loads(body)}))
-                self.send_response(status)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def _receive(self, body: bytes, signature: str) -> int:
+        try:
+            answer, status = self.forward(StripeWebhook(payload=body.decode(), signature=signature)), 200
+        except DomainError as exc:
+            answer, status = exc.to_dict(), 400
+        self.received.append((status, {**answer, "body": json.loads(body)}))
+        return status
 
     def deliveries(self, intent_id: str) -> list[tuple[int, dict[str, Any]]]:
         return [(s, a) for s, a in self.received if a["body"]["data"]["object"].get("id") == intent_id]
 
 
-@pytest.fixture
-def forwarder(client, localstripe) -> Iterator[Forwarder]:  # noqa: F811
+@contextlib.contextmanager
+def forwarding(client: Any, api_base: str, events: list[str]) -> Iterator[Forwarder]:
+    """The payment server's ``events`` delivered to payments as the gateway does, until the block ends."""
+
     def forward(webhook: StripeWebhook) -> dict[str, Any]:
         return asyncio.run_coroutine_threadsafe(deliver(client.nc, webhook), client.loop).result(TIMEOUT)
 
     endpoint = Forwarder(forward)
     webhook_id = f"test-{uuid.uuid4().hex[:8]}"
-    register_webhook(
-        localstripe,
-        endpoint.url,
-        SECRET,
-        ["payment_intent.succeeded", "payment_intent.payment_failed"],
-        webhook_id=webhook_id,
-    )
-    yield endpoint
-    register_webhook(localstripe, endpoint.url, SECRET, ["cartwheel.none"], webhook_id=webhook_id)  # off
-    endpoint.server.shutdown()
+    register_webhook(api_base, endpoint.url, SECRET, events, webhook_id=webhook_id)
+    try:
+        yield endpoint
+    finally:
+        register_webhook(api_base, endpoint.url, SECRET, ["cartwheel.none"], webhook_id=webhook_id)  # off
+        endpoint.server.shutdown()
+
+
+@pytest.fixture
+def forwarder(client, localstripe) -> Iterator[Forwarder]:  # noqa: F811
+    with forwarding(client, localstripe, ["payment_intent.succeeded", "payment_intent.payment_failed"]) as endpoint:
+        yield endpoint
 
 
 def authenticate_3d_secure(api_base: str, intent: dict[str, Any]) -> None:

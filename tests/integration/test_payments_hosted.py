@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -15,14 +13,12 @@ import requests
 from cartwheel import subjects
 from cartwheel.bus import request
 from cartwheel.contracts.base import utcnow
-from cartwheel.contracts.payments import CheckoutLine, CreateCheckoutSession, ExpireCheckoutSession, StripeWebhook
-from cartwheel.localstripe import register_webhook
+from cartwheel.contracts.payments import CheckoutLine, CreateCheckoutSession, ExpireCheckoutSession
 from tests.integration.test_payments import (
-    SECRET,
     TIMEOUT,
     Forwarder,
     create,
-    deliver,
+    forwarding,
     new_order,
     payment_events,
     payments,  # noqa: F401
@@ -35,16 +31,8 @@ CHECKOUT_EVENTS = ["checkout.session.completed", "checkout.session.expired", "pa
 @pytest.fixture
 def webhooks(client, localstripe) -> Iterator[Forwarder]:  # noqa: F811
     """The embedded server's webhooks (the page's and its intents') delivered to payments as the gateway does."""
-
-    def forward(webhook: StripeWebhook) -> dict[str, Any]:
-        return asyncio.run_coroutine_threadsafe(deliver(client.nc, webhook), client.loop).result(TIMEOUT)
-
-    endpoint = Forwarder(forward)
-    webhook_id = f"hosted-{uuid.uuid4().hex[:8]}"
-    register_webhook(localstripe, endpoint.url, SECRET, CHECKOUT_EVENTS, webhook_id=webhook_id)
-    yield endpoint
-    register_webhook(localstripe, endpoint.url, SECRET, ["cartwheel.none"], webhook_id=webhook_id)  # off
-    endpoint.server.shutdown()
+    with forwarding(client, localstripe, CHECKOUT_EVENTS) as endpoint:
+        yield endpoint
 
 
 def page_for(order_id: str, minutes: int = 31) -> CreateCheckoutSession:
