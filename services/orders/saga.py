@@ -22,6 +22,7 @@ from typing import Any
 
 from faststream.exceptions import NackMessage
 from prometheus_client import Counter
+from pydantic import TypeAdapter
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -47,6 +48,7 @@ from cartwheel.contracts.payments import (
     CheckoutSessionView,
     ConfirmIntent,
     CreateIntent,
+    IntentQueued,
     IntentView,
     PaymentCanceled,
     PaymentDisputeClosed,
@@ -370,11 +372,10 @@ class Saga:
         ask = CreateIntent(tenant=placing.tenant, order_id=placing.order_id, amount_cents=placing.total_cents,
                            currency=placing.currency, email=placing.email, not_after=placing.reserved_until)
         try:
-            reply = await self._ask(ask)
-            if reply.get("queued"):
+            intent = await self._ask_intent(ask)
+            if intent is None:
                 log.info("order %s: its payment intent is queued behind Stripe's rate limit", placing.order_id)
                 return None
-            intent = IntentView.model_validate(reply)
         except BaseException as failure:
             log.warning("order %s: no payment intent (%r); releasing its stock", placing.order_id, failure)
             await asyncio.shield(self._release_quietly(placing))
@@ -419,7 +420,7 @@ class Saga:
         ask = CreateIntent(tenant=row.tenant, order_id=row.id, amount_cents=row.total_cents, currency=row.currency,
                            email=row.email, not_after=row.reserved_until)
         try:
-            reply = await self._ask(ask)
+            intent = await self._ask_intent(ask)
         except ServiceUnavailable:
             raise  # the stock stays held: the sweeper (or the buyer's retry) asks again, the reservation bounds it
         except DomainError as failure:
@@ -428,12 +429,17 @@ class Saga:
             log.warning("order %s: no payment intent (%s); releasing its stock", order_id, failure)
             await self._end_unpaid(order_id, "cancelled", f"payment could not start: {failure}", idempotency_key=None)
             raise
-        if reply.get("queued"):  # it follows as an event; the sweeper asks again if it does not
+        if intent is None:  # it follows as an event; the sweeper asks again if it does not
             await self._transition(order_id, lambda r: {"payment_status": store.QUEUED}
                                    if r.status == "reserved" else None)
         else:
-            await self._attach_intent(order_id, IntentView.model_validate(reply))
+            await self._attach_intent(order_id, intent)
         return await self._view(order_id)
+
+    async def _ask_intent(self, ask: CreateIntent) -> IntentView | None:
+        """Payments' answer to ``ask``: the intent, or None when it queued it (:class:`IntentQueued`)."""
+        answer = _INTENT_OR_QUEUED.validate_python(await self._ask(ask))
+        return None if isinstance(answer, IntentQueued) else answer
 
     async def _attach_intent(self, order_id: str, intent: IntentView | PaymentIntentCreated) -> bool:
         """The order's intent exists: a reserved order now awaits payment. False if the order can't be paid any
@@ -1052,6 +1058,9 @@ class Saga:
             self.service.notify_outbox()
             return result
         raise ServiceUnavailable(subjects.ORDERS_CHECKOUT, f"order {order_id} kept changing; try again")
+
+
+_INTENT_OR_QUEUED: TypeAdapter[IntentView | IntentQueued] = TypeAdapter(IntentQueued | IntentView)
 
 
 def _lines(row: OrderRow) -> list[OrderLine]:

@@ -102,7 +102,7 @@ def test_a_background_call_is_not_starved_by_a_flood_of_checkout_calls() -> None
         await asyncio.gather(*calls, return_exceptions=True)
         return waited
 
-    assert asyncio.run(main()) < AGE_S + 0.5  # served once it was the oldest kept waiting; strictly: never
+    assert AGE_S * 0.9 <= asyncio.run(main()) < 5  # served once the oldest kept waiting (strict order: never)
 
 
 def test_calls_that_gave_up_leave_nothing_behind() -> None:
