@@ -134,6 +134,10 @@ longer and longer, one killed after it ran a while comes back at once (at 60 s, 
 waited 8 and 16 s by the third sale, all of them down together: 16 s unanswered)."""
 
 
+START_ATTEMPTS = 3
+"""Times in a row a child may exit while the shop starts before the start is given up (restarted between them)."""
+
+
 def restart_delay(crashes: int) -> float:
     """Seconds before a child that crashed ``crashes`` times in a row starts again."""
     return min(RESTART_FIRST * 2 ** min(crashes - 1, 16), RESTART_MAX)
@@ -193,6 +197,11 @@ class Children:
         child.pump = threading.Thread(target=self._pump, args=(child, child.process), name=f"log-{child.name}",
                                       daemon=True)
         child.pump.start()
+
+    @property
+    def watching(self) -> bool:
+        """True once :meth:`watch` was called: exits are reported and children restarted."""
+        return self._monitor is not None
 
     def watch(self) -> None:
         """From now on, report children that exit on their own and restart them (a thread polls them)."""
@@ -445,6 +454,9 @@ class System:
             if self.nats_nodes:
                 self._start_nats()
                 self._declare_streams()
+            # From here a child that exits while starting is started again, as after startup: a NATS request that
+            # timed out in a new cluster's first seconds costs a restart, not the shop (see _raise_if_a_child_died).
+            self.children.watch()
             if self.embedded_stripe:
                 self._start_payment_server()
             # The gateway needs its own database only: let it boot while the services' migrations run.
@@ -466,7 +478,6 @@ class System:
         except BaseException:
             self.stop()
             raise
-        self.children.watch()
         self.console.say(f"ready in {time.monotonic() - started:.1f} s")
 
     def request_stop(self) -> None:
@@ -690,13 +701,18 @@ class System:
         return f"not ready after {self.ready_timeout:.0f} s: {what or 'unknown'}\n{lines}"
 
     def _raise_if_a_child_died(self) -> None:
+        """Give up on a child that cannot start: one not to be restarted that exited, or one that exited
+        :data:`START_ATTEMPTS` times in a row (the watcher restarts it, with its backoff, until then)."""
         for child in self.children.all.values():
             code = child.process.poll()
-            if code is not None:
-                raise StartupError(
-                    f"{child.name} exited while starting ({describe_exit(code)})\n"
-                    f"{self.children.last_lines(child.name)}"
-                )
+            if code is None:
+                continue
+            if child.respawn is None or not self.children.watching:
+                raise StartupError(f"{child.name} exited while starting ({describe_exit(code)})\n"
+                                   f"{self.children.last_lines(child.name)}")
+            if child.exit_seen and child.crashes >= START_ATTEMPTS:
+                raise StartupError(f"{child.name} exited while starting, {child.crashes} times in a row (last: "
+                                   f"{describe_exit(code)})\n{self.children.last_lines(child.name)}")
 
     def _seed(self) -> None:
         marker = self.var_dir / SEEDED_MARKER
