@@ -123,6 +123,13 @@ def bucket_configs(settings: Settings) -> list[KeyValueConfig]:
             storage=StorageType.FILE,
             replicas=settings.stream_replicas,
         ),
+        KeyValueConfig(
+            bucket=subjects.TENANTS_BUCKET,
+            description="The tenant registry's mirror (cartwheel tenants): hosts, status and settings per tenant.",
+            history=1,
+            storage=StorageType.FILE,
+            replicas=settings.stream_replicas,
+        ),
     ]
 
 

@@ -1,4 +1,4 @@
-"""``cartwheel up | run SERVICE | migrate | seed | health | nats-auth | admin-token | demo-checkout``."""
+"""``cartwheel up | run SERVICE | migrate | tenants | seed | health | nats-auth | admin-token | demo-checkout``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 from cartwheel import subjects
 from cartwheel.files import PRIVATE_UMASK
 from cartwheel.settings import DATABASES, SERVICES, get_settings
+from cartwheel.tenants import cli as tenant_commands
 
 RUNNABLE = (*SERVICES, "gateway")
 LANE_SERVICES = tuple(subjects.SERVICE_LANES)
@@ -31,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("services", nargs="*", metavar="SERVICE")
     migrate.add_argument("--streams", action="store_true",
                          help="also declare NATS streams and buckets and bring them up to date (as admin)")
+    tenant_commands.add_migrate_options(migrate)
+    tenant_commands.add_parsers(sub)
     sub.add_parser("seed", help="add the demo catalog (skips products whose sku exists)")
     health = sub.add_parser("health", help="ask services over NATS whether they are healthy; exit 1 if not")
     health.add_argument(
@@ -93,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         from cartwheel.service import main as run_service
 
         return run_service(args.service)
+    if args.command == "tenants":
+        return tenant_commands.run(args, settings)
+    if args.command == "migrate" and args.all_tenants:
+        return tenant_commands.migrate_all(args, settings)
     if args.command == "migrate":
         from cartwheel.db import migrate
 

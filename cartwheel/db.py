@@ -402,11 +402,26 @@ class Database:
 MIGRATIONS_ROOT = Path(__file__).resolve().parent.parent / "services"
 
 
+CONTROL = "control"
+"""The tenant registry's database (:mod:`cartwheel.tenants`), migrated like a service's."""
+
+
 def alembic_config(service: str, connection: Connection | None = None) -> Config:
     cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_ROOT / service / "migrations"))
+    folder = Path(__file__).resolve().parent / "tenants" if service == CONTROL else MIGRATIONS_ROOT / service
+    cfg.set_main_option("script_location", str(folder / "migrations"))
     cfg.attributes["connection"] = connection
     return cfg
+
+
+@functools.cache
+def head_revision(service: str) -> str:
+    """The newest revision of ``service``'s Alembic history."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config(service)).get_current_head()
+    assert head is not None, f"{service} has no migrations"
+    return head
 
 
 def migrate(service: str, url: str, revision: str = "head") -> None:
@@ -420,6 +435,20 @@ def migrate(service: str, url: str, revision: str = "head") -> None:
             command.upgrade(alembic_config(service, conn), revision)
     finally:
         engine.dispose()
+
+
+def make_postgres_database(url: str) -> None:
+    """Create the database ``url`` names, unless it exists (asked of the server's ``postgres`` database)."""
+    import psycopg
+    from psycopg import sql
+
+    target = make_url(url)
+    if target.get_backend_name() != "postgresql":
+        return
+    admin = target.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (target.database,)).fetchone() is None:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(target.database or "")))
 
 
 def run_migrations(*metadata: MetaData) -> None:

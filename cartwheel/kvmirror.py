@@ -70,6 +70,10 @@ class KvMirror(Generic[V]):
     def __len__(self) -> int:
         return len(self._values)
 
+    def values(self) -> list[V]:
+        """Every value as last seen (a copy)."""
+        return list(self._values.values())
+
     def start(self) -> None:
         """Start watching on the running loop (in the background, retrying forever)."""
         if self._task is None:

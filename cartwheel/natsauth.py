@@ -101,7 +101,7 @@ def _declares() -> list[str]:
     whoever may publish them): that is admin's, with ``cartwheel migrate --streams``."""
     api = "$JS.API"
     names = [subjects.EVENTS_STREAM, _KV + subjects.CATALOG_CACHE_BUCKET, _KV + subjects.INVENTORY_STOCK_BUCKET,
-             _OBJ + subjects.PRODUCT_IMAGES_BUCKET]
+             _KV + subjects.TENANTS_BUCKET, _OBJ + subjects.PRODUCT_IMAGES_BUCKET]
     return [f"{api}.{verb}.{name}" for name in names for verb in ("STREAM.INFO", "STREAM.CREATE")]
 
 
@@ -166,7 +166,8 @@ def permissions(identity: str) -> dict[str, Any]:
         return {"publish": {"allow": [">"]}, "subscribe": {"allow": [">"]}}
     if identity not in _CALLS:
         raise ValueError(f"unknown identity {identity!r}")
-    publish = ["$JS.API.INFO", *_CALLS[identity], *_JETSTREAM[identity]]
+    # Every process serves many tenants: each reads the registry's mirror (hosts, status, settings).
+    publish = ["$JS.API.INFO", *_CALLS[identity], *_JETSTREAM[identity], *_bucket_read(subjects.TENANTS_BUCKET)]
     subscribe = [f"{inbox_prefix(identity)}.>"]
     if identity == GATEWAY:
         subscribe.append(subjects.CART_UPDATED)  # live carts (SSE) hear changes as they are published

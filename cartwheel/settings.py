@@ -171,7 +171,23 @@ class Settings(BaseSettings):
     request_timeout: float = Field(5.0, gt=0, le=120, description="Seconds the gateway waits for a service to answer.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = Field("text", description="`json` for log collectors.")
-    tenant: str = Field("default", description="Tenant id stamped on messages.")
+    tenant: str = Field("default", description="The installation's own tenant: its databases are the ones above.")
+    control_database_url: str | None = Field(
+        None, description="The tenant registry. Default: sqlite:///<var_dir>/control.db"
+    )
+    tenant_database_url: str | None = Field(
+        None,
+        description="Where each other tenant's databases are: a URL with {service} and {tenant} in it, e.g. "
+        "postgresql://shop@db/cartwheel_{service}__{tenant}. Default: sqlite:///<var_dir>/tenants/{tenant}/{service}.db",
+    )
+    tenant_databases_open: int = Field(
+        32, ge=1, le=10_000,
+        description="Tenant databases a process keeps open at most (the least recently used is closed first).",
+    )
+    default_tenant_hosts: str = Field(
+        "*", description="Comma-separated hosts the installation's own tenant serves; * also takes every host no "
+        "registered tenant names (set it to your shop's host to answer unknown hosts 404).",
+    )
     otel_exporter: str = Field(
         "none", pattern=r"^(none|otlp|console|file:.+)$",
         description="Where trace spans go: `none` (spans off; log lines still carry an incoming trace id), `otlp` "
@@ -185,6 +201,14 @@ class Settings(BaseSettings):
         """``CARTWHEEL_STRIPE_SECRET_KEY=`` (as Compose passes an unset variable) means no key."""
         return None if value == "" else value
 
+    @field_validator("tenant_database_url")
+    @classmethod
+    def _a_template(cls, value: str | None) -> str | None:
+        """One tenant's database must never be another's: the template names both parts."""
+        if value is not None and not ("{tenant}" in value and "{service}" in value):
+            raise ValueError("the URL must have {tenant} and {service} in it, e.g. .../cartwheel_{service}__{tenant}")
+        return value
+
     @field_validator("stripe_publishable_key")
     @classmethod
     def _publishable(cls, value: str | None) -> str | None:
@@ -193,11 +217,20 @@ class Settings(BaseSettings):
             raise ValueError("a Stripe publishable key starts with pk_test_ or pk_live_ (never a secret sk_ key)")
         return value
 
-    def database_url(self, service: str) -> str:
+    def database_url(self, service: str, tenant: str | None = None) -> str:
+        """``service``'s database for ``tenant`` (the installation's own tenant: ``<service>_database_url``)."""
         if service not in DATABASES:
             raise ValueError(f"unknown service {service!r}")
+        if tenant is not None and tenant != self.tenant:
+            template = self.tenant_database_url or f"sqlite:///{self.var_dir.resolve()}/tenants/{{tenant}}/{{service}}.db"
+            return template.format(service=service, tenant=tenant)
         url = getattr(self, f"{service}_database_url")
         return url or f"sqlite:///{(self.var_dir / f'{service}.db').resolve()}"
+
+    @property
+    def control_url(self) -> str:
+        """The tenant registry's database."""
+        return self.control_database_url or f"sqlite:///{(self.var_dir / 'control.db').resolve()}"
 
     @property
     def nats_servers(self) -> list[str]:

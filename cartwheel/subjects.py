@@ -115,6 +115,13 @@ def inventory_stock_key(product_id: str) -> str:
     return f"product.{product_id}"
 
 
+TENANTS_BUCKET = "tenants"  # the tenant registry's mirror: each tenant's hosts, status and settings
+
+
+def tenant_key(name: str) -> str:
+    return f"tenant.{name}"
+
+
 # Object store buckets.
 PRODUCT_IMAGES_BUCKET = "product_images"
 

@@ -565,6 +565,8 @@ class System:
 
     def _make_databases(self) -> None:
         """A database for each service and the gateway on the PostgreSQL server, where missing."""
+        from cartwheel.db import make_postgres_database
+
         self._step(f"making the databases on {_without_password(self.postgres or '')}…")
         try:
             for name in DATABASES:
@@ -775,18 +777,6 @@ def postgres_database(server_url: str, name: str) -> str:
     """The URL of ``name``'s own database (``cartwheel_<name>``) on the server ``server_url`` points at."""
     url = make_url(server_url)
     return url.set(drivername="postgresql+psycopg", database=f"cartwheel_{name}").render_as_string(hide_password=False)
-
-
-def make_postgres_database(url: str) -> None:
-    """Create the database ``url`` names, unless it exists (asked of the server's ``postgres`` database)."""
-    import psycopg
-    from psycopg import sql
-
-    target = make_url(url)
-    admin = target.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
-    with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
-        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (target.database,)).fetchone() is None:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(target.database or "")))
 
 
 def _without_password(url: str) -> str:

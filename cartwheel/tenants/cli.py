@@ -1,0 +1,172 @@
+"""``cartwheel tenants create|list|disable|enable|delete`` and ``cartwheel migrate --all-tenants``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+from cartwheel.settings import DATABASES, Settings
+from cartwheel.tenants import migrate
+from cartwheel.tenants.mirror import sync_now
+from cartwheel.tenants.names import BadName
+from cartwheel.tenants.registry import HostTaken, NoSuchTenant, Registry, TenantExists
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    tenants = sub.add_parser("tenants", help="many shops on one installation: register, list, disable, delete")
+    verbs = tenants.add_subparsers(dest="verb", required=True, metavar="VERB")
+    create = verbs.add_parser("create", help="register a tenant (or many, --file) and make and migrate its databases")
+    create.add_argument("name", nargs="?", help="2-40 lower-case letters, digits and hyphens")
+    create.add_argument("--host", action="append", default=[], help="a host it serves (repeat for more)")
+    create.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a tenant setting: currency=EUR, stripe_publishable_key=pk_...")
+    create.add_argument("--file", type=Path, help="many tenants: one per line, 'NAME HOST [HOST ...]'")
+    create.add_argument("--parallel", type=int, default=os.cpu_count() or 2, help="databases migrated at once")
+    listing = verbs.add_parser("list", help="every tenant, its status and hosts")
+    listing.add_argument("--json", action="store_true")
+    for verb, text in (("disable", "stop serving a tenant (its hosts answer 404; its data stays)"),
+                       ("enable", "serve a disabled tenant again")):
+        verbs.add_parser(verb, help=text).add_argument("name")
+    delete = verbs.add_parser("delete", help="remove a tenant and every byte of its data (no undo)")
+    delete.add_argument("name")
+    delete.add_argument("--yes", action="store_true", help="really: without it nothing is deleted")
+
+
+def add_migrate_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--all-tenants", action="store_true",
+                        help="every tenant's databases (the journal in the control database skips what is done)")
+    parser.add_argument("--parallel", type=int, default=os.cpu_count() or 2, help="databases migrated at once")
+    parser.add_argument("--dry-run", action="store_true", help="say what would be migrated; change nothing")
+
+
+def registry_of(settings: Settings) -> Registry:
+    return Registry(settings.control_url, reserved=[settings.tenant])
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    registry = registry_of(settings)
+    try:
+        return _VERBS[args.verb](args, settings, registry)
+    except (BadName, TenantExists, HostTaken, NoSuchTenant) as exc:
+        print(f"tenants {args.verb}: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        registry.close()
+
+
+def migrate_all(args: argparse.Namespace, settings: Settings) -> int:
+    registry = registry_of(settings)
+    try:
+        plan = migrate.plan(settings, registry, services=args.services or DATABASES)
+        return _migrate(plan, registry, args.parallel, dry_run=args.dry_run)
+    finally:
+        registry.close()
+
+
+def _migrate(plan: migrate.Plan, registry: Registry, parallel: int, *, dry_run: bool = False) -> int:
+    tenants = len({job.tenant for job in plan.todo})
+    print(f"{len(plan.todo)} tenant databases to migrate ({tenants} tenants; {plan.retrying} failed before), "
+          f"{plan.done} already done")
+    if not plan.todo:
+        return 0
+    if dry_run:
+        for job in plan.todo:
+            print(f"  would migrate {job.tenant} {job.service} to {job.revision}")
+        return 0
+    outcome = migrate.run(registry, plan.todo, parallel=max(1, parallel))
+    print(migrate.summary(outcome, plan.done))
+    return 1 if outcome.failures else 0
+
+
+def _create(args: argparse.Namespace, settings: Settings, registry: Registry) -> int:
+    if args.file:
+        wanted = [(parts[0], parts[1:], {}) for parts in _lines(args.file)]
+    elif args.name:
+        pairs = dict(item.partition("=")[::2] for item in args.set)
+        wanted = [(args.name, args.host, pairs)]
+    else:
+        raise BadName("name a tenant, or give --file")
+    made = registry.create_many(wanted)
+    for tenant, token in made if not args.file else ():
+        print(f"tenant {tenant.name} registered, serving {', '.join(tenant.hosts) or 'no host yet'}")
+        print(f"its admin token (shown once; only its hash is kept): {token}")
+    if args.file:
+        tokens = args.file.with_suffix(".tokens")
+        tokens.write_text("".join(f"{tenant.name} {token}\n" for tenant, token in made))
+        tokens.chmod(0o600)
+        print(f"{len(made)} tenants registered; their admin tokens are in {tokens} (only hashes are kept here)")
+    plan = migrate.plan(settings, registry, tenants=[tenant.name for tenant, _ in made])
+    failed = _migrate(plan, registry, args.parallel)
+    _tell_the_shop(settings, registry)
+    return failed
+
+
+def _list(args: argparse.Namespace, settings: Settings, registry: Registry) -> int:
+    tenants = registry.list()
+    if args.json:
+        print(json.dumps([t.public() | {"created_at": t.created_at.isoformat()} for t in tenants], indent=2))
+        return 0
+    print(f"{settings.tenant} (the installation's own): serves {settings.default_tenant_hosts}")
+    for t in tenants:
+        print(f"{t.name}  {t.status}  {', '.join(t.hosts) or '-'}  {json.dumps(t.settings) if t.settings else ''}")
+    print(f"{len(tenants)} tenants registered")
+    return 0
+
+
+def _status(args: argparse.Namespace, settings: Settings, registry: Registry) -> int:
+    tenant = registry.set_status(args.name, "disabled" if args.verb == "disable" else "active")
+    print(f"tenant {tenant.name} is {tenant.status}")
+    _tell_the_shop(settings, registry)
+    return 0
+
+
+def _delete(args: argparse.Namespace, settings: Settings, registry: Registry) -> int:
+    tenant = registry.get(args.name)
+    if not args.yes:
+        print(f"tenants delete: this removes {tenant.name} and all of its data; add --yes to do it", file=sys.stderr)
+        return 2
+    registry.set_status(tenant.name, "disabled")  # no new requests while its data goes
+    _tell_the_shop(settings, registry)
+    for service in DATABASES:
+        drop_database(settings.database_url(service, tenant.name))
+    folder = settings.var_dir / "tenants" / tenant.name
+    shutil.rmtree(folder, ignore_errors=True)
+    registry.forget(tenant.name)
+    _tell_the_shop(settings, registry)
+    print(f"tenant {tenant.name} deleted: its databases, its files and its registry entry")
+    return 0
+
+
+def drop_database(url: str) -> None:
+    """Remove a tenant's database: its SQLite file (and WAL), or its PostgreSQL database."""
+    target = make_url(url)
+    if target.get_backend_name() == "sqlite":
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{target.database}{suffix}").unlink(missing_ok=True)
+        return
+    import psycopg
+    from psycopg import sql
+
+    admin = target.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(target.database or "")))
+
+
+def _tell_the_shop(settings: Settings, registry: Registry) -> None:
+    problem = sync_now(settings, registry)
+    if problem:
+        print(f"(the running shop was not told: {problem}; `cartwheel up` tells it at its next start)")
+
+
+def _lines(path: Path) -> list[list[str]]:
+    lines = [line.split("#", 1)[0].split() for line in path.read_text().splitlines()]
+    return [parts for parts in lines if parts]
+
+
+_VERBS = {"create": _create, "list": _list, "disable": _status, "enable": _status, "delete": _delete}

@@ -1,0 +1,173 @@
+"""``cartwheel migrate --all-tenants``: every service's Alembic history on every tenant's databases.
+
+N databases at a time (processes: a migration is Python work), a journal in the control database
+(a rerun skips what is done at the current head and retries what failed), progress as it goes,
+and a summary naming each failure. A tenant that fails never holds up the others.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from typing import TextIO
+
+from cartwheel.db import head_revision, make_postgres_database, migrate
+from cartwheel.settings import DATABASES, Settings
+from cartwheel.tenants.registry import Registry
+
+PLAIN_EVERY_S = 5.0  # a line of progress this often where the output is not a terminal (CI logs, journald)
+
+
+@dataclass(frozen=True)
+class Job:
+    tenant: str
+    service: str
+    url: str
+    revision: str
+
+
+@dataclass
+class Plan:
+    todo: list[Job]
+    done: int  # already at the head, by the journal: skipped
+    retrying: int  # failed last time: in todo again
+
+
+@dataclass
+class Outcome:
+    migrated: int = 0
+    failures: dict[tuple[str, str], str] = field(default_factory=dict)
+    skipped: int = 0
+    seconds: float = 0.0
+
+    @property
+    def failed_tenants(self) -> list[str]:
+        return sorted({tenant for tenant, _ in self.failures})
+
+
+def plan(settings: Settings, registry: Registry, *, tenants: Iterable[str] | None = None,
+         services: Sequence[str] = DATABASES) -> Plan:
+    """What to migrate: each (tenant, service) not recorded as done at the service's current head."""
+    journal = registry.journal()
+    names = list(tenants) if tenants is not None else [settings.tenant, *registry.names()]
+    todo, done, retrying = [], 0, 0
+    for tenant in names:
+        for service in services:
+            head = head_revision(service)
+            row = journal.get((tenant, service))
+            if row is not None and row.status == "done" and row.revision == head:
+                done += 1
+                continue
+            retrying += row is not None and row.status == "failed"
+            todo.append(Job(tenant, service, settings.database_url(service, tenant), head))
+    return Plan(todo, done, retrying)
+
+
+def migrate_one(job: Job) -> str | None:
+    """Bring one database to the head (making it first on PostgreSQL); None, or why it failed."""
+    try:
+        make_postgres_database(job.url)
+        migrate(job.service, job.url, job.revision)
+    except Exception as exc:  # the journal keeps it; the run goes on with the others
+        text = str(exc).strip().splitlines()
+        return f"{type(exc).__name__}: {text[0] if text else ''}"[:2000]
+    return None
+
+
+def run(registry: Registry, jobs: list[Job], *, parallel: int, out: TextIO = sys.stderr,
+        work: Callable[[Job], str | None] = migrate_one) -> Outcome:
+    """Migrate ``jobs``, ``parallel`` at a time, recording each in the journal as it ends."""
+    outcome = Outcome()
+    started = time.monotonic()
+    with _Progress(len(jobs), out) as progress:
+        if parallel <= 1:
+            for job in jobs:
+                _finish(registry, job, work(job), outcome, progress)
+        else:
+            # forkserver: a fork of this process would copy the progress thread's locks mid-use
+            with ProcessPoolExecutor(max_workers=parallel, mp_context=get_context("forkserver")) as pool:
+                waiting: dict[Future[str | None], Job] = {}
+                queue = iter(jobs)
+                for job in queue:  # a bounded window: the journal keeps pace, and ^C leaves little in flight
+                    waiting[pool.submit(work, job)] = job
+                    if len(waiting) >= parallel * 4:
+                        break
+                while waiting:
+                    ended, _ = wait(waiting, return_when=FIRST_COMPLETED)
+                    for future in ended:
+                        job = waiting.pop(future)
+                        error = future.exception()
+                        _finish(registry, job, f"{type(error).__name__}: {error}" if error else future.result(),
+                                outcome, progress)
+                        if (following := next(queue, None)) is not None:
+                            waiting[pool.submit(work, following)] = following
+    outcome.seconds = time.monotonic() - started
+    return outcome
+
+
+def _finish(registry: Registry, job: Job, error: str | None, outcome: Outcome, progress: _Progress) -> None:
+    registry.record(job.tenant, job.service, job.revision, error)
+    if error:
+        outcome.failures[(job.tenant, job.service)] = error
+    else:
+        outcome.migrated += 1
+    progress.step(failed=error is not None)
+
+
+def summary(outcome: Outcome, skipped: int) -> str:
+    lines = [f"migrated {outcome.migrated} tenant databases in {outcome.seconds:.1f} s "
+             f"({outcome.migrated / outcome.seconds if outcome.seconds else 0:.0f}/s); {skipped} already done; "
+             f"{len(outcome.failures)} failed"]
+    for (tenant, service), error in sorted(outcome.failures.items()):
+        lines.append(f"  FAILED {tenant} {service}: {error}")
+    if outcome.failures:
+        lines.append("fix the cause and run the same command again: it retries the failures and skips the rest")
+    return "\n".join(lines)
+
+
+class _Progress:
+    """done / failed / remaining and the rate: a live bar on a terminal, a line every few seconds elsewhere."""
+
+    def __init__(self, total: int, out: TextIO) -> None:
+        from rich.console import Console
+
+        self.total, self.done, self.failed = total, 0, 0
+        self.console = Console(file=out, highlight=False)
+        self.started = self.printed = time.monotonic()
+        self._bar: object | None = None
+
+    def __enter__(self) -> _Progress:
+        if self.console.is_terminal:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            bar = Progress(TextColumn("migrating"), BarColumn(), TextColumn("{task.description}"),
+                           TimeRemainingColumn(), console=self.console)
+            bar.start()
+            self._task = bar.add_task(self._text(), total=self.total)
+            self._bar = bar
+        return self
+
+    def step(self, *, failed: bool) -> None:
+        self.done += not failed
+        self.failed += failed
+        if self._bar is not None:
+            self._bar.update(self._task, advance=1, description=self._text())  # type: ignore[attr-defined]
+        elif time.monotonic() - self.printed >= PLAIN_EVERY_S:
+            self.printed = time.monotonic()
+            self.console.print(f"migrating: {self._text()}")
+
+    def _text(self) -> str:
+        elapsed = time.monotonic() - self.started
+        rate = (self.done + self.failed) / elapsed if elapsed > 0 else 0.0
+        remaining = self.total - self.done - self.failed
+        return f"{self.done} done, {self.failed} failed, {remaining} remaining, {rate:.0f}/s"
+
+    def __exit__(self, *_: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()  # type: ignore[attr-defined]
+        else:
+            self.console.print(f"migrating: {self._text()}")

@@ -1,0 +1,114 @@
+"""The registry's mirror in a NATS KV bucket: written by ``cartwheel tenants`` (and ``cartwheel up`` at start),
+read by the gateway and the services through a live :class:`Directory`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.js.errors import KeyNotFoundError, NoKeysError
+
+from cartwheel import natsauth, subjects
+from cartwheel.kvmirror import KvMirror
+from cartwheel.settings import Settings
+from cartwheel.tenants.names import normal_host
+from cartwheel.tenants.registry import Registry, Tenant
+
+PREFIX = subjects.tenant_key("")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A tenant as the gateway and the services see it."""
+
+    name: str
+    active: bool
+    hosts: tuple[str, ...]
+    settings: dict[str, Any]
+    admin_token_hash: str | None
+
+
+def _entry(key: str, value: bytes) -> Entry | None:
+    data = json.loads(value)
+    return Entry(data["name"], data["status"] == "active", tuple(data["hosts"]), data.get("settings", {}),
+                 data.get("admin_token_hash"))
+
+
+async def publish(nc: NatsClient, tenants: list[Tenant], removed: list[str] = ()) -> None:  # type: ignore[assignment]
+    kv = await nc.jetstream().key_value(subjects.TENANTS_BUCKET)
+    for tenant in tenants:
+        await kv.put(subjects.tenant_key(tenant.name), json.dumps(tenant.public()).encode())
+    for name in removed:
+        await kv.delete(subjects.tenant_key(name))
+
+
+async def sync(settings: Settings, registry: Registry) -> int:
+    """Make the bucket say what the registry says (as admin): every tenant put, every other key deleted."""
+    nc = await nats.connect(settings.nats_servers, connect_timeout=3, max_reconnect_attempts=1, reconnect_time_wait=0.2,
+                            error_cb=_quiet,
+                            **natsauth.connect_options(settings, natsauth.ADMIN))
+    try:
+        tenants = registry.list()
+        kv = await nc.jetstream().key_value(subjects.TENANTS_BUCKET)
+        try:
+            keys = await kv.keys()
+        except NoKeysError:
+            keys = []
+        wanted = {subjects.tenant_key(t.name) for t in tenants}
+        stale = [key.removeprefix(PREFIX) for key in keys if key not in wanted]
+        await publish(nc, tenants, stale)
+        return len(tenants)
+    finally:
+        await nc.close()
+
+
+async def _quiet(_error: Exception) -> None:
+    """nats-py prints every failed attempt with its traceback; the caller says it once, in one line."""
+
+
+def sync_now(settings: Settings, registry: Registry) -> str | None:
+    """:func:`sync` from synchronous code: None, or why the running shop could not be told (it is told at its
+    next start)."""
+    try:
+        asyncio.run(sync(settings, registry))
+    except (OSError, TimeoutError, nats.errors.Error, KeyNotFoundError) as exc:
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return None
+
+
+class Directory:
+    """Which tenant a host belongs to, and each tenant's entry, from a live copy of the bucket."""
+
+    def __init__(self, settings: Settings, client: Callable[[], NatsClient | None]) -> None:
+        self.own = settings.tenant
+        hosts = [h.strip() for h in settings.default_tenant_hosts.split(",") if h.strip()]
+        self.own_takes_any = "*" in hosts
+        self.own_hosts = frozenset(normal_host(h) for h in hosts if h != "*")
+        self.mirror: KvMirror[Entry] = KvMirror(subjects.TENANTS_BUCKET, client, _entry)
+        self._by_host: dict[str, Entry] = {}
+        self._indexed = -1
+
+    def tenant_of(self, host: str) -> str | None:
+        """The tenant serving ``host`` (a request's Host), or None: no tenant, or one disabled."""
+        host = normal_host(host)
+        entry = self._index().get(host)
+        if entry is not None:
+            return entry.name if entry.active else None
+        if host in self.own_hosts or self.own_takes_any:
+            return self.own
+        return None
+
+    def entry(self, name: str) -> Entry | None:
+        return self.mirror.get(subjects.tenant_key(name))
+
+    def _index(self) -> dict[str, Entry]:
+        if self._indexed != self.mirror.revision:  # rebuilt on a change only: a lookup is one dict get
+            revision = self.mirror.revision
+            self._by_host = {host: entry for entry in self.mirror.values() for host in entry.hosts}
+            self._indexed = revision
+        return self._by_host

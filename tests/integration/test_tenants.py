@@ -1,0 +1,173 @@
+"""Issue 17: the tenant registry, `cartwheel tenants`, `cartwheel migrate --all-tenants` and the registry's
+mirror in NATS, against real SQLite files, a real PostgreSQL server and a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import nats
+import psycopg
+import pytest
+from sqlalchemy.engine import make_url
+
+from cartwheel.bus import declare_topology
+from cartwheel.db import head_revision
+from cartwheel.settings import DATABASES, Settings
+from cartwheel.tenants.mirror import Directory, sync
+from cartwheel.tenants.registry import HostTaken, Registry, TenantExists
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cartwheel(var_dir: Path, *argv: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("CARTWHEEL_")}
+    environ |= {"CARTWHEEL_VAR_DIR": str(var_dir), "CARTWHEEL_NATS_URL": "nats://127.0.0.1:1", **env}
+    return subprocess.run([sys.executable, "-m", "cartwheel.cli", *argv], cwd=ROOT, env=environ, text=True,
+                          capture_output=True, timeout=300)
+
+
+def test_a_tenant_is_created_listed_disabled_and_deleted_with_every_byte(tmp_path: Path) -> None:
+    made = cartwheel(tmp_path, "tenants", "create", "acme", "--host", "Shop.Acme.test", "--set", "currency=usd")
+    assert made.returncode == 0, made.stderr
+    assert "tenant acme registered, serving shop.acme.test" in made.stdout
+    assert "6 tenant databases to migrate" in made.stdout and "0 failed" in made.stdout
+    assert "the running shop was not told" in made.stdout  # no NATS here: said, not a failure
+    folder = tmp_path / "tenants" / "acme"
+    assert sorted(p.name for p in folder.glob("*.db")) == sorted(f"{s}.db" for s in DATABASES)
+    with sqlite3.connect(folder / "orders.db") as db:
+        assert db.execute("SELECT version_num FROM alembic_version").fetchone() == (head_revision("orders"),)
+    listed = cartwheel(tmp_path, "tenants", "list").stdout
+    assert 'acme  active  shop.acme.test  {"currency": "USD"}' in listed
+    assert cartwheel(tmp_path, "tenants", "create", "acme2", "--host", "shop.acme.test").returncode == 2
+    assert "disabled" in cartwheel(tmp_path, "tenants", "disable", "acme").stdout
+    assert "acme  disabled" in cartwheel(tmp_path, "tenants", "list").stdout
+    refused = cartwheel(tmp_path, "tenants", "delete", "acme")
+    assert refused.returncode == 2 and "--yes" in refused.stderr and folder.exists()
+    deleted = cartwheel(tmp_path, "tenants", "delete", "acme", "--yes")
+    assert deleted.returncode == 0, deleted.stderr
+    assert not folder.exists()
+    assert "0 tenants registered" in cartwheel(tmp_path, "tenants", "list").stdout
+    unknown = cartwheel(tmp_path, "tenants", "delete", "acme", "--yes")
+    assert unknown.returncode == 2 and "no tenant 'acme'" in unknown.stderr
+
+
+def test_a_failing_tenant_is_named_never_blocks_the_others_and_the_rerun_resumes(tmp_path: Path) -> None:
+    """The issue's fault: a failure injected into one tenant (here the 7th of 12: its orders database already has a
+    table of that name, as a half-restored backup would) is reported by name, the rest are migrated, and the same
+    command run again retries only what failed."""
+    listing = tmp_path / "tenants.txt"
+    listing.write_text("".join(f"t{i:04d} t{i:04d}.shops.test\n" for i in range(1, 13)))
+    broken = tmp_path / "tenants" / "t0007"
+    broken.mkdir(parents=True)
+    with sqlite3.connect(broken / "orders.db") as db:
+        db.execute("CREATE TABLE orders (id TEXT)")
+    made = cartwheel(tmp_path, "tenants", "create", "--file", str(listing), "--parallel", "2")
+    assert made.returncode == 1, made.stdout + made.stderr
+    assert "12 tenants registered" in made.stdout
+    assert "migrated 71 tenant databases" in made.stdout and "1 failed" in made.stdout
+    assert "FAILED t0007 orders: OperationalError" in made.stdout and "already exists" in made.stdout
+    assert "migrating: 71 done, 1 failed, 0 remaining" in made.stderr  # the progress, as a log shows it
+    assert (tmp_path / "tenants.tokens").stat().st_mode & 0o777 == 0o600
+    dry = cartwheel(tmp_path, "migrate", "--all-tenants", "--dry-run")
+    assert "would migrate t0007 orders" in dry.stdout and "would migrate t0008" not in dry.stdout
+    assert "would migrate default" in dry.stdout  # the installation's own tenant: never migrated here yet
+    with sqlite3.connect(broken / "orders.db") as db:
+        db.execute("DROP TABLE orders")
+    again = cartwheel(tmp_path, "migrate", "--all-tenants")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "7 tenant databases to migrate (2 tenants; 1 failed before), 71 already done" in again.stdout
+    assert "0 failed" in again.stdout
+    done = cartwheel(tmp_path, "migrate", "--all-tenants")
+    assert "0 tenant databases to migrate" in done.stdout and "78 already done" in done.stdout
+
+
+def test_tenants_on_postgresql_have_databases_of_their_own_and_delete_drops_them(
+    tmp_path: Path, postgres_admin_url: str,
+) -> None:
+    prefix = f"cw{uuid.uuid4().hex[:8]}"
+    template = make_url(postgres_admin_url).set(database=f"{prefix}_{{service}}__{{tenant}}")
+    rendered = template.render_as_string(hide_password=False).replace("%7B", "{").replace("%7D", "}")
+    env = {"CARTWHEEL_TENANT_DATABASE_URL": rendered}
+    admin = make_url(postgres_admin_url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+    def databases() -> list[str]:
+        with psycopg.connect(admin) as conn:
+            return sorted(r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
+                                                     (f"{prefix}%",)))
+    try:
+        for name in ("shop-a", "shop-b"):
+            made = cartwheel(tmp_path, "tenants", "create", name, "--host", f"{name}.test", **env)
+            assert made.returncode == 0, made.stdout + made.stderr
+        assert databases() == sorted(f"{prefix}_{s}__{t}" for s in DATABASES for t in ("shop-a", "shop-b"))
+        assert cartwheel(tmp_path, "tenants", "delete", "shop-a", "--yes", **env).returncode == 0
+        assert databases() == sorted(f"{prefix}_{s}__shop-b" for s in DATABASES)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            for name in databases():
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_the_registry_on_either_database_keeps_names_and_hosts_unique(database_url: str) -> None:
+    registry = Registry(database_url, reserved=["default"])
+    try:
+        tenant, token = registry.create("acme", ["shop.acme.test", "acme.test"], {"currency": "eur"})
+        assert tenant.hosts == ("acme.test", "shop.acme.test") and tenant.settings == {"currency": "EUR"}
+        assert len(token) >= 32 and token not in str(registry.get("acme"))
+        with pytest.raises(TenantExists):
+            registry.create("acme", ["other.test"])
+        with pytest.raises(TenantExists, match="installation's own"):
+            registry.create("default", ["other.test"])
+        with pytest.raises(HostTaken, match="acme's"):
+            registry.create("other", ["acme.test"])
+        with pytest.raises(TenantExists):  # all or nothing: the first is not kept when the second is refused
+            registry.create_many([("new-one", ["new.test"], {}), ("acme", ["x.test"], {})])
+        assert registry.names() == ["acme"]
+        registry.record("acme", "orders", "0007", "OperationalError: boom")
+        registry.record("acme", "orders", "0007", None)
+        row = registry.journal()[("acme", "orders")]
+        assert (row.status, row.attempts, row.error) == ("done", 2, None)
+        registry.forget("acme")
+        assert registry.list() == [] and registry.journal() == {}
+    finally:
+        registry.close()
+
+
+def test_the_mirror_tells_the_gateway_which_tenant_a_host_is(nats_url: str, tmp_path: Path) -> None:
+    settings = Settings(nats_url=nats_url, var_dir=tmp_path, default_tenant_hosts="main.test")
+    registry = Registry(settings.control_url, reserved=[settings.tenant])
+
+    async def scenario() -> dict[str, Any]:
+        nc = await nats.connect(nats_url)
+        directory = Directory(settings, lambda: nc)
+        try:
+            await declare_topology(nc.jetstream(), settings, update=False)
+            registry.create("acme", ["shop.acme.test"])
+            registry.create("gone", ["gone.test"])
+            await sync(settings, registry)
+            directory.mirror.start()
+            assert await directory.mirror.wait_synced(5)
+            seen = {host: directory.tenant_of(host) for host in
+                    ("SHOP.acme.test:8080", "gone.test", "main.test", "elsewhere.test")}
+            registry.set_status("acme", "disabled")
+            registry.forget("gone")
+            await sync(settings, registry)
+            await directory.mirror.current(nc, 5)
+            seen |= {f"after {host}": directory.tenant_of(host) for host in ("shop.acme.test", "gone.test")}
+            return seen
+        finally:
+            await directory.mirror.stop()
+            await nc.close()
+
+    try:
+        seen = asyncio.run(scenario())
+    finally:
+        registry.close()
+    assert seen == {"SHOP.acme.test:8080": "acme", "gone.test": "gone", "main.test": "default",
+                    "elsewhere.test": None, "after shop.acme.test": None, "after gone.test": None}
