@@ -178,7 +178,10 @@ def is_sqlite(engine: Engine) -> bool:
 class Database:
     """A service's database: sessions run in worker threads so handlers never block the event loop."""
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10,
+                 executors: tuple[ThreadPoolExecutor, ThreadPoolExecutor] | None = None) -> None:
+        """``executors``: (readers, writer) shared with other databases of this process (many tenants' databases:
+        threads of their own each would be hundreds); None: this database's own."""
         self.url = url
         self.engine = make_engine(url, pool_size=pool_size)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -194,6 +197,10 @@ class Database:
         self._quick_sessions = sessionmaker(self.engine.execution_options(**{BUSY_MS: QUICK_BUSY_MS}),
                                             expire_on_commit=False)
         self._read_sessions = sessionmaker(self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)
+        self._owns_executors = executors is None
+        if executors is not None:
+            self._executor, self._write_executor = executors
+            return
         self._executor = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="db")
         # SQLite has one writer at a time: one writing thread avoids lock contention in the process.
         self._write_executor = (
@@ -392,8 +399,9 @@ class Database:
         for conn in self._opened_lookups:
             with contextlib.suppress(Exception):
                 conn.close()
-        self._write_executor.shutdown(wait=True)
-        self._executor.shutdown(wait=True)
+        if self._owns_executors:
+            self._write_executor.shutdown(wait=True)
+            self._executor.shutdown(wait=True)
         self.engine.dispose()
 
 

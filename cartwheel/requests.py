@@ -30,6 +30,7 @@ from cartwheel.contracts.base import Reply
 from cartwheel.db import unavailable
 from cartwheel.errors import DomainError, ServiceUnavailable
 from cartwheel.observability import bind_ids, message_id, unbind_ids
+from cartwheel.tenants import context as tenant_context
 
 Handler = Callable[[Any], Awaitable[Any]]
 
@@ -149,6 +150,7 @@ class RequestServer:
         """The reply envelope for ``body`` and the outcome to count: never raises."""
         token = message_id.set("-")
         ids: list[Any] = []
+        tenant = None
         try:
             try:
                 request = route.parse(body)
@@ -157,6 +159,7 @@ class RequestServer:
                     "validation_failed"
             message_id.set(getattr(request, "id", None) or "-")
             ids = bind_ids(request)
+            tenant = tenant_context.enter(getattr(request, "tenant", None))  # its database, its cache keys
             data = await route.handler(request)
             return (success(data) if route.envelope else _json(data)), "ok"
         except DomainError as exc:
@@ -172,5 +175,7 @@ class RequestServer:
             self.log.exception("handler for %s failed", route.subject)
             return failure("internal_error", f"{self.service} could not handle the request"), "failed"
         finally:
+            if tenant is not None:
+                tenant_context.leave(tenant)
             unbind_ids(ids)
             message_id.reset(token)

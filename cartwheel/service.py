@@ -42,6 +42,8 @@ from cartwheel.outbox import OutboxRelay
 from cartwheel.readiness import Readiness
 from cartwheel.requests import RequestServer
 from cartwheel.settings import Settings, get_settings
+from cartwheel.tenants import context as tenant_context
+from cartwheel.tenants.databases import TenantDatabases
 
 HANDLER_CONCURRENCY = 64
 REDELIVER_S = 2.0  # an event whose handler failed comes back after this long (a dependency may be back) ...
@@ -64,14 +66,17 @@ class Service:
         self.metrics = ServiceMetrics(name, self.registry)
         self.connection_log = ConnectionLog(name, reconnected=self.metrics.nats_reconnects.inc)
         self.broker = make_broker(self.settings, name, self.registry, self.connection_log)
-        self.db = Database(self.settings.database_url(name))
+        self.db = TenantDatabases(name, self.settings, on_open=self._opened, on_close=self._closing)
+        """The current tenant's database (``self.db.run(...)``), each tenant's by ``self.db.of(tenant)``."""
         self.instance = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
         self._on_start: list[Callable[[], Awaitable[None]]] = []
         self._on_stop: list[Callable[[], Awaitable[None]]] = []
-        self.relay: OutboxRelay | None = None
+        self.relay: OutboxRelay | None = None  # the installation's own tenant's
+        self.relays: dict[str, OutboxRelay] = {}  # every open tenant database's, that one too
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.event_consumers: dict[str, str] = {}  # durable -> subject, as subjects.EVENT_CONSUMERS lists them
         self.readiness = Readiness(self)
-        pool = self.db.engine.pool
+        pool = self.db.own.engine.pool
         self.metrics.pool_size.set(getattr(pool, "size", lambda: 1)() + max(getattr(pool, "_max_overflow", 0), 0))
         self.app = FastStream(
             self.broker,
@@ -139,6 +144,7 @@ class Service:
                 if (msg.raw_message.metadata.num_delivered or 1) > 1:
                     self.metrics.redeliveries.labels(self.name, durable).inc()
                 ids = bind_ids(event)
+                tenant = tenant_context.enter(getattr(event, "tenant", None))  # its database, its cache keys
                 parent = tracing.extract(msg.headers)  # as the outbox relay sent it
                 try:
                     with tracing.span(f"{durable} {subject}", parent=parent, kind=tracing.CONSUMER):
@@ -156,6 +162,7 @@ class Service:
                                                durable, deliveries, delay)
                             raise NackMessage(delay=delay) from None
                 finally:
+                    tenant_context.leave(tenant)
                     unbind_ids(ids)
                     message_id.reset(token)
 
@@ -179,9 +186,25 @@ class Service:
         return answer | ({"problems": problems} if problems else {})
 
     def notify_outbox(self) -> None:
-        """Wake the outbox relay after a transaction that recorded events."""
-        if self.relay:
-            self.relay.notify()
+        """Wake the outbox relay of the current tenant's database after a transaction that recorded events."""
+        relay = self.relays.get(tenant_context.current(self.db.own_name))
+        if relay:
+            relay.notify()
+
+    def _relay(self, db: Database) -> OutboxRelay:
+        return OutboxRelay(db, self.js, on_failure=self.metrics.outbox_failures.inc)
+
+    def _opened(self, tenant: str, db: Database) -> None:
+        """Another tenant's database opened: its outbox gets a relay (events it recorded before go out now)."""
+        if self._loop is None or tenant in self.relays:
+            return
+        relay = self.relays[tenant] = self._relay(db)
+        self._loop.call_soon_threadsafe(relay.start)
+
+    def _closing(self, tenant: str, db: Database) -> None:
+        relay = self.relays.pop(tenant, None)
+        if relay is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(lambda: self._loop.create_task(relay.stop()))  # type: ignore[union-attr]
 
     async def _startup(self) -> None:
         started = time.monotonic()
@@ -189,7 +212,7 @@ class Service:
         await self.broker.connect()
         await declare_topology(self.js, self.settings, update=False)  # bringing streams up to date is admin's
         await self._move_event_consumers()
-        self.relay = OutboxRelay(self.db, self.js, on_failure=self.metrics.outbox_failures.inc)
+        self.relay = self.relays[self.db.own_name] = self._relay(self.db.own)
         for hook in self._on_start:
             await hook()
         self.log.info("migrated and connected in %.2f s", time.monotonic() - started)
@@ -214,7 +237,11 @@ class Service:
         await self.requests.start(self.broker.connection)
         # The server has every subscription once this returns: a request sent right after start finds us.
         await self.broker.connection.flush(timeout=5)
-        self.relay.start()
+        self._loop = asyncio.get_running_loop()
+        for relay in self.relays.values():
+            relay.start()
+        for tenant, db in self.db.all_open()[1:]:  # opened while starting (a hook's work)
+            self._opened(tenant, db)
         self.readiness.start()
         start_ops_server(self.settings.metrics_port, self.registry, self.readiness.alive, self.settings.metrics_host,
                          ready=self.readiness.now)
@@ -230,8 +257,9 @@ class Service:
             except Exception:
                 self.log.exception("stop hook %s failed", getattr(hook, "__qualname__", hook))
         # Before the broker drains: events recorded after this go out at the next start.
-        if self.relay:
-            await self.relay.stop()
+        self._loop = None  # no new relays
+        for relay in list(self.relays.values()):
+            await relay.stop()
 
     async def _close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.db.close)

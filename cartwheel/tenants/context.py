@@ -1,0 +1,34 @@
+"""Which tenant the work in hand is for: set where a message comes in (a request, an event, a lane command, an
+HTTP request's Host), read where a database or a cache key is chosen."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar, Token
+
+_current: ContextVar[str | None] = ContextVar("cartwheel_tenant", default=None)
+
+
+def current(default: str) -> str:
+    """The tenant of the work in hand; ``default`` (the installation's own) outside any tenant's work."""
+    return _current.get() or default
+
+
+@contextlib.contextmanager
+def serving(tenant: str) -> Iterator[None]:
+    """Everything inside (and the tasks it starts) works for ``tenant``."""
+    token = _current.set(tenant)
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+def enter(tenant: str | None) -> Token[str | None]:
+    """:func:`serving` for code that can't hold a ``with`` (undo with :func:`leave`); None keeps the default."""
+    return _current.set(tenant)
+
+
+def leave(token: Token[str | None]) -> None:
+    _current.reset(token)

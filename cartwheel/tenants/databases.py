@@ -1,0 +1,130 @@
+"""A service's databases, one per tenant: the installation's own always open, every other tenant's opened on
+first use and kept in a bounded least-recently-used set, so 1,000 tenants never hold 1,000 pools open."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import make_url
+
+from cartwheel.db import Database
+from cartwheel.errors import NotFound
+from cartwheel.settings import Settings
+from cartwheel.tenants import context
+from cartwheel.tenants.names import NAME
+
+CLOSE_AFTER_S = 30.0
+"""An evicted tenant's database is closed this long after: work that took it just before still finishes on it."""
+TENANT_POOL_SIZE = 2
+"""Connections per tenant database beyond the first few (PostgreSQL allows 100 by default, in all)."""
+
+
+class UnknownTenant(NotFound):
+    """A message for a tenant this installation has no databases for (never registered, or deleted)."""
+
+    code = "unknown_tenant"
+
+
+class TenantDatabases:
+    """``service``'s database of each tenant. ``on_open(tenant, db)`` runs when one opens, ``on_close(tenant, db)``
+    before one closes (its relay, say)."""
+
+    def __init__(self, service: str, settings: Settings, *, pool_size: int = 10,
+                 on_open: Callable[[str, Database], None] | None = None,
+                 on_close: Callable[[str, Database], None] | None = None) -> None:
+        self.service = service
+        self.settings = settings
+        self.own_name = settings.tenant
+        self.own = Database(settings.database_url(service), pool_size=pool_size)
+        self.capacity = settings.tenant_databases_open
+        self.on_open, self.on_close = on_open, on_close
+        self._open: OrderedDict[str, Database] = OrderedDict()
+        self._closing: list[tuple[float, str, Database]] = []
+        self._lock = threading.Lock()  # the gateway's worker threads open tenants' databases too
+        self._executors: tuple[ThreadPoolExecutor, ThreadPoolExecutor] | None = None
+        self.opened = 0  # databases opened after the own one: the LRU's misses
+
+    def of(self, tenant: str) -> Database:
+        """``tenant``'s database, opened now if it is not open; :class:`UnknownTenant` if it has none."""
+        if tenant == self.own_name:
+            return self.own
+        with self._lock:
+            db = self._open.get(tenant)
+            if db is not None:
+                self._open.move_to_end(tenant)
+                return db
+            db = self._revive(tenant) or self._open_new(tenant)
+            self._open[tenant] = db
+            evicted = self._evict()
+        if self.on_open is not None and db is not None:
+            self.on_open(tenant, db)
+        for name, old in evicted:
+            if self.on_close is not None:
+                self.on_close(name, old)
+        self._reap()
+        return db
+
+    def current(self) -> Database:
+        """The database of the tenant whose work is in hand (:mod:`cartwheel.tenants.context`)."""
+        return self.of(context.current(self.own_name))
+
+    def all_open(self) -> list[tuple[str, Database]]:
+        with self._lock:
+            return [(self.own_name, self.own), *self._open.items()]
+
+    def _open_new(self, tenant: str) -> Database:
+        if not NAME.fullmatch(tenant):
+            raise UnknownTenant(f"no tenant {tenant!r}")
+        url = self.settings.database_url(self.service, tenant)
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").exists():
+            raise UnknownTenant(f"no tenant {tenant!r} (no {self.service} database: `cartwheel tenants create`)")
+        if self._executors is None:
+            self._executors = (ThreadPoolExecutor(8, thread_name_prefix="tenant-db"),
+                               ThreadPoolExecutor(2, thread_name_prefix="tenant-db-write"))
+        self.opened += 1
+        return Database(url, pool_size=TENANT_POOL_SIZE, executors=self._executors)
+
+    def _revive(self, tenant: str) -> Database | None:
+        for n, (_, name, db) in enumerate(self._closing):
+            if name == tenant:
+                del self._closing[n]
+                return db
+        return None
+
+    def _evict(self) -> list[tuple[str, Database]]:
+        evicted = []
+        while len(self._open) > self.capacity:
+            name, db = self._open.popitem(last=False)
+            self._closing.append((time.monotonic() + CLOSE_AFTER_S, name, db))
+            evicted.append((name, db))
+        return evicted
+
+    def _reap(self, *, everything: bool = False) -> None:
+        now = time.monotonic()
+        with self._lock:
+            due = [(name, db) for at, name, db in self._closing if everything or at <= now]
+            self._closing = [item for item in self._closing if not (everything or item[0] <= now)]
+        for _, db in due:
+            db.close()
+
+    def close(self) -> None:
+        with self._lock:
+            for name, db in self._open.items():
+                self._closing.append((0.0, name, db))
+            self._open.clear()
+        self._reap(everything=True)
+        self.own.close()
+        if self._executors is not None:
+            for executor in self._executors:
+                executor.shutdown(wait=True)
+
+    def __getattr__(self, name: str) -> Any:
+        """``service.db.run(...)`` and the rest: the current tenant's database's."""
+        return getattr(self.current(), name)
