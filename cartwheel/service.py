@@ -44,6 +44,8 @@ from cartwheel.requests import RequestServer
 from cartwheel.settings import Settings, get_settings
 from cartwheel.tenants import context as tenant_context
 from cartwheel.tenants.databases import TenantDatabases
+from cartwheel.tenants.mirror import Directory
+from cartwheel.tenants.rounds import TenantRounds
 
 HANDLER_CONCURRENCY = 64
 REDELIVER_S = 2.0  # an event whose handler failed comes back after this long (a dependency may be back) ...
@@ -76,6 +78,8 @@ class Service:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.event_consumers: dict[str, str] = {}  # durable -> subject, as subjects.EVENT_CONSUMERS lists them
         self.readiness = Readiness(self)
+        self.tenants = Directory(self.settings, lambda: self.broker.connection)
+        """The registered tenants (the registry's mirror), watched from start to stop."""
         pool = self.db.own.engine.pool
         self.metrics.pool_size.set(getattr(pool, "size", lambda: 1)() + max(getattr(pool, "_max_overflow", 0), 0))
         self.app = FastStream(
@@ -212,6 +216,7 @@ class Service:
         await self.broker.connect()
         await declare_topology(self.js, self.settings, update=False)  # bringing streams up to date is admin's
         await self._move_event_consumers()
+        self.tenants.mirror.start()
         self.relay = self.relays[self.db.own_name] = self._relay(self.db.own)
         for hook in self._on_start:
             await hook()
@@ -247,7 +252,13 @@ class Service:
                          ready=self.readiness.now)
         self.log.info("%s ready (instance %s)", self.name, self.instance)
 
+    def every_tenant(self, what: str, work: Callable[[], Awaitable[float]]) -> TenantRounds:
+        """Upkeep for each tenant in turn, in its context: ``work()`` returns the seconds until its next round
+        (see :class:`~cartwheel.tenants.rounds.TenantRounds`); run it with ``rounds.run_forever()``."""
+        return TenantRounds(what, self.db, self.tenants.names, work)
+
     async def _before_broker_stops(self) -> None:
+        await self.tenants.mirror.stop()
         await self.readiness.stop()
         self.connection_log.closing = True
         await self.requests.stop()  # no new requests; those in flight are answered while everything is up

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextvars import ContextVar, Token
 
 _current: ContextVar[str | None] = ContextVar("cartwheel_tenant", default=None)
+_background: ContextVar[bool] = ContextVar("cartwheel_tenant_background", default=False)
 
 
 def current(default: str) -> str:
@@ -16,13 +17,19 @@ def current(default: str) -> str:
 
 
 @contextlib.contextmanager
-def serving(tenant: str) -> Iterator[None]:
-    """Everything inside (and the tasks it starts) works for ``tenant``."""
-    token = _current.set(tenant)
+def serving(tenant: str, *, background: bool = False) -> Iterator[None]:
+    """Everything inside (and the tasks it starts) works for ``tenant``. ``background``: upkeep, not a shopper's
+    work: a database it opens is the first to be closed again (it does not push busy tenants' out)."""
+    token, quiet = _current.set(tenant), _background.set(background)
     try:
         yield
     finally:
+        _background.reset(quiet)
         _current.reset(token)
+
+
+def in_background() -> bool:
+    return _background.get()
 
 
 def enter(tenant: str | None) -> Token[str | None]:

@@ -21,6 +21,8 @@ from cartwheel.tenants.names import NAME
 
 CLOSE_AFTER_S = 30.0
 """An evicted tenant's database is closed this long after: work that took it just before still finishes on it."""
+UPKEEP_CLOSE_AFTER_S = 5.0
+"""The same for one only upkeep opened (a sweep of a quiet tenant): a round takes a few milliseconds."""
 TENANT_POOL_SIZE = 2
 """Connections per tenant database beyond the first few (PostgreSQL allows 100 by default, in all)."""
 
@@ -46,6 +48,7 @@ class TenantDatabases:
         self.on_open, self.on_close = on_open, on_close
         self._open: OrderedDict[str, Database] = OrderedDict()
         self._closing: list[tuple[float, str, Database]] = []
+        self._upkeep_only: OrderedDict[str, Database] = OrderedDict()  # open, and only upkeep has used them
         self._lock = threading.Lock()  # the gateway's worker threads open tenants' databases too
         self._executors: tuple[ThreadPoolExecutor, ThreadPoolExecutor] | None = None
         self.opened = 0  # databases opened after the own one: the LRU's misses
@@ -54,13 +57,23 @@ class TenantDatabases:
         """``tenant``'s database, opened now if it is not open; :class:`UnknownTenant` if it has none."""
         if tenant == self.own_name:
             return self.own
+        background = context.in_background()
         with self._lock:
             db = self._open.get(tenant)
             if db is not None:
-                self._open.move_to_end(tenant)
+                if not background:
+                    self._open.move_to_end(tenant)
+                return db
+            db = self._upkeep_only.pop(tenant, None)
+            if db is not None and not background:  # a shopper's now: kept like any other
+                self._open[tenant] = db
+                return db
+            if db is not None:
+                self._upkeep_only[tenant] = db
                 return db
             db = self._revive(tenant) or self._open_new(tenant)
-            self._open[tenant] = db
+            # Upkeep's (a sweep of a quiet tenant) are closed first and sooner: busy tenants' stay open.
+            (self._upkeep_only if background else self._open)[tenant] = db
             evicted = self._evict()
         if self.on_open is not None and db is not None:
             self.on_open(tenant, db)
@@ -76,7 +89,7 @@ class TenantDatabases:
 
     def all_open(self) -> list[tuple[str, Database]]:
         with self._lock:
-            return [(self.own_name, self.own), *self._open.items()]
+            return [(self.own_name, self.own), *self._open.items(), *self._upkeep_only.items()]
 
     def _open_new(self, tenant: str) -> Database:
         if not NAME.fullmatch(tenant):
@@ -100,9 +113,14 @@ class TenantDatabases:
 
     def _evict(self) -> list[tuple[str, Database]]:
         evicted = []
-        while len(self._open) > self.capacity:
-            name, db = self._open.popitem(last=False)
-            self._closing.append((time.monotonic() + CLOSE_AFTER_S, name, db))
+        while len(self._open) + len(self._upkeep_only) > self.capacity:
+            if self._upkeep_only:
+                name, db = self._upkeep_only.popitem(last=False)
+                grace = UPKEEP_CLOSE_AFTER_S
+            else:
+                name, db = self._open.popitem(last=False)
+                grace = CLOSE_AFTER_S
+            self._closing.append((time.monotonic() + grace, name, db))
             evicted.append((name, db))
         return evicted
 
@@ -116,9 +134,10 @@ class TenantDatabases:
 
     def close(self) -> None:
         with self._lock:
-            for name, db in self._open.items():
+            for name, db in [*self._open.items(), *self._upkeep_only.items()]:
                 self._closing.append((0.0, name, db))
             self._open.clear()
+            self._upkeep_only.clear()
         self._reap(everything=True)
         self.own.close()
         if self._executors is not None:

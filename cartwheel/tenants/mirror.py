@@ -103,6 +103,10 @@ class Directory:
             return self.own
         return None
 
+    def names(self) -> list[str]:
+        """Every active registered tenant (the installation's own is not registered)."""
+        return [entry.name for entry in self.mirror.values() if entry.active]
+
     def entry(self, name: str) -> Entry | None:
         return self.mirror.get(subjects.tenant_key(name))
 

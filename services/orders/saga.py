@@ -69,6 +69,7 @@ from cartwheel.keyedlock import KeyedLocks
 from cartwheel.lanes.client import LaneClient
 from cartwheel.lookups import Lookups
 from cartwheel.service import Service
+from cartwheel.tenants import context as tenant_context
 from services.orders import store
 from services.orders.domain import (
     HOLDS_STOCK,
@@ -129,7 +130,7 @@ class Saga:
         self.hints = StockHints()
         self._carts = KeyedLocks()  # one checkout of a cart at a time in this process
         self._sweep_failures: dict[str, tuple[int, float]] = {}  # order id -> failed sweep steps, next try at
-        self._cancels_after = ""  # where the sweeper's round of intents to cancel again goes on
+        self._cancels_after: dict[str, str] = {}  # per tenant: where the round of intents to cancel again goes on
         self.needs_review = Counter("cartwheel_orders_needs_review", "Orders put aside for a person, by why",
                                     ["reason"], registry=service.registry)
         self._sweeper: asyncio.Task[None] | None = None
@@ -141,7 +142,8 @@ class Saga:
         self.inventory = await LaneClient(self.service.broker.connection, subjects.INVENTORY_LANE).start()
         self.lookups = Lookups(lambda: self.service.broker.connection, self.timeout)
         self.lookups.catalog.start()  # prices only: checkout asks the lanes for stock, never a copy
-        self._sweeper = asyncio.create_task(self._sweep_forever(), name="orders-sweeper")
+        rounds = self.service.every_tenant("orders sweep", self.sweep)
+        self._sweeper = asyncio.create_task(rounds.run_forever(first_wait=SWEEP_EVERY), name="orders-sweeper")
 
     async def stop(self) -> None:
         if self._sweeper:
@@ -837,31 +839,24 @@ class Saga:
 
     # -- the sweeper --------------------------------------------------------------------------
 
-    async def _sweep_forever(self) -> None:
-        wait = SWEEP_EVERY
-        while True:
-            await asyncio.sleep(wait)
-            try:
-                wait = await self.sweep()
-            except Exception:
-                log.exception("orders sweep failed; trying again")
-                wait = SWEEP_EVERY
-
     async def sweep(self) -> float:
         """Expire overdue orders, finish or clean up stalled ones, cancel intents that could not be, finish
         refunds left half-way; how long to wait before the next sweep. An order another step holds is left
-        for the next sweep. A quiet shop sweeps every :data:`SWEEP_IDLE` s, or when its next order comes due."""
+        for the next sweep. A quiet shop sweeps every :data:`SWEEP_IDLE` s, or when its next order comes due.
+        The current tenant's orders (each tenant is swept in turn: :meth:`Service.every_tenant`)."""
         now = utcnow()
         stalled_before = now - timedelta(seconds=self.settings.checkout_resume_seconds)
+        tenant = tenant_context.current(self.settings.tenant)
 
         def lists(s: Session) -> tuple[list[str], list[str], list[str], list[str], datetime | None]:
             queued_before = now - timedelta(seconds=QUEUED_RESUME_S)
             return (store.overdue(s, now), store.stalled(s, RESUMABLE, stalled_before, queued_before),
-                    store.intents_to_cancel(s, self._cancels_after), store.refunds_left(s, stalled_before),
+                    store.intents_to_cancel(s, self._cancels_after.get(tenant, "")),
+                    store.refunds_left(s, stalled_before),
                     store.next_due(s))
 
         overdue, stalled, uncancelled, refunding, due = await self.service.db.read(lists)
-        self._cancels_after = uncancelled[-1] if uncancelled else ""  # the next sweep takes the next ones
+        self._cancels_after[tenant] = uncancelled[-1] if uncancelled else ""  # the next sweep takes the next ones
         listed, now_s = {*overdue, *stalled, *uncancelled, *refunding}, time.monotonic()
         self._sweep_failures = {o: (n, at) for o, (n, at) in self._sweep_failures.items()  # forget settled ones
                                 if o in listed or now_s < at + SWEEP_BACKOFF_MAX}

@@ -1,0 +1,68 @@
+"""Background work done for every tenant (the orders sweeper, say): each tenant on a schedule of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from cartwheel.tenants import context
+from cartwheel.tenants.databases import TenantDatabases, UnknownTenant
+
+log = logging.getLogger(__name__)
+
+IDLE_EVERY_S = 60.0
+"""A tenant whose databases are not open here (no recent work in this process) gets a round at most this often..."""
+IDLE_ROUNDS_PER_S = 4.0
+"""... and quiet tenants together at most this many rounds a second (1,000 of them: each every 250 s)."""
+LOOK_EVERY_S = 1.0  # the longest sleep: a tenant registered meanwhile is seen within this
+
+
+class TenantRounds:
+    """Runs ``work()`` in each tenant's context (:mod:`cartwheel.tenants.context`), one tenant at a time: the
+    installation's own tenant and every tenant whose database is open at the pace ``work`` asks (it returns the
+    seconds until its next round), every other one of ``tenants()`` at least every :data:`IDLE_EVERY_S`."""
+
+    def __init__(self, what: str, databases: TenantDatabases, tenants: Callable[[], list[str]],
+                 work: Callable[[], Awaitable[float]]) -> None:
+        self.what = what
+        self.databases = databases
+        self.tenants = tenants
+        self.work = work
+        self._due: list[tuple[float, str]] = []
+        self._known: set[str] = set()
+
+    def _refresh(self, now: float) -> None:
+        wanted = {self.databases.own_name, *self.tenants()}
+        for tenant in wanted - self._known:  # new: a first round now
+            heapq.heappush(self._due, (now, tenant))
+        self._known = wanted  # gone ones are dropped when they come up
+
+    async def run_forever(self, first_wait: float = 0.0) -> None:
+        await asyncio.sleep(first_wait)
+        while True:
+            now = time.monotonic()
+            self._refresh(now)
+            if not self._due or self._due[0][0] > now:
+                wait = min(LOOK_EVERY_S, self._due[0][0] - now) if self._due else LOOK_EVERY_S
+                await asyncio.sleep(wait)
+                continue
+            _, tenant = heapq.heappop(self._due)
+            if tenant not in self._known:
+                continue
+            heapq.heappush(self._due, (time.monotonic() + await self._round(tenant), tenant))
+
+    async def _round(self, tenant: str) -> float:
+        """One round for ``tenant``; the seconds until its next one."""
+        open_here = tenant == self.databases.own_name or any(name == tenant for name, _ in self.databases.all_open())
+        with context.serving(tenant, background=not open_here):
+            try:
+                wait = await self.work()
+            except UnknownTenant:
+                return IDLE_EVERY_S  # registered, its databases not made yet (or being deleted)
+            except Exception:
+                log.exception("%s failed for tenant %s; trying again", self.what, tenant)
+                return min(5.0, IDLE_EVERY_S)
+        return wait if open_here else max(wait, IDLE_EVERY_S, len(self._known) / IDLE_ROUNDS_PER_S)

@@ -1,0 +1,73 @@
+"""A service's databases, one per tenant, in a bounded set: real SQLite files."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from cartwheel.db import migrate
+from cartwheel.settings import Settings
+from cartwheel.tenants import context, databases
+from cartwheel.tenants.databases import TenantDatabases, UnknownTenant
+
+
+def make_tenants(settings: Settings, names: list[str]) -> None:
+    for name in names:
+        migrate("catalog", settings.database_url("catalog", name))
+
+
+def test_at_most_n_tenant_databases_are_open_and_each_tenant_reads_its_own(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(databases, "CLOSE_AFTER_S", 0.0)
+    settings = Settings(var_dir=tmp_path, tenant_databases_open=3)
+    migrate("catalog", settings.database_url("catalog"))
+    names = [f"shop-{i}" for i in range(8)]
+    make_tenants(settings, names)
+    dbs = TenantDatabases("catalog", settings)
+    try:
+        for name in names:
+            dbs.of(name).run_sync(lambda s, n=name: s.execute(text(
+                "INSERT INTO processed_events (consumer, event_id, processed_at) VALUES (:n, :n, '2026-01-01')"),
+                {"n": n}))
+            assert len(dbs.all_open()) <= 1 + 3  # the own one and three others
+        for name in names:
+            with context.serving(name):  # service.db.<...>: the current tenant's
+                seen = dbs.read_sync(lambda s: s.execute(text("SELECT event_id FROM processed_events")).scalars().all())
+                assert seen == [name]
+        assert dbs.own.read_sync(lambda s: s.execute(text("SELECT count(*) FROM processed_events")).scalar()) == 0
+        assert dbs.opened >= len(names)
+    finally:
+        dbs.close()
+
+
+def test_an_unknown_tenant_is_refused_and_gets_no_file(tmp_path: Path) -> None:
+    settings = Settings(var_dir=tmp_path)
+    dbs = TenantDatabases("catalog", settings)
+    try:
+        for name in ("nobody", "../../etc", "Shop"):
+            with pytest.raises(UnknownTenant) as refused:
+                dbs.of(name)
+            assert refused.value.code == "unknown_tenant"
+        assert not (tmp_path / "tenants").exists()
+    finally:
+        dbs.close()
+
+
+def test_upkeep_never_pushes_a_busy_tenants_database_out(tmp_path: Path) -> None:
+    settings = Settings(var_dir=tmp_path, tenant_databases_open=2)
+    make_tenants(settings, ["busy", "quiet-1", "quiet-2", "quiet-3"])
+    dbs = TenantDatabases("catalog", settings)
+    try:
+        busy = dbs.of("busy")
+        for quiet in ("quiet-1", "quiet-2", "quiet-3"):
+            with context.serving(quiet, background=True):
+                dbs.current()
+        assert [name for name, _ in dbs.all_open()][1:] == ["busy", "quiet-3"]  # quiet ones went first
+        assert dbs.of("busy") is busy  # never closed and opened again
+        dbs.of("quiet-1")
+        time.sleep(0.01)
+    finally:
+        dbs.close()

@@ -1,0 +1,69 @@
+"""Upkeep for every tenant (the orders sweeper): each tenant in its own context, on a schedule of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import pytest
+
+from cartwheel.tenants import context, rounds
+from cartwheel.tenants.databases import UnknownTenant
+from cartwheel.tenants.rounds import TenantRounds
+
+
+class FakeDatabases:
+    own_name = "default"
+
+    def __init__(self, open_ones: list[str]) -> None:
+        self.open_ones = open_ones
+
+    def all_open(self) -> list[tuple[str, object]]:
+        return [(self.own_name, object()), *((name, object()) for name in self.open_ones)]
+
+
+def test_each_tenant_gets_rounds_in_its_own_context_busy_ones_at_their_pace_quiet_ones_seldom(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(rounds, "LOOK_EVERY_S", 0.01)
+    monkeypatch.setattr(rounds, "IDLE_EVERY_S", 60.0)
+    seen: list[tuple[str, bool]] = []
+
+    async def work() -> float:
+        tenant = context.current("?")
+        seen.append((tenant, context.in_background()))
+        if tenant == "broken":
+            raise UnknownTenant("no databases yet")
+        return 0.05
+
+    async def scenario() -> None:
+        swept = TenantRounds("test sweep", FakeDatabases(["busy"]), lambda: ["busy", "quiet", "broken"], work)  # type: ignore[arg-type]
+        task = asyncio.create_task(swept.run_forever())
+        await asyncio.sleep(0.5)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    count = {name: sum(1 for tenant, _ in seen if tenant == name) for name in ("default", "busy", "quiet", "broken")}
+    assert count["default"] >= 5 and count["busy"] >= 5, count  # every 0.05 s, as the work asked
+    assert count["quiet"] == 1 and count["broken"] == 1, count  # once, then not for a minute
+    assert ("quiet", True) in seen and ("busy", False) in seen  # a quiet tenant's round is upkeep: opened cold
+    assert context.current("outside") == "outside"
+
+
+def test_a_round_that_fails_is_logged_and_comes_again(monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    calls = 0
+
+    async def work() -> float:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("database went away")
+
+    async def one() -> float:
+        swept = TenantRounds("test sweep", FakeDatabases([]), list, work)  # type: ignore[arg-type]
+        return await swept._round("default")
+
+    assert asyncio.run(one()) == 5.0
+    assert calls == 1 and "test sweep failed for tenant default" in caplog.text
