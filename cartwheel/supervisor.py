@@ -383,6 +383,8 @@ class System:
         if postgres:
             try:
                 update |= {f"{name}_database_url": postgres_database(postgres, name) for name in DATABASES}
+                update |= {"control_database_url": postgres_database(postgres, "control"),
+                           "tenant_database_url": postgres_database(postgres, "{service}__{tenant}")}
             except ArgumentError:
                 raise StartupError(f"--postgres {postgres!r} is not a database URL "
                                    "(postgresql://USER@HOST:PORT/DATABASE)") from None
@@ -463,6 +465,7 @@ class System:
             self._migrate([GATEWAY])
             self._start(GATEWAY, [sys.executable, "-m", "cartwheel.cli", "run", "gateway"], self._metrics_port(None))
             self._migrate(SERVICES)
+            self._tenants()
             extra = len(SERVICES)  # second and later replicas' metrics ports come after every first one's
             for i, name in enumerate(SERVICES):
                 for r, child in enumerate(self.replicas[name]):
@@ -569,8 +572,8 @@ class System:
 
         self._step(f"making the databases on {_without_password(self.postgres or '')}…")
         try:
-            for name in DATABASES:
-                make_postgres_database(self.settings.database_url(name))
+            for url in [*(self.settings.database_url(name) for name in DATABASES), self.settings.control_url]:
+                make_postgres_database(url)
         except Exception as exc:
             raise StartupError(f"could not make the databases on PostgreSQL: {exc}") from None
 
@@ -660,6 +663,31 @@ class System:
             except Exception as exc:
                 self.console.write("".join(traceback.format_exception(exc)).rstrip())
                 raise StartupError(f"migrating {name} failed: {exc}") from exc
+
+    def _tenants(self) -> None:
+        """Bring every registered tenant's databases to this version's head (the journal skips what is done) and
+        tell the bucket the gateway and services read what the registry says."""
+        from cartwheel.tenants.cli import registry_of
+        from cartwheel.tenants.migrate import plan, run, summary
+        from cartwheel.tenants.mirror import sync_now
+
+        registry = registry_of(self.settings)
+        try:
+            names = registry.names()
+            if not names:
+                return
+            pending = plan(self.settings, registry, tenants=names)
+            if pending.todo:
+                self._step(f"migrating {len(pending.todo)} databases of {len(names)} tenants…")
+                outcome = run(registry, pending.todo, parallel=os.cpu_count() or 2, out=self.console.out)
+                if outcome.failures:  # those tenants answer unknown_tenant until fixed; the others are served
+                    self.console.alarm(summary(outcome, pending.done))
+            problem = sync_now(self.settings, registry)
+            if problem:
+                raise StartupError(f"could not publish the tenant registry: {problem}")
+            self.console.say(f"{len(names)} tenants registered")
+        finally:
+            registry.close()
 
     def _wait_ready(self, deadline: float) -> None:
         self._step("waiting for the gateway and the services…")
@@ -774,9 +802,10 @@ def check_scale(scale: Mapping[str, int]) -> None:
 
 
 def postgres_database(server_url: str, name: str) -> str:
-    """The URL of ``name``'s own database (``cartwheel_<name>``) on the server ``server_url`` points at."""
-    url = make_url(server_url)
-    return url.set(drivername="postgresql+psycopg", database=f"cartwheel_{name}").render_as_string(hide_password=False)
+    """The URL of ``name``'s own database (``cartwheel_<name>``) on the server ``server_url`` points at (``name``
+    may hold the tenant template's ``{service}`` and ``{tenant}``)."""
+    url = make_url(server_url).set(drivername="postgresql+psycopg", database=f"cartwheel_{name}")
+    return url.render_as_string(hide_password=False).replace("%7B", "{").replace("%7D", "}")
 
 
 def _without_password(url: str) -> str:

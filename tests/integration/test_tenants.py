@@ -17,6 +17,7 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
+from cartwheel import subjects
 from cartwheel.bus import declare_topology
 from cartwheel.db import head_revision
 from cartwheel.settings import DATABASES, Settings
@@ -171,3 +172,40 @@ def test_the_mirror_tells_the_gateway_which_tenant_a_host_is(nats_url: str, tmp_
         registry.close()
     assert seen == {"SHOP.acme.test:8080": "acme", "gone.test": "gone", "main.test": "default",
                     "elsewhere.test": None, "after shop.acme.test": None, "after gone.test": None}
+
+
+def test_cartwheel_up_migrates_the_registered_tenants_and_publishes_the_registry(tmp_path: Path) -> None:
+    """A tenant registered while the shop was down (or a new version with a migration) is brought to the head when
+    the shop starts, and the gateway and services learn of it from the bucket."""
+    import io
+
+    from cartwheel.natsserver import free_port
+    from cartwheel.supervisor import System
+    from cartwheel.tenants import mirror
+
+    settings = Settings(var_dir=tmp_path, nats_url=f"nats://127.0.0.1:{free_port()}", gateway_host="127.0.0.1",
+                        gateway_port=free_port(), metrics_port=0)
+    registry = Registry(settings.control_url, reserved=[settings.tenant])
+    registry.create("acme", ["shop.acme.test"])
+    registry.close()
+    out = io.StringIO()
+    shop = System(settings, out=out, colour=False, seed=False)
+    shop.start()
+    try:
+        assert "migrating 6 databases of 1 tenants" in out.getvalue() and "1 tenants registered" in out.getvalue()
+        with sqlite3.connect(tmp_path / "tenants" / "acme" / "orders.db") as db:
+            assert db.execute("SELECT version_num FROM alembic_version").fetchone() == (head_revision("orders"),)
+
+        async def published() -> list[str]:
+            from cartwheel import natsauth
+
+            nc = await nats.connect(settings.nats_servers, **natsauth.connect_options(settings, natsauth.ADMIN))
+            try:
+                kv = await nc.jetstream().key_value(subjects.TENANTS_BUCKET)
+                return list(await kv.keys())
+            finally:
+                await nc.close()
+
+        assert asyncio.run(published()) == [f"{mirror.PREFIX}acme"]
+    finally:
+        shop.stop()
