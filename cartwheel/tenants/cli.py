@@ -33,6 +33,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     for verb, text in (("disable", "stop serving a tenant (its hosts answer 404; its data stays)"),
                        ("enable", "serve a disabled tenant again")):
         verbs.add_parser(verb, help=text).add_argument("name")
+    export = verbs.add_parser("export", help="one tenant's data as a tarball (its databases and its registry entry)")
+    export.add_argument("name")
+    export.add_argument("--out", type=Path, help="the tarball (default: ./<name>-<UTC time>.tar.gz)")
     delete = verbs.add_parser("delete", help="remove a tenant and every byte of its data (no undo)")
     delete.add_argument("name")
     delete.add_argument("--yes", action="store_true", help="really: without it nothing is deleted")
@@ -143,6 +146,23 @@ def _delete(args: argparse.Namespace, settings: Settings, registry: Registry) ->
     return 0
 
 
+def _export(args: argparse.Namespace, settings: Settings, registry: Registry) -> int:
+    from datetime import UTC, datetime
+
+    from cartwheel.tenants.export import ExportFailed, export_tenant
+
+    out = args.out or Path(f"{args.name}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.tar.gz")
+    try:
+        manifest = export_tenant(settings, registry, args.name, out)
+    except ExportFailed as exc:
+        print(f"tenants export: {exc}", file=sys.stderr)
+        return 1
+    size = sum(d["bytes"] for d in manifest["databases"].values())
+    print(f"tenant {args.name} exported to {out}: {len(manifest['databases'])} databases, {size} bytes before "
+          "compression")
+    return 0
+
+
 def drop_database(url: str) -> None:
     """Remove a tenant's database: its SQLite file (and WAL), or its PostgreSQL database."""
     target = make_url(url)
@@ -169,4 +189,5 @@ def _lines(path: Path) -> list[list[str]]:
     return [parts for parts in lines if parts]
 
 
-_VERBS = {"create": _create, "list": _list, "disable": _status, "enable": _status, "delete": _delete}
+_VERBS = {"create": _create, "list": _list, "disable": _status, "enable": _status, "export": _export,
+          "delete": _delete}

@@ -89,6 +89,34 @@ def test_a_failing_tenant_is_named_never_blocks_the_others_and_the_rerun_resumes
     assert "0 tenant databases to migrate" in done.stdout and "78 already done" in done.stdout
 
 
+def test_a_tenants_export_holds_its_databases_as_they_are(tmp_path: Path) -> None:
+    assert cartwheel(tmp_path, "tenants", "create", "acme", "--host", "acme.test").returncode == 0
+    with sqlite3.connect(tmp_path / "tenants" / "acme" / "gateway.db") as db:
+        db.execute("INSERT INTO users (id, email, password_hash, created_at) VALUES ('u1', 'a@acme.test', 'x', "
+                   "'2026-12-07 00:00:00')")
+    out = tmp_path / "acme.tar.gz"
+    done = cartwheel(tmp_path, "tenants", "export", "acme", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert out.stat().st_mode & 0o777 == 0o600
+    import hashlib
+    import json
+    import tarfile
+
+    with tarfile.open(out) as tar:
+        names = sorted(tar.getnames())
+        manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
+        tar.extractall(tmp_path / "unpacked", filter="data")
+    assert names == sorted(["manifest.json", *(f"databases/{s}.db" for s in DATABASES)])
+    assert manifest["tenant"]["name"] == "acme" and manifest["tenant"]["hosts"] == ["acme.test"]
+    for service, entry in manifest["databases"].items():
+        data = (tmp_path / "unpacked" / entry["file"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"] and entry["revision"] == head_revision(service)
+    with sqlite3.connect(tmp_path / "unpacked" / "databases" / "gateway.db") as db:
+        assert db.execute("SELECT email FROM users").fetchall() == [("a@acme.test",)]
+    missing = cartwheel(tmp_path, "tenants", "export", "nobody")
+    assert missing.returncode == 2 and "no tenant 'nobody'" in missing.stderr
+
+
 def test_tenants_on_postgresql_have_databases_of_their_own_and_delete_drops_them(
     tmp_path: Path, postgres_admin_url: str,
 ) -> None:
@@ -107,6 +135,13 @@ def test_tenants_on_postgresql_have_databases_of_their_own_and_delete_drops_them
             made = cartwheel(tmp_path, "tenants", "create", name, "--host", f"{name}.test", **env)
             assert made.returncode == 0, made.stdout + made.stderr
         assert databases() == sorted(f"{prefix}_{s}__{t}" for s in DATABASES for t in ("shop-a", "shop-b"))
+        out = tmp_path / "shop-b.tar.gz"
+        assert cartwheel(tmp_path, "tenants", "export", "shop-b", "--out", str(out), **env).returncode == 0
+        import tarfile
+
+        with tarfile.open(out) as tar:
+            dump = tar.extractfile("databases/orders.dump")
+            assert dump is not None and dump.read(5) == b"PGDMP"  # pg_restore's custom format
         assert cartwheel(tmp_path, "tenants", "delete", "shop-a", "--yes", **env).returncode == 0
         assert databases() == sorted(f"{prefix}_{s}__shop-b" for s in DATABASES)
     finally:
