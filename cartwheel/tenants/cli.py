@@ -33,6 +33,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     for verb, text in (("disable", "stop serving a tenant (its hosts answer 404; its data stays)"),
                        ("enable", "serve a disabled tenant again")):
         verbs.add_parser(verb, help=text).add_argument("name")
+    settings = verbs.add_parser("set", help="change a tenant's settings (KEY= removes one)")
+    settings.add_argument("name")
+    settings.add_argument("pairs", nargs="+", metavar="KEY=VALUE", help="currency=USD, stripe_publishable_key=pk_...")
+    stripe = verbs.add_parser("stripe", help="give a tenant its own Stripe account (kept in its own payments database)")
+    stripe.add_argument("name")
+    stripe.add_argument("--secret-key-file", type=Path, help="a file holding the account's secret key (sk_...)")
+    stripe.add_argument("--webhook-secret-file", type=Path, help="a file holding its webhook signing secret")
+    stripe.add_argument("--remove", action="store_true", help="back to the installation's Stripe account")
     export = verbs.add_parser("export", help="one tenant's data as a tarball (its databases and its registry entry)")
     export.add_argument("name")
     export.add_argument("--out", type=Path, help="the tarball (default: ./<name>-<UTC time>.tar.gz)")
@@ -146,6 +154,35 @@ def _delete(args: argparse.Namespace, settings: Settings, registry: Registry) ->
     return 0
 
 
+def _set(args: argparse.Namespace, settings: Settings, registry: Registry) -> int:
+    tenant = registry.set_settings(args.name, dict(pair.partition("=")[::2] for pair in args.pairs))
+    print(f"tenant {tenant.name}: {json.dumps(tenant.settings)}")
+    _tell_the_shop(settings, registry)
+    return 0
+
+
+def _stripe(args: argparse.Namespace, settings: Settings, registry: Registry) -> int:
+    from services.payments.accounts import remove_own_account, set_own_account
+
+    registry.get(args.name)
+    url = settings.database_url("payments", args.name)
+    if args.remove:
+        remove_own_account(url)
+        print(f"tenant {args.name} is paid into the installation's Stripe account again")
+        return 0
+    if args.secret_key_file is None:
+        raise BadName("give --secret-key-file (a file, so the key is never on a command line) or --remove")
+    key = args.secret_key_file.read_text().strip()
+    hook = args.webhook_secret_file.read_text().strip() if args.webhook_secret_file else None
+    try:
+        set_own_account(url, key, hook)
+    except ValueError as exc:
+        raise BadName(str(exc)) from None
+    print(f"tenant {args.name} is paid into its own Stripe account (…{key[-4:]}); running payments services use it "
+          "within 30 s")
+    return 0
+
+
 def _export(args: argparse.Namespace, settings: Settings, registry: Registry) -> int:
     from datetime import UTC, datetime
 
@@ -189,5 +226,5 @@ def _lines(path: Path) -> list[list[str]]:
     return [parts for parts in lines if parts]
 
 
-_VERBS = {"create": _create, "list": _list, "disable": _status, "enable": _status, "export": _export,
-          "delete": _delete}
+_VERBS = {"create": _create, "list": _list, "disable": _status, "enable": _status, "set": _set, "stripe": _stripe,
+          "export": _export, "delete": _delete}

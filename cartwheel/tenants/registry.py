@@ -149,6 +149,18 @@ class Registry:
             raise NoSuchTenant(f"no tenant {name!r}")
         return self.get(name)
 
+    def set_settings(self, name: str, pairs: dict[str, str]) -> Tenant:
+        """Change some of ``name``'s settings (an empty value removes one)."""
+        values = check_settings({k: v for k, v in pairs.items() if v})
+        with self._session() as session:
+            row = session.get(TenantRow, name)
+            if row is None:
+                raise NoSuchTenant(f"no tenant {name!r}")
+            current = json.loads(row.settings) | values
+            row.settings = json.dumps({k: v for k, v in current.items() if pairs.get(k, v)})
+            row.updated_at = datetime.now(UTC)
+        return self.get(name)
+
     def forget(self, name: str) -> None:
         """Remove ``name``, its hosts and its journal from the registry (its data is deleted before this)."""
         with self._session() as session:

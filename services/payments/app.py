@@ -16,25 +16,25 @@ from cartwheel.contracts.payments import (
 from cartwheel.keyedlock import KeyedLocks
 from cartwheel.service import Service
 from cartwheel.settings import Settings
+from services.payments.accounts import StripeAccounts
 from services.payments.checkout import CheckoutHandlers
 from services.payments.handlers import PaymentHandlers
 from services.payments.queue import ACK_WAIT_S, IN_FLIGHT, WORKERS, IntentQueue
-from services.payments.stripe_api import PaymentMetrics, StripePayments
+from services.payments.stripe_api import PaymentMetrics
 from services.payments.webhooks import WebhookHandlers
 
 
 def build(settings: Settings) -> Service:
     service = Service("payments", settings)
     metrics = PaymentMetrics(service.registry)
-    stripe = StripePayments.from_settings(settings, metrics)
-    if stripe is None:
-        service.log.warning("no Stripe secret key (CARTWHEEL_STRIPE_SECRET_KEY): payment requests are refused")
-    else:
-        service.on_stop(stripe.close)
-    secret = settings.stripe_webhook_secret.get_secret_value() if settings.stripe_webhook_secret else None
+    accounts = StripeAccounts(service, metrics)
+    if accounts.installation.api is None:
+        service.log.warning("no Stripe secret key (CARTWHEEL_STRIPE_SECRET_KEY): payment requests are refused, "
+                            "except a tenant's with a key of its own")
+    service.on_stop(accounts.close)
     intents = KeyedLocks()
-    payments = PaymentHandlers(service, stripe, intents)
-    webhooks = WebhookHandlers(service, stripe, secret, intents, metrics)
+    payments = PaymentHandlers(service, accounts, intents)
+    webhooks = WebhookHandlers(service, accounts, intents, metrics)
     service.handle(subjects.PAYMENTS_INTENT_CREATE, CreateIntent)(payments.create_intent)
     service.handle(subjects.PAYMENTS_INTENT_CONFIRM, ConfirmIntent)(payments.confirm_intent)
     service.handle(subjects.PAYMENTS_INTENT_CANCEL, CancelIntent)(payments.cancel_intent)

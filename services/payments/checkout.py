@@ -27,7 +27,7 @@ class CheckoutHandlers:
         row = await self.db.read(lambda s: store.session_of_order(s, ask.order_id))
         if row is None:
             wait = self.service.settings.stripe_checkout_wait_seconds
-            made = await self.payments.provider().create_checkout_session(ask, f"checkout-{ask.order_id}", wait)
+            made = await (await self.payments.provider()).create_checkout_session(ask, f"checkout-{ask.order_id}", wait)
             row = await self.db.run(lambda s: store.keep_first_session(s, made, ask.order_id, ask.tenant,
                                                                        ask.amount_cents, ask.currency))
         if (row.amount_cents, row.currency) != (ask.amount_cents, ask.currency):
@@ -41,7 +41,7 @@ class CheckoutHandlers:
         if row is None or row.id != ask.checkout_session_id:
             raise NotFound(f"order {ask.order_id!r} has no checkout page {ask.checkout_session_id!r}")
         if row.status == "open":
-            stripe = self.payments.provider()
+            stripe = await self.payments.provider()
             try:
                 checkout = await stripe.expire_checkout_session(row.id)
             except DomainError as refusal:  # completed (or expired) meanwhile: Stripe refuses to expire it

@@ -23,16 +23,17 @@ from cartwheel.keyedlock import KeyedLocks
 from cartwheel.outbox import record_event
 from cartwheel.service import Service
 from services.payments import domain, ledger, store
+from services.payments.accounts import StripeAccounts
 from services.payments.models import IntentRow
 from services.payments.pacing import CHECKOUT
 from services.payments.stripe_api import Busy, StripePayments, provider_unavailable
 
 
 class PaymentHandlers:
-    def __init__(self, service: Service, stripe: StripePayments | None, intents: KeyedLocks) -> None:
+    def __init__(self, service: Service, accounts: StripeAccounts, intents: KeyedLocks) -> None:
         self.service = service
         self.db = service.db
-        self.stripe = stripe
+        self.accounts = accounts
         self.intents = intents  # a call's answer and a webhook's reading of one intent are written in turn
 
     async def create_intent(self, cmd: CreateIntent) -> dict[str, Any]:
@@ -57,7 +58,7 @@ class PaymentHandlers:
             row = await self.db.read(lambda s: s.get(IntentRow, known))
         else:
             key = domain.intent_key(cmd.order_id)
-            made = domain.snapshot(await self.provider().create_intent(
+            made = domain.snapshot(await (await self.provider()).create_intent(
                 cmd.order_id, cmd.tenant, cmd.amount_cents, cmd.currency, key, email=cmd.email, wait=wait,
                 priority=priority))
             row = await self.db.run_batched(store.keep_first_intents, (made, cmd.tenant))  # with concurrent ones
@@ -76,7 +77,7 @@ class PaymentHandlers:
             return store.to_view(row).model_dump(mode="json")
         async with self.intents.hold(row.id):
             try:
-                intent = await self.provider().confirm_intent(row.id, cmd.payment_method, f"confirm-{cmd.id}",
+                intent = await (await self.provider()).confirm_intent(row.id, cmd.payment_method, f"confirm-{cmd.id}",
                                                               cmd.return_url)
             except DomainError as refusal:
                 intent = await self._finished_or_raise(row.id, refusal)
@@ -88,7 +89,7 @@ class PaymentHandlers:
             return store.to_view(row).model_dump(mode="json")
         async with self.intents.hold(row.id):
             try:
-                intent = await self.provider().cancel_intent(row.id)
+                intent = await (await self.provider()).cancel_intent(row.id)
             except DomainError as refusal:
                 intent = await self._finished_or_raise(row.id, refusal)
             return await self._settle(intent, "cancel")
@@ -99,7 +100,7 @@ class PaymentHandlers:
             return store.refund_reply(done)
         row = await self.db.read(lambda s: store.intent_of_order(s, cmd.payment_intent_id, cmd.order_id))
         if row.status != "succeeded":  # our copy may be behind (a webhook not here yet): ask
-            current = await self.provider().retrieve_intent(row.id)
+            current = await (await self.provider()).retrieve_intent(row.id)
             if current["status"] != "succeeded":
                 raise DomainError(
                     f"payment {row.id} has not succeeded ({current['status']}): nothing to refund",
@@ -108,7 +109,7 @@ class PaymentHandlers:
                     status=current["status"],
                 )
             await self._settle(current, "retrieve")
-        refund = await self.provider().refund(row.id, cmd.order_id, cmd.reason, domain.refund_key(cmd.order_id))
+        refund = await (await self.provider()).refund(row.id, cmd.order_id, cmd.reason, domain.refund_key(cmd.order_id))
 
         def record(session: Session) -> dict[str, Any]:
             kept = store.insert_refund(session, refund, cmd.order_id, row.id)
@@ -132,14 +133,16 @@ class PaymentHandlers:
         """Stripe refused because the intent finished meanwhile (a retry, a buyer's 3-D Secure): answer with it."""
         if refusal.code != "conflict":
             raise refusal
-        current = await self.provider().retrieve_intent(intent_id)
+        current = await (await self.provider()).retrieve_intent(intent_id)
         if current["status"] not in domain.FINISHED:
             raise refusal
         return current
 
-    def provider(self) -> StripePayments:
-        if self.stripe is None:
+    async def provider(self) -> StripePayments:
+        """The Stripe account of the tenant in hand (its own, or the installation's)."""
+        api = (await self.accounts.current()).api
+        if api is None:
             raise provider_unavailable(
                 "payments are not configured: no Stripe secret key (CARTWHEEL_STRIPE_SECRET_KEY)"
             )
-        return self.stripe
+        return api

@@ -76,3 +76,15 @@ class CheckoutSessionRow(Base):
     payment_intent_id: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class StripeAccountRow(Base):
+    """The tenant's own Stripe account, in the tenant's own database (deleted and exported with it); without a row
+    the installation's account serves it. One row (id 1)."""
+
+    __tablename__ = "stripe_account"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    secret_key: Mapped[str] = mapped_column(Text)
+    webhook_secret: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -22,9 +22,10 @@ from cartwheel.errors import DomainError, NotFound
 from cartwheel.keyedlock import KeyedLocks
 from cartwheel.service import Service
 from services.payments import domain, ledger, store
+from services.payments.accounts import StripeAccounts
 from services.payments.checkout import paid_intent
 from services.payments.domain import IntentSnapshot
-from services.payments.stripe_api import PaymentMetrics, StripePayments, provider_unavailable, verify_webhook
+from services.payments.stripe_api import PaymentMetrics, provider_unavailable, verify_webhook
 
 log = logging.getLogger(__name__)
 
@@ -32,19 +33,20 @@ UNVERIFIED = "unverified"  # the type of an event whose signature failed: its bo
 
 
 class WebhookHandlers:
-    def __init__(self, service: Service, stripe: StripePayments | None, secret: str | None,
-                 intents: KeyedLocks, metrics: PaymentMetrics | None = None) -> None:
+    def __init__(self, service: Service, accounts: StripeAccounts, intents: KeyedLocks,
+                 metrics: PaymentMetrics | None = None) -> None:
         self.service = service
         self.metrics = metrics
         self.db = service.db
-        self.stripe = stripe
-        self.secret = secret
+        self.accounts = accounts
         self.intents = intents
 
     async def stripe_webhook(self, msg: StripeWebhook) -> dict[str, Any]:
-        """Verify, record and apply one event; counted by type and result."""
+        """Verify (with the tenant's account's signing secret), record and apply one event; counted by type and
+        result."""
+        account = await self.accounts.current()
         try:
-            event = verify_webhook(msg.payload, msg.signature, self.secret)
+            event = verify_webhook(msg.payload, msg.signature, account.webhook_secret)
         except DomainError:
             self._count(UNVERIFIED, "invalid_signature")
             raise
@@ -101,10 +103,11 @@ class WebhookHandlers:
             log.info("stripe reports on checkout page %r, which this shop did not open: recorded, ignored",
                      session_id)
             return functools.partial(self._record, event=event, snap=None, refunded=None)
-        if self.stripe is None:  # not recorded: Stripe delivers it again
+        stripe = (await self.accounts.current()).api
+        if stripe is None:  # not recorded: Stripe delivers it again
             raise provider_unavailable("no Stripe secret key: cannot read the checkout page's current state")
-        checkout = await self.stripe.retrieve_checkout_session(session_id)
-        paid = await paid_intent(self.stripe, checkout)
+        checkout = await stripe.retrieve_checkout_session(session_id)
+        paid = await paid_intent(stripe, checkout)
 
         def record(session: Session) -> bool:
             store.record_stripe_event(session, event["id"], event["type"], paid.id if paid else None)
@@ -118,10 +121,11 @@ class WebhookHandlers:
         intent this shop did not create: its event is recorded and changes nothing."""
         if not await self._ours(intent_id):
             return None
-        if self.stripe is None:  # not recorded: Stripe delivers it again
+        stripe = (await self.accounts.current()).api
+        if stripe is None:  # not recorded: Stripe delivers it again
             raise provider_unavailable("no Stripe secret key: cannot read the payment's current state")
         try:
-            return domain.snapshot(await self.stripe.retrieve_intent(intent_id))
+            return domain.snapshot(await stripe.retrieve_intent(intent_id))
         except NotFound:  # ours, yet Stripe says no such intent: a key of another account or mode? Not recorded
             raise provider_unavailable(f"Stripe has no payment {intent_id}, which this shop created: "
                                        "is the secret key of the account and mode that made it?") from None

@@ -741,3 +741,42 @@ def test_an_intent_offers_the_accounts_payment_methods_and_mails_the_receipt_to_
     assert intent["automatic_payment_methods"]["enabled"] is True  # not a fixed ["card"]: what the account offers
     assert intent["receipt_email"] == "ada@example.com"
     assert intent["metadata"]["order_id"] == order_id
+
+
+def test_a_tenant_with_its_own_stripe_account_is_paid_into_it_and_its_webhooks_signed_by_it(
+    start_service, client, localstripe, tmp_path: Path,  # noqa: F811
+) -> None:
+    """Issue 17: per-tenant Stripe keys. The installation here has no key at all, so only a tenant whose own key is
+    used can make an intent; the tenant's webhook secret verifies its events and no other tenant's."""
+    from cartwheel.settings import Settings
+    from services.payments.accounts import set_own_account
+
+    tenant_url = Settings(var_dir=tmp_path).database_url("payments", "acme")
+    migrate("payments", tenant_url)
+    set_own_account(tenant_url, "sk_test_acme_own", "whsec_acme_own")
+    with pytest.raises(ValueError, match="not a Stripe secret key"):
+        set_own_account(tenant_url, "pk_test_publishable", None)
+    start_service("payments", stripe_api_base=localstripe)
+
+    async def scenario(nc: nats.NATS) -> None:
+        with pytest.raises(DomainError) as caught:  # the installation's own tenant: no key
+            await create(nc, new_order())
+        assert caught.value.code == "payment_provider_unavailable"
+        order = new_order()
+        made = await request(nc, CreateIntent(tenant="acme", order_id=order, amount_cents=990, currency="EUR"),
+                             TIMEOUT)
+        assert made["payment_intent_id"].startswith("pi_")
+        event = stripe_event("customer.created", {"id": "cus_acme"})
+        own = signed(event, secret="whsec_acme_own").model_copy(update={"tenant": "acme"})
+        assert (await deliver(nc, own))["duplicate"] is False
+        installation_signed = signed(event, secret=SECRET).model_copy(update={"tenant": "acme"})
+        assert await refused(nc, installation_signed) == "invalid_signature"
+        assert await refused(nc, signed(event, secret="whsec_acme_own")) == "invalid_signature"  # not the tenant's
+
+    client.run(scenario)
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(tenant_url)
+    with engine.connect() as conn:  # the intent is the tenant's, in its own database
+        assert conn.execute(text("SELECT count(*) FROM payment_intents")).scalar() == 1
+    engine.dispose()
