@@ -7,6 +7,7 @@ A service's ``app.py`` builds a :class:`Service` and registers handlers with :me
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 import os
@@ -48,6 +49,8 @@ from cartwheel.tenants.mirror import Directory
 from cartwheel.tenants.rounds import TenantRounds
 
 HANDLER_CONCURRENCY = 64
+OUTBOX_UPKEEP_FIRST_S = 5.0  # after start, every tenant's outbox is looked at (quiet ones 4 a second) ...
+OUTBOX_UPKEEP_S = 60.0  # ... and again this often, busy or not (a quiet tenant: as often as TenantRounds allows)
 REDELIVER_S = 2.0  # an event whose handler failed comes back after this long (a dependency may be back) ...
 REDELIVER_MAX_S = 300.0  # ... doubling with each failure up to this: a poison event costs little, and is never lost
 M = TypeVar("M", bound=BaseModel)
@@ -76,6 +79,7 @@ class Service:
         self.relay: OutboxRelay | None = None  # the installation's own tenant's
         self.relays: dict[str, OutboxRelay] = {}  # every open tenant database's, that one too
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._upkeep: asyncio.Task[None] | None = None
         self.event_consumers: dict[str, str] = {}  # durable -> subject, as subjects.EVENT_CONSUMERS lists them
         self.readiness = Readiness(self)
         self.tenants = Directory(self.settings, lambda: self.broker.connection)
@@ -248,6 +252,8 @@ class Service:
         for tenant, db in self.db.all_open()[1:]:  # opened while starting (a hook's work)
             self._opened(tenant, db)
         self.readiness.start()
+        rounds = self.every_tenant("outbox upkeep", self._outbox_round)
+        self._upkeep = asyncio.create_task(rounds.run_forever(first_wait=OUTBOX_UPKEEP_FIRST_S), name="outbox-upkeep")
         start_ops_server(self.settings.metrics_port, self.registry, self.readiness.alive, self.settings.metrics_host,
                          ready=self.readiness.now)
         self.log.info("%s ready (instance %s)", self.name, self.instance)
@@ -257,7 +263,23 @@ class Service:
         (see :class:`~cartwheel.tenants.rounds.TenantRounds`); run it with ``rounds.run_forever()``."""
         return TenantRounds(what, self.db, self.tenants.names, work)
 
+    async def _outbox_round(self) -> float:
+        """Publish what a tenant's outbox still holds when no relay of this process is at it (a quiet tenant after
+        a crash, or whose last relay could not reach NATS before its database closed)."""
+        tenant = tenant_context.current(self.db.own_name)
+        if tenant not in self.relays:
+            db = self.db.current()
+            pending, _ = await db.read(OutboxRelay.backlog)
+            if pending:
+                self.log.info("tenant %s: %d events left in its outbox; publishing them", tenant, pending)
+                await self._relay(db).relay_pending()
+        return OUTBOX_UPKEEP_S
+
     async def _before_broker_stops(self) -> None:
+        if self._upkeep is not None:
+            self._upkeep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._upkeep
         await self.tenants.mirror.stop()
         await self.readiness.stop()
         self.connection_log.closing = True

@@ -71,3 +71,57 @@ def test_upkeep_never_pushes_a_busy_tenants_database_out(tmp_path: Path) -> None
         time.sleep(0.01)
     finally:
         dbs.close()
+
+
+def test_a_quiet_tenants_outbox_is_published_after_a_restart_without_any_traffic(
+    nats_url: str, tmp_path: Path, start_service: object,
+) -> None:
+    """Events a tenant recorded just before a crash are not left behind when nobody asks for that tenant again:
+    the service's outbox upkeep visits every registered tenant after it starts."""
+    import asyncio
+    import uuid
+    from datetime import UTC, datetime
+
+    import nats
+    from nats.js.api import ConsumerConfig, DeliverPolicy
+
+    from cartwheel.bus import declare_topology
+    from cartwheel.tenants.mirror import sync
+    from cartwheel.tenants.registry import Registry
+    from tests.integration.conftest import settings_for
+
+    settings = settings_for(nats_url, tmp_path)
+    registry = Registry(settings.control_url, reserved=[settings.tenant])
+    registry.create("quiet-shop", ["quiet.test"])
+    migrate("catalog", settings.database_url("catalog"))
+    migrate("catalog", settings.database_url("catalog", "quiet-shop"))
+    event_id = f"left-{uuid.uuid4().hex}"
+    subject = f"events.catalog.upkeep_test_{uuid.uuid4().hex[:8]}"
+    dbs = TenantDatabases("catalog", settings)
+    dbs.of("quiet-shop").run_sync(lambda s: s.execute(text(
+        "INSERT INTO outbox (event_id, subject, payload, created_at, attempts) VALUES (:id, :subject, '{}', :at, 0)"),
+        {"id": event_id, "subject": subject, "at": datetime.now(UTC).replace(tzinfo=None)}))
+    dbs.close()
+
+    async def registered() -> None:
+        nc = await nats.connect(nats_url)
+        try:
+            await declare_topology(nc.jetstream(), settings, update=False)
+            await sync(settings, registry)
+        finally:
+            await nc.close()
+
+    asyncio.run(registered())
+    registry.close()
+    start_service("catalog", var_dir=tmp_path)  # type: ignore[operator]
+
+    async def published() -> str:
+        nc = await nats.connect(nats_url)
+        try:
+            sub = await nc.jetstream().subscribe(subject, config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL))
+            msg = await sub.next_msg(timeout=20)
+            return msg.headers.get("Nats-Msg-Id", "") if msg.headers else ""
+        finally:
+            await nc.close()
+
+    assert asyncio.run(published()) == event_id
