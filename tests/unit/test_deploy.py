@@ -729,7 +729,8 @@ def test_k8s_environment_is_settings(monkeypatch: pytest.MonkeyPatch) -> None:
             url = make_url(settings.database_url(name))
             assert url.drivername == "postgresql+psycopg" and url.database == name, name
             assert url.database in init_sql_databases()
-            assert {v for v in env if v.endswith("_DATABASE_URL")} == {f"CARTWHEEL_{name.upper()}_DATABASE_URL"}
+            assert {v for v in env if v.endswith("_DATABASE_URL")} == {f"CARTWHEEL_{name.upper()}_DATABASE_URL",
+                                                                      "CARTWHEEL_TENANT_DATABASE_URL"}
 
 
 def test_secret_example_is_only_placeholders() -> None:
