@@ -26,6 +26,7 @@ from prometheus_client import (
 )
 
 from cartwheel import __version__
+from cartwheel.tenants import context as tenant_context
 from cartwheel.tracing import trace_id
 
 ACCESS_LOGGER = "cartwheel.gateway.access"  # one JSON line per HTTP request (services/gateway/access.py)
@@ -74,9 +75,10 @@ class _ContextFilter(logging.Filter):
         record.service = self.service
         record.message_id = message_id.get()
         record.trace_id = trace_id()
-        order, cart = order_id.get(), cart_id.get()
-        record.order_id, record.cart_id = order, cart
-        record.ids = (f" order={order}" if order else "") + (f" cart={cart}" if cart else "")
+        order, cart, tenant = order_id.get(), cart_id.get(), tenant_context.serving_now()
+        record.order_id, record.cart_id, record.tenant = order, cart, tenant
+        record.ids = ((f" tenant={tenant}" if tenant else "") + (f" order={order}" if order else "")
+                      + (f" cart={cart}" if cart else ""))
         return True
 
 
@@ -94,7 +96,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        for name in ("order_id", "cart_id"):
+        for name in ("tenant", "order_id", "cart_id"):
             if (value := getattr(record, name, None)) is not None:
                 entry[name] = value
         if record.exc_info:

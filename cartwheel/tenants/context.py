@@ -28,6 +28,11 @@ def serving(tenant: str, *, background: bool = False) -> Iterator[None]:
         _current.reset(token)
 
 
+def serving_now() -> str | None:
+    """The tenant set by :func:`serving` or :func:`enter`, None outside any (log lines name it when set)."""
+    return _current.get()
+
+
 def in_background() -> bool:
     return _background.get()
 
