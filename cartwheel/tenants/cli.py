@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import shutil
 import sys
 from pathlib import Path
 
+import nats.errors
 from sqlalchemy.engine import make_url
 
 from cartwheel.settings import DATABASES, Settings
 from cartwheel.tenants import migrate
+from cartwheel.tenants.erase import erase_messages
 from cartwheel.tenants.mirror import sync_now
 from cartwheel.tenants.names import BadName
 from cartwheel.tenants.registry import HostTaken, NoSuchTenant, Registry, TenantExists
@@ -148,9 +151,17 @@ def _delete(args: argparse.Namespace, settings: Settings, registry: Registry) ->
         drop_database(settings.database_url(service, tenant.name))
     folder = settings.var_dir / "tenants" / tenant.name
     shutil.rmtree(folder, ignore_errors=True)
+    print(f"tenant {tenant.name}: its databases and files are deleted; erasing its messages from NATS…")
+    try:
+        erased = asyncio.run(erase_messages(settings, tenant.name))
+    except (OSError, TimeoutError, nats.errors.Error) as exc:
+        print(f"tenants delete: NATS could not be reached ({type(exc).__name__}: {exc}); {tenant.name} stays "
+              "registered (disabled) until its messages are erased: run the same command again", file=sys.stderr)
+        return 1
     registry.forget(tenant.name)
     _tell_the_shop(settings, registry)
-    print(f"tenant {tenant.name} deleted: its databases, its files and its registry entry")
+    print(f"tenant {tenant.name} deleted: its databases, its files, {sum(erased.values())} messages "
+          f"({', '.join(f'{n} in {s}' for s, n in erased.items()) or 'no stream'}) and its registry entry")
     return 0
 
 

@@ -105,5 +105,6 @@ def test_one_checkout_is_one_trace_through_every_service(traced: tuple[System, P
     assert {(a["method"], a["route"], a["status"]) for a in access} >= {
         ("POST", "/api/checkout", 201), ("POST", "/api/orders/<order_id>/pay", 200)}
     assert all("authorization" not in json.dumps(a).lower() and "cookie" not in json.dumps(a).lower() for a in access)
-    logged = {m.group(1) for m in re.finditer(rf" (\w+) \[[^\]]* trace={trace_id}(?: tenant=\S+)? order={order_id}[\] ]", log)}
+    line = rf" (\w+) \[[^\]]* trace={trace_id}(?: tenant=\S+)? order={order_id}[\] ]"
+    logged = {m.group(1) for m in re.finditer(line, log)}
     assert {"orders", "cart"} <= logged, f"services logging trace {trace_id} with order {order_id}: {logged}"

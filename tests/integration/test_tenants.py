@@ -4,6 +4,7 @@ mirror in NATS, against real SQLite files, a real PostgreSQL server and a real n
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 import subprocess
@@ -34,7 +35,7 @@ def cartwheel(var_dir: Path, *argv: str, **env: str) -> subprocess.CompletedProc
                           capture_output=True, timeout=300)
 
 
-def test_a_tenant_is_created_listed_disabled_and_deleted_with_every_byte(tmp_path: Path) -> None:
+def test_a_tenant_is_created_listed_disabled_and_deleted_with_every_byte(tmp_path: Path, nats_url: str) -> None:
     made = cartwheel(tmp_path, "tenants", "create", "acme", "--host", "Shop.Acme.test", "--set", "currency=usd")
     assert made.returncode == 0, made.stderr
     assert "tenant acme registered, serving shop.acme.test" in made.stdout
@@ -51,12 +52,50 @@ def test_a_tenant_is_created_listed_disabled_and_deleted_with_every_byte(tmp_pat
     assert "acme  disabled" in cartwheel(tmp_path, "tenants", "list").stdout
     refused = cartwheel(tmp_path, "tenants", "delete", "acme")
     assert refused.returncode == 2 and "--yes" in refused.stderr and folder.exists()
-    deleted = cartwheel(tmp_path, "tenants", "delete", "acme", "--yes")
-    assert deleted.returncode == 0, deleted.stderr
+    no_nats = cartwheel(tmp_path, "tenants", "delete", "acme", "--yes")  # its messages can't be erased yet
+    assert no_nats.returncode == 1 and "run the same command again" in no_nats.stderr
+    assert "acme  disabled" in cartwheel(tmp_path, "tenants", "list").stdout  # kept until they are
+    marker = uuid.uuid4().hex
+    events = [json.dumps({"tenant": tenant, "marker": marker, "n": n}).replace(" ", "")
+              for n, tenant in enumerate(["acme", "other", "acme", "acme", "other"])]
+    asyncio.run(publish_events(nats_url, tmp_path, events))
+    deleted = cartwheel(tmp_path, "tenants", "delete", "acme", "--yes", CARTWHEEL_NATS_URL=nats_url)
+    assert deleted.returncode == 0, deleted.stdout + deleted.stderr
     assert not folder.exists()
     assert "0 tenants registered" in cartwheel(tmp_path, "tenants", "list").stdout
+    left = asyncio.run(events_marked(nats_url, marker))
+    assert [json.loads(e)["tenant"] for e in left] == ["other", "other"]
     unknown = cartwheel(tmp_path, "tenants", "delete", "acme", "--yes")
     assert unknown.returncode == 2 and "no tenant 'acme'" in unknown.stderr
+
+
+async def publish_events(nats_url: str, var_dir: Path, payloads: list[str]) -> None:
+    nc = await nats.connect(nats_url)
+    try:
+        await declare_topology(nc.jetstream(), Settings(var_dir=var_dir), update=False)
+        for payload in payloads:
+            await nc.jetstream().publish("events.orders.created", payload.encode())
+    finally:
+        await nc.close()
+
+
+async def events_marked(nats_url: str, marker: str) -> list[str]:
+    from nats.js.api import ConsumerConfig, DeliverPolicy
+
+    nc = await nats.connect(nats_url)
+    found = []
+    try:
+        sub = await nc.jetstream().subscribe("events.orders.created", ordered_consumer=True,
+                                             config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL))
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=1)
+            except nats.errors.TimeoutError:
+                return found
+            if marker in msg.data.decode(errors="replace"):
+                found.append(msg.data.decode())
+    finally:
+        await nc.close()
 
 
 def test_a_failing_tenant_is_named_never_blocks_the_others_and_the_rerun_resumes(tmp_path: Path) -> None:
@@ -118,12 +157,12 @@ def test_a_tenants_export_holds_its_databases_as_they_are(tmp_path: Path) -> Non
 
 
 def test_tenants_on_postgresql_have_databases_of_their_own_and_delete_drops_them(
-    tmp_path: Path, postgres_admin_url: str,
+    tmp_path: Path, postgres_admin_url: str, nats_url: str,
 ) -> None:
     prefix = f"cw{uuid.uuid4().hex[:8]}"
     template = make_url(postgres_admin_url).set(database=f"{prefix}_{{service}}__{{tenant}}")
     rendered = template.render_as_string(hide_password=False).replace("%7B", "{").replace("%7D", "}")
-    env = {"CARTWHEEL_TENANT_DATABASE_URL": rendered}
+    env = {"CARTWHEEL_TENANT_DATABASE_URL": rendered, "CARTWHEEL_NATS_URL": nats_url}
     admin = make_url(postgres_admin_url).set(drivername="postgresql").render_as_string(hide_password=False)
 
     def databases() -> list[str]:
