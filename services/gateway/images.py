@@ -24,6 +24,7 @@ from cartwheel.errors import NotFound, ServiceUnavailable
 from services.gateway.api import Header
 from services.gateway.auth import is_admin
 from services.gateway.context import gateway
+from services.gateway.context import tenant as current_tenant
 from services.gateway.errors import ApiError
 from services.gateway.products import ask_catalog, find_product, routes
 from services.gateway.schemas import ProductOut
@@ -108,8 +109,9 @@ def upload_image(id: str) -> ProductOut:
     content_type = image_type(data)
     etag = hashlib.sha256(data).hexdigest()
     ctx = gateway()
-    _objects().object_put(subjects.PRODUCT_IMAGES_BUCKET, subjects.product_image_object(product.id, etag), data)
-    message = SetProductImage(tenant=ctx.settings.tenant, product_id=product.id, etag=etag, content_type=content_type)
+    name = subjects.product_image_object(current_tenant(), product.id, etag)
+    _objects().object_put(subjects.PRODUCT_IMAGES_BUCKET, name, data)
+    message = SetProductImage(tenant=current_tenant(), product_id=product.id, etag=etag, content_type=content_type)
     updated = Product.model_validate(ctx.bus.request(message))
     if product.image_etag and product.image_etag != etag:
         _forget(product.id, product.image_etag)
@@ -159,7 +161,7 @@ def _body(limit: int) -> bytes:
 
 
 def _image_bytes(product_id: str, etag: str) -> bytes | None:
-    name = subjects.product_image_object(product_id, etag)
+    name = subjects.product_image_object(current_tenant(), product_id, etag)
     memory = _memory()
     data = memory.get(name)
     if data is None:
@@ -171,7 +173,7 @@ def _image_bytes(product_id: str, etag: str) -> bytes | None:
 
 def _forget(product_id: str, etag: str) -> None:
     """Delete the replaced image; a failure leaves an orphan object, not a wrong image."""
-    name = subjects.product_image_object(product_id, etag)
+    name = subjects.product_image_object(current_tenant(), product_id, etag)
     try:
         _objects().object_delete(subjects.PRODUCT_IMAGES_BUCKET, name)
     except ServiceUnavailable as error:
