@@ -9,13 +9,18 @@ plain page elsewhere. The ops endpoints (:data:`HOST_FREE`) answer for the insta
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
+import nats.errors
+import nats.js.errors
 from werkzeug.wrappers import Response
 
+from cartwheel import subjects
 from cartwheel.settings import Settings
 from cartwheel.tenants import context
 from cartwheel.tenants.mirror import Directory, Entry
@@ -48,11 +53,14 @@ class Hosts(Protocol):
 
 class LiveHosts:
     """The registry's mirror (:class:`Directory`), ``loaded`` from its first full copy on; after a reconnect the
-    last copy keeps answering while the watch starts over (a tenant made meanwhile waits for it)."""
+    last copy keeps answering while the watch starts over (a tenant made meanwhile waits for it). A NATS without
+    the bucket has no tenant registered: loaded (and empty) too, until the bucket comes and is watched."""
 
     def __init__(self, settings: Settings, client: Callable[[], Any]) -> None:
         self.directory = Directory(settings, client)
+        self._client = client
         self._loaded = False
+        self._looking: asyncio.Task[None] | None = None
 
     @property
     def loaded(self) -> bool:
@@ -72,9 +80,30 @@ class LiveHosts:
     def start(self) -> None:
         """On the bridge's loop."""
         self.directory.mirror.start()
+        if self._looking is None:
+            self._looking = asyncio.get_running_loop().create_task(self._look_for_bucket())
 
     async def stop(self) -> None:
+        if self._looking is not None:
+            self._looking.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._looking
+            self._looking = None
         await self.directory.mirror.stop()
+
+    async def _look_for_bucket(self) -> None:
+        while not self.loaded:
+            nc = self._client()
+            if nc is not None and nc.is_connected:
+                try:
+                    await nc.jetstream().stream_info(f"KV_{subjects.TENANTS_BUCKET}")
+                    return  # it exists: the watch loads it
+                except nats.js.errors.NotFoundError:
+                    self._loaded = True
+                    return
+                except (nats.errors.Error, TimeoutError):
+                    pass
+            await asyncio.sleep(SYNC_POLL)
 
 
 class StaticHosts:

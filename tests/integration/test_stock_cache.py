@@ -151,19 +151,19 @@ def test_an_older_stock_never_overwrites_a_newer(client: Client, settings: Setti
             return StockEntry(product_id=product_id, on_hand=version, reserved=0, available=version, version=version)
 
         one, other = StockBoard(kv), StockBoard(kv)
-        assert await one.write(at(2))
-        assert not await other.write(at(1))  # knew nothing, looked, found newer
+        assert await one.write("default", at(2))
+        assert not await other.write("default", at(1))  # knew nothing, looked, found newer
         assert (await entry(nc, product_id) or {})["version"] == 2
-        assert await other.write(at(3))
-        assert await one.write(at(4))  # its own memory is stale (revision moved): it looks again
-        assert not await one.write(at(3))
+        assert await other.write("default", at(3))
+        assert await one.write("default", at(4))  # its own memory is stale (revision moved): it looks again
+        assert not await one.write("default", at(3))
         assert (await entry(nc, product_id) or {})["version"] == 4
 
         # Many writers racing with versions in random order: the highest stays.
         versions = list(range(5, 45))
         random.shuffle(versions)
         boards = [StockBoard(kv) for _ in range(8)]
-        await asyncio.gather(*(boards[i % 8].write(at(v)) for i, v in enumerate(versions)))
+        await asyncio.gather(*(boards[i % 8].write("default", at(v)) for i, v in enumerate(versions)))
         assert (await entry(nc, product_id) or {})["version"] == 44
 
     client.run(scenario)
