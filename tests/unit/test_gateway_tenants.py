@@ -254,3 +254,10 @@ def test_an_image_is_stored_under_its_tenant_and_read_only_there(
     assert client.get(f"/api/products/{product['id']}/image", **at(ACME_HOST)).data == PNG
     catalog.of["beta"] = catalog.of["acme"]  # even a catalog that answered beta with acme's product
     assert client.get(f"/api/products/{product['id']}/image", **at(BETA_HOST)).status_code == 404
+
+
+def test_openapi_names_the_unknown_host_404_on_every_route_but_the_ops_ones(client: FlaskClient) -> None:
+    paths = client.get("/openapi.json", **at(ACME_HOST)).get_json()["paths"]
+    assert "unknown_host" in paths["/api/products"]["get"]["responses"]["404"]["description"]
+    assert "unknown_host" in paths["/api/cart"]["get"]["responses"]["404"]["description"]
+    assert "404" not in paths["/healthz"]["get"]["responses"]
