@@ -261,3 +261,14 @@ def test_openapi_names_the_unknown_host_404_on_every_route_but_the_ops_ones(clie
     assert "unknown_host" in paths["/api/products"]["get"]["responses"]["404"]["description"]
     assert "unknown_host" in paths["/api/cart"]["get"]["responses"]["404"]["description"]
     assert "404" not in paths["/healthz"]["get"]["responses"]
+
+
+def test_an_image_stored_before_tenants_is_still_served_for_the_own_tenant_only(
+    client: FlaskClient, bus: FakeBus, catalog: TenantCatalog
+) -> None:
+    etag = hashlib.sha256(PNG).hexdigest()
+    product = make_product(image_etag=etag, image_type="image/png")
+    catalog.of["default"] = catalog.of["acme"] = {product.id: product}
+    bus.objects[(subjects.PRODUCT_IMAGES_BUCKET, f"{product.id}/{etag}")] = PNG  # the name before tenants
+    assert client.get(f"/api/products/{product.id}/image", **at(OWN_HOST)).data == PNG
+    assert client.get(f"/api/products/{product.id}/image", **at(ACME_HOST)).status_code == 404
