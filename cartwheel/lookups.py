@@ -1,6 +1,7 @@
 """A product and its stock without a round trip: in-process copies of the catalog's and inventory's
-KV buckets, kept by watches. A key not (yet) in a copy is asked for as before. The cart prices its
-lines with them, and checkout prices its orders.
+KV buckets, kept by watches A key not (yet) in a copy is asked for as before. The cart prices its
+lines with them, and checkout prices its orders. Keys start with a tenant's name: a message's tenant
+reads only its own.
 
 A copy can trail its bucket by the time a watch takes to deliver (about a millisecond here), or
 longer when its watch was lost and not yet noticed. A stock figure that old is fine for a cart,
@@ -29,12 +30,11 @@ from cartwheel.kvmirror import KvMirror
 
 CATCH_UP = 0.1  # seconds a product read waits for the copy to receive what its bucket already has
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-_PRODUCT_KEY = subjects.catalog_cache_key("")
 
 
 def _catalog_entry(key: str, value: bytes) -> Product | str:
     """A product by its id, or a sku entry's product id."""
-    return Product.model_validate_json(value) if key.startswith(_PRODUCT_KEY) else value.decode()
+    return Product.model_validate_json(value) if subjects.is_catalog_product_key(key) else value.decode()
 
 
 def _available(key: str, value: bytes) -> int:
@@ -62,7 +62,7 @@ class Lookups:
         ``current``: as the bucket was when this call began, not as the copy last heard it.
         """
         usable = self.catalog.synced and (not current or await self.catalog.current(self._client(), CATCH_UP))
-        found = self._cached_product(id_or_sku) if usable else None
+        found = self._cached_product(cause.tenant, id_or_sku) if usable else None
         if found is not None:
             return found
         query = GetProduct(tenant=cause.tenant, id_or_sku=id_or_sku)
@@ -70,17 +70,19 @@ class Lookups:
 
     async def available(self, product_id: str, cause: Message) -> int:
         """Units of the product that can be bought, from inventory's bucket, else from inventory."""
-        found = self.stock.get(subjects.inventory_stock_key(product_id)) if self.stock.synced else None
+        found = self.stock.get(subjects.inventory_stock_key(cause.tenant, product_id)) if self.stock.synced else None
         if found is not None:
             return found
         query = GetStock(tenant=cause.tenant, product_id=product_id)
         return StockLevel.model_validate(await request(self._client(), query, self.timeout)).available
 
-    def _cached_product(self, id_or_sku: str) -> Product | None:
+    def _cached_product(self, tenant: str, id_or_sku: str) -> Product | None:
         """A sku goes through its index entry, which may be stale after a sku change: the product must carry it."""
         if UUID.match(id_or_sku):
-            found = self.catalog.get(subjects.catalog_cache_key(id_or_sku))
+            found = self.catalog.get(subjects.catalog_cache_key(tenant, id_or_sku))
             return found if isinstance(found, Product) else None
-        product_id = self.catalog.get(subjects.catalog_sku_key(id_or_sku))
-        found = self.catalog.get(subjects.catalog_cache_key(product_id)) if isinstance(product_id, str) else None
+        product_id = self.catalog.get(subjects.catalog_sku_key(tenant, id_or_sku))
+        if not isinstance(product_id, str):
+            return None
+        found = self.catalog.get(subjects.catalog_cache_key(tenant, product_id))
         return found if isinstance(found, Product) and found.sku == id_or_sku else None

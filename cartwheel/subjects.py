@@ -99,20 +99,26 @@ make and use exactly these (cartwheel/natsauth.py), so it reads no other service
 CATALOG_CACHE_BUCKET = "catalog_products"
 
 
-def catalog_cache_key(product_id: str) -> str:
-    return f"product.{product_id}"
+def catalog_cache_key(tenant: str, product_id: str) -> str:
+    """Key of one tenant's product: every key of a shared bucket starts with its tenant's name."""
+    return f"{tenant}.product.{product_id}"
 
 
-def catalog_sku_key(sku: str) -> str:
+def catalog_sku_key(tenant: str, sku: str) -> str:
     """Key of the sku → product id entry; base64url because a sku may hold dots a key can't."""
-    return "sku." + base64.urlsafe_b64encode(sku.encode()).decode().rstrip("=")
+    return f"{tenant}.sku." + base64.urlsafe_b64encode(sku.encode()).decode().rstrip("=")
+
+
+def is_catalog_product_key(key: str) -> bool:
+    """True for a product's key, False for a sku entry's (tenant names hold no dots)."""
+    return key.split(".", 2)[1:2] == ["product"]
 
 
 INVENTORY_STOCK_BUCKET = "inventory_stock"  # each product's stock level, written by inventory after a change
 
 
-def inventory_stock_key(product_id: str) -> str:
-    return f"product.{product_id}"
+def inventory_stock_key(tenant: str, product_id: str) -> str:
+    return f"{tenant}.product.{product_id}"
 
 
 TENANTS_BUCKET = "tenants"  # the tenant registry's mirror: each tenant's hosts, status and settings
@@ -126,9 +132,10 @@ def tenant_key(name: str) -> str:
 PRODUCT_IMAGES_BUCKET = "product_images"
 
 
-def product_image_object(product_id: str, etag: str) -> str:
-    """Name of one stored image: content-addressed, so a reader never gets bytes that don't match its ETag."""
-    return f"{product_id}/{etag}"
+def product_image_object(tenant: str, product_id: str, etag: str) -> str:
+    """Name of one stored image: the tenant's, content-addressed, so a reader never gets bytes that don't match
+    its ETag, nor another shop's image."""
+    return f"{tenant}/{product_id}/{etag}"
 
 
 # Lanes (see cartwheel/lanes): commands enter on <lane>.cmd.<key> and are stored per partition.

@@ -44,7 +44,7 @@ class CatalogHandlers:
 
         product = await self.db.run(work)
         self.service.notify_outbox()
-        await self._cache().replace(product, previous_sku=None)
+        await self._cache().replace(cmd.tenant, product, previous_sku=None)
         return product.model_dump(mode="json")
 
     async def update_product(self, cmd: UpdateProduct) -> dict[str, Any]:
@@ -62,12 +62,12 @@ class CatalogHandlers:
 
         before, product = await self.db.run(work)
         self.service.notify_outbox()
-        await self._cache().replace(product, previous_sku=before.sku)
+        await self._cache().replace(tenant, product, previous_sku=before.sku)
         return product.model_dump(mode="json")
 
     async def get_product(self, query: GetProduct) -> dict[str, Any]:
         product = await self.db.read(lambda s: store.get_product(s, query.id_or_sku))
-        await self._cache().fill(product)
+        await self._cache().fill(query.tenant, product)
         return product.model_dump(mode="json")
 
     async def list_products(self, query: ListProducts) -> dict[str, Any]:
@@ -76,7 +76,7 @@ class CatalogHandlers:
 
     async def repair_cache(self, event: ProductEvent) -> None:
         """Every change reaches the cache even if the write after commit was lost (a crash, a NATS blip)."""
-        await self._cache().replace(event.product)
+        await self._cache().replace(event.tenant, event.product)
 
     def _cache(self) -> ProductCache:
         assert self.cache is not None, "cache opens at service start"

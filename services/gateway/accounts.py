@@ -21,6 +21,7 @@ from services.gateway import passwords, ratelimit, store
 from services.gateway.api import Routes
 from services.gateway.cart import NO_STORE, CartOut, ask_cart
 from services.gateway.context import gateway
+from services.gateway.context import tenant as current_tenant
 from services.gateway.cookies import CART_COOKIE, cart_id_from_cookie, cleared_cookie, new_cart_id
 from services.gateway.errors import ApiError
 from services.gateway.session import SESSION_COOKIE, end_session, signed_in_user, start_session
@@ -143,7 +144,7 @@ def me() -> tuple[UserOut, dict[str, str]]:
 
 def _carry_cart(user: User) -> tuple[CartOut, list[MergeAdjustment]]:
     """The user's cart after sign-in: the anonymous cart of this browser merged into it, if there is one."""
-    tenant = gateway().settings.tenant
+    tenant = current_tenant()
     anonymous = cart_id_from_cookie()
     if anonymous is None or anonymous == user.cart_id:
         return (ask_cart(GetCart(tenant=tenant, cart_id=user.cart_id)) if user.cart_id else CartOut.empty()), []

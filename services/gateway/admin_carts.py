@@ -6,6 +6,7 @@ from cartwheel.contracts.cart import CartListQuery, CartPage, ListCarts
 from services.gateway import cursors
 from services.gateway.api import Routes
 from services.gateway.context import gateway
+from services.gateway.context import tenant as current_tenant
 
 routes = Routes(tag="admin")
 
@@ -21,6 +22,6 @@ routes = Routes(tag="admin")
 def list_carts(query: CartListQuery) -> CartPage:
     ctx = gateway()
     after = cursors.verified(query.cursor)
-    message = ListCarts(tenant=ctx.settings.tenant, status=query.status, limit=query.limit, after=after)
+    message = ListCarts(tenant=current_tenant(), status=query.status, limit=query.limit, after=after)
     page = CartPage.model_validate(ctx.bus.request(message))
     return page.model_copy(update={"next_cursor": cursors.signed(page.next_cursor)})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 from flask import Flask, Response
 
@@ -12,18 +13,23 @@ from services.gateway.bridge import NatsBridge
 from services.gateway.context import EXTENSION, Bus, Gateway, gateway
 from services.gateway.errors import API_CSP, install_error_handlers
 from services.gateway.metrics import GatewayMetrics
+from services.gateway.tenancy import Hosts, StaticHosts, router
+from services.gateway.web import is_page
 from services.gateway.web import mount as mount_pages
 
 MAX_JSON_BODY = 1024 * 1024  # routes that take larger bodies (images) raise request.max_content_length
 
 
-def create_app(settings: Settings | None = None, bridge: Bus | None = None) -> Flask:
+def create_app(settings: Settings | None = None, bridge: Bus | None = None, hosts: Hosts | None = None) -> Flask:
     """The gateway app. Without ``bridge`` it makes a :class:`NatsBridge`, started by the server's
-    ``post_worker_init`` hook (or, failing that, by the first request) — never at import."""
+    ``post_worker_init`` hook (or, failing that, by the first request) — never at import. ``hosts``: the tenant
+    directory (default: the bridge's live one; with a fake bus, the installation's own tenant alone)."""
     settings = settings or get_settings()
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_JSON_BODY
-    app.extensions[EXTENSION] = context = Gateway(settings, bridge or NatsBridge(settings))
+    bus = bridge or NatsBridge(settings)
+    hosts = hosts or getattr(bus, "hosts", None) or StaticHosts(settings)
+    app.extensions[EXTENSION] = context = Gateway(settings, bus, hosts)
     metrics = app.extensions["cartwheel.metrics"] = GatewayMetrics()
     metrics.install(app)
     access.install(app, settings.trusted_proxies)
@@ -36,6 +42,7 @@ def create_app(settings: Settings | None = None, bridge: Bus | None = None) -> F
     everything += [accounts.routes, orders.routes, orders.admin_routes, webhooks.routes]
     context.operations = api.register(app, everything)
     mount_pages(app)  # the storefront and admin pages, a client of the routes above
+    app.wsgi_app = router(app.wsgi_app, hosts, settings, is_page, _start_bridge_of(bus))  # type: ignore[method-assign]
     return app
 
 
@@ -44,6 +51,13 @@ def _start_bridge() -> None:
     if not bus.started:
         bus.start()
 
+
+def _start_bridge_of(bus: Bus) -> Callable[[], None]:
+    def start() -> None:
+        if not bus.started:
+            bus.start()
+
+    return start
 
 
 

@@ -29,6 +29,7 @@ from cartwheel.contracts.base import Message
 from cartwheel.errors import ServiceUnavailable
 from cartwheel.kvmirror import KvMirror
 from cartwheel.settings import Settings
+from services.gateway.tenancy import LiveHosts
 
 log = logging.getLogger("cartwheel.gateway.bridge")
 
@@ -62,6 +63,7 @@ class NatsBridge:
         self._buckets: dict[str, KeyValue] = {}
         self._object_stores: dict[str, ObjectStore] = {}
         self._mirrors: dict[str, KvMirror[bytes]] = {}
+        self.hosts = LiveHosts(settings, lambda: self._nc)  # the tenant directory, watched from the loop's start
         self._lock = threading.Lock()
         self._failures = 0
         self._connecting: asyncio.Task[None] | None = None
@@ -100,6 +102,7 @@ class NatsBridge:
         self._loop = loop
         self._connecting = loop.create_task(self._connect())
         self._connecting.add_done_callback(_log_failure)
+        loop.call_soon(self.hosts.start)
         loop.call_soon(ready.set)
         log.info("gateway nats bridge loop running in a %s", self.loop_kind)
         try:
@@ -366,6 +369,7 @@ class NatsBridge:
     async def _stop_mirrors(self) -> None:
         for mirror in self._mirrors.values():
             await mirror.stop()
+        await self.hosts.stop()
 
     async def key_value(self, bucket: str) -> KeyValue:
         """The bucket's handle, looked up once per worker (runs on the loop)."""

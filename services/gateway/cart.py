@@ -23,6 +23,7 @@ from cartwheel.contracts.cart import (
 from cartwheel.errors import DomainError, NotFound
 from services.gateway.api import Routes
 from services.gateway.context import gateway
+from services.gateway.context import tenant as current_tenant
 from services.gateway.cookies import cart_cookie, is_valid, new_cart_id
 from services.gateway.session import Shopper, cart_of_signed_in, current_shopper
 
@@ -54,7 +55,7 @@ def get_cart() -> Answer:
     cart_id = current_shopper().cart_id
     if cart_id is None:
         return CartOut.empty(), NO_STORE
-    return ask_cart(GetCart(tenant=gateway().settings.tenant, cart_id=cart_id)), NO_STORE
+    return ask_cart(GetCart(tenant=current_tenant(), cart_id=cart_id)), NO_STORE
 
 
 @routes.post(
@@ -78,7 +79,7 @@ def add_item(body: AddItemBody) -> Answer:
 
 
 def _add(cart_id: str, shopper: Shopper, body: AddItemBody) -> CartOut:
-    tenant = gateway().settings.tenant
+    tenant = current_tenant()
     return ask_cart(AddToCart(tenant=tenant, cart_id=cart_id, email=shopper.email, **body.model_dump()))
 
 
@@ -92,7 +93,7 @@ def _add(cart_id: str, shopper: Shopper, body: AddItemBody) -> CartOut:
 def change_quantity(product_id: str, body: QuantityBody) -> Answer:
     shopper, cart_id = _existing_cart(product_id)
     message = ChangeQuantity(
-        tenant=gateway().settings.tenant, cart_id=cart_id, product_id=product_id, quantity=body.quantity
+        tenant=current_tenant(), cart_id=cart_id, product_id=product_id, quantity=body.quantity
     )
     return ask_cart(message), _headers(shopper, cart_id)
 
@@ -106,7 +107,7 @@ def change_quantity(product_id: str, body: QuantityBody) -> Answer:
 )
 def remove_item(product_id: str) -> Answer:
     shopper, cart_id = _existing_cart(product_id)
-    message = RemoveFromCart(tenant=gateway().settings.tenant, cart_id=cart_id, product_id=product_id)
+    message = RemoveFromCart(tenant=current_tenant(), cart_id=cart_id, product_id=product_id)
     return ask_cart(message), _headers(shopper, cart_id)
 
 

@@ -1,4 +1,5 @@
-"""What views reach through the app: settings, the bus port (the NATS bridge or a fake), the route table."""
+"""What views reach through the app: settings, the bus port (the NATS bridge or a fake), the tenant directory,
+the route table, and the tenant of the request in hand."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from flask import current_app
 
 from cartwheel.contracts.base import Message
 from cartwheel.settings import Settings
+from cartwheel.tenants import context as tenant_context
 
 if TYPE_CHECKING:
     from services.gateway.api import Operation
+    from services.gateway.tenancy import Hosts
 
 EXTENSION = "cartwheel.gateway"
 
@@ -44,8 +47,15 @@ class Bus(Protocol):
 class Gateway:
     settings: Settings
     bus: Bus
+    hosts: Hosts
     operations: list[Operation] = field(default_factory=list)
 
 
 def gateway() -> Gateway:
     return current_app.extensions[EXTENSION]
+
+
+def tenant() -> str:
+    """The tenant of the request in hand, as its host named it (:mod:`services.gateway.tenancy`); the
+    installation's own outside a tenant's request (the ops endpoints). Every message the gateway sends says it."""
+    return tenant_context.current(gateway().settings.tenant)

@@ -7,6 +7,8 @@ The ``orders`` cookie lists the orders this browser placed (newest first) the sa
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import uuid
 from functools import lru_cache
 
@@ -17,7 +19,7 @@ from werkzeug.http import dump_cookie
 
 from cartwheel.contracts.cart import CartId
 from cartwheel.contracts.orders import OrderId
-from services.gateway.context import gateway
+from services.gateway.context import gateway, tenant
 
 CART_COOKIE = "cart"
 CART_SALT = "cartwheel.cart"
@@ -101,13 +103,22 @@ def cleared_cookie(name: str) -> str:
 
 
 def secret() -> str:
-    """The key every gateway cookie is signed with."""
-    key = gateway().settings.secret
+    """The key every gateway cookie (and cursor) of the request's tenant is signed with: the secret itself for the
+    installation's own tenant, a key derived from it and the tenant's name for another, so nothing one shop
+    signed verifies at another (a session or cart cookie copied to another host reads as none)."""
+    ctx = gateway()
+    key = ctx.settings.secret
     if key is None:  # get_settings() always fills it; only a hand-made Settings can lack it
         raise RuntimeError("the gateway has no cookie secret (CARTWHEEL_SECRET)")
-    return key.get_secret_value()
+    name = tenant()
+    return key.get_secret_value() if name == ctx.settings.tenant else _tenant_key(key.get_secret_value(), name)
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=1024)
+def _tenant_key(secret: str, tenant: str) -> str:
+    return hmac.new(secret.encode(), f"cartwheel.tenant:{tenant}".encode(), hashlib.sha256).hexdigest()
+
+
+@lru_cache(maxsize=256)
 def _serializer(key: str, salt: str = CART_SALT) -> URLSafeSerializer:
     return URLSafeSerializer(key, salt=salt)

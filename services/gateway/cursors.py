@@ -33,6 +33,6 @@ def verified(cursor: str | None) -> str | None:
         raise invalid_value("cursor", "not a cursor this shop handed out") from None
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=256)
 def _signer(key: str) -> Signer:
     return Signer(key, salt=CURSOR_SALT, digest_method=hashlib.sha256)

@@ -24,6 +24,7 @@ from cartwheel.errors import NotFound, ServiceUnavailable
 from services.gateway.api import Header
 from services.gateway.auth import is_admin
 from services.gateway.context import gateway
+from services.gateway.context import tenant as current_tenant
 from services.gateway.errors import ApiError
 from services.gateway.products import ask_catalog, find_product, routes
 from services.gateway.schemas import ProductOut
@@ -108,8 +109,9 @@ def upload_image(id: str) -> ProductOut:
     content_type = image_type(data)
     etag = hashlib.sha256(data).hexdigest()
     ctx = gateway()
-    _objects().object_put(subjects.PRODUCT_IMAGES_BUCKET, subjects.product_image_object(product.id, etag), data)
-    message = SetProductImage(tenant=ctx.settings.tenant, product_id=product.id, etag=etag, content_type=content_type)
+    name = subjects.product_image_object(current_tenant(), product.id, etag)
+    _objects().object_put(subjects.PRODUCT_IMAGES_BUCKET, name, data)
+    message = SetProductImage(tenant=current_tenant(), product_id=product.id, etag=etag, content_type=content_type)
     updated = Product.model_validate(ctx.bus.request(message))
     if product.image_etag and product.image_etag != etag:
         _forget(product.id, product.image_etag)
@@ -159,11 +161,14 @@ def _body(limit: int) -> bytes:
 
 
 def _image_bytes(product_id: str, etag: str) -> bytes | None:
-    name = subjects.product_image_object(product_id, etag)
+    name, *older = _names(product_id, etag)
     memory = _memory()
     data = memory.get(name)
     if data is None:
-        data = _objects().object_get(subjects.PRODUCT_IMAGES_BUCKET, name)
+        for stored in (name, *older):
+            data = _objects().object_get(subjects.PRODUCT_IMAGES_BUCKET, stored)
+            if data is not None:
+                break
         if data is not None and hashlib.sha256(data).hexdigest() == etag:
             memory.put(name, data)
     return data
@@ -171,11 +176,19 @@ def _image_bytes(product_id: str, etag: str) -> bytes | None:
 
 def _forget(product_id: str, etag: str) -> None:
     """Delete the replaced image; a failure leaves an orphan object, not a wrong image."""
-    name = subjects.product_image_object(product_id, etag)
-    try:
-        _objects().object_delete(subjects.PRODUCT_IMAGES_BUCKET, name)
-    except ServiceUnavailable as error:
-        log.warning("gateway could not delete the replaced image %s: %s", name, error)
+    for name in _names(product_id, etag):
+        try:
+            _objects().object_delete(subjects.PRODUCT_IMAGES_BUCKET, name)
+        except ServiceUnavailable as error:
+            log.warning("gateway could not delete the replaced image %s: %s", name, error)
+
+
+def _names(product_id: str, etag: str) -> list[str]:
+    """Where the image may be stored: under its tenant, and for the installation's own tenant also where images
+    were stored before there were tenants (``<product>/<sha256>``), so an upgrade loses none."""
+    tenant = current_tenant()
+    name = subjects.product_image_object(tenant, product_id, etag)
+    return [name, f"{product_id}/{etag}"] if tenant == gateway().settings.tenant else [name]
 
 
 class ImageMemory:

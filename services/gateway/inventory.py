@@ -9,6 +9,7 @@ from flask import request
 from cartwheel.contracts.inventory import GetStock, Restock, RestockBody, SetStock, SetStockBody, StockLevel
 from services.gateway.api import Header, Routes
 from services.gateway.context import gateway
+from services.gateway.context import tenant as current_tenant
 from services.gateway.errors import ApiError
 from services.gateway.products import find_product
 
@@ -34,7 +35,7 @@ _KEYS = uuid.uuid5(uuid.NAMESPACE_URL, "cartwheel:gateway:idempotency")
 def get_stock(product_id: str) -> StockLevel:
     ctx = gateway()
     product = find_product(product_id)
-    return StockLevel.model_validate(ctx.bus.request(GetStock(tenant=ctx.settings.tenant, product_id=product.id)))
+    return StockLevel.model_validate(ctx.bus.request(GetStock(tenant=current_tenant(), product_id=product.id)))
 
 
 @routes.post(
@@ -49,7 +50,7 @@ def get_stock(product_id: str) -> StockLevel:
 def restock(product_id: str, body: RestockBody) -> StockLevel:
     ctx = gateway()
     product = find_product(product_id)
-    message = Restock(id=_command_id(), tenant=ctx.settings.tenant, product_id=product.id, quantity=body.quantity)
+    message = Restock(id=_command_id(), tenant=current_tenant(), product_id=product.id, quantity=body.quantity)
     return StockLevel.model_validate(ctx.bus.request(message))
 
 
@@ -65,7 +66,7 @@ def restock(product_id: str, body: RestockBody) -> StockLevel:
 def set_stock(product_id: str, body: SetStockBody) -> StockLevel:
     ctx = gateway()
     product = find_product(product_id)
-    message = SetStock(id=_command_id(), tenant=ctx.settings.tenant, product_id=product.id, on_hand=body.on_hand)
+    message = SetStock(id=_command_id(), tenant=current_tenant(), product_id=product.id, on_hand=body.on_hand)
     return StockLevel.model_validate(ctx.bus.request(message))
 
 

@@ -11,8 +11,12 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from services.gateway.api import Header, Operation
 from services.gateway.schemas import ErrorResponse
+from services.gateway.tenancy import HOST_FREE
 
-DESCRIPTION = "The Cartwheel shop API: JSON in and out, money as integer cents, one error shape."
+DESCRIPTION = ("The Cartwheel shop API: JSON in and out, money as integer cents, one error shape. The shop is the "
+               "one the request's Host serves: another host answers 404 `unknown_host` (but /healthz, /readyz, "
+               "/metrics).")
+UNKNOWN_HOST = "Not Found; `unknown_host` when no shop is served at the request's Host."
 REF_TEMPLATE = "#/components/schemas/{model}"
 SECURITY = {"admin": [{"adminBearer": []}], "optional": [{}, {"adminBearer": []}]}
 RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
@@ -93,6 +97,9 @@ def _operation(op: Operation, refs: dict[Any, Any], schemas: dict[str, Any]) -> 
             "content": {"application/json": {"schema": error}},
             "headers": TRACED | (RETRY_AFTER if status in (429, 503) else {}),
         }
+    if op.path not in HOST_FREE:  # the tenant router's answers, before any route
+        spec["responses"].setdefault("404", {"content": {"application/json": {"schema": error}}, "headers": TRACED})
+        spec["responses"]["404"]["description"] = UNKNOWN_HOST
     return spec
 
 

@@ -37,6 +37,7 @@ from services.gateway.api import Header, Link, Routes
 from services.gateway.auth import is_admin
 from services.gateway.cart import NO_STORE
 from services.gateway.context import gateway
+from services.gateway.context import tenant as current_tenant
 from services.gateway.cookies import cart_cookie, is_valid, new_cart_id, orders_cookie, orders_from_cookie
 from services.gateway.errors import ApiError, invalid_value
 from services.gateway.inventory import IDEMPOTENCY_HEADER
@@ -97,7 +98,7 @@ def checkout(body: CheckoutBody) -> tuple[Placed, Headers]:
         if visitor != shopper.cart_id:
             headers.add("Set-Cookie", cart_cookie(visitor))  # the browser's id from now on (its cart's, later)
     message = Checkout(
-        tenant=ctx.settings.tenant,
+        tenant=current_tenant(),
         cart_id=cart_id,
         items=body.items,
         user_id=shopper.user_id,
@@ -166,7 +167,7 @@ def pay_order(order_id: str, body: PayBody) -> tuple[OrderView, dict[str, str]]:
     ctx = gateway()
     if order_id not in orders_from_cookie():
         _buyers_order(order_id, admin=False)  # a signed-in buyer's, or a 404
-    message = PayOrder(tenant=ctx.settings.tenant, order_id=order_id, payment_method=body.payment_method,
+    message = PayOrder(tenant=current_tenant(), order_id=order_id, payment_method=body.payment_method,
                        return_url=_order_page(ctx.settings.public_url).replace(ORDER_ID, order_id))
     return _ask(message, timeout=ctx.settings.request_timeout * SLOW), NO_STORE
 
@@ -196,7 +197,7 @@ def admin_cancel_order(order_id: str, query: CancelQuery) -> tuple[OrderView, di
     if not is_valid(_ORDER_ID, order_id):
         raise _unknown()
     ctx = gateway()
-    message = CancelOrder(tenant=ctx.settings.tenant, order_id=order_id, restock=query.restock)
+    message = CancelOrder(tenant=current_tenant(), order_id=order_id, restock=query.restock)
     return _ask(message, timeout=ctx.settings.request_timeout * SLOW), NO_STORE
 
 
@@ -209,7 +210,7 @@ def _buyers_order(order_id: str, *, admin: bool) -> OrderView:
     if not (admin or listed or user):
         raise _unknown()
     try:
-        order = _ask(GetOrder(tenant=gateway().settings.tenant, order_id=order_id))
+        order = _ask(GetOrder(tenant=current_tenant(), order_id=order_id))
     except DomainError as refusal:  # the bus raises every refusal as a DomainError with its code
         if refusal.code != "not_found":
             raise
@@ -222,7 +223,7 @@ def _buyers_order(order_id: str, *, admin: bool) -> OrderView:
 def _page(query: OrderListQuery, *, user_id: str | None) -> OrderPage:
     """A page of orders (one user's, or everyone's for the admin); cursors in and out are signed."""
     cursor = cursors.verified(query.cursor)
-    message = ListOrders(tenant=gateway().settings.tenant, user_id=user_id, status=query.status, limit=query.limit,
+    message = ListOrders(tenant=current_tenant(), user_id=user_id, status=query.status, limit=query.limit,
                          cursor=cursor)
     page = OrderPage.model_validate(gateway().bus.request(message))
     return page.model_copy(update={"next_cursor": cursors.signed(page.next_cursor)})

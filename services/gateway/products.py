@@ -23,6 +23,7 @@ from services.gateway import cursors, stock
 from services.gateway.api import Link, Routes
 from services.gateway.auth import is_admin
 from services.gateway.context import gateway
+from services.gateway.context import tenant as current_tenant
 from services.gateway.errors import ApiError
 from services.gateway.schemas import ProductList, ProductListQuery, ProductOut
 
@@ -47,7 +48,7 @@ def list_products(query: ProductListQuery) -> ProductList:
         raise ApiError(401, "unauthorized", "include_inactive needs the admin token")
     ctx = gateway()
     cursor = cursors.verified(query.cursor)
-    message = ListProducts(tenant=ctx.settings.tenant, **query.model_dump(exclude={"cursor"}), cursor=cursor)
+    message = ListProducts(tenant=current_tenant(), **query.model_dump(exclude={"cursor"}), cursor=cursor)
     page = ProductPage.model_validate(ctx.bus.request(message))
     products = [p for p in page.items if p.active or query.include_inactive]
     available = stock.available_of([p.id for p in products])  # one request per page
@@ -90,7 +91,7 @@ def get_product(id_or_sku: str) -> ProductOut:
 )
 def create_product(body: ProductDraft) -> tuple[ProductOut, dict[str, str]]:
     ctx = gateway()
-    data = ctx.bus.request(CreateProduct(tenant=ctx.settings.tenant, draft=body))
+    data = ctx.bus.request(CreateProduct(tenant=current_tenant(), draft=body))
     product = ProductOut.from_product(Product.model_validate(data))
     return product, {"Location": f"/api/products/{product.id}"}
 
@@ -108,7 +109,7 @@ def update_product(id: str, body: ProductPatch) -> ProductOut:
     if len(id) > MAX_IDENTIFIER:
         raise NotFound("no such product")
     ctx = gateway()
-    data = ctx.bus.request(UpdateProduct(tenant=ctx.settings.tenant, product_id=id, patch=body))
+    data = ctx.bus.request(UpdateProduct(tenant=current_tenant(), product_id=id, patch=body))
     return ProductOut.from_product(Product.model_validate(data))
 
 
@@ -127,13 +128,13 @@ def _cached(identifier: str) -> Product | None:
     """
     if UUID.match(identifier):
         return _cached_product(identifier.lower())
-    product_id = _kv_get(subjects.catalog_sku_key(identifier))
+    product_id = _kv_get(subjects.catalog_sku_key(current_tenant(), identifier))
     product = _cached_product(product_id.decode()) if product_id and UUID.match(product_id.decode()) else None
     return product if product and product.sku == identifier else None
 
 
 def _cached_product(product_id: str) -> Product | None:
-    key = subjects.catalog_cache_key(product_id)
+    key = subjects.catalog_cache_key(current_tenant(), product_id)
     raw = _kv_get(key)
     if raw is None:
         return None
@@ -155,7 +156,7 @@ def _kv_get(key: str) -> bytes | None:
 def ask_catalog(identifier: str) -> Product:
     """The product as the catalog has it now (not the cache); NotFound if none."""
     ctx = gateway()
-    data = ctx.bus.request(GetProduct(tenant=ctx.settings.tenant, id_or_sku=identifier))
+    data = ctx.bus.request(GetProduct(tenant=current_tenant(), id_or_sku=identifier))
     return Product.model_validate(data)
 
 

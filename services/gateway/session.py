@@ -90,6 +90,6 @@ def end_session() -> None:
         store.end_session(token)
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=256)
 def _serializer(key: str) -> URLSafeSerializer:
     return URLSafeSerializer(key, salt=SESSION_SALT)

@@ -39,10 +39,12 @@ from pydantic import ValidationError
 from cartwheel import subjects
 from cartwheel.contracts.cart import CartView, GetCart
 from cartwheel.errors import DomainError, ServiceUnavailable
+from cartwheel.tenants.context import serving
 from services.gateway import ratelimit, store
 from services.gateway.api import Routes
 from services.gateway.cart import CartOut
 from services.gateway.context import gateway
+from services.gateway.context import tenant as current_tenant
 from services.gateway.errors import ApiError
 from services.gateway.session import current_shopper, session_token
 
@@ -71,7 +73,8 @@ Subscribe = Callable[[str, Callable[[bytes], None]], Callable[[], None]]
 class Listener:
     """One open stream's mailbox: only the newest cart waits in it (a slow client skips carts, never queues them)."""
 
-    def __init__(self, cart_id: str, address: str = "") -> None:
+    def __init__(self, tenant: str, cart_id: str, address: str = "") -> None:
+        self.tenant = tenant
         self.cart_id = cart_id
         self.address = address  # the client's, for the per-address cap
         self.ended = False  # the client hung up, or the worker is stopping
@@ -106,58 +109,59 @@ class Listener:
 
 
 class CartFeed:
-    """One worker's subscription to ``events.cart.updated``, fanned out to the listeners of each cart."""
+    """One worker's subscription to ``events.cart.updated``, fanned out to the listeners of each cart: a cart is
+    named by its tenant and its id, so a stream at one shop never hears another shop's events."""
 
     def __init__(self, subscribe: Subscribe, *, heartbeat: float = HEARTBEAT_SECONDS) -> None:
         self.heartbeat = heartbeat
         self._subscribe = subscribe
-        self._listeners: dict[str, set[Listener]] = {}
+        self._listeners: dict[tuple[str, str], set[Listener]] = {}  # (tenant, cart id) -> its streams
         self._lock = threading.Lock()
         self._opening = threading.Lock()
         self._unsubscribe: Callable[[], None] | None = None
         self._closed = False
 
-    def listen(self, cart_id: str, address: str = "") -> Listener:
-        """A listener of ``cart_id`` for a client at ``address``; every update published after this returns
-        reaches it.
+    def listen(self, tenant: str, cart_id: str, address: str = "") -> Listener:
+        """A listener of ``tenant``'s cart ``cart_id`` for a client at ``address``; every update published after
+        this returns reaches it.
 
         Raises :class:`ServiceUnavailable` when NATS is unreachable or the worker is stopping.
         """
         self._ensure_subscribed()
-        listener = Listener(cart_id, address)
+        listener = Listener(tenant, cart_id, address)
         with self._lock:
             if self._closed:
                 raise ServiceUnavailable("cart events", "the gateway worker is stopping")
-            self._listeners.setdefault(cart_id, set()).add(listener)
+            self._listeners.setdefault((tenant, cart_id), set()).add(listener)
         OPEN_STREAMS.inc()
         return listener
 
     def release(self, listener: Listener) -> None:
         """Forget ``listener`` (safe to call twice)."""
         with self._lock:
-            listeners = self._listeners.get(listener.cart_id)
+            key = (listener.tenant, listener.cart_id)
+            listeners = self._listeners.get(key)
             if listeners is None or listener not in listeners:
                 return
             listeners.discard(listener)
             if not listeners:
-                del self._listeners[listener.cart_id]
+                del self._listeners[key]
         OPEN_STREAMS.dec()
 
-    def count(self, cart_id: str | None = None) -> int:
-        """Open listeners, of one cart or of all."""
+    def count(self, cart_id: str | None = None, tenant: str | None = None) -> int:
+        """Open listeners, of one cart (of one tenant, or of any) or of all."""
         with self._lock:
-            if cart_id is not None:
-                return len(self._listeners.get(cart_id, ()))
-            return sum(len(listeners) for listeners in self._listeners.values())
+            return sum(len(listeners) for (of, cart), listeners in self._listeners.items()
+                       if cart_id in (None, cart) and tenant in (None, of))
 
     def count_from(self, address: str) -> int:
         """Open listeners of a client address, whatever their carts."""
         with self._lock:
             return sum(listener.address == address for listeners in self._listeners.values() for listener in listeners)
 
-    def refuse_if_full(self, cart_id: str, address: str, per_cart: int, per_address: int) -> None:
+    def refuse_if_full(self, tenant: str, cart_id: str, address: str, per_cart: int, per_address: int) -> None:
         """429 when the cart, or the client's address, already has its share of open streams in this worker."""
-        if self.count(cart_id) >= per_cart:
+        if self.count(cart_id, tenant) >= per_cart:
             raise ApiError(429, "too_many_streams", "this cart has too many open event streams; close a tab",
                            {"Retry-After": str(RETRY_MS // 1000)})
         if self.count_from(address) >= per_address:
@@ -169,13 +173,14 @@ class CartFeed:
         if not self._listeners:  # nobody watches any cart: skip the decoding
             return
         try:
-            cart = json.loads(data)["cart"]
+            event = json.loads(data)
+            tenant, cart = event["tenant"], event["cart"]
             cart_id = cart["id"]
         except (ValueError, KeyError, TypeError):
-            log.warning("cart event without a cart: %.200r", data)
+            log.warning("cart event without a tenant and a cart: %.200r", data)
             return
         with self._lock:
-            targets = list(self._listeners.get(cart_id, ()))
+            targets = list(self._listeners.get((tenant, cart_id), ()))
         if not targets:
             return
         try:
@@ -249,7 +254,7 @@ def cart_events() -> Response:
     if cart_id is None:
         return _respond(_once(NO_CART_RETRY_MS, "cart", CartOut.empty().model_dump_json()))
     ctx = gateway()
-    bus, tenant = ctx.bus, ctx.settings.tenant
+    bus, tenant = ctx.bus, current_tenant()
 
     def read() -> CartView:
         try:
@@ -257,25 +262,25 @@ def cart_events() -> Response:
         except (DomainError, ValidationError) as error:  # the cart service refused or answered nonsense
             raise ServiceUnavailable("cart", str(error)[:200]) from None
 
-    allowed = _session_alive(current_app._get_current_object(), session_token(), cart_id) if shopper.signed_in \
+    allowed = _session_alive(current_app._get_current_object(), tenant, session_token(), cart_id) if shopper.signed_in \
         else _always
     try:
         feed = cart_feed(current_app)
     except ServiceUnavailable as error:
         return _respond(_unavailable(error))
     address = ratelimit.client_address()
-    feed.refuse_if_full(cart_id, address, ctx.settings.sse_max_per_cart, ctx.settings.sse_max_per_address)
-    return _respond(_updates(feed, cart_id, read, request.environ, allowed, address))
+    feed.refuse_if_full(tenant, cart_id, address, ctx.settings.sse_max_per_cart, ctx.settings.sse_max_per_address)
+    return _respond(_updates(feed, tenant, cart_id, read, request.environ, allowed, address))
 
 
-def _session_alive(app: Flask, token: str | None, cart_id: str) -> Callable[[], bool]:
+def _session_alive(app: Flask, tenant: str, token: str | None, cart_id: str) -> Callable[[], bool]:
     """Whether the stream's session still holds that cart: asked before every event and heartbeat, so a
     stream opened with a session ends when the session does (logout, expiry), like the cookie itself."""
 
     def alive() -> bool:
         if token is None:
             return False
-        with app.app_context():
+        with app.app_context(), serving(tenant):  # the stream runs after the request: its tenant goes along
             try:
                 user = store.user_of_session(token)
             except ServiceUnavailable:
@@ -291,6 +296,7 @@ def _always() -> bool:
 
 def _updates(
     feed: CartFeed,
+    tenant: str,
     cart_id: str,
     read: Callable[[], CartView],
     environ: dict[str, Any],
@@ -301,7 +307,7 @@ def _updates(
     and its ``finally`` lets go however the stream ends (closing a generator raises GeneratorExit at
     its ``yield``; gevent kills a greenlet with GreenletExit wherever it waits)."""
     try:
-        listener = feed.listen(cart_id, address)  # before reading the cart: no change can fall between the two
+        listener = feed.listen(tenant, cart_id, address)  # before reading the cart: no change can fall between the two
     except ServiceUnavailable as error:
         yield from _unavailable(error)
         return

@@ -15,6 +15,7 @@ from cartwheel import subjects
 from cartwheel.contracts.inventory import GetStock, GetStocks, StockLevel, StockLevels
 from cartwheel.errors import DomainError, ServiceUnavailable
 from services.gateway.context import gateway
+from services.gateway.context import tenant as current_tenant
 
 log = logging.getLogger("cartwheel.gateway.stock")
 
@@ -28,7 +29,7 @@ def available(product_id: str) -> int | None:
         return known
     ctx = gateway()
     try:
-        data = ctx.bus.request(GetStock(tenant=ctx.settings.tenant, product_id=product_id), _timeout())
+        data = ctx.bus.request(GetStock(tenant=current_tenant(), product_id=product_id), _timeout())
         return StockLevel.model_validate(data).available
     except (ServiceUnavailable, DomainError, ValueError) as error:
         log.info("gateway serves product %s without availability: %s", product_id, error)
@@ -51,7 +52,7 @@ def available_of(product_ids: list[str]) -> dict[str, int]:
         return found
     ctx = gateway()
     try:
-        data = ctx.bus.request(GetStocks(tenant=ctx.settings.tenant, product_ids=missing), _timeout())
+        data = ctx.bus.request(GetStocks(tenant=current_tenant(), product_ids=missing), _timeout())
         found.update({level.product_id: level.available for level in StockLevels.model_validate(data).items})
     except (ServiceUnavailable, DomainError, ValueError) as error:
         log.info("gateway serves %d products without availability: %s", len(missing), error)
@@ -61,7 +62,8 @@ def available_of(product_ids: list[str]) -> dict[str, int]:
 def _from_bucket(product_id: str) -> int | None:
     """The product's ``available`` as inventory last wrote it to the stock bucket; None if not there."""
     try:
-        raw = gateway().bus.kv_get(subjects.INVENTORY_STOCK_BUCKET, subjects.inventory_stock_key(product_id))
+        key = subjects.inventory_stock_key(current_tenant(), product_id)
+        raw = gateway().bus.kv_get(subjects.INVENTORY_STOCK_BUCKET, key)
     except ServiceUnavailable:
         return None
     if raw is None:

@@ -1,6 +1,8 @@
-"""The gateway's database (accounts, sessions, failed sign-ins) and the queries on it.
+"""The gateway's database (accounts, sessions, failed sign-ins) and the queries on it: one per tenant, the
+request's (a shopper registered at one shop is unknown at another, and so are their sessions).
 
-Each worker process opens it on first use (after gunicorn forks and gevent patches), never at import.
+Each worker process opens the installation's own on first use, another tenant's on its first request (after
+gunicorn forks and gevent patches), never at import.
 On SQLite a transaction must never wait on anything but SQL (no bus request, no password hashing):
 another greenlet of the same worker that wants the write lock would block the whole process.
 """
@@ -24,7 +26,8 @@ from sqlalchemy.orm import Session
 
 from cartwheel.db import Database
 from cartwheel.errors import ServiceUnavailable
-from services.gateway.context import gateway
+from cartwheel.tenants.databases import TenantDatabases
+from services.gateway.context import gateway, tenant
 from services.gateway.models import AdminSessionRow, SessionRow, UserRow
 
 T = TypeVar("T")
@@ -50,12 +53,17 @@ def now() -> datetime:
 
 
 def accounts_db() -> Database:
-    """This app's gateway database, opened on first use."""
+    """The gateway database of the request's tenant, opened on first use."""
+    return databases().of(tenant())
+
+
+def databases() -> TenantDatabases:
+    """This app's gateway databases, one per tenant (the own opened now, the others on their first request)."""
     extensions = current_app.extensions
     if EXTENSION not in extensions:
         with _opening:
             if EXTENSION not in extensions:
-                extensions[EXTENSION] = Database(gateway().settings.database_url("gateway"), pool_size=POOL_SIZE)
+                extensions[EXTENSION] = TenantDatabases("gateway", gateway().settings, pool_size=POOL_SIZE)
     return extensions[EXTENSION]
 
 

@@ -14,6 +14,7 @@ from cartwheel.contracts.payments import StripeWebhook, WebhookOutcome
 from services.gateway.api import Header, Routes
 from services.gateway.cart import NO_STORE
 from services.gateway.context import gateway
+from services.gateway.context import tenant as current_tenant
 from services.gateway.errors import ApiError
 
 routes = Routes(tag="webhooks")
@@ -47,6 +48,6 @@ def stripe_webhook() -> tuple[Received, dict[str, str]]:
         payload = raw.decode("utf-8")  # strict: encodes back to the very same bytes
     except UnicodeDecodeError:
         raise ApiError(400, "bad_request", "the body is not UTF-8") from None
-    message = StripeWebhook(tenant=gateway().settings.tenant, payload=payload, signature=signature)
+    message = StripeWebhook(tenant=current_tenant(), payload=payload, signature=signature)
     outcome = WebhookOutcome.model_validate(gateway().bus.request(message))
     return Received(duplicate=outcome.duplicate), NO_STORE

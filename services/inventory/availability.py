@@ -1,4 +1,5 @@
-"""Each product's stock in a NATS KV bucket, so product reads and carts needn't ask inventory.
+"""Each product's stock in a NATS KV bucket, so product reads and carts needn't ask inventory; each key starts
+with its tenant's name (one bucket serves every tenant).
 
 Written only forward: an entry carries the stock's ``version`` (one more with every change, set
 by the lane), and a write replaces an entry only with compare-and-set and only by a higher
@@ -38,14 +39,14 @@ class StockBoard:
         self._known: dict[str, tuple[int, int]] = {}  # key -> (revision, version) this process last saw
         self._filled: dict[str, float] = {}
 
-    def holds(self, product_id: str, version: int) -> bool:
+    def holds(self, tenant: str, product_id: str, version: int) -> bool:
         """True when this process wrote (or saw) the product's entry at ``version`` or newer."""
-        known = self._known.get(subjects.inventory_stock_key(product_id))
+        known = self._known.get(subjects.inventory_stock_key(tenant, product_id))
         return known is not None and known[1] >= version
 
-    async def write(self, entry: StockEntry, attempts: int = 10) -> bool:
-        """Put ``entry`` unless the bucket holds the same or a newer version; True if written."""
-        key = subjects.inventory_stock_key(entry.product_id)
+    async def write(self, tenant: str, entry: StockEntry, attempts: int = 10) -> bool:
+        """Put ``tenant``'s ``entry`` unless the bucket holds the same or a newer version; True if written."""
+        key = subjects.inventory_stock_key(tenant, entry.product_id)
         value = entry.model_dump_json().encode()
         known = self._known.get(key)
         if known is not None and known[1] >= entry.version:
@@ -67,15 +68,16 @@ class StockBoard:
             return True
         raise RuntimeError(f"no stable write of {key} after {attempts} attempts")
 
-    async def fill(self, entry: StockEntry) -> None:
+    async def fill(self, tenant: str, entry: StockEntry) -> None:
         """On a stock query: write ``entry`` if the bucket lacks it or holds older (at most once a second)."""
         now = time.monotonic()
-        if self._filled.get(entry.product_id, 0.0) > now:
+        key = subjects.inventory_stock_key(tenant, entry.product_id)
+        if self._filled.get(key, 0.0) > now:
             return
-        self._filled[entry.product_id] = now + FILL_EVERY
-        self._known.pop(subjects.inventory_stock_key(entry.product_id), None)  # the bucket may have lost it
+        self._filled[key] = now + FILL_EVERY
+        self._known.pop(key, None)  # the bucket may have lost it
         try:
-            await self.write(entry)
+            await self.write(tenant, entry)
         except Exception as error:  # best effort: the stock events write it too
             log.info("stock entry of %s not filled: %r", entry.product_id, error)
 

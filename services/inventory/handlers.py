@@ -26,6 +26,7 @@ from cartwheel.contracts.inventory import (
 from cartwheel.errors import DomainError, ServiceUnavailable
 from cartwheel.lanes.client import LaneClient
 from cartwheel.service import Service
+from cartwheel.tenants import context
 from services.inventory import store
 from services.inventory.availability import StockBoard
 from services.inventory.state import Counts
@@ -70,7 +71,7 @@ class InventoryHandlers:
         if entry is None:
             return Counts().level(query.product_id).model_dump()
         # Readers ask here when the bucket lacks the product: put it there (in the background, once a second at most).
-        self._background(self._stock_board().fill(entry))
+        self._background(self._stock_board().fill(query.tenant, entry))
         return entry.level().model_dump()
 
     async def get_stocks(self, query: GetStocks) -> dict[str, Any]:
@@ -79,20 +80,20 @@ class InventoryHandlers:
 
     async def restock(self, cmd: Restock) -> dict[str, Any]:
         reply = await self.send(cmd)
-        await self.publish_now(cmd.product_id)
+        await self.publish_now(cmd.tenant, cmd.product_id)
         return reply
 
     async def set_stock(self, cmd: SetStock) -> dict[str, Any]:
         reply = await self.send(cmd)
-        await self.publish_now(cmd.product_id)
+        await self.publish_now(cmd.tenant, cmd.product_id)
         return reply
 
-    async def publish_now(self, product_id: str) -> None:
+    async def publish_now(self, tenant: str, product_id: str) -> None:
         """An admin's change is in the stock bucket before the answer, so the next read sees it (the event is later)."""
         try:
             entries = await self.db.read(lambda s: store.stock_entries(s, [product_id]))
             if entry := entries.get(product_id):
-                await self._stock_board().write(entry)
+                await self._stock_board().write(tenant, entry)
         except Exception as error:  # the stock event writes it a moment later
             log.info("stock entry of %s not written at once: %r", product_id, error)
 
@@ -113,12 +114,12 @@ class InventoryHandlers:
         without a read. An entry that can't be written now gets the event back later rather than
         lose the change.
         """
-        if event.version is not None and self._stock_board().holds(event.product_id, event.version):
+        if event.version is not None and self._stock_board().holds(event.tenant, event.product_id, event.version):
             return
         try:
             entries = await self.db.read(lambda s: store.stock_entries(s, [event.product_id]))
             if entry := entries.get(event.product_id):
-                await self._stock_board().write(entry)
+                await self._stock_board().write(event.tenant, entry)
         except Exception as error:
             log.warning("stock entry of %s not written (%r); event %s comes back", event.product_id, error, event.id)
             raise NackMessage(delay=RETRY_AFTER_S) from None
@@ -126,13 +127,14 @@ class InventoryHandlers:
     async def repair_board(self) -> None:
         """Write every product's stock the bucket lacks; what it has is kept current by the stock events."""
         board = self._stock_board()
+        tenant = context.current(self.service.settings.tenant)  # at start: the installation's own
         present = await board.keys()
         after: str | None = None
         written = 0
         while page := await self.db.read(partial(store.stock_entries_after, after=after, limit=REPAIR_PAGE)):
             for entry in page:
-                if subjects.inventory_stock_key(entry.product_id) not in present:
-                    written += await board.write(entry)
+                if subjects.inventory_stock_key(tenant, entry.product_id) not in present:
+                    written += await board.write(tenant, entry)
             after = page[-1].product_id
         if written:
             log.info("stock bucket: %d missing entries written", written)

@@ -197,7 +197,7 @@ def test_reads_fill_the_cache_and_changes_replace_it(catalog, client) -> None:
     async def scenario(nc: nats.NATS) -> None:
         kv = await nc.jetstream().key_value(subjects.CATALOG_CACHE_BUCKET)
         made = await create(nc)
-        key = subjects.catalog_cache_key(made["id"])
+        key = subjects.catalog_cache_key("default", made["id"])
         await kv.delete(key)
         await request(nc, GetProduct(id_or_sku=made["id"]), TIMEOUT)
         assert Product.model_validate_json((await kv.get(key)).value).version == 1
@@ -217,7 +217,8 @@ def test_two_replicas_serve_one_database_and_reads_see_every_update(database_url
         for price in range(1, 21):
             await request(nc, UpdateProduct(product_id=made["id"], patch=ProductPatch(price_cents=price)), TIMEOUT)
             read = await request(nc, GetProduct(id_or_sku=made["id"]), TIMEOUT)
-            cached = Product.model_validate_json((await kv.get(subjects.catalog_cache_key(made["id"]))).value)
+            key = subjects.catalog_cache_key("default", made["id"])
+            cached = Product.model_validate_json((await kv.get(key)).value)
             assert read["price_cents"] == cached.price_cents == price
 
     client.run(scenario)
@@ -235,12 +236,12 @@ def test_the_sku_index_follows_sku_changes(catalog, client) -> None:
     async def scenario(nc: nats.NATS) -> None:
         kv = await nc.jetstream().key_value(subjects.CATALOG_CACHE_BUCKET)
         made = await create(nc)
-        assert (await kv.get(subjects.catalog_sku_key(made["sku"]))).value == made["id"].encode()
+        assert (await kv.get(subjects.catalog_sku_key("default", made["sku"]))).value == made["id"].encode()
         new_sku = random_sku()
         await request(nc, UpdateProduct(product_id=made["id"], patch=ProductPatch(sku=new_sku)), TIMEOUT)
-        assert (await kv.get(subjects.catalog_sku_key(new_sku))).value == made["id"].encode()
+        assert (await kv.get(subjects.catalog_sku_key("default", new_sku))).value == made["id"].encode()
         with pytest.raises(nats.js.errors.KeyNotFoundError):
-            await kv.get(subjects.catalog_sku_key(made["sku"]))
+            await kv.get(subjects.catalog_sku_key("default", made["sku"]))
 
     client.run(scenario)
 
@@ -258,9 +259,9 @@ def test_an_old_event_heard_late_never_brings_back_the_index_entry_of_a_changed_
         await nc.jetstream().publish(late.subject, late.model_dump_json().encode())
         await asyncio.sleep(1.0)
         with pytest.raises(nats.js.errors.KeyNotFoundError):
-            await kv.get(subjects.catalog_sku_key(made["sku"]))
-        assert Product.model_validate_json((await kv.get(subjects.catalog_cache_key(made["id"]))).value).version == \
-            changed["version"]
+            await kv.get(subjects.catalog_sku_key("default", made["sku"]))
+        key = subjects.catalog_cache_key("default", made["id"])
+        assert Product.model_validate_json((await kv.get(key)).value).version == changed["version"]
 
     client.run(scenario)
 
@@ -276,7 +277,7 @@ def test_a_change_whose_cache_write_was_lost_is_repaired_from_its_event(catalog,
             subjects.CATALOG_PRODUCT_UPDATED,
             ProductUpdated(product=newer, changed=["price_cents"]).model_dump_json().encode(),
         )
-        key = subjects.catalog_cache_key(made.id)
+        key = subjects.catalog_cache_key("default", made.id)
         for _ in range(100):
             cached = Product.model_validate_json((await kv.get(key)).value)
             if cached.version == 2:
@@ -416,7 +417,7 @@ def test_an_image_is_recorded_with_a_new_version_event_and_cache_entry(catalog, 
         updated = await request(nc, command, TIMEOUT)
         assert (updated["image_etag"], updated["image_type"], updated["version"]) == (etag, "image/webp", 2)
         assert (await request(nc, command, TIMEOUT))["version"] == 2  # the same image again changes nothing
-        cached = Product.model_validate_json((await kv.get(subjects.catalog_cache_key(made["id"]))).value)
+        cached = Product.model_validate_json((await kv.get(subjects.catalog_cache_key("default", made["id"]))).value)
         assert (cached.image_etag, cached.version) == (etag, 2)
         with pytest.raises(DomainError) as caught:
             await request(nc, SetProductImage(product_id="nope", etag=etag, content_type="image/png"), TIMEOUT)

@@ -93,7 +93,7 @@ def test_a_cached_product_is_served_from_kv_without_the_catalog(
 ) -> None:
     product = catalog.add(sku=random_sku(), name="Only in the catalog")
     cached = product.model_copy(update={"name": "From the cache"})
-    key = subjects.catalog_cache_key(product.id)
+    key = subjects.catalog_cache_key("default", product.id)
 
     async def put() -> None:
         kv = await bridge.js.key_value(subjects.CATALOG_CACHE_BUCKET)
@@ -272,7 +272,7 @@ settings = Settings(nats_url=nats_url, var_dir=var_dir, secret="s" * 32)
 bridge = NatsBridge(settings)
 bridge.start(wait=10)
 bridge.call(lambda: bus.declare_topology(bridge.js, settings), 10)
-key = subjects.catalog_cache_key("00000000-0000-4000-8000-000000000001")
+key = subjects.catalog_cache_key("default", "00000000-0000-4000-8000-000000000001")
 
 async def put(value):
     await (await bridge.key_value(subjects.CATALOG_CACHE_BUCKET)).put(key, value)

@@ -57,7 +57,7 @@ def test_an_image_is_stored_in_the_object_store_and_served_back(http: FlaskClien
     stored = http.put(f"/api/admin/products/{product['id']}/image", data=JPEG, headers=ADMIN)
     assert stored.status_code == 200, stored.get_json()
     etag = hashlib.sha256(JPEG).hexdigest()
-    name = subjects.product_image_object(product["id"], etag)
+    name = subjects.product_image_object("default", product["id"], etag)
     assert bridge.object_get(subjects.PRODUCT_IMAGES_BUCKET, name) == JPEG
     url = http.get(f"/api/products/{product['id']}").get_json()["image_url"]
     assert url == stored.get_json()["image_url"] == f"/api/products/{product['id']}/image?v={etag[:16]}"
@@ -72,7 +72,7 @@ def test_a_new_upload_replaces_the_stored_image(http: FlaskClient, bridge: NatsB
     first = http.put(f"/api/admin/products/{product['id']}/image", data=JPEG, headers=ADMIN).get_json()
     second = http.put(f"/api/admin/products/{product['id']}/image", data=PNG, headers=ADMIN).get_json()
     assert first["image_url"] != second["image_url"]
-    old = subjects.product_image_object(product["id"], hashlib.sha256(JPEG).hexdigest())
+    old = subjects.product_image_object("default", product["id"], hashlib.sha256(JPEG).hexdigest())
     assert bridge.object_get(subjects.PRODUCT_IMAGES_BUCKET, old) is None
     served = http.get(second["image_url"])
     assert (served.data, served.mimetype) == (PNG, "image/png")

@@ -68,7 +68,7 @@ async def new_product(nc: nats.NATS, stock: int) -> str:
 async def entry(nc: nats.NATS, product_id: str) -> dict[str, Any] | None:
     kv = await nc.jetstream().key_value(subjects.INVENTORY_STOCK_BUCKET)
     try:
-        found = await kv.get(subjects.inventory_stock_key(product_id))
+        found = await kv.get(subjects.inventory_stock_key("default", product_id))
     except nats.js.errors.KeyNotFoundError:
         return None
     return dict(json.loads(found.value or b"{}"))
@@ -105,7 +105,7 @@ def test_a_stock_change_reaches_the_bucket_the_gateway_and_the_cart(
     second = client.run(lambda nc: entry(nc, product_id)) or {}  # an admin's change is there before the answer
     assert second["available"] == 8 and second["version"] > first["version"]
 
-    key = subjects.inventory_stock_key(product_id)
+    key = subjects.inventory_stock_key("default", product_id)
     bridge.kv_get(subjects.INVENTORY_STOCK_BUCKET, key)  # starts the worker's copy
     mirror = bridge.mirror(subjects.INVENTORY_STOCK_BUCKET)
     assert mirror is not None
@@ -151,19 +151,19 @@ def test_an_older_stock_never_overwrites_a_newer(client: Client, settings: Setti
             return StockEntry(product_id=product_id, on_hand=version, reserved=0, available=version, version=version)
 
         one, other = StockBoard(kv), StockBoard(kv)
-        assert await one.write(at(2))
-        assert not await other.write(at(1))  # knew nothing, looked, found newer
+        assert await one.write("default", at(2))
+        assert not await other.write("default", at(1))  # knew nothing, looked, found newer
         assert (await entry(nc, product_id) or {})["version"] == 2
-        assert await other.write(at(3))
-        assert await one.write(at(4))  # its own memory is stale (revision moved): it looks again
-        assert not await one.write(at(3))
+        assert await other.write("default", at(3))
+        assert await one.write("default", at(4))  # its own memory is stale (revision moved): it looks again
+        assert not await one.write("default", at(3))
         assert (await entry(nc, product_id) or {})["version"] == 4
 
         # Many writers racing with versions in random order: the highest stays.
         versions = list(range(5, 45))
         random.shuffle(versions)
         boards = [StockBoard(kv) for _ in range(8)]
-        await asyncio.gather(*(boards[i % 8].write(at(v)) for i, v in enumerate(versions)))
+        await asyncio.gather(*(boards[i % 8].write("default", at(v)) for i, v in enumerate(versions)))
         assert (await entry(nc, product_id) or {})["version"] == 44
 
     client.run(scenario)
@@ -255,7 +255,7 @@ def test_a_stock_query_puts_a_missing_entry_back(services: Callable[..., Service
         product_id = await new_product(nc, stock=3)
         await entry_with(nc, product_id, available=3)
         kv = await nc.jetstream().key_value(subjects.INVENTORY_STOCK_BUCKET)
-        await kv.purge(subjects.inventory_stock_key(product_id))
+        await kv.purge(subjects.inventory_stock_key("default", product_id))
         assert await entry(nc, product_id) is None
         level = await request(nc, GetStock(product_id=product_id), TIMEOUT)
         assert level == {"product_id": product_id, "on_hand": 3, "reserved": 0, "available": 3}
@@ -270,7 +270,7 @@ def test_the_gateway_reads_products_and_their_changes_from_its_copy_of_the_catal
     catalog = services("catalog")
     product_id = client.run(lambda nc: new_product(nc, stock=5))
     client.run(lambda nc: request(nc, GetProduct(id_or_sku=product_id), TIMEOUT))  # a read fills the bucket
-    key = subjects.catalog_cache_key(product_id)
+    key = subjects.catalog_cache_key("default", product_id)
     bridge.kv_get(subjects.CATALOG_CACHE_BUCKET, key)  # starts the worker's copy
     _until_local(bridge)
     client.run(lambda nc: request(nc, UpdateProduct(product_id=product_id, patch=ProductPatch(price_cents=777)),
@@ -291,7 +291,7 @@ def test_a_busy_worker_never_serves_a_product_older_than_a_change_already_answer
     services("catalog")
     product_id = client.run(lambda nc: new_product(nc, stock=5))
     client.run(lambda nc: request(nc, GetProduct(id_or_sku=product_id), TIMEOUT))
-    key = subjects.catalog_cache_key(product_id)
+    key = subjects.catalog_cache_key("default", product_id)
     bridge.kv_get(subjects.CATALOG_CACHE_BUCKET, key)
     _until_local(bridge)
     loop = bridge._loop

@@ -70,7 +70,7 @@ def test_an_upload_is_stored_and_recorded_on_the_product(client: FlaskClient, bu
     resp = upload(client, product.id, PNG, **{"Content-Type": "image/jpeg"})  # the bytes decide, not the header
     assert resp.status_code == 200, resp.get_json()
     etag = hashlib.sha256(PNG).hexdigest()
-    assert bus.objects == {(subjects.PRODUCT_IMAGES_BUCKET, f"{product.id}/{etag}"): PNG}
+    assert bus.objects == {(subjects.PRODUCT_IMAGES_BUCKET, f"default/{product.id}/{etag}"): PNG}
     (recorded,) = [m for m in bus.sent if isinstance(m, SetProductImage)]
     assert (recorded.product_id, recorded.etag, recorded.content_type) == (product.id, etag, "image/png")
     assert resp.get_json()["image_url"] == f"/api/products/{product.id}/image?v={etag[:16]}"
@@ -84,7 +84,7 @@ def test_a_new_upload_replaces_the_old_image(client: FlaskClient, bus: FakeBus, 
     first = client.get(f"/api/products/{product.id}").get_json()["image_url"]
     assert upload(client, product.id, WEBP).status_code == 200
     etag = hashlib.sha256(WEBP).hexdigest()
-    assert list(bus.objects) == [(subjects.PRODUCT_IMAGES_BUCKET, f"{product.id}/{etag}")]
+    assert list(bus.objects) == [(subjects.PRODUCT_IMAGES_BUCKET, f"default/{product.id}/{etag}")]
     second = client.get(f"/api/products/{product.id}").get_json()["image_url"]
     assert second != first
     served = client.get(second)
@@ -259,7 +259,7 @@ def test_an_image_replaced_since_the_cached_read_is_served_from_the_catalogs_pro
 ) -> None:
     product = catalog.add()
     upload(client, product.id, PNG)
-    bus.kv[(subjects.CATALOG_CACHE_BUCKET, subjects.catalog_cache_key(product.id))] = (
+    bus.kv[(subjects.CATALOG_CACHE_BUCKET, subjects.catalog_cache_key("default", product.id))] = (
         catalog.products[product.id].model_dump_json().encode()
     )
     upload(client, product.id, JPEG)  # the fake catalog doesn't write the cache: the cached copy names the png

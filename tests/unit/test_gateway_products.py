@@ -125,8 +125,9 @@ def client(bus: FakeBus, tenant: str) -> FlaskClient:
     return create_app(Settings(admin_token=TOKEN, secret="s" * 32, tenant=tenant), bus).test_client()
 
 
-def cache(bus: FakeBus, product: Product) -> None:
-    bus.kv[(subjects.CATALOG_CACHE_BUCKET, subjects.catalog_cache_key(product.id))] = product.model_dump_json().encode()
+def cache(bus: FakeBus, product: Product, tenant: str) -> None:
+    key = subjects.catalog_cache_key(tenant, product.id)
+    bus.kv[(subjects.CATALOG_CACHE_BUCKET, key)] = product.model_dump_json().encode()
 
 
 def test_a_product_has_the_api_shape(client: FlaskClient, catalog: Catalog, inventory: Inventory) -> None:
@@ -138,9 +139,9 @@ def test_a_product_has_the_api_shape(client: FlaskClient, catalog: Catalog, inve
     assert body["price_cents"] == 1200 and body["sku"] == product.sku
 
 
-def test_a_cached_product_is_served_without_asking_the_catalog(client: FlaskClient, bus: FakeBus) -> None:
+def test_a_cached_product_is_served_without_asking_the_catalog(client: FlaskClient, bus: FakeBus, tenant: str) -> None:
     product = make_product(name="Cached mug")
-    cache(bus, product)
+    cache(bus, product, tenant)
     response = client.get(f"/api/products/{product.id}")
     assert response.status_code == 200
     assert response.get_json()["name"] == "Cached mug"
@@ -153,24 +154,28 @@ def test_a_cache_miss_asks_the_catalog_with_the_tenant(
     product = catalog.add()
     assert client.get(f"/api/products/{product.id}").status_code == 200
     catalog_reads = [read for read in bus.kv_reads if read[0] == subjects.CATALOG_CACHE_BUCKET]
-    assert catalog_reads == [(subjects.CATALOG_CACHE_BUCKET, subjects.catalog_cache_key(product.id))]
+    assert catalog_reads == [(subjects.CATALOG_CACHE_BUCKET, subjects.catalog_cache_key(tenant, product.id))]
     (message,) = sent(bus, GetProduct)
     assert isinstance(message, GetProduct) and message.id_or_sku == product.id and message.tenant == tenant
 
 
-def test_a_sku_is_read_through_its_index_entry(client: FlaskClient, bus: FakeBus, catalog: Catalog) -> None:
+def test_a_sku_is_read_through_its_index_entry(
+    client: FlaskClient, bus: FakeBus, catalog: Catalog, tenant: str
+) -> None:
     product = make_product()
-    cache(bus, product)
-    bus.kv[(subjects.CATALOG_CACHE_BUCKET, subjects.catalog_sku_key(product.sku))] = product.id.encode()
+    cache(bus, product, tenant)
+    bus.kv[(subjects.CATALOG_CACHE_BUCKET, subjects.catalog_sku_key(tenant, product.sku))] = product.id.encode()
     assert client.get(f"/api/products/{product.sku}").get_json()["id"] == product.id
     assert sent(bus, GetProduct) == []
 
 
-def test_a_stale_sku_entry_falls_back_to_the_catalog(client: FlaskClient, bus: FakeBus, catalog: Catalog) -> None:
+def test_a_stale_sku_entry_falls_back_to_the_catalog(
+    client: FlaskClient, bus: FakeBus, catalog: Catalog, tenant: str
+) -> None:
     renamed = make_product()  # its sku changed: the index still points the old sku at it
-    cache(bus, renamed)
+    cache(bus, renamed, tenant)
     current = catalog.add()
-    bus.kv[(subjects.CATALOG_CACHE_BUCKET, subjects.catalog_sku_key(current.sku))] = renamed.id.encode()
+    bus.kv[(subjects.CATALOG_CACHE_BUCKET, subjects.catalog_sku_key(tenant, current.sku))] = renamed.id.encode()
     assert client.get(f"/api/products/{current.sku}").get_json()["id"] == current.id
     assert len(sent(bus, GetProduct)) == 1
 
@@ -183,17 +188,19 @@ def test_a_sku_missing_from_the_cache_asks_the_catalog(client: FlaskClient, bus:
 
 def test_an_unreadable_cache_entry_falls_back_to_the_catalog(
     client: FlaskClient, bus: FakeBus, catalog: Catalog
-) -> None:
+, tenant: str) -> None:
     product = catalog.add()
-    bus.kv[(subjects.CATALOG_CACHE_BUCKET, subjects.catalog_cache_key(product.id))] = b"{not json"
+    bus.kv[(subjects.CATALOG_CACHE_BUCKET, subjects.catalog_cache_key(tenant, product.id))] = b"{not json"
     assert client.get(f"/api/products/{product.id}").status_code == 200
     assert len(sent(bus, GetProduct)) == 1
 
 
-def test_an_inactive_product_is_hidden_from_the_public(client: FlaskClient, bus: FakeBus, catalog: Catalog) -> None:
+def test_an_inactive_product_is_hidden_from_the_public(
+    client: FlaskClient, bus: FakeBus, catalog: Catalog, tenant: str
+) -> None:
     hidden = catalog.add(active=False)
     cached = make_product(active=False)
-    cache(bus, cached)
+    cache(bus, cached, tenant)
     for product in (hidden, cached):
         assert client.get(f"/api/products/{product.id}").status_code == 404
         assert client.get(f"/api/products/{product.id}", headers=ADMIN).get_json()["active"] is False
@@ -298,9 +305,9 @@ def test_a_product_read_asks_inventory_once_with_the_product_id(
     client: FlaskClient, bus: FakeBus, inventory: Inventory, tenant: str
 ) -> None:
     product = make_product()
-    cache(bus, product)
+    cache(bus, product, tenant)
     inventory.available[product.id] = 7
-    bus.kv[(subjects.CATALOG_CACHE_BUCKET, subjects.catalog_sku_key(product.sku))] = product.id.encode()
+    bus.kv[(subjects.CATALOG_CACHE_BUCKET, subjects.catalog_sku_key(tenant, product.sku))] = product.id.encode()
     assert client.get(f"/api/products/{product.sku}").get_json()["available"] == 7
     (message,) = sent(bus, GetStock)
     assert message.product_id == product.id and message.tenant == tenant

@@ -118,12 +118,13 @@ def open_stream(client: FlaskClient, cart_id: str | None = CART) -> Stream:
     return Stream(response)
 
 
-def publish(feed: sse.CartFeed, cart_id: str, quantity: int, at: datetime, version: int = 0) -> None:
+def publish(feed: sse.CartFeed, cart_id: str, quantity: int, at: datetime, version: int = 0,
+            tenant: str = "shop-1") -> None:
     items = [{"product_id": PRODUCT, "sku": "s", "name": "Mug", "quantity": quantity,
               "unit_price_cents": 1000, "line_total_cents": 1000 * quantity}]
     cart = CartView(id=cart_id, items=items, item_count=quantity, total_cents=1000 * quantity,
                     currency="EUR", status="active", updated_at=at, version=version)
-    feed.deliver(CartUpdated(cart=cart).model_dump_json().encode())
+    feed.deliver(CartUpdated(tenant=tenant, cart=cart).model_dump_json().encode())
 
 
 def test_a_stream_starts_with_the_current_cart_read_after_subscribing(
@@ -151,6 +152,19 @@ def test_a_change_reaches_the_stream_and_another_carts_change_does_not(
     assert stream.next_cart()["item_count"] == 2
     publish(feed, OTHER_CART, 7, T0 + timedelta(seconds=1))
     assert stream.next() == ": heartbeat\n\n"
+    stream.response.close()
+
+
+def test_another_tenants_change_of_a_cart_with_the_same_id_never_reaches_the_stream(
+    client: FlaskClient, feed: sse.CartFeed
+) -> None:
+    stream = open_stream(client)  # at shop-1, the app's tenant
+    stream.next_cart()
+    publish(feed, CART, 9, T0, version=5, tenant="shop-2")
+    assert stream.next() == ": heartbeat\n\n"
+    publish(feed, CART, 2, T0, version=6)
+    assert stream.next_cart()["item_count"] == 2
+    assert feed.count(CART, "shop-1") == 1 and feed.count(CART, "shop-2") == 0
     stream.response.close()
 
 
@@ -235,7 +249,7 @@ def test_a_merged_cart_is_sent_and_ends_the_stream(client: FlaskClient, feed: ss
     stream = open_stream(client)
     stream.next_cart()
     cart = CartView(id=CART, items=[], item_count=0, total_cents=0, currency=None, status="merged", updated_at=T0)
-    feed.deliver(CartUpdated(cart=cart).model_dump_json().encode())
+    feed.deliver(CartUpdated(tenant="shop-1", cart=cart).model_dump_json().encode())
     assert stream.next_cart()["status"] == "merged"
     assert stream.rest() == []  # the browser reconnects and the cookie (or session) names the cart now
     assert feed.count() == 0

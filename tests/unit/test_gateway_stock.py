@@ -41,13 +41,13 @@ def client(bus: FakeBus) -> FlaskClient:
 
 def stock_entry(bus: FakeBus, product_id: str, available: int, **extra: Any) -> None:
     value = {"product_id": product_id, "on_hand": available, "reserved": 0, "available": available, "version": 3}
-    key = (subjects.INVENTORY_STOCK_BUCKET, subjects.inventory_stock_key(product_id))
+    key = (subjects.INVENTORY_STOCK_BUCKET, subjects.inventory_stock_key("default", product_id))
     bus.kv[key] = json.dumps({**value, **extra}).encode()
 
 
 def test_a_product_read_takes_available_from_the_stock_bucket(client: FlaskClient, bus: FakeBus) -> None:
     product = make_product()
-    cache(bus, product)
+    cache(bus, product, "default")
     stock_entry(bus, product.id, 9)
     assert client.get(f"/api/products/{product.id}").get_json()["available"] == 9
     assert sent(bus, GetStock) == []
@@ -57,7 +57,7 @@ def test_a_product_the_bucket_lacks_is_asked_of_inventory(
     client: FlaskClient, bus: FakeBus, inventory: Inventory
 ) -> None:
     product = make_product()
-    cache(bus, product)
+    cache(bus, product, "default")
     inventory.available[product.id] = 4
     assert client.get(f"/api/products/{product.id}").get_json()["available"] == 4
     (message,) = sent(bus, GetStock)
@@ -66,8 +66,8 @@ def test_a_product_the_bucket_lacks_is_asked_of_inventory(
 
 def test_an_unreadable_entry_is_ignored(client: FlaskClient, bus: FakeBus, inventory: Inventory) -> None:
     product = make_product()
-    cache(bus, product)
-    bus.kv[(subjects.INVENTORY_STOCK_BUCKET, subjects.inventory_stock_key(product.id))] = b"not json"
+    cache(bus, product, "default")
+    bus.kv[(subjects.INVENTORY_STOCK_BUCKET, subjects.inventory_stock_key("default", product.id))] = b"not json"
     inventory.available[product.id] = 2
     assert client.get(f"/api/products/{product.id}").get_json()["available"] == 2
 

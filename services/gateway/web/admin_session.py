@@ -19,7 +19,8 @@ from werkzeug.http import dump_cookie
 
 from cartwheel.errors import ServiceUnavailable
 from services.gateway import store
-from services.gateway.context import gateway
+from services.gateway.auth import admin_key, is_admin_token
+from services.gateway.context import gateway, tenant
 from services.gateway.cookies import secret
 from services.gateway.web.internal import PageError
 
@@ -32,8 +33,8 @@ _CSRF = "cartwheel_admin_csrf"  # this request's answer, in flask.g: one databas
 
 
 def token_is_right(given: str) -> bool:
-    expected = _admin_token()
-    return bool(expected) and hmac.compare_digest(given.encode(), expected.encode())
+    """``given`` is the admin token of this host's tenant."""
+    return is_admin_token(given)
 
 
 def session_cookie() -> str:
@@ -107,13 +108,9 @@ def _cookie(value: str, max_age: int) -> str:
                        samesite="Lax")
 
 
-def _admin_token() -> str:
-    token = gateway().settings.admin_token
-    return token.get_secret_value() if token else ""
-
-
 def _token_fingerprint() -> str:
-    return hmac.new(secret().encode(), _admin_token().encode(), hashlib.sha256).hexdigest()[:32]
+    """Of this tenant's admin token (a changed token ends its sessions) and the tenant itself."""
+    return hmac.new(secret().encode(), f"{tenant()}:{admin_key()}".encode(), hashlib.sha256).hexdigest()[:32]
 
 
 def _serializer() -> URLSafeTimedSerializer:

@@ -14,7 +14,8 @@ from flask import current_app, request
 from werkzeug.datastructures import Headers
 from werkzeug.test import Client, EnvironBuilder
 
-from services.gateway.context import gateway
+from services.gateway.auth import AS_ADMIN
+from services.gateway.context import tenant
 
 API_WSGI = "cartwheel.api_wsgi"
 FORWARDED = ("Cookie", "X-Forwarded-For", "User-Agent")
@@ -87,9 +88,6 @@ def call(
     for name in FORWARDED:
         if name in request.headers and not (admin and name == "Cookie"):
             headers[name] = request.headers[name]
-    if admin:
-        token = gateway().settings.admin_token
-        headers["Authorization"] = f"Bearer {token.get_secret_value() if token else ''}"
     wanted = {k: v for k, v in (query or {}).items() if v not in (None, "")}
     builder = EnvironBuilder(
         path=_quoted(path),
@@ -99,7 +97,7 @@ def call(
         json=json,
         data=body,
         content_type=content_type,
-        environ_base={"REMOTE_ADDR": request.remote_addr or "127.0.0.1"},
+        environ_base={"REMOTE_ADDR": request.remote_addr or "127.0.0.1", **({AS_ADMIN: tenant()} if admin else {})},
     )
     response = Client(current_app.extensions[API_WSGI], use_cookies=False).open(builder)
     data = response.get_json(silent=True) if response.mimetype == "application/json" else None
