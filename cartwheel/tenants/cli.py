@@ -160,8 +160,9 @@ def _delete(args: argparse.Namespace, settings: Settings, registry: Registry) ->
         return 1
     registry.forget(tenant.name)
     _tell_the_shop(settings, registry)
-    print(f"tenant {tenant.name} deleted: its databases, its files, {sum(erased.values())} messages "
-          f"({', '.join(f'{n} in {s}' for s, n in erased.items()) or 'no stream'}) and its registry entry")
+    told = ", ".join(f"{n} in {where}" if n >= 0 else f"purged {where}" for where, n in erased.items())
+    print(f"tenant {tenant.name} deleted: its databases, its files, its messages and objects in NATS ({told}) "
+          "and its registry entry")
     return 0
 
 

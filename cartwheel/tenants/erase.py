@@ -1,5 +1,6 @@
 """What ``cartwheel tenants delete`` removes from NATS: the tenant's messages in the EVENTS stream and the lanes'
-command streams (erased, not just deleted: the server overwrites them), and its registry entry in the bucket.
+command streams (erased, not just deleted: the server overwrites them), its keys in the catalog and stock buckets
+(purged), and its product images.
 
 Streams are keyed by subject, not by tenant, so this reads each stream once from its start to its last message
 at the time of asking and erases each message whose body names the tenant. A long stream takes a while; progress
@@ -8,11 +9,13 @@ is printed every few seconds.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Callable
 
 import nats
+from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from cartwheel import natsauth, subjects
@@ -62,6 +65,24 @@ async def erase_messages(settings: Settings, tenant: str,
             finally:
                 await sub.unsubscribe()
             erased[stream] = count
+        for bucket in (subjects.CATALOG_CACHE_BUCKET, subjects.INVENTORY_STOCK_BUCKET):
+            with contextlib.suppress(nats.js.errors.NotFoundError):  # every key of a shared bucket: <tenant>.…
+                await js.purge_stream(f"KV_{bucket}", subject=f"$KV.{bucket}.{tenant}.>")
+                erased[f"KV {bucket}"] = -1  # purged; the server does not say how many
+        erased[f"images in {subjects.PRODUCT_IMAGES_BUCKET}"] = await _erase_images(js, tenant)
     finally:
         await nc.close()
     return erased
+
+
+async def _erase_images(js: JetStreamContext, tenant: str) -> int:
+    """The tenant's product images (objects named ``<tenant>/…``)."""
+    try:
+        store = await js.object_store(subjects.PRODUCT_IMAGES_BUCKET)
+        objects = await store.list()
+    except (nats.js.errors.NotFoundError, nats.js.errors.ObjectNotFoundError):
+        return 0
+    mine = [info.name for info in objects if info.name.startswith(f"{tenant}/") and not info.deleted]
+    for name in mine:
+        await store.delete(name)
+    return len(mine)

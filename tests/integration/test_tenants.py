@@ -65,16 +65,37 @@ def test_a_tenant_is_created_listed_disabled_and_deleted_with_every_byte(tmp_pat
     assert "0 tenants registered" in cartwheel(tmp_path, "tenants", "list").stdout
     left = asyncio.run(events_marked(nats_url, marker))
     assert [json.loads(e)["tenant"] for e in left] == ["other", "other"]
+    assert asyncio.run(cached_and_stored(nats_url, marker)) == ([f"other.product.{marker}"], [f"other/{marker}/e"])
     unknown = cartwheel(tmp_path, "tenants", "delete", "acme", "--yes")
     assert unknown.returncode == 2 and "no tenant 'acme'" in unknown.stderr
 
 
 async def publish_events(nats_url: str, var_dir: Path, payloads: list[str]) -> None:
+    """The tenants' events, and a cached product and an image of each (acme's and other's)."""
     nc = await nats.connect(nats_url)
     try:
-        await declare_topology(nc.jetstream(), Settings(var_dir=var_dir), update=False)
+        js = nc.jetstream()
+        await declare_topology(js, Settings(var_dir=var_dir), update=False)
         for payload in payloads:
-            await nc.jetstream().publish("events.orders.created", payload.encode())
+            await js.publish("events.orders.created", payload.encode())
+        marker = json.loads(payloads[0])["marker"]
+        cache = await js.key_value(subjects.CATALOG_CACHE_BUCKET)
+        images = await js.object_store(subjects.PRODUCT_IMAGES_BUCKET)
+        for tenant in ("acme", "other"):
+            await cache.put(subjects.catalog_cache_key(tenant, marker), b"{}")
+            await images.put(subjects.product_image_object(tenant, marker, "e"), b"png")
+    finally:
+        await nc.close()
+
+
+async def cached_and_stored(nats_url: str, marker: str) -> tuple[list[str], list[str]]:
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        keys = await (await js.key_value(subjects.CATALOG_CACHE_BUCKET)).keys()
+        objects = await (await js.object_store(subjects.PRODUCT_IMAGES_BUCKET)).list()
+        return (sorted(k for k in keys if marker in k),
+                sorted(o.name for o in objects if marker in o.name and not o.deleted))
     finally:
         await nc.close()
 
