@@ -42,6 +42,8 @@ class Incoming:
     """Why the lane can't read this command (not JSON, ...): it is answered so and never applied."""
     traceparent: str | None = None
     """The trace the command was sent in: the events it causes continue it."""
+    tenant: str | None = None
+    """Whose database it applies in; None: the installation's own tenant."""
 
 
 @dataclass
@@ -68,6 +70,10 @@ class PartitionBatch:
     batch: list[Incoming]
     cached: Mapping[str, BaseModel] = field(default_factory=dict)
     """States as this owner last committed them (never read again from the database)."""
+    through: int = 0
+    """The cursor moves at least this far: past commands of other tenants in between (maybe with ``batch`` empty)."""
+    tenant: str | None = None
+    """Another tenant's batch: the events its commands cause are that tenant's."""
 
 
 _cursors = LaneCursor.__table__
@@ -167,7 +173,8 @@ def apply_group(session: Session, spec: LaneSpec[Any], batches: list[PartitionBa
     live: list[tuple[PartitionBatch, BatchResult]] = []
     seen: set[int] = set()
     for b, result in zip(batches, results, strict=True):
-        if b.batch and current.get(b.partition, 0) == b.expected and b.partition not in seen:
+        wanted = b.batch or b.through > b.expected
+        if wanted and current.get(b.partition, 0) == b.expected and b.partition not in seen:
             live.append((b, result))
         seen.add(b.partition)  # a partition twice (never by design): the first batch only
     if not live:
@@ -187,7 +194,7 @@ def apply_group(session: Session, spec: LaneSpec[Any], batches: list[PartitionBa
         keys = {i.command.key for i in b.batch if i.malformed is None}
         known = {k: b.cached[k] for k in keys & b.cached.keys()}
         unreadable = _parse_states(spec, {k: stored[k] for k in keys & stored.keys()}, known)
-        writes = _Writes(spec, b.partition, known, due)  # its ``existing``: before the handlers add new keys
+        writes = _Writes(spec, b.partition, known, due, b.tenant)  # its ``existing``: before handlers add keys
         for item in b.batch:
             command = item.command
             reply = recorded.get(command.id)
@@ -225,7 +232,7 @@ def apply_group(session: Session, spec: LaneSpec[Any], batches: list[PartitionBa
             if item.reply_to:
                 result.replies.append((item.reply_to, reply.encode()))
         result.applied = True
-        result.last_sequence = b.batch[-1].command.sequence
+        result.last_sequence = max(b.batch[-1].command.sequence if b.batch else 0, b.through)
         group.append((b, result, writes))
 
     _flush(session, conn, lane, group, now)
@@ -290,8 +297,9 @@ class _Writes:
     """A batch's changes, gathered in memory in command order and written at the end."""
 
     def __init__(self, spec: LaneSpec[Any], partition: int, states: dict[str, BaseModel],
-                 due: dict[str, datetime]) -> None:
+                 due: dict[str, datetime], tenant: str | None = None) -> None:
         self.spec = spec
+        self.tenant = tenant
         self.partition = partition
         self.states = states
         self.due = due
@@ -336,6 +344,9 @@ class _Writes:
             self.dirty.add(command.key)
             self.deleted.discard(command.key)
         if outcome.events:
+            if self.tenant is not None:  # a tenant's command causes that tenant's events, whatever the handler said
+                outcome.events = [e if e.tenant == self.tenant else e.model_copy(update={"tenant": self.tenant})
+                                  for e in outcome.events]
             self.events.extend(outcome.events)
             self.traces.extend([traceparent] * len(outcome.events))
         self.cancel(outcome.cancel_alarms)
