@@ -20,7 +20,7 @@ from nats.aio.subscription import Subscription
 from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig, SubjectTransform
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import BaseModel
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError, StatementError
 from sqlalchemy.orm import Session
 
 from cartwheel import subjects, tracing
@@ -30,7 +30,14 @@ from cartwheel.db import Database
 from cartwheel.lanes import store
 from cartwheel.lanes.ownership import Ownership
 from cartwheel.lanes.store import Incoming
-from cartwheel.lanes.tenancy import KILL_BETWEEN_TENANTS, fault, split_by_tenant, tenant_of, unknown_tenant_reply
+from cartwheel.lanes.tenancy import (
+    KILL_BETWEEN_TENANTS,
+    fault,
+    missing_database,
+    split_by_tenant,
+    tenant_of,
+    unknown_tenant_reply,
+)
 from cartwheel.lanes.types import (
     ALARM,
     COMMAND_ID_MAX,
@@ -351,12 +358,11 @@ class PartitionWorker:
         for tenant, items in parts.items():
             assert tenant is not None
             try:
-                db = rt.service.db.of(tenant)
+                db = await self._tenant_database(tenant)
             except UnknownTenant:
                 refused.extend((tenant, item) for item in items)
                 continue
             await self._apply_tenant(tenant, db, items)
-            fault(KILL_BETWEEN_TENANTS)
         await self._apply_own(own, through=incoming[-1].command.sequence)
         nc = rt.service.broker.connection
         for tenant, item in refused:
@@ -367,16 +373,29 @@ class PartitionWorker:
             if item.reply_to:
                 await nc.publish(item.reply_to, unknown_tenant_reply(tenant))
 
+    async def _tenant_database(self, tenant: str) -> Database:
+        """``tenant``'s database, its cursor read the first time this worker meets it; :class:`UnknownTenant` if
+        it has none (on PostgreSQL: its database does not exist)."""
+        rt, lane = self.runtime, self.runtime.spec.name
+        db = rt.service.db.of(tenant)
+        if tenant not in self.tenant_cursors:
+            try:
+                cursor = await db.read(lambda s: store.cursor(s, lane, self.partition))
+            except OperationalError as exc:
+                if missing_database(exc):
+                    raise UnknownTenant(f"no tenant {tenant!r} (its {rt.service.name} database does not exist)") \
+                        from None
+                raise
+            if cursor > max(self.stream_end, self.received):  # the stream was made again: as for the own cursor
+                raise rt.stream_behind(self.partition, cursor, self.stream_end)
+            self.tenant_cursors[tenant] = cursor
+        return db
+
     async def _apply_tenant(self, tenant: str, db: Database, items: list[Incoming]) -> None:
         """Apply ``tenant``'s part of a batch in its database, moving its cursor; what it says is applied is
         skipped (committed before a crash or a hand-over, the low-water mark not moved past it yet)."""
-        rt, lane = self.runtime, self.runtime.spec.name
-        expected = self.tenant_cursors.get(tenant)
-        if expected is None:
-            expected = await db.read(lambda s: store.cursor(s, lane, self.partition))
-            if expected > max(self.stream_end, self.received):
-                raise rt.stream_behind(self.partition, expected, self.stream_end)
-            self.tenant_cursors[tenant] = expected
+        rt = self.runtime
+        expected = self.tenant_cursors[tenant]
         items = [i for i in items if i.command.sequence > expected]
         if not items:
             return
@@ -393,6 +412,7 @@ class PartitionWorker:
             if not result.applied:
                 raise CursorMoved(f"tenant {tenant}'s cursor moved to {result.last_sequence} elsewhere")
             self.tenant_cursors[tenant] = result.last_sequence
+            fault(KILL_BETWEEN_TENANTS)  # tests only: committed here, not answered, not in the low-water mark
             self._remember_tenant(tenant, result.states, result.deleted)
             await self._answer(result, len(items), started)
 
@@ -830,10 +850,12 @@ class LaneRuntime:
             return
         try:
             db = self.service.db.of(tenant if isinstance(tenant, str) else self.own_tenant)
-        except UnknownTenant:  # every command of it was answered so
+            reply = await db.read(lambda s: store.recorded_reply(s, self.spec.name, command_id))
+        except (UnknownTenant, OperationalError) as exc:
+            if isinstance(exc, OperationalError) and not missing_database(exc):
+                raise
             await msg.respond(b'{"found": true, "reply": ' + unknown_tenant_reply(str(tenant)) + b"}")
-            return
-        reply = await db.read(lambda s: store.recorded_reply(s, self.spec.name, command_id))
+            return  # every command of a tenant without databases was answered so
         await msg.respond(b'{"found": true, "reply": ' + reply.encode() + b"}" if reply else
                           b'{"found": false, "reply": null}')
 

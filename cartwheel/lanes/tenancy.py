@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from collections.abc import Mapping
 from typing import Any
@@ -47,6 +48,15 @@ def unknown_tenant_reply(tenant: str) -> bytes:
     """The answer to a command for a tenant without databases here (never registered, deleted, a bad name)."""
     error = {"code": "unknown_tenant", "message": f"no tenant {tenant[:80]!r} here"}
     return json.dumps({"ok": False, "data": None, "error": error}, separators=(",", ":")).encode()
+
+
+_NO_DATABASE = re.compile(r'database "[^"]*" does not exist')
+
+
+def missing_database(error: Exception) -> bool:
+    """PostgreSQL refused the connection: the tenant's database does not exist (psycopg gives no SQLSTATE for a
+    failed connection, so the server's English message is read)."""
+    return bool(_NO_DATABASE.search(str(error)))
 
 
 def fault(point: str) -> None:

@@ -1,0 +1,166 @@
+"""Lanes with a database per tenant (issue 17): real replica processes, a real nats-server, SQLite and PostgreSQL.
+
+Commands of several tenants share a partition; each applies exactly once, in stream order, in its own tenant's
+database, and a replica SIGKILLed between two tenants' commits loses nothing and applies nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from sqlalchemy.engine import make_url
+
+from cartwheel import subjects
+from cartwheel.bus import ensure_stream
+from cartwheel.db import make_postgres_database, migrate
+from cartwheel.errors import DomainError
+from cartwheel.lanes import partition_of
+from cartwheel.lanes.client import LaneClient
+from cartwheel.lanes.runtime import stream_config
+from cartwheel.lanes.tenancy import FAULT_ENV, KILL_BETWEEN_TENANTS
+from cartwheel.settings import Settings
+from tests.integration.conftest import Client
+from tests.integration.test_lanes import Replicas, db_cursor, fresh_replicas, ledger
+from tests.lane_replica import LANE, PARTITIONS, SPEC
+
+OWN = "default"
+TENANTS = ("acme", "globex")
+
+
+class Shop:
+    """The own tenant's database (the ``database_url`` fixture's) and two more tenants' of the same kind."""
+
+    def __init__(self, database_url: str, tmp_path: Path) -> None:
+        self.own_url = database_url
+        self.env: dict[str, str] = {}
+        url = make_url(database_url)
+        if url.get_backend_name() == "postgresql":
+            template = url.set(database=f"{url.database}_{{service}}__{{tenant}}")
+            self.env["CARTWHEEL_TENANT_DATABASE_URL"] = (
+                template.render_as_string(hide_password=False).replace("%7B", "{").replace("%7D", "}"))
+        self.settings = Settings(var_dir=tmp_path, tenant_database_url=self.env.get("CARTWHEEL_TENANT_DATABASE_URL"))
+        self.urls = {OWN: database_url} | {t: self.settings.database_url("inventory", t) for t in TENANTS}
+        for tenant in TENANTS:
+            (tmp_path / "tenants" / tenant).mkdir(parents=True, exist_ok=True)
+            make_postgres_database(self.urls[tenant])
+            migrate("inventory", self.urls[tenant])
+
+    def drop(self) -> None:
+        import psycopg
+
+        for tenant in TENANTS:
+            url = make_url(self.urls[tenant])
+            if url.get_backend_name() != "postgresql":
+                continue
+            admin = url.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)')
+
+
+@pytest.fixture
+def shop(database_url: str, tmp_path: Path) -> Iterator[Shop]:
+    made = Shop(database_url, tmp_path)
+    yield made
+    made.drop()
+
+
+@pytest.fixture
+def replicas(nats_url: str, shop: Shop, tmp_path: Path) -> Iterator[Replicas]:
+    group = fresh_replicas(Replicas(nats_url, shop.own_url, tmp_path))
+    group.env.update(shop.env)
+    yield group
+    group.stop()
+
+
+def test_commands_of_three_tenants_on_one_partition_apply_once_each_in_their_own_database(
+    replicas: Replicas, shop: Shop, client: Client
+) -> None:
+    replicas.start(2)
+    per_tenant = 25
+
+    async def scenario(nc: nats.NATS) -> dict[str, list[dict[str, Any]]]:
+        lanes = await LaneClient(nc, LANE).start()
+
+        async def caller(tenant: str) -> list[dict[str, Any]]:  # the same key in every tenant: one partition
+            return [await lanes.call("hot", "append", {"n": n}, tenant=tenant, timeout=15) for n in range(per_tenant)]
+
+        replies = dict(zip((OWN, *TENANTS), await asyncio.gather(*(caller(t) for t in (OWN, *TENANTS))), strict=True))
+        with pytest.raises(DomainError) as refused:  # no databases: answered, and its partition goes on
+            await lanes.call("hot", "append", {}, tenant="nobody", timeout=10)
+        assert refused.value.code == "unknown_tenant"
+        # An older sender's command, without the header: its body names the tenant.
+        await nc.jetstream().publish(subjects.lane_command(LANE, "hot"),
+                                     json.dumps({"kind": "append", "body": {"tenant": "acme"}}).encode())
+        assert (await lanes.call("hot", "append", {}, command_id="after-all", tenant="globex"))["position"] == 26
+        # A retry's outcome query looks in its tenant's database.
+        ask = subjects.lane_outcome(LANE)
+        found = json.loads((await nc.request(ask, json.dumps({"command_id": "after-all", "tenant": "globex"})
+                                             .encode(), 5)).data)
+        assert found["found"] and found["reply"]["data"]["position"] == 26
+        elsewhere = json.loads((await nc.request(ask, json.dumps({"command_id": "after-all", "tenant": "acme"})
+                                                 .encode(), 5)).data)
+        assert elsewhere == {"found": False, "reply": None}
+        unknown = json.loads((await nc.request(ask, json.dumps({"command_id": "x", "tenant": "nobody"})
+                                               .encode(), 5)).data)
+        assert unknown["found"] and unknown["reply"]["error"]["code"] == "unknown_tenant"
+        return replies
+
+    replies = client.run(scenario)
+    for tenant, theirs in replies.items():
+        state = ledger(shop.urls[tenant], "hot")
+        expected = len(theirs) + (tenant != OWN)  # acme: the headerless one; globex: "after-all"
+        assert len(state.applied) == expected and len(set(state.applied)) == expected, tenant
+        assert state.applied == sorted(state.applied), tenant  # stream order
+        assert [r["position"] for r in theirs] == list(range(1, per_tenant + 1)), tenant  # its own state only
+        assert [r["sequence"] for r in theirs] == state.applied[:per_tenant], tenant
+    partition = partition_of("hot", PARTITIONS)
+    last = max(s for t in shop.urls for s in ledger(shop.urls[t], "hot").applied)
+    assert db_cursor(shop.own_url, partition) >= last  # the low-water mark: past every tenant's commands
+
+
+def test_a_replica_killed_between_two_tenants_commits_loses_nothing_and_applies_nothing_twice(
+    replicas: Replicas, shop: Shop, client: Client, tmp_path: Path
+) -> None:
+    """The issue's crash test: commands of three tenants wait in one partition; the first replica commits acme's
+    part of its first batch and is SIGKILLed there (before its replies, before globex's and the own tenant's
+    parts, before the low-water mark moves). A new replica re-reads from the low-water mark: acme's commands are
+    skipped by acme's cursor, the others applied; every caller gets the reply its command's effect says."""
+    per_tenant = 10
+    order = [(TENANTS[0], TENANTS[1], OWN)[n % 3] for n in range(3 * per_tenant)]  # acme first, interleaved
+
+    async def scenario(nc: nats.NATS) -> tuple[list[dict[str, Any]], dict[str, int]]:
+        await ensure_stream(nc.jetstream(), stream_config(SPEC, 1))
+        lanes = await LaneClient(nc, LANE).start()
+        calls = [asyncio.create_task(lanes.call("k", "append", {"n": n}, command_id=f"c{n}", tenant=tenant,
+                                                timeout=60))
+                 for n, tenant in enumerate(order)]
+        while (await nc.jetstream().stream_info(subjects.lane_stream(LANE))).state.last_seq < len(order):
+            await asyncio.sleep(0.05)
+        log = (tmp_path / "doomed.log").open("wb")
+        doomed = subprocess.Popen([sys.executable, "-m", "tests.lane_replica"], stdout=log, stderr=subprocess.STDOUT,
+                                  env={**replicas.env, FAULT_ENV: KILL_BETWEEN_TENANTS})
+        assert await asyncio.to_thread(doomed.wait, 30) == -9, "the replica should have killed itself"
+        partition = partition_of("k", PARTITIONS)
+        at_crash = {t: db_cursor(url, partition) for t, url in shop.urls.items()}
+        await asyncio.to_thread(replicas.start, 1)
+        return list(await asyncio.gather(*calls)), at_crash
+
+    replies, at_crash = client.run(scenario)
+    assert at_crash[OWN] == 0 and at_crash["globex"] == 0 and at_crash["acme"] >= 1, at_crash
+    assert ledger(shop.urls["acme"], "k").applied  # committed before the kill
+    for tenant in (OWN, *TENANTS):
+        theirs = [r for r, t in zip(replies, order, strict=True) if t == tenant]
+        state = ledger(shop.urls[tenant], "k")
+        assert len(state.applied) == per_tenant and len(set(state.applied)) == per_tenant, tenant  # once each
+        assert [r["sequence"] for r in theirs] == state.applied, tenant  # every reply as its effect says
+        assert [r["position"] for r in theirs] == list(range(1, per_tenant + 1)), tenant
+    assert os.environ.get(FAULT_ENV) is None
