@@ -11,7 +11,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Coroutine
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import nats.js.errors
@@ -28,6 +28,7 @@ from cartwheel.bus import ensure_stream, stream_led
 from cartwheel.contracts.base import utcnow
 from cartwheel.db import Database
 from cartwheel.lanes import store
+from cartwheel.lanes.models import LaneAlarm
 from cartwheel.lanes.ownership import Ownership
 from cartwheel.lanes.store import Incoming
 from cartwheel.lanes.tenancy import (
@@ -355,15 +356,18 @@ class PartitionWorker:
         parts = split_by_tenant(incoming)
         own = parts.pop(None, [])
         refused: list[tuple[str, Incoming]] = []
-        for tenant, items in parts.items():
-            assert tenant is not None
-            try:
-                db = await self._tenant_database(tenant)
-            except UnknownTenant:
-                refused.extend((tenant, item) for item in items)
-                continue
-            await self._apply_tenant(tenant, db, items)
-        await self._apply_own(own, through=incoming[-1].command.sequence)
+        alarms: dict[str, datetime] = {}
+        async with rt.tenant_alarms_lock(self.partition):  # the alarm loop moves these notes too
+            for tenant, items in parts.items():
+                assert tenant is not None
+                try:
+                    db = await self._tenant_database(tenant)
+                except UnknownTenant:
+                    refused.extend((tenant, item) for item in items)
+                    continue
+                if (due_from := await self._apply_tenant(tenant, db, items)) is not None:
+                    alarms[tenant] = due_from
+            await self._apply_own(own, through=incoming[-1].command.sequence, tenant_alarms=alarms)
         nc = rt.service.broker.connection
         for tenant, item in refused:
             log.error("lane %s partition %d: command %s (%s on %s, sequence %d) is for tenant %r, which has no "
@@ -391,14 +395,17 @@ class PartitionWorker:
             self.tenant_cursors[tenant] = cursor
         return db
 
-    async def _apply_tenant(self, tenant: str, db: Database, items: list[Incoming]) -> None:
+    async def _apply_tenant(self, tenant: str, db: Database, items: list[Incoming]) -> datetime | None:
         """Apply ``tenant``'s part of a batch in its database, moving its cursor; what it says is applied is
-        skipped (committed before a crash or a hand-over, the low-water mark not moved past it yet)."""
+        skipped (committed before a crash or a hand-over, the low-water mark not moved past it yet). Returns
+        from when it may have alarms due that the own database has not noted (None: no alarm set)."""
         rt = self.runtime
         expected = self.tenant_cursors[tenant]
+        # Applied before the low-water mark moved past it: whatever alarms it set were never noted. Look now.
+        skipped = utcnow() if items[0].command.sequence <= expected else None
         items = [i for i in items if i.command.sequence > expected]
         if not items:
-            return
+            return skipped
         started = time.perf_counter()
         cached = {i.command.key: self.tenant_states[(tenant, i.command.key)] for i in items
                   if (tenant, i.command.key) in self.tenant_states}
@@ -415,12 +422,17 @@ class PartitionWorker:
             fault(KILL_BETWEEN_TENANTS)  # tests only: committed here, not answered, not in the low-water mark
             self._remember_tenant(tenant, result.states, result.deleted)
             await self._answer(result, len(items), started)
+        if skipped and result.earliest_alarm:
+            return min(skipped, result.earliest_alarm)
+        return skipped or result.earliest_alarm
 
-    async def _apply_own(self, incoming: list[Incoming], through: int = 0) -> None:
+    async def _apply_own(self, incoming: list[Incoming], through: int = 0,
+                         tenant_alarms: dict[str, datetime] | None = None) -> None:
         rt = self.runtime
         started = time.perf_counter()
         cached = {i.command.key: self.states[i.command.key] for i in incoming if i.command.key in self.states}
-        batch_in_hand = store.PartitionBatch(self.partition, self.cursor, incoming, cached, through=through)
+        batch_in_hand = store.PartitionBatch(self.partition, self.cursor, incoming, cached, through=through,
+                                             tenant_alarms=tenant_alarms or {})
         if tracing.enabled and (traced := [i.traceparent for i in incoming if i.traceparent]):
             # One span a batch (not a command: 12k commands/s), the child of its first traced command's and
             # linked to the others'.
@@ -695,6 +707,7 @@ class LaneRuntime:
         self._outcomes: Subscription | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._locks: dict[int, asyncio.Lock] = {}
+        self._alarm_locks: dict[int, asyncio.Lock] = {}
         service.on_start(self.start)
         service.on_stop(self.stop)
         service.readiness.checks.append(self._problems)
@@ -751,6 +764,11 @@ class LaneRuntime:
         the stream check each start or stop one, and interleaved (a start still connecting while the lease is
         given up) they left a worker running without its lease, or two on one partition."""
         return self._locks.setdefault(partition, asyncio.Lock())
+
+    def tenant_alarms_lock(self, partition: int) -> asyncio.Lock:
+        """A partition's notes of other tenants' alarms: a batch noting one and the alarm loop moving it after a
+        look in that tenant's database, one at a time (else the loop could drop a note made meanwhile)."""
+        return self._alarm_locks.setdefault(partition, asyncio.Lock())
 
     async def _acquire(self, partition: int) -> None:
         async with self._lock(partition):
@@ -899,25 +917,55 @@ class LaneRuntime:
         if not partitions:
             return 1.0
         now = utcnow()
-        due = await self.service.db.read(lambda s: store.due_alarms(s, self.spec.name, partitions, now))
-        js = self.service.js
+        own, lane = self.service.db.own, self.spec.name
+        due = await own.read(lambda s: store.due_alarms(s, lane, partitions, now))
         clock = time.monotonic()
         for alarm in due:
-            fired_id = fired_alarm_id(alarm.alarm_id, alarm.due_at)
-            if sent.get(fired_id, 0) > clock:
-                continue  # published moments ago; it is on its way through the lane
-            body = {"alarm_id": alarm.alarm_id, "due_at": alarm.due_at.isoformat(), "body": json.loads(alarm.body)}
-            await js.publish(subjects.lane_command(self.spec.name, alarm.key),
-                             json.dumps({"kind": ALARM, "body": body}).encode(),
-                             headers={"Nats-Msg-Id": fired_id}, timeout=5)
-            sent[fired_id] = clock + 30  # republished after 30 s if still pending (ids dedupe it)
+            await self._fire(alarm, None, sent, clock)
+        for partition, tenant in await own.read(lambda s: store.tenants_with_alarms(s, lane, partitions, now)):
+            await self._fire_tenants_due(partition, tenant, now, sent, clock)
         for key in [k for k, until in sent.items() if until < clock]:
             del sent[key]
-        upcoming = await self.service.db.read(lambda s: store.next_alarm_at(s, self.spec.name, partitions))
+        upcoming = await own.read(lambda s: store.next_alarm_at(s, lane, partitions))
+        theirs = await own.read(lambda s: store.next_tenant_alarm_at(s, lane, partitions))
+        upcoming = min(upcoming, theirs) if upcoming and theirs else upcoming or theirs
         if upcoming is None:
             return 5.0
         wait = (upcoming - utcnow()).total_seconds()
         if wait <= 0:  # due, and published: on its way through the lane (or skipped as early): not every 50 ms
             wait = 1.0
         return max(0.05, min(5.0, wait))
+
+    async def _fire(self, alarm: LaneAlarm, tenant: str | None, sent: dict[str, float], clock: float) -> None:
+        """Publish ``alarm``'s firing as a command on its key, for ``tenant`` (None: the own tenant)."""
+        fired_id = fired_alarm_id(alarm.alarm_id, alarm.due_at)
+        if sent.get(f"{tenant}/{fired_id}" if tenant else fired_id, 0) > clock:
+            return  # published moments ago; it is on its way through the lane
+        body = {"alarm_id": alarm.alarm_id, "due_at": alarm.due_at.isoformat(), "body": json.loads(alarm.body)}
+        headers = {"Nats-Msg-Id": fired_id}
+        if tenant is not None:
+            headers[subjects.LANE_TENANT_HEADER] = tenant
+        await self.service.js.publish(subjects.lane_command(self.spec.name, alarm.key),
+                                      json.dumps({"kind": ALARM, "body": body}).encode(), headers=headers, timeout=5)
+        sent[f"{tenant}/{fired_id}" if tenant else fired_id] = clock + 30  # again after 30 s if pending (deduped)
+
+    async def _fire_tenants_due(self, partition: int, tenant: str, now: datetime, sent: dict[str, float],
+                                clock: float) -> None:
+        """Fire another tenant's due alarms of ``partition`` (the own database noted it has some), then note when
+        its next one is due (or that it has none left)."""
+        lane, own = self.spec.name, self.service.db.own
+        async with self.tenant_alarms_lock(partition):
+            if partition not in self.workers:
+                return
+            try:
+                db = self.service.db.of(tenant)
+                due = await db.read(lambda s: store.due_alarms(s, lane, [partition], now))
+                upcoming = await db.read(lambda s: store.next_alarm_at(s, lane, [partition]))
+            except (UnknownTenant, OperationalError) as exc:
+                if isinstance(exc, OperationalError) and not missing_database(exc):
+                    raise
+                due, upcoming = [], None  # deleted: its alarms went with its databases
+            for alarm in due:
+                await self._fire(alarm, tenant, sent, clock)
+            await own.run(lambda s: store.set_tenant_alarms(s, lane, partition, tenant, upcoming))
 

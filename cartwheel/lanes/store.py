@@ -16,7 +16,14 @@ from sqlalchemy.orm import Session
 
 from cartwheel.contracts.base import Reply, utcnow
 from cartwheel.errors import DomainError
-from cartwheel.lanes.models import LaneAlarm, LaneCommandRecord, LaneCursor, LaneDeadLetter, LaneState
+from cartwheel.lanes.models import (
+    LaneAlarm,
+    LaneCommandRecord,
+    LaneCursor,
+    LaneDeadLetter,
+    LaneState,
+    LaneTenantAlarm,
+)
 from cartwheel.lanes.types import ALARM, LaneCommand, LaneSpec, fired_alarm_id
 from cartwheel.outbox import record_events
 
@@ -74,6 +81,9 @@ class PartitionBatch:
     """The cursor moves at least this far: past commands of other tenants in between (maybe with ``batch`` empty)."""
     tenant: str | None = None
     """Another tenant's batch: the events its commands cause are that tenant's."""
+    tenant_alarms: Mapping[str, datetime] = field(default_factory=dict)
+    """The own tenant's batch: other tenants that set alarms in this partition (or may have: a part applied before
+    a crash), from when; noted in ``lane_tenant_alarms`` with the cursor."""
 
 
 _cursors = LaneCursor.__table__
@@ -250,7 +260,46 @@ def apply_group(session: Session, spec: LaneSpec[Any], batches: list[PartitionBa
         conn.execute(_INSERT_CURSORS, inserts)
     if updates:
         conn.execute(_UPDATE_CURSORS, updates)
+    for b, _, _ in group:
+        for tenant, at in b.tenant_alarms.items():
+            note_tenant_alarms(session, lane, b.partition, tenant, at)
     return results
+
+
+def note_tenant_alarms(session: Session, lane: str, partition: int, tenant: str, at: datetime) -> None:
+    """``tenant`` has alarms in ``partition`` due from ``at`` on (kept at the earliest noted)."""
+    row = session.get(LaneTenantAlarm, (lane, partition, tenant))
+    if row is None:
+        session.add(LaneTenantAlarm(lane=lane, partition=partition, tenant=tenant, next_at=at))
+    elif at < row.next_at:
+        row.next_at = at
+    session.flush()
+
+
+def set_tenant_alarms(session: Session, lane: str, partition: int, tenant: str, at: datetime | None) -> None:
+    """What ``tenant``'s database says after its due alarms were fired: its next alarm's time (None: none)."""
+    row = session.get(LaneTenantAlarm, (lane, partition, tenant))
+    if row is not None and at is None:
+        session.delete(row)
+    elif row is not None and at is not None:
+        row.next_at = at
+    elif at is not None:
+        session.add(LaneTenantAlarm(lane=lane, partition=partition, tenant=tenant, next_at=at))
+
+
+def tenants_with_alarms(session: Session, lane: str, partitions: list[int],
+                        until: datetime) -> list[tuple[int, str]]:
+    """(partition, tenant) of other tenants whose alarms in ``partitions`` may be due by ``until``."""
+    return [(p, t) for p, t in session.execute(
+        select(LaneTenantAlarm.partition, LaneTenantAlarm.tenant).where(
+            LaneTenantAlarm.lane == lane, LaneTenantAlarm.partition.in_(partitions), LaneTenantAlarm.next_at <= until)
+        .order_by(LaneTenantAlarm.next_at).limit(500))]
+
+
+def next_tenant_alarm_at(session: Session, lane: str, partitions: list[int]) -> datetime | None:
+    return session.scalar(select(LaneTenantAlarm.next_at).where(
+        LaneTenantAlarm.lane == lane, LaneTenantAlarm.partition.in_(partitions))
+        .order_by(LaneTenantAlarm.next_at).limit(1))
 
 
 def _flush(session: Session, conn: Connection, lane: str,
