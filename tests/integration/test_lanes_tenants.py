@@ -24,10 +24,12 @@ from cartwheel.bus import ensure_stream
 from cartwheel.db import make_postgres_database, migrate
 from cartwheel.errors import DomainError
 from cartwheel.lanes import partition_of
+from cartwheel.lanes.admin import rebase
 from cartwheel.lanes.client import LaneClient
 from cartwheel.lanes.runtime import stream_config
 from cartwheel.lanes.tenancy import FAULT_ENV, KILL_BETWEEN_TENANTS
 from cartwheel.settings import Settings
+from cartwheel.tenants.registry import Registry
 from tests.integration.conftest import Client
 from tests.integration.test_lanes import Replicas, db_cursor, fresh_replicas, ledger
 from tests.lane_replica import LANE, PARTITIONS, SPEC
@@ -178,3 +180,42 @@ def test_a_replica_killed_between_two_tenants_commits_loses_nothing_and_applies_
         assert [r["position"] for r in theirs] == list(range(1, per_tenant + 1)), tenant
     wait_until(lambda: ledger(shop.urls["acme"], "k").fired == ["wake"], "acme's alarm fired")
     assert ledger(shop.urls[OWN], "k").fired == [] and ledger(shop.urls["globex"], "k").fired == []
+
+
+def test_lanes_rebase_sets_back_every_tenants_cursor_of_a_stream_made_again(
+    replicas: Replicas, shop: Shop, client: Client, tmp_path: Path
+) -> None:
+    """A stream deleted and made again numbers from 1: acme's cursor, in acme's database, is past it as the own
+    one is. The partition stops loudly; `cartwheel lanes-rebase` sets both back, and acme's next command applies
+    (before: only the own database's cursors were set back, and acme's new commands were skipped)."""
+    replicas.start(1)
+
+    async def before(nc: nats.NATS) -> None:
+        lanes = await LaneClient(nc, LANE).start()
+        for _ in range(3):
+            await lanes.call("k1", "append", {}, tenant="acme", timeout=10)
+        js = nc.jetstream()
+        await js.delete_stream(subjects.lane_stream(LANE))
+        await js.add_stream(stream_config(SPEC, 1))
+
+    client.run(before)
+    partition = partition_of("k1", PARTITIONS)
+    assert db_cursor(shop.urls["acme"], partition) == db_cursor(shop.own_url, partition) == 3
+
+    async def health(nc: nats.NATS) -> dict[str, Any]:
+        return json.loads((await nc.request(subjects.health("inventory"), b"", timeout=5)).data)
+
+    wait_until(lambda: client.run(health).get("status") == "degraded", "the lane says it stopped")
+    settings = Settings(var_dir=tmp_path, nats_url=replicas.env["CARTWHEEL_NATS_URL"],
+                        inventory_database_url=shop.own_url,
+                        tenant_database_url=shop.env.get("CARTWHEEL_TENANT_DATABASE_URL"))
+    registry = Registry(settings.control_url, reserved=[OWN])
+    registry.create("acme", ["acme.test"])
+    registry.close()
+    assert rebase(settings, "inventory") == 0
+    assert db_cursor(shop.urls["acme"], partition) == db_cursor(shop.own_url, partition) == 0
+
+    async def after(nc: nats.NATS) -> dict[str, Any]:
+        return await (await LaneClient(nc, LANE).start()).call("k1", "append", {}, tenant="acme", timeout=30)
+
+    assert client.run(after)["position"] == 4  # acme's state kept; its command applied, not skipped
