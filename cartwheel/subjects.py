@@ -133,7 +133,7 @@ def product_image_object(product_id: str, etag: str) -> str:
 
 # Lanes (see cartwheel/lanes): commands enter on <lane>.cmd.<key> and are stored per partition.
 LANE_REPLY_HEADER = "Cartwheel-Reply"
-LANE_TENANT_HEADER = "Cartwheel-Tenant"  # whose database a command applies in (README, "Lanes with a database per tenant")
+LANE_TENANT_HEADER = "Cartwheel-Tenant"  # whose database a command applies in (README, "Lanes ... per tenant")
 
 
 def event_delivery(inbox: str, durable: str) -> str:
