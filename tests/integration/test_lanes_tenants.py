@@ -12,27 +12,31 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import nats
 import pytest
+from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from cartwheel import subjects
 from cartwheel.bus import ensure_stream
-from cartwheel.db import make_postgres_database, migrate
+from cartwheel.contracts.base import Message
+from cartwheel.db import Database, make_postgres_database, migrate
 from cartwheel.errors import DomainError
-from cartwheel.lanes import partition_of
+from cartwheel.lanes import LaneCommand, LaneSpec, Outcome, partition_of, store
 from cartwheel.lanes.admin import rebase
 from cartwheel.lanes.client import LaneClient
 from cartwheel.lanes.runtime import stream_config
 from cartwheel.lanes.tenancy import FAULT_ENV, KILL_BETWEEN_TENANTS
+from cartwheel.outbox import OutboxEvent
 from cartwheel.settings import Settings
 from cartwheel.tenants.registry import Registry
 from tests.integration.conftest import Client
 from tests.integration.test_lanes import Replicas, db_cursor, fresh_replicas, ledger
-from tests.lane_replica import LANE, PARTITIONS, SPEC
+from tests.lane_replica import LANE, PARTITIONS, SPEC, Ledger
 
 OWN = "default"
 TENANTS = ("acme", "globex")
@@ -219,3 +223,41 @@ def test_lanes_rebase_sets_back_every_tenants_cursor_of_a_stream_made_again(
         return await (await LaneClient(nc, LANE).start()).call("k1", "append", {}, tenant="acme", timeout=30)
 
     assert client.run(after)["position"] == 4  # acme's state kept; its command applied, not skipped
+
+
+class Noted(Message):
+    subject: ClassVar[str] = "events.ledger.noted"
+    key: str
+
+
+def test_a_tenants_part_records_that_tenants_events_and_the_own_part_moves_the_low_water_mark_and_notes(
+    database_url: str,
+) -> None:
+    """The store's side, on either database: a tenant's part writes the events its commands cause as that
+    tenant's (whatever tenant the handler put on them); an own part with no commands still moves the cursor (the
+    low-water mark) by compare-and-set and notes other tenants' alarms at their earliest."""
+    migrate("inventory", database_url)
+    spec = LaneSpec(name=LANE, state=Ledger, initial=lambda key: Ledger(),
+                    handle=lambda state, command: Outcome(reply={}, state=state, events=[Noted(key=command.key)]))
+    at = datetime(2026, 12, 7, tzinfo=UTC)
+    command = LaneCommand(id="c5", key="k", kind="append", body={}, sequence=5, issued_at=at)
+    db = Database(database_url)
+    try:
+        part = store.PartitionBatch(0, 0, [store.Incoming(command, None, tenant="acme")], tenant="acme")
+        assert db.run_sync(lambda s: store.apply_group(s, spec, [part]))[0].applied
+        assert json.loads(db.read_sync(lambda s: s.scalar(select(OutboxEvent.payload))))["tenant"] == "acme"
+
+        def own(expected: int, through: int, notes: dict[str, datetime]) -> bool:
+            batch = store.PartitionBatch(1, expected, [], through=through, tenant_alarms=notes)
+            return db.run_sync(lambda s: store.apply_group(s, spec, [batch]))[0].applied
+
+        assert own(0, 9, {"acme": at + timedelta(minutes=5)}) and db_cursor(database_url, 1) == 9
+        assert not own(0, 12, {"acme": at})  # a second owner's: fenced, nothing noted
+        assert own(9, 12, {"acme": at + timedelta(minutes=9), "globex": at})
+        notes = db.read_sync(lambda s: store.tenants_with_alarms(s, LANE, [1], at + timedelta(minutes=5)))
+        assert sorted(notes) == [(1, "acme"), (1, "globex")]  # acme's earliest kept
+        assert db.read_sync(lambda s: store.next_tenant_alarm_at(s, LANE, [1])) == at
+        db.run_sync(lambda s: store.set_tenant_alarms(s, LANE, 1, "globex", None))
+        assert db.read_sync(lambda s: store.tenants_with_alarms(s, LANE, [1], at)) == []
+    finally:
+        db.close()
