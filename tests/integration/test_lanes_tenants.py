@@ -22,8 +22,9 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from cartwheel import subjects
-from cartwheel.bus import ensure_stream
+from cartwheel.bus import ensure_stream, request
 from cartwheel.contracts.base import Message
+from cartwheel.contracts.inventory import GetStock, SetStock
 from cartwheel.db import Database, make_postgres_database, migrate
 from cartwheel.errors import DomainError
 from cartwheel.lanes import LaneCommand, LaneSpec, Outcome, partition_of, store
@@ -34,6 +35,8 @@ from cartwheel.lanes.tenancy import FAULT_ENV, KILL_BETWEEN_TENANTS
 from cartwheel.outbox import OutboxEvent
 from cartwheel.settings import Settings
 from cartwheel.tenants.registry import Registry
+from services.inventory.domain import LANE as INVENTORY
+from tests.helpers import random_sku
 from tests.integration.conftest import Client
 from tests.integration.test_lanes import Replicas, db_cursor, fresh_replicas, ledger
 from tests.lane_replica import LANE, PARTITIONS, SPEC, Ledger
@@ -261,3 +264,28 @@ def test_a_tenants_part_records_that_tenants_events_and_the_own_part_moves_the_l
         assert db.read_sync(lambda s: store.tenants_with_alarms(s, LANE, [1], at)) == []
     finally:
         db.close()
+
+
+def test_the_inventory_service_applies_a_tenants_stock_in_that_tenants_database(
+    nats_url: str, tmp_path: Path, start_service: Callable[..., Any], client: Client
+) -> None:
+    """The real service, end to end: a tenant's admin command goes into the inventory lane with its tenant, is
+    applied in that tenant's database (read back there, not in the own one) and its event says whose it is."""
+    settings = Settings(var_dir=tmp_path)
+    (tmp_path / "tenants" / "acme").mkdir(parents=True)
+    migrate("inventory", settings.database_url("inventory", "acme"))
+    fresh_replicas(Replicas(nats_url, settings.database_url("inventory"), tmp_path, lane=INVENTORY.name,
+                            partitions=INVENTORY.partitions)).monitor.close()
+    start_service("inventory")
+    sku = random_sku()
+
+    async def scenario(nc: nats.NATS) -> None:
+        events = await nc.subscribe(subjects.INVENTORY_EVENTS)
+        await request(nc, SetStock(tenant="acme", product_id=sku, on_hand=7), 10)
+        assert (await request(nc, GetStock(tenant="acme", product_id=sku), 10))["on_hand"] == 7
+        assert (await request(nc, GetStock(product_id=sku), 10))["on_hand"] == 0  # the own tenant has none
+        while (event := json.loads((await events.next_msg(timeout=10)).data))["product_id"] != sku:
+            pass
+        assert event["tenant"] == "acme"
+
+    client.run(scenario)
