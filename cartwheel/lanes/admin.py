@@ -24,8 +24,9 @@ from cartwheel.settings import Settings
 from cartwheel.tenants.registry import Registry
 
 
-def show_dead_letters(settings: Settings, service: str, replay: str | None) -> int:
-    db = Database(settings.database_url(service))
+def show_dead_letters(settings: Settings, service: str, replay: str | None, tenant: str | None = None) -> int:
+    """``tenant``: whose database to look in (a tenant's commands are set aside in its own); None: the own."""
+    db = Database(settings.database_url(service, tenant))
     try:
         if replay is None:
             letters = db.read_sync(lambda s: store.dead_letters(s, limit=1000))
@@ -44,7 +45,7 @@ def show_dead_letters(settings: Settings, service: str, replay: str | None) -> i
                   "key sets it again", file=sys.stderr)
             return 1
         command_id = f"replay-{uuid.uuid4().hex}"
-        asyncio.run(_send(settings, letter, command_id))
+        asyncio.run(_send(settings, letter, command_id, tenant))
         db.run_sync(lambda s: s.execute(delete(LaneDeadLetter).where(
             LaneDeadLetter.lane == letter.lane, LaneDeadLetter.command_id == letter.command_id)))
         print(f"sent {letter.kind} on {letter.key} again as command {command_id}")
@@ -53,13 +54,14 @@ def show_dead_letters(settings: Settings, service: str, replay: str | None) -> i
         db.close()
 
 
-async def _send(settings: Settings, letter: LaneDeadLetter, command_id: str) -> None:
+async def _send(settings: Settings, letter: LaneDeadLetter, command_id: str, tenant: str | None) -> None:
     nc = await nats.connect(settings.nats_servers, connect_timeout=5, max_reconnect_attempts=2,
                             **natsauth.connect_options(settings, natsauth.ADMIN))
     try:
         envelope = json.dumps({"kind": letter.kind, "body": json.loads(letter.body)}).encode()
-        await nc.jetstream().publish(subjects.lane_command(letter.lane, letter.key), envelope,
-                                     headers={"Nats-Msg-Id": command_id}, timeout=5)
+        headers = {"Nats-Msg-Id": command_id} | ({subjects.LANE_TENANT_HEADER: tenant} if tenant else {})
+        await nc.jetstream().publish(subjects.lane_command(letter.lane, letter.key), envelope, headers=headers,
+                                     timeout=5)
     finally:
         await nc.close()
 

@@ -28,7 +28,7 @@ from cartwheel.contracts.inventory import GetStock, SetStock
 from cartwheel.db import Database, make_postgres_database, migrate
 from cartwheel.errors import DomainError
 from cartwheel.lanes import LaneCommand, LaneSpec, Outcome, partition_of, store
-from cartwheel.lanes.admin import rebase
+from cartwheel.lanes.admin import rebase, show_dead_letters
 from cartwheel.lanes.client import LaneClient
 from cartwheel.lanes.runtime import stream_config
 from cartwheel.lanes.tenancy import FAULT_ENV, KILL_BETWEEN_TENANTS
@@ -289,3 +289,30 @@ def test_the_inventory_service_applies_a_tenants_stock_in_that_tenants_database(
         assert event["tenant"] == "acme"
 
     client.run(scenario)
+
+
+def test_a_tenants_command_its_database_refuses_is_set_aside_in_that_database_and_its_partition_goes_on(
+    replicas: Replicas, shop: Shop, client: Client, capsys: pytest.CaptureFixture[str]
+) -> None:
+    replicas.start(1)
+
+    async def scenario(nc: nats.NATS) -> None:
+        lanes = await LaneClient(nc, LANE).start()
+        together = await asyncio.gather(
+            lanes.call("k", "append", {}, tenant="acme", timeout=15),
+            lanes.call("k", "poison", {}, command_id="poison-acme", tenant="acme", timeout=15),
+            lanes.call("k", "append", {}, tenant=OWN, timeout=15),
+            lanes.call("k", "append", {}, tenant="acme", timeout=15),
+            return_exceptions=True,
+        )
+        assert isinstance(together[1], DomainError) and together[1].code == "dead_letter", together
+        assert [r["position"] for r in (together[0], together[3])] == [1, 2]  # acme's others applied
+        assert together[2]["position"] == 1  # the own tenant's, beside them
+
+    client.run(scenario)
+    settings = Settings(var_dir=replicas.var_dir, inventory_database_url=shop.own_url,
+                        tenant_database_url=shop.env.get("CARTWHEEL_TENANT_DATABASE_URL"))
+    assert show_dead_letters(settings, "inventory", None, tenant="acme") == 0
+    assert "command poison-acme (poison on k" in capsys.readouterr().out
+    assert show_dead_letters(settings, "inventory", None) == 0
+    assert "0 dead letter(s)" in capsys.readouterr().out  # not in the own database
