@@ -26,7 +26,7 @@ from cartwheel.bus import ensure_stream, request
 from cartwheel.contracts.base import Message
 from cartwheel.contracts.inventory import GetStock, SetStock
 from cartwheel.db import Database, make_postgres_database, migrate
-from cartwheel.errors import DomainError
+from cartwheel.errors import DomainError, ServiceUnavailable
 from cartwheel.lanes import LaneCommand, LaneSpec, Outcome, partition_of, store
 from cartwheel.lanes.admin import rebase, show_dead_letters
 from cartwheel.lanes.client import LaneClient
@@ -316,3 +316,57 @@ def test_a_tenants_command_its_database_refuses_is_set_aside_in_that_database_an
     assert "command poison-acme (poison on k" in capsys.readouterr().out
     assert show_dead_letters(settings, "inventory", None) == 0
     assert "0 dead letter(s)" in capsys.readouterr().out  # not in the own database
+
+
+def test_three_tenants_sell_exactly_their_stock_while_the_owner_is_killed_twice(
+    replicas: Replicas, shop: Shop, client: Client
+) -> None:
+    """Hand-overs under load: three tenants sell one key each (the same key: one partition) with buyers that
+    retry under the same command id; the partition's owner is SIGKILLed twice mid-sale and replaced. Each tenant
+    sells exactly its stock, every success is in its database, nothing is applied twice."""
+    stock, kills = 150, 2
+    replicas.start(2)
+    sold: dict[str, list[int]] = {t: [] for t in (OWN, *TENANTS)}
+    state = {"kills": 0, "done": 0}
+
+    async def scenario(nc: nats.NATS) -> None:
+        lanes = await LaneClient(nc, LANE).start()
+        for tenant in sold:
+            await lanes.call("hot", "stock", {"stock": stock}, tenant=tenant, timeout=15)
+
+        async def buyer(tenant: str, n: int) -> None:
+            i = 0
+            while True:
+                command_id = f"{tenant}-{n}-{i}"
+                while True:
+                    try:
+                        sold[tenant].append((await lanes.call("hot", "take", {}, command_id=command_id,
+                                                              tenant=tenant, timeout=3))["sequence"])
+                        break
+                    except DomainError as refusal:
+                        assert refusal.code == "out_of_stock"
+                        state["done"] += 1
+                        return
+                    except ServiceUnavailable:
+                        pass  # the same id again: applied at most once
+                i += 1
+                await asyncio.sleep(0.005)
+
+        async def killer() -> None:
+            for k in range(kills):
+                while sum(map(len, sold.values())) < (k + 1) * stock:
+                    await asyncio.sleep(0.01)
+                victim = await asyncio.to_thread(replicas.owner_of, "hot")
+                await asyncio.to_thread(replicas.kill, victim)
+                state["kills"] += state["done"] == 0
+                await asyncio.to_thread(replicas.start, 1)
+
+        await asyncio.gather(killer(), *(buyer(t, n) for t in sold for n in range(4)))
+
+    client.run(scenario)
+    assert state["kills"] == kills, state  # both kills struck while every tenant was still selling
+    for tenant, sequences in sold.items():
+        ledger_of = ledger(shop.urls[tenant], "hot")
+        assert len(sequences) == len(set(sequences)) == stock, tenant
+        assert ledger_of.stock == 0 and len(ledger_of.applied) == len(set(ledger_of.applied)) == stock + 1, tenant
+        assert set(sequences) <= set(ledger_of.applied), tenant
