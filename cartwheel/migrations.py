@@ -120,3 +120,19 @@ def add_outbox_traceparent() -> None:
 def drop_outbox_traceparent() -> None:
     with op.batch_alter_table("outbox") as table:
         table.drop_column("traceparent")
+
+
+def create_lane_tenant_alarms() -> None:
+    """Which other tenants have lane alarms in a partition (see :class:`cartwheel.lanes.models.LaneTenantAlarm`)."""
+    op.create_table(
+        "lane_tenant_alarms",
+        sa.Column("lane", sa.String(64), nullable=False),
+        sa.Column("partition", sa.Integer(), nullable=False),
+        sa.Column("tenant", sa.String(40), nullable=False),
+        sa.Column("next_at", UTCDateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("lane", "partition", "tenant", name="pk_lane_tenant_alarms"),
+    )
+
+
+def drop_lane_tenant_alarms() -> None:
+    op.drop_table("lane_tenant_alarms")

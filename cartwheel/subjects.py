@@ -140,6 +140,7 @@ def product_image_object(tenant: str, product_id: str, etag: str) -> str:
 
 # Lanes (see cartwheel/lanes): commands enter on <lane>.cmd.<key> and are stored per partition.
 LANE_REPLY_HEADER = "Cartwheel-Reply"
+LANE_TENANT_HEADER = "Cartwheel-Tenant"  # whose database a command applies in (README, "Lanes ... per tenant")
 
 
 def event_delivery(inbox: str, durable: str) -> str:

@@ -8,10 +8,12 @@ import asyncio
 import json
 import sys
 import uuid
+from pathlib import Path
 
 import nats
 import nats.js.errors
 from sqlalchemy import delete, select, update
+from sqlalchemy.engine import make_url
 
 from cartwheel import natsauth, subjects
 from cartwheel.db import Database
@@ -19,10 +21,12 @@ from cartwheel.lanes import store
 from cartwheel.lanes.models import LaneCursor, LaneDeadLetter
 from cartwheel.lanes.types import ALARM
 from cartwheel.settings import Settings
+from cartwheel.tenants.registry import Registry
 
 
-def show_dead_letters(settings: Settings, service: str, replay: str | None) -> int:
-    db = Database(settings.database_url(service))
+def show_dead_letters(settings: Settings, service: str, replay: str | None, tenant: str | None = None) -> int:
+    """``tenant``: whose database to look in (a tenant's commands are set aside in its own); None: the own."""
+    db = Database(settings.database_url(service, tenant))
     try:
         if replay is None:
             letters = db.read_sync(lambda s: store.dead_letters(s, limit=1000))
@@ -41,7 +45,7 @@ def show_dead_letters(settings: Settings, service: str, replay: str | None) -> i
                   "key sets it again", file=sys.stderr)
             return 1
         command_id = f"replay-{uuid.uuid4().hex}"
-        asyncio.run(_send(settings, letter, command_id))
+        asyncio.run(_send(settings, letter, command_id, tenant))
         db.run_sync(lambda s: s.execute(delete(LaneDeadLetter).where(
             LaneDeadLetter.lane == letter.lane, LaneDeadLetter.command_id == letter.command_id)))
         print(f"sent {letter.kind} on {letter.key} again as command {command_id}")
@@ -50,13 +54,14 @@ def show_dead_letters(settings: Settings, service: str, replay: str | None) -> i
         db.close()
 
 
-async def _send(settings: Settings, letter: LaneDeadLetter, command_id: str) -> None:
+async def _send(settings: Settings, letter: LaneDeadLetter, command_id: str, tenant: str | None) -> None:
     nc = await nats.connect(settings.nats_servers, connect_timeout=5, max_reconnect_attempts=2,
                             **natsauth.connect_options(settings, natsauth.ADMIN))
     try:
         envelope = json.dumps({"kind": letter.kind, "body": json.loads(letter.body)}).encode()
-        await nc.jetstream().publish(subjects.lane_command(letter.lane, letter.key), envelope,
-                                     headers={"Nats-Msg-Id": command_id}, timeout=5)
+        headers = {"Nats-Msg-Id": command_id} | ({subjects.LANE_TENANT_HEADER: tenant} if tenant else {})
+        await nc.jetstream().publish(subjects.lane_command(letter.lane, letter.key), envelope, headers=headers,
+                                     timeout=5)
     finally:
         await nc.close()
 
@@ -65,23 +70,47 @@ def rebase(settings: Settings, service: str) -> int:
     """Every partition whose cursor lies past its lane's stream's end (the stream was deleted or lost its data,
     and numbers new commands from 1) reads the stream again from its start: what is there now was never applied
     (and a command id applied before is still answered from its record, never applied twice). The commands the
-    stream lost are lost: their callers had no answer, and retry."""
-    db = Database(settings.database_url(service))
+    stream lost are lost: their callers had no answer, and retry.
+
+    With a database per tenant, each keeps its own cursor of the partition: such a partition's cursor goes back
+    to 0 in every tenant's database (a tenant's cursor below the new end counts the old stream's numbers too)."""
+    databases = {tenant: Database(settings.database_url(service, tenant)) for tenant in _tenants(settings)}
     try:
-        cursors = db.read_sync(lambda s: s.execute(
+        cursors = {tenant: db.read_sync(lambda s: s.execute(
             select(LaneCursor.lane, LaneCursor.partition, LaneCursor.last_sequence)).all())
-        ends = asyncio.run(_stream_ends(settings, sorted({lane for lane, _, _ in cursors})))
-        behind = [(lane, partition, at) for lane, partition, at in cursors if at > ends[lane]]
-        for lane, partition, at in behind:
-            db.run_sync(lambda s, lane=lane, partition=partition: s.execute(
-                update(LaneCursor).where(LaneCursor.lane == lane, LaneCursor.partition == partition)
-                .values(last_sequence=0)))
-            print(f"lane {lane} partition {partition}: cursor {at} was past its stream's end ({ends[lane]}); "
-                  "it reads the stream from its start")
+            for tenant, db in databases.items()}
+        lanes = sorted({lane for rows in cursors.values() for lane, _, _ in rows})
+        ends = asyncio.run(_stream_ends(settings, lanes)) if lanes else {}
+        behind = sorted({(lane, partition) for rows in cursors.values() for lane, partition, at in rows
+                         if at > ends[lane]})
+        for tenant, db in databases.items():
+            for lane, partition, at in cursors[tenant]:
+                if (lane, partition) not in behind:
+                    continue
+                db.run_sync(lambda s, lane=lane, partition=partition: s.execute(
+                    update(LaneCursor).where(LaneCursor.lane == lane, LaneCursor.partition == partition)
+                    .values(last_sequence=0)))
+                whose = "" if tenant == settings.tenant else f" (tenant {tenant})"
+                print(f"lane {lane} partition {partition}{whose}: cursor {at} "
+                      f"{'was past' if at > ends[lane] else 'counted'} its stream's end ({ends[lane]}); "
+                      "it reads the stream from its start")
         print(f"{len(behind)} partition(s) rebased in {service}")
         return 0
     finally:
-        db.close()
+        for db in databases.values():
+            db.close()
+
+
+def _tenants(settings: Settings) -> list[str]:
+    """The installation's own tenant and every registered one (none if there is no registry yet)."""
+    url = make_url(settings.control_url)
+    if url.get_backend_name() == "sqlite" and not Path(url.database or "").exists():
+        return [settings.tenant]
+    registry = Registry(settings.control_url, reserved=[settings.tenant])
+    try:
+        return [settings.tenant, *registry.names()]
+    finally:
+        registry.close()
 
 
 async def _stream_ends(settings: Settings, lanes: list[str]) -> dict[str, int]:

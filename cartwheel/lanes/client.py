@@ -58,15 +58,20 @@ class LaneClient:
                 waiter.set_result(msg.data)
 
     async def call(
-        self, key: str, kind: str, body: dict[str, Any], command_id: str | None = None, timeout: float = 5.0
+        self, key: str, kind: str, body: dict[str, Any], command_id: str | None = None, timeout: float = 5.0,
+        tenant: str | None = None,
     ) -> Any:
-        """Apply ``kind`` to ``key``; the reply's data, or DomainError / ServiceUnavailable."""
+        """Apply ``kind`` to ``key`` in ``tenant``'s database (by default the body's ``tenant``, else the
+        installation's own); the reply's data, or DomainError / ServiceUnavailable."""
+        if tenant is None and isinstance(body.get("tenant"), str):
+            tenant = body["tenant"]
         if tracing.enabled:
             with tracing.span(f"{self.lane} {kind}", kind=tracing.PRODUCER, attributes={"cartwheel.lane.key": key}):
-                return await self._call(key, kind, body, command_id, timeout)
-        return await self._call(key, kind, body, command_id, timeout)
+                return await self._call(key, kind, body, command_id, timeout, tenant)
+        return await self._call(key, kind, body, command_id, timeout, tenant)
 
-    async def _call(self, key: str, kind: str, body: dict[str, Any], command_id: str | None, timeout: float) -> Any:
+    async def _call(self, key: str, kind: str, body: dict[str, Any], command_id: str | None, timeout: float,
+                    tenant: str | None) -> Any:
         if not KEY.match(key):
             raise Invalid(f"lane key {key!r} is not a plain token", fields=[{"field": "key", "message": "invalid"}])
         command_id = command_id or uuid.uuid4().hex
@@ -78,6 +83,8 @@ class LaneClient:
         payload = json.dumps({"kind": kind, "body": body}, separators=(",", ":"), default=str).encode()
         headers = tracing.inject({"Nats-Msg-Id": command_id, subjects.LANE_REPLY_HEADER: f"{self._inbox}.{command_id}"})
         assert headers is not None
+        if tenant is not None:
+            headers[subjects.LANE_TENANT_HEADER] = tenant
         waiter: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(command_id, []).append(waiter)  # the same id may be in flight twice
         deadline = time.monotonic() + timeout
@@ -91,7 +98,7 @@ class LaneClient:
                 except TimeoutError:
                     wait *= 2
                 if deadline - time.monotonic() > 0 and (
-                    data := await self._resend(subject, payload, headers, command_id)
+                    data := await self._resend(subject, payload, headers, command_id, tenant)
                 ):
                     return unwrap(data, subject)
             raise ServiceUnavailable(subject, f"no reply within {timeout:g} s (command {command_id})")
@@ -101,7 +108,8 @@ class LaneClient:
             if not waiters:
                 del self._waiting[command_id]
 
-    async def _resend(self, subject: str, payload: bytes, headers: dict[str, str], command_id: str) -> bytes | None:
+    async def _resend(self, subject: str, payload: bytes, headers: dict[str, str], command_id: str,
+                      tenant: str | None) -> bytes | None:
         """Send again with an acknowledgement; the recorded reply if the command was already applied."""
         try:
             ack = await self.js.publish(subject, payload, headers=headers, timeout=2)
@@ -111,7 +119,8 @@ class LaneClient:
             return None  # the first send never arrived; this one will be applied and answered
         try:
             answer = await self.nc.request(
-                subjects.lane_outcome(self.lane), json.dumps({"command_id": command_id}).encode(), timeout=2
+                subjects.lane_outcome(self.lane), json.dumps({"command_id": command_id, "tenant": tenant}).encode(),
+                timeout=2,
             )
         except (nats.errors.Error, TimeoutError):
             return None

@@ -73,3 +73,16 @@ class LaneCursor(LanesBase):
     lane: Mapped[str] = mapped_column(String(64), primary_key=True)
     partition: Mapped[int] = mapped_column(Integer, primary_key=True)
     last_sequence: Mapped[int] = mapped_column(BigInteger)
+
+
+class LaneTenantAlarm(LanesBase):
+    """In the installation's own database: another tenant that may have alarms in a partition, due from
+    ``next_at`` on (no row: it has none there). Written with the low-water mark, so the partition's owner looks in
+    the few tenants' databases that have alarms, not in 1,000 (README, "Lanes with a database per tenant")."""
+
+    __tablename__ = "lane_tenant_alarms"
+
+    lane: Mapped[str] = mapped_column(String(64), primary_key=True)
+    partition: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(40), primary_key=True)
+    next_at: Mapped[datetime] = mapped_column(UTCDateTime)

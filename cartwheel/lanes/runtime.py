@@ -11,7 +11,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Coroutine
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import nats.js.errors
@@ -20,15 +20,25 @@ from nats.aio.subscription import Subscription
 from nats.js.api import ConsumerConfig, DeliverPolicy, StorageType, StreamConfig, SubjectTransform
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import BaseModel
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError, StatementError
 from sqlalchemy.orm import Session
 
 from cartwheel import subjects, tracing
 from cartwheel.bus import ensure_stream, stream_led
 from cartwheel.contracts.base import utcnow
+from cartwheel.db import Database
 from cartwheel.lanes import store
+from cartwheel.lanes.models import LaneAlarm
 from cartwheel.lanes.ownership import Ownership
 from cartwheel.lanes.store import Incoming
+from cartwheel.lanes.tenancy import (
+    KILL_BETWEEN_TENANTS,
+    fault,
+    missing_database,
+    split_by_tenant,
+    tenant_of,
+    unknown_tenant_reply,
+)
 from cartwheel.lanes.types import (
     ALARM,
     COMMAND_ID_MAX,
@@ -40,6 +50,8 @@ from cartwheel.lanes.types import (
     fired_alarm_id,
 )
 from cartwheel.service import Service
+from cartwheel.tenants import context as tenant_context
+from cartwheel.tenants.databases import UnknownTenant
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +127,9 @@ class LaneMetrics:
                             ["service", "lane"], registry=reg).labels(**labels)
         self.dead_letters = Counter("cartwheel_lane_dead_letters", "Commands set aside: the database would not "
                                     "take them", ["service", "lane"], registry=reg).labels(**labels)
+        self.unknown_tenants = Counter("cartwheel_lane_unknown_tenant_commands", "Commands for a tenant without "
+                                       "databases here: answered unknown_tenant, not applied", ["service", "lane"],
+                                       registry=reg).labels(**labels)
         self.lag = Gauge("cartwheel_lane_lag_commands", "Commands of this replica's partitions not applied yet "
                          "(received, or waiting in the stream)", ["service", "lane"], registry=reg).labels(**labels)
         self.oldest = Gauge("cartwheel_lane_oldest_unapplied_seconds", "Age of the oldest command this replica "
@@ -200,17 +215,22 @@ class PartitionWorker:
         self._pausing: asyncio.Task[None] | None = None
         self._stopping = False
         self.cursor = 0
+        """The own tenant's cursor, and the partition's low-water mark: every command up to it, of any tenant, is
+        applied (its part of a batch commits last). Reading starts after it."""
+        self.tenant_cursors: dict[str, int] = {}  # other tenants': as read from their databases, then committed
+        self.stream_end = 0  # the stream's last sequence when this worker started
         # States as this owner committed them: the database is written, never read back, while
         # this worker owns the partition (like a Durable Object's memory). A new worker starts empty.
         self.states: OrderedDict[str, BaseModel] = OrderedDict()
+        self.tenant_states: OrderedDict[tuple[str, str], BaseModel] = OrderedDict()  # other tenants': (tenant, key)
         self._sub: Subscription | None = None
         self._task: asyncio.Task[None] | None = None
         self._next_purge = time.monotonic() + PURGE_EVERY
 
     async def start(self) -> None:
         rt = self.runtime
-        self.cursor = await rt.service.db.read(lambda s: store.cursor(s, rt.spec.name, self.partition))
-        last = (await rt.service.js.stream_info(subjects.lane_stream(rt.spec.name))).state.last_seq
+        self.cursor = await rt.service.db.own.read(lambda s: store.cursor(s, rt.spec.name, self.partition))
+        last = self.stream_end = (await rt.service.js.stream_info(subjects.lane_stream(rt.spec.name))).state.last_seq
         if self.cursor > last:
             raise rt.stream_behind(self.partition, self.cursor, last)
         rt.behind.pop(self.partition, None)
@@ -318,13 +338,101 @@ class PartitionWorker:
                 self.applying = None
 
     async def _apply(self, batch: list[Msg]) -> None:
-        rt = self.runtime
         incoming = [item for item in map(self._decode, batch) if item.command.sequence > self.cursor]
         if not incoming:
             return
+        for item in incoming:
+            if item.tenant is not None:
+                await self._apply_tenants(incoming)
+                return
+        await self._apply_own(incoming)
+
+    async def _apply_tenants(self, incoming: list[Incoming]) -> None:
+        """A batch with other tenants' commands: each tenant's part commits in its own database with that
+        tenant's cursor, the own tenant's last (moving the low-water mark past the whole batch). A crash between
+        two commits leaves each database consistent: the next owner reads again from the low-water mark and
+        skips, per tenant, what that tenant's cursor says is applied."""
+        rt = self.runtime
+        parts = split_by_tenant(incoming)
+        own = parts.pop(None, [])
+        refused: list[tuple[str, Incoming]] = []
+        alarms: dict[str, datetime] = {}
+        async with rt.tenant_alarms_lock(self.partition):  # the alarm loop moves these notes too
+            for tenant, items in parts.items():
+                assert tenant is not None
+                try:
+                    db = await self._tenant_database(tenant)
+                except UnknownTenant:
+                    refused.extend((tenant, item) for item in items)
+                    continue
+                if (due_from := await self._apply_tenant(tenant, db, items)) is not None:
+                    alarms[tenant] = due_from
+            await self._apply_own(own, through=incoming[-1].command.sequence, tenant_alarms=alarms)
+        nc = rt.service.broker.connection
+        for tenant, item in refused:
+            log.error("lane %s partition %d: command %s (%s on %s, sequence %d) is for tenant %r, which has no "
+                      "database here; answered unknown_tenant, not applied", rt.spec.name, self.partition,
+                      item.command.id, item.command.kind, item.command.key, item.command.sequence, tenant)
+            rt.metrics.unknown_tenants.inc()
+            if item.reply_to:
+                await nc.publish(item.reply_to, unknown_tenant_reply(tenant))
+
+    async def _tenant_database(self, tenant: str) -> Database:
+        """``tenant``'s database, its cursor read the first time this worker meets it; :class:`UnknownTenant` if
+        it has none (on PostgreSQL: its database does not exist)."""
+        rt, lane = self.runtime, self.runtime.spec.name
+        db = rt.service.db.of(tenant)
+        if tenant not in self.tenant_cursors:
+            try:
+                cursor = await db.read(lambda s: store.cursor(s, lane, self.partition))
+            except OperationalError as exc:
+                if missing_database(exc):
+                    raise UnknownTenant(f"no tenant {tenant!r} (its {rt.service.name} database does not exist)") \
+                        from None
+                raise
+            if cursor > max(self.stream_end, self.received):  # the stream was made again: as for the own cursor
+                raise rt.stream_behind(self.partition, cursor, self.stream_end)
+            self.tenant_cursors[tenant] = cursor
+        return db
+
+    async def _apply_tenant(self, tenant: str, db: Database, items: list[Incoming]) -> datetime | None:
+        """Apply ``tenant``'s part of a batch in its database, moving its cursor; what it says is applied is
+        skipped (committed before a crash or a hand-over, the low-water mark not moved past it yet). Returns
+        from when it may have alarms due that the own database has not noted (None: no alarm set)."""
+        rt = self.runtime
+        expected = self.tenant_cursors[tenant]
+        # Applied before the low-water mark moved past it: whatever alarms it set were never noted. Look now.
+        skipped = utcnow() if items[0].command.sequence <= expected else None
+        items = [i for i in items if i.command.sequence > expected]
+        if not items:
+            return skipped
+        started = time.perf_counter()
+        cached = {i.command.key: self.tenant_states[(tenant, i.command.key)] for i in items
+                  if (tenant, i.command.key) in self.tenant_states}
+        part = store.PartitionBatch(self.partition, expected, items, cached, tenant=tenant)
+
+        def work(session: Session) -> list[store.BatchResult]:
+            return store.apply_group(session, rt.spec, [part])
+
+        with tenant_context.serving(tenant):  # its outbox relay, its log lines
+            result = (await (db.run_here(work) if db.is_local else db.run(work)))[0]
+            if not result.applied:
+                raise CursorMoved(f"tenant {tenant}'s cursor moved to {result.last_sequence} elsewhere")
+            self.tenant_cursors[tenant] = result.last_sequence
+            fault(KILL_BETWEEN_TENANTS)  # tests only: committed here, not answered, not in the low-water mark
+            self._remember_tenant(tenant, result.states, result.deleted)
+            await self._answer(result, len(items), started)
+        if skipped and result.earliest_alarm:
+            return min(skipped, result.earliest_alarm)
+        return skipped or result.earliest_alarm
+
+    async def _apply_own(self, incoming: list[Incoming], through: int = 0,
+                         tenant_alarms: dict[str, datetime] | None = None) -> None:
+        rt = self.runtime
         started = time.perf_counter()
         cached = {i.command.key: self.states[i.command.key] for i in incoming if i.command.key in self.states}
-        batch_in_hand = store.PartitionBatch(self.partition, self.cursor, incoming, cached)
+        batch_in_hand = store.PartitionBatch(self.partition, self.cursor, incoming, cached, through=through,
+                                             tenant_alarms=tenant_alarms or {})
         if tracing.enabled and (traced := [i.traceparent for i in incoming if i.traceparent]):
             # One span a batch (not a command: 12k commands/s), the child of its first traced command's and
             # linked to the others'.
@@ -339,9 +447,18 @@ class PartitionWorker:
             raise CursorMoved(f"cursor moved to {result.last_sequence} elsewhere")
         self.cursor = result.last_sequence
         self._remember(result.states, result.deleted)
+        if incoming:
+            await self._answer(result, len(incoming), started)
+        if time.monotonic() >= self._next_purge:
+            self._next_purge = time.monotonic() + PURGE_EVERY
+            await self._purge_applied()
+
+    async def _answer(self, result: store.BatchResult, commands: int, started: float) -> None:
+        """After a commit: metrics, replies, the outbox relay (the current tenant's), the alarm loop."""
+        rt = self.runtime
         rt.metrics.apply.observe(time.perf_counter() - started)
-        rt.metrics.batch.observe(len(incoming))
-        rt.metrics.commands.inc(len(incoming) - result.duplicates)
+        rt.metrics.batch.observe(commands)
+        rt.metrics.commands.inc(commands - result.duplicates)
         rt.metrics.duplicates.inc(result.duplicates)
         nc = rt.service.broker.connection
         for reply_to, data in result.replies:
@@ -350,9 +467,6 @@ class PartitionWorker:
             rt.service.notify_outbox()
         if result.earliest_alarm and result.earliest_alarm < rt.alarm_check_at:
             rt.alarms_changed.set()  # due before the alarm loop's next look: look now
-        if time.monotonic() >= self._next_purge:
-            self._next_purge = time.monotonic() + PURGE_EVERY
-            await self._purge_applied()
 
     async def _apply_one_by_one(self, batch: list[Msg]) -> None:
         """Apply ``batch`` a command at a time; one the database refuses for good becomes a dead letter."""
@@ -368,16 +482,39 @@ class PartitionWorker:
         rt, lane = self.runtime, self.runtime.spec.name
         if item.command.sequence <= self.cursor:
             return
+        if item.tenant is not None:
+            await self._dead_letter_of_tenant(item.tenant, item, error)
+            return
         log.error("lane %s partition %d: command %s (%s on %s, sequence %d) set aside as a dead letter: %r",
                   lane, self.partition, item.command.id, item.command.kind, item.command.key, item.command.sequence,
                   error)
         expected = self.cursor
-        result = await rt.service.db.run(
+        result = await rt.service.db.own.run(
             lambda s: store.dead_letter(s, lane, self.partition, expected, item, repr(error)))
         if not result.applied:
             raise CursorMoved(f"cursor moved to {result.last_sequence} elsewhere")
         self.cursor = result.last_sequence
         self.states.pop(item.command.key, None)  # as the database has it, read again next time
+        rt.metrics.dead_letters.inc()
+        for reply_to, data in result.replies:
+            await rt.service.broker.connection.publish(reply_to, data)
+
+    async def _dead_letter_of_tenant(self, tenant: str, item: Incoming, error: Exception) -> None:
+        """Another tenant's dead letter: in its database, past its cursor (the low-water mark follows with the
+        next batch; until then a new owner skips the command by that cursor)."""
+        rt, lane = self.runtime, self.runtime.spec.name
+        db = rt.service.db.of(tenant)  # it opened for the batch that failed: a known tenant
+        expected = self.tenant_cursors.get(tenant, 0)
+        if item.command.sequence <= expected:
+            return
+        log.error("lane %s partition %d: command %s of tenant %s (%s on %s, sequence %d) set aside as a dead letter "
+                  "in its database: %r", lane, self.partition, item.command.id, tenant, item.command.kind,
+                  item.command.key, item.command.sequence, error)
+        result = await db.run(lambda s: store.dead_letter(s, lane, self.partition, expected, item, repr(error)))
+        if not result.applied:
+            raise CursorMoved(f"tenant {tenant}'s cursor moved to {result.last_sequence} elsewhere")
+        self.tenant_cursors[tenant] = result.last_sequence
+        self.tenant_states.pop((tenant, item.command.key), None)
         rt.metrics.dead_letters.inc()
         for reply_to, data in result.replies:
             await rt.service.broker.connection.publish(reply_to, data)
@@ -399,6 +536,15 @@ class PartitionWorker:
             self.states.move_to_end(key)
         while len(self.states) > STATES_KEPT:
             self.states.popitem(last=False)
+
+    def _remember_tenant(self, tenant: str, states: dict[str, BaseModel], deleted: set[str]) -> None:
+        for key in deleted:
+            self.tenant_states.pop((tenant, key), None)
+        for key, state in states.items():
+            self.tenant_states[(tenant, key)] = state
+            self.tenant_states.move_to_end((tenant, key))
+        while len(self.tenant_states) > STATES_KEPT:
+            self.tenant_states.popitem(last=False)
 
     def _decode(self, msg: Msg) -> Incoming:
         """The command as stored; one the lane can't read is marked ``malformed`` (answered so, never applied)."""
@@ -422,7 +568,8 @@ class PartitionWorker:
             issued_at=meta.timestamp,
         )
         return Incoming(command=command, reply_to=headers.get(subjects.LANE_REPLY_HEADER), malformed=problem,
-                        traceparent=headers.get(tracing.TRACEPARENT))
+                        traceparent=headers.get(tracing.TRACEPARENT),
+                        tenant=tenant_of(headers, body, self.runtime.own_tenant))
 
 
 class GroupApplier:
@@ -514,7 +661,7 @@ class GroupApplier:
         def work(session: Session) -> list[store.BatchResult]:
             return store.apply_group(session, rt.spec, batches)
 
-        db = rt.service.db
+        db = rt.service.db.own
         # A SQLite batch is Python work on a local file: on this thread it skips the hand-off and the
         # fight for the GIL with the loop (measured 7.8k → 10.4k commands/s on one hot key). A network
         # database waits on round trips, which a worker thread spends without holding up the loop (and so
@@ -543,6 +690,7 @@ class LaneRuntime:
         partition keeps its own there."""
         self.service = service
         self.spec = spec
+        self.own_tenant = service.db.own_name
         self.metrics = LaneMetrics(service, spec.name)
         self.workers: dict[int, PartitionWorker] = {}
         self.failures: dict[int, int] = {}  # partition -> batches failed in a row (the restart's backoff)
@@ -552,13 +700,14 @@ class LaneRuntime:
         self.lease_ttl = lease_ttl
         self.tick = tick
         self.ownership: Ownership | None = None
-        self.applier = GroupApplier(self, service.db.is_local if grouped is None else grouped)
+        self.applier = GroupApplier(self, service.db.own.is_local if grouped is None else grouped)
         self._alarm_task: asyncio.Task[None] | None = None
         self._prune_task: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self._outcomes: Subscription | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._locks: dict[int, asyncio.Lock] = {}
+        self._alarm_locks: dict[int, asyncio.Lock] = {}
         service.on_start(self.start)
         service.on_stop(self.stop)
         service.readiness.checks.append(self._problems)
@@ -615,6 +764,11 @@ class LaneRuntime:
         the stream check each start or stop one, and interleaved (a start still connecting while the lease is
         given up) they left a worker running without its lease, or two on one partition."""
         return self._locks.setdefault(partition, asyncio.Lock())
+
+    def tenant_alarms_lock(self, partition: int) -> asyncio.Lock:
+        """A partition's notes of other tenants' alarms: a batch noting one and the alarm loop moving it after a
+        look in that tenant's database, one at a time (else the loop could drop a note made meanwhile)."""
+        return self._alarm_locks.setdefault(partition, asyncio.Lock())
 
     async def _acquire(self, partition: int) -> None:
         async with self._lock(partition):
@@ -707,11 +861,19 @@ class LaneRuntime:
 
     async def _answer_outcome(self, msg: Msg) -> None:
         try:
-            command_id = str(json.loads(msg.data)["command_id"])
-        except (ValueError, KeyError, TypeError):
+            asked = json.loads(msg.data)
+            command_id, tenant = str(asked["command_id"]), asked.get("tenant")
+        except (ValueError, KeyError, TypeError, AttributeError):
             await msg.respond(b'{"found": false, "reply": null}')
             return
-        reply = await self.service.db.read(lambda s: store.recorded_reply(s, self.spec.name, command_id))
+        try:
+            db = self.service.db.of(tenant if isinstance(tenant, str) else self.own_tenant)
+            reply = await db.read(lambda s: store.recorded_reply(s, self.spec.name, command_id))
+        except (UnknownTenant, OperationalError) as exc:
+            if isinstance(exc, OperationalError) and not missing_database(exc):
+                raise
+            await msg.respond(b'{"found": true, "reply": ' + unknown_tenant_reply(str(tenant)) + b"}")
+            return  # every command of a tenant without databases was answered so
         await msg.respond(b'{"found": true, "reply": ' + reply.encode() + b"}" if reply else
                           b'{"found": false, "reply": null}')
 
@@ -728,10 +890,12 @@ class LaneRuntime:
             if 0 not in self.workers:
                 continue
             before = utcnow() - timedelta(seconds=retention)
-            try:
-                await self.service.db.run(functools.partial(store.prune_commands, lane=self.spec.name, before=before))
-            except Exception as exc:
-                log.warning("lane %s: pruning command records failed (%s); trying again later", self.spec.name, exc)
+            for tenant, db in self.service.db.all_open():  # a tenant's database closed now is pruned once it opens
+                try:
+                    await db.run(functools.partial(store.prune_commands, lane=self.spec.name, before=before))
+                except Exception as exc:
+                    log.warning("lane %s: pruning tenant %s's command records failed (%s); trying again later",
+                                self.spec.name, tenant, exc)
 
     async def _fire_alarms(self) -> None:
         """Publish due alarms of owned partitions as commands on their keys' lanes."""
@@ -753,25 +917,55 @@ class LaneRuntime:
         if not partitions:
             return 1.0
         now = utcnow()
-        due = await self.service.db.read(lambda s: store.due_alarms(s, self.spec.name, partitions, now))
-        js = self.service.js
+        own, lane = self.service.db.own, self.spec.name
+        due = await own.read(lambda s: store.due_alarms(s, lane, partitions, now))
         clock = time.monotonic()
         for alarm in due:
-            fired_id = fired_alarm_id(alarm.alarm_id, alarm.due_at)
-            if sent.get(fired_id, 0) > clock:
-                continue  # published moments ago; it is on its way through the lane
-            body = {"alarm_id": alarm.alarm_id, "due_at": alarm.due_at.isoformat(), "body": json.loads(alarm.body)}
-            await js.publish(subjects.lane_command(self.spec.name, alarm.key),
-                             json.dumps({"kind": ALARM, "body": body}).encode(),
-                             headers={"Nats-Msg-Id": fired_id}, timeout=5)
-            sent[fired_id] = clock + 30  # republished after 30 s if still pending (ids dedupe it)
+            await self._fire(alarm, None, sent, clock)
+        for partition, tenant in await own.read(lambda s: store.tenants_with_alarms(s, lane, partitions, now)):
+            await self._fire_tenants_due(partition, tenant, now, sent, clock)
         for key in [k for k, until in sent.items() if until < clock]:
             del sent[key]
-        upcoming = await self.service.db.read(lambda s: store.next_alarm_at(s, self.spec.name, partitions))
+        upcoming = await own.read(lambda s: store.next_alarm_at(s, lane, partitions))
+        theirs = await own.read(lambda s: store.next_tenant_alarm_at(s, lane, partitions))
+        upcoming = min(upcoming, theirs) if upcoming and theirs else upcoming or theirs
         if upcoming is None:
             return 5.0
         wait = (upcoming - utcnow()).total_seconds()
         if wait <= 0:  # due, and published: on its way through the lane (or skipped as early): not every 50 ms
             wait = 1.0
         return max(0.05, min(5.0, wait))
+
+    async def _fire(self, alarm: LaneAlarm, tenant: str | None, sent: dict[str, float], clock: float) -> None:
+        """Publish ``alarm``'s firing as a command on its key, for ``tenant`` (None: the own tenant)."""
+        fired_id = fired_alarm_id(alarm.alarm_id, alarm.due_at)
+        if sent.get(f"{tenant}/{fired_id}" if tenant else fired_id, 0) > clock:
+            return  # published moments ago; it is on its way through the lane
+        body = {"alarm_id": alarm.alarm_id, "due_at": alarm.due_at.isoformat(), "body": json.loads(alarm.body)}
+        headers = {"Nats-Msg-Id": fired_id}
+        if tenant is not None:
+            headers[subjects.LANE_TENANT_HEADER] = tenant
+        await self.service.js.publish(subjects.lane_command(self.spec.name, alarm.key),
+                                      json.dumps({"kind": ALARM, "body": body}).encode(), headers=headers, timeout=5)
+        sent[f"{tenant}/{fired_id}" if tenant else fired_id] = clock + 30  # again after 30 s if pending (deduped)
+
+    async def _fire_tenants_due(self, partition: int, tenant: str, now: datetime, sent: dict[str, float],
+                                clock: float) -> None:
+        """Fire another tenant's due alarms of ``partition`` (the own database noted it has some), then note when
+        its next one is due (or that it has none left)."""
+        lane, own = self.spec.name, self.service.db.own
+        async with self.tenant_alarms_lock(partition):
+            if partition not in self.workers:
+                return
+            try:
+                db = self.service.db.of(tenant)
+                due = await db.read(lambda s: store.due_alarms(s, lane, [partition], now))
+                upcoming = await db.read(lambda s: store.next_alarm_at(s, lane, [partition]))
+            except (UnknownTenant, OperationalError) as exc:
+                if isinstance(exc, OperationalError) and not missing_database(exc):
+                    raise
+                due, upcoming = [], None  # deleted: its alarms went with its databases
+            for alarm in due:
+                await self._fire(alarm, tenant, sent, clock)
+            await own.run(lambda s: store.set_tenant_alarms(s, lane, partition, tenant, upcoming))
 

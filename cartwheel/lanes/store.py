@@ -16,7 +16,14 @@ from sqlalchemy.orm import Session
 
 from cartwheel.contracts.base import Reply, utcnow
 from cartwheel.errors import DomainError
-from cartwheel.lanes.models import LaneAlarm, LaneCommandRecord, LaneCursor, LaneDeadLetter, LaneState
+from cartwheel.lanes.models import (
+    LaneAlarm,
+    LaneCommandRecord,
+    LaneCursor,
+    LaneDeadLetter,
+    LaneState,
+    LaneTenantAlarm,
+)
 from cartwheel.lanes.types import ALARM, LaneCommand, LaneSpec, fired_alarm_id
 from cartwheel.outbox import record_events
 
@@ -42,6 +49,8 @@ class Incoming:
     """Why the lane can't read this command (not JSON, ...): it is answered so and never applied."""
     traceparent: str | None = None
     """The trace the command was sent in: the events it causes continue it."""
+    tenant: str | None = None
+    """Whose database it applies in; None: the installation's own tenant."""
 
 
 @dataclass
@@ -68,6 +77,13 @@ class PartitionBatch:
     batch: list[Incoming]
     cached: Mapping[str, BaseModel] = field(default_factory=dict)
     """States as this owner last committed them (never read again from the database)."""
+    through: int = 0
+    """The cursor moves at least this far: past commands of other tenants in between (maybe with ``batch`` empty)."""
+    tenant: str | None = None
+    """Another tenant's batch: the events its commands cause are that tenant's."""
+    tenant_alarms: Mapping[str, datetime] = field(default_factory=dict)
+    """The own tenant's batch: other tenants that set alarms in this partition (or may have: a part applied before
+    a crash), from when; noted in ``lane_tenant_alarms`` with the cursor."""
 
 
 _cursors = LaneCursor.__table__
@@ -167,7 +183,8 @@ def apply_group(session: Session, spec: LaneSpec[Any], batches: list[PartitionBa
     live: list[tuple[PartitionBatch, BatchResult]] = []
     seen: set[int] = set()
     for b, result in zip(batches, results, strict=True):
-        if b.batch and current.get(b.partition, 0) == b.expected and b.partition not in seen:
+        wanted = b.batch or b.through > b.expected
+        if wanted and current.get(b.partition, 0) == b.expected and b.partition not in seen:
             live.append((b, result))
         seen.add(b.partition)  # a partition twice (never by design): the first batch only
     if not live:
@@ -187,7 +204,7 @@ def apply_group(session: Session, spec: LaneSpec[Any], batches: list[PartitionBa
         keys = {i.command.key for i in b.batch if i.malformed is None}
         known = {k: b.cached[k] for k in keys & b.cached.keys()}
         unreadable = _parse_states(spec, {k: stored[k] for k in keys & stored.keys()}, known)
-        writes = _Writes(spec, b.partition, known, due)  # its ``existing``: before the handlers add new keys
+        writes = _Writes(spec, b.partition, known, due, b.tenant)  # its ``existing``: before handlers add keys
         for item in b.batch:
             command = item.command
             reply = recorded.get(command.id)
@@ -225,7 +242,7 @@ def apply_group(session: Session, spec: LaneSpec[Any], batches: list[PartitionBa
             if item.reply_to:
                 result.replies.append((item.reply_to, reply.encode()))
         result.applied = True
-        result.last_sequence = b.batch[-1].command.sequence
+        result.last_sequence = max(b.batch[-1].command.sequence if b.batch else 0, b.through)
         group.append((b, result, writes))
 
     _flush(session, conn, lane, group, now)
@@ -243,7 +260,46 @@ def apply_group(session: Session, spec: LaneSpec[Any], batches: list[PartitionBa
         conn.execute(_INSERT_CURSORS, inserts)
     if updates:
         conn.execute(_UPDATE_CURSORS, updates)
+    for b, _, _ in group:
+        for tenant, at in b.tenant_alarms.items():
+            note_tenant_alarms(session, lane, b.partition, tenant, at)
     return results
+
+
+def note_tenant_alarms(session: Session, lane: str, partition: int, tenant: str, at: datetime) -> None:
+    """``tenant`` has alarms in ``partition`` due from ``at`` on (kept at the earliest noted)."""
+    row = session.get(LaneTenantAlarm, (lane, partition, tenant))
+    if row is None:
+        session.add(LaneTenantAlarm(lane=lane, partition=partition, tenant=tenant, next_at=at))
+    elif at < row.next_at:
+        row.next_at = at
+    session.flush()
+
+
+def set_tenant_alarms(session: Session, lane: str, partition: int, tenant: str, at: datetime | None) -> None:
+    """What ``tenant``'s database says after its due alarms were fired: its next alarm's time (None: none)."""
+    row = session.get(LaneTenantAlarm, (lane, partition, tenant))
+    if row is not None and at is None:
+        session.delete(row)
+    elif row is not None and at is not None:
+        row.next_at = at
+    elif at is not None:
+        session.add(LaneTenantAlarm(lane=lane, partition=partition, tenant=tenant, next_at=at))
+
+
+def tenants_with_alarms(session: Session, lane: str, partitions: list[int],
+                        until: datetime) -> list[tuple[int, str]]:
+    """(partition, tenant) of other tenants whose alarms in ``partitions`` may be due by ``until``."""
+    return [(p, t) for p, t in session.execute(
+        select(LaneTenantAlarm.partition, LaneTenantAlarm.tenant).where(
+            LaneTenantAlarm.lane == lane, LaneTenantAlarm.partition.in_(partitions), LaneTenantAlarm.next_at <= until)
+        .order_by(LaneTenantAlarm.next_at).limit(500))]
+
+
+def next_tenant_alarm_at(session: Session, lane: str, partitions: list[int]) -> datetime | None:
+    return session.scalar(select(LaneTenantAlarm.next_at).where(
+        LaneTenantAlarm.lane == lane, LaneTenantAlarm.partition.in_(partitions))
+        .order_by(LaneTenantAlarm.next_at).limit(1))
 
 
 def _flush(session: Session, conn: Connection, lane: str,
@@ -290,8 +346,9 @@ class _Writes:
     """A batch's changes, gathered in memory in command order and written at the end."""
 
     def __init__(self, spec: LaneSpec[Any], partition: int, states: dict[str, BaseModel],
-                 due: dict[str, datetime]) -> None:
+                 due: dict[str, datetime], tenant: str | None = None) -> None:
         self.spec = spec
+        self.tenant = tenant
         self.partition = partition
         self.states = states
         self.due = due
@@ -336,6 +393,9 @@ class _Writes:
             self.dirty.add(command.key)
             self.deleted.discard(command.key)
         if outcome.events:
+            if self.tenant is not None:  # a tenant's command causes that tenant's events, whatever the handler said
+                outcome.events = [e if e.tenant == self.tenant else e.model_copy(update={"tenant": self.tenant})
+                                  for e in outcome.events]
             self.events.extend(outcome.events)
             self.traces.extend([traceparent] * len(outcome.events))
         self.cancel(outcome.cancel_alarms)
