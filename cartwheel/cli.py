@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     letters.add_argument("service", choices=LANE_SERVICES)
     letters.add_argument("--replay", metavar="COMMAND_ID",
                          help="send that command again, under a new id (once its cause is fixed), and forget it")
+    letters.add_argument("--tenant", help="a tenant's dead letters (each tenant's are in its own database)")
     rebase = sub.add_parser(
         "lanes-rebase", help="after a lane's stream lost its commands: partitions past its end read it from its start"
     )
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "dead-letters":
         from cartwheel.lanes.admin import show_dead_letters
 
-        return show_dead_letters(settings, args.service, args.replay)
+        return show_dead_letters(settings, args.service, args.replay, args.tenant)
     if args.command == "lanes-rebase":
         from cartwheel.lanes.admin import rebase
 

@@ -21,12 +21,18 @@ from cartwheel.lanes import store
 from cartwheel.lanes.models import LaneCursor, LaneDeadLetter
 from cartwheel.lanes.types import ALARM
 from cartwheel.settings import Settings
+from cartwheel.tenants.databases import UnknownTenant, existing_database_url
 from cartwheel.tenants.registry import Registry
 
 
 def show_dead_letters(settings: Settings, service: str, replay: str | None, tenant: str | None = None) -> int:
     """``tenant``: whose database to look in (a tenant's commands are set aside in its own); None: the own."""
-    db = Database(settings.database_url(service, tenant))
+    try:
+        url = existing_database_url(settings, service, tenant) if tenant else settings.database_url(service)
+    except UnknownTenant as exc:
+        print(f"dead-letters: {exc}", file=sys.stderr)
+        return 2
+    db = Database(url)
     try:
         if replay is None:
             letters = db.read_sync(lambda s: store.dead_letters(s, limit=1000))

@@ -33,6 +33,18 @@ class UnknownTenant(NotFound):
     code = "unknown_tenant"
 
 
+def existing_database_url(settings: Settings, service: str, tenant: str) -> str:
+    """``tenant``'s ``service`` database, if it can have one: :class:`UnknownTenant` for a name that is not a
+    tenant's, or a SQLite file that was never made (opening it would make an empty one)."""
+    if not NAME.fullmatch(tenant):
+        raise UnknownTenant(f"no tenant {tenant!r}")
+    url = settings.database_url(service, tenant)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").exists():
+        raise UnknownTenant(f"no tenant {tenant!r} (no {service} database: `cartwheel tenants create`)")
+    return url
+
+
 class TenantDatabases:
     """``service``'s database of each tenant. ``on_open(tenant, db)`` runs when one opens, ``on_close(tenant, db)``
     before one closes (its relay, say)."""
@@ -92,12 +104,7 @@ class TenantDatabases:
             return [(self.own_name, self.own), *self._open.items(), *self._upkeep_only.items()]
 
     def _open_new(self, tenant: str) -> Database:
-        if not NAME.fullmatch(tenant):
-            raise UnknownTenant(f"no tenant {tenant!r}")
-        url = self.settings.database_url(self.service, tenant)
-        parsed = make_url(url)
-        if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").exists():
-            raise UnknownTenant(f"no tenant {tenant!r} (no {self.service} database: `cartwheel tenants create`)")
+        url = existing_database_url(self.settings, self.service, tenant)
         if self._executors is None:
             self._executors = (ThreadPoolExecutor(8, thread_name_prefix="tenant-db"),
                                ThreadPoolExecutor(2, thread_name_prefix="tenant-db-write"))

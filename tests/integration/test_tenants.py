@@ -304,3 +304,15 @@ def test_cartwheel_up_migrates_the_registered_tenants_and_publishes_the_registry
         assert asyncio.run(published()) == [f"{mirror.PREFIX}acme"]
     finally:
         shop.stop()
+
+
+def test_a_tenants_dead_letters_are_read_from_its_own_database_and_no_file_is_made_for_a_stranger(
+    tmp_path: Path,
+) -> None:
+    assert cartwheel(tmp_path, "tenants", "create", "acme", "--host", "acme.test").returncode == 0
+    listed = cartwheel(tmp_path, "dead-letters", "inventory", "--tenant", "acme")
+    assert listed.returncode == 0 and "0 dead letter(s) in inventory" in listed.stdout
+    for stranger in ("nobody", "../../etc"):
+        refused = cartwheel(tmp_path, "dead-letters", "inventory", "--tenant", stranger)
+        assert refused.returncode == 2 and "no tenant" in refused.stderr
+    assert sorted(p.name for p in (tmp_path / "tenants").iterdir()) == ["acme"]
