@@ -171,6 +171,9 @@ class Settings(BaseSettings):
     request_timeout: float = Field(5.0, gt=0, le=120, description="Seconds the gateway waits for a service to answer.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = Field("text", description="`json` for log collectors.")
+    currency: str = Field("EUR", pattern=r"^[A-Z]{3}$",
+                          description="The shop's currency: a product created without one is priced in it (a "
+                          "tenant's own: `cartwheel tenants set NAME currency=USD`).")
     tenant: str = Field("default", description="The installation's own tenant: its databases are the ones above.")
     control_database_url: str | None = Field(
         None, description="The tenant registry. Default: sqlite:///<var_dir>/control.db"

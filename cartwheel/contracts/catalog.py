@@ -72,6 +72,13 @@ Etag = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Sort = Literal["relevance", "newest", "oldest", "price_asc", "price_desc", "name"]
 
 
+def _one_of_the_codes(schema: dict[str, Any]) -> None:
+    """A draft's currency as clients see it: one of the codes, or left out (None stands for left out)."""
+    codes = next(option for option in schema.pop("anyOf") if "enum" in option)
+    schema.update(codes)
+    schema.pop("default", None)
+
+
 class ProductDraft(BaseModel):
     """A new product as an admin submits it."""
 
@@ -81,16 +88,23 @@ class ProductDraft(BaseModel):
     name: Name
     description: Description = ""
     price_cents: PriceCents
-    currency: Currency
+    currency: Currency | None = Field(None, description="Default: the shop's currency (its tenant's setting).",
+                                      json_schema_extra=lambda schema: _one_of_the_codes(schema))
     active: StrictBool = True
     categories: Categories = []
     stock: Stock | None = Field(None, description="Initial stock on hand, handed to inventory.")
 
     @model_validator(mode="after")
     def _chargeable(self) -> ProductDraft:
-        if problem := unchargeable(self.price_cents, self.currency):
+        if self.currency is not None and (problem := unchargeable(self.price_cents, self.currency)):
             raise ValueError(f"price_cents: {problem}")
         return self
+
+    def in_currency(self, default: str) -> ProductDraft:
+        """This draft with ``default`` as its currency when it names none (checked as if it had been given)."""
+        if self.currency is not None:
+            return self
+        return ProductDraft.model_validate(self.model_dump() | {"currency": default})
 
 
 def _given_and_not_null(schema: dict[str, Any]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from cartwheel import subjects
@@ -19,6 +20,7 @@ from cartwheel.contracts.catalog import (
     SetProductImage,
     UpdateProduct,
 )
+from cartwheel.errors import Invalid
 from cartwheel.outbox import record_event
 from cartwheel.service import Service
 from services.catalog import search, store
@@ -37,15 +39,27 @@ class CatalogHandlers:
         self.cache = ProductCache(await self.service.js.key_value(subjects.CATALOG_CACHE_BUCKET))
 
     async def create_product(self, cmd: CreateProduct) -> dict[str, Any]:
+        try:
+            draft = cmd.draft.in_currency(self._currency(cmd.tenant))
+        except ValidationError as exc:  # the price can't be charged in the shop's currency
+            raise Invalid(str(exc.errors()[0]["msg"]).removeprefix("Value error, ")) from None
+
         def work(session: Session) -> Product:
-            product = store.create_product(session, cmd.draft, cmd.tenant)
-            record_event(session, ProductCreated(tenant=cmd.tenant, product=product, stock=cmd.draft.stock))
+            product = store.create_product(session, draft, cmd.tenant)
+            record_event(session, ProductCreated(tenant=cmd.tenant, product=product, stock=draft.stock))
             return product
 
         product = await self.db.run(work)
         self.service.notify_outbox()
         await self._cache().replace(cmd.tenant, product, previous_sku=None)
         return product.model_dump(mode="json")
+
+    def _currency(self, tenant: str) -> str:
+        """The shop's currency: the tenant's setting (``cartwheel tenants set NAME currency=USD``), else the
+        installation's (``CARTWHEEL_CURRENCY``)."""
+        entry = self.service.tenants.entry(tenant)
+        return str(entry.settings.get("currency")) if entry and entry.settings.get("currency") else \
+            self.service.settings.currency
 
     async def update_product(self, cmd: UpdateProduct) -> dict[str, Any]:
         return await self._change(cmd.tenant, lambda s: store.update_product(s, cmd.product_id, cmd.patch))

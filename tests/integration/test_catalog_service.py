@@ -458,3 +458,44 @@ def test_a_sku_is_found_as_typed_where_postgresql_reads_numbers_in_it(catalog, c
                 assert made["id"] in [p["id"] for p in found["items"]], (typed, found["items"])
 
     client.run(scenario)
+
+
+def test_a_product_without_a_currency_takes_its_shops(start_service, client, tmp_path: Path, nats_url: str) -> None:
+    """Issue 17: a tenant's currency setting. The installation's own shop is priced in CARTWHEEL_CURRENCY, a
+    tenant's in its own (`cartwheel tenants set acme currency=USD`); a price its currency can't charge is refused
+    as if the currency had been given."""
+    from cartwheel.bus import declare_topology
+    from cartwheel.db import migrate
+    from cartwheel.tenants.mirror import sync
+    from cartwheel.tenants.registry import Registry
+
+    settings = settings_for(nats_url, tmp_path, currency="KWD")
+    registry = Registry(settings.control_url, reserved=[settings.tenant])
+    registry.create("acme-usd", ["acme.test"], {"currency": "USD"})
+    migrate("catalog", settings.database_url("catalog", "acme-usd"))
+
+    async def registered(nc: nats.NATS) -> None:
+        await declare_topology(nc.jetstream(), settings, update=False)
+        await sync(settings, registry)
+
+    client.run(registered)
+    registry.close()
+    catalog = start_service("catalog", currency="KWD")
+
+    async def scenario(nc: nats.NATS) -> None:
+        plain = {"sku": random_sku(), "name": "Mug", "price_cents": 1200}
+        own = await request(nc, CreateProduct(draft=ProductDraft.model_validate(plain)), TIMEOUT)
+        assert own["currency"] == "KWD"
+        for _ in range(50):  # the service's copy of the registry follows the bucket
+            if catalog.service.tenants.entry("acme-usd") is not None:
+                break
+            await asyncio.sleep(0.1)
+        theirs = await request(nc, CreateProduct(tenant="acme-usd", draft=ProductDraft.model_validate(
+            plain | {"sku": random_sku()})), TIMEOUT)
+        assert theirs["currency"] == "USD"
+        with pytest.raises(DomainError) as refused:  # Stripe takes KWD to the hundredth: 1,201 fils cannot be
+            await request(nc, CreateProduct(draft=ProductDraft.model_validate(plain | {"sku": random_sku(),
+                                                                                       "price_cents": 1201})), TIMEOUT)
+        assert refused.value.code == "validation_failed" and "price_cents" in str(refused.value)
+
+    client.run(scenario)
