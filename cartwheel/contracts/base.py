@@ -8,6 +8,8 @@ from uuid import uuid4
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from cartwheel.tenants import context as tenant_context
+
 MAX_PAGE_CURSOR = 600  # a service's cursor (the catalog's are at most 500) plus the gateway's signature
 PageCursor = Annotated[
     str,
@@ -31,7 +33,9 @@ class Message(BaseModel):
 
     id: str = Field(default_factory=new_id)
     occurred_at: datetime = Field(default_factory=utcnow)
-    tenant: str = "default"
+    tenant: str = Field(default_factory=tenant_context.current)
+    """Whose message it is. Left out, the tenant whose work is in hand (a saga's release for acme's order is acme's),
+    else the installation's own."""
     schema_version: int = 1
 
 

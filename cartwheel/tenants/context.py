@@ -7,11 +7,14 @@ import contextlib
 from collections.abc import Iterator
 from contextvars import ContextVar, Token
 
+OWN = "default"
+"""The installation's own tenant: its databases are the configured ones, and it is never registered."""
+
 _current: ContextVar[str | None] = ContextVar("cartwheel_tenant", default=None)
 _background: ContextVar[bool] = ContextVar("cartwheel_tenant_background", default=False)
 
 
-def current(default: str) -> str:
+def current(default: str = OWN) -> str:
     """The tenant of the work in hand; ``default`` (the installation's own) outside any tenant's work."""
     return _current.get() or default
 

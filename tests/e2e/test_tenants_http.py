@@ -200,6 +200,11 @@ def test_an_order_belongs_to_one_shop(tenants: tuple[Shop, Shop, Shop]) -> None:
         assert refused.status_code == 404
     assert available(a, tea["id"], 18), "A's stock reserved by A's order"
     assert b.request("POST", "/api/checkout", json=body, headers={"Idempotency-Key": key}).status_code != 201
+    # Cancelled by A's admin, the order's release goes to A's lane database: the stock comes back at once (the
+    # saga's release once carried the installation's tenant and was applied there: A's units stayed held).
+    cancelled = a.request("POST", f"/api/admin/orders/{order_id}/cancel", admin=True)
+    assert cancelled.status_code == 200, cancelled.text
+    assert available(a, tea["id"], 20), "A's stock released when A's order was cancelled"
 
 
 def _next_cart(lines: Iterator[str]) -> dict[str, Any]:
