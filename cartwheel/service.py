@@ -66,6 +66,7 @@ class Service:
     def __init__(self, name: str, settings: Settings | None = None) -> None:
         self.name = name
         self.settings = settings or get_settings()
+        tenant_context.set_own(self.settings.tenant)  # what a message left without a tenant says outside any work
         self.log = logging.getLogger(f"cartwheel.{name}")
         self.registry = CollectorRegistry()
         self.metrics = ServiceMetrics(name, self.registry)

@@ -174,10 +174,8 @@ class Settings(BaseSettings):
     currency: str = Field("EUR", pattern=r"^[A-Z]{3}$",
                           description="The shop's currency: a product created without one is priced in it (a "
                           "tenant's own: `cartwheel tenants set NAME currency=USD`).")
-    tenant: Literal["default"] = Field(
-        "default", description="The installation's own tenant, always `default`: its databases are the ones above "
-        "(other tenants: `cartwheel tenants`)."
-    )
+    tenant: str = Field("default", description="The installation's own tenant: its databases are the ones above "
+                        "(other tenants: `cartwheel tenants`).")
     control_database_url: str | None = Field(
         None, description="The tenant registry. Default: sqlite:///<var_dir>/control.db"
     )

@@ -7,16 +7,21 @@ import contextlib
 from collections.abc import Iterator
 from contextvars import ContextVar, Token
 
-OWN = "default"
-"""The installation's own tenant: its databases are the configured ones, and it is never registered."""
-
+_own = "default"  # the installation's own tenant (settings.tenant), as the process set it at start
 _current: ContextVar[str | None] = ContextVar("cartwheel_tenant", default=None)
+
+
+def set_own(tenant: str) -> None:
+    """Name the installation's own tenant (``settings.tenant``): what :func:`current` says outside any tenant's
+    work. A service and the gateway call it as they start."""
+    global _own
+    _own = tenant
 _background: ContextVar[bool] = ContextVar("cartwheel_tenant_background", default=False)
 
 
-def current(default: str = OWN) -> str:
-    """The tenant of the work in hand; ``default`` (the installation's own) outside any tenant's work."""
-    return _current.get() or default
+def current(default: str | None = None) -> str:
+    """The tenant of the work in hand; outside any tenant's work ``default``, else the installation's own."""
+    return _current.get() or default or _own
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from flask import Flask, Response
 
 from cartwheel.settings import Settings, get_settings
+from cartwheel.tenants import context as tenant_context
 from services.gateway import access, accounts, admin_carts, api, cart, inventory, ops, orders, products, sse, webhooks
 from services.gateway.bridge import NatsBridge
 from services.gateway.context import EXTENSION, Bus, Gateway, gateway
@@ -25,6 +26,7 @@ def create_app(settings: Settings | None = None, bridge: Bus | None = None, host
     ``post_worker_init`` hook (or, failing that, by the first request) — never at import. ``hosts``: the tenant
     directory (default: the bridge's live one; with a fake bus, the installation's own tenant alone)."""
     settings = settings or get_settings()
+    tenant_context.set_own(settings.tenant)  # what a message left without a tenant says outside a request
     app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = MAX_JSON_BODY
     bus = bridge or NatsBridge(settings)
