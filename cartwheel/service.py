@@ -81,6 +81,7 @@ class Service:
         self.relays: dict[str, OutboxRelay] = {}  # every open tenant database's, that one too
         self._loop: asyncio.AbstractEventLoop | None = None
         self._upkeep: asyncio.Task[None] | None = None
+        self._stopping_relays: set[asyncio.Task[None]] = set()
         self.event_consumers: dict[str, str] = {}  # durable -> subject, as subjects.EVENT_CONSUMERS lists them
         self.readiness = Readiness(self)
         self.tenants = Directory(self.settings, lambda: self.broker.connection)
@@ -211,9 +212,14 @@ class Service:
         self._loop.call_soon_threadsafe(relay.start)
 
     def _closing(self, tenant: str, db: Database) -> None:
-        relay = self.relays.pop(tenant, None)
-        if relay is not None and self._loop is not None:
-            self._loop.call_soon_threadsafe(lambda: self._loop.create_task(relay.stop()))  # type: ignore[union-attr]
+        relay, loop = self.relays.pop(tenant, None), self._loop
+        if relay is not None and loop is not None:  # it sends what is pending one last time, then ends
+            loop.call_soon_threadsafe(self._stop_relay, relay)
+
+    def _stop_relay(self, relay: OutboxRelay) -> None:
+        task = asyncio.get_running_loop().create_task(relay.stop())
+        self._stopping_relays.add(task)  # held until done: a task nobody holds may be collected mid-way
+        task.add_done_callback(self._stopping_relays.discard)
 
     async def _startup(self) -> None:
         started = time.monotonic()
@@ -262,18 +268,20 @@ class Service:
     def every_tenant(self, what: str, work: Callable[[], Awaitable[float]]) -> TenantRounds:
         """Upkeep for each tenant in turn, in its context: ``work()`` returns the seconds until its next round
         (see :class:`~cartwheel.tenants.rounds.TenantRounds`); run it with ``rounds.run_forever()``."""
-        return TenantRounds(what, self.db, self.tenants.names, work)
+        return TenantRounds(what, self.db, self.tenants.upkept, work)
 
     async def _outbox_round(self) -> float:
         """Publish what a tenant's outbox still holds when no relay of this process is at it (a quiet tenant after
         a crash, or whose last relay could not reach NATS before its database closed)."""
         tenant = tenant_context.current(self.db.own_name)
-        if tenant not in self.relays:
-            db = self.db.current()
-            pending, _ = await db.read(OutboxRelay.backlog)
-            if pending:
-                self.log.info("tenant %s: %d events left in its outbox; publishing them", tenant, pending)
-                await self._relay(db).relay_pending()
+        if tenant in self.relays:  # open: its relay is at it
+            return OUTBOX_UPKEEP_S
+        db = self.db.current()  # opened now: its relay starts (on the loop, after this round) ...
+        pending, _ = await db.read(OutboxRelay.backlog)
+        relay = self.relays.get(tenant)
+        if pending and relay is not None:  # ... and is told at once
+            self.log.info("tenant %s: %d events left in its outbox; publishing them", tenant, pending)
+            relay.notify()
         return OUTBOX_UPKEEP_S
 
     async def _before_broker_stops(self) -> None:
@@ -294,6 +302,8 @@ class Service:
         self._loop = None  # no new relays
         for relay in list(self.relays.values()):
             await relay.stop()
+        if self._stopping_relays:
+            await asyncio.wait(list(self._stopping_relays))
 
     async def _close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.db.close)

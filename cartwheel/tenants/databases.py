@@ -11,9 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from cartwheel.db import Database
+from cartwheel.db import Database, head_revision
 from cartwheel.errors import NotFound
 from cartwheel.settings import Settings
 from cartwheel.tenants import context
@@ -61,6 +62,7 @@ class TenantDatabases:
         self._open: OrderedDict[str, Database] = OrderedDict()
         self._closing: list[tuple[float, str, Database]] = []
         self._upkeep_only: OrderedDict[str, Database] = OrderedDict()  # open, and only upkeep has used them
+        self._upkeep_used: dict[str, float] = {}  # ... when it last did
         self._lock = threading.Lock()  # the gateway's worker threads open tenants' databases too
         self._executors: tuple[ThreadPoolExecutor, ThreadPoolExecutor] | None = None
         self.opened = 0  # databases opened after the own one: the LRU's misses
@@ -78,14 +80,18 @@ class TenantDatabases:
                 return db
             db = self._upkeep_only.pop(tenant, None)
             if db is not None and not background:  # a shopper's now: kept like any other
+                self._upkeep_used.pop(tenant, None)
                 self._open[tenant] = db
                 return db
             if db is not None:
                 self._upkeep_only[tenant] = db
+                self._upkeep_used[tenant] = time.monotonic()
                 return db
             db = self._revive(tenant) or self._open_new(tenant)
             # Upkeep's (a sweep of a quiet tenant) are closed first and sooner: busy tenants' stay open.
             (self._upkeep_only if background else self._open)[tenant] = db
+            if background:
+                self._upkeep_used[tenant] = time.monotonic()
             evicted = self._evict()
         if self.on_open is not None and db is not None:
             self.on_open(tenant, db)
@@ -99,6 +105,11 @@ class TenantDatabases:
         """The database of the tenant whose work is in hand (:mod:`cartwheel.tenants.context`)."""
         return self.of(context.current(self.own_name))
 
+    def busy(self, tenant: str) -> bool:
+        """Open for a shopper's work (not only upkeep's): its upkeep keeps the pace that work asks."""
+        with self._lock:
+            return tenant == self.own_name or tenant in self._open
+
     def all_open(self) -> list[tuple[str, Database]]:
         with self._lock:
             return [(self.own_name, self.own), *self._open.items(), *self._upkeep_only.items()]
@@ -108,8 +119,17 @@ class TenantDatabases:
         if self._executors is None:
             self._executors = (ThreadPoolExecutor(8, thread_name_prefix="tenant-db"),
                                ThreadPoolExecutor(2, thread_name_prefix="tenant-db-write"))
+        db = Database(url, pool_size=TENANT_POOL_SIZE, executors=self._executors)
+        try:
+            revision = db.read_sync(lambda s: s.execute(text("SELECT version_num FROM alembic_version")).scalar())
+        except Exception:  # no such table: never migrated
+            revision = None
+        if revision != head_revision(self.service):  # a failed or missing migration: refused, not half served
+            db.close()
+            raise UnknownTenant(f"tenant {tenant!r}: its {self.service} database is not migrated to this version "
+                                f"({revision or 'none'}; `cartwheel migrate --all-tenants`)")
         self.opened += 1
-        return Database(url, pool_size=TENANT_POOL_SIZE, executors=self._executors)
+        return db
 
     def _revive(self, tenant: str) -> Database | None:
         for n, (_, name, db) in enumerate(self._closing):
@@ -119,16 +139,28 @@ class TenantDatabases:
         return None
 
     def _evict(self) -> list[tuple[str, Database]]:
+        """Upkeep's databases idle for :data:`UPKEEP_CLOSE_AFTER_S`, then the least recently used beyond the
+        capacity; closing ones beyond the capacity are closed at once (they count toward what is open)."""
         evicted = []
+        now = time.monotonic()
+        for name in [n for n, at in self._upkeep_used.items() if now - at >= UPKEEP_CLOSE_AFTER_S]:
+            evicted.append((name, self._upkeep_only.pop(name)))
+            del self._upkeep_used[name]
+            self._closing.append((now, name, evicted[-1][1]))
         while len(self._open) + len(self._upkeep_only) > self.capacity:
             if self._upkeep_only:
                 name, db = self._upkeep_only.popitem(last=False)
+                self._upkeep_used.pop(name, None)
                 grace = UPKEEP_CLOSE_AFTER_S
             else:
                 name, db = self._open.popitem(last=False)
                 grace = CLOSE_AFTER_S
-            self._closing.append((time.monotonic() + grace, name, db))
+            self._closing.append((now + grace, name, db))
             evicted.append((name, db))
+        if len(self._closing) > self.capacity:  # never more than twice the capacity open, whatever the churn
+            self._closing.sort(key=lambda item: item[0])
+            for n in range(len(self._closing) - self.capacity):
+                self._closing[n] = (0.0, *self._closing[n][1:])
         return evicted
 
     def _reap(self, *, everything: bool = False) -> None:
@@ -145,6 +177,7 @@ class TenantDatabases:
                 self._closing.append((0.0, name, db))
             self._open.clear()
             self._upkeep_only.clear()
+            self._upkeep_used.clear()
         self._reap(everything=True)
         self.own.close()
         if self._executors is not None:

@@ -107,6 +107,10 @@ class Directory:
         """Every active registered tenant (the installation's own is not registered)."""
         return [entry.name for entry in self.mirror.values() if entry.active]
 
+    def upkept(self) -> list[str]:
+        """Every registered tenant, disabled ones too: a disabled shop's open orders still expire and refund."""
+        return [entry.name for entry in self.mirror.values()]
+
     def entry(self, name: str) -> Entry | None:
         return self.mirror.get(subjects.tenant_key(name))
 

@@ -56,7 +56,7 @@ class TenantRounds:
 
     async def _round(self, tenant: str) -> float:
         """One round for ``tenant``; the seconds until its next one."""
-        open_here = tenant == self.databases.own_name or any(name == tenant for name, _ in self.databases.all_open())
+        open_here = self.databases.busy(tenant)
         with context.serving(tenant, background=not open_here):
             try:
                 wait = await self.work()

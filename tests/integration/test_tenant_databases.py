@@ -56,19 +56,37 @@ def test_an_unknown_tenant_is_refused_and_gets_no_file(tmp_path: Path) -> None:
         dbs.close()
 
 
-def test_upkeep_never_pushes_a_busy_tenants_database_out(tmp_path: Path) -> None:
+def test_upkeep_never_pushes_a_busy_tenants_database_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(databases, "UPKEEP_CLOSE_AFTER_S", 0.2)
     settings = Settings(var_dir=tmp_path, tenant_databases_open=2)
     make_tenants(settings, ["busy", "quiet-1", "quiet-2", "quiet-3"])
     dbs = TenantDatabases("catalog", settings)
     try:
         busy = dbs.of("busy")
-        for quiet in ("quiet-1", "quiet-2", "quiet-3"):
-            with context.serving(quiet, background=True):
-                dbs.current()
+        for _ in range(2):  # a second round of upkeep too: the quiet ones stay upkeep's
+            for quiet in ("quiet-1", "quiet-2", "quiet-3"):
+                with context.serving(quiet, background=True):
+                    dbs.current()
         assert [name for name, _ in dbs.all_open()][1:] == ["busy", "quiet-3"]  # quiet ones went first
+        assert dbs.busy("busy") and not dbs.busy("quiet-3")
         assert dbs.of("busy") is busy  # never closed and opened again
-        dbs.of("quiet-1")
-        time.sleep(0.01)
+        time.sleep(0.3)
+        with context.serving("quiet-1", background=True):
+            dbs.current()  # opening one closes upkeep's idle ones, below the capacity too
+        assert [name for name, _ in dbs.all_open()][1:] == ["busy", "quiet-1"]
+    finally:
+        dbs.close()
+
+
+def test_a_tenant_whose_migration_failed_is_refused_not_half_served(tmp_path: Path) -> None:
+    settings = Settings(var_dir=tmp_path)
+    url = settings.database_url("catalog", "half")
+    Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True)
+    migrate("catalog", url, "0001")  # stopped part-way, as a failed `migrate --all-tenants` leaves it
+    dbs = TenantDatabases("catalog", settings)
+    try:
+        with pytest.raises(UnknownTenant, match="not migrated to this version"):
+            dbs.of("half")
     finally:
         dbs.close()
 

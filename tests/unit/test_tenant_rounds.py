@@ -18,8 +18,8 @@ class FakeDatabases:
     def __init__(self, open_ones: list[str]) -> None:
         self.open_ones = open_ones
 
-    def all_open(self) -> list[tuple[str, object]]:
-        return [(self.own_name, object()), *((name, object()) for name in self.open_ones)]
+    def busy(self, tenant: str) -> bool:
+        return tenant == self.own_name or tenant in self.open_ones
 
 
 def test_each_tenant_gets_rounds_in_its_own_context_busy_ones_at_their_pace_quiet_ones_seldom(
