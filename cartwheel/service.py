@@ -44,12 +44,13 @@ from cartwheel.readiness import Readiness
 from cartwheel.requests import RequestServer
 from cartwheel.settings import Settings, get_settings
 from cartwheel.tenants import context as tenant_context
-from cartwheel.tenants.databases import TenantDatabases
+from cartwheel.tenants.databases import TenantDatabases, UnknownTenant
 from cartwheel.tenants.mirror import Directory
 from cartwheel.tenants.rounds import TenantRounds
 
 HANDLER_CONCURRENCY = 64
 OUTBOX_UPKEEP_FIRST_S = 5.0  # after start, every tenant's outbox is looked at (quiet ones 4 a second) ...
+LET_GO_EVERY_S = 1.0  # how soon a tenant being deleted is let go of (cartwheel/tenants/cli.py waits for it)
 OUTBOX_UPKEEP_S = 60.0  # ... and again this often, busy or not (a quiet tenant: as often as TenantRounds allows)
 REDELIVER_S = 2.0  # an event whose handler failed comes back after this long (a dependency may be back) ...
 REDELIVER_MAX_S = 300.0  # ... doubling with each failure up to this: a poison event costs little, and is never lost
@@ -72,7 +73,8 @@ class Service:
         self.metrics = ServiceMetrics(name, self.registry)
         self.connection_log = ConnectionLog(name, reconnected=self.metrics.nats_reconnects.inc)
         self.broker = make_broker(self.settings, name, self.registry, self.connection_log)
-        self.db = TenantDatabases(name, self.settings, on_open=self._opened, on_close=self._closing)
+        self.db = TenantDatabases(name, self.settings, on_open=self._opened, on_close=self._closing,
+                                  gone=lambda tenant: self.tenants.gone(tenant))
         """The current tenant's database (``self.db.run(...)``), each tenant's by ``self.db.of(tenant)``."""
         self.instance = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
         self._on_start: list[Callable[[], Awaitable[None]]] = []
@@ -81,6 +83,7 @@ class Service:
         self.relays: dict[str, OutboxRelay] = {}  # every open tenant database's, that one too
         self._loop: asyncio.AbstractEventLoop | None = None
         self._upkeep: asyncio.Task[None] | None = None
+        self._letting_go: asyncio.Task[None] | None = None
         self._stopping_relays: set[asyncio.Task[None]] = set()
         self.event_consumers: dict[str, str] = {}  # durable -> subject, as subjects.EVENT_CONSUMERS lists them
         self.readiness = Readiness(self)
@@ -163,7 +166,11 @@ class Service:
                             self.log.debug("event on %s handled by %s", subject, durable)
                         except NackMessage:
                             raise
-                        except Exception:
+                        except Exception as failure:
+                            if isinstance(failure, UnknownTenant) and self.tenants.gone(event.tenant):
+                                self.log.warning("event on %s for %s: tenant %s is deleted; dropped", subject,
+                                                 durable, event.tenant)
+                                return  # acknowledged: it can never be handled (a registered tenant's comes back)
                             # FastStream's default would terminate the event: it would never come back.
                             self.metrics.failures.labels(self.name, subject).inc()
                             deliveries = msg.raw_message.metadata.num_delivered or 1
@@ -261,6 +268,7 @@ class Service:
         self.readiness.start()
         rounds = self.every_tenant("outbox upkeep", self._outbox_round)
         self._upkeep = asyncio.create_task(rounds.run_forever(first_wait=OUTBOX_UPKEEP_FIRST_S), name="outbox-upkeep")
+        self._letting_go = asyncio.create_task(self._let_go_of_deleted(), name="tenants-let-go")
         start_ops_server(self.settings.metrics_port, self.registry, self.readiness.alive, self.settings.metrics_host,
                          ready=self.readiness.now)
         self.log.info("%s ready (instance %s)", self.name, self.instance)
@@ -284,11 +292,21 @@ class Service:
             relay.notify()
         return OUTBOX_UPKEEP_S
 
+    async def _let_go_of_deleted(self) -> None:
+        """A tenant being deleted (or no longer registered) loses this process's hold on its databases within
+        :data:`LET_GO_EVERY_S`: ``cartwheel tenants delete`` waits that long before it drops them."""
+        while True:
+            await asyncio.sleep(LET_GO_EVERY_S)
+            for tenant, _ in self.db.all_open()[1:]:
+                if self.tenants.gone(tenant) and self.db.let_go(tenant):
+                    self.log.info("tenant %s is being deleted: its database is closed here", tenant)
+
     async def _before_broker_stops(self) -> None:
-        if self._upkeep is not None:
-            self._upkeep.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._upkeep
+        for task in (self._upkeep, self._letting_go):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.tenants.mirror.stop()
         await self.readiness.stop()
         self.connection_log.closing = True

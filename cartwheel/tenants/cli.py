@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import nats.errors
@@ -19,6 +20,10 @@ from cartwheel.tenants.erase import erase_messages
 from cartwheel.tenants.mirror import sync_now
 from cartwheel.tenants.names import BadName
 from cartwheel.tenants.registry import HostTaken, NoSuchTenant, Registry, TenantExists
+
+LET_GO_WAIT_S = 3.0
+"""How long delete waits, after telling the shop, for every process to let go of the tenant's databases (they
+look every second: cartwheel/service.py LET_GO_EVERY_S)."""
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -134,6 +139,9 @@ def _list(args: argparse.Namespace, settings: Settings, registry: Registry) -> i
 
 
 def _status(args: argparse.Namespace, settings: Settings, registry: Registry) -> int:
+    if registry.get(args.name).status == "deleting":
+        raise NoSuchTenant(f"tenant {args.name!r} is being deleted: run `cartwheel tenants delete {args.name} --yes` "
+                           "again to finish")
     tenant = registry.set_status(args.name, "disabled" if args.verb == "disable" else "active")
     print(f"tenant {tenant.name} is {tenant.status}")
     _tell_the_shop(settings, registry)
@@ -145,8 +153,9 @@ def _delete(args: argparse.Namespace, settings: Settings, registry: Registry) ->
     if not args.yes:
         print(f"tenants delete: this removes {tenant.name} and all of its data; add --yes to do it", file=sys.stderr)
         return 2
-    registry.set_status(tenant.name, "disabled")  # no new requests while its data goes
-    _tell_the_shop(settings, registry)
+    registry.set_status(tenant.name, "deleting")  # its hosts 404; every process lets go of its databases ...
+    if _tell_the_shop(settings, registry):
+        time.sleep(LET_GO_WAIT_S)  # ... within a second of hearing it
     for service in DATABASES:
         drop_database(settings.database_url(service, tenant.name))
     folder = settings.var_dir / "tenants" / tenant.name
@@ -156,7 +165,8 @@ def _delete(args: argparse.Namespace, settings: Settings, registry: Registry) ->
         erased = asyncio.run(erase_messages(settings, tenant.name))
     except (OSError, TimeoutError, nats.errors.Error) as exc:
         print(f"tenants delete: NATS could not be reached ({type(exc).__name__}: {exc}); {tenant.name} stays "
-              "registered (disabled) until its messages are erased: run the same command again", file=sys.stderr)
+              "registered (being deleted) until its messages are erased: run the same command again",
+              file=sys.stderr)
         return 1
     registry.forget(tenant.name)
     _tell_the_shop(settings, registry)
@@ -227,10 +237,12 @@ def drop_database(url: str) -> None:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(target.database or "")))
 
 
-def _tell_the_shop(settings: Settings, registry: Registry) -> None:
+def _tell_the_shop(settings: Settings, registry: Registry) -> bool:
+    """Copy the registry to the bucket the running shop reads; whether it could."""
     problem = sync_now(settings, registry)
     if problem:
         print(f"(the running shop was not told: {problem}; `cartwheel up` tells it at its next start)")
+    return problem is None
 
 
 def _lines(path: Path) -> list[list[str]]:

@@ -52,13 +52,15 @@ class TenantDatabases:
 
     def __init__(self, service: str, settings: Settings, *, pool_size: int = 10,
                  on_open: Callable[[str, Database], None] | None = None,
-                 on_close: Callable[[str, Database], None] | None = None) -> None:
+                 on_close: Callable[[str, Database], None] | None = None,
+                 gone: Callable[[str], bool] | None = None) -> None:
         self.service = service
         self.settings = settings
         self.own_name = settings.tenant
         self.own = Database(settings.database_url(service), pool_size=pool_size)
         self.capacity = settings.tenant_databases_open
         self.on_open, self.on_close = on_open, on_close
+        self.gone = gone or (lambda tenant: False)  # being deleted (or unregistered): refused, let go of
         self._open: OrderedDict[str, Database] = OrderedDict()
         self._closing: list[tuple[float, str, Database]] = []
         self._upkeep_only: OrderedDict[str, Database] = OrderedDict()  # open, and only upkeep has used them
@@ -87,6 +89,8 @@ class TenantDatabases:
                 self._upkeep_only[tenant] = db
                 self._upkeep_used[tenant] = time.monotonic()
                 return db
+            if self.gone(tenant):  # being deleted: not opened again, not even from those closing
+                raise UnknownTenant(f"no tenant {tenant!r} (it is being deleted)")
             db = self._revive(tenant) or self._open_new(tenant)
             # Upkeep's (a sweep of a quiet tenant) are closed first and sooner: busy tenants' stay open.
             (self._upkeep_only if background else self._open)[tenant] = db
@@ -113,6 +117,18 @@ class TenantDatabases:
     def all_open(self) -> list[tuple[str, Database]]:
         with self._lock:
             return [(self.own_name, self.own), *self._open.items(), *self._upkeep_only.items()]
+
+    def let_go(self, tenant: str) -> bool:
+        """Close ``tenant``'s database now (its relay sends what is pending first); whether it was open."""
+        with self._lock:
+            db = self._open.pop(tenant, None) or self._upkeep_only.pop(tenant, None)
+            self._upkeep_used.pop(tenant, None)
+            if db is not None:  # closed once its relay had time to send what is pending
+                self._closing.append((time.monotonic() + UPKEEP_CLOSE_AFTER_S, tenant, db))
+        if db is not None and self.on_close is not None:
+            self.on_close(tenant, db)
+        self._reap()
+        return db is not None
 
     def _open_new(self, tenant: str) -> Database:
         url = existing_database_url(self.settings, self.service, tenant)

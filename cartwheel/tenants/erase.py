@@ -54,7 +54,7 @@ async def erase_messages(settings: Settings, tenant: str,
                     except nats.errors.TimeoutError:  # the last ones were removed meanwhile (a lane purges)
                         break
                     seq = msg.metadata.sequence.stream
-                    if mark.search(msg.data):
+                    if mark.search(msg.data) or (msg.headers or {}).get(subjects.LANE_TENANT_HEADER) == tenant:
                         await js.delete_msg(stream, seq)  # the server overwrites it (secure erase)
                         count += 1
                     if time.monotonic() - printed >= PROGRESS_EVERY_S:

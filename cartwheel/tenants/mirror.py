@@ -31,12 +31,14 @@ class Entry:
     hosts: tuple[str, ...]
     settings: dict[str, Any]
     admin_token_hash: str | None
+    deleting: bool = False
+    """Being deleted: every process lets go of its databases and refuses its messages."""
 
 
 def _entry(key: str, value: bytes) -> Entry | None:
     data = json.loads(value)
     return Entry(data["name"], data["status"] == "active", tuple(data["hosts"]), data.get("settings", {}),
-                 data.get("admin_token_hash"))
+                 data.get("admin_token_hash"), data["status"] == "deleting")
 
 
 async def publish(nc: NatsClient, tenants: list[Tenant], removed: list[str] = ()) -> None:  # type: ignore[assignment]
@@ -109,7 +111,15 @@ class Directory:
 
     def upkept(self) -> list[str]:
         """Every registered tenant, disabled ones too: a disabled shop's open orders still expire and refund."""
-        return [entry.name for entry in self.mirror.values()]
+        return [entry.name for entry in self.mirror.values() if not entry.deleting]
+
+    def gone(self, tenant: str) -> bool:
+        """``tenant`` is being deleted, or (once the copy is whole) not registered at all: its databases are let
+        go and its messages refused. Never the installation's own."""
+        if tenant == self.own:
+            return False
+        entry = self.entry(tenant)
+        return entry.deleting if entry is not None else self.mirror.synced
 
     def entry(self, name: str) -> Entry | None:
         return self.mirror.get(subjects.tenant_key(name))

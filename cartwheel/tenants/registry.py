@@ -23,7 +23,7 @@ from cartwheel.db import CONTROL, make_engine, migrate
 from cartwheel.tenants.models import HostRow, MigrationRow, TenantRow
 from cartwheel.tenants.names import BadName, check_host, check_name
 
-Status = Literal["active", "disabled"]
+Status = Literal["active", "disabled", "deleting"]
 SETTINGS = ("currency", "stripe_publishable_key")
 """What a tenant may set for itself (``--set currency=EUR``); everything else is the installation's."""
 

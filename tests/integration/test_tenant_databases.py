@@ -143,3 +143,67 @@ def test_a_quiet_tenants_outbox_is_published_after_a_restart_without_any_traffic
             await nc.close()
 
     assert asyncio.run(published()) == event_id
+
+
+def test_a_tenant_deleted_while_a_service_runs_is_let_go_and_refused_and_nothing_comes_back(
+    nats_url: str, tmp_path: Path, start_service: object,
+) -> None:
+    """Review of issue 17: deleting a tenant unlinked its files under a running service, which kept the database
+    open, kept writing (its relay, its caches) and handled its events forever after."""
+    import asyncio
+    import os
+    import subprocess
+    import sys
+
+    import nats
+
+    from cartwheel.bus import declare_topology, request
+    from cartwheel.contracts.catalog import CreateProduct, ProductDraft
+    from cartwheel.errors import DomainError
+    from cartwheel.tenants.mirror import sync
+    from cartwheel.tenants.registry import Registry
+    from tests.helpers import random_sku
+    from tests.integration.conftest import settings_for
+
+    settings = settings_for(nats_url, tmp_path)
+    registry = Registry(settings.control_url, reserved=[settings.tenant])
+    registry.create("short-lived", ["short.test"])
+    for service in ("catalog", "gateway", "cart", "inventory", "orders", "payments"):
+        migrate(service, settings.database_url(service, "short-lived"))
+    migrate("catalog", settings.database_url("catalog"))
+
+    async def registered() -> None:
+        nc = await nats.connect(nats_url)
+        try:
+            await declare_topology(nc.jetstream(), settings, update=False)
+            await sync(settings, registry)
+        finally:
+            await nc.close()
+
+    asyncio.run(registered())
+    registry.close()
+    catalog = start_service("catalog", var_dir=tmp_path)  # type: ignore[operator]
+
+    def create() -> dict:
+        async def ask() -> dict:
+            nc = await nats.connect(nats_url)
+            try:
+                draft = ProductDraft(sku=random_sku(), name="Tea", price_cents=500, currency="EUR")
+                return await request(nc, CreateProduct(tenant="short-lived", draft=draft), 5)
+            finally:
+                await nc.close()
+        return asyncio.run(ask())
+
+    assert create()["id"]
+    assert "short-lived" in [name for name, _ in catalog.service.db.all_open()]
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("CARTWHEEL_")}
+    environ |= {"CARTWHEEL_VAR_DIR": str(tmp_path), "CARTWHEEL_NATS_URL": nats_url}
+    done = subprocess.run([sys.executable, "-m", "cartwheel.cli", "tenants", "delete", "short-lived", "--yes"],
+                          env=environ, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "short-lived" not in [name for name, _ in catalog.service.db.all_open()]
+    with pytest.raises(DomainError) as refused:
+        create()
+    assert refused.value.code == "unknown_tenant"
+    time.sleep(1.5)  # a relay or a cache write of the deleted tenant would have made its folder again by now
+    assert not (tmp_path / "tenants" / "short-lived").exists()
