@@ -54,7 +54,8 @@ def test_a_tenant_is_created_listed_disabled_and_deleted_with_every_byte(tmp_pat
     assert refused.returncode == 2 and "--yes" in refused.stderr and folder.exists()
     no_nats = cartwheel(tmp_path, "tenants", "delete", "acme", "--yes")  # its messages can't be erased yet
     assert no_nats.returncode == 1 and "run the same command again" in no_nats.stderr
-    assert "acme  disabled" in cartwheel(tmp_path, "tenants", "list").stdout  # kept until they are
+    assert "acme  deleting" in cartwheel(tmp_path, "tenants", "list").stdout  # kept until they are
+    assert "being deleted" in cartwheel(tmp_path, "tenants", "enable", "acme").stderr
     marker = uuid.uuid4().hex
     events = [json.dumps({"tenant": tenant, "marker": marker, "n": n}).replace(" ", "")
               for n, tenant in enumerate(["acme", "other", "acme", "acme", "other"])]
