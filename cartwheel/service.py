@@ -167,7 +167,8 @@ class Service:
                         except NackMessage:
                             raise
                         except Exception as failure:
-                            if isinstance(failure, UnknownTenant) and self.tenants.gone(event.tenant):
+                            gone = self.tenants.mirror.synced and not self.tenants.registered(event.tenant)
+                            if isinstance(failure, UnknownTenant) and gone:
                                 self.log.warning("event on %s for %s: tenant %s is deleted; dropped", subject,
                                                  durable, event.tenant)
                                 return  # acknowledged: it can never be handled (a registered tenant's comes back)

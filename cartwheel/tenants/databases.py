@@ -65,6 +65,7 @@ class TenantDatabases:
         self._closing: list[tuple[float, str, Database]] = []
         self._upkeep_only: OrderedDict[str, Database] = OrderedDict()  # open, and only upkeep has used them
         self._upkeep_used: dict[str, float] = {}  # ... when it last did
+        self._let_go: set[Database] = set()  # closing because their tenant is being deleted: never revived
         self._lock = threading.Lock()  # the gateway's worker threads open tenants' databases too
         self._executors: tuple[ThreadPoolExecutor, ThreadPoolExecutor] | None = None
         self.opened = 0  # databases opened after the own one: the LRU's misses
@@ -125,6 +126,7 @@ class TenantDatabases:
             self._upkeep_used.pop(tenant, None)
             if db is not None:  # closed once its relay had time to send what is pending
                 self._closing.append((time.monotonic() + UPKEEP_CLOSE_AFTER_S, tenant, db))
+                self._let_go.add(db)
         if db is not None and self.on_close is not None:
             self.on_close(tenant, db)
         self._reap()
@@ -149,7 +151,7 @@ class TenantDatabases:
 
     def _revive(self, tenant: str) -> Database | None:
         for n, (_, name, db) in enumerate(self._closing):
-            if name == tenant:
+            if name == tenant and db not in self._let_go:  # one let go of may have no files any more
                 del self._closing[n]
                 return db
         return None
@@ -185,6 +187,7 @@ class TenantDatabases:
             due = [(name, db) for at, name, db in self._closing if everything or at <= now]
             self._closing = [item for item in self._closing if not (everything or item[0] <= now)]
         for _, db in due:
+            self._let_go.discard(db)
             db.close()
 
     def close(self) -> None:

@@ -114,12 +114,16 @@ class Directory:
         return [entry.name for entry in self.mirror.values() if not entry.deleting]
 
     def gone(self, tenant: str) -> bool:
-        """``tenant`` is being deleted, or (once the copy is whole) not registered at all: its databases are let
-        go and its messages refused. Never the installation's own."""
+        """``tenant`` is being deleted: every process lets go of its databases and refuses its messages."""
+        entry = self.entry(tenant) if tenant != self.own else None
+        return entry is not None and entry.deleting
+
+    def registered(self, tenant: str) -> bool:
+        """The installation's own, or a tenant registered and not being deleted (as far as the copy says)."""
         if tenant == self.own:
-            return False
+            return True
         entry = self.entry(tenant)
-        return entry.deleting if entry is not None else self.mirror.synced
+        return entry is not None and not entry.deleting
 
     def entry(self, name: str) -> Entry | None:
         return self.mirror.get(subjects.tenant_key(name))

@@ -21,6 +21,7 @@ from cartwheel.contracts.payments import StripeWebhook, WebhookOutcome
 from cartwheel.errors import DomainError, NotFound
 from cartwheel.keyedlock import KeyedLocks
 from cartwheel.service import Service
+from cartwheel.tenants import context as tenant_context
 from services.payments import domain, ledger, store
 from services.payments.accounts import StripeAccounts
 from services.payments.checkout import paid_intent
@@ -51,12 +52,40 @@ class WebhookHandlers:
             self._count(UNVERIFIED, "invalid_signature")
             raise
         try:
-            outcome, result = await self._receive(event)
+            tenant = await self._whose(event) if account is self.accounts.installation else None
+            if tenant is None:
+                outcome, result = await self._receive(event)
+            else:
+                with tenant_context.serving(tenant):
+                    outcome, result = await self._receive(event)
         except Exception:
             self._count(event["type"], "failed")
             raise
         self._count(event["type"], result)
         return outcome
+
+    async def _whose(self, event: dict[str, Any]) -> str | None:
+        """The tenant an event of the installation's Stripe account is about, when it is another than the one
+        whose host received it: every tenant without an account of its own is paid into the installation's, and
+        Stripe sends all their events to one endpoint. The payment's ``metadata.tenant`` (set when this shop made
+        it: the signature says the event is the account's) names it; a charge's, refund's or dispute's event is
+        about an intent, asked of Stripe for its metadata. None: the receiving tenant's, as before."""
+        here = tenant_context.current(self.service.settings.tenant)
+        subject = (event.get("data") or {}).get("object") or {}
+        named = (subject.get("metadata") or {}).get("tenant")
+        if not named and event["type"] not in domain.INTENT_EVENTS and event["type"] not in domain.CHECKOUT_EVENTS:
+            intent_id, api = domain.intent_of(event["type"], subject), self.accounts.installation.api
+            if intent_id and api is not None:
+                try:
+                    named = domain.snapshot(await api.retrieve_intent(intent_id)).tenant
+                except DomainError:
+                    named = None  # not the account's intent: recorded and ignored where it arrived
+        if not isinstance(named, str) or named == here or not self.service.tenants.registered(named):
+            return None
+        with tenant_context.serving(named):  # only a tenant paid into the installation's account
+            if (await self.accounts.current()) is not self.accounts.installation:
+                return None
+        return named
 
     def _count(self, kind: str, result: str) -> None:
         if self.metrics:

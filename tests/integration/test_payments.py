@@ -744,19 +744,38 @@ def test_an_intent_offers_the_accounts_payment_methods_and_mails_the_receipt_to_
 
 
 def test_a_tenant_with_its_own_stripe_account_is_paid_into_it_and_its_webhooks_signed_by_it(
-    start_service, client, localstripe, tmp_path: Path,  # noqa: F811
+    start_service, client, localstripe, tmp_path: Path, nats_url: str,  # noqa: F811
 ) -> None:
     """Issue 17: per-tenant Stripe keys. The installation here has no key at all, so only a tenant whose own key is
     used can make an intent; the tenant's webhook secret verifies its events and no other tenant's."""
+    from cartwheel.bus import declare_topology
     from cartwheel.settings import Settings
+    from cartwheel.tenants.mirror import sync
+    from cartwheel.tenants.registry import Registry
     from services.payments.accounts import set_own_account
+    from tests.integration.conftest import settings_for
 
+    settings = settings_for(nats_url, tmp_path)
+    registry = Registry(settings.control_url, reserved=[settings.tenant])
+    if "acme" not in registry.names():
+        registry.create("acme", [f"acme-{uuid.uuid4().hex[:8]}.test"])
+
+    async def registered(nc: nats.NATS) -> None:
+        await declare_topology(nc.jetstream(), settings, update=False)
+        await sync(settings, registry)
+
+    client.run(registered)
+    registry.close()
     tenant_url = Settings(var_dir=tmp_path).database_url("payments", "acme")
     migrate("payments", tenant_url)
     set_own_account(tenant_url, "sk_test_acme_own", "whsec_acme_own")
     with pytest.raises(ValueError, match="not a Stripe secret key"):
         set_own_account(tenant_url, "pk_test_publishable", None)
-    start_service("payments", stripe_api_base=localstripe)
+    service = start_service("payments", stripe_api_base=localstripe)
+    for _ in range(50):
+        if service.service.tenants.entry("acme") is not None:
+            break
+        time.sleep(0.1)
 
     async def scenario(nc: nats.NATS) -> None:
         with pytest.raises(DomainError) as caught:  # the installation's own tenant: no key
@@ -780,3 +799,58 @@ def test_a_tenant_with_its_own_stripe_account_is_paid_into_it_and_its_webhooks_s
     with engine.connect() as conn:  # the intent is the tenant's, in its own database
         assert conn.execute(text("SELECT count(*) FROM payment_intents")).scalar() == 1
     engine.dispose()
+
+
+def test_a_tenant_paid_into_the_installations_account_gets_its_events_wherever_stripe_sends_them(
+    start_service, client, localstripe, stripe_client, tmp_path: Path, nats_url: str,  # noqa: F811
+) -> None:
+    """Review of issue 17: tenants without a Stripe account of their own share the installation's, whose one
+    webhook endpoint (at the installation's host) receives all their events. They were recorded in the
+    installation's database, found "not ours" and ignored: the tenant's orders were never paid. Now the payment's
+    metadata names its tenant, and the event is recorded and announced there."""
+    from cartwheel.bus import declare_topology
+    from cartwheel.settings import Settings
+    from cartwheel.tenants.mirror import sync
+    from cartwheel.tenants.registry import Registry
+    from tests.integration.conftest import settings_for
+
+    settings = settings_for(nats_url, tmp_path)
+    registry = Registry(settings.control_url, reserved=[settings.tenant])
+    registry.create("shared-acct", ["shared.test"])
+    tenant_url = Settings(var_dir=tmp_path).database_url("payments", "shared-acct")
+    migrate("payments", tenant_url)
+
+    async def registered(nc: nats.NATS) -> None:
+        await declare_topology(nc.jetstream(), settings, update=False)
+        await sync(settings, registry)
+
+    client.run(registered)
+    registry.close()
+    service = start_service("payments", stripe_secret_key=API_KEY, stripe_api_base=localstripe,
+                            stripe_webhook_secret=SECRET)
+    for _ in range(50):
+        if service.service.tenants.entry("shared-acct") is not None:
+            break
+        time.sleep(0.1)
+
+    async def scenario(nc: nats.NATS) -> None:
+        order = new_order()
+        made = await request(nc, CreateIntent(tenant="shared-acct", order_id=order, amount_cents=1234,
+                                              currency="EUR"), TIMEOUT)
+        pays_at_stripe(stripe_client, made["payment_intent_id"])
+        paid = intent_object(made, order, "succeeded", metadata={"order_id": order, "tenant": "shared-acct"})
+        outcome = await deliver(nc, signed(stripe_event("payment_intent.succeeded", paid)))  # at the own host
+        assert outcome["duplicate"] is False
+        [(subject, announced)] = await payment_events(nc, order, expect=1)
+        assert subject == subjects.PAYMENTS_SUCCEEDED and announced["tenant"] == "shared-acct"
+        refund = charge_object(made["payment_intent_id"], 1234, 1234)  # no metadata: Stripe is asked whose
+        assert (await deliver(nc, signed(stripe_event("charge.refunded", refund))))["duplicate"] is False
+
+    client.run(scenario)
+    from sqlalchemy import create_engine, text
+
+    for url, expected in ((tenant_url, 2), (settings.database_url("payments"), 0)):
+        engine = create_engine(url)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM stripe_events")).scalar() == expected, url
+        engine.dispose()
