@@ -446,3 +446,17 @@ def test_an_order_whose_intent_is_queued_says_preparing_and_a_paid_one_loads_no_
     page = buyer.get(f"/orders/{order_id}")
     assert "js.stripe.com" not in page.get_data(as_text=True)
     assert page.headers["Content-Security-Policy"] == SAME_ORIGIN_POLICY
+
+
+def test_a_tenant_with_its_own_publishable_key_takes_cards_for_its_own_account() -> None:
+    """Review of issue 17: the order page used the installation's key for every tenant, so a tenant paid into an
+    account of its own got Stripe.js for another account, and confirming its intent failed."""
+    from cartwheel.settings import Settings
+    from services.gateway.web.stripejs import configured
+
+    settings = Settings(stripe_publishable_key="pk_test_installation")
+    mine = configured(settings, {"stripe_publishable_key": "pk_test_acme", "currency": "USD"})
+    assert mine is not None and mine.publishable_key == "pk_test_acme"
+    shared = configured(settings, {"currency": "USD"})
+    assert shared is not None and shared.publishable_key == "pk_test_installation"
+    assert configured(Settings(), None) is None

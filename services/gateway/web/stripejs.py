@@ -52,10 +52,12 @@ class StripeJs:
         return {directive: (self.origin,) for directive in STRIPE_SOURCES}
 
 
-def configured(settings: Settings) -> StripeJs | None:
-    """The Stripe.js to take cards with; None without a publishable key (the order page offers test methods)."""
-    key = settings.stripe_publishable_key
-    return StripeJs(key, settings.stripe_js_url) if key else None
+def configured(settings: Settings, own: Mapping[str, object] | None = None) -> StripeJs | None:
+    """The Stripe.js to take cards with: with the tenant's own publishable key (``own``: its settings; a tenant
+    paid into an account of its own must take cards for that account), else the installation's; None without
+    one (the order page offers test methods)."""
+    key = (own or {}).get("stripe_publishable_key") or settings.stripe_publishable_key
+    return StripeJs(str(key), settings.stripe_js_url) if key else None
 
 
 def content_security_policy(extra: Mapping[str, tuple[str, ...]] | None = None) -> str:
