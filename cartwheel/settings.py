@@ -189,8 +189,9 @@ class Settings(BaseSettings):
         description="Tenant databases a process keeps open at most (the least recently used is closed first).",
     )
     default_tenant_hosts: str = Field(
-        "*", description="Comma-separated hosts the installation's own tenant serves; * also takes every host no "
-        "registered tenant names (set it to your shop's host to answer unknown hosts 404).",
+        "", description="Comma-separated hosts the installation's own tenant serves besides loopback (127.0.0.1, "
+        "localhost, ::1) and the host of public_url; any other host no tenant names is 404. * serves every such "
+        "host as the own shop (one shop behind a proxy that sends any host).",
     )
     otel_exporter: str = Field(
         "none", pattern=r"^(none|otlp|console|file:.+)$",

@@ -8,6 +8,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import nats
 from nats.aio.client import Client as NatsClient
@@ -83,14 +84,23 @@ def sync_now(settings: Settings, registry: Registry) -> str | None:
     return None
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "[::1]", "::1")
+
+
+def own_hosts(settings: Settings) -> tuple[frozenset[str], bool]:
+    """The hosts the installation's own tenant serves (``default_tenant_hosts``, loopback and the public URL's
+    host), and whether it also takes every host no tenant names (``*``)."""
+    listed = [h.strip() for h in settings.default_tenant_hosts.split(",") if h.strip()]
+    public = [urlsplit(settings.public_url).netloc] if settings.public_url else []
+    return frozenset(normal_host(h) for h in (*listed, *LOOPBACK, *public) if h != "*"), "*" in listed
+
+
 class Directory:
     """Which tenant a host belongs to, and each tenant's entry, from a live copy of the bucket."""
 
     def __init__(self, settings: Settings, client: Callable[[], NatsClient | None]) -> None:
         self.own = settings.tenant
-        hosts = [h.strip() for h in settings.default_tenant_hosts.split(",") if h.strip()]
-        self.own_takes_any = "*" in hosts
-        self.own_hosts = frozenset(normal_host(h) for h in hosts if h != "*")
+        self.own_hosts, self.own_takes_any = own_hosts(settings)
         self.mirror: KvMirror[Entry] = KvMirror(subjects.TENANTS_BUCKET, client, _entry)
         self._by_host: dict[str, Entry] = {}
         self._indexed = -1

@@ -23,7 +23,7 @@ from werkzeug.wrappers import Response
 from cartwheel import subjects
 from cartwheel.settings import Settings
 from cartwheel.tenants import context
-from cartwheel.tenants.mirror import Directory, Entry
+from cartwheel.tenants.mirror import Directory, Entry, own_hosts
 from cartwheel.tenants.names import normal_host
 from services.gateway.errors import API_CSP
 
@@ -112,9 +112,7 @@ class StaticHosts:
 
     def __init__(self, settings: Settings, entries: Iterable[Entry] = ()) -> None:
         self.own = settings.tenant
-        hosts = [h.strip() for h in settings.default_tenant_hosts.split(",") if h.strip()]
-        self.own_takes_any = "*" in hosts
-        self.own_hosts = frozenset(normal_host(h) for h in hosts if h != "*")
+        self.own_hosts, self.own_takes_any = own_hosts(settings)
         self.entries = {entry.name: entry for entry in entries}
         self.by_host = {host: entry for entry in self.entries.values() for host in entry.hosts}
 

@@ -272,3 +272,17 @@ def test_an_image_stored_before_tenants_is_still_served_for_the_own_tenant_only(
     bus.objects[(subjects.PRODUCT_IMAGES_BUCKET, f"{product.id}/{etag}")] = PNG  # the name before tenants
     assert client.get(f"/api/products/{product.id}/image", **at(OWN_HOST)).data == PNG
     assert client.get(f"/api/products/{product.id}/image", **at(ACME_HOST)).status_code == 404
+
+
+def test_by_default_the_own_shop_answers_loopback_and_its_public_address_and_any_other_host_is_404() -> None:
+    """The issue: unknown hosts are refused with 404. Without a list the own shop answered every host, a deleted
+    tenant's hosts too (its shoppers landed in the installation's shop)."""
+    from cartwheel.settings import Settings
+    from services.gateway.tenancy import StaticHosts
+
+    hosts = StaticHosts(Settings(public_url="https://shop.example.com/"))
+    for mine in ("127.0.0.1:8080", "localhost", "[::1]:8080", "SHOP.example.com"):
+        assert hosts.tenant_of(mine) == "default", mine
+    for stranger in ("evil.example", "deleted-tenant.example", "10.0.0.7:8080"):
+        assert hosts.tenant_of(stranger) is None, stranger
+    assert StaticHosts(Settings(default_tenant_hosts="*")).tenant_of("evil.example") == "default"
