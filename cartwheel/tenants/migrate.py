@@ -11,9 +11,13 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing import get_context
+from pathlib import Path
 from typing import TextIO
+
+from sqlalchemy.engine import make_url
 
 from cartwheel.db import head_revision, make_postgres_database, migrate
 from cartwheel.settings import DATABASES, Settings
@@ -59,12 +63,19 @@ def plan(settings: Settings, registry: Registry, *, tenants: Iterable[str] | Non
         for service in services:
             head = head_revision(service)
             row = journal.get((tenant, service))
-            if row is not None and row.status == "done" and row.revision == head:
+            url = settings.database_url(service, tenant)
+            if row is not None and row.status == "done" and row.revision == head and not _missing(url):
                 done += 1
                 continue
             retrying += row is not None and row.status == "failed"
-            todo.append(Job(tenant, service, settings.database_url(service, tenant), head))
+            todo.append(Job(tenant, service, url, head))
     return Plan(todo, done, retrying)
+
+
+def _missing(url: str) -> bool:
+    """A SQLite database that is not there (deleted, or restored elsewhere) though the journal says done."""
+    parsed = make_url(url)
+    return parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").exists()
 
 
 def migrate_one(job: Job) -> str | None:
@@ -88,25 +99,38 @@ def run(registry: Registry, jobs: list[Job], *, parallel: int, out: TextIO = sys
             for job in jobs:
                 _finish(registry, job, work(job), outcome, progress)
         else:
-            # forkserver: a fork of this process would copy the progress thread's locks mid-use
-            with ProcessPoolExecutor(max_workers=parallel, mp_context=get_context("forkserver")) as pool:
-                waiting: dict[Future[str | None], Job] = {}
-                queue = iter(jobs)
-                for job in queue:  # a bounded window: the journal keeps pace, and ^C leaves little in flight
-                    waiting[pool.submit(work, job)] = job
-                    if len(waiting) >= parallel * 4:
-                        break
-                while waiting:
-                    ended, _ = wait(waiting, return_when=FIRST_COMPLETED)
-                    for future in ended:
-                        job = waiting.pop(future)
-                        error = future.exception()
-                        _finish(registry, job, f"{type(error).__name__}: {error}" if error else future.result(),
-                                outcome, progress)
-                        if (following := next(queue, None)) is not None:
-                            waiting[pool.submit(work, following)] = following
+            pending = list(reversed(jobs))
+            while pending:  # a pool whose worker died (a crash, the OOM killer) is replaced; the rest go on
+                pending, suspects = _in_processes(registry, pending, parallel, work, outcome, progress)
+                for job in suspects:  # each one in flight then, alone: the one that dies again is the cause
+                    _, died = _in_processes(registry, [job], 1, work, outcome, progress)
+                    if died:
+                        _finish(registry, job, "its migration process died (a crash, or out of memory)", outcome,
+                                progress)
     outcome.seconds = time.monotonic() - started
     return outcome
+
+
+def _in_processes(registry: Registry, pending: list[Job], parallel: int, work: Callable[[Job], str | None],
+                  outcome: Outcome, progress: _Progress) -> tuple[list[Job], list[Job]]:
+    """Run ``pending`` (taken from its end) in one pool, recording each; when a worker process dies (and the pool
+    with it): what was not started yet, and the jobs in flight then (one of them killed it)."""
+    # forkserver: a fork of this process would copy the progress thread's locks mid-use
+    with ProcessPoolExecutor(max_workers=parallel, mp_context=get_context("forkserver")) as pool:
+        waiting: dict[Future[str | None], Job] = {}
+        while pending or waiting:
+            while pending and len(waiting) < parallel * 4:  # a bounded window: the journal keeps pace
+                job = pending.pop()
+                waiting[pool.submit(work, job)] = job
+            ended, _ = wait(waiting, return_when=FIRST_COMPLETED)
+            if any(isinstance(future.exception(), BrokenProcessPool) for future in ended):
+                return pending, list(waiting.values())
+            for future in ended:
+                job = waiting.pop(future)
+                error = future.exception()
+                _finish(registry, job, f"{type(error).__name__}: {error}" if error else future.result(), outcome,
+                        progress)
+    return pending, []
 
 
 def _finish(registry: Registry, job: Job, error: str | None, outcome: Outcome, progress: _Progress) -> None:

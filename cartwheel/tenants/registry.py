@@ -176,7 +176,14 @@ class Registry:
             return {(r.tenant, r.service): r for r in session.scalars(select(MigrationRow))}
 
     def record(self, tenant: str, service: str, revision: str, error: str | None) -> None:
-        """Note that ``tenant``'s ``service`` database reached ``revision`` (or failed to, with ``error``)."""
+        """Note that ``tenant``'s ``service`` database reached ``revision`` (or failed to, with ``error``). Two runs
+        at once (``cartwheel up`` and an operator's) may both write the row: the second one updates it."""
+        try:
+            self._record(tenant, service, revision, error)
+        except IntegrityError:
+            self._record(tenant, service, revision, error)
+
+    def _record(self, tenant: str, service: str, revision: str, error: str | None) -> None:
         with self._session() as session:
             row = session.get(MigrationRow, (tenant, service))
             now = datetime.now(UTC)

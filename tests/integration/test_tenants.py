@@ -317,3 +317,33 @@ def test_a_tenants_dead_letters_are_read_from_its_own_database_and_no_file_is_ma
         refused = cartwheel(tmp_path, "dead-letters", "inventory", "--tenant", stranger)
         assert refused.returncode == 2 and "no tenant" in refused.stderr
     assert sorted(p.name for p in (tmp_path / "tenants").iterdir()) == ["acme"]
+
+
+def _dies_for_t0003(job: Any) -> str | None:
+    """A migration whose process dies (a crash, the OOM killer) for one tenant."""
+    from cartwheel.tenants.migrate import migrate_one
+
+    if job.tenant == "t0003":
+        os._exit(9)
+    return migrate_one(job)
+
+
+def test_a_migration_process_that_dies_fails_its_tenant_and_the_others_are_migrated(tmp_path: Path) -> None:
+    """Review of issue 17: a worker killed mid-migration broke the whole pool and every remaining tenant failed."""
+    from cartwheel.tenants import migrate
+
+    settings = Settings(var_dir=tmp_path)
+    registry = Registry(settings.control_url, reserved=[settings.tenant])
+    try:
+        registry.create_many([(f"t{i:04d}", [f"t{i:04d}.test"], {}) for i in range(1, 6)])
+        plan = migrate.plan(settings, registry, tenants=registry.names(), services=["catalog", "cart"])
+        with open(os.devnull, "w") as quiet:
+            outcome = migrate.run(registry, plan.todo, parallel=2, work=_dies_for_t0003, out=quiet)
+        assert outcome.failed_tenants == ["t0003"] and outcome.migrated == 8
+        assert all("process died" in error for error in outcome.failures.values())
+        (tmp_path / "tenants" / "t0001" / "cart.db").unlink()  # deleted behind the journal's back
+        again = migrate.plan(settings, registry, tenants=registry.names(), services=["catalog", "cart"])
+        assert sorted((job.tenant, job.service) for job in again.todo) == [
+            ("t0001", "cart"), ("t0003", "cart"), ("t0003", "catalog")]
+    finally:
+        registry.close()
