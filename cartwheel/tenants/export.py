@@ -1,8 +1,9 @@
 """``cartwheel tenants export NAME``: one tenant's data as one tarball, taken while the shop runs.
 
-Inside: ``manifest.json`` (the registry's entry, each file's sha256 and schema revision) and each service's
-database — a SQLite file copied with SQLite's online backup (a consistent snapshot beside live writers), or a
-``pg_dump`` archive (custom format: ``pg_restore`` reads it).
+Inside: ``manifest.json`` (the registry's entry, each file's sha256 and schema revision), the tenant's product
+images (``images/<product>/<sha256>``, from the object store) and each service's database: a SQLite file copied
+with SQLite's online backup (a consistent snapshot beside live writers), or a ``pg_dump`` archive (custom
+format: ``pg_restore`` reads it). The catalog and stock buckets are caches of the databases: not exported.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ def export_tenant(settings: Settings, registry: Registry, name: str, out: Path) 
                                               "bytes": file.stat().st_size, "revision": _revision(url),
                                               "backend": make_url(url).get_backend_name()}
             files.append(file)
+        images = Path(folder) / "images"
+        manifest["images"] = _images(settings, name, images)
+        files += sorted(images.rglob("*")) if images.exists() else []
         listing = Path(folder) / "manifest.json"
         listing.write_text(json.dumps(manifest, indent=2))
         partial = out.with_name(out.name + ".partial")
@@ -52,12 +56,52 @@ def export_tenant(settings: Settings, registry: Registry, name: str, out: Path) 
         with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
             tar.add(listing, arcname="manifest.json")
             for file in files:
-                tar.add(file, arcname=f"databases/{file.name}")
+                if file.is_file():
+                    tar.add(file, arcname=file.relative_to(folder).as_posix())
         partial.replace(out)  # whole or not at all
     return manifest
 
 
+def _images(settings: Settings, tenant: str, folder: Path) -> dict[str, dict[str, Any]]:
+    """Copy the tenant's product images from the object store into ``folder``; each one's name, type and sha256."""
+    import asyncio
+
+    import nats
+
+    from cartwheel import natsauth, subjects
+
+    async def copy() -> dict[str, dict[str, Any]]:
+        nc = await nats.connect(settings.nats_servers, connect_timeout=5, max_reconnect_attempts=1,
+                                reconnect_time_wait=0.2, **natsauth.connect_options(settings, natsauth.ADMIN))
+        found: dict[str, dict[str, Any]] = {}
+        try:
+            store = await nc.jetstream().object_store(subjects.PRODUCT_IMAGES_BUCKET)
+            try:
+                listed = await store.list()
+            except nats.js.errors.NotFoundError:
+                listed = []
+            for info in listed:
+                if info.deleted or not info.name.startswith(f"{tenant}/"):
+                    continue
+                data = (await store.get(info.name)).data or b""
+                path = folder / info.name.removeprefix(f"{tenant}/")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+                found[info.name] = {"file": f"images/{path.relative_to(folder).as_posix()}", "bytes": len(data),
+                                    "sha256": hashlib.sha256(data).hexdigest(),
+                                    "content_type": (info.headers or {}).get("Content-Type")}
+        finally:
+            await nc.close()
+        return found
+
+    try:
+        return asyncio.run(copy())
+    except (OSError, TimeoutError, nats.errors.Error) as exc:
+        raise ExportFailed(f"the tenant's images are in NATS, which could not be reached ({exc!r})") from None
+
+
 def _copy(url: str, folder: Path, service: str) -> Path:
+    (folder / "databases").mkdir(exist_ok=True)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         import sqlite3
@@ -65,11 +109,11 @@ def _copy(url: str, folder: Path, service: str) -> Path:
         source = Path(parsed.database or "")
         if not source.exists():
             raise ExportFailed(f"{service}: no database at {source}")
-        target = folder / f"{service}.db"
+        target = folder / "databases" / f"{service}.db"
         with sqlite3.connect(f"file:{source}?mode=ro", uri=True) as live, sqlite3.connect(target) as copy:
             live.backup(copy)  # page by page, consistent, beside the service's writers
         return target
-    target = folder / f"{service}.dump"
+    target = folder / "databases" / f"{service}.dump"
     libpq = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
     done = subprocess.run(["pg_dump", "--format=custom", "--no-owner", "--no-privileges", f"--file={target}",
                            f"--dbname={libpq}"], capture_output=True, text=True, timeout=3600)

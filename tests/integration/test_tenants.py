@@ -150,31 +150,35 @@ def test_a_failing_tenant_is_named_never_blocks_the_others_and_the_rerun_resumes
     assert "0 tenant databases to migrate" in done.stdout and "78 already done" in done.stdout
 
 
-def test_a_tenants_export_holds_its_databases_as_they_are(tmp_path: Path) -> None:
+def test_a_tenants_export_holds_its_databases_and_images_as_they_are(tmp_path: Path, nats_url: str) -> None:
     assert cartwheel(tmp_path, "tenants", "create", "acme", "--host", "acme.test").returncode == 0
+    marker = uuid.uuid4().hex
+    asyncio.run(publish_events(nats_url, tmp_path, [json.dumps({"tenant": "other", "marker": marker})]))
     with sqlite3.connect(tmp_path / "tenants" / "acme" / "gateway.db") as db:
         db.execute("INSERT INTO users (id, email, password_hash, created_at) VALUES ('u1', 'a@acme.test', 'x', "
                    "'2026-12-07 00:00:00')")
     out = tmp_path / "acme.tar.gz"
-    done = cartwheel(tmp_path, "tenants", "export", "acme", "--out", str(out))
+    offline = cartwheel(tmp_path, "tenants", "export", "acme", "--out", str(out))
+    assert offline.returncode == 1 and "images are in NATS" in offline.stderr and not out.exists()
+    done = cartwheel(tmp_path, "tenants", "export", "acme", "--out", str(out), CARTWHEEL_NATS_URL=nats_url)
     assert done.returncode == 0, done.stderr
     assert out.stat().st_mode & 0o777 == 0o600
     import hashlib
-    import json
     import tarfile
 
     with tarfile.open(out) as tar:
         names = sorted(tar.getnames())
         manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
         tar.extractall(tmp_path / "unpacked", filter="data")
-    assert names == sorted(["manifest.json", *(f"databases/{s}.db" for s in DATABASES)])
+    assert names == sorted(["manifest.json", f"images/{marker}/e", *(f"databases/{s}.db" for s in DATABASES)])
+    assert (tmp_path / "unpacked" / "images" / marker / "e").read_bytes() == b"png"  # acme's, not other's
     assert manifest["tenant"]["name"] == "acme" and manifest["tenant"]["hosts"] == ["acme.test"]
     for service, entry in manifest["databases"].items():
         data = (tmp_path / "unpacked" / entry["file"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == entry["sha256"] and entry["revision"] == head_revision(service)
     with sqlite3.connect(tmp_path / "unpacked" / "databases" / "gateway.db") as db:
         assert db.execute("SELECT email FROM users").fetchall() == [("a@acme.test",)]
-    missing = cartwheel(tmp_path, "tenants", "export", "nobody")
+    missing = cartwheel(tmp_path, "tenants", "export", "nobody", CARTWHEEL_NATS_URL=nats_url)
     assert missing.returncode == 2 and "no tenant 'nobody'" in missing.stderr
 
 
@@ -197,7 +201,8 @@ def test_tenants_on_postgresql_have_databases_of_their_own_and_delete_drops_them
             assert made.returncode == 0, made.stdout + made.stderr
         assert databases() == sorted(f"{prefix}_{s}__{t}" for s in DATABASES for t in ("shop-a", "shop-b"))
         out = tmp_path / "shop-b.tar.gz"
-        assert cartwheel(tmp_path, "tenants", "export", "shop-b", "--out", str(out), **env).returncode == 0
+        exported = cartwheel(tmp_path, "tenants", "export", "shop-b", "--out", str(out), **env)
+        assert exported.returncode == 0, exported.stderr
         import tarfile
 
         with tarfile.open(out) as tar:
