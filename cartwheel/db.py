@@ -453,10 +453,28 @@ def make_postgres_database(url: str) -> None:
     target = make_url(url)
     if target.get_backend_name() != "postgresql":
         return
-    admin = target.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
-    with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+    with psycopg.connect(_server_admin(url), autocommit=True, connect_timeout=5) as conn:
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (target.database,)).fetchone() is None:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(target.database or "")))
+
+
+def drop_database(url: str) -> None:
+    """Remove the database ``url`` names: a SQLite file (and its WAL), or a PostgreSQL database (its sessions cut)."""
+    target = make_url(url)
+    if target.get_backend_name() == "sqlite":
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{target.database}{suffix}").unlink(missing_ok=True)
+        return
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(_server_admin(url), autocommit=True, connect_timeout=5) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(target.database or "")))
+
+
+def _server_admin(url: str) -> str:
+    """A libpq address of the server's ``postgres`` database, as ``url``'s user: where databases are made."""
+    return make_url(url).set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
 
 
 def run_migrations(*metadata: MetaData) -> None:

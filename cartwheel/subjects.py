@@ -128,6 +128,16 @@ def tenant_key(name: str) -> str:
     return f"tenant.{name}"
 
 
+def kv_stream(bucket: str) -> str:
+    """The stream NATS keeps a KV bucket in."""
+    return f"KV_{bucket}"
+
+
+def kv_keys_of_tenant(bucket: str, tenant: str) -> str:
+    """The subject of every key of ``tenant`` in a shared bucket (keys begin with the tenant's name)."""
+    return f"$KV.{bucket}.{tenant}.>"
+
+
 # Object store buckets.
 PRODUCT_IMAGES_BUCKET = "product_images"
 

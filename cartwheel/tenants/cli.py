@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import nats.errors
-from sqlalchemy.engine import make_url
 
+from cartwheel.db import drop_database
 from cartwheel.settings import DATABASES, Settings
 from cartwheel.tenants import migrate
 from cartwheel.tenants.erase import erase_messages
@@ -220,21 +220,6 @@ def _export(args: argparse.Namespace, settings: Settings, registry: Registry) ->
     print(f"tenant {args.name} exported to {out}: {len(manifest['databases'])} databases, {size} bytes before "
           "compression")
     return 0
-
-
-def drop_database(url: str) -> None:
-    """Remove a tenant's database: its SQLite file (and WAL), or its PostgreSQL database."""
-    target = make_url(url)
-    if target.get_backend_name() == "sqlite":
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{target.database}{suffix}").unlink(missing_ok=True)
-        return
-    import psycopg
-    from psycopg import sql
-
-    admin = target.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
-    with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(target.database or "")))
 
 
 def _tell_the_shop(settings: Settings, registry: Registry) -> bool:

@@ -23,7 +23,7 @@ from cartwheel.settings import Settings
 
 PROGRESS_EVERY_S = 5.0
 STREAMS = {subjects.EVENTS_STREAM: subjects.EVENTS_ALL,
-           **{subjects.lane_stream(lane): f"{lane}.cmd.>" for lane in subjects.SERVICE_LANES.values()}}
+           **{subjects.lane_stream(lane): subjects.lane_command(lane, ">") for lane in subjects.SERVICE_LANES.values()}}
 
 
 async def erase_messages(settings: Settings, tenant: str,
@@ -67,7 +67,7 @@ async def erase_messages(settings: Settings, tenant: str,
             erased[stream] = count
         for bucket in (subjects.CATALOG_CACHE_BUCKET, subjects.INVENTORY_STOCK_BUCKET):
             with contextlib.suppress(nats.js.errors.NotFoundError):  # every key of a shared bucket: <tenant>.…
-                await js.purge_stream(f"KV_{bucket}", subject=f"$KV.{bucket}.{tenant}.>")
+                await js.purge_stream(subjects.kv_stream(bucket), subject=subjects.kv_keys_of_tenant(bucket, tenant))
                 erased[f"KV {bucket}"] = -1  # purged; the server does not say how many
         erased[f"images in {subjects.PRODUCT_IMAGES_BUCKET}"] = await _erase_images(js, tenant)
     finally:

@@ -96,7 +96,7 @@ class LiveHosts:
             nc = self._client()
             if nc is not None and nc.is_connected:
                 try:
-                    await nc.jetstream().stream_info(f"KV_{subjects.TENANTS_BUCKET}")
+                    await nc.jetstream().stream_info(subjects.kv_stream(subjects.TENANTS_BUCKET))
                     return  # it exists: the watch loads it
                 except nats.js.errors.NotFoundError:
                     self._loaded = True
