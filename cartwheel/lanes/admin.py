@@ -9,6 +9,7 @@ import json
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import nats
 import nats.js.errors
@@ -80,31 +81,43 @@ def rebase(settings: Settings, service: str) -> int:
 
     With a database per tenant, each keeps its own cursor of the partition: such a partition's cursor goes back
     to 0 in every tenant's database (a tenant's cursor below the new end counts the old stream's numbers too)."""
-    databases = {tenant: Database(settings.database_url(service, tenant)) for tenant in _tenants(settings)}
+    cursors: dict[str, list[Any]] = {}
+    for tenant in _tenants(settings):  # one database open at a time: a thousand tenants hold no thousand pools
+        try:
+            url = settings.database_url(service) if tenant == settings.tenant else \
+                existing_database_url(settings, service, tenant)
+        except UnknownTenant as exc:  # registered, its databases not made (or not any more)
+            print(f"tenant {tenant}: skipped ({exc})")
+            continue
+        cursors[tenant] = _with_database(url, lambda s: list(s.execute(
+            select(LaneCursor.lane, LaneCursor.partition, LaneCursor.last_sequence)).all()), tenant)
+    lanes = sorted({lane for rows in cursors.values() for lane, _, _ in rows})
+    ends = asyncio.run(_stream_ends(settings, lanes)) if lanes else {}
+    behind = sorted({(lane, partition) for rows in cursors.values() for lane, partition, at in rows
+                     if at > ends[lane]})
+    for tenant, rows in cursors.items():
+        moved = [(lane, partition, at) for lane, partition, at in rows if (lane, partition) in behind]
+        if not moved:
+            continue
+        url = settings.database_url(service, None if tenant == settings.tenant else tenant)
+        _with_database(url, lambda s, moved=moved: [s.execute(
+            update(LaneCursor).where(LaneCursor.lane == lane, LaneCursor.partition == partition)
+            .values(last_sequence=0)) for lane, partition, _ in moved], tenant, write=True)
+        for lane, partition, at in moved:
+            whose = "" if tenant == settings.tenant else f" (tenant {tenant})"
+            print(f"lane {lane} partition {partition}{whose}: cursor {at} "
+                  f"{'was past' if at > ends[lane] else 'counted'} its stream's end ({ends[lane]}); "
+                  "it reads the stream from its start")
+    print(f"{len(behind)} partition(s) rebased in {service}")
+    return 0
+
+
+def _with_database(url: str, work: Any, tenant: str, *, write: bool = False) -> Any:
+    db = Database(url, pool_size=1)
     try:
-        cursors = {tenant: db.read_sync(lambda s: s.execute(
-            select(LaneCursor.lane, LaneCursor.partition, LaneCursor.last_sequence)).all())
-            for tenant, db in databases.items()}
-        lanes = sorted({lane for rows in cursors.values() for lane, _, _ in rows})
-        ends = asyncio.run(_stream_ends(settings, lanes)) if lanes else {}
-        behind = sorted({(lane, partition) for rows in cursors.values() for lane, partition, at in rows
-                         if at > ends[lane]})
-        for tenant, db in databases.items():
-            for lane, partition, at in cursors[tenant]:
-                if (lane, partition) not in behind:
-                    continue
-                db.run_sync(lambda s, lane=lane, partition=partition: s.execute(
-                    update(LaneCursor).where(LaneCursor.lane == lane, LaneCursor.partition == partition)
-                    .values(last_sequence=0)))
-                whose = "" if tenant == settings.tenant else f" (tenant {tenant})"
-                print(f"lane {lane} partition {partition}{whose}: cursor {at} "
-                      f"{'was past' if at > ends[lane] else 'counted'} its stream's end ({ends[lane]}); "
-                      "it reads the stream from its start")
-        print(f"{len(behind)} partition(s) rebased in {service}")
-        return 0
+        return db.run_sync(work) if write else db.read_sync(work)
     finally:
-        for db in databases.values():
-            db.close()
+        db.close()
 
 
 def _tenants(settings: Settings) -> list[str]:
