@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from _load import ONE_ADDRESS_IS_MANY_CLIENTS
 from _wrk import run_wrk
 
 from cartwheel.natsserver import free_port
@@ -129,7 +130,8 @@ def register(var_dir: Path, tenants: int) -> tuple[dict[str, str], float]:
 @contextmanager
 def shop(var_dir: Path, workers: int) -> Iterator[System]:
     settings = Settings(var_dir=var_dir, nats_url=f"nats://127.0.0.1:{free_port()}", embedded_nats=True,
-                        gateway_host="127.0.0.1", gateway_port=free_port(), metrics_port=0, gateway_workers=workers)
+                        gateway_host="127.0.0.1", gateway_port=free_port(), metrics_port=0, gateway_workers=workers,
+                        **ONE_ADDRESS_IS_MANY_CLIENTS)
     with (var_dir / "system.log").open("a", encoding="utf-8") as log:
         system = System(settings, out=log, colour=False, seed=False)
         system.start()
