@@ -191,6 +191,7 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--shops", default="one,many", help="which shops to measure (one, many or both)")
     args = parser.parse_args()
     many_dir = Path(tempfile.mkdtemp(prefix="cartwheel-bench-many-"))
     rows: dict[str, list[dict[str, Any]]] = {"one": [], "many": []}
@@ -199,7 +200,7 @@ def main() -> int:
         print(json.dumps({"bench": "tenants_http", "registered": args.tenants, "create_and_migrate_s":
                           round(seconds, 1)}), flush=True)
         for round_no in range(1, args.repeat + 1):
-            for mode in ("one", "many"):
+            for mode in [m for m in ("one", "many") if m in args.shops.split(",")]:
                 var_dir = many_dir if mode == "many" else Path(tempfile.mkdtemp(prefix="cartwheel-bench-one-"))
                 try:
                     with shop(var_dir, args.workers) as system:
@@ -221,7 +222,7 @@ def main() -> int:
     finally:
         shutil.rmtree(many_dir, ignore_errors=True)
     summary: dict[str, Any] = {"bench": "tenants_http", "summary": True, "rounds": args.repeat, "loads": {}}
-    for name in LOADS:
+    for name in LOADS if all(rows.values()) else ():
         med = {mode: {k: statistics.median(r[name][k] for r in rows[mode]) for k in ("requests_per_s", "p99_ms")}
                for mode in rows}
         ratio = med["many"]["requests_per_s"] / med["one"]["requests_per_s"]
