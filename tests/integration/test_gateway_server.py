@@ -140,7 +140,7 @@ def ask_with_a_big_body(gateway: Gateway, framing: bytes, body: bytes) -> bytes:
     """Send headers and as much of ``body`` as the server takes; the head of its answer."""
     host, port = gateway.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=15) as sock:
-        head = f"POST /api/admin/products HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {TOKEN}\r\n"
+        head = f"POST /api/admin/products HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
         sock.sendall(head.encode() + b"Content-Type: application/json\r\n" + framing + b"\r\n")
         with contextlib.suppress(OSError):  # the server may stop reading and close: it has answered by then
             sock.sendall(body)
@@ -179,7 +179,7 @@ def test_slow_bodies_from_one_address_neither_hold_the_gateway_nor_last(gateway:
     Now requests in flight from one address are capped (the rest get 429 at once) and a body has a deadline
     (408, here 2 s)."""
     host, port = gateway.url.removeprefix("http://").split(":")
-    head = (b"POST /api/cart/items HTTP/1.1\r\nHost: test\r\nX-Forwarded-For: 203.0.113.9\r\n"
+    head = (b"POST /api/cart/items HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Forwarded-For: 203.0.113.9\r\n"
             b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
     socks = []
     try:
