@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -95,6 +95,17 @@ def own_hosts(settings: Settings) -> tuple[frozenset[str], bool]:
     return frozenset(normal_host(h) for h in (*listed, *LOOPBACK, *public) if h != "*"), "*" in listed
 
 
+def tenant_at(host: str, by_host: Mapping[str, Entry], own: str, own_hosts: frozenset[str],
+              own_takes_any: bool) -> str | None:
+    """Which tenant serves ``host``: the registered one that names it (None while it is disabled), else the
+    installation's own for its hosts (or any host, with ``*``), else None."""
+    host = normal_host(host)
+    entry = by_host.get(host)
+    if entry is not None:
+        return entry.name if entry.active else None
+    return own if host in own_hosts or own_takes_any else None
+
+
 class Directory:
     """Which tenant a host belongs to, and each tenant's entry, from a live copy of the bucket."""
 
@@ -107,13 +118,7 @@ class Directory:
 
     def tenant_of(self, host: str) -> str | None:
         """The tenant serving ``host`` (a request's Host), or None: no tenant, or one disabled."""
-        host = normal_host(host)
-        entry = self._index().get(host)
-        if entry is not None:
-            return entry.name if entry.active else None
-        if host in self.own_hosts or self.own_takes_any:
-            return self.own
-        return None
+        return tenant_at(host, self._index(), self.own, self.own_hosts, self.own_takes_any)
 
     def names(self) -> list[str]:
         """Every active registered tenant (the installation's own is not registered)."""

@@ -23,7 +23,7 @@ from werkzeug.wrappers import Response
 from cartwheel import subjects
 from cartwheel.settings import Settings
 from cartwheel.tenants import context
-from cartwheel.tenants.mirror import Directory, Entry, own_hosts
+from cartwheel.tenants.mirror import Directory, Entry, own_hosts, tenant_at
 from cartwheel.tenants.names import normal_host
 from services.gateway.errors import API_CSP
 
@@ -121,11 +121,7 @@ class StaticHosts:
         return True
 
     def tenant_of(self, host: str) -> str | None:
-        host = normal_host(host)
-        entry = self.by_host.get(host)
-        if entry is not None:
-            return entry.name if entry.active else None
-        return self.own if host in self.own_hosts or self.own_takes_any else None
+        return tenant_at(host, self.by_host, self.own, self.own_hosts, self.own_takes_any)
 
     def is_own_host(self, host: str) -> bool:
         return normal_host(host) in self.own_hosts

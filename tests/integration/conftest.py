@@ -120,3 +120,28 @@ def client(nats_url: str) -> Iterator[Client]:
     c = Client(nats_url)
     yield c
     c.close()
+
+
+def register_tenants(nats_url: str, settings: Settings, *tenants: tuple[str, list[str], dict[str, str]]) -> None:
+    """Register ``tenants`` (name, hosts, settings) in ``settings``' control database and publish the registry to
+    the tests' NATS, as ``cartwheel tenants create`` does (their databases are the test's to make)."""
+    from cartwheel.bus import declare_topology
+    from cartwheel.tenants.mirror import sync
+    from cartwheel.tenants.registry import Registry
+
+    registry = Registry(settings.control_url, reserved=[settings.tenant])
+    try:
+        known = set(registry.names())
+        registry.create_many([t for t in tenants if t[0] not in known])
+
+        async def publish() -> None:
+            nc = await nats.connect(nats_url)
+            try:
+                await declare_topology(nc.jetstream(), settings, update=False)
+                await sync(settings, registry)
+            finally:
+                await nc.close()
+
+        asyncio.run(publish())
+    finally:
+        registry.close()

@@ -464,22 +464,12 @@ def test_a_product_without_a_currency_takes_its_shops(start_service, client, tmp
     """Issue 17: a tenant's currency setting. The installation's own shop is priced in CARTWHEEL_CURRENCY, a
     tenant's in its own (`cartwheel tenants set acme currency=USD`); a price its currency can't charge is refused
     as if the currency had been given."""
-    from cartwheel.bus import declare_topology
     from cartwheel.db import migrate
-    from cartwheel.tenants.mirror import sync
-    from cartwheel.tenants.registry import Registry
+    from tests.integration.conftest import register_tenants
 
     settings = settings_for(nats_url, tmp_path, currency="KWD")
-    registry = Registry(settings.control_url, reserved=[settings.tenant])
-    registry.create("acme-usd", ["acme.test"], {"currency": "USD"})
+    register_tenants(nats_url, settings, ("acme-usd", ["acme.test"], {"currency": "USD"}))
     migrate("catalog", settings.database_url("catalog", "acme-usd"))
-
-    async def registered(nc: nats.NATS) -> None:
-        await declare_topology(nc.jetstream(), settings, update=False)
-        await sync(settings, registry)
-
-    client.run(registered)
-    registry.close()
     catalog = start_service("catalog", currency="KWD")
 
     async def scenario(nc: nats.NATS) -> None:

@@ -748,24 +748,12 @@ def test_a_tenant_with_its_own_stripe_account_is_paid_into_it_and_its_webhooks_s
 ) -> None:
     """Issue 17: per-tenant Stripe keys. The installation here has no key at all, so only a tenant whose own key is
     used can make an intent; the tenant's webhook secret verifies its events and no other tenant's."""
-    from cartwheel.bus import declare_topology
     from cartwheel.settings import Settings
-    from cartwheel.tenants.mirror import sync
-    from cartwheel.tenants.registry import Registry
     from services.payments.accounts import set_own_account
-    from tests.integration.conftest import settings_for
+    from tests.integration.conftest import register_tenants, settings_for
 
     settings = settings_for(nats_url, tmp_path)
-    registry = Registry(settings.control_url, reserved=[settings.tenant])
-    if "acme" not in registry.names():
-        registry.create("acme", [f"acme-{uuid.uuid4().hex[:8]}.test"])
-
-    async def registered(nc: nats.NATS) -> None:
-        await declare_topology(nc.jetstream(), settings, update=False)
-        await sync(settings, registry)
-
-    client.run(registered)
-    registry.close()
+    register_tenants(nats_url, settings, ("acme", [f"acme-{uuid.uuid4().hex[:8]}.test"], {}))
     tenant_url = Settings(var_dir=tmp_path).database_url("payments", "acme")
     migrate("payments", tenant_url)
     set_own_account(tenant_url, "sk_test_acme_own", "whsec_acme_own")
@@ -808,24 +796,14 @@ def test_a_tenant_paid_into_the_installations_account_gets_its_events_wherever_s
     webhook endpoint (at the installation's host) receives all their events. They were recorded in the
     installation's database, found "not ours" and ignored: the tenant's orders were never paid. Now the payment's
     metadata names its tenant, and the event is recorded and announced there."""
-    from cartwheel.bus import declare_topology
     from cartwheel.settings import Settings
-    from cartwheel.tenants.mirror import sync
-    from cartwheel.tenants.registry import Registry
-    from tests.integration.conftest import settings_for
+    from tests.integration.conftest import register_tenants, settings_for
 
     settings = settings_for(nats_url, tmp_path)
-    registry = Registry(settings.control_url, reserved=[settings.tenant])
-    registry.create("shared-acct", ["shared.test"])
+    register_tenants(nats_url, settings, ("shared-acct", ["shared.test"], {}))
     tenant_url = Settings(var_dir=tmp_path).database_url("payments", "shared-acct")
     migrate("payments", tenant_url)
 
-    async def registered(nc: nats.NATS) -> None:
-        await declare_topology(nc.jetstream(), settings, update=False)
-        await sync(settings, registry)
-
-    client.run(registered)
-    registry.close()
     service = start_service("payments", stripe_secret_key=API_KEY, stripe_api_base=localstripe,
                             stripe_webhook_secret=SECRET)
     for _ in range(50):

@@ -103,14 +103,10 @@ def test_a_quiet_tenants_outbox_is_published_after_a_restart_without_any_traffic
     import nats
     from nats.js.api import ConsumerConfig, DeliverPolicy
 
-    from cartwheel.bus import declare_topology
-    from cartwheel.tenants.mirror import sync
-    from cartwheel.tenants.registry import Registry
-    from tests.integration.conftest import settings_for
+    from tests.integration.conftest import register_tenants, settings_for
 
     settings = settings_for(nats_url, tmp_path)
-    registry = Registry(settings.control_url, reserved=[settings.tenant])
-    registry.create("quiet-shop", ["quiet.test"])
+    register_tenants(nats_url, settings, ("quiet-shop", ["quiet.test"], {}))
     migrate("catalog", settings.database_url("catalog"))
     migrate("catalog", settings.database_url("catalog", "quiet-shop"))
     event_id = f"left-{uuid.uuid4().hex}"
@@ -121,16 +117,6 @@ def test_a_quiet_tenants_outbox_is_published_after_a_restart_without_any_traffic
         {"id": event_id, "subject": subject, "at": datetime.now(UTC).replace(tzinfo=None)}))
     dbs.close()
 
-    async def registered() -> None:
-        nc = await nats.connect(nats_url)
-        try:
-            await declare_topology(nc.jetstream(), settings, update=False)
-            await sync(settings, registry)
-        finally:
-            await nc.close()
-
-    asyncio.run(registered())
-    registry.close()
     start_service("catalog", var_dir=tmp_path)  # type: ignore[operator]
 
     async def published() -> str:
@@ -157,31 +143,18 @@ def test_a_tenant_deleted_while_a_service_runs_is_let_go_and_refused_and_nothing
 
     import nats
 
-    from cartwheel.bus import declare_topology, request
+    from cartwheel.bus import request
     from cartwheel.contracts.catalog import CreateProduct, ProductDraft
     from cartwheel.errors import DomainError
-    from cartwheel.tenants.mirror import sync
-    from cartwheel.tenants.registry import Registry
     from tests.helpers import random_sku
-    from tests.integration.conftest import settings_for
+    from tests.integration.conftest import register_tenants, settings_for
 
     settings = settings_for(nats_url, tmp_path)
-    registry = Registry(settings.control_url, reserved=[settings.tenant])
-    registry.create("short-lived", ["short.test"])
+    register_tenants(nats_url, settings, ("short-lived", ["short.test"], {}))
     for service in ("catalog", "gateway", "cart", "inventory", "orders", "payments"):
         migrate(service, settings.database_url(service, "short-lived"))
     migrate("catalog", settings.database_url("catalog"))
 
-    async def registered() -> None:
-        nc = await nats.connect(nats_url)
-        try:
-            await declare_topology(nc.jetstream(), settings, update=False)
-            await sync(settings, registry)
-        finally:
-            await nc.close()
-
-    asyncio.run(registered())
-    registry.close()
     catalog = start_service("catalog", var_dir=tmp_path)  # type: ignore[operator]
 
     def create() -> dict:
