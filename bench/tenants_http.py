@@ -17,11 +17,13 @@ products to check out (a stock they cannot sell out), and ``--active`` x 10 cart
 - ``checkout``: buy-now ``POST /api/checkout`` with an Idempotency-Key each, 200 connections;
 - ``add_to_cart``: ``POST /api/cart/items`` to the next cart (its cookie), 100 connections.
 
-One JSON line per shop and round; then a summary: medians per shop and load, ``many / one`` per figure, and
-the target (requests/s at least 0.8 of one's, p99 at most 1.2x) per load. Not part of the test run.
+One JSON line per shop and round (with each process's CPU, in cores, per load); then a summary: medians per shop
+and load, ``many / one`` per figure, and the target (requests/s at least 0.8 of one's, p99 at most 1.2x) per load.
+Not part of the test run.
 
     python bench/tenants_http.py
     python bench/tenants_http.py --tenants 200 --active 20 --repeat 1 --duration 5
+    python bench/tenants_http.py --shops many --loads add_to_cart --repeat 1 --duration 20 --profile cart
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -43,8 +46,9 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from _load import ONE_ADDRESS_IS_MANY_CLIENTS
+from _load import ONE_ADDRESS_IS_MANY_CLIENTS, CpuMeter
 from _wrk import run_wrk
+from cart import roles
 
 from cartwheel.natsserver import free_port
 from cartwheel.settings import Settings
@@ -167,19 +171,43 @@ def scripts(targets: list[Target], active: int) -> dict[str, str]:
             for name, entries in (("product_read", reads), ("checkout", checkouts), ("add_to_cart", carts))}
 
 
-def measure(system: System, targets: list[Target], args: argparse.Namespace) -> dict[str, Any]:
+@contextmanager
+def profiled(system: System, child: str | None, out: Path) -> Iterator[None]:
+    """py-spy on ``child`` (a service process's name, e.g. ``cart``) while the block runs: its collapsed stacks
+    to ``out`` (for flamegraph.pl or a count of the top frames). None: not profiled."""
+    if child is None:
+        yield
+        return
+    pid = system.children.all[child].process.pid
+    spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--nonblocking", "--rate", "100",
+                            "--subprocesses", "--threads", "--format", "raw", "--output", str(out), "--pid", str(pid)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)  # py-spy writes what it sampled and exits
+        spy.wait(timeout=60)
+
+
+def measure(system: System, targets: list[Target], args: argparse.Namespace, label: str) -> dict[str, Any]:
     loads = scripts(targets, args.active)
     figures: dict[str, Any] = {}
     for name, connections in LOADS.items():
+        if name not in args.loads.split(","):
+            continue
         if args.warmup:
             run_wrk(system.base_url, loads[name], threads=2, connections=connections, duration=args.warmup,
                     timeout_s=30)
-        r = run_wrk(system.base_url, loads[name], threads=2, connections=connections, duration=args.duration,
-                    statuses=True, timeout_s=30)
+        cpu = CpuMeter(roles(system))
+        with profiled(system, args.profile, Path(tempfile.gettempdir()) / f"tenants_http-{label}-{name}.txt"):
+            cpu.start()
+            r = run_wrk(system.base_url, loads[name], threads=2, connections=connections, duration=args.duration,
+                        statuses=True, timeout_s=30)
+            cores = cpu.stop()
         seconds = r["duration_us"] / 1e6
         figures[name] = {"requests_per_s": round(r["requests"] / seconds, 1), "p50_ms": r["p50_us"] / 1000,
                          "p99_ms": r["p99_us"] / 1000, "non_2xx": r["non_2xx"], "socket_errors": r["socket_errors"],
-                         "statuses": r["statuses"]}
+                         "statuses": r["statuses"], "cpu_cores": cores}
     return figures
 
 
@@ -192,6 +220,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--shops", default="one,many", help="which shops to measure (one, many or both)")
+    parser.add_argument("--loads", default=",".join(LOADS), help="which loads to run (comma-separated)")
+    parser.add_argument("--profile", metavar="PROCESS", help="py-spy this service process (e.g. cart) during each "
+                        "load: collapsed stacks to $TMPDIR/tenants_http-<shop>-<round>-<load>.txt")
     args = parser.parse_args()
     many_dir = Path(tempfile.mkdtemp(prefix="cartwheel-bench-many-"))
     rows: dict[str, list[dict[str, Any]]] = {"one": [], "many": []}
@@ -210,7 +241,7 @@ def main() -> int:
                         else:
                             names = sorted(tokens)[: args.active]
                             targets = [Target(system.base_url, f"{n}.shops.test", tokens[n]) for n in names]
-                        figures = measure(system, targets, args)
+                        figures = measure(system, targets, args, f"{mode}-{round_no}")
                 finally:
                     if mode == "one":
                         shutil.rmtree(var_dir, ignore_errors=True)
@@ -222,7 +253,7 @@ def main() -> int:
     finally:
         shutil.rmtree(many_dir, ignore_errors=True)
     summary: dict[str, Any] = {"bench": "tenants_http", "summary": True, "rounds": args.repeat, "loads": {}}
-    for name in LOADS if all(rows.values()) else ():
+    for name in [n for n in LOADS if n in args.loads.split(",")] if all(rows.values()) else ():
         med = {mode: {k: statistics.median(r[name][k] for r in rows[mode]) for k in ("requests_per_s", "p99_ms")}
                for mode in rows}
         ratio = med["many"]["requests_per_s"] / med["one"]["requests_per_s"]

@@ -14,7 +14,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import nats.js.errors
@@ -208,6 +208,12 @@ class Service:
         relay = self.relays.get(tenant_context.current(self.db.own_name))
         if relay:
             relay.notify()
+
+    def outbox_committed(self, events: Sequence[tuple[Message, str | None]]) -> None:
+        """Hand ``events``, just committed to the current tenant's outbox (with their traces), to its relay."""
+        relay = self.relays.get(tenant_context.current(self.db.own_name))
+        if relay:
+            relay.committed([e for e, _ in events], [t for _, t in events])
 
     def _relay(self, db: Database) -> OutboxRelay:
         return OutboxRelay(db, self.js, on_failure=self.metrics.outbox_failures.inc)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import Connection, Executable, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, Executable, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from cartwheel.contracts.base import Reply, utcnow
@@ -25,7 +25,7 @@ from cartwheel.lanes.models import (
     LaneTenantAlarm,
 )
 from cartwheel.lanes.types import ALARM, LaneCommand, LaneSpec, fired_alarm_id
-from cartwheel.outbox import record_events
+from cartwheel.outbox import mark_published, record_events
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,8 @@ class BatchResult:
     last_sequence: int
     replies: list[tuple[str, bytes]] = field(default_factory=list)
     duplicates: int = 0
-    events: int = 0
+    events: list[tuple[Any, str | None]] = field(default_factory=list)
+    """The events the batch recorded in the outbox, with each one's trace: the relay publishes them from memory."""
     alarms_changed: bool = False
     earliest_alarm: datetime | None = None
     states: dict[str, BaseModel] = field(default_factory=dict)
@@ -84,6 +85,9 @@ class PartitionBatch:
     tenant_alarms: Mapping[str, datetime] = field(default_factory=dict)
     """The own tenant's batch: other tenants that set alarms in this partition (or may have: a part applied before
     a crash), from when; noted in ``lane_tenant_alarms`` with the cursor."""
+    published: Sequence[str] = ()
+    """Ids of events the database's outbox relay published from memory: this transaction marks their rows (see
+    :meth:`cartwheel.outbox.OutboxRelay.take_marks`), whether or not the batch applies."""
 
 
 _cursors = LaneCursor.__table__
@@ -146,6 +150,32 @@ def _upsert_alarms(dialect: str) -> Executable | None:
 _UPSERTS: dict[str, Executable | None] = {}
 
 
+def _upsert_tenant_alarms(dialect: str) -> Executable | None:
+    """``INSERT .. ON CONFLICT`` keeping the earliest ``next_at``: a group notes every tenant it saw set alarms
+    with one statement (a row read and written per tenant took a tenth of the cart service's loop with 100 busy
+    tenants). None: no such dialect."""
+    if dialect not in _TENANT_UPSERTS:
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+            earliest = func.least
+        elif dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
+            earliest = func.min  # SQLite's min() of two arguments is the smaller
+        else:
+            _TENANT_UPSERTS[dialect] = None
+            return None
+        table = LaneTenantAlarm.__table__
+        stmt = dialect_insert(table)
+        _TENANT_UPSERTS[dialect] = stmt.on_conflict_do_update(
+            index_elements=[table.c.lane, table.c.partition, table.c.tenant],
+            set_={"next_at": earliest(table.c.next_at, stmt.excluded.next_at)},
+        )
+    return _TENANT_UPSERTS[dialect]
+
+
+_TENANT_UPSERTS: dict[str, Executable | None] = {}
+
+
 def _select_in(conn: Connection, stmt: Executable, lane: str, values: AbstractSet[str]) -> dict[Any, Any]:
     found: dict[Any, Any] = {}
     for chunk in _chunks(sorted(values), IN_CHUNK):
@@ -178,6 +208,7 @@ def apply_group(session: Session, spec: LaneSpec[Any], batches: list[PartitionBa
     """
     lane = spec.name
     conn = session.connection()
+    mark_published(session, [event_id for b in batches for event_id in b.published])
     current = _select_in(conn, _SELECT_CURSORS, lane, {b.partition for b in batches})  # type: ignore[arg-type]
     results = [BatchResult(applied=False, last_sequence=current.get(b.partition, 0)) for b in batches]
     live: list[tuple[PartitionBatch, BatchResult]] = []
@@ -249,7 +280,7 @@ def apply_group(session: Session, spec: LaneSpec[Any], batches: list[PartitionBa
     for _, result, writes in group:
         result.states = writes.states  # as committed by this transaction: loaded, kept, or changed
         result.deleted = writes.deleted
-        result.events = len(writes.events)
+        result.events = list(zip(writes.events, writes.traces, strict=True))
         result.earliest_alarm = min((a["due_at"] for a in writes.alarms.values()), default=None)
         result.alarms_changed = bool(writes.alarms or writes.alarms_gone)
     inserts = [{"lane": lane, "partition": b.partition, "last_sequence": r.last_sequence}
@@ -260,9 +291,13 @@ def apply_group(session: Session, spec: LaneSpec[Any], batches: list[PartitionBa
         conn.execute(_INSERT_CURSORS, inserts)
     if updates:
         conn.execute(_UPDATE_CURSORS, updates)
-    for b, _, _ in group:
-        for tenant, at in b.tenant_alarms.items():
-            note_tenant_alarms(session, lane, b.partition, tenant, at)
+    notes = [{"lane": lane, "partition": b.partition, "tenant": tenant, "next_at": at}
+             for b, _, _ in group for tenant, at in b.tenant_alarms.items()]
+    if notes and (upsert := _upsert_tenant_alarms(conn.dialect.name)) is not None:
+        conn.execute(upsert, notes)
+    else:
+        for note in notes:
+            note_tenant_alarms(session, lane, note["partition"], note["tenant"], note["next_at"])
     return results
 
 

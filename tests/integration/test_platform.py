@@ -14,9 +14,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
+import sqlalchemy
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
@@ -178,6 +180,90 @@ def test_relay_publishes_in_order_with_dedup_ids_and_marks_rows(
     unpublished = db.run_sync(lambda s: s.scalar(select(func.count()).where(OutboxEvent.published_at.is_(None))))
     assert unpublished == 0
     db.close()
+
+
+class FlakyJetStream:
+    """The real JetStream, whose next ``fail`` publishes fail (as when the server does not answer in time)."""
+
+    def __init__(self, js: Any) -> None:
+        self.js, self.fail, self.sent = js, 0, []
+
+    async def publish(self, subject: str, payload: bytes, **kwargs: Any) -> Any:
+        if self.fail:
+            self.fail -= 1
+            raise nats.errors.TimeoutError
+        self.sent.append(json.loads(payload)["id"])
+        return await self.js.publish(subject, payload, **kwargs)
+
+
+def test_relay_publishes_handed_over_events_from_memory_in_order_and_marks_their_rows_in_bulk(
+    database_url: str, nats_url: str, tmp_path: Path
+) -> None:
+    """Events a lane hands over after its commit go out without the outbox being read back, and their rows are
+    marked by one statement (or by the caller's next transaction, :meth:`take_marks`). Events only ``notify``-ed
+    go out first, read from the outbox in order; a failed publish falls back to the outbox, losing nothing and
+    keeping the order."""
+    migrate("catalog", database_url)
+    db = Database(database_url)
+    statements: list[str] = []
+    sqlalchemy.event.listen(db.engine, "before_cursor_execute",
+                            lambda conn, cursor, statement, *rest: statements.append(statement))
+
+    def outbox_reads() -> int:
+        return sum(1 for s in statements if s.lstrip().startswith("SELECT") and "FROM outbox" in s)
+
+    def recorded(*names: str) -> list[ProductCreated]:
+        made = [event(name) for name in names]
+        db.run_sync(lambda s: [record_event(s, e) for e in made])
+        return made
+
+    async def scenario() -> list[str]:
+        nc = await nats.connect(nats_url)
+        js = FlakyJetStream(nc.jetstream())
+        await declare_topology(js.js, settings_for(nats_url, tmp_path))
+        relay = OutboxRelay(db, js, idle=60, interval=0.2, mark_every=0.3)  # type: ignore[arg-type]
+        relay.start()
+        await asyncio.sleep(0.3)  # its first look at the outbox: empty
+        reads = outbox_reads()
+
+        handed = recorded("h1", "h2", "h3")
+        relay.committed(handed, [None] * 3)
+        await until(lambda: len(js.sent) == 3)
+        assert outbox_reads() == reads  # from memory
+        await asyncio.sleep(0.5)  # the marks are due: one UPDATE for the three
+        assert outbox_reads() == reads and unpublished() == 0  # (that count is a read of its own)
+        assert relay.take_marks() == []
+
+        told = recorded("n1")  # recorded elsewhere and only notified, then a lane's commit right after
+        relay.notify()
+        handed_after = recorded("h4")
+        relay.committed(handed_after, [None])
+        await until(lambda: len(js.sent) == 5)
+
+        js.fail = 1  # the next publish fails: the relay reads the outbox from there, in order
+        failing, then = recorded("f1"), recorded("f2")
+        relay.committed(failing, [None])
+        relay.committed(then, [None])
+        await until(lambda: len(js.sent) == 7, timeout=5)
+        await relay.stop()
+        await nc.close()
+        ids = [e.id for e in handed + told + handed_after + failing + then]
+        assert js.sent == ids  # each once, in commit order
+        return ids
+
+    def unpublished() -> int:
+        return db.read_sync(lambda s: s.scalar(select(func.count()).where(OutboxEvent.published_at.is_(None))))
+
+    asyncio.run(scenario())
+    assert unpublished() == 0
+    db.close()
+
+
+async def until(check: Callable[[], bool], timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "not in time"
+        await asyncio.sleep(0.02)
 
 
 def test_relay_keeps_events_it_could_not_publish(database_url: str) -> None:
