@@ -90,8 +90,13 @@ class Target:
         self.base_url, self.host, self.token = base_url, host, token
 
     def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """A setup call; a 503 (a service still warming up on this busy machine) is tried again, 5 times."""
         headers = {"Host": self.host, **kwargs.pop("headers", {})}
-        answer = requests.request(method, f"{self.base_url}{path}", headers=headers, timeout=30, **kwargs)
+        for attempt in range(6):
+            answer = requests.request(method, f"{self.base_url}{path}", headers=headers, timeout=30, **kwargs)
+            if answer.status_code != 503 or attempt == 5:
+                break
+            time.sleep(1 + attempt)
         answer.raise_for_status()
         return answer
 
