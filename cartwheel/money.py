@@ -5,12 +5,15 @@ cents of EUR, whole yen, thousandths of a dinar). Stripe has a table of its own
 (https://docs.stripe.com/currencies): some currencies it counts in other units than ISO does, and
 some amounts it refuses. :func:`to_stripe` and :func:`from_stripe` convert; :func:`unchargeable`
 says why Stripe would refuse an amount, so a product's price is refused when it is saved, not at
-checkout. Pure: no I/O.
+checkout. :func:`money` writes an amount for a locale. Pure: no I/O.
 """
 
 from __future__ import annotations
 
 from decimal import Decimal
+
+from babel import Locale, UnknownLocaleError
+from babel.numbers import format_currency, format_decimal
 
 ISO_ZERO_DECIMAL = frozenset(
     ["BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "VND", "VUV", "XAF", "XOF", "XPF"]
@@ -34,12 +37,28 @@ def minor_units(currency: str | None) -> int:
     return 3 if currency in ISO_THREE_DECIMAL else 2
 
 
-def money(amount: int | None, currency: str | None) -> str:
-    """As people read it: ``1250, "EUR"`` → ``"12.50 EUR"``, ``5000, "ISK"`` → ``"5,000 ISK"``."""
+DEFAULT_LOCALE = "en"
+
+
+def money(amount: int | None, currency: str | None, locale: str = DEFAULT_LOCALE) -> str:
+    """As people in ``locale`` read it (CLDR's patterns, by Babel): ``1250, "EUR"`` → ``"€12.50"`` in ``en``,
+    ``"12,50 €"`` in ``de``; ``500, "JPY"`` → ``"¥500"``; ``1000, "KWD"`` → ``"KWD1.000"``. No currency: the
+    number alone."""
     if amount is None:
         return ""
-    digits = minor_units(currency)
-    return f"{Decimal(amount).scaleb(-digits):,.{digits}f} {currency or ''}".strip()
+    value = Decimal(amount).scaleb(-minor_units(currency))
+    if not currency:
+        return format_decimal(value, locale=locale)
+    return format_currency(value, currency, locale=locale)
+
+
+def known_locale(name: str) -> str:
+    """``name`` (``en``, ``de-DE``, ``pt_BR``) as a locale Babel knows, in its spelling (``de_DE``); ValueError
+    otherwise."""
+    try:
+        return str(Locale.parse(name.replace("-", "_")))
+    except (ValueError, TypeError, UnknownLocaleError) as exc:
+        raise ValueError(f"locale {name!r}: not a locale this shop knows (such as en, en_GB, de_DE, ja)") from exc
 
 
 def stripe_units(currency: str) -> int:

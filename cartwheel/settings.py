@@ -18,6 +18,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cartwheel.files import private_dir, write_private
+from cartwheel.money import known_locale
 
 SERVICES: tuple[str, ...] = ("catalog", "cart", "inventory", "orders", "payments")
 """Backend services, each with its own process and database (the gateway is separate)."""
@@ -174,6 +175,8 @@ class Settings(BaseSettings):
     currency: str = Field("EUR", pattern=r"^[A-Z]{3}$",
                           description="The shop's currency: a product created without one is priced in it (a "
                           "tenant's own: `cartwheel tenants set NAME currency=USD`).")
+    locale: str = Field("en", description="How the pages and emails write money and numbers (CLDR, by Babel): `en` "
+                        "gives €39.00, `de_DE` 39,00 € (a tenant's own: `cartwheel tenants set NAME locale=de_DE`).")
     tenant: str = Field("default", description="The installation's own tenant: its databases are the ones above "
                         "(other tenants: `cartwheel tenants`).")
     control_database_url: str | None = Field(
@@ -214,6 +217,11 @@ class Settings(BaseSettings):
         if value is not None and not ("{tenant}" in value and "{service}" in value):
             raise ValueError("the URL must have {tenant} and {service} in it, e.g. .../cartwheel_{service}__{tenant}")
         return value
+
+    @field_validator("locale")
+    @classmethod
+    def _a_locale(cls, value: str) -> str:
+        return known_locale(value)
 
     @field_validator("stripe_publishable_key")
     @classmethod

@@ -33,7 +33,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     create.add_argument("name", nargs="?", help="2-40 lower-case letters, digits and hyphens")
     create.add_argument("--host", action="append", default=[], help="a host it serves (repeat for more)")
     create.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a tenant setting: currency=EUR, stripe_publishable_key=pk_...")
+                        help="a tenant setting: currency=EUR, locale=de_DE, stripe_publishable_key=pk_...")
     create.add_argument("--file", type=Path, help="many tenants: one per line, 'NAME HOST [HOST ...]'")
     create.add_argument("--parallel", type=int, default=os.cpu_count() or 2, help="databases migrated at once")
     listing = verbs.add_parser("list", help="every tenant, its status and hosts")
@@ -43,7 +43,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
         verbs.add_parser(verb, help=text).add_argument("name")
     settings = verbs.add_parser("set", help="change a tenant's settings (KEY= removes one)")
     settings.add_argument("name")
-    settings.add_argument("pairs", nargs="+", metavar="KEY=VALUE", help="currency=USD, stripe_publishable_key=pk_...")
+    settings.add_argument("pairs", nargs="+", metavar="KEY=VALUE",
+                          help="currency=USD, locale=en_US, stripe_publishable_key=pk_...")
     stripe = verbs.add_parser("stripe", help="give a tenant its own Stripe account (kept in its own payments database)")
     stripe.add_argument("name")
     stripe.add_argument("--secret-key-file", type=Path, help="a file holding the account's secret key (sk_...)")

@@ -20,11 +20,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cartwheel.db import CONTROL, make_engine, migrate
+from cartwheel.money import known_locale
 from cartwheel.tenants.models import HostRow, MigrationRow, TenantRow
 from cartwheel.tenants.names import BadName, check_host, check_name
 
 Status = Literal["active", "disabled", "deleting"]
-SETTINGS = ("currency", "stripe_publishable_key")
+SETTINGS = ("currency", "locale", "stripe_publishable_key")
 """What a tenant may set for itself (``--set currency=EUR``); everything else is the installation's."""
 
 
@@ -65,7 +66,13 @@ def check_settings(pairs: dict[str, str]) -> dict[str, str]:
         raise BadName(f"unknown tenant setting {', '.join(unknown)} (choose from {', '.join(SETTINGS)})")
     if "currency" in pairs and not (len(pairs["currency"]) == 3 and pairs["currency"].isalpha()):
         raise BadName(f"currency {pairs['currency']!r}: an ISO 4217 code such as EUR")
-    return {k: (v.upper() if k == "currency" else v) for k, v in pairs.items()}
+    checked = {k: (v.upper() if k == "currency" else v) for k, v in pairs.items()}
+    if "locale" in checked:
+        try:
+            checked["locale"] = known_locale(checked["locale"])
+        except ValueError as exc:
+            raise BadName(str(exc)) from None
+    return checked
 
 
 class Registry:

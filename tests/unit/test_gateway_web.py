@@ -15,7 +15,8 @@ from cartwheel.contracts.catalog import CreateProduct, GetProduct, ListProducts,
 from cartwheel.contracts.inventory import GetStock, GetStocks, Restock, SetStock
 from cartwheel.contracts.orders import CancelOrder, Checkout, GetOrder, ListOrders, PayOrder
 from cartwheel.errors import DomainError
-from cartwheel.money import money
+from cartwheel.money import known_locale, money
+from cartwheel.settings import Settings
 from services.gateway.testing import FakeBus
 from services.gateway.web.admin_session import ADMIN_COOKIE
 from tests.unit import test_gateway_accounts, test_gateway_orders
@@ -115,7 +116,7 @@ def test_the_storefront_lists_products_with_price_and_availability(client: Flask
     page = client.get("/")
     html = page.get_data(as_text=True)
     assert page.status_code == 200 and page.mimetype == "text/html"
-    assert "Blue mug" in html and "12.50 EUR" in html and "Only 3 left" in html
+    assert "Blue mug" in html and "€12.50" in html and "Only 3 left" in html
     assert "script-src 'self'" in page.headers["Content-Security-Policy"]
 
 
@@ -138,11 +139,15 @@ def test_a_product_page_and_an_unknown_product(client: FlaskClient, shop: Shop) 
     assert missing.status_code == 404 and missing.mimetype == "text/html"
 
 
-def test_the_cart_page_shows_the_lines(client: FlaskClient) -> None:
+def test_the_cart_page_shows_the_lines(client: FlaskClient, make_client: Any) -> None:
     assert client.get("/cart").status_code == 200
     client.post("/api/cart/items", json={"product_id": PRODUCT, "quantity": 2})
     html = client.get("/cart").get_data(as_text=True)
-    assert 'value="2"' in html and "20.00 EUR" in html and "data-cart-live" in html
+    assert 'value="2"' in html and "€20.00" in html and "data-cart-live" in html
+    assert ">2 items<" in html and 'data-testid="header-cart-count"' in html
+    one = make_client()
+    one.post("/api/cart/items", json={"product_id": PRODUCT, "quantity": 1})
+    assert ">1 item<" in one.get("/cart").get_data(as_text=True)  # not "1 items"
 
 
 def test_an_order_page_to_its_buyer_only(make_client: Any) -> None:
@@ -162,9 +167,40 @@ def test_pages_keep_out_of_the_api_spec_and_unknown_paths_stay_json(client: Flas
     assert client.get("/static/app.css").status_code == 200
 
 
-def test_money_uses_the_currencys_minor_units() -> None:
-    assert money(123456, "EUR") == "1,234.56 EUR" and money(500, "JPY") == "500 JPY"
-    assert money(1000, "KWD") == "1.000 KWD"
+def test_money_uses_the_currencys_minor_units_and_the_locales_way_of_writing_it() -> None:
+    assert money(123456, "EUR") == "€1,234.56" and money(500, "JPY") == "¥500" and money(3900, "USD") == "$39.00"
+    assert money(1000, "KWD") == "KWD1.000"  # thousandths
+    assert money(123456, "EUR", "de_DE") == "1.234,56\xa0€" and money(500, "JPY", "ja") == "￥500"
+    assert money(1250, None) == "12.5" and money(None, "EUR") == ""
+
+
+def test_a_locale_is_checked_and_spelled_as_babel_knows_it() -> None:
+    assert known_locale("de-DE") == "de_DE" and known_locale("en") == "en"
+    for wrong in ("xx_YY", "", "en US"):
+        with pytest.raises(ValueError, match="not a locale"):
+            known_locale(wrong)
+    with pytest.raises(ValueError):
+        Settings(locale="klingon")
+
+
+def test_pages_write_money_in_the_shops_locale(make_client: Any, shop: Shop) -> None:
+    shop.add(name="Teapot", price_cents=123450)
+    html = make_client(locale="de_DE").get("/").get_data(as_text=True)
+    assert "1.234,50\xa0€" in html and '<html lang="de-DE">' in html
+
+
+def test_the_sort_menu_offers_best_match_only_for_a_search(client: FlaskClient) -> None:
+    browsing = client.get("/").get_data(as_text=True)
+    assert "Best match" not in browsing and re.search(r'<option value="newest"\s+selected>Newest', browsing)
+    searching = client.get("/?q=mug").get_data(as_text=True)
+    assert re.search(r'<option value=""\s+selected>Best match', searching)
+
+
+def test_the_shop_has_a_favicon(client: FlaskClient) -> None:
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.mimetype == "image/vnd.microsoft.icon"
+    assert icon.data[:4] == b"\x00\x00\x01\x00" and "max-age" in icon.headers["Cache-Control"]  # an ICO
+    assert '<link rel="icon" href="/favicon.ico"' in client.get("/").get_data(as_text=True)
 
 
 # -- the admin session ------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 
 const FINAL = ["paid", "fulfilled", "cancelled", "expired", "needs_review", "disputed", "dispute_lost", "refunded"];
 const $ = (selector, root = document) => root.querySelector(selector);
+const LOCALE = document.documentElement.lang || "en";  // the shop's locale, as the server wrote its pages
 
 async function api(method, path, body, headers = {}) {
   const init = { method, headers: { Accept: "application/json", ...headers }, credentials: "same-origin" };
@@ -20,12 +21,18 @@ async function api(method, path, body, headers = {}) {
   return { status: reply.status, data, error: (data && data.error) || (reply.ok ? null : { message: `The shop answered ${reply.status}.` }) };
 }
 
-function money(cents, currency) {
+function money(cents, currency) {  // as the server's Babel writes it: "€39.00", "¥500" in en
   if (cents === null || cents === undefined) return "";
-  let digits = 2;
-  try { digits = new Intl.NumberFormat("en", { style: "currency", currency }).resolvedOptions().maximumFractionDigits; } catch (e) { /* keep 2 */ }
-  const amount = (cents / 10 ** digits).toLocaleString("en", { minimumFractionDigits: digits, maximumFractionDigits: digits });
-  return `${amount} ${currency || ""}`.trim();
+  try {
+    const format = new Intl.NumberFormat(LOCALE, { style: "currency", currency });
+    return format.format(cents / 10 ** format.resolvedOptions().maximumFractionDigits);
+  } catch (e) {  // no currency, or one this browser does not know
+    return `${(cents / 100).toLocaleString(LOCALE, { minimumFractionDigits: 2 })} ${currency || ""}`.trim();
+  }
+}
+
+function items(count) {
+  return `${count} ${new Intl.PluralRules(LOCALE).select(count) === "one" ? "item" : "items"}`;
 }
 
 function el(tag, attributes = {}, ...children) {
@@ -58,7 +65,11 @@ async function addToCart(productId, quantity, button) {
   if (button) button.disabled = true;
   const reply = await api("POST", "/api/cart/items", { product_id: productId, quantity });
   if (button) button.disabled = false;
-  if (reply.status === 200) flash(`Added to your cart (${reply.data.item_count} items).`);
+  if (reply.status === 200) {
+    flash(`Added to your cart (${items(reply.data.item_count)}).`);
+    showCount(reply.data.item_count);
+    watchCart();  // a first cart: its count stays live from here
+  }
   else flash(problemText(reply.error, "Could not add this to the cart."));
 }
 
@@ -104,7 +115,15 @@ function renderReply(reply) {
   else flash(problemText(reply.error, "The cart could not be changed."));
 }
 
+function showCount(count) {  // the header's "Cart (3)"
+  const badge = $("[data-testid=header-cart-count]");
+  if (!badge) return;
+  badge.textContent = `(${count})`;
+  badge.hidden = !count;
+}
+
 function renderCart(cart) {
+  showCount(cart.status === "active" ? cart.item_count : 0);
   const section = $("#cart[data-cart-live]");
   if (!section) return;
   if (cart.id && cart.id === shown.id && cart.version !== undefined && cart.version < shown.version) return;
@@ -132,15 +151,17 @@ function renderCart(cart) {
   section.append(
     el("table", { class: "lines" }, el("thead", {}, head), el("tbody", {}, ...rows)),
     el("p", { class: "total" }, "Total ", el("strong", { "data-testid": "cart-total", text: money(cart.total_cents, cart.currency) }),
-      " · ", el("span", { "data-testid": "cart-count", text: String(cart.item_count) }), " items"));
+      " · ", el("span", { "data-testid": "cart-count", text: items(cart.item_count) })));
   if (focused) { const input = document.getElementById(`qty-${focused}`); if (input) input.focus(); }
 }
 
-function watchCart() {
+let watching = null;
+
+function watchCart() {  // the cart's event stream: the cart page and the header's count follow other tabs' changes
+  if (watching || !window.EventSource) return;
   const section = $("#cart[data-cart-live]");
-  if (!section || !window.EventSource) return;
-  shown = { id: section.dataset.cartId || null, version: Number(section.dataset.version || -1) };
-  const events = new EventSource("/api/cart/events");
+  if (section) shown = { id: section.dataset.cartId || null, version: Number(section.dataset.version || -1) };
+  const events = watching = new EventSource("/api/cart/events");
   events.addEventListener("cart", (event) => {
     try { renderCart(JSON.parse(event.data)); } catch (error) { /* a malformed event: wait for the next */ }
   });
@@ -356,6 +377,15 @@ function followOrder() {
   setTimeout(poll, 1000);
 }
 
-watchCart();
+async function startHeaderCount() {
+  if ($("#cart[data-cart-live]")) { showCount(Number($("#cart").dataset.count || 0)); watchCart(); return; }
+  if (!$("[data-testid=header-cart-count]")) return;
+  const reply = await api("GET", "/api/cart");
+  if (reply.status !== 200) return;
+  showCount(reply.data.status === "active" ? reply.data.item_count : 0);
+  if (reply.data.id) watchCart();
+}
+
+startHeaderCount();
 startCardEntry();
 followOrder();

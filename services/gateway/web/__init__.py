@@ -6,19 +6,22 @@ page paths here and everything else to the API, so ``/openapi.json`` stays the A
 
 from __future__ import annotations
 
+import functools
+import io
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from flask import Flask, Response, render_template
+from flask import Flask, Response, g, render_template
+from PIL import Image, ImageDraw
 from werkzeug.exceptions import HTTPException
 
 from cartwheel.errors import ServiceUnavailable
 from cartwheel.money import money
-from services.gateway.context import EXTENSION
+from services.gateway.context import EXTENSION, gateway, tenant
 from services.gateway.web import admin, admin_orders, shop, stripejs
 from services.gateway.web.internal import API_WSGI, PageError
 
-PAGE_PREFIXES = ("/products/", "/cart", "/signin", "/orders/", "/admin", "/static/")
+PAGE_PREFIXES = ("/products/", "/cart", "/signin", "/orders/", "/admin", "/static/", "/favicon.ico")
 MAX_UPLOAD = 6 * 1024 * 1024  # an image of up to 5 MB in a multipart form; the API says 413 above its own limit
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -31,8 +34,12 @@ def mount(api: Flask) -> Flask:
     pages.extensions[EXTENSION] = api.extensions[EXTENSION]
     pages.extensions[API_WSGI] = api.wsgi_app
     api.extensions["cartwheel.metrics"].install(pages)
-    pages.jinja_env.filters["money"] = money
+    pages.jinja_env.filters["money"] = lambda amount, currency: money(amount, currency, page_locale())
+    pages.jinja_env.globals["page_locale"] = page_locale
+    pages.jinja_env.add_extension("jinja2.ext.i18n")  # ngettext: "1 item", "2 items" (catalogs can come later)
+    pages.jinja_env.install_null_translations(newstyle=True)  # type: ignore[attr-defined]
     pages.jinja_env.autoescape = True
+    pages.add_url_rule("/favicon.ico", "favicon", favicon)
     for blueprint in (shop.pages, admin.pages, admin_orders.pages):
         pages.register_blueprint(blueprint)
     pages.register_error_handler(PageError, _error_page)
@@ -41,6 +48,35 @@ def mount(api: Flask) -> Flask:
     pages.after_request(_page_headers)
     api.wsgi_app = _dispatch(pages.wsgi_app, api.wsgi_app)  # type: ignore[method-assign]
     return pages
+
+
+def page_locale() -> str:
+    """The locale the page being rendered writes money in: its shop's (a tenant's ``locale`` setting), else the
+    installation's (``CARTWHEEL_LOCALE``)."""
+    if "locale" not in g:
+        ctx = gateway()
+        entry = ctx.hosts.entry(tenant())
+        g.locale = str((entry.settings if entry else {}).get("locale") or ctx.settings.locale)
+    return str(g.locale)
+
+
+def favicon() -> Response:
+    """The shop's icon (a wheel), drawn once: browsers ask every site for /favicon.ico."""
+    return Response(_icon(), mimetype="image/vnd.microsoft.icon", headers={"Cache-Control": "public, max-age=86400"})
+
+
+@functools.cache
+def _icon() -> bytes:
+    image = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(image)
+    ink = (196, 72, 28, 255)
+    draw.ellipse((4, 4, 60, 60), outline=ink, width=6)
+    for x0, y0, x1, y1 in ((32, 8, 32, 56), (8, 32, 56, 32), (15, 15, 49, 49), (15, 49, 49, 15)):
+        draw.line((x0, y0, x1, y1), fill=ink, width=4)
+    draw.ellipse((25, 25, 39, 39), fill=ink)
+    out = io.BytesIO()
+    image.save(out, format="ICO", sizes=[(16, 16), (32, 32), (48, 48)])
+    return out.getvalue()
 
 
 def is_page(path: str) -> bool:

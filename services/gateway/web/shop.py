@@ -35,8 +35,11 @@ def products() -> str:
     search["cursor"] = request.args.get("cursor", "").strip()[:MAX_PAGE_CURSOR]
     answer, note = _search(search)
     listing = answer.or_raise()
-    return render_template("shop/products.html", listing=listing, search=search, sorts=SORTS, note=note,
-                           signed_in=_who())
+    # "Best match" ranks a search's results; without words to match, the list is newest first, and says so.
+    sorts = SORTS if search["q"] else {value: label for value, label in SORTS.items() if value}
+    sorted_by = search["sort"] if search["sort"] in sorts else next(iter(sorts))
+    return render_template("shop/products.html", listing=listing, search=search, sorts=sorts, sorted_by=sorted_by,
+                           note=note, signed_in=_who())
 
 
 @pages.get("/products/<id_or_sku>")

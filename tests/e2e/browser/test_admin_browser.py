@@ -86,7 +86,7 @@ def test_an_admin_creates_restocks_and_sells_a_product(
     shop = context.new_page()
     shop.goto(f"{system.base_url}/?q={sku}")
     card = shop.get_by_test_id("product-card").filter(has_text=name)
-    expect(card).to_contain_text("32.00 EUR")
+    expect(card).to_contain_text("€32.00")
     expect(card).to_contain_text("In stock")
     shoot(shop, "storefront")
 

@@ -26,26 +26,34 @@ def test_a_shopper_buys_two_products_with_the_cart_live_in_a_second_tab(
     shop.get_by_role("button", name="Search").click()
     cards = shop.get_by_test_id("product-card")
     expect(cards).to_have_count(2)
-    expect(cards.filter(has_text="Copper")).to_contain_text("25.00 EUR")
+    expect(cards.filter(has_text="Copper")).to_contain_text("€25.00")
     shoot(shop, "search")
+    badge = shop.get_by_test_id("header-cart-count")
+    expect(badge).to_be_hidden()  # no cart yet
     cards.filter(has_text="Copper").get_by_role("button", name="Add to cart").click()
-    expect(shop.locator("#flash")).to_contain_text("1 items")
+    expect(shop.locator("#flash")).to_contain_text("(1 item)")  # not "1 items"
+    expect(badge).to_have_text("(1)")
     cards.filter(has_text="Steel").get_by_role("button", name="Add to cart").click()
     expect(shop.locator("#flash")).to_contain_text("2 items")
+    expect(badge).to_have_text("(2)")
 
     cart = context.new_page()  # a second tab: the same cookies
     cart.goto(f"{system.base_url}/cart")
-    expect(cart.get_by_test_id("cart-count")).to_have_text("2")
+    expect(cart.get_by_test_id("cart-count")).to_have_text("2 items")
+    expect(cart.get_by_test_id("header-cart-count")).to_have_text("(2)")
     shoot(cart, "cart")
     shop.goto(f"{system.base_url}/products/{first['id']}")
     shoot(shop, "product")
     shop.get_by_label("Quantity").fill("2")
     shop.get_by_role("button", name="Add to cart").click()
-    expect(cart.get_by_test_id("cart-count")).to_have_text("4")  # no reload: the cart's event stream
-    expect(cart.get_by_test_id("cart-total")).to_have_text("94.00 EUR")
+    expect(cart.get_by_test_id("cart-count")).to_have_text("4 items")  # no reload: the cart's event stream
+    expect(cart.get_by_test_id("cart-total")).to_have_text("€94.00")
+    expect(cart.get_by_test_id("header-cart-count")).to_have_text("(4)")
+    expect(shop.get_by_test_id("header-cart-count")).to_have_text("(4)")  # the product page's header, live too
     cart.get_by_label(f"Quantity of Steel {word}").fill("2")
     cart.get_by_label(f"Quantity of Steel {word}").press("Tab")
-    expect(cart.get_by_test_id("cart-count")).to_have_text("5")
+    expect(cart.get_by_test_id("cart-count")).to_have_text("5 items")
+    expect(shop.get_by_test_id("header-cart-count")).to_have_text("(5)")  # another tab's change
     shoot(cart, "cart-live")
 
     cart.evaluate("window.stayedOnPage = true")
@@ -70,7 +78,7 @@ def test_out_of_stock_and_sign_up_in_the_browser(system: System, context: Any, s
     expect(page.locator("#flash")).to_contain_text("Only 1 left")
     page.get_by_label("Quantity").fill("1")
     page.get_by_role("button", name="Add to cart").click()
-    expect(page.locator("#flash")).to_contain_text("1 items")
+    expect(page.locator("#flash")).to_contain_text("1 item")
     page.goto(f"{system.base_url}/signin")
     form = page.locator("form[data-action=sign-up]")
     form.get_by_label("Email").fill(f"shopper-{uuid.uuid4().hex[:8]}@example.com")
@@ -82,7 +90,7 @@ def test_out_of_stock_and_sign_up_in_the_browser(system: System, context: Any, s
     form.get_by_role("button", name="Create account").click()
     page.wait_for_url("**/cart")
     expect(page.get_by_test_id("who")).to_contain_text("@example.com")
-    expect(page.get_by_test_id("cart-count")).to_have_text("1")  # the visitor's cart came along
+    expect(page.get_by_test_id("cart-count")).to_have_text("1 item")  # the visitor's cart came along
     shoot(page, "signed-in-cart")
 
 
@@ -91,15 +99,15 @@ def test_a_price_change_is_shown_and_can_be_accepted(system: System, context: An
     page = context.new_page()
     page.goto(f"{system.base_url}/products/{lamp['id']}")
     page.get_by_role("button", name="Add to cart").click()
-    expect(page.locator("#flash")).to_contain_text("1 items")
+    expect(page.locator("#flash")).to_contain_text("1 item")
     changed = requests.patch(f"{system.base_url}/api/admin/products/{lamp['id']}", json={"price_cents": 4500},
                              headers={"Authorization": f"Bearer {system.admin_token}"}, timeout=20)
     assert changed.status_code == 200, changed.text
     page.goto(f"{system.base_url}/cart")
     page.get_by_role("button", name="Place order").click()
     problem = page.locator("#checkout-problem")
-    expect(problem).to_contain_text("Desk lamp: was 40.00 EUR, now 45.00 EUR")
+    expect(problem).to_contain_text("Desk lamp: was €40.00, now €45.00")
     shoot(page, "price-changed")
     problem.get_by_role("button", name="Accept new prices").click()
     page.wait_for_url("**/orders/*")
-    expect(page.locator("#order")).to_contain_text("45.00 EUR")
+    expect(page.locator("#order")).to_contain_text("€45.00")
