@@ -203,16 +203,18 @@ class Service:
                   "database": not any(p.startswith("database") for p in problems)}
         return answer | ({"problems": problems} if problems else {})
 
+    def outbox_relay(self, tenant: str | None = None) -> OutboxRelay | None:
+        """The outbox relay of ``tenant``'s database (by default the current tenant's); None while it has none."""
+        return self.relays.get(tenant or tenant_context.current(self.db.own_name))
+
     def notify_outbox(self) -> None:
         """Wake the outbox relay of the current tenant's database after a transaction that recorded events."""
-        relay = self.relays.get(tenant_context.current(self.db.own_name))
-        if relay:
+        if relay := self.outbox_relay():
             relay.notify()
 
     def outbox_committed(self, events: Sequence[tuple[Message, str | None]]) -> None:
         """Hand ``events``, just committed to the current tenant's outbox (with their traces), to its relay."""
-        relay = self.relays.get(tenant_context.current(self.db.own_name))
-        if relay:
+        if relay := self.outbox_relay():
             relay.committed([e for e, _ in events], [t for _, t in events])
 
     def _relay(self, db: Database) -> OutboxRelay:

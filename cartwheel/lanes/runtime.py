@@ -453,7 +453,7 @@ class PartitionWorker:
         started = time.perf_counter()
         cached = {i.command.key: self.tenant_states[(tenant, i.command.key)] for i in items
                   if (tenant, i.command.key) in self.tenant_states}
-        relay = rt.service.relays.get(tenant)
+        relay = rt.service.outbox_relay(tenant)
         part = store.PartitionBatch(self.partition, expected, items, cached, tenant=tenant,
                                     published=relay.take_marks() if relay else ())
 
@@ -490,7 +490,7 @@ class PartitionWorker:
         rt = self.runtime
         started = time.perf_counter()
         cached = {i.command.key: self.states[i.command.key] for i in incoming if i.command.key in self.states}
-        relay = rt.service.relays.get(rt.service.db.own_name)
+        relay = rt.service.outbox_relay(rt.service.db.own_name)
         noted = dict(self.tenant_alarms)
         batch_in_hand = store.PartitionBatch(self.partition, self.cursor, incoming, cached, through=through,
                                              tenant_alarms=noted, published=relay.take_marks() if relay else ())

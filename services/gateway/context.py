@@ -3,6 +3,7 @@ the route table, and the tenant of the request in hand."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -59,3 +60,10 @@ def tenant() -> str:
     """The tenant of the request in hand, as its host named it (:mod:`services.gateway.tenancy`); the
     installation's own outside a tenant's request (the ops endpoints). Every message the gateway sends says it."""
     return tenant_context.current(gateway().settings.tenant)
+
+
+def tenant_settings() -> Mapping[str, object]:
+    """The settings of the request's tenant as registered (``currency``, ``locale``, ...); empty for the
+    installation's own tenant, whose settings are the installation's."""
+    entry = gateway().hosts.entry(tenant())
+    return entry.settings if entry else {}

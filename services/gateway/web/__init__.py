@@ -17,7 +17,7 @@ from werkzeug.exceptions import HTTPException
 
 from cartwheel.errors import ServiceUnavailable
 from cartwheel.money import money
-from services.gateway.context import EXTENSION, gateway, tenant
+from services.gateway.context import EXTENSION, gateway, tenant_settings
 from services.gateway.web import admin, admin_orders, shop, stripejs
 from services.gateway.web.internal import API_WSGI, PageError
 
@@ -54,9 +54,7 @@ def page_locale() -> str:
     """The locale the page being rendered writes money in: its shop's (a tenant's ``locale`` setting), else the
     installation's (``CARTWHEEL_LOCALE``)."""
     if "locale" not in g:
-        ctx = gateway()
-        entry = ctx.hosts.entry(tenant())
-        g.locale = str((entry.settings if entry else {}).get("locale") or ctx.settings.locale)
+        g.locale = str(tenant_settings().get("locale") or gateway().settings.locale)
     return str(g.locale)
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from flask import Blueprint, render_template, request
 
 from cartwheel.contracts.base import MAX_PAGE_CURSOR
-from services.gateway.context import gateway, tenant
+from services.gateway.context import gateway, tenant_settings
 from services.gateway.web import stripejs
 from services.gateway.web.internal import Answer, call
 
@@ -62,10 +62,8 @@ def signin() -> str:
 def order(order_id: str) -> str:
     found = call("GET", f"/api/orders/{order_id}").or_raise()
     hosted = found["payment"].get("checkout_session_id") is not None  # paid on Stripe's checkout page
-    ctx = gateway()
-    entry = ctx.hosts.entry(tenant())
     # None: test methods, paid through our API
-    card = None if hosted else stripejs.configured(ctx.settings, entry.settings if entry else None)
+    card = None if hosted else stripejs.configured(gateway().settings, tenant_settings())
     payable = CARD_PAYABLE if card else PAYABLE
     if card and found["status"] in payable:
         stripejs.loaded_on_this_page(card)
