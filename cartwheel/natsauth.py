@@ -128,6 +128,7 @@ _ORDER_CALLS = [subjects.ORDERS_CHECKOUT, subjects.ORDERS_GET, subjects.ORDERS_L
 _PAYMENT_CALLS = [subjects.PAYMENTS_INTENT_CREATE, subjects.PAYMENTS_INTENT_CONFIRM,
                   subjects.PAYMENTS_INTENT_CANCEL, subjects.PAYMENTS_REFUND, subjects.PAYMENTS_CHECKOUT_CREATE,
                   subjects.PAYMENTS_CHECKOUT_EXPIRE]
+_MAIL_CALLS = [subjects.NOTIFICATIONS_MAIL_LIST, subjects.NOTIFICATIONS_MAIL_SENT, subjects.NOTIFICATIONS_MAIL_RESEND]
 
 _CALLS: dict[str, list[str]] = {
     "catalog": [],
@@ -136,8 +137,9 @@ _CALLS: dict[str, list[str]] = {
     "orders": [*_CATALOG_READS, subjects.CART_GET, *_STOCK_READS, *_PAYMENT_CALLS,
                *_lane_caller(subjects.INVENTORY_LANE)],
     "payments": [],
+    "notifications": [subjects.ORDERS_GET],  # an admin's resend: the order as it is now
     GATEWAY: [*_CATALOG_READS, *_CATALOG_WRITES, *_CART_CALLS, *_STOCK_READS, *_STOCK_WRITES, *_ORDER_CALLS,
-              subjects.PAYMENTS_WEBHOOK, subjects.health("*")],
+              *_MAIL_CALLS, subjects.PAYMENTS_WEBHOOK, subjects.health("*")],
 }
 """The request subjects each identity may publish: the questions it asks other services."""
 
@@ -153,6 +155,7 @@ _JETSTREAM: dict[str, list[str]] = {
     "inventory": [*_bucket_write(subjects.INVENTORY_STOCK_BUCKET)],
     "orders": [*_bucket_read(subjects.CATALOG_CACHE_BUCKET), *_bucket_read(subjects.INVENTORY_STOCK_BUCKET)],
     "payments": [],
+    "notifications": [],
     GATEWAY: [*_bucket_read(subjects.CATALOG_CACHE_BUCKET), *_bucket_read(subjects.INVENTORY_STOCK_BUCKET),
               *_stream_read(_OBJ + subjects.PRODUCT_IMAGES_BUCKET), f"$O.{subjects.PRODUCT_IMAGES_BUCKET}.>",
               f"$JS.API.STREAM.PURGE.{_OBJ}{subjects.PRODUCT_IMAGES_BUCKET}",  # an image replaced

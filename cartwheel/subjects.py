@@ -46,6 +46,10 @@ PAYMENTS_WEBHOOK = "payments.webhooks.stripe"
 PAYMENTS_CHECKOUT_CREATE = "payments.checkout.create"
 PAYMENTS_CHECKOUT_EXPIRE = "payments.checkout.expire"
 
+NOTIFICATIONS_MAIL_LIST = "notifications.mail.list"  # what the embedded mail catcher caught (admin)
+NOTIFICATIONS_MAIL_SENT = "notifications.mail.sent"  # the mails sent about one order (admin)
+NOTIFICATIONS_MAIL_RESEND = "notifications.mail.resend"  # send one of them again (admin)
+
 # Events: one JetStream stream holds every domain event.
 EVENTS_STREAM = "EVENTS"
 EVENTS_ALL = "events.>"
@@ -91,6 +95,7 @@ EVENT_CONSUMERS: dict[str, dict[str, str]] = {
     "inventory": {"inventory-products": CATALOG_PRODUCT_CREATED, "inventory-stock-board": INVENTORY_EVENTS},
     "orders": {"orders_" + subject.rsplit(".", 1)[1]: subject for subject in PAYMENT_OUTCOMES},
     "payments": {"payments_intent_requests": PAYMENTS_INTENT_REQUESTED},  # its own queue of intents to create
+    "notifications": {"notifications_orders": ORDERS_STATUS_CHANGED},  # mails to buyers as their orders move
 }
 """Each service's durable consumers of the EVENTS stream and the subjects they read: the bus lets a service
 make and use exactly these (cartwheel/natsauth.py), so it reads no other service's events."""
