@@ -64,8 +64,9 @@ def address() -> str:
     return f"buyer-{uuid.uuid4().hex[:8]}@example.com"
 
 
-def test_a_paid_order_sends_one_confirmation_into_the_catcher_however_often_its_event_comes(start_service, client):
-    start_service("notifications")
+def test_a_paid_order_sends_one_confirmation_into_the_catcher_however_often_its_event_comes(
+        database_url: str, start_service, client) -> None:
+    start_service("notifications", notifications_database_url=database_url)  # SQLite and PostgreSQL
     to = address()
     view = order(to)
     event = moved(view)
@@ -119,9 +120,9 @@ def test_a_refused_address_is_marked_failed_and_holds_up_no_other_mail(start_ser
     assert caught(client, bad) == []
 
 
-def test_a_mail_server_that_was_down_gets_the_mail_once_it_is_back(start_service, client):
+def test_a_mail_server_that_was_down_gets_the_mail_once_it_is_back(database_url: str, start_service, client) -> None:
     port = free_port()
-    start_service("notifications", smtp_url=f"smtp://127.0.0.1:{port}")
+    start_service("notifications", smtp_url=f"smtp://127.0.0.1:{port}", notifications_database_url=database_url)
     to = address()
     event = moved(order(to))
     client.run(lambda nc: publish(nc, event))
