@@ -49,6 +49,7 @@ PAYMENTS_CHECKOUT_EXPIRE = "payments.checkout.expire"
 NOTIFICATIONS_MAIL_LIST = "notifications.mail.list"  # what the embedded mail catcher caught (admin)
 NOTIFICATIONS_MAIL_SENT = "notifications.mail.sent"  # the mails sent about one order (admin)
 NOTIFICATIONS_MAIL_RESEND = "notifications.mail.resend"  # send one of them again (admin)
+NOTIFICATIONS_UNSUBSCRIBE = "notifications.unsubscribe"  # no more cart reminders to an address
 
 # Events: one JetStream stream holds every domain event.
 EVENTS_STREAM = "EVENTS"
@@ -95,7 +96,8 @@ EVENT_CONSUMERS: dict[str, dict[str, str]] = {
     "inventory": {"inventory-products": CATALOG_PRODUCT_CREATED, "inventory-stock-board": INVENTORY_EVENTS},
     "orders": {"orders_" + subject.rsplit(".", 1)[1]: subject for subject in PAYMENT_OUTCOMES},
     "payments": {"payments_intent_requests": PAYMENTS_INTENT_REQUESTED},  # its own queue of intents to create
-    "notifications": {"notifications_orders": ORDERS_STATUS_CHANGED},  # mails to buyers as their orders move
+    "notifications": {"notifications_orders": ORDERS_STATUS_CHANGED,  # mails to buyers as their orders move ...
+                      "notifications_carts": CART_ABANDONED},  # ... and a reminder of a signed-in shopper's cart
 }
 """Each service's durable consumers of the EVENTS stream and the subjects they read: the bus lets a service
 make and use exactly these (cartwheel/natsauth.py), so it reads no other service's events."""

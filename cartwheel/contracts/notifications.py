@@ -9,9 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cartwheel import subjects
 from cartwheel.contracts.base import Message
+from cartwheel.contracts.cart import CartId
 from cartwheel.contracts.orders import OrderId
 
-MailKind = Literal["order_confirmation", "payment_failed", "refund"]
+MailKind = Literal["order_confirmation", "payment_failed", "refund", "cart_reminder"]
 MailStatus = Literal["sending", "sent", "failed"]
 
 
@@ -20,7 +21,7 @@ class SentMail(BaseModel):
 
     mail_id: str = Field(description="Stable per event and kind: a repeat of the event never sends it twice.")
     kind: MailKind
-    order_id: str
+    order_id: str = Field(description="The order it is about; a cart reminder: `cart:<cart id>`.")
     to: str
     subject: str
     status: MailStatus = Field(description="`failed`: the server refused it for good (a bad address); the "
@@ -69,10 +70,15 @@ class ListCaughtMail(Message):
 
 
 class ListSentMail(Message):
-    """The mails sent about ``order_id``, oldest first."""
+    """The mails sent about ``order_id`` (or the reminder of ``cart_id``), oldest first."""
 
     subject: ClassVar[str] = subjects.NOTIFICATIONS_MAIL_SENT
-    order_id: OrderId
+    order_id: OrderId | None = None
+    cart_id: CartId | None = None
+
+    @property
+    def about(self) -> str:
+        return self.order_id or f"cart:{self.cart_id}"
 
 
 class ResendMail(Message):
@@ -81,3 +87,18 @@ class ResendMail(Message):
     subject: ClassVar[str] = subjects.NOTIFICATIONS_MAIL_RESEND
     order_id: OrderId
     mail_id: str = Field(max_length=200)
+
+
+class UnsubscribeBody(BaseModel):
+    """``POST /api/unsubscribe``: the token of a reminder's unsubscribe link."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    token: str = Field(min_length=1, max_length=1000)
+
+
+class Unsubscribe(Message):
+    """``email`` gets no more cart reminders from this shop (mails about orders still go out)."""
+
+    subject: ClassVar[str] = subjects.NOTIFICATIONS_UNSUBSCRIBE
+    email: str = Field(max_length=320)

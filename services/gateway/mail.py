@@ -1,10 +1,11 @@
 """The mails the shop sends, through the notifications service: what the embedded catcher caught, the mails
-of an order, and sending one again."""
+of an order, sending one again, and a reminder's unsubscribe link."""
 
 from __future__ import annotations
 
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter
 
+from cartwheel import unsubscribe
 from cartwheel.contracts.notifications import (
     ListCaughtMail,
     ListSentMail,
@@ -13,6 +14,8 @@ from cartwheel.contracts.notifications import (
     ResendMail,
     SentMail,
     SentMails,
+    Unsubscribe,
+    UnsubscribeBody,
 )
 from cartwheel.contracts.orders import OrderId
 from cartwheel.errors import NotFound
@@ -21,6 +24,7 @@ from services.gateway.cart import NO_STORE
 from services.gateway.context import gateway
 from services.gateway.context import tenant as current_tenant
 from services.gateway.cookies import is_valid
+from services.gateway.errors import invalid_value
 
 routes = Routes(tag="admin")
 _ORDER_ID = TypeAdapter(OrderId)
@@ -71,3 +75,26 @@ def _order_id(order_id: str) -> str:
     if not is_valid(_ORDER_ID, order_id):
         raise NotFound("no such order")
     return order_id
+
+
+class Unsubscribed(BaseModel):
+    email: str
+
+
+@routes.post(
+    "/api/unsubscribe",
+    summary="The unsubscribe link of a cart reminder: that address gets no more reminders from this shop (mails "
+    "about its orders still go); 422 for a token that is not this shop's",
+    body=UnsubscribeBody,
+    response=Unsubscribed,
+    errors=(422, 503),
+    tag="shop",
+)
+def stop_reminders(body: UnsubscribeBody) -> tuple[Unsubscribed, dict[str, str]]:
+    ctx = gateway()
+    assert ctx.settings.secret is not None, "get_settings() fills the secret"
+    email = unsubscribe.address(ctx.settings.secret.get_secret_value(), current_tenant(), body.token)
+    if email is None:
+        raise invalid_value("token", "this unsubscribe link is not valid here (altered, or another shop's)")
+    ctx.bus.request(Unsubscribe(tenant=current_tenant(), email=email))
+    return Unsubscribed(email=email), NO_STORE

@@ -6,20 +6,29 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 from functools import partial
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from faststream.exceptions import NackMessage
 from sqlalchemy.exc import IntegrityError
 
-from cartwheel import subjects
+from cartwheel import subjects, unsubscribe
 from cartwheel.bus import request
-from cartwheel.contracts.notifications import ListCaughtMail, ListSentMail, MailPage, ResendMail, SentMail, SentMails
+from cartwheel.contracts.cart import CartAbandoned
+from cartwheel.contracts.notifications import (
+    ListCaughtMail,
+    ListSentMail,
+    MailPage,
+    ResendMail,
+    SentMail,
+    SentMails,
+    Unsubscribe,
+)
 from cartwheel.contracts.orders import GetOrder, OrderStatusChanged, OrderView
 from cartwheel.errors import DomainError, NotFound
 from cartwheel.service import Service
 from cartwheel.settings import Settings
 from services.notifications import store
-from services.notifications.mails import Mail, Shop, compose, kind_of_move, mail_id
+from services.notifications.mails import Mail, Shop, compose, compose_reminder, kind_of_move, mail_id
 from services.notifications.smtp import SEND_TIMEOUT_S, Catcher, Refused, Server, Unreachable
 
 ASK_TIMEOUT_S = 5.0
@@ -37,6 +46,8 @@ class Notifications:
         self.service = service
         self.settings = service.settings
         url = self.settings.smtp_url
+        assert self.settings.secret is not None, "get_settings() fills the secret"
+        self._secret = self.settings.secret.get_secret_value()  # signs the unsubscribe links
         self.server: Server | None = Server.from_url(url.get_secret_value()) if url else None
         self.catcher = None if url else Catcher(self._keep_caught)
 
@@ -67,14 +78,32 @@ class Notifications:
         mail = compose(kind, event.order, self.shop(event.tenant), to=event.order.email,
                        mail_id=mail_id(event.id, kind), reason=event.reason if kind == "payment_failed" else None)
         # Unreachable: the event comes back later (Service.consume's growing wait); the others go on meanwhile.
-        await self.deliver(mail, event.order, event.tenant)
+        await self.deliver(mail, event.order.order_id, event.tenant)
 
-    async def deliver(self, mail: Mail, order: OrderView, tenant: str) -> SentMail | None:
-        """Send ``mail`` unless it was sent (or refused for good) before. Raises :class:`Unreachable` after
-        recording the attempt."""
+    async def cart_abandoned(self, event: CartAbandoned) -> None:
+        """One reminder per cart, to a signed-in shopper who has not said no to them."""
+        if not event.email or not event.cart.items:
+            return
+        db = self.service.db.current()
+        if await db.read(partial(store.unsubscribed, email=event.email)):
+            return
+        shop = self.shop(event.tenant)
+        link = f"{shop.url.rstrip('/')}/unsubscribe?" + urlencode(
+            {"token": unsubscribe.token(self._secret, event.tenant, event.email)})
+        mail = compose_reminder(event.cart, shop, to=event.email, unsubscribe_url=link)
+        await self.deliver(mail, f"cart:{event.cart.id}", event.tenant)
+
+    async def stop_reminders(self, command: Unsubscribe) -> dict[str, bool]:
+        await self.service.db.current().run(partial(store.unsubscribe, email=command.email))
+        self.service.log.info("no more cart reminders to %s", command.email)
+        return {"unsubscribed": True}
+
+    async def deliver(self, mail: Mail, about: str, tenant: str) -> SentMail | None:
+        """Send ``mail`` (``about``: an order's id, or ``cart:<id>``) unless it was sent (or refused for good)
+        before. Raises :class:`Unreachable` after recording the attempt."""
         db = self.service.db.current()
         try:
-            taken = await db.run(partial(store.claim, mail=mail, order_id=order.order_id, hold=HOLD))
+            taken = await db.run(partial(store.claim, mail=mail, order_id=about, hold=HOLD))
         except IntegrityError:
             taken = "busy"  # another worker made its row a moment before
         if taken == "busy":
@@ -101,7 +130,7 @@ class Notifications:
         return MailPage(items=items)
 
     async def list_sent(self, query: ListSentMail) -> SentMails:
-        return SentMails(items=await self.service.db.current().read(partial(store.of_order, order_id=query.order_id)))
+        return SentMails(items=await self.service.db.current().read(partial(store.of_order, order_id=query.about)))
 
     async def resend(self, command: ResendMail) -> SentMail:
         """The mail again, as the order is now, under a new id (the first one stays as it was)."""
@@ -114,7 +143,7 @@ class Notifications:
         mail = compose(first.kind, order, self.shop(command.tenant), to=order.email or first.to,  # type: ignore[arg-type]
                        mail_id=again)
         try:
-            sent = await self.deliver(mail, order, command.tenant)
+            sent = await self.deliver(mail, order.order_id, command.tenant)
         except Unreachable as exc:
             raise MailUnavailable(f"the mail server did not take the mail: {exc}") from None
         assert sent is not None
@@ -133,6 +162,10 @@ def build(settings: Settings) -> Service:
     service.handle(subjects.NOTIFICATIONS_MAIL_LIST, ListCaughtMail)(notifications.list_caught)
     service.handle(subjects.NOTIFICATIONS_MAIL_SENT, ListSentMail)(notifications.list_sent)
     service.handle(subjects.NOTIFICATIONS_MAIL_RESEND, ResendMail)(notifications.resend)
-    (durable, subject), = subjects.EVENT_CONSUMERS["notifications"].items()
-    service.consume(subject, OrderStatusChanged, durable=durable, workers=WORKERS)(notifications.order_moved)
+    service.handle(subjects.NOTIFICATIONS_UNSUBSCRIBE, Unsubscribe)(notifications.stop_reminders)
+    events = {subjects.ORDERS_STATUS_CHANGED: (OrderStatusChanged, notifications.order_moved),
+              subjects.CART_ABANDONED: (CartAbandoned, notifications.cart_abandoned)}
+    for durable, subject in subjects.EVENT_CONSUMERS["notifications"].items():
+        model, handler = events[subject]
+        service.consume(subject, model, durable=durable, workers=WORKERS)(handler)  # type: ignore[arg-type]
     return service

@@ -15,6 +15,7 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from cartwheel.contracts.base import utcnow
+from cartwheel.contracts.cart import CartView
 from cartwheel.contracts.notifications import MailKind
 from cartwheel.contracts.orders import OrderStatus, OrderView
 from cartwheel.money import money
@@ -27,6 +28,7 @@ SUBJECTS: dict[MailKind, str] = {
     "order_confirmation": "Your order {number} is confirmed",
     "payment_failed": "Your payment for order {number} did not go through",
     "refund": "Your refund for order {number}",
+    "cart_reminder": "You left {count} in your cart",
 }
 
 _templates = Environment(
@@ -35,6 +37,7 @@ _templates = Environment(
     undefined=StrictUndefined,
     trim_blocks=True,
     lstrip_blocks=True,
+    keep_trailing_newline=True,  # an included block of lines ends its line
 )
 
 
@@ -74,6 +77,7 @@ class Mail:
     subject: str
     text: str
     html: str
+    unsubscribe_url: str | None = None
 
     def message(self, sender: str, tenant: str) -> EmailMessage:
         """As it goes out: text and HTML alternatives, our id as its Message-ID."""
@@ -86,6 +90,9 @@ class Mail:
         message["Message-ID"] = f"<{self.mail_id}@{domain}>"
         message[TENANT_HEADER] = tenant
         message[MAIL_ID_HEADER] = self.mail_id
+        if self.unsubscribe_url:  # one click in the mail client unsubscribes (RFC 8058)
+            message["List-Unsubscribe"] = f"<{self.unsubscribe_url}>"
+            message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
         message.set_content(self.text)
         message.add_alternative(self.html, subtype="html")
         return message
@@ -105,3 +112,25 @@ def compose(kind: MailKind, order: OrderView, shop: Shop, *, to: str, mail_id: s
     text = _templates.get_template(f"{kind}.txt").render(context)
     html = _templates.get_template(f"{kind}.html").render(context)
     return Mail(mail_id, kind, to, SUBJECTS[kind].format(number=number), text, html)
+
+
+def cart_mail_id(cart_id: str) -> str:
+    """Once per cart: abandoned again later, the same cart gets no second reminder."""
+    return f"cart_reminder.{cart_id}"
+
+
+def compose_reminder(cart: CartView, shop: Shop, *, to: str, unsubscribe_url: str) -> Mail:
+    """The one reminder of an abandoned cart: its lines, a link back to it, and a link that ends reminders."""
+    count = f"{cart.item_count} item" if cart.item_count == 1 else f"{cart.item_count} items"
+    context = {
+        "cart": cart,
+        "count": count,
+        "cart_url": f"{shop.url.rstrip('/')}/cart",
+        "shop_url": shop.url,
+        "unsubscribe_url": unsubscribe_url,
+        "money": lambda cents: money(cents, cart.currency, shop.locale),
+    }
+    text = _templates.get_template("cart_reminder.txt").render(context)
+    html = _templates.get_template("cart_reminder.html").render(context)
+    return Mail(cart_mail_id(cart.id), "cart_reminder", to, SUBJECTS["cart_reminder"].format(count=count), text, html,
+                unsubscribe_url)

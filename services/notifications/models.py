@@ -45,3 +45,12 @@ class CaughtMailRow(Base):
     text: Mapped[str] = mapped_column(Text)
     html: Mapped[str | None] = mapped_column(Text, default=None)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class UnsubscribedRow(Base):
+    """An address that wants no more cart reminders (mails about its orders still go)."""
+
+    __tablename__ = "unsubscribed"
+
+    email: Mapped[str] = mapped_column(String(320), primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from cartwheel.contracts.base import utcnow
 from cartwheel.contracts.notifications import CaughtMail, SentMail
 from services.notifications.mails import Mail
-from services.notifications.models import CaughtMailRow, MailRow
+from services.notifications.models import CaughtMailRow, MailRow, UnsubscribedRow
 
 Claim = Literal["mine", "done", "busy"]
 
@@ -79,3 +79,12 @@ def caught(session: Session, tenant: str, limit: int, to: str | None = None) -> 
     rows = session.scalars(query.limit(limit))
     return [CaughtMail(mail_id=r.id, to=json.loads(r.recipients), sender=r.sender, subject=r.subject, text=r.text,
                        html=r.html, received_at=r.received_at) for r in rows]
+
+
+def unsubscribe(session: Session, email: str) -> None:
+    if session.get(UnsubscribedRow, email.lower()) is None:
+        session.add(UnsubscribedRow(email=email.lower(), at=utcnow()))
+
+
+def unsubscribed(session: Session, email: str) -> bool:
+    return session.get(UnsubscribedRow, email.lower()) is not None

@@ -4,6 +4,7 @@ one mail per event however often it comes, a refused address that holds nothing 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -13,10 +14,11 @@ from typing import Any
 import nats
 import pytest
 
-from cartwheel import subjects
+from cartwheel import subjects, unsubscribe
 from cartwheel.bus import request
 from cartwheel.contracts.base import utcnow
-from cartwheel.contracts.notifications import ListCaughtMail, ListSentMail, ResendMail
+from cartwheel.contracts.cart import CartAbandoned, CartLine, CartView
+from cartwheel.contracts.notifications import ListCaughtMail, ListSentMail, ResendMail, Unsubscribe
 from cartwheel.contracts.orders import OrderLine, OrderStatusChanged, OrderView
 from cartwheel.errors import DomainError
 from cartwheel.natsserver import free_port
@@ -37,7 +39,7 @@ def moved(view: OrderView, previous: str = "awaiting_payment", reason: str | Non
     return OrderStatusChanged(order=view, previous=previous, reason=reason)  # type: ignore[arg-type]
 
 
-async def publish(nc: nats.NATS, *events: OrderStatusChanged) -> None:
+async def publish(nc: nats.NATS, *events: OrderStatusChanged | CartAbandoned) -> None:
     js = nc.jetstream()
     for event in events:
         await js.publish(event.subject, event.model_dump_json().encode())
@@ -56,8 +58,8 @@ def caught(client: Any, to: str) -> list[dict[str, Any]]:
     return client.run(lambda nc: request(nc, ListCaughtMail(to=to), 5.0))["items"]
 
 
-def sent(client: Any, order_id: str) -> list[dict[str, Any]]:
-    return client.run(lambda nc: request(nc, ListSentMail(order_id=order_id), 5.0))["items"]
+def sent(client: Any, order_id: str | None = None, cart_id: str | None = None) -> list[dict[str, Any]]:
+    return client.run(lambda nc: request(nc, ListSentMail(order_id=order_id, cart_id=cart_id), 5.0))["items"]
 
 
 def address() -> str:
@@ -194,3 +196,42 @@ def test_the_catcher_keeps_the_newest_mails_and_files_them_by_shop(start_service
     other = client.run(lambda nc: request(nc, ListCaughtMail(to=to, tenant="someone-else"), 5.0))["items"]
     assert other == []
 
+
+
+# -- an abandoned cart's reminder -------------------------------------------------------------------
+
+
+def abandoned(to: str | None, cart_id: str | None = None, items: int = 1) -> CartAbandoned:
+    lines = [CartLine(product_id=f"p{i}", sku=f"S{i}", name=f"Mug {i}", quantity=1, unit_price_cents=900,
+                      line_total_cents=900) for i in range(items)]
+    cart = CartView(id=cart_id or f"cart-{uuid.uuid4().hex[:12]}", items=lines, item_count=items,
+                    total_cents=900 * items, currency="EUR", status="abandoned")
+    return CartAbandoned(cart=cart, email=to)
+
+
+def test_an_abandoned_cart_gets_one_reminder_and_its_unsubscribe_link_ends_them(start_service, client) -> None:
+    start_service("notifications")
+    to = address()
+    first = abandoned(to, items=2)
+    again = abandoned(to, cart_id=first.cart.id, items=3)  # the same cart, edited and abandoned again later
+    anonymous, empty = abandoned(None), abandoned(to, items=0)
+    client.run(lambda nc: publish(nc, first, anonymous, empty, again))
+
+    [mail] = until(lambda: caught(client, to), "the reminder")
+    assert mail["subject"] == "You left 2 items in your cart"
+    assert "2 x" not in mail["text"] and "1 x Mug 0  €9.00" in mail["text"] and "Total  €18.00" in mail["text"]
+    assert "http://127.0.0.1:8080/cart" in mail["text"]
+    link = re.search(r"http://127\.0\.0\.1:8080/unsubscribe\?token=(\S+)", mail["text"])
+    assert link and unsubscribe.address("s" * 32, "default", link.group(1)) == to
+    time.sleep(1.0)
+    assert len(caught(client, to)) == 1  # once per cart
+    assert [r["status"] for r in sent(client, cart_id=first.cart.id)] == ["sent"]
+
+    client.run(lambda nc: request(nc, Unsubscribe(email=to.upper()), 5.0))
+    later = abandoned(to)
+    order_mail = moved(order(to))  # mails about orders still go
+    client.run(lambda nc: publish(nc, later, order_mail))
+    until(lambda: len(caught(client, to)) == 2, "the order's mail")
+    time.sleep(1.0)
+    assert caught(client, to)[0]["subject"].endswith("is confirmed")  # the newest
+    assert sent(client, cart_id=later.cart.id) == []

@@ -7,11 +7,12 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from cartwheel.contracts.notifications import ListCaughtMail, ListSentMail, ResendMail
+from cartwheel import unsubscribe
+from cartwheel.contracts.notifications import ListCaughtMail, ListSentMail, ResendMail, Unsubscribe
 from cartwheel.errors import DomainError
 from services.gateway.testing import FakeBus
 from tests.unit import test_gateway_accounts, test_gateway_orders, test_gateway_web
-from tests.unit.test_gateway_cart import PRODUCT
+from tests.unit.test_gateway_cart import PRODUCT, SECRET
 from tests.unit.test_gateway_orders import TOKEN, Orders, checkout
 from tests.unit.test_gateway_products import sent
 from tests.unit.test_gateway_web import csrf_of, sign_in_admin
@@ -133,3 +134,46 @@ def test_the_mail_page_shows_each_caught_mail_with_its_html_boxed_in(make_client
     assert admin.get("/admin/mail?to=bob@example.com").get_data(as_text=True).count('data-testid="caught-mail"') == 0
     assert sent(bus, ListCaughtMail)[-1].to == "bob@example.com"
     assert make_client().get("/admin/mail").status_code in (302, 303)  # no session: the sign-in page
+
+
+# -- a reminder's unsubscribe link ------------------------------------------------------------------
+
+
+def stopped(bus: FakeBus) -> list[str]:
+    return [m.email for m in sent(bus, Unsubscribe)]
+
+
+def test_an_unsubscribe_token_names_its_address_and_shop_only() -> None:
+    token = unsubscribe.token(SECRET, "shop-1", "Ann@Example.com")
+    assert unsubscribe.address(SECRET, "shop-1", token) == "ann@example.com"
+    assert unsubscribe.address(SECRET, "shop-2", token) is None  # another shop's link
+    assert unsubscribe.address("another secret", "shop-1", token) is None
+    assert unsubscribe.address(SECRET, "shop-1", token[:-2] + "xx") is None
+    assert unsubscribe.address(SECRET, "shop-1", "garbage") is None
+
+
+def test_the_unsubscribe_route_tells_notifications_for_a_good_token_only(client: FlaskClient, bus: FakeBus) -> None:
+    bus.handlers[Unsubscribe] = lambda m: {"unsubscribed": True}
+    bad = client.post("/api/unsubscribe", json={"token": unsubscribe.token(SECRET, "shop-2", "ann@example.com")})
+    assert bad.status_code == 422 and bad.get_json()["error"]["fields"][0]["field"] == "token"
+    assert client.post("/api/unsubscribe", json={}).status_code in (400, 422)
+    assert stopped(bus) == []
+    good = client.post("/api/unsubscribe", json={"token": unsubscribe.token(SECRET, "shop-1", "ann@example.com")})
+    assert good.status_code == 200 and good.get_json() == {"email": "ann@example.com"}
+    assert stopped(bus) == ["ann@example.com"]
+
+
+def test_the_unsubscribe_page_asks_first_and_a_mail_clients_one_click_post_works(client: FlaskClient,
+                                                                                   bus: FakeBus) -> None:
+    bus.handlers[Unsubscribe] = lambda m: {"unsubscribed": True}
+    token = unsubscribe.token(SECRET, "shop-1", "ann@example.com")
+    asked = client.get("/unsubscribe", query_string={"token": token})
+    assert asked.status_code == 200 and "No more cart reminders" in asked.get_data(as_text=True)
+    assert stopped(bus) == []  # opening the link (a mail scanner does) changes nothing
+    done = client.post("/unsubscribe", data={"token": token})
+    assert done.status_code == 200 and 'data-testid="unsubscribed"' in done.get_data(as_text=True)
+    one_click = client.post("/unsubscribe", query_string={"token": token}, data={"List-Unsubscribe": "One-Click"})
+    assert one_click.status_code == 200
+    assert stopped(bus) == ["ann@example.com", "ann@example.com"]
+    refused = client.post("/unsubscribe", data={"token": "forged"})
+    assert refused.status_code == 422 and "not valid here" in refused.get_data(as_text=True)

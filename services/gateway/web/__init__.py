@@ -21,7 +21,7 @@ from services.gateway.context import EXTENSION, gateway, tenant_settings
 from services.gateway.web import admin, admin_orders, shop, stripejs
 from services.gateway.web.internal import API_WSGI, PageError
 
-PAGE_PREFIXES = ("/products/", "/cart", "/signin", "/orders/", "/admin", "/static/", "/favicon.ico")
+PAGE_PREFIXES = ("/products/", "/cart", "/signin", "/orders/", "/admin", "/static/", "/favicon.ico", "/unsubscribe")
 MAX_UPLOAD = 6 * 1024 * 1024  # an image of up to 5 MB in a multipart form; the API says 413 above its own limit
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]

@@ -1,5 +1,5 @@
-"""Storefront pages: products, a product, the cart, sign in, an order. Actions (add, pay, ...) are
-made by ``static/shop.js`` against the JSON API; these handlers render the first view."""
+"""Storefront pages: products, a product, the cart, sign in, an order, a reminder's unsubscribe link. Actions
+(add, pay, ...) are made by ``static/shop.js`` against the JSON API; these handlers render the first view."""
 
 from __future__ import annotations
 
@@ -69,6 +69,24 @@ def order(order_id: str) -> str:
         stripejs.loaded_on_this_page(card)
     return render_template("shop/order.html", order=found, final=FINAL, methods=PAYMENT_METHODS, card=card,
                            payable=payable, hosted=hosted, returned=request.args.get("checkout"), signed_in=_who())
+
+
+@pages.get("/unsubscribe")
+def unsubscribe() -> str:
+    """A reminder's link asks first: a mail scanner that opens every link unsubscribes no one."""
+    return render_template("shop/unsubscribe.html", token=request.args.get("token", "")[:1000], done=None,
+                           refused=None, signed_in=_who())
+
+
+@pages.post("/unsubscribe")
+def unsubscribe_now() -> tuple[str, int]:
+    """The page's button, or a mail client's one-click unsubscribe (RFC 8058: the link's URL, POSTed)."""
+    token = (request.form.get("token") or request.args.get("token", ""))[:1000]
+    answer = call("POST", "/api/unsubscribe", json={"token": token})
+    refused = None if answer.ok else (answer.field_errors().get("token") or answer.message)
+    page = render_template("shop/unsubscribe.html", token=token, done=answer.data if answer.ok else None,
+                           refused=refused, signed_in=_who())
+    return page, answer.status if not answer.ok else 200
 
 
 def _search(search: dict[str, str]) -> tuple[Answer, str | None]:

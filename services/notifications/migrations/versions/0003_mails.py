@@ -1,4 +1,4 @@
-"""mails sent about orders, and the embedded catcher's mails
+"""mails sent about orders and carts, the embedded catcher's mails, unsubscribed addresses
 
 Revision ID: 0003
 Revises: 0002
@@ -44,9 +44,15 @@ def upgrade() -> None:
         sa.Column("received_at", UTCDateTime(), nullable=False),
     )
     op.create_index("ix_caught_mails_tenant", "caught_mails", ["tenant", "id"])
+    op.create_table(
+        "unsubscribed",
+        sa.Column("email", sa.String(320), primary_key=True),
+        sa.Column("at", UTCDateTime(), nullable=False),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("unsubscribed")
     op.drop_index("ix_caught_mails_tenant", table_name="caught_mails")
     op.drop_table("caught_mails")
     op.drop_index("ix_mails_order", table_name="mails")
