@@ -17,7 +17,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from cartwheel.contracts.base import utcnow
 from cartwheel.contracts.cart import CartView
 from cartwheel.contracts.notifications import MailKind
-from cartwheel.contracts.orders import OrderStatus, OrderView
+from cartwheel.contracts.orders import OrderStatus, OrderView, order_number
 from cartwheel.money import money
 
 TENANT_HEADER = "X-Cartwheel-Tenant"
@@ -62,11 +62,6 @@ class Shop:
 
     url: str
     locale: str = "en"
-
-
-def order_number(order_id: str) -> str:
-    """What the buyer reads: the order id without its prefix, shortened (the link carries the whole id)."""
-    return order_id.removeprefix("ord_")[:10].upper()
 
 
 @dataclass(frozen=True)

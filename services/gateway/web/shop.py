@@ -1,4 +1,4 @@
-"""Storefront pages: products, a product, the cart, sign in, an order, a reminder's unsubscribe link. Actions
+"""Storefront pages: products, a product, the cart, sign in, my orders, an order, a reminder's unsubscribe link. Actions
 (add, pay, ...) are made by ``static/shop.js`` against the JSON API; these handlers render the first view."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from flask import Blueprint, render_template, request
 
 from cartwheel.contracts.base import MAX_PAGE_CURSOR
 from services.gateway.context import gateway, tenant_settings
+from services.gateway.cookies import orders_from_cookie
 from services.gateway.web import stripejs
 from services.gateway.web.internal import Answer, call
 
@@ -56,6 +57,19 @@ def cart() -> str:
 @pages.get("/signin")
 def signin() -> str:
     return render_template("shop/signin.html", signed_in=_who())
+
+
+@pages.get("/orders")
+def my_orders() -> str:
+    """A signed-in shopper's orders, a page at a time; otherwise the orders this browser placed (its cookie)."""
+    who = _who()
+    if who is not None:
+        cursor = request.args.get("cursor", "")[:MAX_PAGE_CURSOR]
+        listing = call("GET", "/api/orders", query={"cursor": cursor, "limit": PAGE_SIZE}).or_raise()
+    else:
+        found = [call("GET", f"/api/orders/{order_id}") for order_id in orders_from_cookie()]
+        listing = {"items": [answer.data for answer in found if answer.ok], "next_cursor": None}
+    return render_template("shop/orders.html", listing=listing, signed_in=who)
 
 
 @pages.get("/orders/<order_id>")
