@@ -101,7 +101,7 @@ def _declares() -> list[str]:
     whoever may publish them): that is admin's, with ``cartwheel migrate --streams``."""
     api = "$JS.API"
     names = [subjects.EVENTS_STREAM, _KV + subjects.CATALOG_CACHE_BUCKET, _KV + subjects.INVENTORY_STOCK_BUCKET,
-             _KV + subjects.TENANTS_BUCKET, _OBJ + subjects.PRODUCT_IMAGES_BUCKET]
+             _KV + subjects.TENANTS_BUCKET, *(_OBJ + bucket for bucket in subjects.TENANT_OBJECT_BUCKETS)]
     return [f"{api}.{verb}.{name}" for name in names for verb in ("STREAM.INFO", "STREAM.CREATE")]
 
 
@@ -118,7 +118,7 @@ def _lane_caller(lane: str) -> list[str]:
 
 _CATALOG_READS = [subjects.CATALOG_PRODUCTS_GET, subjects.CATALOG_PRODUCTS_LIST]
 _CATALOG_WRITES = [subjects.CATALOG_PRODUCTS_CREATE, subjects.CATALOG_PRODUCTS_UPDATE,
-                   subjects.CATALOG_PRODUCTS_SET_IMAGE]
+                   subjects.CATALOG_PRODUCTS_SET_IMAGE, subjects.CATALOG_PRODUCTS_SET_FILE]
 _CART_CALLS = [subjects.CART_GET, subjects.CART_ADD, subjects.CART_SET, subjects.CART_REMOVE, subjects.CART_LIST,
                subjects.CART_MERGE]
 _STOCK_READS = [subjects.INVENTORY_STOCK_GET, subjects.INVENTORY_STOCKS_GET]
@@ -158,8 +158,9 @@ _JETSTREAM: dict[str, list[str]] = {
     "payments": [],
     "notifications": [],
     GATEWAY: [*_bucket_read(subjects.CATALOG_CACHE_BUCKET), *_bucket_read(subjects.INVENTORY_STOCK_BUCKET),
-              *_stream_read(_OBJ + subjects.PRODUCT_IMAGES_BUCKET), f"$O.{subjects.PRODUCT_IMAGES_BUCKET}.>",
-              f"$JS.API.STREAM.PURGE.{_OBJ}{subjects.PRODUCT_IMAGES_BUCKET}",  # an image replaced
+              *(grant for bucket in subjects.TENANT_OBJECT_BUCKETS for grant in (
+                  *_stream_read(_OBJ + bucket), f"$O.{bucket}.>",
+                  f"$JS.API.STREAM.PURGE.{_OBJ}{bucket}")),  # an image (a file) replaced
               "$JS.API.STREAM.NAMES"],  # nats-py finds an object's stream by its subject (names only)
 }
 

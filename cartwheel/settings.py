@@ -142,6 +142,12 @@ class Settings(BaseSettings):
         "host:587` (STARTTLS when the server offers it) or `smtps://host:465` (TLS from the start). Unset: an "
         "embedded mail catcher on loopback takes every mail, shown at /admin/mail (nothing leaves the machine).",
     )
+    digital_file_max_bytes: int = Field(64 * 1024 * 1024, ge=1024, le=1024**3,
+                                        description="The largest file a digital product may have (an upload is "
+                                        "held in the gateway's memory while it is stored).")
+    download_link_seconds: int = Field(7 * 86400, ge=1, description="How long a buyer's download link works.")
+    downloads_per_line: int = Field(5, ge=1, le=10_000, description="Downloads of each digital product an order "
+                                    "allows (a range request that resumes a download does not count).")
     mail_from: str = Field("Cartwheel shop <shop@localhost>", min_length=3, max_length=320,
                            description="The From of every mail the shop sends.")
     mail_catcher_keep: int = Field(500, ge=1, le=100_000,

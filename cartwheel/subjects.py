@@ -10,6 +10,7 @@ CATALOG_PRODUCTS_LIST = "catalog.products.list"
 CATALOG_PRODUCTS_CREATE = "catalog.products.create"
 CATALOG_PRODUCTS_UPDATE = "catalog.products.update"
 CATALOG_PRODUCTS_SET_IMAGE = "catalog.products.set_image"
+CATALOG_PRODUCTS_SET_FILE = "catalog.products.set_file"  # a digital product's file
 INVENTORY_STOCK_GET = "inventory.stock.get"
 INVENTORY_STOCKS_GET = "inventory.stock.get_many"
 INVENTORY_RESTOCK = "inventory.stock.restock"
@@ -147,11 +148,14 @@ def kv_keys_of_tenant(bucket: str, tenant: str) -> str:
 
 # Object store buckets.
 PRODUCT_IMAGES_BUCKET = "product_images"
+PRODUCT_FILES_BUCKET = "product_files"  # digital products' files, by tenant, product and sha256
+TENANT_OBJECT_BUCKETS = (PRODUCT_IMAGES_BUCKET, PRODUCT_FILES_BUCKET)
+"""Buckets whose objects are named ``<tenant>/…``: a tenant's export copies them, its deletion erases them."""
 
 
 def product_image_object(tenant: str, product_id: str, etag: str) -> str:
-    """Name of one stored image: the tenant's, content-addressed, so a reader never gets bytes that don't match
-    its ETag, nor another shop's image."""
+    """Name of one stored image (or digital product's file): the tenant's, content-addressed, so a reader never
+    gets bytes that don't match its ETag, nor another shop's object."""
     return f"{tenant}/{product_id}/{etag}"
 
 

@@ -164,6 +164,8 @@ class OrderLine(BaseModel):
     quantity: int
     unit_price_cents: int
     line_total_cents: int
+    digital: bool = Field(False, description="A file the buyer downloads once the order is paid (links on the "
+                          "order's page and in the confirmation mail).")
 
 
 class PaymentInfo(BaseModel):

@@ -3,6 +3,7 @@ sent once per event over SMTP, or into the embedded catcher when no server is se
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import timedelta
 from functools import partial
@@ -11,7 +12,7 @@ from urllib.parse import urlencode, urlsplit
 from faststream.exceptions import NackMessage
 from sqlalchemy.exc import IntegrityError
 
-from cartwheel import subjects, unsubscribe
+from cartwheel import downloads, subjects, unsubscribe
 from cartwheel.bus import request
 from cartwheel.contracts.cart import CartAbandoned
 from cartwheel.contracts.notifications import (
@@ -75,10 +76,21 @@ class Notifications:
         kind = kind_of_move(event.previous, event.order.status)
         if kind is None or not event.order.email:
             return
-        mail = compose(kind, event.order, self.shop(event.tenant), to=event.order.email,
-                       mail_id=mail_id(event.id, kind), reason=event.reason if kind == "payment_failed" else None)
+        shop = self.shop(event.tenant)
+        mail = compose(kind, event.order, shop, to=event.order.email, mail_id=mail_id(event.id, kind),
+                       reason=event.reason if kind == "payment_failed" else None,
+                       downloads=self.download_links(event.order, shop, event.tenant))
         # Unreachable: the event comes back later (Service.consume's growing wait); the others go on meanwhile.
         await self.deliver(mail, event.order.order_id, event.tenant)
+
+    def download_links(self, order: OrderView, shop: Shop, tenant: str) -> dict[str, str]:
+        """Signed links to a paid order's digital products, by product id (none for another order)."""
+        if order.status not in ("paid", "fulfilled"):
+            return {}
+        expires = int(time.time()) + self.settings.download_link_seconds
+        return {line.product_id: shop.url.rstrip("/") + downloads.path(self._secret, tenant, order.order_id,
+                                                                       line.product_id, expires)
+                for line in order.lines if line.digital}
 
     async def cart_abandoned(self, event: CartAbandoned) -> None:
         """One reminder per cart, to a signed-in shopper who has not said no to them."""
@@ -140,8 +152,9 @@ class Notifications:
         found = await request(self.service.broker.connection, GetOrder(order_id=command.order_id), ASK_TIMEOUT_S)
         order = OrderView.model_validate(found)
         again = f"{first.kind}.resent-{uuid.uuid4().hex[:12]}"
-        mail = compose(first.kind, order, self.shop(command.tenant), to=order.email or first.to,  # type: ignore[arg-type]
-                       mail_id=again)
+        shop = self.shop(command.tenant)
+        mail = compose(first.kind, order, shop, to=order.email or first.to, mail_id=again,  # type: ignore[arg-type]
+                       downloads=self.download_links(order, shop, command.tenant))
         try:
             sent = await self.deliver(mail, order.order_id, command.tenant)
         except Unreachable as exc:

@@ -93,8 +93,10 @@ class Mail:
         return message
 
 
-def compose(kind: MailKind, order: OrderView, shop: Shop, *, to: str, mail_id: str, reason: str | None = None) -> Mail:
-    """The mail of ``kind`` about ``order`` as it is now."""
+def compose(kind: MailKind, order: OrderView, shop: Shop, *, to: str, mail_id: str, reason: str | None = None,
+            downloads: dict[str, str] | None = None) -> Mail:
+    """The mail of ``kind`` about ``order`` as it is now; ``downloads``: the links of its digital products (full
+    URLs, by product id)."""
     number = order_number(order.order_id)
     context = {
         "order": order,
@@ -103,6 +105,8 @@ def compose(kind: MailKind, order: OrderView, shop: Shop, *, to: str, mail_id: s
         "shop_url": shop.url,
         "reason": reason or order.payment.last_error,
         "money": lambda cents: money(cents, order.currency, shop.locale),
+        "downloads": [(line, downloads[line.product_id]) for line in order.lines
+                      if downloads and line.product_id in downloads],
     }
     text = _templates.get_template(f"{kind}.txt").render(context)
     html = _templates.get_template(f"{kind}.html").render(context)

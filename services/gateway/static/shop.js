@@ -293,6 +293,7 @@ function showOrder(order) {
   card.paid = ["paid", "fulfilled"].includes(order.status);
   showPaymentProblem();
   $("#order-done").hidden = !card.paid;
+  if (card.paid && $("#downloads-pending")) window.location.reload();  // the page makes the download links
 }
 
 function showPaymentProblem() {

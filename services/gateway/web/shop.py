@@ -8,6 +8,7 @@ from typing import Any
 from flask import Blueprint, render_template, request
 
 from cartwheel.contracts.base import MAX_PAGE_CURSOR
+from services.gateway import downloads
 from services.gateway.context import gateway, tenant_settings
 from services.gateway.cookies import orders_from_cookie
 from services.gateway.web import stripejs
@@ -69,7 +70,8 @@ def my_orders() -> str:
     else:
         found = [call("GET", f"/api/orders/{order_id}") for order_id in orders_from_cookie()]
         listing = {"items": [answer.data for answer in found if answer.ok], "next_cursor": None}
-    return render_template("shop/orders.html", listing=listing, signed_in=who)
+    links = {order["order_id"]: downloads.links(order) for order in listing["items"]}
+    return render_template("shop/orders.html", listing=listing, downloads=links, signed_in=who)
 
 
 @pages.get("/orders/<order_id>")
@@ -82,7 +84,8 @@ def order(order_id: str) -> str:
     if card and found["status"] in payable:
         stripejs.loaded_on_this_page(card)
     return render_template("shop/order.html", order=found, final=FINAL, methods=PAYMENT_METHODS, card=card,
-                           payable=payable, hosted=hosted, returned=request.args.get("checkout"), signed_in=_who())
+                           payable=payable, hosted=hosted, returned=request.args.get("checkout"),
+                           downloads=downloads.links(found), signed_in=_who())
 
 
 @pages.get("/unsubscribe")
