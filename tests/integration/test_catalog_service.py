@@ -15,6 +15,7 @@ from cartwheel import subjects
 from cartwheel.bus import request
 from cartwheel.contracts.catalog import (
     CreateProduct,
+    DigitalFile,
     GetProduct,
     ListProducts,
     Product,
@@ -22,6 +23,7 @@ from cartwheel.contracts.catalog import (
     ProductDraft,
     ProductPatch,
     ProductUpdated,
+    SetProductFile,
     SetProductImage,
     UpdateProduct,
 )
@@ -421,6 +423,30 @@ def test_an_image_is_recorded_with_a_new_version_event_and_cache_entry(catalog, 
         assert (cached.image_etag, cached.version) == (etag, 2)
         with pytest.raises(DomainError) as caught:
             await request(nc, SetProductImage(product_id="nope", etag=etag, content_type="image/png"), TIMEOUT)
+        assert caught.value.code == "not_found"
+
+    client.run(scenario)
+
+
+def test_a_file_makes_a_product_digital_with_a_new_version_and_a_replaced_one_changes_only_what_differs(
+        catalog, client) -> None:
+    async def scenario(nc: nats.NATS) -> None:
+        kv = await nc.jetstream().key_value(subjects.CATALOG_CACHE_BUCKET)
+        made = await create(nc)
+        assert made["file_sha256"] is None
+        file = DigitalFile(name="guide.pdf", size=1234, sha256="cd" * 32, content_type="application/pdf")
+        updated = await request(nc, SetProductFile(product_id=made["id"], file=file), TIMEOUT)
+        assert (updated["file_name"], updated["file_size"], updated["file_sha256"], updated["version"]) == (
+            "guide.pdf", 1234, "cd" * 32, 2)
+        assert (await request(nc, SetProductFile(product_id=made["id"], file=file), TIMEOUT))["version"] == 2
+        cached = Product.model_validate_json((await kv.get(subjects.catalog_cache_key("default", made["id"]))).value)
+        assert cached.digital and cached.version == 2
+        again = file.model_copy(update={"sha256": "ef" * 32, "size": 99})
+        assert (await request(nc, SetProductFile(product_id=made["id"], file=again), TIMEOUT))["version"] == 3
+        found = await request(nc, GetProduct(id_or_sku=made["id"]), TIMEOUT)
+        assert (found["file_sha256"], found["file_size"], found["file_name"]) == ("ef" * 32, 99, "guide.pdf")
+        with pytest.raises(DomainError) as caught:
+            await request(nc, SetProductFile(product_id="nope", file=file), TIMEOUT)
         assert caught.value.code == "not_found"
 
     client.run(scenario)

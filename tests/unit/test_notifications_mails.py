@@ -81,3 +81,14 @@ def test_the_smtp_url_setting_is_checked_and_kept_secret() -> None:
         Settings(smtp_url="http://mail.example.com")
     assert Settings(smtp_url="").smtp_url is None  # Compose's unset variable: the embedded catcher
     assert "p4ss" not in repr(Settings(smtp_url="smtp://u:p4ss@mail.example.com"))
+
+
+def test_a_confirmation_of_digital_products_carries_their_download_links() -> None:
+    paid = order(lines=[OrderLine(product_id="f1", sku="G", name="Guide", quantity=1, unit_price_cents=900,
+                                  line_total_cents=900, digital=True)], total_cents=900)
+    url = "http://s/api/downloads/ord_0123456789abcdef/f1?expires=9&sig=ab"
+    mail = compose("order_confirmation", paid, Shop("http://s"), to="a@b.c", mail_id="m", downloads={"f1": url})
+    assert f"Guide: {url}" in mail.text and "Your downloads" in mail.text
+    assert f'<a href="{url.replace("&", "&amp;")}">Guide</a>' in mail.html
+    plain = compose("order_confirmation", order(), Shop("http://s"), to="a@b.c", mail_id="m")
+    assert "downloads" not in plain.text.lower()
