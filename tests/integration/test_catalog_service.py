@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import io
 import json
 import random
 from pathlib import Path
@@ -10,6 +12,7 @@ from typing import Any
 
 import nats
 import pytest
+from PIL import Image
 
 from cartwheel import subjects
 from cartwheel.bus import request
@@ -452,7 +455,7 @@ def test_a_file_makes_a_product_digital_with_a_new_version_and_a_replaced_one_ch
     client.run(scenario)
 
 
-def test_the_demo_seed_gives_categories_to_demo_products_made_before_categories(
+def test_the_demo_seed_gives_categories_and_pictures_to_demo_products_made_before_them(
     catalog, client, nats_url: str, tmp_path: Path
 ) -> None:
     async def scenario(nc: nats.NATS) -> None:
@@ -460,10 +463,17 @@ def test_the_demo_seed_gives_categories_to_demo_products_made_before_categories(
         settings = settings_for(nats_url, tmp_path)
         assert await seed_demo_async(settings) == 11
         mug = await request(nc, GetProduct(id_or_sku=old["id"]), TIMEOUT)
-        assert mug["categories"] == ["kitchen", "mugs", "outdoor"] and mug["version"] == 2
+        assert mug["categories"] == ["kitchen", "mugs", "outdoor"] and mug["version"] == 3  # categories, picture
+        assert mug["image_type"] == "image/png"
+        store = await nc.jetstream().object_store(subjects.PRODUCT_IMAGES_BUCKET)
+        png = (await store.get(subjects.product_image_object("default", old["id"], mug["image_etag"]))).data
+        assert hashlib.sha256(png).hexdigest() == mug["image_etag"]
+        assert Image.open(io.BytesIO(png)).size == (800, 600)
         assert await seed_demo_async(settings) == 0
-        assert (await request(nc, GetProduct(id_or_sku=old["id"]), TIMEOUT))["version"] == 2
+        assert (await request(nc, GetProduct(id_or_sku=old["id"]), TIMEOUT))["version"] == 3
         assert len(await listing(nc, category="stationery")) == 3
+        pictured = (await request(nc, ListProducts(limit=50), TIMEOUT))["items"]
+        assert sum(p["image_type"] == "image/png" for p in pictured) == 12
 
     client.run(scenario)
 

@@ -1,13 +1,17 @@
-"""The shop's mails in a real browser, on a shop of its own whose carts are abandoned after 3 s: a signed-in
-shopper's abandoned cart gets exactly one reminder, whose link brings the cart back and whose unsubscribe link
-works; a paid order's confirmation shows at /admin/mail, and the admin sends it again from the order's page."""
+"""The shop's mails and downloads in a real browser, on a shop of its own whose carts are abandoned after 3 s and
+whose download links last 20 s: a digital product bought by card is downloaded through its link (the same bytes),
+its confirmation mail shows at /admin/mail, and the link is refused once expired and once the order is refunded;
+a signed-in shopper's abandoned cart gets exactly one reminder, whose link brings the cart back and whose
+unsubscribe link works; the admin sends an order's mail again from the order's page."""
 
 from __future__ import annotations
 
+import os
 import re
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,17 +20,19 @@ from playwright.sync_api import expect
 
 from cartwheel.supervisor import System
 from tests.e2e.browser.test_admin_browser import sign_in
+from tests.e2e.browser.test_card_entry_browser import pay_by_card
 from tests.e2e.conftest import run_shop
 from tests.e2e.test_cart_http import product
 from tests.e2e.test_checkout_http import checkout, pay, shopper_with, wait_status
 
 ABANDON_S = 3.0
+LINK_S = 20  # time enough for a slow machine to use a link before it expires
 TIMEOUT = 30.0
 
 
 @pytest.fixture(scope="module")
 def mail_shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
-    yield from run_shop(tmp_path_factory, "mail shop", cart_abandon_seconds=ABANDON_S)
+    yield from run_shop(tmp_path_factory, "mail shop", cart_abandon_seconds=ABANDON_S, download_link_seconds=LINK_S)
 
 
 def caught(shop: System, to: str, count: int = 1) -> list[dict[str, Any]]:
@@ -40,7 +46,7 @@ def caught(shop: System, to: str, count: int = 1) -> list[dict[str, Any]]:
         time.sleep(0.25)
 
 
-def link(mail: dict[str, Any], path: str) -> str:
+def link_in(mail: dict[str, Any], path: str) -> str:
     found = re.search(rf"(http://\S+{re.escape(path)}\S*)", mail["text"])
     assert found, f"no {path} link in {mail['text']!r}"
     return found.group(1)
@@ -77,7 +83,7 @@ def test_an_abandoned_signed_in_cart_gets_one_reminder_that_brings_the_cart_back
     shoot(admin, "admin-mail")
 
     away = chromium.new_context(viewport={"width": 1100, "height": 800}).new_page()  # another device, signed out
-    away.goto(link(reminder, "/cart"))
+    away.goto(link_in(reminder, "/cart"))
     empty = away.get_by_test_id("cart-empty")
     expect(empty).to_be_visible()
     empty.get_by_role("link", name="sign in").click()
@@ -92,7 +98,7 @@ def test_an_abandoned_signed_in_cart_gets_one_reminder_that_brings_the_cart_back
     expect(away.get_by_test_id("header-cart-count")).to_have_text("(1)")  # ... and counts (it said 0 once)
     shoot(away, "cart-back")
 
-    away.goto(link(reminder, "/unsubscribe"))
+    away.goto(link_in(reminder, "/unsubscribe"))
     away.get_by_role("button", name="No more cart reminders").click()
     expect(away.get_by_test_id("unsubscribed")).to_contain_text(email)
     shoot(away, "unsubscribed")
@@ -123,3 +129,60 @@ def test_a_paid_orders_confirmation_shows_at_admin_mail_and_is_sent_again_from_t
     expect(rows).to_have_count(2)
     shoot(page, "admin-order-mails")
     assert len(caught(mail_shop, to, count=2)) == 2
+
+
+def test_a_digital_product_bought_by_card_downloads_whole_and_its_link_closes_on_expiry_and_on_refund(
+    mail_shop: System, context: Any, shoot: Any
+) -> None:
+    admin = {"Authorization": f"Bearer {mail_shop.admin_token}"}
+    guide = product(mail_shop, stock=0, name=f"Field guide {uuid.uuid4().hex[:6]}", price_cents=900)
+    data = os.urandom(300 * 1024)
+    uploaded = requests.put(f"{mail_shop.base_url}/api/admin/products/{guide['id']}/file", data=data, timeout=30,
+                            params={"filename": "field-guide.pdf"}, headers=admin | {"Content-Type": "application/pdf"})
+    assert uploaded.status_code == 200, uploaded.text
+    assert uploaded.json()["digital"] and uploaded.json()["available"] > 1000  # no stock limit of its own
+    to = f"reader-{uuid.uuid4().hex[:8]}@example.com"
+
+    page = context.new_page()
+    page.goto(f"{mail_shop.base_url}/products/{guide['id']}")
+    page.get_by_role("button", name="Add to cart").click()
+    expect(page.locator("#flash")).to_contain_text("1 item")
+    page.goto(f"{mail_shop.base_url}/cart")
+    page.get_by_label("Email for the receipt").fill(to)
+    page.get_by_role("button", name="Place order").click()
+    page.wait_for_url("**/orders/*")
+    order_id = page.url.rsplit("/", 1)[-1]
+    expect(page.locator("#downloads-pending")).to_be_visible()
+    pay_by_card(page, "4242 4242 4242 4242")
+    link = page.get_by_test_id("download")  # the page comes back with the links once the order is paid
+    expect(link).to_have_text(guide["name"], timeout=20_000)
+    shoot(page, "downloads")
+    with page.expect_download() as caught_download:
+        link.click()
+    download = caught_download.value
+    assert download.suggested_filename == "field-guide.pdf"
+    assert Path(download.path()).read_bytes() == data
+
+    [confirmation] = caught(mail_shop, to)
+    assert confirmation["subject"].endswith("is confirmed") and "Your downloads" in confirmation["text"]
+    mailed = link_in(confirmation, "/api/downloads/")
+    assert requests.get(mailed, timeout=30).content == data  # the mail's link, from anywhere
+    expires = int(re.search(r"expires=(\d+)", mailed).group(1))  # type: ignore[union-attr]
+    time.sleep(max(0.0, expires - time.time() + 1))
+    expired = requests.get(mailed, timeout=30)
+    assert expired.status_code == 410 and "expired" in expired.json()["error"]["message"]
+
+    page.reload()  # a fresh link
+    fresh = mail_shop.base_url + page.get_by_test_id("download").get_attribute("href")
+    assert requests.get(fresh, timeout=30).content == data
+    refund = requests.post(f"{mail_shop.base_url}/api/admin/orders/{order_id}/cancel", headers=admin, timeout=30)
+    assert refund.status_code == 200, refund.text
+    deadline = time.monotonic() + TIMEOUT
+    while requests.get(f"{mail_shop.base_url}/api/orders/{order_id}", headers=admin,
+                       timeout=10).json()["status"] != "refunded":
+        assert time.monotonic() < deadline, "the order was never refunded"
+        time.sleep(0.25)
+    refused = requests.get(fresh, timeout=30)
+    assert refused.status_code == 410 and "refunded" in refused.json()["error"]["message"]
+    page.reload()
+    expect(page.locator("#downloads")).to_contain_text("closed (refunded)")
