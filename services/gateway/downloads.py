@@ -28,7 +28,7 @@ from services.gateway.api import Routes
 from services.gateway.context import gateway
 from services.gateway.context import tenant as current_tenant
 from services.gateway.errors import ApiError
-from services.gateway.images import ObjectStore
+from services.gateway.images import ObjectStore, read_body
 from services.gateway.products import find_product
 from services.gateway.schemas import ProductOut
 
@@ -76,7 +76,7 @@ def _secret() -> str:
 def upload_file(id: str, query: FileQuery) -> ProductOut:
     ctx = gateway()
     product = find_product(id)
-    data = _body(ctx.settings.digital_file_max_bytes)
+    data = read_body(ctx.settings.digital_file_max_bytes)
     sha256 = hashlib.sha256(data).hexdigest()
     content_type = request.mimetype or "application/octet-stream"
     name = subjects.product_image_object(current_tenant(), product.id, sha256)
@@ -98,13 +98,6 @@ def _safe(filename: str) -> str:
     """The name as a download may carry it: no path, no control or quoting characters."""
     base = filename.replace("\\", "/").rsplit("/", 1)[-1]
     return _SAFE_NAME.sub("_", base).strip(" .") or "download"
-
-
-def _body(limit: int) -> bytes:
-    request.max_content_length = limit
-    data = request.get_data(cache=False)  # a Content-Length above the limit is a 413 before a byte is read
-    request.stream.read(1)  # a chunked body stops at the limit; reading on raises 413
-    return data
 
 
 @routes.get(
