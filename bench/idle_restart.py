@@ -38,10 +38,10 @@ from _load import CpuMeter
 from http_flash_sale import Cpu, checkout_load, fresh_product, shop_roles
 
 from cartwheel.natsserver import free_port
-from cartwheel.settings import Settings
+from cartwheel.settings import SERVICES, Settings
 from cartwheel.supervisor import System
 
-SHOP_ROLES = ("nats-server", "gateway", "catalog", "cart", "inventory", "orders", "payments", "localstripe")
+SHOP_ROLES = ("nats-server", "gateway", *SERVICES, "localstripe")
 
 
 @contextlib.contextmanager

@@ -141,6 +141,13 @@ def object_store_configs(settings: Settings) -> list[ObjectStoreConfig]:
             storage=StorageType.FILE,
             replicas=settings.stream_replicas,
         ),
+        ObjectStoreConfig(
+            bucket=subjects.PRODUCT_FILES_BUCKET,
+            description="Digital products' files by product id and sha256, written by the gateway's admin upload, "
+            "read by buyers' download links.",
+            storage=StorageType.FILE,
+            replicas=settings.stream_replicas,
+        ),
     ]
 
 

@@ -37,6 +37,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "service_unavailable": 503,
     "payment_provider_unavailable": 503,
     "payment_provider_busy": 503,
+    "mail_unavailable": 503,
 }
 
 

@@ -101,7 +101,7 @@ def _declares() -> list[str]:
     whoever may publish them): that is admin's, with ``cartwheel migrate --streams``."""
     api = "$JS.API"
     names = [subjects.EVENTS_STREAM, _KV + subjects.CATALOG_CACHE_BUCKET, _KV + subjects.INVENTORY_STOCK_BUCKET,
-             _KV + subjects.TENANTS_BUCKET, _OBJ + subjects.PRODUCT_IMAGES_BUCKET]
+             _KV + subjects.TENANTS_BUCKET, *(_OBJ + bucket for bucket in subjects.TENANT_OBJECT_BUCKETS)]
     return [f"{api}.{verb}.{name}" for name in names for verb in ("STREAM.INFO", "STREAM.CREATE")]
 
 
@@ -118,7 +118,7 @@ def _lane_caller(lane: str) -> list[str]:
 
 _CATALOG_READS = [subjects.CATALOG_PRODUCTS_GET, subjects.CATALOG_PRODUCTS_LIST]
 _CATALOG_WRITES = [subjects.CATALOG_PRODUCTS_CREATE, subjects.CATALOG_PRODUCTS_UPDATE,
-                   subjects.CATALOG_PRODUCTS_SET_IMAGE]
+                   subjects.CATALOG_PRODUCTS_SET_IMAGE, subjects.CATALOG_PRODUCTS_SET_FILE]
 _CART_CALLS = [subjects.CART_GET, subjects.CART_ADD, subjects.CART_SET, subjects.CART_REMOVE, subjects.CART_LIST,
                subjects.CART_MERGE]
 _STOCK_READS = [subjects.INVENTORY_STOCK_GET, subjects.INVENTORY_STOCKS_GET]
@@ -128,6 +128,8 @@ _ORDER_CALLS = [subjects.ORDERS_CHECKOUT, subjects.ORDERS_GET, subjects.ORDERS_L
 _PAYMENT_CALLS = [subjects.PAYMENTS_INTENT_CREATE, subjects.PAYMENTS_INTENT_CONFIRM,
                   subjects.PAYMENTS_INTENT_CANCEL, subjects.PAYMENTS_REFUND, subjects.PAYMENTS_CHECKOUT_CREATE,
                   subjects.PAYMENTS_CHECKOUT_EXPIRE]
+_MAIL_CALLS = [subjects.NOTIFICATIONS_MAIL_LIST, subjects.NOTIFICATIONS_MAIL_SENT, subjects.NOTIFICATIONS_MAIL_RESEND,
+               subjects.NOTIFICATIONS_UNSUBSCRIBE]
 
 _CALLS: dict[str, list[str]] = {
     "catalog": [],
@@ -136,8 +138,9 @@ _CALLS: dict[str, list[str]] = {
     "orders": [*_CATALOG_READS, subjects.CART_GET, *_STOCK_READS, *_PAYMENT_CALLS,
                *_lane_caller(subjects.INVENTORY_LANE)],
     "payments": [],
+    "notifications": [subjects.ORDERS_GET],  # an admin's resend: the order as it is now
     GATEWAY: [*_CATALOG_READS, *_CATALOG_WRITES, *_CART_CALLS, *_STOCK_READS, *_STOCK_WRITES, *_ORDER_CALLS,
-              subjects.PAYMENTS_WEBHOOK, subjects.health("*")],
+              *_MAIL_CALLS, subjects.PAYMENTS_WEBHOOK, subjects.health("*")],
 }
 """The request subjects each identity may publish: the questions it asks other services."""
 
@@ -153,9 +156,11 @@ _JETSTREAM: dict[str, list[str]] = {
     "inventory": [*_bucket_write(subjects.INVENTORY_STOCK_BUCKET)],
     "orders": [*_bucket_read(subjects.CATALOG_CACHE_BUCKET), *_bucket_read(subjects.INVENTORY_STOCK_BUCKET)],
     "payments": [],
+    "notifications": [],
     GATEWAY: [*_bucket_read(subjects.CATALOG_CACHE_BUCKET), *_bucket_read(subjects.INVENTORY_STOCK_BUCKET),
-              *_stream_read(_OBJ + subjects.PRODUCT_IMAGES_BUCKET), f"$O.{subjects.PRODUCT_IMAGES_BUCKET}.>",
-              f"$JS.API.STREAM.PURGE.{_OBJ}{subjects.PRODUCT_IMAGES_BUCKET}",  # an image replaced
+              *(grant for bucket in subjects.TENANT_OBJECT_BUCKETS for grant in (
+                  *_stream_read(_OBJ + bucket), f"$O.{bucket}.>",
+                  f"$JS.API.STREAM.PURGE.{_OBJ}{bucket}")),  # an image (a file) replaced
               "$JS.API.STREAM.NAMES"],  # nats-py finds an object's stream by its subject (names only)
 }
 

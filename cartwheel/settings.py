@@ -20,7 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from cartwheel.files import private_dir, write_private
 from cartwheel.money import known_locale
 
-SERVICES: tuple[str, ...] = ("catalog", "cart", "inventory", "orders", "payments")
+SERVICES: tuple[str, ...] = ("catalog", "cart", "inventory", "orders", "payments", "notifications")
 """Backend services, each with its own process and database (the gateway is separate)."""
 DATABASES: tuple[str, ...] = (*SERVICES, "gateway")
 """Everything with its own database and Alembic history: the services and the gateway (accounts)."""
@@ -52,6 +52,7 @@ class Settings(BaseSettings):
     inventory_database_url: str | None = Field(None, description="Default: sqlite:///<var_dir>/inventory.db")
     orders_database_url: str | None = Field(None, description="Default: sqlite:///<var_dir>/orders.db")
     payments_database_url: str | None = Field(None, description="Default: sqlite:///<var_dir>/payments.db")
+    notifications_database_url: str | None = Field(None, description="Default: sqlite:///<var_dir>/notifications.db")
     gateway_database_url: str | None = Field(
         None, description="Accounts and sessions. Default: sqlite:///<var_dir>/gateway.db"
     )
@@ -136,6 +137,21 @@ class Settings(BaseSettings):
         None, pattern=r"^https?://[^/?#]+/?$", description="The shop's address as buyers reach it (`https://shop."
         "example.com`): where Stripe's checkout page sends them back. Unset: no hosted checkout (503)."
     )
+    smtp_url: SecretStr | None = Field(
+        None, description="Where the notifications service sends mail: `smtp://user:password@"
+        "host:587` (STARTTLS when the server offers it) or `smtps://host:465` (TLS from the start). Unset: an "
+        "embedded mail catcher on loopback takes every mail, shown at /admin/mail (nothing leaves the machine).",
+    )
+    digital_file_max_bytes: int = Field(64 * 1024 * 1024, ge=1024, le=1024**3,
+                                        description="The largest file a digital product may have (an upload is "
+                                        "held in the gateway's memory while it is stored).")
+    download_link_seconds: int = Field(7 * 86400, ge=1, description="How long a buyer's download link works.")
+    downloads_per_line: int = Field(5, ge=1, le=10_000, description="Downloads of each digital product an order "
+                                    "allows (a range request that resumes a download does not count).")
+    mail_from: str = Field("Cartwheel shop <shop@localhost>", min_length=3, max_length=320,
+                           description="The From of every mail the shop sends.")
+    mail_catcher_keep: int = Field(500, ge=1, le=100_000,
+                                   description="Caught mails kept by the embedded catcher (the oldest go first).")
     stripe_requests_per_second: float = Field(
         80.0, gt=0, le=10_000, description="Calls to Stripe a second, for the whole installation (Stripe answers "
         "429 beyond 100 in live mode, 25 in test mode): calls wait their turn, the buyers' first."
@@ -204,7 +220,7 @@ class Settings(BaseSettings):
     )
 
     @field_validator("stripe_secret_key", "stripe_api_base", "stripe_webhook_secret", "stripe_publishable_key",
-                     "public_url", mode="before")
+                     "public_url", "smtp_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         """``CARTWHEEL_STRIPE_SECRET_KEY=`` (as Compose passes an unset variable) means no key."""
@@ -216,6 +232,13 @@ class Settings(BaseSettings):
         """One tenant's database must never be another's: the template names both parts."""
         if value is not None and not ("{tenant}" in value and "{service}" in value):
             raise ValueError("the URL must have {tenant} and {service} in it, e.g. .../cartwheel_{service}__{tenant}")
+        return value
+
+    @field_validator("smtp_url")
+    @classmethod
+    def _an_smtp_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not re.match(r"smtps?://[^/?#]+", value.get_secret_value()):
+            raise ValueError("expected smtp://[user:password@]host[:port] or smtps://...")
         return value
 
     @field_validator("locale")

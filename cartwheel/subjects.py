@@ -10,6 +10,7 @@ CATALOG_PRODUCTS_LIST = "catalog.products.list"
 CATALOG_PRODUCTS_CREATE = "catalog.products.create"
 CATALOG_PRODUCTS_UPDATE = "catalog.products.update"
 CATALOG_PRODUCTS_SET_IMAGE = "catalog.products.set_image"
+CATALOG_PRODUCTS_SET_FILE = "catalog.products.set_file"  # a digital product's file
 INVENTORY_STOCK_GET = "inventory.stock.get"
 INVENTORY_STOCKS_GET = "inventory.stock.get_many"
 INVENTORY_RESTOCK = "inventory.stock.restock"
@@ -45,6 +46,11 @@ PAYMENTS_REFUND = "payments.refunds.create"
 PAYMENTS_WEBHOOK = "payments.webhooks.stripe"
 PAYMENTS_CHECKOUT_CREATE = "payments.checkout.create"
 PAYMENTS_CHECKOUT_EXPIRE = "payments.checkout.expire"
+
+NOTIFICATIONS_MAIL_LIST = "notifications.mail.list"  # what the embedded mail catcher caught (admin)
+NOTIFICATIONS_MAIL_SENT = "notifications.mail.sent"  # the mails sent about one order (admin)
+NOTIFICATIONS_MAIL_RESEND = "notifications.mail.resend"  # send one of them again (admin)
+NOTIFICATIONS_UNSUBSCRIBE = "notifications.unsubscribe"  # no more cart reminders to an address
 
 # Events: one JetStream stream holds every domain event.
 EVENTS_STREAM = "EVENTS"
@@ -91,6 +97,8 @@ EVENT_CONSUMERS: dict[str, dict[str, str]] = {
     "inventory": {"inventory-products": CATALOG_PRODUCT_CREATED, "inventory-stock-board": INVENTORY_EVENTS},
     "orders": {"orders_" + subject.rsplit(".", 1)[1]: subject for subject in PAYMENT_OUTCOMES},
     "payments": {"payments_intent_requests": PAYMENTS_INTENT_REQUESTED},  # its own queue of intents to create
+    "notifications": {"notifications_orders": ORDERS_STATUS_CHANGED,  # mails to buyers as their orders move ...
+                      "notifications_carts": CART_ABANDONED},  # ... and a reminder of a signed-in shopper's cart
 }
 """Each service's durable consumers of the EVENTS stream and the subjects they read: the bus lets a service
 make and use exactly these (cartwheel/natsauth.py), so it reads no other service's events."""
@@ -140,11 +148,14 @@ def kv_keys_of_tenant(bucket: str, tenant: str) -> str:
 
 # Object store buckets.
 PRODUCT_IMAGES_BUCKET = "product_images"
+PRODUCT_FILES_BUCKET = "product_files"  # digital products' files, by tenant, product and sha256
+TENANT_OBJECT_BUCKETS = (PRODUCT_IMAGES_BUCKET, PRODUCT_FILES_BUCKET)
+"""Buckets whose objects are named ``<tenant>/…``: a tenant's export copies them, its deletion erases them."""
 
 
 def product_image_object(tenant: str, product_id: str, etag: str) -> str:
-    """Name of one stored image: the tenant's, content-addressed, so a reader never gets bytes that don't match
-    its ETag, nor another shop's image."""
+    """Name of one stored image (or digital product's file): the tenant's, content-addressed, so a reader never
+    gets bytes that don't match its ETag, nor another shop's object."""
     return f"{tenant}/{product_id}/{etag}"
 
 

@@ -307,9 +307,10 @@ class Children:
                 self.console.alarm(f"{child.name} (pid {child.process.pid}) survived SIGKILL")
 
 
-SECRET_OF: dict[str, str] = {"stripe_secret_key": "payments", "stripe_webhook_secret": "payments"}
-"""Settings only one process may hold: the Stripe key and webhook secret reach payments, never the
-internet-facing gateway or the other services."""
+SECRET_OF: dict[str, str] = {"stripe_secret_key": "payments", "stripe_webhook_secret": "payments",
+                             "smtp_url": "notifications"}
+"""Settings only one process may hold: the Stripe key and webhook secret reach payments, the mail server's
+password notifications, never the internet-facing gateway or the other services."""
 
 
 def child_env(settings: Settings, metrics_port: int, role: str) -> dict[str, str]:

@@ -149,7 +149,17 @@ class Product(BaseModel):
     categories: list[str] = []
     image_etag: str | None = Field(None, description="sha256 (hex) of the product's image; null without one.")
     image_type: str | None = Field(None, description="Content type of the image: image/png, image/jpeg, image/webp.")
+    file_name: str | None = Field(None, description="A digital product's file, as the buyer's download names it; "
+                                  "null: shipped goods.")
+    file_size: int | None = Field(None, description="Its bytes.")
+    file_sha256: str | None = Field(None, description="sha256 (hex) of the file: the object that holds it.")
+    file_type: str | None = Field(None, description="Its content type, as the admin uploaded it.")
     version: int = Field(description="Increases with every change; caches keep the highest.")
+
+    @property
+    def digital(self) -> bool:
+        """Bought for its file: the buyer downloads it once the order is paid."""
+        return self.file_sha256 is not None
     created_at: datetime
     updated_at: datetime
 
@@ -181,6 +191,22 @@ class SetProductImage(Message):
     product_id: str = Field(min_length=1, max_length=200)
     etag: Etag
     content_type: ImageType
+
+
+class DigitalFile(BaseModel):
+    name: str = Field(min_length=1, max_length=255)
+    size: int = Field(ge=0)
+    sha256: Etag
+    content_type: str = Field(min_length=3, max_length=255)
+
+
+class SetProductFile(Message):
+    """Record the file just stored in the object store (``file.sha256`` names the object): the product is
+    digital from now on."""
+
+    subject: ClassVar[str] = subjects.CATALOG_PRODUCTS_SET_FILE
+    product_id: str = Field(min_length=1, max_length=200)
+    file: DigitalFile
 
 
 class GetProduct(Message):

@@ -88,6 +88,11 @@ ORDER_ID = "{ORDER_ID}"
 """In a hosted checkout's ``return_url``: replaced by the new order's id."""
 
 
+def order_number(order_id: str) -> str:
+    """What a buyer reads (mails, "my orders"): the id without its prefix, shortened; links carry the whole id."""
+    return order_id.removeprefix("ord_")[:10].upper()
+
+
 class Checkout(Message):
     """Place an order: from ``cart_id`` when ``items`` is None. ``idempotency_key`` (scoped to the buyer: the
     user, else the cart, else ``visitor_id``) makes a retried checkout answer with the same order."""
@@ -159,6 +164,8 @@ class OrderLine(BaseModel):
     quantity: int
     unit_price_cents: int
     line_total_cents: int
+    digital: bool = Field(False, description="A file the buyer downloads once the order is paid (links on the "
+                          "order's page and in the confirmation mail).")
 
 
 class PaymentInfo(BaseModel):

@@ -69,16 +69,17 @@ async def erase_messages(settings: Settings, tenant: str,
             with contextlib.suppress(nats.js.errors.NotFoundError):  # every key of a shared bucket: <tenant>.…
                 await js.purge_stream(subjects.kv_stream(bucket), subject=subjects.kv_keys_of_tenant(bucket, tenant))
                 erased[f"KV {bucket}"] = -1  # purged; the server does not say how many
-        erased[f"images in {subjects.PRODUCT_IMAGES_BUCKET}"] = await _erase_images(js, tenant)
+        for bucket in subjects.TENANT_OBJECT_BUCKETS:  # product images, digital products' files
+            erased[f"objects in {bucket}"] = await _erase_objects(js, bucket, tenant)
     finally:
         await nc.close()
     return erased
 
 
-async def _erase_images(js: JetStreamContext, tenant: str) -> int:
-    """The tenant's product images (objects named ``<tenant>/…``)."""
+async def _erase_objects(js: JetStreamContext, bucket: str, tenant: str) -> int:
+    """The tenant's objects in ``bucket`` (named ``<tenant>/…``)."""
     try:
-        store = await js.object_store(subjects.PRODUCT_IMAGES_BUCKET)
+        store = await js.object_store(bucket)
         objects = await store.list()
     except (nats.js.errors.NotFoundError, nats.js.errors.ObjectNotFoundError):
         return 0

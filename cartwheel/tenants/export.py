@@ -1,7 +1,8 @@
 """``cartwheel tenants export NAME``: one tenant's data as one tarball, taken while the shop runs.
 
 Inside: ``manifest.json`` (the registry's entry, each file's sha256 and schema revision), the tenant's product
-images (``images/<product>/<sha256>``, from the object store) and each service's database: a SQLite file copied
+images (``images/<product>/<sha256>``) and digital products' files (``files/<product>/<sha256>``), from the object
+store, and each service's database: a SQLite file copied
 with SQLite's online backup (a consistent snapshot beside live writers), or a ``pg_dump`` archive (custom
 format: ``pg_restore`` reads it). The catalog and stock buckets are caches of the databases: not exported.
 """
@@ -21,6 +22,7 @@ from typing import Any
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from cartwheel import subjects
 from cartwheel.settings import DATABASES, Settings
 from cartwheel.tenants.registry import Registry
 
@@ -46,9 +48,10 @@ def export_tenant(settings: Settings, registry: Registry, name: str, out: Path) 
                                               "bytes": file.stat().st_size, "revision": _revision(url),
                                               "backend": make_url(url).get_backend_name()}
             files.append(file)
-        images = Path(folder) / "images"
-        manifest["images"] = _images(settings, name, images)
-        files += sorted(images.rglob("*")) if images.exists() else []
+        for kind, bucket in (("images", subjects.PRODUCT_IMAGES_BUCKET), ("files", subjects.PRODUCT_FILES_BUCKET)):
+            objects = Path(folder) / kind
+            manifest[kind] = _objects(settings, name, bucket, objects)
+            files += sorted(objects.rglob("*")) if objects.exists() else []
         listing = Path(folder) / "manifest.json"
         listing.write_text(json.dumps(manifest, indent=2))
         partial = out.with_name(out.name + ".partial")
@@ -62,20 +65,20 @@ def export_tenant(settings: Settings, registry: Registry, name: str, out: Path) 
     return manifest
 
 
-def _images(settings: Settings, tenant: str, folder: Path) -> dict[str, dict[str, Any]]:
-    """Copy the tenant's product images from the object store into ``folder``; each one's name, type and sha256."""
+def _objects(settings: Settings, tenant: str, bucket: str, folder: Path) -> dict[str, dict[str, Any]]:
+    """Copy the tenant's objects in ``bucket`` into ``folder`` (named as it is); each one's name, type and sha256."""
     import asyncio
 
     import nats
 
-    from cartwheel import natsauth, subjects
+    from cartwheel import natsauth
 
     async def copy() -> dict[str, dict[str, Any]]:
         nc = await nats.connect(settings.nats_servers, connect_timeout=5, max_reconnect_attempts=1,
                                 reconnect_time_wait=0.2, **natsauth.connect_options(settings, natsauth.ADMIN))
         found: dict[str, dict[str, Any]] = {}
         try:
-            store = await nc.jetstream().object_store(subjects.PRODUCT_IMAGES_BUCKET)
+            store = await nc.jetstream().object_store(bucket)
             try:
                 listed = await store.list()
             except nats.js.errors.NotFoundError:
@@ -87,7 +90,7 @@ def _images(settings: Settings, tenant: str, folder: Path) -> dict[str, dict[str
                 path = folder / info.name.removeprefix(f"{tenant}/")
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(data)
-                found[info.name] = {"file": f"images/{path.relative_to(folder).as_posix()}", "bytes": len(data),
+                found[info.name] = {"file": f"{folder.name}/{path.relative_to(folder).as_posix()}", "bytes": len(data),
                                     "sha256": hashlib.sha256(data).hexdigest(),
                                     "content_type": (info.headers or {}).get("Content-Type")}
         finally:
@@ -97,7 +100,7 @@ def _images(settings: Settings, tenant: str, folder: Path) -> dict[str, dict[str
     try:
         return asyncio.run(copy())
     except (OSError, TimeoutError, nats.errors.Error) as exc:
-        raise ExportFailed(f"the tenant's images are in NATS, which could not be reached ({exc!r})") from None
+        raise ExportFailed(f"the tenant's {folder.name} are in NATS, which could not be reached ({exc!r})") from None
 
 
 def _copy(url: str, folder: Path, service: str) -> Path:

@@ -7,4 +7,5 @@ CREATE DATABASE cart;
 CREATE DATABASE inventory;
 CREATE DATABASE orders;
 CREATE DATABASE payments;
+CREATE DATABASE notifications;
 CREATE DATABASE gateway;

@@ -8,6 +8,7 @@ from cartwheel.contracts.catalog import (
     GetProduct,
     ListProducts,
     ProductEvent,
+    SetProductFile,
     SetProductImage,
     UpdateProduct,
 )
@@ -23,6 +24,7 @@ def build(settings: Settings) -> Service:
     service.handle(subjects.CATALOG_PRODUCTS_CREATE, CreateProduct)(handlers.create_product)
     service.handle(subjects.CATALOG_PRODUCTS_UPDATE, UpdateProduct)(handlers.update_product)
     service.handle(subjects.CATALOG_PRODUCTS_SET_IMAGE, SetProductImage)(handlers.set_image)
+    service.handle(subjects.CATALOG_PRODUCTS_SET_FILE, SetProductFile)(handlers.set_file)
     service.handle(subjects.CATALOG_PRODUCTS_GET, GetProduct)(handlers.get_product)
     service.handle(subjects.CATALOG_PRODUCTS_LIST, ListProducts)(handlers.list_products)
     service.consume(subjects.CATALOG_EVENTS, ProductEvent, durable="catalog-cache")(handlers.repair_cache)

@@ -17,6 +17,7 @@ from cartwheel.contracts.catalog import (
     ProductCreated,
     ProductEvent,
     ProductUpdated,
+    SetProductFile,
     SetProductImage,
     UpdateProduct,
 )
@@ -66,6 +67,9 @@ class CatalogHandlers:
 
     async def set_image(self, cmd: SetProductImage) -> dict[str, Any]:
         return await self._change(cmd.tenant, lambda s: store.set_image(s, cmd.product_id, cmd.etag, cmd.content_type))
+
+    async def set_file(self, cmd: SetProductFile) -> dict[str, Any]:
+        return await self._change(cmd.tenant, lambda s: store.set_file(s, cmd.product_id, cmd.file))
 
     async def _change(self, tenant: str, change: Callable[[Session], Change]) -> dict[str, Any]:
         def work(session: Session) -> tuple[Product, Product]:

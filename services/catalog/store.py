@@ -7,7 +7,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from cartwheel.contracts.base import new_id, utcnow
-from cartwheel.contracts.catalog import Product, ProductDraft, ProductPatch
+from cartwheel.contracts.catalog import DigitalFile, Product, ProductDraft, ProductPatch
 from cartwheel.errors import DomainError, Invalid, NotFound
 from cartwheel.money import unchargeable
 from services.catalog import domain
@@ -88,14 +88,27 @@ def update_product(session: Session, product_id: str, patch: ProductPatch) -> tu
 
 def set_image(session: Session, product_id: str, etag: str, content_type: str) -> tuple[Product, Product, list[str]]:
     """Record the product's image; returns the product before and after, and the fields that changed."""
+    return _set(session, product_id, {"image_etag": etag, "image_type": content_type})
+
+
+def set_file(session: Session, product_id: str, file: DigitalFile) -> tuple[Product, Product, list[str]]:
+    """Record a digital product's file (it is digital from now on); as :func:`set_image` returns."""
+    values = {"file_name": file.name, "file_size": file.size, "file_sha256": file.sha256,
+              "file_type": file.content_type}
+    return _set(session, product_id, values)
+
+
+def _set(session: Session, product_id: str, values: dict[str, object]) -> tuple[Product, Product, list[str]]:
     row = session.scalar(select(ProductRow).where(ProductRow.id == product_id).with_for_update())
     if row is None:
         raise NotFound(f"no product {product_id!r}", id=product_id)
     before = to_product(row)
-    if (row.image_etag, row.image_type) == (etag, content_type):
+    changed = sorted(field for field, value in values.items() if getattr(row, field) != value)
+    if not changed:
         return before, before, []
-    row.image_etag, row.image_type = etag, content_type
+    for field in changed:
+        setattr(row, field, values[field])
     row.version += 1
     row.updated_at = utcnow()
     session.flush()
-    return before, to_product(row), ["image_etag", "image_type"]
+    return before, to_product(row), changed

@@ -9,7 +9,21 @@ from flask import Flask, Response
 
 from cartwheel.settings import Settings, get_settings
 from cartwheel.tenants import context as tenant_context
-from services.gateway import access, accounts, admin_carts, api, cart, inventory, ops, orders, products, sse, webhooks
+from services.gateway import (
+    access,
+    accounts,
+    admin_carts,
+    api,
+    cart,
+    downloads,
+    inventory,
+    mail,
+    ops,
+    orders,
+    products,
+    sse,
+    webhooks,
+)
 from services.gateway.bridge import NatsBridge
 from services.gateway.context import EXTENSION, Bus, Gateway, gateway
 from services.gateway.errors import API_CSP, install_error_handlers
@@ -41,7 +55,7 @@ def create_app(settings: Settings | None = None, bridge: Bus | None = None, host
     install_error_handlers(app)
     app.after_request(_no_sniffing)
     everything = [ops.routes, products.routes, inventory.routes, cart.routes, sse.routes, admin_carts.routes]
-    everything += [accounts.routes, orders.routes, orders.admin_routes, webhooks.routes]
+    everything += [accounts.routes, orders.routes, orders.admin_routes, mail.routes, downloads.routes, webhooks.routes]
     context.operations = api.register(app, everything)
     mount_pages(app)  # the storefront and admin pages, a client of the routes above
     app.wsgi_app = router(app.wsgi_app, hosts, settings, is_page, _start_bridge_of(bus))  # type: ignore[method-assign]

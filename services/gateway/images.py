@@ -105,7 +105,7 @@ def _too_many_pixels() -> ApiError:
 )
 def upload_image(id: str) -> ProductOut:
     product = find_product(id)
-    data = _body(MAX_IMAGE_BYTES)
+    data = read_body(MAX_IMAGE_BYTES)
     content_type = image_type(data)
     etag = hashlib.sha256(data).hexdigest()
     ctx = gateway()
@@ -153,7 +153,8 @@ def _cache_control(product: Product, etag: str) -> str:
     return f"public, max-age={max_age}"
 
 
-def _body(limit: int) -> bytes:
+def read_body(limit: int) -> bytes:
+    """The raw request body, at most ``limit`` bytes (413 above it, declared or not)."""
     request.max_content_length = limit
     data = request.get_data(cache=False)  # a Content-Length above the limit is a 413 before a byte is read
     request.stream.read(1)  # a chunked body stops at the limit; reading on raises 413

@@ -1,5 +1,5 @@
-"""The gateway's own tables: shopper accounts, their sign-in sessions, admin sessions, and failed sign-ins (the
-rate limiter)."""
+"""The gateway's own tables: shopper accounts, their sign-in sessions, admin sessions, failed sign-ins (the
+rate limiter), and the downloads of each order's digital products."""
 
 from __future__ import annotations
 
@@ -55,3 +55,14 @@ class LoginAttemptRow(Base):
     scope: Mapped[str] = mapped_column(String(8))
     key: Mapped[str] = mapped_column(String(320))
     attempted_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class DownloadRow(Base):
+    """How often an order's digital product was downloaded (``downloads_per_line`` allows so many)."""
+
+    __tablename__ = "downloads"
+
+    order_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    product_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer)
+    last_at: Mapped[datetime] = mapped_column(UTCDateTime)

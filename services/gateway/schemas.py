@@ -43,13 +43,17 @@ class ProductOut(BaseModel):
         None, description="Null until the product has an image; the `v` parameter changes with the image."
     )
     available: int | None = Field(None, description="Units that can be bought now; null when unknown.")
+    digital: bool = Field(False, description="Bought for a file: the buyer downloads it once the order is paid.")
+    file_name: str | None = Field(None, description="A digital product's file, as its download names it.")
+    file_size: int | None = Field(None, description="Its bytes.")
     created_at: datetime
     updated_at: datetime
 
     @classmethod
     def from_product(cls, product: Product, available: int | None = None) -> ProductOut:
-        fields = product.model_dump(exclude={"version", "image_etag", "image_type"})
-        return cls.model_validate({**fields, "available": available, "image_url": image_url(product)})
+        fields = product.model_dump(exclude={"version", "image_etag", "image_type", "file_sha256", "file_type"})
+        return cls.model_validate({**fields, "available": available, "image_url": image_url(product),
+                                   "digital": product.digital})
 
 
 def image_url(product: Product) -> str | None:

@@ -28,7 +28,7 @@ from cartwheel.db import Database
 from cartwheel.errors import ServiceUnavailable
 from cartwheel.tenants.databases import TenantDatabases
 from services.gateway.context import gateway, tenant
-from services.gateway.models import AdminSessionRow, SessionRow, UserRow
+from services.gateway.models import AdminSessionRow, DownloadRow, SessionRow, UserRow
 
 T = TypeVar("T")
 EXTENSION = "cartwheel.gateway.db"
@@ -181,3 +181,30 @@ def admin_session_lives(token: str) -> bool:
 
 def end_admin_session(token: str) -> None:
     write(lambda session: session.execute(delete(AdminSessionRow).where(AdminSessionRow.id == session_id(token))))
+
+
+# -- downloads --------------------------------------------------------------------------------------------
+
+
+def count_download(order_id: str, product_id: str, limit: int) -> int | None:
+    """Count one more download of the order's product: how many that makes, or None past ``limit`` (nothing
+    counted). Two at once never both take the last one: the row is locked (PostgreSQL) or the database is
+    (SQLite) from the read to the write."""
+
+    def take(session: Session) -> int | None:
+        at = now()
+        row = session.get(DownloadRow, (order_id, product_id), with_for_update=True)
+        if row is None:
+            try:
+                with session.begin_nested():
+                    session.add(DownloadRow(order_id=order_id, product_id=product_id, count=1, last_at=at))
+                return 1
+            except IntegrityError:  # another request made the row first: take it as it is now
+                row = session.get(DownloadRow, (order_id, product_id), with_for_update=True, populate_existing=True)
+                assert row is not None
+        if row.count >= limit:
+            return None
+        row.count, row.last_at = row.count + 1, at
+        return row.count
+
+    return write(take)

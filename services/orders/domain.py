@@ -151,6 +151,7 @@ def price_lines(
                 quantity=item.quantity,
                 unit_price_cents=product.price_cents,
                 line_total_cents=product.price_cents * item.quantity,
+                digital=product.digital,
             )
         )
     currencies = {by_id[line.product_id].currency for line in lines}

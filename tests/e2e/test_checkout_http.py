@@ -112,6 +112,38 @@ def test_a_declined_card_fails_the_payment_and_keeps_the_stock_for_another_try(s
     assert stock(system, mug["id"]) == (3, 3)  # until the reservation runs out
 
 
+def caught(system: System, to: str, count: int = 1) -> list[dict[str, Any]]:
+    """The embedded catcher's mails to ``to``, once it holds ``count``."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        mails = requests.get(f"{system.base_url}/api/admin/mail", params={"to": to}, headers=admin(system),
+                             timeout=TIMEOUT).json()["items"]
+        if len(mails) >= count or time.monotonic() > deadline:
+            return mails
+        time.sleep(0.2)
+
+
+def test_the_buyer_gets_a_confirmation_mail_once_paid_and_one_when_a_card_is_declined(system: System) -> None:
+    mug = product(system, stock=5)
+    to = f"buyer-{uuid.uuid4().hex[:8]}@example.com"
+    browser = shopper_with(system, mug["id"], 2)
+    placed = checkout(browser, system, json={"email": to}).json()
+    pay(browser, system, placed["order_id"], "pm_card_chargeCustomerFail")
+    wait_status(browser, system, placed["order_id"], "payment_failed")
+    [failed] = caught(system, to)
+    assert "did not go through" in failed["subject"]
+    pay(browser, system, placed["order_id"], "pm_card_visa")
+    wait_status(browser, system, placed["order_id"], "paid")
+
+    confirmed, _ = caught(system, to, count=2)
+    assert confirmed["subject"].endswith("is confirmed") and confirmed["to"] == [to]
+    assert f"{system.base_url}/orders/{placed['order_id']}" in confirmed["text"]
+    assert mug["name"] in confirmed["text"] and mug["name"] in confirmed["html"]
+    mails = requests.get(f"{system.base_url}/api/admin/orders/{placed['order_id']}/mails", headers=admin(system),
+                         timeout=TIMEOUT).json()["items"]
+    assert [(m["kind"], m["status"]) for m in mails] == [("payment_failed", "sent"), ("order_confirmation", "sent")]
+
+
 def test_three_d_secure_leaves_the_order_waiting_for_the_buyer(system: System) -> None:
     mug = product(system, stock=3)
     browser = shopper_with(system, mug["id"])

@@ -5,9 +5,8 @@ from __future__ import annotations
 import re
 import time
 
+from cartwheel.settings import SERVICES
 from cartwheel.supervisor import System
-
-SERVICES = ("catalog", "cart", "inventory", "orders", "payments")
 
 
 def test_every_service_and_gateway_worker_froze_its_startup_heap(system: System) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import io
 import json
 import random
 from pathlib import Path
@@ -10,11 +12,13 @@ from typing import Any
 
 import nats
 import pytest
+from PIL import Image
 
 from cartwheel import subjects
 from cartwheel.bus import request
 from cartwheel.contracts.catalog import (
     CreateProduct,
+    DigitalFile,
     GetProduct,
     ListProducts,
     Product,
@@ -22,6 +26,7 @@ from cartwheel.contracts.catalog import (
     ProductDraft,
     ProductPatch,
     ProductUpdated,
+    SetProductFile,
     SetProductImage,
     UpdateProduct,
 )
@@ -426,7 +431,31 @@ def test_an_image_is_recorded_with_a_new_version_event_and_cache_entry(catalog, 
     client.run(scenario)
 
 
-def test_the_demo_seed_gives_categories_to_demo_products_made_before_categories(
+def test_a_file_makes_a_product_digital_with_a_new_version_and_a_replaced_one_changes_only_what_differs(
+        catalog, client) -> None:
+    async def scenario(nc: nats.NATS) -> None:
+        kv = await nc.jetstream().key_value(subjects.CATALOG_CACHE_BUCKET)
+        made = await create(nc)
+        assert made["file_sha256"] is None
+        file = DigitalFile(name="guide.pdf", size=1234, sha256="cd" * 32, content_type="application/pdf")
+        updated = await request(nc, SetProductFile(product_id=made["id"], file=file), TIMEOUT)
+        assert (updated["file_name"], updated["file_size"], updated["file_sha256"], updated["version"]) == (
+            "guide.pdf", 1234, "cd" * 32, 2)
+        assert (await request(nc, SetProductFile(product_id=made["id"], file=file), TIMEOUT))["version"] == 2
+        cached = Product.model_validate_json((await kv.get(subjects.catalog_cache_key("default", made["id"]))).value)
+        assert cached.digital and cached.version == 2
+        again = file.model_copy(update={"sha256": "ef" * 32, "size": 99})
+        assert (await request(nc, SetProductFile(product_id=made["id"], file=again), TIMEOUT))["version"] == 3
+        found = await request(nc, GetProduct(id_or_sku=made["id"]), TIMEOUT)
+        assert (found["file_sha256"], found["file_size"], found["file_name"]) == ("ef" * 32, 99, "guide.pdf")
+        with pytest.raises(DomainError) as caught:
+            await request(nc, SetProductFile(product_id="nope", file=file), TIMEOUT)
+        assert caught.value.code == "not_found"
+
+    client.run(scenario)
+
+
+def test_the_demo_seed_gives_categories_and_pictures_to_demo_products_made_before_them(
     catalog, client, nats_url: str, tmp_path: Path
 ) -> None:
     async def scenario(nc: nats.NATS) -> None:
@@ -434,10 +463,17 @@ def test_the_demo_seed_gives_categories_to_demo_products_made_before_categories(
         settings = settings_for(nats_url, tmp_path)
         assert await seed_demo_async(settings) == 11
         mug = await request(nc, GetProduct(id_or_sku=old["id"]), TIMEOUT)
-        assert mug["categories"] == ["kitchen", "mugs", "outdoor"] and mug["version"] == 2
+        assert mug["categories"] == ["kitchen", "mugs", "outdoor"] and mug["version"] == 3  # categories, picture
+        assert mug["image_type"] == "image/png"
+        store = await nc.jetstream().object_store(subjects.PRODUCT_IMAGES_BUCKET)
+        png = (await store.get(subjects.product_image_object("default", old["id"], mug["image_etag"]))).data
+        assert hashlib.sha256(png).hexdigest() == mug["image_etag"]
+        assert Image.open(io.BytesIO(png)).size == (800, 600)
         assert await seed_demo_async(settings) == 0
-        assert (await request(nc, GetProduct(id_or_sku=old["id"]), TIMEOUT))["version"] == 2
+        assert (await request(nc, GetProduct(id_or_sku=old["id"]), TIMEOUT))["version"] == 3
         assert len(await listing(nc, category="stationery")) == 3
+        pictured = (await request(nc, ListProducts(limit=50), TIMEOUT))["items"]
+        assert sum(p["image_type"] == "image/png" for p in pictured) == 12
 
     client.run(scenario)
 

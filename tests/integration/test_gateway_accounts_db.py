@@ -178,3 +178,24 @@ def test_sign_ins_do_not_stall_other_requests_of_the_worker(server: Any) -> None
         sign_ins = [p.result() for p in pending]
     # Hashed on the loop, a /healthz would wait for the hashes queued before it (0.1 s each).
     assert len(health) >= 5 and statistics.median(health) < 0.05, (health, sign_ins)
+
+
+def test_a_download_limit_holds_when_replicas_count_at_once(gateway_db: str) -> None:
+    """Twenty downloads of one order's file at once, through two apps on the same database: exactly the limit
+    (5) are counted, each number once (SQLite and PostgreSQL)."""
+    from services.gateway import store
+
+    apps = [create_app(Settings(admin_token="t", secret=SECRET, gateway_database_url=gateway_db), FakeBus())
+            for _ in range(2)]
+    order_id = f"ord_{uuid.uuid4().hex}"
+
+    def download(n: int) -> int | None:
+        with apps[n % 2].test_request_context("/"):
+            return store.count_download(order_id, "p1", limit=5)
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        counted = list(pool.map(download, range(20)))
+    assert sorted(c for c in counted if c is not None) == [1, 2, 3, 4, 5]
+    assert counted.count(None) == 15
+    with apps[0].test_request_context("/"):
+        assert store.count_download(order_id, "p2", limit=5) == 1  # another product of the order: its own count

@@ -38,6 +38,7 @@ from cartwheel.service import Service, event_consumer
 from cartwheel.settings import SERVICES
 from services.catalog.models import Base as CatalogBase
 from services.catalog.models import described_by_models
+from services.notifications.models import Base as NotificationsBase
 from services.orders.models import Base as OrdersBase
 from services.payments.models import Base as PaymentsBase
 from tests.helpers import random_sku
@@ -50,6 +51,7 @@ SERVICE_METADATA = {
     "cart": [LanesBase.metadata],
     "orders": [OrdersBase.metadata],
     "payments": [PaymentsBase.metadata],
+    "notifications": [NotificationsBase.metadata],
 }
 
 

@@ -4,6 +4,7 @@ mirror in NATS, against real SQLite files, a real PostgreSQL server and a real n
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sqlite3
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import nats.js.errors
 import psycopg
 import pytest
 from sqlalchemy.engine import make_url
@@ -39,7 +41,7 @@ def test_a_tenant_is_created_listed_disabled_and_deleted_with_every_byte(tmp_pat
     made = cartwheel(tmp_path, "tenants", "create", "acme", "--host", "Shop.Acme.test", "--set", "currency=usd")
     assert made.returncode == 0, made.stderr
     assert "tenant acme registered, serving shop.acme.test" in made.stdout
-    assert "6 tenant databases to migrate" in made.stdout and "0 failed" in made.stdout
+    assert f"{len(DATABASES)} tenant databases to migrate" in made.stdout and "0 failed" in made.stdout
     assert "the running shop was not told" in made.stdout  # no NATS here: said, not a failure
     folder = tmp_path / "tenants" / "acme"
     assert sorted(p.name for p in folder.glob("*.db")) == sorted(f"{s}.db" for s in DATABASES)
@@ -66,7 +68,8 @@ def test_a_tenant_is_created_listed_disabled_and_deleted_with_every_byte(tmp_pat
     assert "0 tenants registered" in cartwheel(tmp_path, "tenants", "list").stdout
     left = asyncio.run(events_marked(nats_url, marker))
     assert [json.loads(e)["tenant"] for e in left] == ["other", "other"]
-    assert asyncio.run(cached_and_stored(nats_url, marker)) == ([f"other.product.{marker}"], [f"other/{marker}/e"])
+    other = f"other/{marker}/e"
+    assert asyncio.run(cached_and_stored(nats_url, marker)) == ([f"other.product.{marker}"], [other], [other])
     unknown = cartwheel(tmp_path, "tenants", "delete", "acme", "--yes")
     assert unknown.returncode == 2 and "no tenant 'acme'" in unknown.stderr
 
@@ -81,22 +84,38 @@ async def publish_events(nats_url: str, var_dir: Path, payloads: list[str]) -> N
             await js.publish("events.orders.created", payload.encode())
         marker = json.loads(payloads[0])["marker"]
         cache = await js.key_value(subjects.CATALOG_CACHE_BUCKET)
-        images = await js.object_store(subjects.PRODUCT_IMAGES_BUCKET)
+        stores = [await js.object_store(bucket) for bucket in subjects.TENANT_OBJECT_BUCKETS]
         for tenant in ("acme", "other"):
             await cache.put(subjects.catalog_cache_key(tenant, marker), b"{}")
-            await images.put(subjects.product_image_object(tenant, marker, "e"), b"png")
+            for store in stores:  # an image, a digital product's file
+                await store.put(subjects.product_image_object(tenant, marker, "e"), b"bytes")
     finally:
         await nc.close()
 
 
-async def cached_and_stored(nats_url: str, marker: str) -> tuple[list[str], list[str]]:
+async def cached_and_stored(nats_url: str, marker: str) -> tuple[list[str], list[str], list[str]]:
+    """Which of the two tenants' cache keys and images (publish_events') are still there. Each is asked for by
+    name: listing a bucket's keys (nats-py's ``keys()``) now and then came back empty ("no keys found") with
+    keys in it."""
     nc = await nats.connect(nats_url)
     try:
         js = nc.jetstream()
-        keys = await (await js.key_value(subjects.CATALOG_CACHE_BUCKET)).keys()
-        objects = await (await js.object_store(subjects.PRODUCT_IMAGES_BUCKET)).list()
-        return (sorted(k for k in keys if marker in k),
-                sorted(o.name for o in objects if marker in o.name and not o.deleted))
+        cache = await js.key_value(subjects.CATALOG_CACHE_BUCKET)
+        stores = [await js.object_store(bucket) for bucket in subjects.TENANT_OBJECT_BUCKETS]
+        keys: list[str] = []
+        objects: list[list[str]] = [[] for _ in stores]
+        for tenant in ("acme", "other"):
+            key = subjects.catalog_cache_key(tenant, marker)
+            with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+                await cache.get(key)
+                keys.append(key)
+            name = subjects.product_image_object(tenant, marker, "e")
+            for store, found in zip(stores, objects, strict=True):
+                with contextlib.suppress(nats.js.errors.ObjectNotFoundError, nats.js.errors.ObjectDeletedError):
+                    if not (await store.get_info(name)).deleted:
+                        found.append(name)
+        images, files = objects
+        return keys, images, files
     finally:
         await nc.close()
 
@@ -133,9 +152,10 @@ def test_a_failing_tenant_is_named_never_blocks_the_others_and_the_rerun_resumes
     made = cartwheel(tmp_path, "tenants", "create", "--file", str(listing), "--parallel", "2")
     assert made.returncode == 1, made.stdout + made.stderr
     assert "12 tenants registered" in made.stdout
-    assert "migrated 71 tenant databases" in made.stdout and "1 failed" in made.stdout
+    each = len(DATABASES)  # databases a tenant has
+    assert f"migrated {12 * each - 1} tenant databases" in made.stdout and "1 failed" in made.stdout
     assert "FAILED t0007 orders: OperationalError" in made.stdout and "already exists" in made.stdout
-    assert "migrating: 71 done, 1 failed, 0 remaining" in made.stderr  # the progress, as a log shows it
+    assert f"migrating: {12 * each - 1} done, 1 failed, 0 remaining" in made.stderr  # the progress, as a log shows it
     assert (tmp_path / "tenants.tokens").stat().st_mode & 0o777 == 0o600
     dry = cartwheel(tmp_path, "migrate", "--all-tenants", "--dry-run")
     assert "would migrate t0007 orders" in dry.stdout and "would migrate t0008" not in dry.stdout
@@ -144,13 +164,14 @@ def test_a_failing_tenant_is_named_never_blocks_the_others_and_the_rerun_resumes
         db.execute("DROP TABLE orders")
     again = cartwheel(tmp_path, "migrate", "--all-tenants")
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "7 tenant databases to migrate (2 tenants; 1 failed before), 71 already done" in again.stdout
+    assert (f"{1 + each} tenant databases to migrate (2 tenants; 1 failed before), {12 * each - 1} already done"
+            in again.stdout)  # t0007's orders, and every database of the installation's own tenant
     assert "0 failed" in again.stdout
     done = cartwheel(tmp_path, "migrate", "--all-tenants")
-    assert "0 tenant databases to migrate" in done.stdout and "78 already done" in done.stdout
+    assert "0 tenant databases to migrate" in done.stdout and f"{13 * each} already done" in done.stdout
 
 
-def test_a_tenants_export_holds_its_databases_and_images_as_they_are(tmp_path: Path, nats_url: str) -> None:
+def test_a_tenants_export_holds_its_databases_images_and_files_as_they_are(tmp_path: Path, nats_url: str) -> None:
     assert cartwheel(tmp_path, "tenants", "create", "acme", "--host", "acme.test").returncode == 0
     marker = uuid.uuid4().hex
     asyncio.run(publish_events(nats_url, tmp_path, [json.dumps({"tenant": "other", "marker": marker})]))
@@ -170,8 +191,11 @@ def test_a_tenants_export_holds_its_databases_and_images_as_they_are(tmp_path: P
         names = sorted(tar.getnames())
         manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
         tar.extractall(tmp_path / "unpacked", filter="data")
-    assert names == sorted(["manifest.json", f"images/{marker}/e", *(f"databases/{s}.db" for s in DATABASES)])
-    assert (tmp_path / "unpacked" / "images" / marker / "e").read_bytes() == b"png"  # acme's, not other's
+    objects = [f"images/{marker}/e", f"files/{marker}/e"]
+    assert names == sorted(["manifest.json", *objects, *(f"databases/{s}.db" for s in DATABASES)])
+    for name in objects:
+        assert (tmp_path / "unpacked" / name).read_bytes() == b"bytes"  # acme's, not other's
+    assert manifest["files"][f"acme/{marker}/e"]["file"] == f"files/{marker}/e"
     assert manifest["tenant"]["name"] == "acme" and manifest["tenant"]["hosts"] == ["acme.test"]
     for service, entry in manifest["databases"].items():
         data = (tmp_path / "unpacked" / entry["file"]).read_bytes()
@@ -293,7 +317,8 @@ def test_cartwheel_up_migrates_the_registered_tenants_and_publishes_the_registry
     shop = System(settings, out=out, colour=False, seed=False)
     shop.start()
     try:
-        assert "migrating 6 databases of 1 tenants" in out.getvalue() and "1 tenants registered" in out.getvalue()
+        said = out.getvalue()
+        assert f"migrating {len(DATABASES)} databases of 1 tenants" in said and "1 tenants registered" in said
         with sqlite3.connect(tmp_path / "tenants" / "acme" / "orders.db") as db:
             assert db.execute("SELECT version_num FROM alembic_version").fetchone() == (head_revision("orders"),)
 

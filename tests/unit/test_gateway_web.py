@@ -20,6 +20,7 @@ from cartwheel.settings import Settings
 from services.gateway.testing import FakeBus
 from services.gateway.web.admin_session import ADMIN_COOKIE
 from tests.unit import test_gateway_accounts, test_gateway_orders
+from tests.unit.test_gateway_accounts import login, new_email, register
 from tests.unit.test_gateway_cart import PRODUCT, Carts
 from tests.unit.test_gateway_orders import TOKEN, Orders, checkout
 from tests.unit.test_gateway_products import Catalog, Inventory, sent
@@ -157,6 +158,25 @@ def test_an_order_page_to_its_buyer_only(make_client: Any) -> None:
     html = buyer.get(f"/orders/{order_id}").get_data(as_text=True)
     assert "awaiting payment" in html and "pm_card_chargeCustomerFail" in html
     assert make_client().get(f"/orders/{order_id}").status_code == 404
+
+
+def test_my_orders_lists_a_shoppers_orders_and_without_an_account_this_browsers(make_client: Any) -> None:
+    anonymous = make_client()
+    assert 'data-testid="no-orders"' in anonymous.get("/orders").get_data(as_text=True)
+    anonymous.post("/api/cart/items", json={"product_id": PRODUCT, "quantity": 2})
+    order_id = checkout(anonymous).get_json()["order_id"]
+    html = anonymous.get("/orders").get_data(as_text=True)
+    assert f'href="/orders/{order_id}"' in html and "2 \u00d7 Mug" in html and "awaiting payment" in html
+    assert "Sign in</a> to see every order" in html
+    assert order_id not in make_client().get("/orders").get_data(as_text=True)  # another browser's: not listed
+
+    member = make_client()
+    register(member, email := new_email())
+    login(member, email)
+    member.post("/api/cart/items", json={"product_id": PRODUCT, "quantity": 1})
+    mine = checkout(member).get_json()["order_id"]
+    page = member.get("/orders").get_data(as_text=True)
+    assert f'href="/orders/{mine}"' in page and order_id not in page and "Sign in</a> to see" not in page
 
 
 def test_pages_keep_out_of_the_api_spec_and_unknown_paths_stay_json(client: FlaskClient) -> None:

@@ -66,6 +66,12 @@ def test_prices_are_today_and_changes_are_listed() -> None:
     assert changes == []
 
 
+def test_a_line_of_a_product_with_a_file_is_digital() -> None:
+    products = {"a": product("a"), "f": product("f").model_copy(update={"file_sha256": "ab" * 32})}
+    lines, _, _ = price_lines([Wanted("a", 1), Wanted("f", 1)], products)
+    assert [(line.product_id, line.digital) for line in lines] == [("a", False), ("f", True)]
+
+
 @pytest.mark.parametrize(
     ("products", "code"),
     [

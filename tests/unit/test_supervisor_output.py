@@ -20,7 +20,7 @@ class FakeTerminal(io.StringIO):
 def test_prefix_is_fixed_width_for_every_name() -> None:
     console = Console(io.StringIO(), NAMES)
     prefixes = [console.prefix(name, "x") for name in NAMES]
-    assert console.prefix("catalog", "listening") == "catalog     | listening"
+    assert console.prefix("catalog", "listening") == "catalog       | listening"  # as wide as notifications
     assert len({p.index("|") for p in prefixes}) == 1
 
 
@@ -29,7 +29,7 @@ def test_lines_go_out_prefixed_without_colour() -> None:
     console = Console(out, NAMES, colour=False)
     console.child_line("cart", "hello")
     console.say("starting nats-server…")
-    assert out.getvalue() == "cart        | hello\ncartwheel: starting nats-server…\n"
+    assert out.getvalue() == "cart          | hello\ncartwheel: starting nats-server…\n"
     assert "\033[" not in out.getvalue()
 
 

@@ -122,8 +122,11 @@ function showCount(count) {  // the header's "Cart (3)"
   badge.hidden = !count;
 }
 
+const OPEN_CARTS = ["active", "abandoned"];  // abandoned: left a while, still the shopper's to check out
+
 function renderCart(cart) {
-  showCount(cart.status === "active" ? cart.item_count : 0);
+  const open = OPEN_CARTS.includes(cart.status);
+  showCount(open ? cart.item_count : 0);
   const section = $("#cart[data-cart-live]");
   if (!section) return;
   if (cart.id && cart.id === shown.id && cart.version !== undefined && cart.version < shown.version) return;
@@ -132,10 +135,13 @@ function renderCart(cart) {
   const focused = document.activeElement && document.activeElement.matches("input.qty") ? document.activeElement.dataset.product : null;
   section.dataset.count = cart.item_count;
   section.replaceChildren();
-  $("#checkout").hidden = cart.items.length === 0 || cart.status !== "active";
+  $("#checkout").hidden = cart.items.length === 0 || !open;
   if (cart.status === "checked_out") section.append(el("p", { text: "This cart was checked out. Adding a product starts a new one." }));
   if (cart.items.length === 0) {
-    section.append(el("p", { "data-testid": "cart-empty" }, "Your cart is empty. ", el("a", { href: "/", text: "Browse products" })));
+    const empty = el("p", { "data-testid": "cart-empty" }, "Your cart is empty. ", el("a", { href: "/", text: "Browse products" }));
+    if (!$("[data-testid=who]")) empty.append(", or ", el("a", { href: "/signin", text: "sign in" }), " to see the cart you filled while signed in");
+    empty.append(".");
+    section.append(empty);
     return;
   }
   const rows = cart.items.map((line) => el("tr", { "data-product": line.product_id },
@@ -287,6 +293,7 @@ function showOrder(order) {
   card.paid = ["paid", "fulfilled"].includes(order.status);
   showPaymentProblem();
   $("#order-done").hidden = !card.paid;
+  if (card.paid && $("#downloads-pending")) window.location.reload();  // the page makes the download links
 }
 
 function showPaymentProblem() {
@@ -382,7 +389,7 @@ async function startHeaderCount() {
   if (!$("[data-testid=header-cart-count]")) return;
   const reply = await api("GET", "/api/cart");
   if (reply.status !== 200) return;
-  showCount(reply.data.status === "active" ? reply.data.item_count : 0);
+  showCount(OPEN_CARTS.includes(reply.data.status) ? reply.data.item_count : 0);
   if (reply.data.id) watchCart();
 }
 

@@ -15,13 +15,14 @@ from flask import Flask, Response, g, render_template
 from PIL import Image, ImageDraw
 from werkzeug.exceptions import HTTPException
 
+from cartwheel.contracts.orders import order_number
 from cartwheel.errors import ServiceUnavailable
 from cartwheel.money import money
 from services.gateway.context import EXTENSION, gateway, tenant_settings
 from services.gateway.web import admin, admin_orders, shop, stripejs
 from services.gateway.web.internal import API_WSGI, PageError
 
-PAGE_PREFIXES = ("/products/", "/cart", "/signin", "/orders/", "/admin", "/static/", "/favicon.ico")
+PAGE_PREFIXES = ("/products/", "/cart", "/signin", "/orders", "/admin", "/static/", "/favicon.ico", "/unsubscribe")
 MAX_UPLOAD = 6 * 1024 * 1024  # an image of up to 5 MB in a multipart form; the API says 413 above its own limit
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -35,6 +36,7 @@ def mount(api: Flask) -> Flask:
     pages.extensions[API_WSGI] = api.wsgi_app
     api.extensions["cartwheel.metrics"].install(pages)
     pages.jinja_env.filters["money"] = lambda amount, currency: money(amount, currency, page_locale())
+    pages.jinja_env.filters["order_number"] = order_number
     pages.jinja_env.globals["page_locale"] = page_locale
     pages.jinja_env.add_extension("jinja2.ext.i18n")  # ngettext: "1 item", "2 items" (catalogs can come later)
     pages.jinja_env.install_null_translations(newstyle=True)  # type: ignore[attr-defined]

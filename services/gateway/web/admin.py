@@ -11,6 +11,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from cartwheel.contracts.base import MAX_PAGE_CURSOR
 from services.gateway import ratelimit
+from services.gateway.context import gateway
 from services.gateway.errors import ApiError
 from services.gateway.web import admin_session
 from services.gateway.web.admin_session import admin_only
@@ -22,6 +23,7 @@ NOTICES = {
     "created": "Product created.",
     "saved": "Changes saved.",
     "image": "Image uploaded.",
+    "file": "File uploaded: the product is digital; buyers download it once paid.",
     "stock": "Stock updated.",
     "activated": "Product is on sale.",
     "deactivated": "Product is no longer on sale.",
@@ -119,6 +121,18 @@ def upload_image(product_id: str) -> BaseResponse | tuple[str, int]:
     return _done(answer, product_id, "image") or _product_page(product_id, answer, "image")
 
 
+@pages.post("/products/<product_id>/file")
+@admin_only
+def upload_file(product_id: str) -> BaseResponse | tuple[str, int]:
+    request.max_content_length = gateway().settings.digital_file_max_bytes + 1024 * 1024  # the form around it
+    upload = request.files.get("file")
+    if upload is None or not upload.filename:
+        return _product_page(product_id, Answer.refusal("file", "choose a file"), "file")
+    answer = call("PUT", f"/api/admin/products/{product_id}/file", body=upload.read(), query={"filename":
+                  upload.filename}, content_type=upload.mimetype or "application/octet-stream", admin=True)
+    return _done(answer, product_id, "file") or _product_page(product_id, answer, "file")
+
+
 @pages.post("/products/<product_id>/stock")
 @admin_only
 def change_stock(product_id: str) -> BaseResponse | tuple[str, int]:
@@ -161,5 +175,6 @@ def _product_page(
     errors = {form: problems_of(refused)} if refused else {}
     edit = values if form == "edit" and values else found
     page = render_template("admin/product.html", product=found, stock=level.data if level.ok else None,
-                           errors=errors, edit=edit, values=values or {})
+                           errors=errors, edit=edit, values=values or {},
+                           file_max=gateway().settings.digital_file_max_bytes)
     return page, refused.status if refused else 200

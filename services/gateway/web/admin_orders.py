@@ -1,4 +1,5 @@
-"""Admin pages for orders (by status, one order with its history, cancel or refund) and abandoned carts."""
+"""Admin pages for orders (by status, one order with its history and mails, cancel or refund, send a mail
+again), abandoned carts, and the mails the embedded catcher caught."""
 
 from __future__ import annotations
 
@@ -32,10 +33,17 @@ def orders() -> str:
 @pages.get("/orders/<order_id>")
 @admin_only
 def order(order_id: str) -> tuple[str, int]:
+    return _order_page(order_id, refused=None, status=200)
+
+
+def _order_page(order_id: str, *, refused: str | None, status: int) -> tuple[str, int]:
     found = call("GET", f"/api/orders/{order_id}", admin=True).or_raise()
-    cancelling = request.args.get("notice") == "cancelled"  # a refund settles a moment later: the page follows it
-    page = render_template("admin/order.html", order=found, ended=ENDED, refused=None, cancelling=cancelling)
-    return page, 200
+    notice = request.args.get("notice")
+    cancelling = notice == "cancelled"  # a refund settles a moment later: the page follows it
+    mails = call("GET", f"/api/admin/orders/{order_id}/mails", admin=True)  # the order shows without them
+    page = render_template("admin/order.html", order=found, ended=ENDED, refused=refused, cancelling=cancelling,
+                           mails=mails.data["items"] if mails.ok else None, resent=notice == "resent")
+    return page, status
 
 
 @pages.post("/orders/<order_id>/cancel")
@@ -45,9 +53,24 @@ def cancel(order_id: str) -> BaseResponse | tuple[str, int]:
     answer = call("POST", f"/api/admin/orders/{order_id}/cancel", admin=True, query={"restock": restock})
     if answer.ok:
         return redirect(f"/admin/orders/{order_id}?notice=cancelled", code=303)
-    found = call("GET", f"/api/orders/{order_id}", admin=True).or_raise()
-    page = render_template("admin/order.html", order=found, ended=ENDED, refused=answer.message, cancelling=False)
-    return page, answer.status
+    return _order_page(order_id, refused=answer.message, status=answer.status)
+
+
+@pages.post("/orders/<order_id>/mails/<mail_id>/resend")
+@admin_only
+def resend(order_id: str, mail_id: str) -> BaseResponse | tuple[str, int]:
+    answer = call("POST", f"/api/admin/orders/{order_id}/mails/{mail_id}/resend", admin=True)
+    if answer.ok:
+        return redirect(f"/admin/orders/{order_id}?notice=resent", code=303)
+    return _order_page(order_id, refused=answer.message, status=answer.status)
+
+
+@pages.get("/mail")
+@admin_only
+def mail() -> str:
+    query = {"to": request.args.get("to", "")[:320] or None, "limit": 50}
+    listing = call("GET", "/api/admin/mail", query={k: v for k, v in query.items() if v}, admin=True).or_raise()
+    return render_template("admin/mail.html", listing=listing, to=query["to"] or "")
 
 
 @pages.get("/carts")

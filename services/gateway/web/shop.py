@@ -1,5 +1,5 @@
-"""Storefront pages: products, a product, the cart, sign in, an order. Actions (add, pay, ...) are
-made by ``static/shop.js`` against the JSON API; these handlers render the first view."""
+"""Storefront pages: products, a product, the cart, sign in, my orders, an order, a reminder's unsubscribe link. Actions
+(add, pay, ...) are made by ``static/shop.js`` against the JSON API; these handlers render the first view."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from typing import Any
 from flask import Blueprint, render_template, request
 
 from cartwheel.contracts.base import MAX_PAGE_CURSOR
+from services.gateway import downloads
 from services.gateway.context import gateway, tenant_settings
+from services.gateway.cookies import orders_from_cookie
 from services.gateway.web import stripejs
 from services.gateway.web.internal import Answer, call
 
@@ -58,6 +60,20 @@ def signin() -> str:
     return render_template("shop/signin.html", signed_in=_who())
 
 
+@pages.get("/orders")
+def my_orders() -> str:
+    """A signed-in shopper's orders, a page at a time; otherwise the orders this browser placed (its cookie)."""
+    who = _who()
+    if who is not None:
+        cursor = request.args.get("cursor", "")[:MAX_PAGE_CURSOR]
+        listing = call("GET", "/api/orders", query={"cursor": cursor, "limit": PAGE_SIZE}).or_raise()
+    else:
+        found = [call("GET", f"/api/orders/{order_id}") for order_id in orders_from_cookie()]
+        listing = {"items": [answer.data for answer in found if answer.ok], "next_cursor": None}
+    links = {order["order_id"]: downloads.links(order) for order in listing["items"]}
+    return render_template("shop/orders.html", listing=listing, downloads=links, signed_in=who)
+
+
 @pages.get("/orders/<order_id>")
 def order(order_id: str) -> str:
     found = call("GET", f"/api/orders/{order_id}").or_raise()
@@ -68,7 +84,26 @@ def order(order_id: str) -> str:
     if card and found["status"] in payable:
         stripejs.loaded_on_this_page(card)
     return render_template("shop/order.html", order=found, final=FINAL, methods=PAYMENT_METHODS, card=card,
-                           payable=payable, hosted=hosted, returned=request.args.get("checkout"), signed_in=_who())
+                           payable=payable, hosted=hosted, returned=request.args.get("checkout"),
+                           downloads=downloads.links(found), signed_in=_who())
+
+
+@pages.get("/unsubscribe")
+def unsubscribe() -> str:
+    """A reminder's link asks first: a mail scanner that opens every link unsubscribes no one."""
+    return render_template("shop/unsubscribe.html", token=request.args.get("token", "")[:1000], done=None,
+                           refused=None, signed_in=_who())
+
+
+@pages.post("/unsubscribe")
+def unsubscribe_now() -> tuple[str, int]:
+    """The page's button, or a mail client's one-click unsubscribe (RFC 8058: the link's URL, POSTed)."""
+    token = (request.form.get("token") or request.args.get("token", ""))[:1000]
+    answer = call("POST", "/api/unsubscribe", json={"token": token})
+    refused = None if answer.ok else (answer.field_errors().get("token") or answer.message)
+    page = render_template("shop/unsubscribe.html", token=token, done=answer.data if answer.ok else None,
+                           refused=refused, signed_in=_who())
+    return page, answer.status if not answer.ok else 200
 
 
 def _search(search: dict[str, str]) -> tuple[Answer, str | None]:

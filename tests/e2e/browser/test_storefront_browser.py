@@ -111,3 +111,18 @@ def test_a_price_change_is_shown_and_can_be_accepted(system: System, context: An
     problem.get_by_role("button", name="Accept new prices").click()
     page.wait_for_url("**/orders/*")
     expect(page.locator("#order")).to_contain_text("€45.00")
+
+
+def test_the_demo_catalog_shows_a_picture_of_every_product(system: System, context: Any, shoot: Any) -> None:
+    page = context.new_page()
+    page.goto(f"{system.base_url}/?category=apparel")  # demo products only: the tests' own have no category
+    cards = page.get_by_test_id("product-card")
+    expect(cards).to_have_count(5)
+    pictures = page.locator("[data-testid=product-card] img")
+    expect(pictures).to_have_count(5)
+    for picture in pictures.all():
+        picture.scroll_into_view_if_needed()
+        expect(picture).to_have_js_property("complete", True)
+        assert picture.evaluate("img => img.naturalWidth") == 800  # decoded: the demo picture, not a broken link
+    expect(cards.first).to_contain_text("€")
+    shoot(page, "storefront")

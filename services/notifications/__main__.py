@@ -1,0 +1,3 @@
+from cartwheel.service import main
+
+main("notifications")
