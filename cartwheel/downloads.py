@@ -29,6 +29,6 @@ def path(secret: str, tenant: str, order_id: str, product_id: str, expires: int)
 
 def check(secret: str, tenant: str, order_id: str, product_id: str, expires: int, sig: str, now: float) -> Verdict:
     """Whether a link may be served at ``now``: a forged (or altered) one before an expired one."""
-    if not hmac.compare_digest(signature(secret, tenant, order_id, product_id, expires), sig):
+    if not hmac.compare_digest(signature(secret, tenant, order_id, product_id, expires).encode(), sig.encode()):
         return "forged"
     return "ok" if now < expires else "expired"

@@ -129,7 +129,7 @@ class Service:
         return register
 
     def consume(self, subject: str, model: type[M], durable: str, *, workers: int = 1, in_flight: int | None = None,
-                ack_wait: float | None = None) -> Callable[[Handler[M]], Handler[M]]:
+                ack_wait: float | None = None, from_now: bool = False) -> Callable[[Handler[M]], Handler[M]]:
         """Handle events on ``subject`` from the EVENTS stream, at least once, shared by the service's replicas.
 
         A durable consumer remembers its place across restarts; a handler that raises gets the
@@ -137,11 +137,13 @@ class Service:
         an event is never dropped because a dependency was down. Only an event that does not
         parse (it can never succeed) is terminated, with an error in the log and the failure
         counted. A consumer created later starts from the oldest event the stream still
-        holds, so a service added to a running shop catches up. Handlers must tolerate repeats
-        (compare versions, or use ``first_delivery``). ``workers``: events handled at once by each replica;
-        ``in_flight``: events delivered and not yet acknowledged, all replicas together (the server's default,
-        1,000, if None); the rest wait in the stream. ``ack_wait``: seconds a delivered event may take before
-        the server delivers it again (its default, 30 s, if None).
+        holds, so a service added to a running shop catches up; with ``from_now``, from the events
+        published after it is made (a mailer added to a running shop does not mail the stream's month of
+        history). Handlers must tolerate repeats (compare versions, or use ``first_delivery``).
+        ``workers``: events handled at once by each replica; ``in_flight``: events delivered and not yet
+        acknowledged, all replicas together (the server's default, 1,000, if None); the rest wait in the stream.
+        ``ack_wait``: seconds a delivered event may take before the server delivers it again (its default, 30 s,
+        if None).
         """
 
         def register(fn: Handler[M]) -> Handler[M]:
@@ -189,7 +191,7 @@ class Service:
             self.broker.subscriber(
                 subject,
                 queue=durable,  # nats-py makes the queue name the durable consumer's name and deliver group
-                config=event_consumer(self.name, durable, in_flight, ack_wait),
+                config=event_consumer(self.name, durable, in_flight, ack_wait, from_now=from_now),
                 stream=JStream(subjects.EVENTS_STREAM, declare=False),  # declared by declare_topology
                 **({"max_workers": workers} if workers > 1 else {}),
             )(endpoint)
@@ -338,11 +340,12 @@ class Service:
 
 
 def event_consumer(service: str, durable: str, in_flight: int | None = None,
-                   ack_wait: float | None = None) -> ConsumerConfig:
+                   ack_wait: float | None = None, *, from_now: bool = False) -> ConsumerConfig:
     """The EVENTS consumer every replica of a service asks for: the same config from each (its deliver subject
     too), so replicas starting together get one consumer instead of racing to create it."""
     return ConsumerConfig(name=durable,  # named: nats-py then asks with the filter in the subject, which the bus checks
-                          filter_subjects=[], deliver_policy=DeliverPolicy.ALL, max_ack_pending=in_flight,
+                          filter_subjects=[], deliver_policy=DeliverPolicy.NEW if from_now else DeliverPolicy.ALL,
+                          max_ack_pending=in_flight,
                           ack_wait=ack_wait,
                           deliver_subject=subjects.event_delivery(natsauth.inbox_prefix(service), durable))
 

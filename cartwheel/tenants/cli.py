@@ -159,6 +159,9 @@ def _delete(args: argparse.Namespace, settings: Settings, registry: Registry) ->
         time.sleep(LET_GO_WAIT_S)  # ... within a second of hearing it
     for service in DATABASES:
         drop_database(settings.database_url(service, tenant.name))
+    from services.notifications.store import forget_tenants_caught_mails  # kept in the installation's database
+
+    forget_tenants_caught_mails(settings.database_url("notifications"), tenant.name)
     folder = settings.var_dir / "tenants" / tenant.name
     shutil.rmtree(folder, ignore_errors=True)
     print(f"tenant {tenant.name}: its databases and files are deleted; erasing its messages from NATS…")

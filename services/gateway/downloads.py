@@ -11,12 +11,14 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import threading
 import time
 from datetime import UTC
 from typing import Any, cast
 
 from flask import Response, request, send_file
 from pydantic import BaseModel, Field
+from werkzeug.wsgi import ClosingIterator
 
 from cartwheel import downloads, subjects
 from cartwheel.contracts.catalog import DigitalFile, Product, SetProductFile
@@ -36,6 +38,9 @@ routes = Routes(tag="admin")
 
 FILE_TIMEOUT_S = 60.0  # a file of tens of MB to or from the object store
 PAID = frozenset({"paid", "fulfilled"})
+DOWNLOADS_AT_ONCE = 2  # per gateway worker: each holds its file (up to digital_file_max_bytes) in memory
+BUSY_WAIT_S = 10.0
+_SERVING = threading.BoundedSemaphore(DOWNLOADS_AT_ONCE)  # gevent's, in the server (monkey-patched)
 UNLIMITED = MAX_ON_HAND
 """What a digital product with no stock of its own gets on hand: no limit worth the name (its admin may set one)."""
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]+")
@@ -48,8 +53,8 @@ class FileQuery(BaseModel):
 
 
 class DownloadQuery(BaseModel):
-    expires: int = Field(ge=0, description="When the link stops working (Unix seconds), as the link says.")
-    sig: str = Field(min_length=1, max_length=64, description="The link's signature, as the link says.")
+    expires: int = Field(ge=0, le=2**40, description="When the link stops working (Unix seconds), as the link says.")
+    sig: str = Field(pattern=r"^[0-9a-f]{32}$", description="The link's signature, as the link says.")
 
 
 def _objects() -> ObjectStore:
@@ -88,7 +93,7 @@ def upload_file(id: str, query: FileQuery) -> ProductOut:
         old = subjects.product_image_object(current_tenant(), product.id, product.file_sha256)
         _objects().object_delete(subjects.PRODUCT_FILES_BUCKET, old)
     level = StockLevel.model_validate(ctx.bus.request(GetStock(tenant=current_tenant(), product_id=product.id)))
-    if level.on_hand == 0 and level.reserved == 0:
+    if not product.file_sha256 and level.on_hand == 0 and level.reserved == 0:  # its first file, no stock set
         level = StockLevel.model_validate(ctx.bus.request(
             SetStock(tenant=current_tenant(), product_id=product.id, on_hand=UNLIMITED)))
     return ProductOut.from_product(updated, available=level.available)
@@ -126,9 +131,24 @@ def download(order_id: str, product_id: str, query: DownloadQuery) -> Response:
     product = find_product(product_id)
     if not product.file_sha256:
         raise NotFound("this product has no file any more")
-    limit = ctx.settings.downloads_per_line
-    if _first_byte_wanted() and store.count_download(order_id, product_id, limit) is None:
-        raise _gone(f"this product was downloaded {limit} times, as many as an order allows")
+    if not _SERVING.acquire(timeout=BUSY_WAIT_S):  # each one holds its file in memory while it is sent
+        raise ApiError(503, "service_unavailable", "too many downloads at once; try again shortly",
+                       headers={"Retry-After": "2"})
+    try:
+        response = _file(order_id, product, ctx.settings.downloads_per_line)
+    except BaseException:
+        _SERVING.release()
+        raise
+    # Given back once the server has sent it all (or the client left). Not call_on_close: a file's response is
+    # passed straight through to the server, which closes its body, never the response.
+    response.response = ClosingIterator(response.response, _SERVING.release)
+    return response
+
+
+def _file(order_id: str, product: Product, allowed: int) -> Response:
+    """The file, as much of it as the request asks (Range), once the bytes it sends fit in what the order may
+    still download: ``allowed`` times the file's size, whichever requests (resumed, in ranges) take it."""
+    assert product.file_sha256 is not None
     name = subjects.product_image_object(current_tenant(), product.id, product.file_sha256)
     data = _objects().object_get(subjects.PRODUCT_FILES_BUCKET, name, timeout=FILE_TIMEOUT_S)
     if data is None:
@@ -138,6 +158,13 @@ def download(order_id: str, product_id: str, query: DownloadQuery) -> Response:
                          etag=product.file_sha256, max_age=0,
                          last_modified=product.updated_at.astimezone(UTC))
     response.headers["Cache-Control"] = "private, no-store"
+    if request.method == "HEAD" or response.status_code not in (200, 206):  # no bytes go out (304, 416)
+        return response
+    sending = response.content_length or 0
+    whole = response.status_code == 200 or (response.content_range is not None and response.content_range.start == 0)
+    if store.count_download(order_id, product.id, sending, allowed * len(data), whole) is None:
+        response.close()
+        raise _gone(f"this file was downloaded as many times as an order allows ({allowed})")
     return response
 
 
@@ -150,12 +177,6 @@ def links(order: dict[str, Any]) -> dict[str, str]:
     return {line["product_id"]: downloads.path(_secret(), current_tenant(), order["order_id"], line["product_id"],
                                                expires)
             for line in order["lines"] if line.get("digital")}
-
-
-def _first_byte_wanted() -> bool:
-    """A download from the start (counted), not a resumed one (a Range past byte 0)."""
-    ranges = request.range
-    return ranges is None or not ranges.ranges or ranges.ranges[0][0] == 0
 
 
 def _order(order_id: str) -> OrderView:

@@ -27,6 +27,7 @@ from services.gateway.cookies import is_valid
 from services.gateway.errors import invalid_value
 
 routes = Routes(tag="admin")
+RESEND_TIMEOUT_S = 30.0  # the mail server's whole conversation may take 20 s (services/notifications/smtp.py)
 _ORDER_ID = TypeAdapter(OrderId)
 
 
@@ -68,7 +69,8 @@ def resend_mail(order_id: str, mail_id: str) -> tuple[SentMail, dict[str, str]]:
     if len(mail_id) > 200:
         raise NotFound("no such mail")
     message = ResendMail(tenant=current_tenant(), order_id=_order_id(order_id), mail_id=mail_id)
-    return SentMail.model_validate(gateway().bus.request(message)), NO_STORE
+    sent = gateway().bus.request(message, timeout=RESEND_TIMEOUT_S)
+    return SentMail.model_validate(sent), NO_STORE
 
 
 def _order_id(order_id: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, Integer, String
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from cartwheel.db import UTCDateTime, service_metadata
@@ -58,11 +58,13 @@ class LoginAttemptRow(Base):
 
 
 class DownloadRow(Base):
-    """How often an order's digital product was downloaded (``downloads_per_line`` allows so many)."""
+    """What an order's digital product sent: bytes (``downloads_per_line`` times the file's size are allowed,
+    however the requests cut them) and downloads from the start."""
 
     __tablename__ = "downloads"
 
     order_id: Mapped[str] = mapped_column(String(100), primary_key=True)
     product_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     count: Mapped[int] = mapped_column(Integer)
+    bytes: Mapped[int] = mapped_column(BigInteger)
     last_at: Mapped[datetime] = mapped_column(UTCDateTime)

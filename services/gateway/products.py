@@ -84,6 +84,7 @@ def get_product(id_or_sku: str) -> ProductOut:
         Link("GetProduct", "products.get_product", {"id_or_sku": "$response.body#/id"}),
         Link("UpdateProduct", "products.update_product", {"id": "$response.body#/id"}),
         Link("UploadImage", "images.upload_image", {"id": "$response.body#/id"}),
+        Link("UploadFile", "downloads.upload_file", {"id": "$response.body#/id"}),
         Link("GetStock", "inventory.get_stock", {"product_id": "$response.body#/id"}),
         Link("Restock", "inventory.restock", {"product_id": "$response.body#/id"}),
         Link("SetStock", "inventory.set_stock", {"product_id": "$response.body#/id"}),

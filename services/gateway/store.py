@@ -186,10 +186,11 @@ def end_admin_session(token: str) -> None:
 # -- downloads --------------------------------------------------------------------------------------------
 
 
-def count_download(order_id: str, product_id: str, limit: int) -> int | None:
-    """Count one more download of the order's product: how many that makes, or None past ``limit`` (nothing
-    counted). Two at once never both take the last one: the row is locked (PostgreSQL) or the database is
-    (SQLite) from the read to the write."""
+def count_download(order_id: str, product_id: str, sending: int, budget: int, whole: bool) -> int | None:
+    """Count ``sending`` more bytes of the order's product (``whole``: a download from its first byte): the
+    downloads from the start so far, or None when they would pass ``budget`` bytes (nothing counted). Two at
+    once never both take the last of it: the row is locked (PostgreSQL) or the database is (SQLite) from the
+    read to the write."""
 
     def take(session: Session) -> int | None:
         at = now()
@@ -197,14 +198,14 @@ def count_download(order_id: str, product_id: str, limit: int) -> int | None:
         if row is None:
             try:
                 with session.begin_nested():
-                    session.add(DownloadRow(order_id=order_id, product_id=product_id, count=1, last_at=at))
-                return 1
+                    row = DownloadRow(order_id=order_id, product_id=product_id, count=0, bytes=0, last_at=at)
+                    session.add(row)
             except IntegrityError:  # another request made the row first: take it as it is now
                 row = session.get(DownloadRow, (order_id, product_id), with_for_update=True, populate_existing=True)
                 assert row is not None
-        if row.count >= limit:
+        if row.bytes + sending > budget:
             return None
-        row.count, row.last_at = row.count + 1, at
+        row.bytes, row.count, row.last_at = row.bytes + sending, row.count + int(whole), at
         return row.count
 
     return write(take)

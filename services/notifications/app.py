@@ -33,7 +33,8 @@ from services.notifications.mails import Mail, Shop, compose, compose_reminder, 
 from services.notifications.smtp import SEND_TIMEOUT_S, Catcher, Refused, Server, Unreachable
 
 ASK_TIMEOUT_S = 5.0
-HOLD = timedelta(seconds=2 * SEND_TIMEOUT_S)  # a worker that died mid-send lets go of its mail after this
+HOLD = timedelta(seconds=2 * SEND_TIMEOUT_S)  # a worker that died mid-send lets go of its mail after this ...
+ACK_WAIT_S = 3 * SEND_TIMEOUT_S  # ... and an event is delivered again only after that (a send ends within 20 s)
 BUSY_RETRY_S = 2.0
 WORKERS = 8  # mails sent at once: a slow server holds up at most this many
 
@@ -47,10 +48,14 @@ class Notifications:
         self.service = service
         self.settings = service.settings
         url = self.settings.smtp_url
-        assert self.settings.secret is not None, "get_settings() fills the secret"
-        self._secret = self.settings.secret.get_secret_value()  # signs the unsubscribe links
         self.server: Server | None = Server.from_url(url.get_secret_value()) if url else None
         self.catcher = None if url else Catcher(self._keep_caught)
+
+    @property
+    def _secret(self) -> str:
+        """The installation's secret: it signs the unsubscribe and download links."""
+        assert self.settings.secret is not None, "get_settings() fills the secret"
+        return self.settings.secret.get_secret_value()
 
     async def start(self) -> None:
         if self.catcher is not None:
@@ -157,7 +162,9 @@ class Notifications:
                        downloads=self.download_links(order, shop, command.tenant))
         try:
             sent = await self.deliver(mail, order.order_id, command.tenant)
-        except Unreachable as exc:
+        except Unreachable as exc:  # no event brings it back: the admin sends it again
+            await self.service.db.current().run(partial(store.attempted, mail_id=again, status="failed",
+                                                        error=f"not sent: {exc}"))
             raise MailUnavailable(f"the mail server did not take the mail: {exc}") from None
         assert sent is not None
         return sent
@@ -167,7 +174,15 @@ class Notifications:
         await db.run(partial(store.keep_caught, mail=mail, keep=keep))
 
 
+class MisConfigured(SystemExit):
+    """The service must not start: what to fix is in the message."""
+
+
 def build(settings: Settings) -> Service:
+    if settings.smtp_url is not None and settings.public_url is None:  # mails to buyers link to the shop
+        raise MisConfigured("notifications: CARTWHEEL_SMTP_URL is set but CARTWHEEL_PUBLIC_URL is not: the mails' "
+                            "links (orders, downloads, unsubscribe) would point at this machine; set the shop's "
+                            "address")
     service = Service("notifications", settings)
     notifications = Notifications(service)
     service.on_start(notifications.start)
@@ -180,5 +195,7 @@ def build(settings: Settings) -> Service:
               subjects.CART_ABANDONED: (CartAbandoned, notifications.cart_abandoned)}
     for durable, subject in subjects.EVENT_CONSUMERS["notifications"].items():
         model, handler = events[subject]
-        service.consume(subject, model, durable=durable, workers=WORKERS)(handler)  # type: ignore[arg-type]
+        # From now: a shop that adds this service is not mailed the stream's month of history.
+        service.consume(subject, model, durable=durable, workers=WORKERS, ack_wait=ACK_WAIT_S,  # type: ignore[arg-type]
+                        from_now=True)(handler)
     return service

@@ -22,7 +22,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 log = logging.getLogger("cartwheel.notifications.smtp")
 
-SEND_TIMEOUT_S = 20.0
+SEND_TIMEOUT_S = 20.0  # the whole conversation with the server, connecting included
 REFUSED_DOMAIN = ".invalid"
 """The catcher refuses every address at a domain ending so (RFC 2606 reserves it: it can never exist), as a real
 server refuses an address it does not know: how a bad address is rehearsed."""
@@ -54,10 +54,16 @@ class Server:
                    unquote(parts.password) if parts.password else None, tls)
 
     async def send(self, message: EmailMessage) -> None:
+        # STARTTLS: required before a password goes out (a server that does not offer it is refused, so no one in
+        # between can strip it and read the password); without one, used when the server offers it.
+        start_tls = False if self.tls else (True if self.username else None)
         try:
-            await aiosmtplib.send(message, hostname=self.host, port=self.port, username=self.username,
-                                  password=self.password, use_tls=self.tls, start_tls=None if not self.tls else False,
-                                  timeout=SEND_TIMEOUT_S)
+            async with asyncio.timeout(SEND_TIMEOUT_S):
+                await aiosmtplib.send(message, hostname=self.host, port=self.port, username=self.username,
+                                      password=self.password, use_tls=self.tls, start_tls=start_tls,
+                                      timeout=SEND_TIMEOUT_S)
+        except aiosmtplib.SMTPNotSupported as exc:  # an address (or extension) this server can never take
+            raise Refused(f"{type(exc).__name__}: {exc}") from None
         except aiosmtplib.SMTPRecipientsRefused as exc:
             codes = [error.code for error in exc.recipients]
             reason = "; ".join(f"{e.recipient}: {e.code} {e.message}" for e in exc.recipients)
@@ -116,8 +122,8 @@ class Catcher:
     async def start(self) -> Server:
         """Listen; the :class:`Server` to send to."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: SMTP(self._handler, hostname="cartwheel-catcher"),
-                                                self.host, self.port)
+        self._server = await loop.create_server(
+            lambda: SMTP(self._handler, hostname="cartwheel-catcher", enable_SMTPUTF8=True), self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("mail catcher on %s:%d (no SMTP server set: mails stay on this machine, see /admin/mail)",
                  self.host, self.port)

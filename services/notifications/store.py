@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, Literal
 
 from sqlalchemy import delete, select
@@ -63,19 +64,27 @@ def one(session: Session, mail_id: str) -> MailRow | None:
 
 
 def keep_caught(session: Session, mail: dict[str, Any], keep: int, received_at: datetime | None = None) -> int:
-    """Store a caught mail; the oldest beyond the newest ``keep`` go. Its id."""
+    """Store a caught mail; the shop's oldest beyond its newest ``keep`` go (a busy shop never pushes another's
+    out). Its id."""
     row = CaughtMailRow(**mail, received_at=received_at or utcnow())
     session.add(row)
     session.flush()
-    session.execute(delete(CaughtMailRow).where(CaughtMailRow.id <= row.id - keep))
+    newest = (select(CaughtMailRow.id).where(CaughtMailRow.tenant == row.tenant).order_by(CaughtMailRow.id.desc())
+              .offset(keep).limit(1).scalar_subquery())
+    session.execute(delete(CaughtMailRow).where(CaughtMailRow.tenant == row.tenant, CaughtMailRow.id <= newest))
     return row.id
+
+
+def forget_caught(session: Session, tenant: str) -> int:
+    """Every mail caught for ``tenant`` (a deleted shop's); how many."""
+    return session.execute(delete(CaughtMailRow).where(CaughtMailRow.tenant == tenant)).rowcount
 
 
 def caught(session: Session, tenant: str, limit: int, to: str | None = None) -> list[CaughtMail]:
     """``tenant``'s newest caught mails first (``to``: only those to that address)."""
     query = select(CaughtMailRow).where(CaughtMailRow.tenant == tenant).order_by(CaughtMailRow.id.desc())
     if to is not None:
-        query = query.where(CaughtMailRow.recipients.contains(json.dumps(to)))
+        query = query.where(CaughtMailRow.recipients.contains(json.dumps(to), autoescape=True))
     rows = session.scalars(query.limit(limit))
     return [CaughtMail(mail_id=r.id, to=json.loads(r.recipients), sender=r.sender, subject=r.subject, text=r.text,
                        html=r.html, received_at=r.received_at) for r in rows]
@@ -88,3 +97,23 @@ def unsubscribe(session: Session, email: str) -> None:
 
 def unsubscribed(session: Session, email: str) -> bool:
     return session.get(UnsubscribedRow, email.lower()) is not None
+
+
+def forget_tenants_caught_mails(url: str, tenant: str) -> int:
+    """``cartwheel tenants delete``: a deleted shop's caught mails, from the database at ``url`` (the
+    installation's own notifications database; nothing when it was never made)."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and not (parsed.database and Path(parsed.database).exists()):
+        return 0
+    engine = create_engine(url)
+    try:
+        with Session(engine) as session, session.begin():
+            return forget_caught(session, tenant)
+    except (OperationalError, ProgrammingError):  # not migrated yet: it caught nothing
+        return 0
+    finally:
+        engine.dispose()

@@ -53,6 +53,10 @@ SEED = 12
 EXAMPLES = 20  # per operation and fuzzing mode; the examples and coverage phases add their own few
 TIMEOUT = 20
 SKIPPED = ["/api/cart/events"]
+NO_LINKS = [  # routes no declared link leads to (mails, a signed download, unsubscribe): fuzzed one by one only
+    "/api/admin/mail", "/api/admin/orders/{order_id}/mails", "/api/admin/orders/{order_id}/mails/{mail_id}/resend",
+    "/api/downloads/{order_id}/{product_id}", "/api/unsubscribe",
+]
 WEBHOOK = "/webhooks/stripe"
 CHECKS = [
     not_a_server_error,
@@ -61,7 +65,7 @@ CHECKS = [
     response_headers_conformance,
     response_schema_conformance,
 ]
-STATEFUL_RUNS = 15
+STATEFUL_RUNS = 30  # about 10 of ~38 steps follow a declared link (15 runs: 1 of 10, and once none)
 STATEFUL_STEPS = 6
 LOG_SETTLES = 0.5  # the services' output reaches the log through the supervisor's pipes
 
@@ -166,7 +170,7 @@ def test_sequences_that_follow_the_specs_links_reach_real_ids_and_no_server_erro
     logged_before = log.stat().st_size
     followed: list[str] = []
 
-    class ShopMachine(shop_schema.as_state_machine()):  # type: ignore[misc]
+    class ShopMachine(shop_schema.exclude(path=NO_LINKS).as_state_machine()):  # type: ignore[misc]
         def call(self, case: Case, **kwargs: Any) -> Any:
             response = case.call(session=fuzzer, timeout=TIMEOUT, **kwargs)
             created.note(response)
@@ -184,9 +188,11 @@ def test_sequences_that_follow_the_specs_links_reach_real_ids_and_no_server_erro
         max_examples=STATEFUL_RUNS, stateful_step_count=STATEFUL_STEPS, deadline=None, derandomize=True,
         database=None, phases=[hypothesis.Phase.generate], suppress_health_check=list(hypothesis.HealthCheck),
     ))
-    declared = {"GetOrder", "PayOrder", "CancelOrder", "GetProduct", "UpdateProduct", "UploadImage", "GetStock",
-                "Restock", "SetStock"}  # the links the gateway declares (schemathesis infers more of its own)
-    assert any(transition.split("] ", 1)[-1].split(" -> ", 1)[0] in declared for transition in followed), followed
+    # The links the gateway declares (schemathesis infers more of its own).
+    declared = {"GetOrder", "PayOrder", "CancelOrder", "GetProduct", "UpdateProduct", "UploadImage",
+                "UploadFile", "GetStock", "Restock", "SetStock"}
+    assert any(transition.split("] ", 1)[-1].split(" -> ", 1)[0] in declared for transition in followed), \
+        "\n".join(followed)
     time.sleep(LOG_SETTLES)
     with log.open(encoding="utf-8") as output:
         output.seek(logged_before)

@@ -181,8 +181,8 @@ def test_sign_ins_do_not_stall_other_requests_of_the_worker(server: Any) -> None
 
 
 def test_a_download_limit_holds_when_replicas_count_at_once(gateway_db: str) -> None:
-    """Twenty downloads of one order's file at once, through two apps on the same database: exactly the limit
-    (5) are counted, each number once (SQLite and PostgreSQL)."""
+    """Twenty downloads of one order's file at once, through two apps on the same database: exactly what the
+    budget holds (5 of 100 bytes in 500) are counted, each number once (SQLite and PostgreSQL)."""
     from services.gateway import store
 
     apps = [create_app(Settings(admin_token="t", secret=SECRET, gateway_database_url=gateway_db), FakeBus())
@@ -191,11 +191,13 @@ def test_a_download_limit_holds_when_replicas_count_at_once(gateway_db: str) -> 
 
     def download(n: int) -> int | None:
         with apps[n % 2].test_request_context("/"):
-            return store.count_download(order_id, "p1", limit=5)
+            return store.count_download(order_id, "p1", sending=100, budget=500, whole=True)
 
     with ThreadPoolExecutor(max_workers=10) as pool:
         counted = list(pool.map(download, range(20)))
     assert sorted(c for c in counted if c is not None) == [1, 2, 3, 4, 5]
     assert counted.count(None) == 15
     with apps[0].test_request_context("/"):
-        assert store.count_download(order_id, "p2", limit=5) == 1  # another product of the order: its own count
+        assert store.count_download(order_id, "p2", 100, 500, whole=True) == 1  # another product: its own count
+        assert store.count_download(order_id, "p2", 400, 500, whole=False) == 1  # a resumed part: bytes only
+        assert store.count_download(order_id, "p2", 1, 500, whole=False) is None

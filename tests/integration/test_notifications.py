@@ -22,6 +22,7 @@ from cartwheel.contracts.notifications import ListCaughtMail, ListSentMail, Rese
 from cartwheel.contracts.orders import OrderLine, OrderStatusChanged, OrderView
 from cartwheel.errors import DomainError
 from cartwheel.natsserver import free_port
+from services.notifications.app import BUSY_RETRY_S
 from services.notifications.smtp import Catcher
 
 TIMEOUT = 20.0
@@ -75,7 +76,7 @@ def test_a_paid_order_sends_one_confirmation_into_the_catcher_however_often_its_
     client.run(lambda nc: publish(nc, event, event, event))  # delivered three times: one mail
 
     mails = until(lambda: caught(client, to), "the confirmation in the catcher")
-    time.sleep(1.0)  # the repeats have had their turn
+    time.sleep(BUSY_RETRY_S + 1.0)  # the repeats held back while the first was sent have had their turn
     mails = caught(client, to)
     assert len(mails) == 1, mails
     mail = mails[0]
@@ -108,6 +109,15 @@ def test_moves_that_send_nothing_and_an_order_without_an_address(start_service, 
     assert all(sent(client, e.order.order_id) == [] for e in quiet)
 
 
+def test_an_address_with_non_ascii_letters_gets_its_mail(start_service, client) -> None:
+    start_service("notifications")
+    to = f"josé-{uuid.uuid4().hex[:6]}@exämple.com"
+    event = moved(order(to))
+    client.run(lambda nc: publish(nc, event))
+    [mail] = until(lambda: caught(client, to), "the mail (SMTPUTF8)")
+    assert mail["to"] == [to]
+
+
 def test_a_refused_address_is_marked_failed_and_holds_up_no_other_mail(start_service, client):
     start_service("notifications")
     bad, good = f"nobody-{uuid.uuid4().hex[:6]}@shop.invalid", address()
@@ -124,7 +134,8 @@ def test_a_refused_address_is_marked_failed_and_holds_up_no_other_mail(start_ser
 
 def test_a_mail_server_that_was_down_gets_the_mail_once_it_is_back(database_url: str, start_service, client) -> None:
     port = free_port()
-    start_service("notifications", smtp_url=f"smtp://127.0.0.1:{port}", notifications_database_url=database_url)
+    start_service("notifications", smtp_url=f"smtp://127.0.0.1:{port}", public_url="https://shop.example.com",
+                  notifications_database_url=database_url)
     to = address()
     event = moved(order(to))
     client.run(lambda nc: publish(nc, event))
@@ -192,7 +203,7 @@ def test_the_catcher_keeps_the_newest_mails_and_files_them_by_shop(start_service
     client.run(lambda nc: publish(nc, *events))
     until(lambda: all(sent(client, e.order.order_id) and sent(client, e.order.order_id)[0]["status"] == "sent"
                       for e in events), "five mails sent")
-    assert len(caught(client, to)) <= 3
+    assert len(caught(client, to)) == 3  # of five
     other = client.run(lambda nc: request(nc, ListCaughtMail(to=to, tenant="someone-else"), 5.0))["items"]
     assert other == []
 
@@ -213,17 +224,17 @@ def test_an_abandoned_cart_gets_one_reminder_and_its_unsubscribe_link_ends_them(
     start_service("notifications")
     to = address()
     first = abandoned(to, items=2)
-    again = abandoned(to, cart_id=first.cart.id, items=3)  # the same cart, edited and abandoned again later
     anonymous, empty = abandoned(None), abandoned(to, items=0)
-    client.run(lambda nc: publish(nc, first, anonymous, empty, again))
-
+    client.run(lambda nc: publish(nc, first, anonymous, empty))
     [mail] = until(lambda: caught(client, to), "the reminder")
+    again = abandoned(to, cart_id=first.cart.id, items=3)  # the same cart, edited and abandoned again later
+    client.run(lambda nc: publish(nc, again))
     assert mail["subject"] == "You left 2 items in your cart"
     assert "2 x" not in mail["text"] and "1 x Mug 0  €9.00" in mail["text"] and "Total  €18.00" in mail["text"]
     assert "http://127.0.0.1:8080/cart" in mail["text"]
     link = re.search(r"http://127\.0\.0\.1:8080/unsubscribe\?token=(\S+)", mail["text"])
     assert link and unsubscribe.address("s" * 32, "default", link.group(1)) == to
-    time.sleep(1.0)
+    time.sleep(BUSY_RETRY_S + 1.0)
     assert len(caught(client, to)) == 1  # once per cart
     assert [r["status"] for r in sent(client, cart_id=first.cart.id)] == ["sent"]
 

@@ -202,7 +202,7 @@ def test_output_is_prefixed_and_an_unexpected_exit_is_reported(children: tuple[C
     kids.spawn("orders", python(POLITE))
     kids.watch()
     assert wait_until(lambda: "cart exited unexpectedly (code 3)" in out.getvalue(), 10), out.getvalue()
-    assert "cart        | cart says hi" in out.getvalue()
+    assert "cart          | cart says hi" in out.getvalue()  # as wide as notifications
     assert kids.unexpected_exits == {"cart": 3}
     assert kids.all["orders"].alive
     assert not kids.all_exited.is_set()

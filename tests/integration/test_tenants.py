@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 
 from cartwheel import subjects
 from cartwheel.bus import declare_topology
-from cartwheel.db import head_revision
+from cartwheel.db import head_revision, migrate
 from cartwheel.settings import DATABASES, Settings
 from cartwheel.tenants.mirror import Directory, sync
 from cartwheel.tenants.registry import HostTaken, Registry, TenantExists
@@ -62,12 +62,20 @@ def test_a_tenant_is_created_listed_disabled_and_deleted_with_every_byte(tmp_pat
     events = [json.dumps({"tenant": tenant, "marker": marker, "n": n}).replace(" ", "")
               for n, tenant in enumerate(["acme", "other", "acme", "acme", "other"])]
     asyncio.run(publish_events(nats_url, tmp_path, events))
+    mails = Settings(var_dir=tmp_path).database_url("notifications")  # the own shop's catcher: every shop's mails
+    migrate("notifications", mails)
+    with sqlite3.connect(make_url(mails).database) as db:
+        for shop in ("acme", "other"):
+            db.execute("INSERT INTO caught_mails (tenant, sender, recipients, subject, text, received_at) "
+                       "VALUES (?, 's', '[]', 'hello', 't', '2026-12-07 00:00:00')", (shop,))
     deleted = cartwheel(tmp_path, "tenants", "delete", "acme", "--yes", CARTWHEEL_NATS_URL=nats_url)
     assert deleted.returncode == 0, deleted.stdout + deleted.stderr
     assert not folder.exists()
     assert "0 tenants registered" in cartwheel(tmp_path, "tenants", "list").stdout
     left = asyncio.run(events_marked(nats_url, marker))
     assert [json.loads(e)["tenant"] for e in left] == ["other", "other"]
+    with sqlite3.connect(make_url(mails).database) as db:
+        assert db.execute("SELECT tenant FROM caught_mails").fetchall() == [("other",)]
     other = f"other/{marker}/e"
     assert asyncio.run(cached_and_stored(nats_url, marker)) == ([f"other.product.{marker}"], [other], [other])
     unknown = cartwheel(tmp_path, "tenants", "delete", "acme", "--yes")

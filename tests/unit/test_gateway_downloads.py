@@ -46,12 +46,23 @@ def bus(shop: Shop, orders: Orders) -> FakeBus:
     return fake
 
 
+class Client(FlaskClient):
+    """Reads each answer whole and closes it, as a server does once it has sent it (a download holds one of a
+    worker's few download places until then)."""
+
+    def open(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("buffered", True)
+        return super().open(*args, **kwargs)
+
+
 @pytest.fixture
 def make_client(bus: FakeBus, database_url: str) -> Any:
     def make(**settings: Any) -> FlaskClient:
         options = {"admin_token": TOKEN, "secret": SECRET, "tenant": TENANT, "gateway_database_url": database_url,
                    "downloads_per_line": 3, "digital_file_max_bytes": 64 * 1024}
-        return create_app(Settings(**options | settings), bus).test_client()
+        app = create_app(Settings(**options | settings), bus)
+        app.test_client_class = Client
+        return app.test_client()
 
     return make
 
@@ -128,8 +139,24 @@ def test_a_paid_orders_link_downloads_the_file_a_limited_number_of_times_and_res
     assert client.get(url, headers={"Range": "bytes=5000-"}).data == DATA[5000:]  # resumed: not counted
     assert client.get(url).status_code == 200
     assert client.get(url, headers={"Range": "bytes=0-9"}).status_code == 206  # from the start: counted (3rd)
-    used_up = client.get(url)
-    assert used_up.status_code == 410 and "3 times" in used_up.get_json()["error"]["message"]
+    used_up = client.get(url)  # 26,730 bytes sent, 30,720 allowed: not another whole file
+    assert used_up.status_code == 410 and "(3)" in used_up.get_json()["error"]["message"]
+    assert client.get(url, headers={"Range": "bytes=-3990"}).data == DATA[-3990:]  # what is left, in a range
+    assert client.get(url, headers={"Range": "bytes=-1"}).status_code == 410  # and no byte more
+    assert client.head(url).status_code == 200  # a HEAD sends no bytes: nothing counted, nothing refused
+
+
+def test_ranges_cannot_take_more_than_the_budget_and_a_bad_signature_is_a_403(client: FlaskClient, shop: Shop,
+                                                                              orders: Orders) -> None:
+    guide = shop.add(name="Guide")
+    upload(client, guide.id)
+    url = link(paid_order(orders, guide.id), guide.id)
+    for _ in range(3):  # the whole file three times, a tail at a time: never counted as downloads "from the start"
+        assert client.get(url, headers={"Range": f"bytes=-{len(DATA)}"}).status_code == 206
+    assert client.get(url, headers={"Range": "bytes=-1"}).status_code == 410
+    assert client.get(url, headers={"Range": "bytes=1-", "If-Range": '"not-the-etag"'}).status_code == 410
+    assert client.get(url.replace("sig=", "sig=%C3%A9")).status_code in (400, 422)  # not hex: no 500
+    assert client.get(url.replace("expires=", "expires=99999999999999999999")).status_code in (400, 422)
 
 
 def test_a_link_is_refused_forged_expired_for_another_shop_or_once_the_order_is_refunded(

@@ -32,9 +32,12 @@ API_FIELDS = {
     "categories",
     "image_url",
     "available",
+    "digital",
+    "file_name",
+    "file_size",
     "created_at",
     "updated_at",
-}
+}  # not the file's sha256 or type: the object's name stays the shop's
 
 
 def make_product(**fields: Any) -> Product:

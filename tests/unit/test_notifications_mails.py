@@ -83,6 +83,14 @@ def test_the_smtp_url_setting_is_checked_and_kept_secret() -> None:
     assert "p4ss" not in repr(Settings(smtp_url="smtp://u:p4ss@mail.example.com"))
 
 
+def test_with_a_mail_server_the_service_needs_the_shops_address() -> None:
+    from cartwheel.settings import Settings
+    from services.notifications.app import MisConfigured, build
+
+    with pytest.raises(MisConfigured, match="CARTWHEEL_PUBLIC_URL"):  # its mails' links would point at 127.0.0.1
+        build(Settings(smtp_url="smtp://u:p@mail.example.com", admin_token="t" * 24, secret="s" * 32))
+
+
 def test_a_confirmation_of_digital_products_carries_their_download_links() -> None:
     paid = order(lines=[OrderLine(product_id="f1", sku="G", name="Guide", quantity=1, unit_price_cents=900,
                                   line_total_cents=900, digital=True)], total_cents=900)

@@ -24,6 +24,7 @@ from services.gateway.web.internal import API_WSGI, PageError
 
 PAGE_PREFIXES = ("/products/", "/cart", "/signin", "/orders", "/admin", "/static/", "/favicon.ico", "/unsubscribe")
 MAX_UPLOAD = 6 * 1024 * 1024  # an image of up to 5 MB in a multipart form; the API says 413 above its own limit
+FORM_AROUND = 1024 * 1024  # a digital product's file in a multipart form: the form's own bytes beside the file
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -31,7 +32,8 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 def mount(api: Flask) -> Flask:
     """Serve the pages from ``api``'s WSGI entry: page paths go to the pages app, the rest to the API."""
     pages = Flask(__name__, template_folder="../templates", static_folder="../static", static_url_path="/static")
-    pages.config["MAX_CONTENT_LENGTH"] = MAX_UPLOAD
+    settings = api.extensions[EXTENSION].settings
+    pages.config["MAX_CONTENT_LENGTH"] = max(MAX_UPLOAD, settings.digital_file_max_bytes + FORM_AROUND)
     pages.extensions[EXTENSION] = api.extensions[EXTENSION]
     pages.extensions[API_WSGI] = api.wsgi_app
     api.extensions["cartwheel.metrics"].install(pages)

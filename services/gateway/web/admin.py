@@ -7,12 +7,14 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, redirect, render_template, request
+from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wrappers import Response as BaseResponse
 
 from cartwheel.contracts.base import MAX_PAGE_CURSOR
 from services.gateway import ratelimit
 from services.gateway.context import gateway
 from services.gateway.errors import ApiError
+from services.gateway.images import MAX_IMAGE_BYTES
 from services.gateway.web import admin_session
 from services.gateway.web.admin_session import admin_only
 from services.gateway.web.forms import number, problems_of, product_fields
@@ -114,7 +116,10 @@ def upload_image(product_id: str) -> BaseResponse | tuple[str, int]:
     upload = request.files.get("image")
     if upload is None or not upload.filename:
         return _product_page(product_id, Answer.refusal("image", "choose an image file"), "image")
-    answer = call("PUT", f"/api/admin/products/{product_id}/image", body=upload.read(),
+    data = upload.read()
+    if len(data) > MAX_IMAGE_BYTES:  # the pages take a digital product's file, much larger: an image is not one
+        raise RequestEntityTooLarge()
+    answer = call("PUT", f"/api/admin/products/{product_id}/image", body=data,
                   content_type=upload.mimetype or "application/octet-stream", admin=True)
     if answer.status == 405 or (answer.status == 404 and answer.message.startswith("no route")):
         answer = Answer.refusal("image", "this gateway cannot store images yet")
@@ -124,8 +129,7 @@ def upload_image(product_id: str) -> BaseResponse | tuple[str, int]:
 @pages.post("/products/<product_id>/file")
 @admin_only
 def upload_file(product_id: str) -> BaseResponse | tuple[str, int]:
-    request.max_content_length = gateway().settings.digital_file_max_bytes + 1024 * 1024  # the form around it
-    upload = request.files.get("file")
+    upload = request.files.get("file")  # at most digital_file_max_bytes and the form around it (web/__init__.py)
     if upload is None or not upload.filename:
         return _product_page(product_id, Answer.refusal("file", "choose a file"), "file")
     answer = call("PUT", f"/api/admin/products/{product_id}/file", body=upload.read(), query={"filename":

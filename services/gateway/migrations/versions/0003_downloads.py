@@ -22,6 +22,7 @@ def upgrade() -> None:
         sa.Column("order_id", sa.String(100), nullable=False),
         sa.Column("product_id", sa.String(64), nullable=False),
         sa.Column("count", sa.Integer(), nullable=False),
+        sa.Column("bytes", sa.BigInteger(), nullable=False),
         sa.Column("last_at", UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("order_id", "product_id", name="pk_downloads"),
     )
