@@ -613,6 +613,9 @@ def test_a_key_must_be_a_plain_token(replicas: Replicas, client: Client) -> None
     client.run(scenario)
 
 
+OUTAGE_S = 7.5
+
+
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # an outage: refuse its connections
 def test_a_database_outage_delays_commands_but_loses_none(
     replicas: Replicas, database_url: str, client: Client, postgres_admin_url: str
@@ -641,16 +644,23 @@ def test_a_database_outage_delays_commands_but_loses_none(
             nonlocal lease_writes
             lease_writes += 1
 
+        async def unanswered(i: int) -> None:  # stored in the stream, not applied: the caller hears nothing in time
+            with pytest.raises(ServiceUnavailable):
+                await lane.call("k3", "take", {}, command_id=f"during-outage-{i}", timeout=1.5)
+
         leases = await nc.subscribe(f"$KV.{subjects.lane_bucket(LANE)}.lease.>", cb=count)
         await asyncio.to_thread(outage, True)
+        began = time.monotonic()
         try:
-            for i in range(5):  # stored in the stream, not applied: the callers hear nothing in time
-                with pytest.raises(ServiceUnavailable):
-                    await lane.call("k3", "take", {}, command_id=f"during-outage-{i}", timeout=1.5)
+            await asyncio.gather(*(unanswered(i) for i in range(5)))
+            # The outage lasts OUTAGE_S whatever the callers' timeouts (several lease TTLs: the partition is
+            # tried again, and fails, a few times).
+            await asyncio.sleep(max(0.0, began + OUTAGE_S - time.monotonic()))
         finally:
             await asyncio.to_thread(outage, False)
             await leases.unsubscribe()
-        replies = [await lane.call("k3", "take", {}, command_id=f"during-outage-{i}", timeout=20) for i in range(5)]
+        replies = await asyncio.gather(*(lane.call("k3", "take", {}, command_id=f"during-outage-{i}", timeout=20)
+                                         for i in range(5)))  # the same ids again, at once
         assert sorted(r["left"] for r in replies) == [5, 6, 7, 8, 9]
 
     client.run(scenario)
@@ -658,16 +668,17 @@ def test_a_database_outage_delays_commands_but_loses_none(
     assert state.stock == 5 and len(state.applied) == len(set(state.applied)) == 6
     # A partition that cannot start is tried again after the lease TTL (2 s here), each try a take and a give-up:
     # not thousands of rounds a second, each hearing its own give-up and starting over (found in review).
-    assert lease_writes <= PARTITIONS * 2 * (7.5 / 2 + 2), lease_writes
+    assert lease_writes <= PARTITIONS * 2 * (OUTAGE_S / 2 + 2), lease_writes
 
 
 def test_inventory_sells_exactly_its_stock_while_its_hot_owner_is_killed(
     inventory_replicas: Replicas, database_url: str, client: Client
 ) -> None:
     """The issue's crash test, on the real inventory service: 3 replicas, SIGKILL the hot owner 3 times."""
-    replicas, stock, product = inventory_replicas, 8000, "22222222-2222-2222-2222-222222222222"
+    replicas, stock, product = inventory_replicas, 1500, "22222222-2222-2222-2222-222222222222"
+    kills, lead, slack = 3, 50, 200
     replicas.start(3)
-    outcome: dict[str, Any] = {"sold": set(), "kills_during_sale": 0, "unanswered": 0}
+    outcome: dict[str, Any] = {"sold": set(), "kills_during_sale": 0, "unanswered": 0, "pause_at": lead + slack}
 
     async def scenario(nc: nats.NATS) -> None:
         lane = await LaneClient(nc, INVENTORY.name).start()
@@ -677,13 +688,17 @@ def test_inventory_sells_exactly_its_stock_while_its_hot_owner_is_killed(
         async def buyer(n: int) -> None:
             i = 0
             while not done.is_set():
+                # The sale outlasts the kills whatever the speed of a takeover and a replica's start: until the
+                # last kill, the buyers wait for the killer once well past the point where it strikes next.
+                while outcome["kills_during_sale"] < kills and len(outcome["sold"]) >= outcome["pause_at"]:
+                    await asyncio.sleep(0.01)
                 reservation = f"b{n}-{i}"
                 body = {"product_id": product, "reservation_id": reservation, "order_id": reservation, "quantity": 1}
                 for _ in range(10):  # the same command id every time: applied at most once
                     try:
                         await lane.call(product, "reserve", body, command_id=reservation, timeout=3)
                         outcome["sold"].add(reservation)
-                        await asyncio.sleep(0.02)  # paced, so the sale outlasts three kills and takeovers
+                        await asyncio.sleep(0.02)  # paced
                         break
                     except DomainError as refusal:
                         assert refusal.code == "out_of_stock", refusal.to_dict()
@@ -696,8 +711,12 @@ def test_inventory_sells_exactly_its_stock_while_its_hot_owner_is_killed(
                 i += 1
 
         async def killer() -> None:
-            for _ in range(3):
-                while len(outcome["sold"]) < 50 and not done.is_set():
+            for _ in range(kills):
+                # Ready to strike (the replaced replica started): strike once the buyers sold `lead` more, so the
+                # hot owner dies under traffic, with `slack` more for the buyers before they wait for the kill.
+                strike_at = len(outcome["sold"]) + lead
+                outcome["pause_at"] = strike_at + slack
+                while len(outcome["sold"]) < strike_at and not done.is_set():
                     await asyncio.sleep(0.01)
                 victim = await asyncio.to_thread(replicas.owner_of, product)
                 outcome["kills_during_sale"] += not done.is_set()
@@ -710,7 +729,7 @@ def test_inventory_sells_exactly_its_stock_while_its_hot_owner_is_killed(
     db = Database(database_url)
     state = Stock.model_validate_json(db.read_sync(lambda s: load_states(s, INVENTORY.name, [product]))[product])
     db.close()
-    assert outcome["kills_during_sale"] == 3 and outcome["unanswered"] == 0, outcome
+    assert outcome["kills_during_sale"] == kills and outcome["unanswered"] == 0, outcome
     assert len(outcome["sold"]) == stock == state.reserved == state.on_hand  # no oversell, nothing lost
     assert set(state.reservations) == outcome["sold"]  # every success is in the database, once
 

@@ -857,7 +857,11 @@ def test_a_failed_payment_keeps_the_stock_until_the_reservation_ends_then_expire
 def test_a_sweep_step_that_fails_for_good_backs_off_then_puts_the_order_aside_instead_of_trying_for_ever(
     short_orders: Any, payments: FakePayments, client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(saga, "SWEEP_BACKOFF_MAX", 1.5)  # the service runs in this process: 2, 4, 8 ... s, capped
+    # The service runs in this process: a sweep every 0.25 s while there is work (not every second), and a failing
+    # step's wait doubling from 0.5 s to a cap of 1 s (not 2, 4, 8 ... s to 300 s): the same back-off, doubling
+    # then capped, in a few seconds.
+    monkeypatch.setattr(saga, "SWEEP_EVERY", 0.25)
+    monkeypatch.setattr(saga, "SWEEP_BACKOFF_MAX", 1.0)
     mug = new_product(client, 2)
     payments.cancel_refusal = "not_found"  # the embedded payment server restarted empty: it has no such intent
     order = ask(client, buy(mug, 1))
@@ -874,7 +878,7 @@ def test_a_sweep_step_that_fails_for_good_backs_off_then_puts_the_order_aside_in
     found = ask(client, GetOrder(order_id=order["order_id"]))
     assert found["payment"]["status"] == "unknown_to_provider"
     assert "Stripe has no such object" in found["history"][-1]["reason"]
-    time.sleep(2.5)
+    time.sleep(6 * saga.SWEEP_EVERY)  # six sweeps, past the longest back-off and a sweep: a listed step is tried
     assert cancels() == tried
     closed = ask(client, CancelOrder(order_id=order["order_id"]))  # a person closes it: nothing to refund
     assert closed["status"] == "cancelled" and payments.asked(subjects.PAYMENTS_REFUND) == []
