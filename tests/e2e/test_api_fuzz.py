@@ -24,6 +24,7 @@ The Stripe webhook is fuzzed unsigned: any signature the fuzzer makes up must be
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,7 +66,8 @@ CHECKS = [
     response_headers_conformance,
     response_schema_conformance,
 ]
-STATEFUL_RUNS = 30  # about 10 of ~38 steps follow a declared link (15 runs: 1 of 10, and once none)
+STATEFUL_RUNS = 15  # scenarios in a batch (about 1 of 10 steps follows a declared link) ...
+STATEFUL_BATCHES = 3  # ... and batches at most, until one does
 STATEFUL_STEPS = 6
 LOG_SETTLES = 0.5  # the services' output reaches the log through the supervisor's pipes
 
@@ -164,8 +166,8 @@ def test_sequences_that_follow_the_specs_links_reach_real_ids_and_no_server_erro
 ) -> None:
     """Stateful: schemathesis chains operations along /openapi.json's links (a created product is then read,
     patched, given an image and stock; a placed order is read, paid, cancelled), so it reaches the paths
-    behind real ids, with the same checks. Bounded: a fixed seed, STATEFUL_RUNS scenarios of at most
-    STATEFUL_STEPS calls each."""
+    behind real ids, with the same checks. Bounded: at most STATEFUL_BATCHES batches (the first with a fixed
+    seed) of STATEFUL_RUNS scenarios of at most STATEFUL_STEPS calls each."""
     log = system.var_dir / "system.log"
     logged_before = log.stat().st_size
     followed: list[str] = []
@@ -184,15 +186,35 @@ def test_sequences_that_follow_the_specs_links_reach_real_ids_and_no_server_erro
         def validate_response(self, response: Any, case: Case, additional_checks: Any = None, **kwargs: Any) -> None:
             case.validate_response(response, checks=CHECKS)
 
-    ShopMachine.run(settings=hypothesis.settings(
-        max_examples=STATEFUL_RUNS, stateful_step_count=STATEFUL_STEPS, deadline=None, derandomize=True,
-        database=None, phases=[hypothesis.Phase.generate], suppress_health_check=list(hypothesis.HealthCheck),
-    ))
     # The links the gateway declares (schemathesis infers more of its own).
     declared = {"GetOrder", "PayOrder", "CancelOrder", "GetProduct", "UpdateProduct", "UploadImage",
                 "UploadFile", "GetStock", "Restock", "SetStock"}
-    assert any(transition.split("] ", 1)[-1].split(" -> ", 1)[0] in declared for transition in followed), \
-        "\n".join(followed)
+
+    def reached_a_declared_link() -> bool:
+        return any(transition.split("] ", 1)[-1].split(" -> ", 1)[0] in declared for transition in followed)
+
+    # A batch of scenarios, seeded the same each time; then, until a declared link was followed, batches seeded
+    # anew. Hypothesis ends a batch with FlakyStrategyDefinition when two scenarios that began alike went on
+    # differently: the live shop's answers steer which link comes next (a sku an earlier scenario took: 409,
+    # not 201). That is the fuzzer losing its place, not the shop failing: that batch is run again. Any
+    # check's failure (a server error, an undocumented answer) still fails the test at once.
+    completed = 0
+    for batch in range(STATEFUL_BATCHES):
+        try:
+            ShopMachine.run(settings=hypothesis.settings(
+                max_examples=STATEFUL_RUNS, stateful_step_count=STATEFUL_STEPS, deadline=None,
+                derandomize=batch == 0, database=None, phases=[hypothesis.Phase.generate],
+                suppress_health_check=list(hypothesis.HealthCheck),
+            ))
+            completed += 1
+        except hypothesis.errors.FlakyStrategyDefinition as lost:
+            warnings.warn(f"stateful batch {batch + 1} lost its place ({str(lost).splitlines()[0]}); another one",
+                          stacklevel=1)
+            continue
+        if reached_a_declared_link():
+            break
+    assert completed, f"none of {STATEFUL_BATCHES} stateful batches ran to its end"
+    assert reached_a_declared_link(), "\n".join(followed)
     time.sleep(LOG_SETTLES)
     with log.open(encoding="utf-8") as output:
         output.seek(logged_before)
