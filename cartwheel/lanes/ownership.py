@@ -241,6 +241,13 @@ class Ownership:
             await self._try_take(partition)
         return bool(due - set(self.held))
 
+    def held_elsewhere(self, partition: int) -> Lease | None:
+        """The lease of ``partition`` when a live replica other than this one holds it (None otherwise)."""
+        lease = self._leases.get(partition)
+        if lease is None or not lease.holder or lease.holder == self.member or lease.holder not in self._live():
+            return None
+        return lease
+
     def _wanted(self) -> set[int]:
         return {p for p, m in assignment(sorted(self._live()), self.partitions).items() if m == self.member}
 

@@ -232,11 +232,13 @@ class PartitionWorker:
         self._task: asyncio.Task[None] | None = None
         self._next_purge = time.monotonic() + PURGE_EVERY
         self.through = 0  # applied through here; the low-water mark (``cursor``) follows within LOW_WATER_EVERY
+        self.started_at = time.monotonic()  # set again when it starts
         self.tenant_alarms: dict[str, datetime] = {}  # other tenants' alarms to note with the low-water mark
         self._low_water_at = 0.0  # monotonic time the low-water mark was last committed
 
     async def start(self) -> None:
         rt = self.runtime
+        self.started_at = time.monotonic()
         self.cursor = await rt.service.db.own.read(lambda s: store.cursor(s, rt.spec.name, self.partition))
         last = self.stream_end = (await rt.service.js.stream_info(subjects.lane_stream(rt.spec.name))).state.last_seq
         if self.cursor > last:
@@ -768,6 +770,7 @@ class LaneRuntime:
         self.workers: dict[int, PartitionWorker] = {}
         self.failures: dict[int, int] = {}  # partition -> batches failed in a row (the restart's backoff)
         self.behind: dict[int, StreamBehind] = {}  # partitions stopped: their stream ends before their cursor
+        self._elsewhere: dict[int, tuple[Any, float]] = {}  # a stopped partition's lease at another replica, since
         self.alarms_changed = asyncio.Event()
         self.alarm_check_at = utcnow()
         self.lease_ttl = lease_ttl
@@ -899,6 +902,29 @@ class LaneRuntime:
         self.metrics.behind.set(len(self.behind))
         return stopped
 
+    def _forget_resolved(self) -> None:
+        """Stop saying a partition is stopped once it runs: here, past a stream check; or at another replica that
+        has held it for two checks (one that found it behind too would have let it go within one, and says so
+        itself). Until then it is said, also while no replica holds it: every one that takes it stops it again,
+        and health read "ok" between two of them."""
+        now = time.monotonic()
+        for partition in list(self.behind):
+            worker = self.workers.get(partition)
+            if worker is not None and now - worker.started_at >= STREAM_CHECK_SECONDS:
+                del self.behind[partition]
+                continue
+            lease = self.ownership.held_elsewhere(partition) if self.ownership else None
+            if lease is None or worker is not None:
+                self._elsewhere.pop(partition, None)
+                continue
+            since = self._elsewhere.get(partition)
+            if since is None or since[0] != lease:
+                self._elsewhere[partition] = (lease, now)
+            elif now - since[1] >= 2 * STREAM_CHECK_SECONDS:
+                del self.behind[partition]
+                del self._elsewhere[partition]
+        self.metrics.behind.set(len(self.behind))
+
     async def _watch_stream(self) -> None:
         """Every few seconds: does the stream still reach each worked partition's cursor? A stream deleted or
         emptied under a running lane numbers new commands from 1, below the cursors: stop those partitions
@@ -906,9 +932,7 @@ class LaneRuntime:
         js = self.service.js
         while True:
             await asyncio.sleep(STREAM_CHECK_SECONDS)
-            held = set(self.ownership.held) if self.ownership else set()
-            for partition in set(self.behind) - held:  # another replica has it now, and says so itself
-                del self.behind[partition]
+            self._forget_resolved()
             cursors = {partition: worker.cursor for partition, worker in self.workers.items()}  # before the end
             try:
                 last = (await js.stream_info(subjects.lane_stream(self.spec.name))).state.last_seq

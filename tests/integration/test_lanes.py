@@ -28,7 +28,7 @@ from cartwheel.lanes import partition_of, store
 from cartwheel.lanes.admin import rebase, show_dead_letters
 from cartwheel.lanes.client import LaneClient
 from cartwheel.lanes.models import LaneState
-from cartwheel.lanes.runtime import PartitionsChanged, check_partitions, stream_config
+from cartwheel.lanes.runtime import STREAM_CHECK_SECONDS, PartitionsChanged, check_partitions, stream_config
 from cartwheel.lanes.store import load_states
 from cartwheel.settings import Settings
 from services.inventory.domain import LANE as INVENTORY
@@ -526,6 +526,12 @@ def test_a_stream_that_lost_its_commands_stops_the_lane_loudly_until_rebased(
         time.sleep(0.5)
     assert said.get("status") == "degraded", said
     assert any("before the cursor" in problem for problem in said["problems"]), said
+    # ... and it keeps saying so while the partition stays stopped: it read "ok" again after this replica let
+    # the partition go, until it took it and stopped it again.
+    until = time.monotonic() + 2 * STREAM_CHECK_SECONDS + 2
+    while time.monotonic() < until:
+        assert client.run(health)["status"] == "degraded"
+        time.sleep(0.5)
     settings = Settings(var_dir=replicas.var_dir, nats_url=replicas.env["CARTWHEEL_NATS_URL"],
                         inventory_database_url=database_url)
     assert rebase(settings, "inventory") == 0
@@ -534,7 +540,10 @@ def test_a_stream_that_lost_its_commands_stops_the_lane_loudly_until_rebased(
         return await (await lane_client(nc)).call("k1", "append", {}, timeout=30)
 
     assert client.run(after)["position"] == 4  # the key's state kept; the command applied, not skipped
-    assert client.run(health)["status"] == "ok"
+    deadline = time.monotonic() + 3 * STREAM_CHECK_SECONDS  # "ok" once it has run past a stream check
+    while (said := client.run(health))["status"] != "ok" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert said["status"] == "ok", said
 
 
 def test_command_records_are_pruned_after_their_retention(replicas: Replicas, client: Client) -> None:
