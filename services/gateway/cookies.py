@@ -102,16 +102,21 @@ def cleared_cookie(name: str) -> str:
     return private_cookie(name, "", 0)
 
 
+def installation_secret() -> str:
+    """``CARTWHEEL_SECRET`` itself: what download and unsubscribe links are signed with (with the tenant's name
+    inside what they sign, so one shop's link is nothing at another)."""
+    key = gateway().settings.secret
+    if key is None:  # get_settings() always fills it; only a hand-made Settings can lack it
+        raise RuntimeError("the gateway has no secret (CARTWHEEL_SECRET)")
+    return key.get_secret_value()
+
+
 def secret() -> str:
     """The key every gateway cookie (and cursor) of the request's tenant is signed with: the secret itself for the
     installation's own tenant, a key derived from it and the tenant's name for another, so nothing one shop
     signed verifies at another (a session or cart cookie copied to another host reads as none)."""
-    ctx = gateway()
-    key = ctx.settings.secret
-    if key is None:  # get_settings() always fills it; only a hand-made Settings can lack it
-        raise RuntimeError("the gateway has no cookie secret (CARTWHEEL_SECRET)")
-    name = tenant()
-    return key.get_secret_value() if name == ctx.settings.tenant else _tenant_key(key.get_secret_value(), name)
+    key, name = installation_secret(), tenant()
+    return key if name == gateway().settings.tenant else _tenant_key(key, name)
 
 
 @lru_cache(maxsize=1024)

@@ -14,7 +14,7 @@ import re
 import threading
 import time
 from datetime import UTC
-from typing import Any, cast
+from typing import Any
 
 from flask import Response, request, send_file
 from pydantic import BaseModel, Field
@@ -29,8 +29,9 @@ from services.gateway import store
 from services.gateway.api import Routes
 from services.gateway.context import gateway
 from services.gateway.context import tenant as current_tenant
+from services.gateway.cookies import installation_secret
 from services.gateway.errors import ApiError
-from services.gateway.images import ObjectStore, read_body
+from services.gateway.images import object_store, read_body
 from services.gateway.products import find_product
 from services.gateway.schemas import ProductOut
 
@@ -57,16 +58,6 @@ class DownloadQuery(BaseModel):
     sig: str = Field(pattern=r"^[0-9a-f]{32}$", description="The link's signature, as the link says.")
 
 
-def _objects() -> ObjectStore:
-    return cast(ObjectStore, gateway().bus)
-
-
-def _secret() -> str:
-    secret = gateway().settings.secret
-    assert secret is not None, "get_settings() fills the secret"
-    return secret.get_secret_value()
-
-
 @routes.put(
     "/api/admin/products/{id}/file",
     summary="Upload a digital product's file (any type, at most CARTWHEEL_DIGITAL_FILE_MAX_BYTES) as the body: "
@@ -85,13 +76,13 @@ def upload_file(id: str, query: FileQuery) -> ProductOut:
     sha256 = hashlib.sha256(data).hexdigest()
     content_type = request.mimetype or "application/octet-stream"
     name = subjects.product_image_object(current_tenant(), product.id, sha256)
-    _objects().object_put(subjects.PRODUCT_FILES_BUCKET, name, data, timeout=FILE_TIMEOUT_S)
+    object_store().object_put(subjects.PRODUCT_FILES_BUCKET, name, data, timeout=FILE_TIMEOUT_S)
     file = DigitalFile(name=_safe(query.filename), size=len(data), sha256=sha256, content_type=content_type)
     updated = Product.model_validate(ctx.bus.request(SetProductFile(tenant=current_tenant(), product_id=product.id,
                                                                     file=file)))
     if product.file_sha256 and product.file_sha256 != sha256:  # the old file: no paid order names its bytes
         old = subjects.product_image_object(current_tenant(), product.id, product.file_sha256)
-        _objects().object_delete(subjects.PRODUCT_FILES_BUCKET, old)
+        object_store().object_delete(subjects.PRODUCT_FILES_BUCKET, old)
     level = StockLevel.model_validate(ctx.bus.request(GetStock(tenant=current_tenant(), product_id=product.id)))
     if not product.file_sha256 and level.on_hand == 0 and level.reserved == 0:  # its first file, no stock set
         level = StockLevel.model_validate(ctx.bus.request(
@@ -117,7 +108,7 @@ def _safe(filename: str) -> str:
 )
 def download(order_id: str, product_id: str, query: DownloadQuery) -> Response:
     ctx = gateway()
-    verdict = downloads.check(_secret(), current_tenant(), order_id, product_id, query.expires, query.sig,
+    verdict = downloads.check(installation_secret(), current_tenant(), order_id, product_id, query.expires, query.sig,
                               time.time())
     if verdict == "forged":
         raise ApiError(403, "forbidden", "this download link is not valid")
@@ -150,7 +141,7 @@ def _file(order_id: str, product: Product, allowed: int) -> Response:
     still download: ``allowed`` times the file's size, whichever requests (resumed, in ranges) take it."""
     assert product.file_sha256 is not None
     name = subjects.product_image_object(current_tenant(), product.id, product.file_sha256)
-    data = _objects().object_get(subjects.PRODUCT_FILES_BUCKET, name, timeout=FILE_TIMEOUT_S)
+    data = object_store().object_get(subjects.PRODUCT_FILES_BUCKET, name, timeout=FILE_TIMEOUT_S)
     if data is None:
         raise NotFound("this product's file is gone")
     response = send_file(io.BytesIO(data), mimetype=product.file_type or "application/octet-stream",
@@ -173,9 +164,9 @@ def links(order: dict[str, Any]) -> dict[str, str]:
     order that is not paid."""
     if order["status"] not in PAID:
         return {}
-    expires = int(time.time()) + gateway().settings.download_link_seconds
-    return {line["product_id"]: downloads.path(_secret(), current_tenant(), order["order_id"], line["product_id"],
-                                               expires)
+    expires, secret, tenant = int(time.time()) + gateway().settings.download_link_seconds, installation_secret(), \
+        current_tenant()
+    return {line["product_id"]: downloads.path(secret, tenant, order["order_id"], line["product_id"], expires)
             for line in order["lines"] if line.get("digital")}
 
 

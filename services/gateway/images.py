@@ -49,7 +49,7 @@ class ObjectStore(Protocol):
     def object_delete(self, bucket: str, name: str, timeout: float | None = None) -> None: ...
 
 
-def _objects() -> ObjectStore:
+def object_store() -> ObjectStore:
     return cast(ObjectStore, gateway().bus)
 
 
@@ -110,7 +110,7 @@ def upload_image(id: str) -> ProductOut:
     etag = hashlib.sha256(data).hexdigest()
     ctx = gateway()
     name = subjects.product_image_object(current_tenant(), product.id, etag)
-    _objects().object_put(subjects.PRODUCT_IMAGES_BUCKET, name, data)
+    object_store().object_put(subjects.PRODUCT_IMAGES_BUCKET, name, data)
     message = SetProductImage(tenant=current_tenant(), product_id=product.id, etag=etag, content_type=content_type)
     updated = Product.model_validate(ctx.bus.request(message))
     if product.image_etag and product.image_etag != etag:
@@ -167,7 +167,7 @@ def _image_bytes(product_id: str, etag: str) -> bytes | None:
     data = memory.get(name)
     if data is None:
         for stored in (name, *older):
-            data = _objects().object_get(subjects.PRODUCT_IMAGES_BUCKET, stored)
+            data = object_store().object_get(subjects.PRODUCT_IMAGES_BUCKET, stored)
             if data is not None:
                 break
         if data is not None and hashlib.sha256(data).hexdigest() == etag:
@@ -179,7 +179,7 @@ def _forget(product_id: str, etag: str) -> None:
     """Delete the replaced image; a failure leaves an orphan object, not a wrong image."""
     for name in _names(product_id, etag):
         try:
-            _objects().object_delete(subjects.PRODUCT_IMAGES_BUCKET, name)
+            object_store().object_delete(subjects.PRODUCT_IMAGES_BUCKET, name)
         except ServiceUnavailable as error:
             log.warning("gateway could not delete the replaced image %s: %s", name, error)
 

@@ -23,7 +23,7 @@ from services.gateway.api import Routes
 from services.gateway.cart import NO_STORE
 from services.gateway.context import gateway
 from services.gateway.context import tenant as current_tenant
-from services.gateway.cookies import is_valid
+from services.gateway.cookies import installation_secret, is_valid
 from services.gateway.errors import invalid_value
 
 routes = Routes(tag="admin")
@@ -94,8 +94,7 @@ class Unsubscribed(BaseModel):
 )
 def stop_reminders(body: UnsubscribeBody) -> tuple[Unsubscribed, dict[str, str]]:
     ctx = gateway()
-    assert ctx.settings.secret is not None, "get_settings() fills the secret"
-    email = unsubscribe.address(ctx.settings.secret.get_secret_value(), current_tenant(), body.token)
+    email = unsubscribe.address(installation_secret(), current_tenant(), body.token)
     if email is None:
         raise invalid_value("token", "this unsubscribe link is not valid here (altered, or another shop's)")
     ctx.bus.request(Unsubscribe(tenant=current_tenant(), email=email))

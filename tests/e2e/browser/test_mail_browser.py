@@ -23,7 +23,7 @@ from tests.e2e.browser.test_admin_browser import sign_in
 from tests.e2e.browser.test_card_entry_browser import pay_by_card
 from tests.e2e.conftest import run_shop
 from tests.e2e.test_cart_http import product
-from tests.e2e.test_checkout_http import checkout, pay, shopper_with, wait_status
+from tests.e2e.test_checkout_http import caught, checkout, pay, shopper_with, wait_status
 
 ABANDON_S = 3.0
 LINK_S = 20  # time enough for a slow machine to use a link before it expires
@@ -33,17 +33,6 @@ TIMEOUT = 30.0
 @pytest.fixture(scope="module")
 def mail_shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     yield from run_shop(tmp_path_factory, "mail shop", cart_abandon_seconds=ABANDON_S, download_link_seconds=LINK_S)
-
-
-def caught(shop: System, to: str, count: int = 1) -> list[dict[str, Any]]:
-    """The catcher's mails to ``to`` once it holds ``count`` (or what it holds after the wait)."""
-    deadline = time.monotonic() + TIMEOUT
-    while True:
-        mails = requests.get(f"{shop.base_url}/api/admin/mail", params={"to": to}, timeout=10,
-                             headers={"Authorization": f"Bearer {shop.admin_token}"}).json()["items"]
-        if len(mails) >= count or time.monotonic() > deadline:
-            return mails
-        time.sleep(0.25)
 
 
 def link_in(mail: dict[str, Any], path: str) -> str:
