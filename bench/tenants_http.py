@@ -177,15 +177,17 @@ def scripts(targets: list[Target], active: int) -> dict[str, str]:
 
 
 @contextmanager
-def profiled(system: System, child: str | None, out: Path) -> Iterator[None]:
+def profiled(system: System, child: str | None, out: Path, gil: bool = False) -> Iterator[None]:
     """py-spy on ``child`` (a service process's name, e.g. ``cart``) while the block runs: its collapsed stacks
-    to ``out`` (for flamegraph.pl or a count of the top frames). None: not profiled."""
+    to ``out`` (for flamegraph.pl or a count of the top frames). None: not profiled. ``gil``: only the thread
+    holding the GIL (what a process's one core of Python goes to; without it, threads waiting in SQLite count)."""
     if child is None:
         yield
         return
     pid = system.children.all[child].process.pid
     spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--nonblocking", "--rate", "100",
-                            "--subprocesses", "--threads", "--format", "raw", "--output", str(out), "--pid", str(pid)],
+                            "--subprocesses", "--threads", "--format", "raw", "--output", str(out), "--pid", str(pid),
+                            *(["--gil"] if gil else [])],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         yield
@@ -204,7 +206,8 @@ def measure(system: System, targets: list[Target], args: argparse.Namespace, lab
             run_wrk(system.base_url, loads[name], threads=2, connections=connections, duration=args.warmup,
                     timeout_s=30)
         cpu = CpuMeter(roles(system))
-        with profiled(system, args.profile, Path(tempfile.gettempdir()) / f"tenants_http-{label}-{name}.txt"):
+        with profiled(system, args.profile, Path(tempfile.gettempdir()) / f"tenants_http-{label}-{name}.txt",
+                      args.profile_gil):
             cpu.start()
             r = run_wrk(system.base_url, loads[name], threads=2, connections=connections, duration=args.duration,
                         statuses=True, timeout_s=30)
@@ -228,6 +231,7 @@ def main() -> int:
     parser.add_argument("--loads", default=",".join(LOADS), help="which loads to run (comma-separated)")
     parser.add_argument("--profile", metavar="PROCESS", help="py-spy this service process (e.g. cart) during each "
                         "load: collapsed stacks to $TMPDIR/tenants_http-<shop>-<round>-<load>.txt")
+    parser.add_argument("--profile-gil", action="store_true", help="sample only the thread holding the GIL")
     args = parser.parse_args()
     many_dir = Path(tempfile.mkdtemp(prefix="cartwheel-bench-many-"))
     rows: dict[str, list[dict[str, Any]]] = {"one": [], "many": []}

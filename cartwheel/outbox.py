@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from functools import partial
+from typing import Any
 
 from nats.js import JetStreamContext
 from sqlalchemy import Integer, String, Text, bindparam, delete, func, insert, select, update
@@ -24,6 +25,7 @@ from cartwheel import tracing
 from cartwheel.contracts.base import Message, utcnow
 from cartwheel.db import Database, PlatformBase, UTCDateTime
 from cartwheel.observability import Trouble
+from cartwheel.statements import Statements, statements_of
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +63,20 @@ def record_events(session: Session, events: list[Message], traceparents: Sequenc
 
     ``traceparents``: each event's trace (the lanes' commands each have their own); by default the current one."""
     if events:
-        now = utcnow()
-        if traceparents is None:
-            traceparents = [tracing.current_traceparent()] * len(events)
-        session.execute(insert(OutboxEvent.__table__), [
-            {"event_id": e.id, "subject": e.subject, "payload": e.model_dump_json(),  # type: ignore[attr-defined]
+        session.execute(INSERT_EVENTS, event_rows(events, traceparents))
+
+
+INSERT_EVENTS = insert(OutboxEvent.__table__)
+
+
+def event_rows(events: list[Message], traceparents: Sequence[str | None] | None = None) -> list[dict[str, Any]]:
+    """The outbox rows of ``events``, for :data:`INSERT_EVENTS`."""
+    now = utcnow()
+    if traceparents is None:
+        traceparents = [tracing.current_traceparent()] * len(events)
+    return [{"event_id": e.id, "subject": e.subject, "payload": e.model_dump_json(),  # type: ignore[attr-defined]
              "created_at": now, "attempts": 0, "traceparent": traceparent}
-            for e, traceparent in zip(events, traceparents, strict=True)
-        ])
+            for e, traceparent in zip(events, traceparents, strict=True)]
 
 
 def first_delivery(session: Session, consumer: str, event_id: str) -> bool:
@@ -84,12 +92,21 @@ _MARK_PUBLISHED = update(OutboxEvent.__table__).where(
     OutboxEvent.__table__.c.event_id.in_(bindparam("ids", expanding=True))).values(published_at=bindparam("at"))
 
 
-def mark_published(session: Session, event_ids: Sequence[str]) -> None:
+_PENDING = (
+    select(OutboxEvent.position, OutboxEvent.event_id, OutboxEvent.subject, OutboxEvent.payload,
+           OutboxEvent.traceparent)
+    .where(OutboxEvent.published_at.is_(None))
+    .order_by(OutboxEvent.position)
+    .limit(bindparam("limit", type_=Integer))
+)
+
+
+def mark_published(where: Session | Statements, event_ids: Sequence[str]) -> None:
     """The rows of ``event_ids``, published from memory by a relay, are published now (a statement per 500)."""
     if event_ids:
-        connection, now = session.connection(), utcnow()
+        statements, now = statements_of(where), utcnow()
         for start in range(0, len(event_ids), 500):
-            connection.execute(_MARK_PUBLISHED, {"ids": list(event_ids[start:start + 500]), "at": now})
+            statements.run(_MARK_PUBLISHED, {"ids": list(event_ids[start:start + 500]), "at": now})
 
 
 class OutboxRelay:
@@ -263,7 +280,8 @@ class OutboxRelay:
         self._read_at = time.monotonic()
         marks, self._unmarked = self._unmarked, []
         try:  # a write only when there are marks to write: a read does not wait for the database's writer
-            rows = await (self.db.run(lambda s: self._pending(s, marks)) if marks else self.db.read(self._pending))
+            rows = await (self.db.run(lambda s: self._pending(s, marks)) if marks
+                          else self.db.read_statements(self._pending))
         except Exception:
             self._unmarked[:0] = marks
             raise
@@ -298,16 +316,11 @@ class OutboxRelay:
                                         .where(OutboxEvent.published_at.is_(None))).one()
         return count, oldest
 
-    def _pending(self, session: Session, marks: Sequence[str] = ()) -> list[tuple[int, str, str, str, str | None]]:
-        mark_published(session, marks)
-        query = (
-            select(OutboxEvent.position, OutboxEvent.event_id, OutboxEvent.subject, OutboxEvent.payload,
-                   OutboxEvent.traceparent)
-            .where(OutboxEvent.published_at.is_(None))
-            .order_by(OutboxEvent.position)
-            .limit(self.batch)
-        )
-        return [tuple(row) for row in session.execute(query)]  # type: ignore[misc]
+    def _pending(self, where: Session | Statements,
+                 marks: Sequence[str] = ()) -> list[tuple[int, str, str, str, str | None]]:
+        statements = statements_of(where)
+        mark_published(statements, marks)
+        return statements.rows(_PENDING, {"limit": self.batch})  # type: ignore[return-value]
 
     @staticmethod
     def _published(session: Session, positions: list[int]) -> None:

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import Connection, Executable, bindparam, delete, func, insert, select, update
+from sqlalchemy import Executable, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from cartwheel.contracts.base import Reply, utcnow
@@ -25,7 +25,8 @@ from cartwheel.lanes.models import (
     LaneTenantAlarm,
 )
 from cartwheel.lanes.types import ALARM, LaneCommand, LaneSpec, fired_alarm_id
-from cartwheel.outbox import mark_published, record_events
+from cartwheel.outbox import INSERT_EVENTS, event_rows, mark_published
+from cartwheel.statements import CoreStatements, Statements, statements_of
 
 log = logging.getLogger(__name__)
 
@@ -176,10 +177,10 @@ def _upsert_tenant_alarms(dialect: str) -> Executable | None:
 _TENANT_UPSERTS: dict[str, Executable | None] = {}
 
 
-def _select_in(conn: Connection, stmt: Executable, lane: str, values: AbstractSet[str]) -> dict[Any, Any]:
+def _select_in(statements: Statements, stmt: Executable, lane: str, values: AbstractSet[str]) -> dict[Any, Any]:
     found: dict[Any, Any] = {}
     for chunk in _chunks(sorted(values), IN_CHUNK):
-        found.update(conn.execute(stmt, {"lane": lane, "ids": chunk}).all())
+        found.update(statements.rows(stmt, {"lane": lane, "ids": chunk}))
     return found
 
 
@@ -194,7 +195,7 @@ def apply_batch(session: Session, spec: LaneSpec[Any], partition: int, expected:
     return apply_group(session, spec, [PartitionBatch(partition, expected, batch, cached or {})])[0]
 
 
-def apply_group(session: Session, spec: LaneSpec[Any], batches: list[PartitionBatch]) -> list[BatchResult]:
+def apply_group(where: Session | Statements, spec: LaneSpec[Any], batches: list[PartitionBatch]) -> list[BatchResult]:
     """Apply each partition's batch (in stream order) whose cursor is still at its ``expected``, in one transaction.
 
     Reads everything the batches need with one query per table, runs the handlers in memory,
@@ -204,11 +205,13 @@ def apply_group(session: Session, spec: LaneSpec[Any], batches: list[PartitionBa
     lane share nothing but the command ids' table, so the handlers of one partition see the
     same states as if each batch had its own transaction; a command id met again in a later
     partition of the group is a duplicate, as it would be one transaction later.
-    ``BatchResult.states`` are the states each batch changed, for its owner to keep.
+    ``BatchResult.states`` are the states each batch changed, for its owner to keep. ``where``: a session, or
+    the statements of a transaction begun for this (:meth:`cartwheel.db.Database.run_statements`: on SQLite, the
+    driver's connection, which a tenant's part of a command or two takes a fifth of the CPU on).
     """
     lane = spec.name
-    conn = session.connection()
-    mark_published(session, [event_id for b in batches for event_id in b.published])
+    conn = statements_of(where)
+    mark_published(conn, [event_id for b in batches for event_id in b.published])
     current = _select_in(conn, _SELECT_CURSORS, lane, {b.partition for b in batches})  # type: ignore[arg-type]
     results = [BatchResult(applied=False, last_sequence=current.get(b.partition, 0)) for b in batches]
     live: list[tuple[PartitionBatch, BatchResult]] = []
@@ -276,7 +279,7 @@ def apply_group(session: Session, spec: LaneSpec[Any], batches: list[PartitionBa
         result.last_sequence = max(b.batch[-1].command.sequence if b.batch else 0, b.through)
         group.append((b, result, writes))
 
-    _flush(session, conn, lane, group, now)
+    _flush(conn, lane, group, now)
     for _, result, writes in group:
         result.states = writes.states  # as committed by this transaction: loaded, kept, or changed
         result.deleted = writes.deleted
@@ -288,16 +291,17 @@ def apply_group(session: Session, spec: LaneSpec[Any], batches: list[PartitionBa
     updates = [{"b_lane": lane, "b_partition": b.partition, "b_sequence": r.last_sequence}
                for b, r, _ in group if b.partition in current]
     if inserts:
-        conn.execute(_INSERT_CURSORS, inserts)
+        conn.run(_INSERT_CURSORS, inserts)
     if updates:
-        conn.execute(_UPDATE_CURSORS, updates)
+        conn.run(_UPDATE_CURSORS, updates)
     notes = [{"lane": lane, "partition": b.partition, "tenant": tenant, "next_at": at}
              for b, _, _ in group for tenant, at in b.tenant_alarms.items()]
-    if notes and (upsert := _upsert_tenant_alarms(conn.dialect.name)) is not None:
-        conn.execute(upsert, notes)
-    else:
+    if notes and (upsert := _upsert_tenant_alarms(conn.dialect)) is not None:
+        conn.run(upsert, notes)
+    elif notes:
+        assert isinstance(conn, CoreStatements), "a dialect without upserts runs through a session"
         for note in notes:
-            note_tenant_alarms(session, lane, note["partition"], note["tenant"], note["next_at"])
+            note_tenant_alarms(conn.session, lane, note["partition"], note["tenant"], note["next_at"])
     return results
 
 
@@ -337,15 +341,16 @@ def next_tenant_alarm_at(session: Session, lane: str, partitions: list[int]) -> 
         .order_by(LaneTenantAlarm.next_at).limit(1))
 
 
-def _flush(session: Session, conn: Connection, lane: str,
-           group: list[tuple[PartitionBatch, BatchResult, _Writes]], now: datetime) -> None:
+def _flush(conn: Statements, lane: str, group: list[tuple[PartitionBatch, BatchResult, _Writes]],
+           now: datetime) -> None:
     """Write the group's changes with one statement per table (executemany: one round trip on psycopg's pipeline)."""
     records = [r for _, _, w in group for r in w.records]
     if records:
-        conn.execute(_INSERT_RECORDS, records)
-    record_events(session, [e for _, _, w in group for e in w.events], [t for _, _, w in group for t in w.traces])
+        conn.run(_INSERT_RECORDS, records)
+    if events := [e for _, _, w in group for e in w.events]:
+        conn.run(INSERT_EVENTS, event_rows(events, [t for _, _, w in group for t in w.traces]))
 
-    upsert = _upsert_alarms(conn.dialect.name)
+    upsert = _upsert_alarms(conn.dialect)
     # One row per id: two keys may set the same alarm id, and an upsert may not touch a row twice.
     alarm_rows = list({row["alarm_id"]: row for _, _, w in group for row in w.alarms.values()}.values())
     # Cancelled ids go; set ones are upserted. (Skipping the DELETE of ids an owner knows have no
@@ -355,13 +360,13 @@ def _flush(session: Session, conn: Connection, lane: str,
     if upsert is None:
         gone |= {row["alarm_id"] for row in alarm_rows}
     for chunk in _chunks(sorted(gone), IN_CHUNK):
-        conn.execute(_DELETE_ALARMS, {"lane": lane, "ids": chunk})
+        conn.run(_DELETE_ALARMS, {"lane": lane, "ids": chunk})
     if alarm_rows:
-        conn.execute(upsert if upsert is not None else _INSERT_ALARMS, alarm_rows)
+        conn.run(upsert if upsert is not None else _INSERT_ALARMS, alarm_rows)
 
     dropped = {k for _, _, w in group for k in w.deleted & w.existing}
     for chunk in _chunks(sorted(dropped), IN_CHUNK):
-        conn.execute(_DELETE_STATES, {"lane": lane, "ids": chunk})
+        conn.run(_DELETE_STATES, {"lane": lane, "ids": chunk})
     new: list[dict[str, Any]] = []
     changed: list[dict[str, Any]] = []
     for _, _, w in group:
@@ -372,9 +377,9 @@ def _flush(session: Session, conn: Connection, lane: str,
             else:
                 new.append({"lane": lane, "key": key, "state": state, "updated_at": now})
     if new:
-        conn.execute(_INSERT_STATES, new)
+        conn.run(_INSERT_STATES, new)
     if changed:
-        conn.execute(_UPDATE_STATES, changed)
+        conn.run(_UPDATE_STATES, changed)
 
 
 class _Writes:
@@ -521,7 +526,7 @@ def next_alarm_at(session: Session, lane: str, partitions: list[int]) -> datetim
 def dead_letter(session: Session, lane: str, partition: int, expected: int, item: Incoming, error: str) -> BatchResult:
     """Set ``item`` aside (a dead letter, with ``error``), answer it as failed and move the cursor past it, if the
     cursor is still at ``expected`` (else nothing is written and ``applied`` is False, as for a batch)."""
-    conn = session.connection()
+    conn = CoreStatements(session)
     current = _select_in(conn, _SELECT_CURSORS, lane, {partition}).get(partition, 0)  # type: ignore[arg-type]
     command = item.command
     if current != expected:
@@ -541,7 +546,7 @@ def dead_letter(session: Session, lane: str, partition: int, expected: int, item
     if current == 0 and session.get(LaneCursor, (lane, partition)) is None:
         session.add(LaneCursor(lane=lane, partition=partition, last_sequence=command.sequence))
     else:
-        conn.execute(_UPDATE_CURSORS, [{"b_lane": lane, "b_partition": partition, "b_sequence": command.sequence}])
+        conn.run(_UPDATE_CURSORS, [{"b_lane": lane, "b_partition": partition, "b_sequence": command.sequence}])
     replies = [(item.reply_to, reply.encode())] if item.reply_to else []
     return BatchResult(applied=True, last_sequence=command.sequence, replies=replies)
 

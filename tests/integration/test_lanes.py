@@ -790,9 +790,11 @@ def test_many_keys_sent_at_once_apply_exactly_once_in_key_order_across_a_kill(
         assert again == replies[0], key  # a retry long after gets the first reply, with no second effect
 
 
-def test_a_group_applies_partitions_together_and_leaves_out_a_fenced_one(database_url: str) -> None:
+@pytest.mark.parametrize("through", ["session", "statements"])
+def test_a_group_applies_partitions_together_and_leaves_out_a_fenced_one(database_url: str, through: str) -> None:
     """:func:`apply_group` directly: several partitions in one transaction, one of them moved meanwhile
-    by a second owner (so left out, nothing written for it), a command id met twice, alarms and a delete."""
+    by a second owner (so left out, nothing written for it), a command id met twice, alarms and a delete; through
+    a session and through :meth:`Database.run_statements_sync` (on SQLite: the driver's own connection), alike."""
     from datetime import UTC, datetime, timedelta
 
     from cartwheel.db import migrate
@@ -803,6 +805,7 @@ def test_a_group_applies_partitions_together_and_leaves_out_a_fenced_one(databas
 
     migrate("inventory", database_url)
     db = Database(database_url)
+    run = db.run_sync if through == "session" else db.run_statements_sync
     by_partition: dict[int, str] = {}
     for i in range(200):
         by_partition.setdefault(partition_of(f"g-{i}", PARTITIONS), f"g-{i}")
@@ -814,7 +817,7 @@ def test_a_group_applies_partitions_together_and_leaves_out_a_fenced_one(databas
         return Incoming(LaneCommand(id=cid or f"{key}-{seq}", key=key, kind=kind, body=body or {}, sequence=seq,
                                     issued_at=at + timedelta(seconds=seq)), reply_to=f"inbox.{key}.{seq}")
 
-    first = db.run_sync(lambda s: apply_group(s, SPEC, [
+    first = run(lambda s: apply_group(s, SPEC, [
         PartitionBatch(pa, 0, [cmd(a, 1, "stock", {"stock": 5}), cmd(a, 2, "take"), cmd(a, 3, "remind",
                                                                                       {"alarm": "ga", "after": 60})]),
         PartitionBatch(pb, 0, [cmd(b, 1, "stock", {"stock": 1}), cmd(b, 2, "take"), cmd(b, 3, "take")]),
@@ -827,7 +830,7 @@ def test_a_group_applies_partitions_together_and_leaves_out_a_fenced_one(databas
 
     # A second owner applies partition c (its cursor moves to 5) while the first still believes it at 2.
     assert db.run_sync(lambda s: apply_batch(s, SPEC, pc, 2, [cmd(c, 5, "append")])).applied
-    second = db.run_sync(lambda s: apply_group(s, SPEC, [
+    second = run(lambda s: apply_group(s, SPEC, [
         PartitionBatch(pa, 3, [cmd(a, 4, "take"), cmd(a, 5, "forget", {"alarm": "ga"})], cached=first[0].states),
         PartitionBatch(pc, 2, [cmd(c, 3, "append", cid="stale-owner")], cached=first[2].states),
         # The same id as a's first take, on another partition: a duplicate, with that command's reply.

@@ -1,0 +1,126 @@
+"""Prebuilt statements run through a session or, on SQLite, on the driver's own connection (cartwheel.statements):
+the same rows stored, the same values read, the same errors, the same transaction (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+
+from cartwheel.db import Database, migrate
+from cartwheel.lanes import store
+from cartwheel.outbox import INSERT_EVENTS
+from cartwheel.statements import Statements, statements_of
+
+AT = datetime(2026, 12, 7, 10, 1, 2, 345678, tzinfo=UTC)
+
+
+def alarm(alarm_id: str, due_at: datetime = AT) -> dict[str, Any]:
+    return {"lane": "l", "alarm_id": alarm_id, "partition": 3, "key": "k", "due_at": due_at, "body": "{}"}
+
+
+def stored(db: Database, table: str) -> list[tuple[Any, ...]]:
+    with db.engine.connect() as conn:  # as the database holds them, past every type's processing
+        return [tuple(r) for r in conn.execute(text(f"SELECT * FROM {table} ORDER BY 1, 2"))]
+
+
+@pytest.fixture
+def db(database_url: str) -> Any:
+    migrate("inventory", database_url)
+    database = Database(database_url)
+    yield database
+    database.close()
+
+
+def test_both_paths_store_and_read_the_same(db: Database) -> None:
+    upsert = store._upsert_alarms(db.engine.dialect.name)
+
+    def write(through: str) -> Any:
+        def work(statements: Statements) -> list[tuple[Any, ...]]:
+            statements.run(upsert, [alarm(f"{through}-1"), alarm(f"{through}-2")])  # an executemany
+            statements.run(upsert, alarm(f"{through}-1", AT.replace(microsecond=0)))  # one set: moved
+            statements.run(INSERT_EVENTS, [{"event_id": f"{through}-e", "subject": "s", "payload": "{}",
+                                            "created_at": AT, "attempts": 0, "traceparent": None}])
+            one = statements.rows(store._SELECT_DUE, {"lane": "l", "ids": [f"{through}-1"]})
+            three = statements.rows(store._SELECT_DUE, {"lane": "l", "ids": [f"{through}-{i}" for i in (1, 2, 9)]})
+            return sorted(one + three)
+        return work
+
+    read_through_session = db.run_sync(lambda s: write("a")(statements_of(s)))
+    read_through_statements = db.run_statements_sync(write("b"))
+    assert read_through_session == [("a-1", AT.replace(microsecond=0))] * 2 + [("a-2", AT)]
+    assert [(i.replace("b", "a"), at) for i, at in read_through_statements] == read_through_session
+    assert all(at.utcoffset() == timedelta(0) for _, at in read_through_statements)
+    alarms = stored(db, "lane_alarms")
+    assert [r[1:] for r in alarms if r[1].startswith("b")] == [
+        (r[1].replace("a", "b", 1), *r[2:]) for r in alarms if r[1].startswith("a")]
+    events = stored(db, "outbox")
+    assert len(events) == 2 and events[0][2:] == events[1][2:]  # all but position and id alike
+
+
+def test_a_failure_rolls_the_whole_transaction_back_with_sqlalchemys_error(db: Database) -> None:
+    db.run_statements_sync(lambda s: s.run(store._INSERT_ALARMS, [alarm("taken")]))
+
+    def work(statements: Statements) -> None:
+        statements.run(store._INSERT_ALARMS, [alarm("first")])
+        statements.run(store._INSERT_ALARMS, [alarm("taken")])  # its key is there
+
+    with pytest.raises(IntegrityError):
+        db.run_statements_sync(work)
+    assert [r[1] for r in stored(db, "lane_alarms")] == ["taken"]  # "first" went with it
+    db.run_statements_sync(lambda s: s.run(store._INSERT_ALARMS, [alarm("after")]))  # the connection is clean
+    assert [r[1] for r in stored(db, "lane_alarms")] == ["after", "taken"]
+
+
+def test_a_file_another_process_write_locks_is_waited_for_off_the_loop(tmp_path: Any) -> None:
+    """On the loop, a write meets another connection's lock: it is rolled back and waits on the writing thread,
+    while the loop goes on; once the lock is let go it commits."""
+    url = f"sqlite:///{tmp_path / 'locked.db'}"
+    migrate("inventory", url)
+    db = Database(url)
+    locker = sqlite3.connect(tmp_path / "locked.db", isolation_level=None, check_same_thread=False)
+    locker.execute("BEGIN IMMEDIATE")  # an admin's sqlite3 shell, say
+    release = threading.Timer(1.0, locker.rollback)
+
+    async def main() -> tuple[int, Any]:
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.05)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        started = time.monotonic()
+        release.start()
+        await db.run_statements(lambda s: s.run(store._INSERT_ALARMS, [alarm("late")]))
+        ticker.cancel()
+        return ticks, time.monotonic() - started
+
+    try:
+        ticks, waited = asyncio.run(main())
+    finally:
+        release.cancel()
+        locker.close()
+    assert waited >= 0.9 and ticks >= 10  # it waited for the lock, and the loop ran meanwhile
+    assert [r[1] for r in stored(db, "lane_alarms")] == ["late"]
+    db.close()
+
+
+def test_a_read_of_prebuilt_statements_sees_committed_rows_with_a_limit(db: Database) -> None:
+    """The outbox relay's look for what is left (LIMIT ? with the OFFSET SQLAlchemy binds itself)."""
+    from cartwheel.outbox import _PENDING
+
+    db.run_statements_sync(lambda s: s.run(INSERT_EVENTS, [
+        {"event_id": f"e{i}", "subject": "s", "payload": "{}", "created_at": AT, "attempts": 0, "traceparent": None}
+        for i in range(3)]))
+    found = asyncio.run(db.read_statements(lambda s: s.rows(_PENDING, {"limit": 2})))
+    assert [event_id for _, event_id, *_ in found] == ["e0", "e1"]
