@@ -103,7 +103,10 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     # Room for every reader thread, the writer, a lane applying on the loop, lookups and pings at once:
     # an overflow connection is closed on return and the next one runs the pragmas again.
     sizes = {"pool_size": pool_size + 5, "max_overflow": pool_size} if in_file else {}
-    engine = create_engine(url, connect_args={"timeout": 30}, **sizes)
+    # The connection used last comes back first (``pool_use_lifo``): each connection keeps its own page cache,
+    # valid only while no other connection wrote the file. Handed out in turn, every write began on a cache
+    # another had made stale and read its pages again.
+    engine = create_engine(url, connect_args={"timeout": 30}, pool_use_lifo=bool(sizes), **sizes)
 
     @event.listens_for(engine, "connect")
     def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
