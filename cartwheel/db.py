@@ -106,7 +106,7 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     # The connection used last comes back first (``pool_use_lifo``): each connection keeps its own page cache,
     # valid only while no other connection wrote the file. Handed out in turn, every write began on a cache
     # another had made stale and read its pages again.
-    engine = create_engine(url, connect_args={"timeout": 30}, pool_use_lifo=bool(sizes), **sizes)
+    engine = create_engine(url, connect_args={"timeout": 30}, **({"pool_use_lifo": True, **sizes} if sizes else {}))
 
     @event.listens_for(engine, "connect")
     def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -263,9 +263,7 @@ class Database:
         pooled = self.engine.raw_connection()
         try:
             statements = SqliteStatements(pooled.driver_connection)  # type: ignore[arg-type]
-            if pooled.info.get(BUSY_MS, SQLITE_BUSY_MS) != busy_ms:  # the pragma stays with the pooled connection
-                statements.execute(f"PRAGMA busy_timeout={busy_ms}", ())
-                pooled.info[BUSY_MS] = busy_ms
+            self._busy_wait(pooled, statements, busy_ms)
             statements.execute("BEGIN IMMEDIATE", ())
             try:
                 yield statements
@@ -400,13 +398,25 @@ class Database:
         local SQLite file it runs right here on the driver, as :meth:`lookup` does; elsewhere on the read pool.
         An idle outbox relay's look, a session and a hop to the read pool each, cost every service 0.03 of a
         core with 100 tenants' databases open."""
-        if not self.is_local:
-            return await self.read(lambda session: work(CoreStatements(session)))
-        pooled = self.engine.raw_connection()
-        try:
-            return work(SqliteStatements(pooled.driver_connection))  # type: ignore[arg-type]
-        finally:
-            pooled.close()
+        if self.is_local:
+            pooled = self.engine.raw_connection()
+            try:
+                statements = SqliteStatements(pooled.driver_connection)  # type: ignore[arg-type]
+                self._busy_wait(pooled, statements, QUICK_BUSY_MS)  # a WAL reader meets a lock only in recovery
+                return work(statements)
+            except OperationalError as exc:
+                if "locked" not in str(exc.orig) and "busy" not in str(exc.orig):
+                    raise
+            finally:
+                pooled.close()
+        return await self.read(lambda session: work(CoreStatements(session)))  # elsewhere, or locked: off the loop
+
+    @staticmethod
+    def _busy_wait(pooled: Any, statements: SqliteStatements, busy_ms: int) -> None:
+        """How long SQLite waits for a lock on this pooled connection (the pragma stays with it)."""
+        if pooled.info.get(BUSY_MS, SQLITE_BUSY_MS) != busy_ms:
+            statements.execute(f"PRAGMA busy_timeout={busy_ms}", ())
+            pooled.info[BUSY_MS] = busy_ms
 
     async def lookup(self, statement: Executable, **params: Any) -> Any:
         """The first column of the first row of a small indexed read (None if no row), for hot paths.

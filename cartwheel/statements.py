@@ -14,7 +14,7 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, Executable
+from sqlalchemy import Connection, Executable, Select
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -63,7 +63,12 @@ class _Compiled:
 
     def __init__(self, stmt: Executable, keys: Sequence[str] | None) -> None:
         compiled = stmt.compile(dialect=_DIALECT, column_keys=list(keys) if keys is not None else None)
-        assert isinstance(compiled, SQLCompiler)
+        if not isinstance(compiled, SQLCompiler):
+            raise TypeError(f"not a SQL statement: {stmt!r}")
+        if any(getattr(compiled, what, None) for what in ("insert_prefetch", "update_prefetch", "postfetch",
+                                                          "returning")):
+            # Column defaults SQLAlchemy would compute, or values it would fetch back: not done on the driver.
+            raise ValueError(f"give every column of this statement: {compiled.string[:80]!r}")
         self.sql = compiled.string
         self.names: tuple[str, ...] = tuple(compiled.positiontup or ())
         self.expanding = {name for name, b in compiled.binds.items() if b.expanding}
@@ -73,10 +78,11 @@ class _Compiled:
             kind = compiled.binds[name].type
             processor = kind.dialect_impl(_DIALECT).bind_processor(_DIALECT)
             if processor is not None:
-                assert name not in self.expanding, f"{name}: an expanding parameter with a type to process"
+                if name in self.expanding:
+                    raise ValueError(f"{name}: an expanding parameter with a type to process")
                 self.process[name] = processor
-        columns = getattr(stmt, "selected_columns", ())
-        self.results = [c.type.dialect_impl(_DIALECT).result_processor(_DIALECT, None) for c in columns]
+        self.results = [c.type.dialect_impl(_DIALECT).result_processor(_DIALECT, None)
+                        for c in stmt.selected_columns] if isinstance(stmt, Select) else None
         self._sized: dict[tuple[int, ...], str] = {}
 
     def sql_for(self, params: Params) -> tuple[str, list[Any]]:
@@ -94,16 +100,21 @@ class _Compiled:
             return self.sql, values
         sql = self._sized.get(key := tuple(sizes))
         if sql is None:
+            if len(self._sized) >= SIZES_KEPT:
+                self._sized.clear()
             counts = iter(sizes)
             sql = self._sized[key] = _EXPANDING.sub(lambda _: "(" + ", ".join("?" * next(counts)) + ")", self.sql)
         return sql, values
 
 
+SIZES_KEPT = 64
+"""IN-list sizes whose SQL a statement keeps rendered (a lane's part has lists of one or two)."""
 _COMPILED: dict[tuple[int, tuple[str, ...] | None], _Compiled] = {}
 
 
 def _compiled(stmt: Executable, keys: Sequence[str] | None = None) -> _Compiled:
-    """Statements here are module constants: compiled once per statement (and set of inserted columns)."""
+    """Compiled once per statement and set of parameter names, and kept: give module constants only (as the lanes'
+    and the outbox's statements are), never a statement built per call."""
     found = _COMPILED.get(cache_key := (id(stmt), tuple(keys) if keys is not None else None))
     if found is None:
         found = _COMPILED[cache_key] = _Compiled(stmt, keys)
@@ -123,6 +134,8 @@ class SqliteStatements:
 
     def rows(self, stmt: Executable, params: Params) -> list[tuple[Any, ...]]:
         compiled = _compiled(stmt)
+        if compiled.results is None:
+            raise TypeError("rows() reads a SELECT's rows: run() the others")
         sql, values = compiled.sql_for(params)
         found = self.execute(sql, values).fetchall()
         if any(compiled.results):
@@ -132,16 +145,21 @@ class SqliteStatements:
         return found
 
     def run(self, stmt: Executable, params: Params | Sequence[Params]) -> None:
+        """As SQLAlchemy runs it: an INSERT's columns are the parameters' names (those of the first row)."""
         if isinstance(params, Mapping):
-            sql, values = _compiled(stmt).sql_for(params)
+            sql, values = _compiled(stmt, list(params)).sql_for(params)
             self.execute(sql, values)
             return
         if not params:
             return
-        compiled = _compiled(stmt, list(params[0]))
+        names = list(params[0])
+        if any(p.keys() != params[0].keys() for p in params):
+            raise ValueError(f"an executemany whose rows have other names than the first's ({names})")
+        compiled = _compiled(stmt, names)
         rendered = [compiled.sql_for(p) for p in params]
         sql = rendered[0][0]
-        assert all(s == sql for s, _ in rendered), "an executemany whose rows render different SQL"
+        if any(s != sql for s, _ in rendered):
+            raise ValueError("an executemany whose rows render different SQL (IN lists of other sizes)")
         self.execute(sql, [values for _, values in rendered], many=True)
 
     def execute(self, sql: str, values: Any, many: bool = False) -> sqlite3.Cursor:

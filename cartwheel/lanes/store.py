@@ -299,7 +299,8 @@ def apply_group(where: Session | Statements, spec: LaneSpec[Any], batches: list[
     if notes and (upsert := _upsert_tenant_alarms(conn.dialect)) is not None:
         conn.run(upsert, notes)
     elif notes:
-        assert isinstance(conn, CoreStatements), "a dialect without upserts runs through a session"
+        if not isinstance(conn, CoreStatements):
+            raise TypeError("a dialect without upserts runs through a session")
         for note in notes:
             note_tenant_alarms(conn.session, lane, note["partition"], note["tenant"], note["next_at"])
     return results

@@ -124,3 +124,29 @@ def test_a_read_of_prebuilt_statements_sees_committed_rows_with_a_limit(db: Data
         for i in range(3)]))
     found = asyncio.run(db.read_statements(lambda s: s.rows(_PENDING, {"limit": 2})))
     assert [event_id for _, event_id, *_ in found] == ["e0", "e1"]
+
+
+def test_the_driver_path_refuses_what_it_would_store_otherwise_than_sqlalchemy(db: Database) -> None:
+    """Review: a column left to its Python default was stored NULL by the driver path (SQLAlchemy fills it)."""
+    from sqlalchemy import select
+
+    from cartwheel.outbox import OutboxEvent
+
+    row = {"event_id": "e", "subject": "s", "payload": "{}", "created_at": AT, "attempts": 0, "traceparent": None}
+    short = {k: v for k, v in row.items() if k not in ("created_at", "attempts")}
+    if db.is_local:
+        with pytest.raises(ValueError, match="give every column"):
+            db.run_statements_sync(lambda s: s.run(INSERT_EVENTS, [short]))
+        with pytest.raises(ValueError, match="other names"):
+            db.run_statements_sync(lambda s: s.run(INSERT_EVENTS, [row, {**short, "event_id": "f"}]))
+        with pytest.raises(TypeError, match="SELECT"):
+            db.run_statements_sync(lambda s: s.rows(INSERT_EVENTS, row))
+    db.run_statements_sync(lambda s: s.run(INSERT_EVENTS, row))  # one mapping: its own columns
+    assert db.read_sync(lambda s: s.scalars(select(OutboxEvent.event_id)).all()) == ["e"]
+
+
+def test_an_in_memory_database_still_opens() -> None:
+    """Review: the pool's LIFO option was passed to SQLite's in-memory pool too, which refuses it."""
+    memory = Database("sqlite://")
+    assert memory.read_sync(lambda s: s.execute(text("SELECT 1")).scalar()) == 1
+    memory.close()
