@@ -8,7 +8,6 @@ checks that readiness, the metrics and the log say so, and say so again once it 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -74,20 +73,29 @@ def own_nats(tmp_path: Path) -> Iterator[NatsServer]:
 
 
 def test_a_write_locked_database_makes_the_service_not_ready_and_the_lane_shows_its_lag(
-    tmp_path: Path, start_service: Callable[..., ServiceThread], client: Client
+    tmp_path: Path, own_nats: NatsServer
 ) -> None:
     """Seen: with inventory.db write-locked, restocks failed with 503 after 5 s while every health endpoint said
     ok (its check was ``SELECT 1``). Now the write probe fails, readiness says why, and the lane's lag and the
-    age of its oldest command grow until the lock goes; then it is ready again and the lag is 0."""
-    async def fresh_lane(nc: nats.NATS) -> None:
-        js = nc.jetstream()
-        for remove in (js.delete_stream(subjects.lane_stream(LANE)), js.delete_key_value(subjects.lane_bucket(LANE))):
-            with contextlib.suppress(nats.js.errors.NotFoundError):
-                await remove
+    age of its oldest command grow until the lock goes; then it is ready again and the lag is 0.
 
-    client.run(fresh_lane)
+    On a nats-server of its own: on the session's, this inventory consumed every earlier test's catalog events and
+    sent their stock into the same lane, and two full runs saw one of those commands in the lag at the end."""
+    import importlib
+
     path = tmp_path / "locked-inventory.db"
-    runner = start_service("inventory", inventory_database_url=f"sqlite:///{path}", metrics_port=free_port())
+    settings = settings_for(own_nats.url, tmp_path, inventory_database_url=f"sqlite:///{path}",
+                            metrics_port=free_port())
+    runner = ServiceThread(importlib.import_module("services.inventory.app").build(settings)).start()
+    client = Client(own_nats.url)
+    try:
+        check_a_write_locked_database(runner, client, path)
+    finally:
+        client.close()
+        runner.stop()
+
+
+def check_a_write_locked_database(runner: ServiceThread, client: Client, path: Path) -> None:
     service = runner.service
     assert on_loop(runner, service.readiness.check()) == []
     assert sample(service, "cartwheel_ready") == 1 and sample(service, "cartwheel_nats_connected") == 1
