@@ -159,6 +159,11 @@ def _enter_wal(cursor: Any) -> None:
             delay = min(delay * 2, 0.2)
 
 
+def _locked(error: OperationalError) -> bool:
+    """SQLite said another connection holds the lock (a try on the event loop then waits for it on a thread)."""
+    return "locked" in str(error.orig) or "busy" in str(error.orig)
+
+
 def unavailable(error: BaseException) -> bool:
     """Whether ``error`` says the database can't be reached or used right now (down, restarting, a connection cut,
     a locked SQLite file, a pool with no connection free): worth answering 503 and asking again, not a bug."""
@@ -285,7 +290,7 @@ class Database:
             self.wrote_at = time.monotonic()
             return done
         except OperationalError as exc:
-            if "locked" not in str(exc.orig) and "busy" not in str(exc.orig):
+            if not _locked(exc):
                 raise
         finally:
             self._write_lock.release()
@@ -405,7 +410,7 @@ class Database:
                 self._busy_wait(pooled, statements, QUICK_BUSY_MS)  # a WAL reader meets a lock only in recovery
                 return work(statements)
             except OperationalError as exc:
-                if "locked" not in str(exc.orig) and "busy" not in str(exc.orig):
+                if not _locked(exc):
                     raise
             finally:
                 pooled.close()

@@ -465,9 +465,9 @@ class PartitionWorker:
         with tenant_context.serving(tenant):  # its outbox relay, its log lines
             try:
                 # A tenant's part is a transaction of its own for a command or two: on a SQLite file, on the loop
-                # through the driver (0.12 ms of CPU where SQLAlchemy's session took 0.5). Handed to the writing
-                # threads, as parts were while they cost that much, the parts waited on the GIL there: 5 ms each,
-                # and add to cart with 100 busy tenants ran at 510 a second against 585 on the loop.
+                # through the driver (0.16 ms of CPU where SQLAlchemy's session took 0.53: bench/lane_parts.py). On
+                # the writing threads a part waited on the GIL (1.8 ms of wall time each through the driver), and
+                # add to cart with 100 busy tenants ran at 511 a second against 585 on the loop.
                 result = (await db.run_statements(work))[0]
             except BaseException:
                 if relay:

@@ -136,7 +136,7 @@ def check_a_write_locked_database(runner: ServiceThread, client: Client, path: P
     assert in_use >= 1  # the lane's transaction waits for the lock on a connection of the pool
     assert sample(service, "cartwheel_ready") == 0
     assert on_loop(runner, service.readiness.check()) == []  # the lock is gone: ready again
-    # Every call is answered; the batch that answered the last ones ends a moment later (a full run saw lag 1).
+    # Every call is answered; the batch that answered the last ones ends a moment later.
     deadline = time.monotonic() + 5
     while sample(service, "cartwheel_lane_lag_commands", lane=LANE) != 0 and time.monotonic() < deadline:
         time.sleep(0.05)
