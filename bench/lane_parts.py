@@ -1,4 +1,5 @@
-"""CPU of a tenant's part of a lane batch: one add to a cart applied alone in its tenant's SQLite file.
+"""CPU of a tenant's part of a lane batch: one add to a cart applied alone in its tenant's SQLite file, marking
+the tenant's events of its part before as published (what a relay hands the next transaction).
 
 With a database per tenant, a lane batch touching k tenants is k transactions of a command or two each; one shop's
 batch of dozens of commands pays its transaction once. This measures what one such part costs, through each way a
@@ -28,6 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cartwheel.contracts.cart import AddItem, ProductSnapshot
 from cartwheel.db import Database, PlatformBase
 from cartwheel.lanes import store
 from cartwheel.lanes.models import LanesBase
@@ -50,19 +52,23 @@ class Tenants:
             self.dbs.append(db)
         self.sequence = [0] * count
         self.cached: list[dict[str, Any]] = [{} for _ in range(count)]
-        self.product = {"product_id": str(uuid.uuid4()), "sku": "BENCH-1", "name": "Bench", "unit_price_cents": 1000,
-                        "currency": "EUR", "active": True}
+        self.published: list[list[str]] = [[] for _ in range(count)]
+        """Each tenant's events of its last part: its relay published them from memory, and the next part marks
+        their rows (as the lanes runtime hands a relay's marks to the next transaction)."""
+        self.product = ProductSnapshot(product_id=str(uuid.uuid4()), sku="BENCH-1", name="Bench",
+                                       unit_price_cents=1000, currency="EUR", active=True)
 
     def part(self, i: int, n: int) -> store.PartitionBatch:
         self.sequence[i] += 1
         cart = f"cart-{i}-{n % CARTS_PER_TENANT}"
-        body = {"id": str(uuid.uuid4()), "tenant": f"t{i}", "cart_id": cart, "product": self.product, "quantity": 1,
-                "available": 1_000_000, "email": None}
-        command = LaneCommand(id=body["id"], key=cart, kind="add_item", body=body, sequence=self.sequence[i],
-                              issued_at=datetime.now(UTC))
+        add = AddItem(id=str(uuid.uuid4()), tenant=f"t{i}", cart_id=cart, product=self.product, quantity=1,
+                      available=1_000_000)
+        command = LaneCommand(id=add.id, key=cart, kind=add.kind, body=add.model_dump(mode="json"),
+                              sequence=self.sequence[i], issued_at=datetime.now(UTC))
         item = store.Incoming(command, "bench.reply", tenant=f"t{i}")
         cached = {cart: self.cached[i][cart]} if cart in self.cached[i] else {}
-        return store.PartitionBatch(0, self.sequence[i] - 1, [item], cached, tenant=f"t{i}")
+        return store.PartitionBatch(0, self.sequence[i] - 1, [item], cached, tenant=f"t{i}",
+                                    published=self.published[i])
 
     def run(self, parts: int, way: str) -> dict[str, float]:
         started_cpu, started = time.process_time(), time.perf_counter()
@@ -72,9 +78,10 @@ class Tenants:
             db = self.dbs[i]
             run: Callable[..., list[store.BatchResult]] = db.run_sync if way == "session" else db.run_statements_sync
             result = run(lambda s, b=batch: store.apply_group(s, self.spec, [b]))[0]
-            if not result.applied:
-                raise RuntimeError(f"part {n} of tenant {i} was not applied")
+            if not result.applied or not result.events:
+                raise RuntimeError(f"part {n} of tenant {i} was not applied as an add: {result.replies}")
             self.cached[i].update(result.states)
+            self.published[i] = [event.id for event, _ in result.events]
         return {"cpu_ms_per_part": round((time.process_time() - started_cpu) / parts * 1000, 4),
                 "wall_ms_per_part": round((time.perf_counter() - started) / parts * 1000, 4)}
 

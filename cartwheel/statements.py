@@ -34,6 +34,9 @@ class Statements(Protocol):
     def run(self, stmt: Executable, params: Params | Sequence[Params]) -> None:
         """A write; a list of parameter sets runs it once per set (one executemany)."""
 
+    def changed(self, stmt: Executable, params: Params) -> int:
+        """A write of one parameter set: how many rows it changed (an UPDATE's fence)."""
+
 
 class CoreStatements:
     """Through a session's connection: any database SQLAlchemy knows."""
@@ -48,6 +51,9 @@ class CoreStatements:
 
     def run(self, stmt: Executable, params: Params | Sequence[Params]) -> None:
         self.connection.execute(stmt, params)  # type: ignore[arg-type]
+
+    def changed(self, stmt: Executable, params: Params) -> int:
+        return self.connection.execute(stmt, params).rowcount  # type: ignore[attr-defined,no-any-return]
 
 
 def statements_of(where: Session | Statements) -> Statements:
@@ -161,6 +167,10 @@ class SqliteStatements:
         if any(s != sql for s, _ in rendered):
             raise ValueError("an executemany whose rows render different SQL (IN lists of other sizes)")
         self.execute(sql, [values for _, values in rendered], many=True)
+
+    def changed(self, stmt: Executable, params: Params) -> int:
+        sql, values = _compiled(stmt, list(params)).sql_for(params)
+        return self.execute(sql, values).rowcount
 
     def execute(self, sql: str, values: Any, many: bool = False) -> sqlite3.Cursor:
         try:

@@ -121,6 +121,10 @@ _DELETE_STATES = delete(_states).where(
 _UPDATE_STATES = update(_states).where(
     _states.c.lane == bindparam("b_lane"), _states.c.key == bindparam("b_key"),
 ).values(state=bindparam("b_state"), updated_at=bindparam("b_at"))
+_CLAIM_CURSOR = update(_cursors).where(
+    _cursors.c.lane == bindparam("b_lane"), _cursors.c.partition == bindparam("b_partition"),
+    _cursors.c.last_sequence == bindparam("b_expected"),
+).values(last_sequence=bindparam("b_sequence"))
 _INSERT_CURSORS = insert(_cursors)
 _UPDATE_CURSORS = update(_cursors).where(
     _cursors.c.lane == bindparam("b_lane"), _cursors.c.partition == bindparam("b_partition"),
@@ -212,7 +216,9 @@ def apply_group(where: Session | Statements, spec: LaneSpec[Any], batches: list[
     lane = spec.name
     conn = statements_of(where)
     mark_published(conn, [event_id for b in batches for event_id in b.published])
-    current = _select_in(conn, _SELECT_CURSORS, lane, {b.partition for b in batches})  # type: ignore[arg-type]
+    claimed = _claim(conn, lane, batches)
+    current = {batches[0].partition: batches[0].expected} if claimed else _select_in(
+        conn, _SELECT_CURSORS, lane, {b.partition for b in batches})  # type: ignore[arg-type]
     results = [BatchResult(applied=False, last_sequence=current.get(b.partition, 0)) for b in batches]
     live: list[tuple[PartitionBatch, BatchResult]] = []
     seen: set[int] = set()
@@ -289,7 +295,7 @@ def apply_group(where: Session | Statements, spec: LaneSpec[Any], batches: list[
     inserts = [{"lane": lane, "partition": b.partition, "last_sequence": r.last_sequence}
                for b, r, _ in group if b.partition not in current]
     updates = [{"b_lane": lane, "b_partition": b.partition, "b_sequence": r.last_sequence}
-               for b, r, _ in group if b.partition in current]
+               for b, r, _ in group if b.partition in current and not claimed]
     if inserts:
         conn.run(_INSERT_CURSORS, inserts)
     if updates:
@@ -304,6 +310,23 @@ def apply_group(where: Session | Statements, spec: LaneSpec[Any], batches: list[
         for note in notes:
             note_tenant_alarms(conn.session, lane, note["partition"], note["tenant"], note["next_at"])
     return results
+
+
+def _claim(conn: Statements, lane: str, batches: list[PartitionBatch]) -> bool:
+    """A lone partition's batch: move its cursor to where the batch leaves it, if the cursor still says
+    ``expected``; False: not moved (a first cursor, a group, or another owner's move: the cursors are read).
+
+    One statement where a group reads its cursors (locking them) and writes them back: a tenant's part of a lane
+    batch is a transaction of its own, a command or two. The UPDATE is the fence: on PostgreSQL it locks the row as
+    ``SELECT .. FOR UPDATE`` does, and one whose cursor another owner moved changes no row."""
+    if len(batches) != 1 or not batches[0].expected:
+        return False
+    b = batches[0]
+    if not b.batch and b.through <= b.expected:
+        return False
+    to = max(b.batch[-1].command.sequence if b.batch else 0, b.through)
+    return conn.changed(_CLAIM_CURSOR, {"b_lane": lane, "b_partition": b.partition, "b_expected": b.expected,
+                                        "b_sequence": to}) == 1
 
 
 def note_tenant_alarms(session: Session, lane: str, partition: int, tenant: str, at: datetime) -> None:

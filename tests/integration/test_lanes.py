@@ -793,7 +793,8 @@ def test_many_keys_sent_at_once_apply_exactly_once_in_key_order_across_a_kill(
 @pytest.mark.parametrize("through", ["session", "statements"])
 def test_a_group_applies_partitions_together_and_leaves_out_a_fenced_one(database_url: str, through: str) -> None:
     """:func:`apply_group` directly: several partitions in one transaction, one of them moved meanwhile
-    by a second owner (so left out, nothing written for it), a command id met twice, alarms and a delete; through
+    by a second owner (so left out, nothing written for it, alone as in a group), a command id met twice, alarms
+    and a delete; through
     a session and through :meth:`Database.run_statements_sync` (on SQLite: the driver's own connection), alike."""
     from datetime import UTC, datetime, timedelta
 
@@ -840,6 +841,10 @@ def test_a_group_applies_partitions_together_and_leaves_out_a_fenced_one(databas
     assert [r.applied for r in second] == [True, False, True]
     assert second[1].last_sequence == 5 and not second[1].replies  # fenced: the caller restarts from the cursor
     assert second[2].duplicates == 1 and second[2].replies[1][1] == second[0].replies[0][1]
+    # Alone, a partition's batch moves its cursor with one fenced UPDATE: a stale owner's changes no row, and
+    # its batch is left out as in a group.
+    lone = run(lambda s: apply_group(s, SPEC, [PartitionBatch(pc, 2, [cmd(c, 6, "append", cid="stale-lone")])]))
+    assert not lone[0].applied and lone[0].last_sequence == 5 and not lone[0].replies
 
     stored = db.read_sync(lambda s: load_states(s, LANE, [a, b, c]))
     states = {k: Ledger.model_validate_json(v) for k, v in stored.items()}
@@ -856,7 +861,8 @@ def test_a_group_applies_partitions_together_and_leaves_out_a_fenced_one(databas
 
     alarms, commands = db.read_sync(rows)
     db.close()
-    assert alarms == set() and "stale-owner" not in commands and f"{b}-5" not in commands
+    assert alarms == set() and f"{b}-5" not in commands
+    assert "stale-owner" not in commands and "stale-lone" not in commands
     assert sorted(db_cursor(database_url, p) for p in (pa, pb, pc)) == [5, 5, 5]
 
 

@@ -79,6 +79,30 @@ def test_a_failure_rolls_the_whole_transaction_back_with_sqlalchemys_error(db: D
     assert [r[1] for r in stored(db, "lane_alarms")] == ["after", "taken"]
 
 
+def test_a_threads_driver_connection_is_kept_and_let_go_once_broken(tmp_path: Any) -> None:
+    """SQLite: a thread's transactions share its driver connection (no pool checkout each); one closed under a
+    transaction (as a failed disk leaves it) is let go, and the next transaction opens another."""
+    url = f"sqlite:///{tmp_path / 'kept.db'}"
+    migrate("inventory", url)
+    db = Database(url)
+    try:
+        first = db.run_statements_sync(lambda s: s.connection)  # type: ignore[attr-defined]
+        assert db.run_statements_sync(lambda s: s.connection) is first  # type: ignore[attr-defined]
+
+        def breaks(statements: Statements) -> None:
+            statements.run(store._INSERT_ALARMS, [alarm("lost")])
+            statements.connection.close()  # type: ignore[attr-defined]
+            raise OSError("the disk went away")
+
+        with pytest.raises(OSError, match="disk"):
+            db.run_statements_sync(breaks)
+        db.run_statements_sync(lambda s: s.run(store._INSERT_ALARMS, [alarm("after")]))
+        assert [r[1] for r in stored(db, "lane_alarms")] == ["after"]
+        assert db.run_statements_sync(lambda s: s.connection) is not first  # type: ignore[attr-defined]
+    finally:
+        db.close()
+
+
 def test_a_file_another_process_write_locks_is_waited_for_off_the_loop(tmp_path: Any) -> None:
     """On the loop, a write meets another connection's lock: it is rolled back and waits on the writing thread,
     while the loop goes on; once the lock is let go it commits."""
