@@ -92,6 +92,10 @@ _MARK_PUBLISHED = update(OutboxEvent.__table__).where(
     OutboxEvent.__table__.c.event_id.in_(bindparam("ids", expanding=True))).values(published_at=bindparam("at"))
 
 
+_MARK_POSITIONS = update(OutboxEvent.__table__).where(
+    OutboxEvent.__table__.c.position.in_(bindparam("positions", expanding=True))).values(published_at=bindparam("at"))
+
+
 _PENDING = (
     select(OutboxEvent.position, OutboxEvent.event_id, OutboxEvent.subject, OutboxEvent.payload,
            OutboxEvent.traceparent)
@@ -255,7 +259,7 @@ class OutboxRelay:
     async def _write_marks(self) -> None:
         marks, self._unmarked = self._unmarked, []
         try:
-            await self.db.run(lambda s: mark_published(s, marks))
+            await self.db.run_statements(lambda s: mark_published(s, marks))
         except Exception:
             self._unmarked[:0] = marks  # kept for the next round; the outbox is not read before they are written
             raise
@@ -280,7 +284,7 @@ class OutboxRelay:
         self._read_at = time.monotonic()
         marks, self._unmarked = self._unmarked, []
         try:  # a write only when there are marks to write: a read does not wait for the database's writer
-            rows = await (self.db.run(lambda s: self._pending(s, marks)) if marks
+            rows = await (self.db.run_statements(lambda s: self._pending(s, marks)) if marks
                           else self.db.read_statements(self._pending))
         except Exception:
             self._unmarked[:0] = marks
@@ -300,7 +304,7 @@ class OutboxRelay:
                 break  # keep order: nothing after a failed event goes out before it
             published.append(position)
         if published:
-            await self.db.run(lambda s: self._published(s, published))
+            await self.db.run_statements(lambda s: s.run(_MARK_POSITIONS, {"positions": published, "at": utcnow()}))
             if self._fresh:  # handed over meanwhile and read here: out already
                 sent = {event_id for _, event_id, *_ in rows[:len(published)]}
                 self._fresh = deque(f for f in self._fresh if f[0].id not in sent)  # type: ignore[attr-defined]
@@ -321,10 +325,6 @@ class OutboxRelay:
         statements = statements_of(where)
         mark_published(statements, marks)
         return statements.rows(_PENDING, {"limit": self.batch})  # type: ignore[return-value]
-
-    @staticmethod
-    def _published(session: Session, positions: list[int]) -> None:
-        session.execute(update(OutboxEvent).where(OutboxEvent.position.in_(positions)).values(published_at=utcnow()))
 
     @staticmethod
     def _failed(session: Session, position: int, error: str) -> None:
