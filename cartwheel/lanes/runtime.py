@@ -465,7 +465,7 @@ class PartitionWorker:
         with tenant_context.serving(tenant):  # its outbox relay, its log lines
             try:
                 # A tenant's part is a transaction of its own for a command or two: on a SQLite file, on the loop
-                # through the driver (0.16 ms of CPU where SQLAlchemy's session took 0.53: bench/lane_parts.py). On
+                # through the driver (0.42 ms of CPU where SQLAlchemy's session took 1.13: bench/lane_parts.py). On
                 # the writing threads a part waited on the GIL (1.8 ms of wall time each through the driver), and
                 # add to cart with 100 busy tenants ran at 511 a second against 585 on the loop.
                 result = (await db.run_statements(work))[0]

@@ -211,7 +211,7 @@ def apply_group(where: Session | Statements, spec: LaneSpec[Any], batches: list[
     partition of the group is a duplicate, as it would be one transaction later.
     ``BatchResult.states`` are the states each batch changed, for its owner to keep. ``where``: a session, or
     the statements of a transaction begun for this (:meth:`cartwheel.db.Database.run_statements`: on SQLite, the
-    driver's connection, which a tenant's part of a command or two takes a fifth of the CPU on).
+    driver's connection, on which a tenant's part of a command or two takes about a third of the CPU).
     """
     lane = spec.name
     conn = statements_of(where)
