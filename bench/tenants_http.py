@@ -10,9 +10,7 @@ payment server, ``--workers`` gateway workers), measured in turns, ``--repeat`` 
   tenant's host (the ``Host`` header), with that tenant's products, carts and admin token.
 
 Both shops get the same shape of data, spread the same way: ``--active`` x 5 products to read, ``--active``
-products to check out (a stock they cannot sell out), and ``--active`` x 10 carts to add to, made again each
-round. Each shop keeps its files from round to round, so a round meets what the rounds before left behind (their
-orders still being worked off), in both shops alike. Loads (wrk,
+products to check out (a stock they cannot sell out), and ``--active`` x 10 carts to add to. Loads (wrk,
 ``--duration`` s each after ``--warmup`` s):
 
 - ``product_read``: ``GET /api/products/{id}``, 64 connections;
@@ -236,7 +234,6 @@ def main() -> int:
     parser.add_argument("--profile-gil", action="store_true", help="sample only the thread holding the GIL")
     args = parser.parse_args()
     many_dir = Path(tempfile.mkdtemp(prefix="cartwheel-bench-many-"))
-    one_dir = Path(tempfile.mkdtemp(prefix="cartwheel-bench-one-"))
     rows: dict[str, list[dict[str, Any]]] = {"one": [], "many": []}
     try:
         tokens, seconds = register(many_dir, args.tenants)
@@ -244,15 +241,19 @@ def main() -> int:
                           round(seconds, 1)}), flush=True)
         for round_no in range(1, args.repeat + 1):
             for mode in [m for m in ("one", "many") if m in args.shops.split(",")]:
-                # Both shops keep their data from round to round (the work earlier rounds left, too).
-                with shop(many_dir if mode == "many" else one_dir, args.workers) as system:
+                var_dir = many_dir if mode == "many" else Path(tempfile.mkdtemp(prefix="cartwheel-bench-one-"))
+                try:
+                    with shop(var_dir, args.workers) as system:
+                        if mode == "one":
+                            targets = [Target(system.base_url, f"127.0.0.1:{system.settings.gateway_port}",
+                                              system.admin_token)]
+                        else:
+                            names = sorted(tokens)[: args.active]
+                            targets = [Target(system.base_url, f"{n}.shops.test", tokens[n]) for n in names]
+                        figures = measure(system, targets, args, f"{mode}-{round_no}")
+                finally:
                     if mode == "one":
-                        targets = [Target(system.base_url, f"127.0.0.1:{system.settings.gateway_port}",
-                                          system.admin_token)]
-                    else:
-                        names = sorted(tokens)[: args.active]
-                        targets = [Target(system.base_url, f"{n}.shops.test", tokens[n]) for n in names]
-                    figures = measure(system, targets, args, f"{mode}-{round_no}")
+                        shutil.rmtree(var_dir, ignore_errors=True)
                 row = {"bench": "tenants_http", "shop": mode, "round": round_no, "tenants_registered":
                        args.tenants if mode == "many" else 0, "tenants_active": args.active if mode == "many" else 1,
                        "cpus": os.cpu_count(), **figures}
@@ -260,7 +261,6 @@ def main() -> int:
                 print(json.dumps(row), flush=True)
     finally:
         shutil.rmtree(many_dir, ignore_errors=True)
-        shutil.rmtree(one_dir, ignore_errors=True)
     summary: dict[str, Any] = {"bench": "tenants_http", "summary": True, "rounds": args.repeat, "loads": {}}
     for name in [n for n in LOADS if n in args.loads.split(",")] if all(rows.values()) else ():
         med = {mode: {k: statistics.median(r[name][k] for r in rows[mode]) for k in ("requests_per_s", "p99_ms")}

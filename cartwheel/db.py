@@ -14,6 +14,7 @@ import zlib
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -185,6 +186,18 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
+@dataclass
+class _Driver:
+    """A thread's own SQLite connection for the driver's statements (:meth:`Database._driver`)."""
+
+    generation: int
+    """The count of the database's closes when it was opened: one from before a close is not used again."""
+    statements: SqliteStatements
+    release: Callable[[], None]
+    """Closes it (an in-memory database's: back to its pool)."""
+    busy_ms: int = SQLITE_BUSY_MS
+
+
 class Database:
     """A service's database: sessions run in worker threads so handlers never block the event loop."""
 
@@ -205,7 +218,8 @@ class Database:
         self._lookup_connections = threading.local()
         self._opened_lookups: list[Connection] = []
         self._driver_connections = threading.local()
-        self._opened_drivers: list[Any] = []
+        self._opened_drivers: list[_Driver] = []
+        self._drivers_closed = 0  # :meth:`close` counts up: a thread's driver connection from before is not used
         self._quick_sessions = sessionmaker(self.engine.execution_options(**{BUSY_MS: QUICK_BUSY_MS}),
                                             expire_on_commit=False)
         self._read_sessions = sessionmaker(self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)
@@ -267,39 +281,62 @@ class Database:
     @contextmanager
     def _driver_transaction(self, busy_ms: int) -> Iterator[SqliteStatements]:
         """A write transaction on this thread's SQLite driver connection, begun as the engine's ``begin`` hook
-        would."""
-        statements = self._driver(busy_ms)
-        statements.execute("BEGIN IMMEDIATE", ())
+        would. The caller holds the write lock (which :meth:`close` waits for before closing the connection)."""
+        driver = self._driver(busy_ms)
+        statements = driver.statements
         try:
+            statements.execute("BEGIN IMMEDIATE", ())
             yield statements
             statements.execute("COMMIT", ())
         except BaseException:
             try:
-                statements.connection.execute("ROLLBACK")
-            except sqlite3.Error:  # broken, or its transaction gone: the next call opens another
-                self._drop_driver()
+                if statements.connection.in_transaction:
+                    statements.connection.execute("ROLLBACK")
+            except sqlite3.Error:  # broken: the next call opens another
+                self._drop_driver(driver)
             raise
 
-    def _driver(self, busy_ms: int) -> SqliteStatements:
-        """This thread's pooled SQLite connection for the driver's statements, kept checked out (as :meth:`lookup`
-        keeps its own) and waiting ``busy_ms`` for a lock. A checkout and the pool's reset on return took a tenth
-        of the CPU of a tenant's part of a lane batch."""
-        held = getattr(self._driver_connections, "held", None)
-        if held is None:
-            pooled = self.engine.raw_connection()
-            held = self._driver_connections.held = (pooled, SqliteStatements(pooled.driver_connection))
-            self._opened_drivers.append(pooled)
-        pooled, statements = held
-        self._busy_wait(pooled, statements, busy_ms)
-        return statements  # type: ignore[no-any-return]
+    def _driver(self, busy_ms: int) -> _Driver:
+        """This thread's SQLite connection for the driver's statements, waiting ``busy_ms`` for a lock: kept for the
+        thread (as :meth:`lookup` keeps its own), out of the pool (a checkout and the pool's reset on return took a
+        tenth of the CPU of a tenant's part of a lane batch), closed by :meth:`close`."""
+        driver: _Driver | None = getattr(self._driver_connections, "driver", None)
+        if driver is None or driver.generation != self._drivers_closed:
+            pooled = self.engine.raw_connection()  # opened as the pool opens one: the pragmas run
+            connection: sqlite3.Connection = pooled.driver_connection  # type: ignore[assignment]
+            release = pooled.close  # an in-memory database is its one connection: kept checked out
+            if self.engine.url.database not in (None, "", ":memory:"):
+                pooled.detach()  # this thread's from now on; the pool's room stays for its readers
+                release = connection.close
+            driver = _Driver(self._drivers_closed, SqliteStatements(connection), release)
+            self._driver_connections.driver = driver
+            self._opened_drivers.append(driver)
+        if driver.busy_ms != busy_ms:
+            driver.statements.execute(f"PRAGMA busy_timeout={busy_ms}", ())
+            driver.busy_ms = busy_ms
+        return driver
 
-    def _drop_driver(self) -> None:
-        pooled, _ = self._driver_connections.held
-        del self._driver_connections.held
-        self._opened_drivers.remove(pooled)
+    def _drop_driver(self, driver: _Driver) -> None:
+        if getattr(self._driver_connections, "driver", None) is driver:
+            del self._driver_connections.driver
+        with contextlib.suppress(ValueError):
+            self._opened_drivers.remove(driver)
         with contextlib.suppress(Exception):
-            pooled.invalidate()  # closed, and never handed out again
-            pooled.close()
+            driver.release()
+
+    def _close_drivers(self) -> None:
+        """Close the threads' driver connections once none is in use: a write holds the write lock from BEGIN to
+        COMMIT, and a read takes it too (without waiting). While another thread holds it beyond a quick wait (a
+        write waiting out another process's lock), its connection is left open: no thread uses one from before
+        a close again, and each closes when its thread or this database lets go of it."""
+        self._drivers_closed += 1
+        if self._write_lock is None or not self._write_lock.acquire(timeout=QUICK_BUSY_MS / 1000):
+            return
+        try:
+            for driver in [d for d in self._opened_drivers if d.generation < self._drivers_closed]:
+                self._drop_driver(driver)
+        finally:
+            self._write_lock.release()
 
     async def _run_here(self, transaction: Callable[[], contextlib.AbstractContextManager[W]],
                         work: Callable[[W], T], elsewhere: Callable[[], Awaitable[T]]) -> T:
@@ -424,20 +461,15 @@ class Database:
         local SQLite file it runs right here on the driver, as :meth:`lookup` does; elsewhere on the read pool.
         An idle outbox relay's look, a session and a hop to the read pool each, cost every service 0.03 of a
         core with 100 tenants' databases open."""
-        if self.is_local:
+        if self._write_lock is not None and self._write_lock.acquire(blocking=False):  # see _close_drivers
             try:
-                return work(self._driver(QUICK_BUSY_MS))  # a WAL reader meets a lock only in recovery
+                return work(self._driver(QUICK_BUSY_MS).statements)  # a WAL reader meets a lock only in recovery
             except OperationalError as exc:
                 if not _locked(exc):
                     raise
+            finally:
+                self._write_lock.release()
         return await self.read(lambda session: work(CoreStatements(session)))  # elsewhere, or locked: off the loop
-
-    @staticmethod
-    def _busy_wait(pooled: Any, statements: SqliteStatements, busy_ms: int) -> None:
-        """How long SQLite waits for a lock on this pooled connection (the pragma stays with it)."""
-        if pooled.info.get(BUSY_MS, SQLITE_BUSY_MS) != busy_ms:
-            statements.execute(f"PRAGMA busy_timeout={busy_ms}", ())
-            pooled.info[BUSY_MS] = busy_ms
 
     async def lookup(self, statement: Executable, **params: Any) -> Any:
         """The first column of the first row of a small indexed read (None if no row), for hot paths.
@@ -492,9 +524,10 @@ class Database:
         return None
 
     def close(self) -> None:
-        for conn in (*self._opened_lookups, *self._opened_drivers):
+        for conn in self._opened_lookups:
             with contextlib.suppress(Exception):
                 conn.close()
+        self._close_drivers()
         if self._owns_executors:
             self._write_executor.shutdown(wait=True)
             self._executor.shutdown(wait=True)

@@ -282,7 +282,7 @@ def apply_group(where: Session | Statements, spec: LaneSpec[Any], batches: list[
             if item.reply_to:
                 result.replies.append((item.reply_to, reply.encode()))
         result.applied = True
-        result.last_sequence = max(b.batch[-1].command.sequence if b.batch else 0, b.through)
+        result.last_sequence = _leaves_cursor_at(b)
         group.append((b, result, writes))
 
     _flush(conn, lane, group, now)
@@ -324,9 +324,12 @@ def _claim(conn: Statements, lane: str, batches: list[PartitionBatch]) -> bool:
     b = batches[0]
     if not b.batch and b.through <= b.expected:
         return False
-    to = max(b.batch[-1].command.sequence if b.batch else 0, b.through)
     return conn.changed(_CLAIM_CURSOR, {"b_lane": lane, "b_partition": b.partition, "b_expected": b.expected,
-                                        "b_sequence": to}) == 1
+                                        "b_sequence": _leaves_cursor_at(b)}) == 1
+
+
+def _leaves_cursor_at(b: PartitionBatch) -> int:
+    return max(b.batch[-1].command.sequence if b.batch else 0, b.through)
 
 
 def note_tenant_alarms(session: Session, lane: str, partition: int, tenant: str, at: datetime) -> None:

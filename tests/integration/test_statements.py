@@ -103,6 +103,38 @@ def test_a_threads_driver_connection_is_kept_and_let_go_once_broken(tmp_path: An
         db.close()
 
 
+def test_closing_never_pulls_a_threads_connection_from_under_its_transaction(tmp_path: Any) -> None:
+    """Review: :meth:`Database.close` (an LRU evicting a tenant's database, from any thread) closed every thread's
+    kept driver connection, one in the middle of a write on the writing thread too; and a thread's next transaction
+    then met a closed connection. A write under way keeps its connection and commits; every thread's next
+    transaction opens a new one."""
+    url = f"sqlite:///{tmp_path / 'closing.db'}"
+    migrate("inventory", url)
+    db = Database(url)
+    inside, go_on = threading.Event(), threading.Event()
+
+    def slow(statements: Statements) -> None:
+        statements.run(store._INSERT_ALARMS, [alarm("during")])
+        inside.set()
+        assert go_on.wait(10)
+        statements.run(store._INSERT_ALARMS, [alarm("during-2")])
+
+    try:
+        db.run_statements_sync(lambda s: s.run(store._INSERT_ALARMS, [alarm("before")]))  # this thread's kept
+        writer = threading.Thread(target=db.run_statements_sync, args=(slow,))
+        writer.start()
+        assert inside.wait(10)
+        db.close()  # the writer holds the write lock: its connection is left to it
+        go_on.set()
+        writer.join(10)
+        db.run_statements_sync(lambda s: s.run(store._INSERT_ALARMS, [alarm("after")]))  # a new connection
+        assert asyncio.run(db.read_statements(lambda s: s.rows(store._SELECT_DUE, {"lane": "l", "ids": ["after"]})))
+        assert [r[1] for r in stored(db, "lane_alarms")] == ["after", "before", "during", "during-2"]
+    finally:
+        go_on.set()
+        db.close()
+
+
 def test_a_file_another_process_write_locks_is_waited_for_off_the_loop(tmp_path: Any) -> None:
     """On the loop, a write meets another connection's lock: it is rolled back and waits on the writing thread,
     while the loop goes on; once the lock is let go it commits."""
