@@ -69,6 +69,20 @@ def admin(shop: System) -> requests.Session:
     return session
 
 
+def admin_read(shop: System, path: str, **params: Any) -> Any:
+    """An admin's GET, asked again while it answers 503 (30 s at most). Every process alive again is not every
+    process listening: a replica the fault killed last is still starting, and a full run met all three inventory
+    replicas restarting at once right after the sale ("inventory.stock.get: no service is listening")."""
+    deadline = time.monotonic() + 30
+    while True:
+        answer = admin(shop).get(f"{shop.base_url}{path}", params=params, timeout=30)
+        if answer.status_code != 503 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert answer.status_code == 200, (answer.status_code, answer.text)
+    return answer.json()
+
+
 def new_product(shop: System, stock: int) -> str:
     body = {"sku": random_sku(), "name": "Flash sale", "price_cents": 1500, "currency": "EUR", "stock": stock}
     made = admin(shop).post(f"{shop.base_url}/api/admin/products", json=body, timeout=30)
@@ -158,12 +172,12 @@ def flash_sale(shop: System, product_id: str, buyers: list[Buyer], fault: Callab
 
 def orders_holding(shop: System, product_id: str) -> int:
     """Orders that hold units of ``product_id``, from the admin's order list."""
-    session, held = admin(shop), 0
+    held = 0
     for status in HOLDS_STOCK:
         cursor = None
         while True:
-            page = session.get(f"{shop.base_url}/api/admin/orders", timeout=30,
-                               params={"status": status, "limit": 100, **({"cursor": cursor} if cursor else {})}).json()
+            page = admin_read(shop, "/api/admin/orders", status=status, limit=100,
+                              **({"cursor": cursor} if cursor else {}))
             held += sum(any(line["product_id"] == product_id for line in o["lines"]) for o in page["items"])
             cursor = page["next_cursor"]
             if cursor is None:
@@ -181,7 +195,7 @@ def check_the_sale(shop: System, product_id: str, sale: SaleResult, fault: str) 
     assert len(orders) == sum(1 for b in sale.buyers if b.order_id), "two buyers got the same order"
     assert len(orders) == STOCK, f"{len(orders)} orders for {STOCK} units"
     assert sum(b.sold_out for b in sale.buyers) == BUYERS - STOCK
-    level = admin(shop).get(f"{shop.base_url}/api/admin/inventory/{product_id}", timeout=30).json()
+    level = admin_read(shop, f"/api/admin/inventory/{product_id}")
     assert (level["on_hand"], level["reserved"], level["available"]) == (STOCK, STOCK, 0), level
     deadline = time.monotonic() + 30
     while (held := orders_holding(shop, product_id)) != STOCK and time.monotonic() < deadline:

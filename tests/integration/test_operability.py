@@ -117,7 +117,6 @@ def check_a_write_locked_database(runner: ServiceThread, client: Client, path: P
             problems = await asyncio.wrap_future(checked)
             lag = sample(service, "cartwheel_lane_lag_commands", lane=LANE)
             oldest = sample(service, "cartwheel_lane_oldest_unapplied_seconds", lane=LANE)
-            in_use = sample(service, "cartwheel_db_pool_checked_out")
             status, body = await asyncio.to_thread(get, f"http://127.0.0.1:{port}/readyz")
             # The service still answers: its lane waits for the lock on a thread, not on the event loop (which
             # stood still for up to 30 s: no health answers, no requests of any kind).
@@ -127,13 +126,14 @@ def check_a_write_locked_database(runner: ServiceThread, client: Client, path: P
             locker.execute("ROLLBACK")
             locker.close()
         await asyncio.gather(*calls)
-        return [problems, lag, oldest, in_use, status, body]
+        return [problems, lag, oldest, status, body]
 
-    problems, lag, oldest, in_use, status, body = client.run(restock)
+    problems, lag, oldest, status, body = client.run(restock)
     assert any(p.startswith("database:") for p in problems), problems
     assert status == 503 and "database" in json.loads(body)["problems"][0]
     assert lag >= 20 and oldest >= 2.0, (lag, oldest)  # every command waits, the oldest since the lock
-    assert in_use >= 1  # the lane's transaction waits for the lock on a connection of the pool
+    # The lane's transaction waits for the lock on the writing thread's own connection, outside the pool (whose room
+    # stays the readers'): the lag above is what shows it.
     assert sample(service, "cartwheel_ready") == 0
     assert on_loop(runner, service.readiness.check()) == []  # the lock is gone: ready again
     # Every call is answered; the batch that answered the last ones ends a moment later.
