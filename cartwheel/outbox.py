@@ -10,11 +10,13 @@ import asyncio
 import contextlib
 import logging
 import math
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from nats.js import JetStreamContext
@@ -23,9 +25,9 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from cartwheel import tracing
 from cartwheel.contracts.base import Message, utcnow
-from cartwheel.db import Database, PlatformBase, UTCDateTime
+from cartwheel.db import SQLITE_LOCK_WAIT_SECONDS, Database, PlatformBase, UTCDateTime
 from cartwheel.observability import Trouble
-from cartwheel.statements import Statements, statements_of
+from cartwheel.statements import SqliteStatements, Statements, statements_of
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +113,14 @@ def mark_published(where: Session | Statements, event_ids: Sequence[str]) -> Non
         statements, now = statements_of(where), utcnow()
         for start in range(0, len(event_ids), 500):
             statements.run(_MARK_PUBLISHED, {"ids": list(event_ids[start:start + 500]), "at": now})
+
+
+def unpublished_in(path: Path) -> bool:
+    """Whether the outbox of the SQLite file at ``path`` holds an event not published, read on a connection of its
+    own (one statement) rather than through its :class:`Database`: a quiet tenant's upkeep round opened its database
+    and started and stopped a relay to find nothing, 8 ms of CPU each, 4 a second in every service."""
+    with contextlib.closing(sqlite3.connect(path, timeout=SQLITE_LOCK_WAIT_SECONDS, isolation_level=None)) as conn:
+        return bool(SqliteStatements(conn).rows(_PENDING, {"limit": 1}))
 
 
 class OutboxRelay:

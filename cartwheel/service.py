@@ -39,7 +39,7 @@ from cartwheel.observability import (
     start_ops_server,
     unbind_ids,
 )
-from cartwheel.outbox import OutboxRelay
+from cartwheel.outbox import OutboxRelay, unpublished_in
 from cartwheel.readiness import Readiness
 from cartwheel.requests import RequestServer
 from cartwheel.settings import Settings, get_settings
@@ -295,6 +295,9 @@ class Service:
         tenant = tenant_context.current(self.db.own_name)
         if tenant in self.relays:  # open: its relay is at it
             return OUTBOX_UPKEEP_S
+        path = self.db.closed_file(tenant)
+        if path is not None and not await asyncio.to_thread(unpublished_in, path):
+            return OUTBOX_UPKEEP_S  # nothing waits: its database stays closed
         db = self.db.current()  # opened now: its relay starts (on the loop, after this round) ...
         pending, _ = await db.read(OutboxRelay.backlog)
         relay = self.relays.get(tenant)

@@ -110,6 +110,17 @@ class TenantDatabases:
         """The database of the tenant whose work is in hand (:mod:`cartwheel.tenants.context`)."""
         return self.of(context.current(self.own_name))
 
+    def closed_file(self, tenant: str) -> Path | None:
+        """``tenant``'s SQLite file while its database is not open here (None: open, the own one, or on a server),
+        for a look that need not open it; :class:`UnknownTenant` if it has none."""
+        if tenant == self.own_name:
+            return None
+        with self._lock:
+            if tenant in self._open or tenant in self._upkeep_only:
+                return None
+        parsed = make_url(existing_database_url(self.settings, self.service, tenant))
+        return Path(parsed.database or "") if parsed.get_backend_name() == "sqlite" else None
+
     def busy(self, tenant: str) -> bool:
         """Open for a shopper's work (not only upkeep's): its upkeep keeps the pace that work asks."""
         with self._lock:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from cartwheel.db import migrate
 from cartwheel.settings import Settings
@@ -129,6 +130,35 @@ def test_a_quiet_tenants_outbox_is_published_after_a_restart_without_any_traffic
             await nc.close()
 
     assert asyncio.run(published()) == event_id
+
+
+def test_a_quiet_tenants_outbox_is_looked_at_without_opening_its_database(tmp_path: Path) -> None:
+    """With 1,000 tenants registered, each service's upkeep opened a quiet tenant's database (engine, relay and all)
+    4 times a second to find its outbox empty. Closed, its SQLite file is read on a connection of its own, and the
+    database opens only when something waits."""
+    from datetime import UTC, datetime
+
+    from cartwheel.outbox import unpublished_in
+
+    settings = Settings(var_dir=tmp_path)
+    path = Path(make_url(settings.database_url("catalog", "calm")).database or "")
+    with pytest.raises(UnknownTenant):
+        TenantDatabases("catalog", settings).closed_file("calm")  # no database made: no tenant
+    migrate("catalog", settings.database_url("catalog", "calm"))
+    dbs = TenantDatabases("catalog", settings)
+    try:
+        assert dbs.closed_file(dbs.own_name) is None and dbs.closed_file("calm") == path
+        assert not unpublished_in(path)
+        calm = dbs.of("calm")
+        assert dbs.closed_file("calm") is None  # open here: its relay looks
+        calm.run_sync(lambda s: s.execute(text(
+            "INSERT INTO outbox (event_id, subject, payload, created_at, attempts) VALUES ('e', 's', '{}', :at, 0)"),
+            {"at": datetime.now(UTC).replace(tzinfo=None)}))
+        assert unpublished_in(path)  # beside the open database, as another process would see it
+        calm.run_sync(lambda s: s.execute(text("UPDATE outbox SET published_at = created_at")))
+        assert not unpublished_in(path)
+    finally:
+        dbs.close()
 
 
 def test_a_tenant_deleted_while_a_service_runs_is_let_go_and_refused_and_nothing_comes_back(

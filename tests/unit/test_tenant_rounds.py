@@ -52,6 +52,33 @@ def test_each_tenant_gets_rounds_in_its_own_context_busy_ones_at_their_pace_quie
     assert context.current("outside") == "outside"
 
 
+def test_quiet_tenants_rounds_keep_to_their_pace_after_a_start_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seen: after a start every tenant's first round was due at once, and a shop with 1,000 tenants registered
+    spent every core of the machine on its services' upkeep (a database opened, looked at and closed per round);
+    quiet tenants' rounds together keep to IDLE_ROUNDS_PER_S, the first ones too. Busy ones keep their own pace."""
+    monkeypatch.setattr(rounds, "LOOK_EVERY_S", 0.01)
+    monkeypatch.setattr(rounds, "IDLE_ROUNDS_PER_S", 20.0)
+    seen: list[str] = []
+
+    async def work() -> float:
+        seen.append(context.current("?"))
+        return 0.05
+
+    async def scenario() -> None:
+        quiet = [f"quiet-{i}" for i in range(50)]
+        swept = TenantRounds("test sweep", FakeDatabases(["busy"]), lambda: ["busy", *quiet], work)  # type: ignore[arg-type]
+        task = asyncio.create_task(swept.run_forever())
+        await asyncio.sleep(0.5)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    quiet_rounds = sum(1 for tenant in seen if tenant.startswith("quiet-"))
+    assert 5 <= quiet_rounds <= 12, quiet_rounds  # 20 a second over 0.5 s: 10 (all 50 at once before)
+    assert seen.count("busy") >= 5 and seen.count("default") >= 5, seen  # every 0.05 s, as the work asked
+
+
 def test_a_round_that_fails_is_logged_and_comes_again(monkeypatch: pytest.MonkeyPatch,
                                                       caplog: pytest.LogCaptureFixture) -> None:
     calls = 0
