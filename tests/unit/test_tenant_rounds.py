@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -22,6 +23,19 @@ class FakeDatabases:
         return tenant == self.own_name or tenant in self.open_ones
 
 
+def run_for(seconds: float, tenants: list[str], work: Callable[[], Awaitable[float]]) -> None:
+    """Rounds of ``work`` for ``tenants`` (``busy`` among them open here) for ``seconds``."""
+    async def scenario() -> None:
+        swept = TenantRounds("test sweep", FakeDatabases(["busy"]), lambda: tenants, work)  # type: ignore[arg-type]
+        task = asyncio.create_task(swept.run_forever())
+        await asyncio.sleep(seconds)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+
+
 def test_each_tenant_gets_rounds_in_its_own_context_busy_ones_at_their_pace_quiet_ones_seldom(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -36,15 +50,7 @@ def test_each_tenant_gets_rounds_in_its_own_context_busy_ones_at_their_pace_quie
             raise UnknownTenant("no databases yet")
         return 0.05
 
-    async def scenario() -> None:
-        swept = TenantRounds("test sweep", FakeDatabases(["busy"]), lambda: ["busy", "quiet", "broken"], work)  # type: ignore[arg-type]
-        task = asyncio.create_task(swept.run_forever())
-        await asyncio.sleep(0.5)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    asyncio.run(scenario())
+    run_for(0.5, ["busy", "quiet", "broken"], work)
     count = {name: sum(1 for tenant, _ in seen if tenant == name) for name in ("default", "busy", "quiet", "broken")}
     assert count["default"] >= 5 and count["busy"] >= 5, count  # every 0.05 s, as the work asked
     assert count["quiet"] == 1 and count["broken"] == 1, count  # once, then not for a minute
@@ -64,16 +70,7 @@ def test_quiet_tenants_rounds_keep_to_their_pace_after_a_start_too(monkeypatch: 
         seen.append(context.current("?"))
         return 0.05
 
-    async def scenario() -> None:
-        quiet = [f"quiet-{i}" for i in range(50)]
-        swept = TenantRounds("test sweep", FakeDatabases(["busy"]), lambda: ["busy", *quiet], work)  # type: ignore[arg-type]
-        task = asyncio.create_task(swept.run_forever())
-        await asyncio.sleep(0.5)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    asyncio.run(scenario())
+    run_for(0.5, ["busy", *[f"quiet-{i}" for i in range(50)]], work)
     quiet_rounds = sum(1 for tenant in seen if tenant.startswith("quiet-"))
     assert 5 <= quiet_rounds <= 12, quiet_rounds  # 20 a second over 0.5 s: 10 (all 50 at once before)
     assert seen.count("busy") >= 5 and seen.count("default") >= 5, seen  # every 0.05 s, as the work asked
