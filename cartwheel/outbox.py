@@ -18,14 +18,16 @@ from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from nats.js import JetStreamContext
 from sqlalchemy import Integer, String, Text, bindparam, delete, func, insert, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from cartwheel import tracing
 from cartwheel.contracts.base import Message, utcnow
-from cartwheel.db import SQLITE_LOCK_WAIT_SECONDS, Database, PlatformBase, UTCDateTime
+from cartwheel.db import Database, PlatformBase, UTCDateTime
 from cartwheel.observability import Trouble
 from cartwheel.statements import SqliteStatements, Statements, statements_of
 
@@ -98,6 +100,9 @@ _MARK_POSITIONS = update(OutboxEvent.__table__).where(
     OutboxEvent.__table__.c.position.in_(bindparam("positions", expanding=True))).values(published_at=bindparam("at"))
 
 
+_ANY_UNPUBLISHED = select(OutboxEvent.position).where(OutboxEvent.published_at.is_(None)).limit(1)
+
+
 _PENDING = (
     select(OutboxEvent.position, OutboxEvent.event_id, OutboxEvent.subject, OutboxEvent.payload,
            OutboxEvent.traceparent)
@@ -118,9 +123,16 @@ def mark_published(where: Session | Statements, event_ids: Sequence[str]) -> Non
 def unpublished_in(path: Path) -> bool:
     """Whether the outbox of the SQLite file at ``path`` holds an event not published, read on a connection of its
     own (one statement) rather than through its :class:`Database`: a quiet tenant's upkeep round opened its database
-    and started and stopped a relay to find nothing, 8 ms of CPU each, 4 a second in every service."""
-    with contextlib.closing(sqlite3.connect(path, timeout=SQLITE_LOCK_WAIT_SECONDS, isolation_level=None)) as conn:
-        return bool(SqliteStatements(conn).rows(_PENDING, {"limit": 1}))
+    and started and stopped a relay to find nothing, 8 ms of CPU each, 4 a second in every service. The file must
+    exist (``mode=rw``: one deleted meanwhile is not made again). Raises SQLAlchemy's error of SQLite's (an outbox of
+    an older schema, a file still being made): the caller then opens the database, which tells."""
+    uri = f"file:{quote(str(path))}?mode=rw"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=2, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise DBAPIError.instance(uri, (), exc, sqlite3.Error) from exc
+    with contextlib.closing(conn):
+        return bool(SqliteStatements(conn).rows(_ANY_UNPUBLISHED, {}))
 
 
 class OutboxRelay:

@@ -25,6 +25,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ValidationError
+from sqlalchemy.exc import DBAPIError
 
 from cartwheel import natsauth, subjects, tracing
 from cartwheel.bus import ConnectionLog, declare_topology, make_broker
@@ -296,8 +297,9 @@ class Service:
         if tenant in self.relays:  # open: its relay is at it
             return OUTBOX_UPKEEP_S
         path = self.db.closed_file(tenant)
-        if path is not None and not await asyncio.to_thread(unpublished_in, path):
-            return OUTBOX_UPKEEP_S  # nothing waits: its database stays closed
+        with contextlib.suppress(DBAPIError):  # an older schema, a file still being made: opening it tells
+            if path is not None and not await asyncio.to_thread(unpublished_in, path):
+                return OUTBOX_UPKEEP_S  # nothing waits: its database stays closed
         db = self.db.current()  # opened now: its relay starts (on the loop, after this round) ...
         pending, _ = await db.read(OutboxRelay.backlog)
         relay = self.relays.get(tenant)

@@ -115,6 +115,8 @@ class TenantDatabases:
         for a look that need not open it; :class:`UnknownTenant` if it has none."""
         if tenant == self.own_name:
             return None
+        if self.gone(tenant):
+            raise UnknownTenant(f"no tenant {tenant!r} (it is being deleted)")
         with self._lock:
             if tenant in self._open or tenant in self._upkeep_only:
                 return None

@@ -57,12 +57,13 @@ class TenantRounds:
                 self._refresh(now)
                 refreshed = now
             while self._due and self._due[0][0] <= now and not self.databases.busy(self._due[0][1]):
-                self._quiet.append(heapq.heappop(self._due)[1])
-            if self._due and self._due[0][0] <= now:
-                _, tenant = heapq.heappop(self._due)
-            elif self._quiet and now >= self._quiet_at:
+                if (quiet := heapq.heappop(self._due)[1]) in self._known:
+                    self._quiet.append(quiet)
+            if self._quiet and now >= self._quiet_at:  # first: busy tenants' rounds must not starve quiet ones
                 tenant = self._quiet.popleft()
                 self._quiet_at = now + 1 / IDLE_ROUNDS_PER_S
+            elif self._due and self._due[0][0] <= now:
+                _, tenant = heapq.heappop(self._due)
             else:
                 wake = min(refreshed + LOOK_EVERY_S, self._due[0][0] if self._due else math.inf,
                            self._quiet_at if self._quiet else math.inf)

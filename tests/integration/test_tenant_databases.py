@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from cartwheel.db import migrate
 from cartwheel.settings import Settings
@@ -157,6 +158,10 @@ def test_a_quiet_tenants_outbox_is_looked_at_without_opening_its_database(tmp_pa
         assert unpublished_in(path)  # beside the open database, as another process would see it
         calm.run_sync(lambda s: s.execute(text("UPDATE outbox SET published_at = created_at")))
         assert not unpublished_in(path)
+        gone = path.with_name("gone.db")
+        with pytest.raises(DBAPIError):  # a file deleted meanwhile is not made again
+            unpublished_in(gone)
+        assert not gone.exists()
     finally:
         dbs.close()
 

@@ -76,6 +76,22 @@ def test_quiet_tenants_rounds_keep_to_their_pace_after_a_start_too(monkeypatch: 
     assert seen.count("busy") >= 5 and seen.count("default") >= 5, seen  # every 0.05 s, as the work asked
 
 
+def test_busy_tenants_rounds_never_starve_quiet_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review: with busy tenants' rounds always due (a sweeper with work in hand asks again at once), quiet
+    tenants waited behind them for ever, their overdue orders never expiring. Quiet ones keep their pace."""
+    monkeypatch.setattr(rounds, "LOOK_EVERY_S", 0.01)
+    monkeypatch.setattr(rounds, "IDLE_ROUNDS_PER_S", 20.0)
+    seen: list[str] = []
+
+    async def work() -> float:
+        seen.append(context.current("?"))
+        await asyncio.sleep(0.005)
+        return 0.0  # due again at once
+
+    run_for(0.5, ["busy", *[f"quiet-{i}" for i in range(50)]], work)
+    assert sum(1 for tenant in seen if tenant.startswith("quiet-")) >= 5, seen.count("busy")
+
+
 def test_a_round_that_fails_is_logged_and_comes_again(monkeypatch: pytest.MonkeyPatch,
                                                       caplog: pytest.LogCaptureFixture) -> None:
     calls = 0
