@@ -33,7 +33,7 @@ from sqlalchemy import (
     event,
     text,
 )
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -97,7 +97,7 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
-    in_file = bool(parsed.database) and parsed.database != ":memory:"
+    in_file = _in_file(parsed)
     if in_file:
         private_dir(Path(parsed.database).parent)
         create_private(Path(parsed.database))  # emails and password hashes: the owner's alone
@@ -158,6 +158,11 @@ def _enter_wal(cursor: Any) -> None:
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 0.2)
+
+
+def _in_file(url: URL) -> bool:
+    """A SQLite URL names a file (not the in-memory database, whose one connection is the database)."""
+    return bool(url.database) and url.database != ":memory:"
 
 
 def _locked(error: OperationalError) -> bool:
@@ -302,10 +307,12 @@ class Database:
         tenth of the CPU of a tenant's part of a lane batch), closed by :meth:`close`."""
         driver: _Driver | None = getattr(self._driver_connections, "driver", None)
         if driver is None or driver.generation != self._drivers_closed:
+            if driver is not None:  # from before a close that could not close it: this thread's, let go here
+                self._drop_driver(driver)
             pooled = self.engine.raw_connection()  # opened as the pool opens one: the pragmas run
             connection: sqlite3.Connection = pooled.driver_connection  # type: ignore[assignment]
             release = pooled.close  # an in-memory database is its one connection: kept checked out
-            if self.engine.url.database not in (None, "", ":memory:"):
+            if _in_file(self.engine.url):
                 pooled.detach()  # this thread's from now on; the pool's room stays for its readers
                 release = connection.close
             driver = _Driver(self._drivers_closed, SqliteStatements(connection), release)
