@@ -9,10 +9,13 @@ connection, with the columns' own bind and result processors: what is stored is 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sqlite3
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+from urllib.parse import quote
 
 from sqlalchemy import Connection, Executable, Select
 from sqlalchemy.dialects import sqlite
@@ -21,6 +24,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.compiler import SQLCompiler
 
 Params = Mapping[str, Any]
+T = TypeVar("T")
 
 
 class Statements(Protocol):
@@ -177,3 +181,18 @@ class SqliteStatements:
             return self.connection.executemany(sql, values) if many else self.connection.execute(sql, values)
         except sqlite3.Error as exc:
             raise DBAPIError.instance(sql, values, exc, sqlite3.Error) from exc
+
+
+def read_file(path: Path, work: Callable[[Statements], T]) -> T:
+    """Read-only ``work`` on the SQLite file at ``path``, on a connection of its own, closed after: a look at a
+    tenant's database that is not open here (a quiet tenant's upkeep) without opening it, its engine, pools and
+    relay. The file must exist (``mode=rw``: one deleted meanwhile is not made again); a writer holding it makes
+    this wait 2 s at most. Raises SQLAlchemy's error of SQLite's (a table of an older schema, a file still being
+    made): the caller then opens the database, which tells."""
+    uri = f"file:{quote(str(path))}?mode=rw"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=2, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise DBAPIError.instance(uri, (), exc, sqlite3.Error) from exc
+    with contextlib.closing(conn):
+        return work(SqliteStatements(conn))

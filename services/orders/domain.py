@@ -41,6 +41,8 @@ TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
 
 HOLDS_STOCK: frozenset[OrderStatus] = frozenset({"reserved", "awaiting_payment", "payment_failed"})
 """Orders whose reservation holds their units until it runs out (then the sweeper expires them)."""
+RESUMABLE: tuple[OrderStatus, ...] = ("pending", "reserved")
+"""Where a checkout a crash interrupted is left: the sweeper resumes it (or lets its stock go)."""
 PAID: frozenset[OrderStatus] = frozenset({"paid", "fulfilled"})
 
 

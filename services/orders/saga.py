@@ -11,13 +11,11 @@ at its own alarm even if orders is down: no stock is held past its TTL.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime, timedelta
+from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from faststream.exceptions import NackMessage
@@ -69,11 +67,12 @@ from cartwheel.keyedlock import KeyedLocks
 from cartwheel.lanes.client import LaneClient
 from cartwheel.lookups import Lookups
 from cartwheel.service import Service
-from cartwheel.tenants import context as tenant_context
 from services.orders import store
+from services.orders.claims import Claims
 from services.orders.domain import (
     HOLDS_STOCK,
     PAID,
+    RESUMABLE,
     TRANSITIONS,
     StockHints,
     Wanted,
@@ -87,32 +86,16 @@ from services.orders.domain import (
 )
 from services.orders.models import OrderRow
 from services.orders.pages import CheckoutPages, has_open_page, hosted_ttl
+from services.orders.sweeper import Sweeper
 
 log = logging.getLogger("cartwheel.orders")
 
 STALE_RETRIES = 10
-SWEEP_EVERY = 1.0  # seconds between looks for overdue and stalled orders while there is work
-SWEEP_IDLE = 5.0  # seconds at most between looks when nothing is due sooner (stalled and refunding orders wait
-# this long to be noticed; an unpaid order still expires within SWEEP_EVERY of its reservation's end)
-SWEEP_BACKOFF_MAX = 300.0  # seconds a failing sweep step waits at most before its next try
-SWEEP_GIVE_UP = 5  # tries of a step failing for good (no such payment at the provider) before a person decides
-RESUMABLE = ("pending", "reserved")
-QUEUED_RESUME_S = 300.0  # an order whose queued intent was not announced this long is asked for again (a backstop)
-CLAIM_TTL = 10.0  # seconds a claim lasts unless renewed: its holder renews it while working, so only a dead
-# holder's claim lapses, and then another replica may go on with the order
-CLAIM_POLL = 0.05
 PLACING_RETRY_S = 1.0  # a payment event for an order not written yet comes back this much later
 TRANSIENT = {"service_unavailable", "payment_provider_unavailable", "internal_error"}
+"""Refusals that may go away by themselves: a payment event that met one comes back later."""
 SETTLED_ELSEWHERE = frozenset({"refunded", "needs_review", "disputed", "dispute_lost"})
 """Statuses a success heard (again, or late) must not move: refunded, a person decides, or a dispute holds it."""
-"""Refusals that may go away by themselves: a payment event that met one comes back later."""
-
-
-class OrderBusy(ServiceUnavailable):
-    """Another saga step holds the order (here or in another replica) longer than the caller waits."""
-
-    def __init__(self, order_id: str) -> None:
-        super().__init__(subjects.ORDERS_CHECKOUT, f"order {order_id} is busy; try again")
 
 
 class Saga:
@@ -125,15 +108,13 @@ class Saga:
         self.inventory: LaneClient | None = None
         self.lookups: Lookups | None = None
         self.worker = service.instance
-        self._locks = KeyedLocks()  # one step at a time per order in this process (and a claim across replicas)
+        self.claims = Claims(service, self.worker, self.timeout)  # one step at a time per order
         self._checkouts: dict[str, asyncio.Future[dict[str, Any]]] = {}  # Idempotency-Key scope -> the checkout
         self.hints = StockHints()
         self._carts = KeyedLocks()  # one checkout of a cart at a time in this process
-        self._sweep_failures: dict[str, tuple[int, float]] = {}  # order id -> failed sweep steps, next try at
-        self._cancels_after: dict[str, str] = {}  # per tenant: where the round of intents to cancel again goes on
         self.needs_review = Counter("cartwheel_orders_needs_review", "Orders put aside for a person, by why",
                                     ["reason"], registry=service.registry)
-        self._sweeper: asyncio.Task[None] | None = None
+        self.sweeper = Sweeper(self)
         self.pages = CheckoutPages(self._ask)
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -142,14 +123,10 @@ class Saga:
         self.inventory = await LaneClient(self.service.broker.connection, subjects.INVENTORY_LANE).start()
         self.lookups = Lookups(lambda: self.service.broker.connection, self.timeout)
         self.lookups.catalog.start()  # prices only: checkout asks the lanes for stock, never a copy
-        rounds = self.service.every_tenant("orders sweep", self.sweep)
-        self._sweeper = asyncio.create_task(rounds.run_forever(first_wait=SWEEP_EVERY), name="orders-sweeper")
+        self.sweeper.start()
 
     async def stop(self) -> None:
-        if self._sweeper:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        await self.sweeper.stop()
         if self.lookups:
             await self.lookups.stop()
         if self.inventory:
@@ -248,7 +225,7 @@ class Saga:
 
     async def _again(self, order_id: str) -> OrderView:
         """A checkout retried with its Idempotency-Key: the same order, carried on if it was left half-way."""
-        async with self._claimed(order_id):  # waits for the first request, if it is still at work
+        async with self.claims.held(order_id):  # waits for the first request, if it is still at work
             row = await self._row(order_id)
             if row.status == "reserved" and row.payment_status != store.QUEUED:  # a crash came before its intent
                 return await self._ask_payment(order_id)
@@ -263,7 +240,7 @@ class Saga:
         held = sorted((line.product_id, line.quantity) for line in _lines(await self._row(order_id)))
         if held == sorted((w.product_id, w.quantity) for w in merge_wanted(wanted)):
             return await self._again(order_id)
-        async with self._claimed(order_id):
+        async with self.claims.held(order_id):
             await self._end_unpaid(order_id, "cancelled", "its cart changed and was checked out again")
         now = (await self._row(order_id)).status
         if now in HOLDS_STOCK:  # its stock could not be let go now
@@ -472,7 +449,7 @@ class Saga:
     # -- paying -----------------------------------------------------------------------------
 
     async def pay(self, cmd: PayOrder) -> dict[str, Any]:
-        async with self._claimed(cmd.order_id):
+        async with self.claims.held(cmd.order_id):
             row = await self._row(cmd.order_id)
             if has_open_page(row):
                 raise DomainError("this order is paid on its checkout page", code="conflict",
@@ -509,7 +486,7 @@ class Saga:
         An unknown order (the claim's not_found) comes back while its checkout may still be writing it.
         """
         try:
-            async with self._claimed(event.order_id):
+            async with self.claims.held(event.order_id):
                 await self._on_payment(event)
         except DomainError as refusal:
             if refusal.code in TRANSIENT:
@@ -690,7 +667,7 @@ class Saga:
     # -- cancelling, expiring, refunding ------------------------------------------------------
 
     async def cancel(self, cmd: CancelOrder) -> dict[str, Any]:
-        async with self._claimed(cmd.order_id):
+        async with self.claims.held(cmd.order_id):
             row = await self._row(cmd.order_id)
             if row.status in PAID:
                 await self._refund(row, cmd.reason, _lines(row) if row.status == "paid" and cmd.restock else [])
@@ -837,47 +814,12 @@ class Saga:
         return await self.inventory.call(product_id, cmd.kind, cmd.model_dump(mode="json"), command_id=command_id,
                                          timeout=self.timeout)
 
-    # -- the sweeper --------------------------------------------------------------------------
+    # -- the sweeper's steps (:mod:`services.orders.sweeper` decides which order needs which, and when) ------
 
-    async def sweep(self) -> float:
-        """Expire overdue orders, finish or clean up stalled ones, cancel intents that could not be, finish
-        refunds left half-way; how long to wait before the next sweep. An order another step holds is left
-        for the next sweep. A quiet shop sweeps every :data:`SWEEP_IDLE` s, or when its next order comes due.
-        The current tenant's orders (each tenant is swept in turn: :meth:`Service.every_tenant`)."""
-        now = utcnow()
-        stalled_before = now - timedelta(seconds=self.settings.checkout_resume_seconds)
-        tenant = tenant_context.current(self.settings.tenant)
+    async def expire(self, order_id: str) -> None:
+        await self._end_unpaid(order_id, "expired", "unpaid when its reservation ran out")
 
-        def lists(s: Session) -> tuple[list[str], list[str], list[str], list[str], datetime | None]:
-            queued_before = now - timedelta(seconds=QUEUED_RESUME_S)
-            return (store.overdue(s, now), store.stalled(s, RESUMABLE, stalled_before, queued_before),
-                    store.intents_to_cancel(s, self._cancels_after.get(tenant, "")),
-                    store.refunds_left(s, stalled_before),
-                    store.next_due(s))
-
-        overdue, stalled, uncancelled, refunding, due = await self.service.db.read(lists)
-        self._cancels_after[tenant] = uncancelled[-1] if uncancelled else ""  # the next sweep takes the next ones
-        listed, now_s = {*overdue, *stalled, *uncancelled, *refunding}, time.monotonic()
-        self._sweep_failures = {o: (n, at) for o, (n, at) in self._sweep_failures.items()  # forget settled ones
-                                if o in listed or now_s < at + SWEEP_BACKOFF_MAX}
-        for order_id in overdue:
-            await self._swept(order_id, lambda o: self._end_unpaid(o, "expired", "unpaid when its reservation ran out"))
-        for order_id in stalled:
-            if order_id not in overdue:
-                await self._swept(order_id, self._resume)
-        for order_id in uncancelled:
-            await self._swept(order_id, self._cancel_intent_again)
-        for order_id in refunding:
-            await self._swept(order_id, self._refund_again)
-        if listed:
-            return SWEEP_EVERY
-        # A new order comes due a reservation's TTL after it is placed, so it is seen in time too.
-        soonest = min(SWEEP_IDLE, float(self.settings.reservation_ttl_seconds))
-        if due is not None:
-            soonest = min(soonest, (due - utcnow()).total_seconds())
-        return max(SWEEP_EVERY / 10, soonest)
-
-    async def _refund_again(self, order_id: str) -> None:
+    async def refund_again(self, order_id: str) -> None:
         """A refund decided and not finished (a crash, payments unreachable): ask again (it is idempotent)."""
         row = await self._row(order_id)
         if row.payment_status != store.REFUNDING:
@@ -885,13 +827,12 @@ class Saga:
         log.warning("order %s was left refunding: asking for its refund again", order_id)
         await self._refund(row, row.refund_reason or "refunded", _give_back(row))
 
-    async def _resume(self, order_id: str) -> None:
+    async def resume(self, order_id: str) -> None:
         row = await self._row(order_id)
         if row.status not in RESUMABLE:
             return
         if row.payment_status == store.QUEUED:
-            log.warning("order %s: its queued intent was not announced in %.0f s; asking again", order_id,
-                        QUEUED_RESUME_S)
+            log.warning("order %s: its queued intent was never announced; asking again", order_id)
         else:
             log.warning("order %s was left %s (a crash mid-checkout?): resuming", order_id, row.status)
         if row.status == "pending":  # the buyer was never answered: let go of whatever was reserved
@@ -899,7 +840,7 @@ class Saga:
         else:  # stock is held: ask for the intent, so a retry with its key can pay
             await self._ask_payment(order_id)
 
-    async def _cancel_intent_again(self, order_id: str) -> None:
+    async def cancel_intent_again(self, order_id: str) -> None:
         row = await self._row(order_id)
         if row.payment_status != store.CANCEL_PENDING:
             return
@@ -921,96 +862,19 @@ class Saga:
             await self._transition(order_id, lambda r: {"payment_status": intent.status}
                                    if r.payment_status == store.CANCEL_PENDING else None)
 
-    async def _swept(self, order_id: str, step: Callable[[str], Awaitable[Any]]) -> None:
-        """Run one sweep step on the order, unless it failed lately: a failing step waits twice as long
-        after each failure, and one that fails for good (the provider has no such payment, ``not_found``)
-        puts the order in ``needs_review`` after :data:`SWEEP_GIVE_UP` tries, instead of trying for ever."""
-        failures, not_before = self._sweep_failures.get(order_id, (0, 0.0))
-        if time.monotonic() < not_before:
-            return
-        try:
-            async with self._claimed(order_id, wait=0):
-                await step(order_id)
-        except OrderBusy:
-            return
-        except (DomainError, ServiceUnavailable) as failure:
-            failures += 1
-            if isinstance(failure, DomainError) and failure.code == "not_found" and failures >= SWEEP_GIVE_UP:
-                self._sweep_failures.pop(order_id, None)
-                await self._given_up(order_id, failure)
-                return
-            wait = min(SWEEP_BACKOFF_MAX, SWEEP_EVERY * 2**failures)
-            self._sweep_failures[order_id] = (failures, time.monotonic() + wait)
-            log.log(logging.WARNING if failures == 1 else logging.INFO,
-                    "order %s: sweep step failed (%s, %d times); trying again in %.0f s", order_id, failure, failures,
-                    wait)
-        else:
-            self._sweep_failures.pop(order_id, None)
-
-    async def _given_up(self, order_id: str, failure: DomainError) -> None:
+    async def give_up(self, order_id: str, reason: str) -> None:
         """A sweep step that can't succeed: the order goes to a person, and out of the sweeper's lists."""
-        reason = f"the sweeper gave up after {SWEEP_GIVE_UP} tries: {failure.message}"
-        log.error("order %s: %s", order_id, reason)
         lost = {"payment_status": store.UNKNOWN_TO_PROVIDER, "payment_error": reason}
 
         def decide(r: OrderRow) -> tuple[str, str, dict[str, Any]] | dict[str, Any]:
             return ("needs_review", reason, lost) if "needs_review" in TRANSITIONS[r.status] else lost  # type: ignore[index]
 
-        try:
-            async with self._claimed(order_id, wait=0):
-                moved = await self._transition(order_id, decide)
-        except OrderBusy:
-            return
+        async with self.claims.held(order_id, wait=0):
+            moved = await self._transition(order_id, decide)
         if moved is not None and moved.status == "needs_review":
             self.needs_review.labels(reason="sweep_gave_up").inc()
 
     # -- plumbing ---------------------------------------------------------------------------
-
-    @contextlib.asynccontextmanager
-    async def _claimed(self, order_id: str, wait: float | None = None) -> AsyncIterator[None]:
-        """Hold the order for one saga step: one step at a time per order, in this process (a lock) and
-        across replicas (a claim in its row, which lapses after ``CLAIM_TTL`` if its holder died).
-
-        :class:`OrderBusy` (a 503 to callers; an event comes back later) if it stays taken ``wait`` seconds.
-        """
-        if wait == 0 and self._locks.locked(order_id):
-            raise OrderBusy(order_id)
-        async with self._locks.hold(order_id):
-            await self._claim(order_id, self.timeout if wait is None else wait)
-            renewal = asyncio.create_task(self._renew(order_id), name=f"claim-{order_id}")
-            try:
-                yield
-            finally:
-                renewal.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await renewal
-                await self.service.db.run(lambda s: store.release_claim(s, order_id, self.worker))
-
-    async def _renew(self, order_id: str) -> None:
-        while True:
-            await asyncio.sleep(CLAIM_TTL / 3)
-            now = utcnow()
-            extend = functools.partial(store.claim, order_id=order_id, worker=self.worker, now=now,
-                                       until=now + timedelta(seconds=CLAIM_TTL))
-            try:
-                await self.service.db.run(extend)
-            except Exception as exc:  # the database is struggling: the claim may lapse, the versions still guard
-                log.warning("order %s: claim not renewed (%s)", order_id, exc)
-
-    async def _claim(self, order_id: str, wait: float) -> None:
-        deadline, first = time.monotonic() + wait, True
-        while True:
-            now = utcnow()
-            take = functools.partial(store.claim, order_id=order_id, worker=self.worker, now=now,
-                                     until=now + timedelta(seconds=CLAIM_TTL))
-            if await self.service.db.run(take):
-                return
-            if first and await self.service.db.read(lambda s: store.load(s, order_id)) is None:
-                raise DomainError(f"no order {order_id}", code="not_found", order_id=order_id)
-            first = False
-            if time.monotonic() >= deadline:
-                raise OrderBusy(order_id)
-            await asyncio.sleep(CLAIM_POLL)
 
     async def _ask(self, message: Message) -> Any:
         return await request(self.service.broker.connection, message, self.timeout)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, insert, not_, or_, select, update
+from sqlalchemy import Integer, Select, and_, bindparam, func, insert, not_, or_, select, update
 from sqlalchemy.orm import Session
 
 from cartwheel import tracing
@@ -29,6 +29,7 @@ from cartwheel.contracts.orders import (
 from cartwheel.contracts.payments import CheckoutSessionView, IntentView
 from cartwheel.errors import Invalid, NotFound
 from cartwheel.outbox import record_events
+from cartwheel.statements import Statements, statements_of
 from services.orders.domain import HOLDS_STOCK, PLACED_PATH, IllegalTransition, check_transition, total_cents
 from services.orders.models import OPEN, OrderRow, OrderTransitionRow
 
@@ -259,61 +260,65 @@ def page(session: Session, *, user_id: str | None, status: str | None, limit: in
     return OrderPage(items=[view(r) for r in rows], next_cursor=rows[-1].id if more and rows else None)
 
 
-def intents_to_cancel(session: Session, after: str = "", limit: int = 100) -> list[str]:
-    """Ids of orders that ended unpaid while their PaymentIntent could not be cancelled (tried again), by id
-    from ``after``: the sweeper goes round them all, so a hundred failing ones can't hide the rest."""
-    query = (
-        select(OrderRow.id)
-        .where(OrderRow.status.in_(("cancelled", "expired")), OrderRow.payment_status == CANCEL_PENDING,
-               OrderRow.id > after)
-        .order_by(OrderRow.id)
-        .limit(limit)
-    )
-    return list(session.scalars(query))
-
-
 CANCEL_PENDING = "cancel_pending"
 QUEUED = "queued"  # the order's intent waits its turn at Stripe's rate limit (payments' queue)
 REFUNDING = "refunding"
 UNKNOWN_TO_PROVIDER = "unknown_to_provider"  # the provider has no such payment: the sweeper gave up on it
 
 
-def stalled(session: Session, statuses: Sequence[str], before: datetime, queued_before: datetime,
-            limit: int = 100) -> list[str]:
-    """Ids of orders in ``statuses`` not changed since ``before``: left mid-saga by a crash; one whose intent is
-    queued (payments announces it when made) only once unchanged since ``queued_before``."""
-    waits_for_queue = and_(func.coalesce(OrderRow.payment_status, "") == QUEUED, OrderRow.updated_at >= queued_before)
-    query = (
-        select(OrderRow.id)
-        .where(OrderRow.status.in_(statuses), OrderRow.updated_at < before, not_(waits_for_queue))
-        .order_by(OrderRow.updated_at)
-        .limit(limit)
-    )
-    return list(session.scalars(query))
+
+_LIMIT = bindparam("limit", type_=Integer)
+_OVERDUE = (select(OrderRow.id)
+            .where(OrderRow.status.in_(sorted(HOLDS_STOCK)), OrderRow.reserved_until < bindparam("now"))
+            .order_by(OrderRow.reserved_until).limit(_LIMIT))
+_STALLED = (select(OrderRow.id)
+            .where(OrderRow.status.in_(bindparam("statuses", expanding=True)),
+                   OrderRow.updated_at < bindparam("before"),
+                   not_(and_(func.coalesce(OrderRow.payment_status, "") == QUEUED,
+                             OrderRow.updated_at >= bindparam("queued_before"))))
+            .order_by(OrderRow.updated_at).limit(_LIMIT))
+_INTENTS_TO_CANCEL = (select(OrderRow.id)
+                      .where(OrderRow.status.in_(("cancelled", "expired")), OrderRow.payment_status == CANCEL_PENDING,
+                             OrderRow.id > bindparam("after"))
+                      .order_by(OrderRow.id).limit(_LIMIT))
+_REFUNDS_LEFT = (select(OrderRow.id)
+                 .where(OrderRow.payment_status == REFUNDING, OrderRow.updated_at < bindparam("before"))
+                 .order_by(OrderRow.updated_at).limit(_LIMIT))
+_NEXT_DUE = select(func.min(OrderRow.reserved_until)).where(OrderRow.status.in_(sorted(HOLDS_STOCK)))
 
 
-def refunds_left(session: Session, before: datetime, limit: int = 100) -> list[str]:
-    """Ids of orders whose refund was decided (``refunding``) and has not moved since ``before``."""
-    query = (
-        select(OrderRow.id)
-        .where(OrderRow.payment_status == REFUNDING, OrderRow.updated_at < before)
-        .order_by(OrderRow.updated_at)
-        .limit(limit)
-    )
-    return list(session.scalars(query))
+@dataclass(frozen=True)
+class ToSweep:
+    """What a sweep of one tenant's orders finds (each list a hundred at most, ids)."""
 
-
-def next_due(session: Session) -> datetime | None:
+    overdue: list[str]
+    """Still holding stock, unpaid, their reservation run out (soonest first)."""
+    stalled: list[str]
+    """Left mid-saga by a crash: in a resumable status, unchanged since ``stalled_before`` (an order whose intent
+    is queued, which payments announces when made, only once unchanged since ``queued_before``)."""
+    uncancelled: list[str]
+    """Ended unpaid while their PaymentIntent could not be cancelled (tried again), by id after ``cancels_after``:
+    the sweeper goes round them all, so a hundred failing ones can't hide the rest."""
+    refunding: list[str]
+    """A refund decided and not moved since ``stalled_before``."""
+    due: datetime | None
     """When the next order still holding stock runs out of reservation, if any does."""
-    return session.scalar(select(func.min(OrderRow.reserved_until)).where(OrderRow.status.in_(HOLDS_STOCK)))
+
+    def __bool__(self) -> bool:
+        return bool(self.overdue or self.stalled or self.uncancelled or self.refunding)
 
 
-def overdue(session: Session, now: datetime, limit: int = 100) -> list[str]:
-    """Ids of orders still holding stock, unpaid, whose reservation has run out."""
-    query = (
-        select(OrderRow.id)
-        .where(OrderRow.status.in_(HOLDS_STOCK), OrderRow.reserved_until < now)
-        .order_by(OrderRow.reserved_until)
-        .limit(limit)
-    )
-    return list(session.scalars(query))
+def to_sweep(where: Session | Statements, *, now: datetime, stalled_before: datetime, queued_before: datetime,
+             resumable: Sequence[str], cancels_after: str = "", limit: int = 100) -> ToSweep:
+    """What the sweeper has to do in one tenant's orders: five indexed reads, prebuilt (:mod:`cartwheel.statements`)
+    so they run on a SQLite file's own connection, a closed tenant's too (:func:`~cartwheel.statements.read_file`)."""
+    statements = statements_of(where)
+
+    def ids(stmt: Select[Any], **params: Any) -> list[str]:
+        return [found for found, in statements.rows(stmt, {**params, "limit": limit})]
+
+    [(due,)] = statements.rows(_NEXT_DUE, {})
+    return ToSweep(overdue=ids(_OVERDUE, now=now),
+                   stalled=ids(_STALLED, statuses=list(resumable), before=stalled_before, queued_before=queued_before),
+                   uncancelled=ids(_INTENTS_TO_CANCEL, after=cancels_after),
+                   refunding=ids(_REFUNDS_LEFT, before=stalled_before), due=due)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import inspect
 import os
@@ -48,7 +49,8 @@ from cartwheel.contracts.payments import (
 from cartwheel.errors import DomainError, ServiceUnavailable
 from cartwheel.lanes.client import LaneClient
 from cartwheel.requests import failure
-from services.orders import saga
+from services.orders import sweeper
+from services.orders.domain import RESUMABLE
 from tests.integration.conftest import Client
 from tests.integration.test_cart_service import product
 
@@ -860,8 +862,8 @@ def test_a_sweep_step_that_fails_for_good_backs_off_then_puts_the_order_aside_in
     # The service runs in this process: a sweep every 0.25 s while there is work (not every second), and a failing
     # step's wait doubling from 0.5 s to a cap of 1 s (not 2, 4, 8 ... s to 300 s): the same back-off, doubling
     # then capped, in a few seconds.
-    monkeypatch.setattr(saga, "SWEEP_EVERY", 0.25)
-    monkeypatch.setattr(saga, "SWEEP_BACKOFF_MAX", 1.0)
+    monkeypatch.setattr(sweeper, "SWEEP_EVERY", 0.25)
+    monkeypatch.setattr(sweeper, "SWEEP_BACKOFF_MAX", 1.0)
     mug = new_product(client, 2)
     payments.cancel_refusal = "not_found"  # the embedded payment server restarted empty: it has no such intent
     order = ask(client, buy(mug, 1))
@@ -874,11 +876,11 @@ def test_a_sweep_step_that_fails_for_good_backs_off_then_puts_the_order_aside_in
     # Before: tried again at every sweep (once a second), for ever, a warning each time.
     wait_for(lambda: status_of(client, order["order_id"]) == "needs_review", "put aside", timeout=30)
     tried = cancels()
-    assert tried == 1 + saga.SWEEP_GIVE_UP  # the expiry's own try, then the sweeper's, further and further apart
+    assert tried == 1 + sweeper.SWEEP_GIVE_UP  # the expiry's own try, then the sweeper's, further and further apart
     found = ask(client, GetOrder(order_id=order["order_id"]))
     assert found["payment"]["status"] == "unknown_to_provider"
     assert "Stripe has no such object" in found["history"][-1]["reason"]
-    time.sleep(6 * saga.SWEEP_EVERY)  # six sweeps, past the longest back-off and a sweep: a listed step is tried
+    time.sleep(6 * sweeper.SWEEP_EVERY)  # six sweeps, past the longest back-off and a sweep: a listed step is tried
     assert cancels() == tried
     closed = ask(client, CancelOrder(order_id=order["order_id"]))  # a person closes it: nothing to refund
     assert closed["status"] == "cancelled" and payments.asked(subjects.PAYMENTS_REFUND) == []
@@ -1104,12 +1106,69 @@ def test_the_sweeper_goes_round_every_intent_left_to_cancel_so_a_hundred_failing
                                      total_cents=100, lines="[]", reservation=i, payment_intent_id=f"pi_{i}",
                                      payment_status=orders_store.CANCEL_PENDING, created_at=now, updated_at=now)
                             for i in ids)
+
+        def round_from(session: Any, after: str) -> list[str]:
+            return orders_store.to_sweep(session, now=now, stalled_before=now, queued_before=now,
+                                         resumable=RESUMABLE, cancels_after=after).uncancelled
+
         with sessionmaker(engine).begin() as session:
-            first = orders_store.intents_to_cancel(session)
-            rest = orders_store.intents_to_cancel(session, first[-1])
-            again = orders_store.intents_to_cancel(session, rest[-1])
+            first = round_from(session, "")
+            rest = round_from(session, first[-1])
+            again = round_from(session, rest[-1])
         # Before: the same hundred every sweep; failing for good (their intents gone), they hid the other fifty.
         assert (first, rest, again) == (ids[:100], ids[100:], [])
+    finally:
+        engine.dispose()
+
+
+def test_the_sweepers_look_finds_each_kind_of_work_the_same_through_a_session_and_on_a_closed_file(
+    database_url: str,
+) -> None:
+    """:func:`store.to_sweep`'s prebuilt statements: through a session (SQLite and PostgreSQL), and on SQLite on a
+    closed file's own connection, as a quiet tenant's sweep reads it without opening its database."""
+    from sqlalchemy import make_url
+    from sqlalchemy.orm import sessionmaker
+
+    from cartwheel.db import make_engine, migrate
+    from cartwheel.statements import read_file
+    from services.orders import store as orders_store
+    from services.orders.models import OrderRow
+
+    migrate("orders", database_url)
+    engine = make_engine(database_url)
+    now = utcnow()
+    minute = timedelta(minutes=1)
+
+    def order(order_id: str, status: str, updated: timedelta, reserved: timedelta | None = None,
+              payment_status: str | None = None) -> OrderRow:
+        return OrderRow(id=order_id, tenant="default", status=status, version=1, currency="EUR", total_cents=100,
+                        lines="[]", reservation=order_id, payment_status=payment_status,
+                        reserved_until=now + reserved if reserved is not None else None,
+                        created_at=now - 2 * minute, updated_at=now + updated)
+
+    rows = [order("o-overdue", "awaiting_payment", -minute, reserved=-minute),
+            order("o-due-soon", "payment_failed", -minute, reserved=minute),
+            order("o-stalled", "pending", -minute),
+            order("o-queued", "reserved", -minute, reserved=5 * minute, payment_status=orders_store.QUEUED),
+            order("o-queued-long", "reserved", -10 * minute, reserved=5 * minute, payment_status=orders_store.QUEUED),
+            order("o-fresh", "pending", minute),
+            order("o-uncancelled", "expired", -minute, payment_status=orders_store.CANCEL_PENDING),
+            order("o-refunding", "paid", -minute, payment_status=orders_store.REFUNDING),
+            order("o-refund-fresh", "paid", minute, payment_status=orders_store.REFUNDING),
+            order("o-paid", "paid", -minute)]
+    look = functools.partial(orders_store.to_sweep, now=now, stalled_before=now, queued_before=now - 5 * minute,
+                             resumable=RESUMABLE)
+    expected = orders_store.ToSweep(overdue=["o-overdue"], stalled=["o-queued-long", "o-stalled"],
+                                    uncancelled=["o-uncancelled"], refunding=["o-refunding"], due=now - minute)
+    try:
+        with sessionmaker(engine).begin() as session:
+            assert not look(session) and look(session).due is None  # nothing to do in no orders
+            session.add_all(rows)
+        with sessionmaker(engine).begin() as session:
+            assert look(session) == expected
+        if database_url.startswith("sqlite"):
+            engine.dispose()
+            assert read_file(Path(make_url(database_url).database or ""), look) == expected
     finally:
         engine.dispose()
 
