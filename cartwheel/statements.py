@@ -184,15 +184,21 @@ class SqliteStatements:
 
 
 def read_file(path: Path, work: Callable[[Statements], T]) -> T:
-    """Read-only ``work`` on the SQLite file at ``path``, on a connection of its own, closed after: a look at a
-    tenant's database that is not open here (a quiet tenant's upkeep) without opening it, its engine, pools and
-    relay. The file must exist (``mode=rw``: one deleted meanwhile is not made again); a writer holding it makes
-    this wait 2 s at most. Raises SQLAlchemy's error of SQLite's (a table of an older schema, a file still being
-    made): the caller then opens the database, which tells."""
+    """Read-only ``work`` (``query_only``, one read transaction) on the SQLite file at ``path``, on a connection of
+    its own, closed after: a look at a tenant's database that is not open here (a quiet tenant's upkeep) without
+    opening it, its engine, pools and relay. The file must exist (``mode=rw``: one deleted meanwhile is not made
+    again); a writer holding it makes this wait 2 s at most. Raises SQLAlchemy's error of SQLite's (a table of an
+    older schema, a file still being made): the caller then opens the database, which tells."""
     uri = f"file:{quote(str(path))}?mode=rw"
     try:
         conn = sqlite3.connect(uri, uri=True, timeout=2, isolation_level=None)
     except sqlite3.Error as exc:
         raise DBAPIError.instance(uri, (), exc, sqlite3.Error) from exc
     with contextlib.closing(conn):
-        return work(SqliteStatements(conn))
+        statements = SqliteStatements(conn)
+        statements.execute("PRAGMA query_only=1", ())
+        statements.execute("BEGIN", ())  # one snapshot for all of ``work``'s reads, as a session's
+        try:
+            return work(statements)
+        finally:
+            conn.rollback()

@@ -86,7 +86,7 @@ from services.orders.domain import (
 )
 from services.orders.models import OrderRow
 from services.orders.pages import CheckoutPages, has_open_page, hosted_ttl
-from services.orders.sweeper import Sweeper
+from services.orders.sweeper import QUEUED_RESUME_S, Sweeper
 
 log = logging.getLogger("cartwheel.orders")
 
@@ -832,7 +832,8 @@ class Saga:
         if row.status not in RESUMABLE:
             return
         if row.payment_status == store.QUEUED:
-            log.warning("order %s: its queued intent was never announced; asking again", order_id)
+            log.warning("order %s: its queued intent was not announced in %.0f s; asking again", order_id,
+                        QUEUED_RESUME_S)
         else:
             log.warning("order %s was left %s (a crash mid-checkout?): resuming", order_id, row.status)
         if row.status == "pending":  # the buyer was never answered: let go of whatever was reserved

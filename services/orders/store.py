@@ -265,8 +265,6 @@ QUEUED = "queued"  # the order's intent waits its turn at Stripe's rate limit (p
 REFUNDING = "refunding"
 UNKNOWN_TO_PROVIDER = "unknown_to_provider"  # the provider has no such payment: the sweeper gave up on it
 
-
-
 _LIMIT = bindparam("limit", type_=Integer)
 _OVERDUE = (select(OrderRow.id)
             .where(OrderRow.status.in_(sorted(HOLDS_STOCK)), OrderRow.reserved_until < bindparam("now"))

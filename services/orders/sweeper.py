@@ -14,21 +14,22 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 
 from cartwheel.contracts.base import utcnow
 from cartwheel.errors import DomainError, ServiceUnavailable
-from cartwheel.statements import read_file
+from cartwheel.service import Service
+from cartwheel.settings import Settings
+from cartwheel.statements import Statements, read_file
 from cartwheel.tenants import context as tenant_context
 from services.orders import store
 from services.orders.claims import OrderBusy
 from services.orders.domain import RESUMABLE
-
-if TYPE_CHECKING:
-    from services.orders.saga import Saga
 
 log = logging.getLogger("cartwheel.orders")
 
@@ -40,8 +41,28 @@ SWEEP_GIVE_UP = 5  # tries of a step failing for good (no such payment at the pr
 QUEUED_RESUME_S = 300.0  # an order whose queued intent was not announced this long is asked for again (a backstop)
 
 
+class Claims(Protocol):
+    def held(self, order_id: str, wait: float | None = None) -> AbstractAsyncContextManager[None]: ...
+
+
+class Steps(Protocol):
+    """The saga's steps the sweeper takes, each on an order it holds (:class:`services.orders.saga.Saga`)."""
+
+    service: Service
+    settings: Settings
+    claims: Claims
+
+    async def expire(self, order_id: str) -> None: ...
+    async def resume(self, order_id: str) -> None: ...
+    async def cancel_intent_again(self, order_id: str) -> None: ...
+    async def refund_again(self, order_id: str) -> None: ...
+    async def give_up(self, order_id: str, reason: str) -> None: ...
+
+
 class Sweeper:
-    def __init__(self, saga: Saga) -> None:
+    """Goes round every tenant's orders (:meth:`sweep`), and takes each order found the step it needs."""
+
+    def __init__(self, saga: Steps) -> None:
         self.saga = saga
         self.service = saga.service
         self.settings = saga.settings
@@ -70,7 +91,7 @@ class Sweeper:
             store.to_sweep, now=now, stalled_before=stalled_before,
             queued_before=now - timedelta(seconds=QUEUED_RESUME_S), resumable=RESUMABLE,
             cancels_after=self._cancels_after.get(tenant, "")))
-        self._cancels_after[tenant] = found.uncancelled[-1] if found.uncancelled else ""  # the next sweep: the next
+        self._cancels_after[tenant] = found.uncancelled[-1] if found.uncancelled else ""  # the next sweep goes on
         listed, now_s = {*found.overdue, *found.stalled, *found.uncancelled, *found.refunding}, time.monotonic()
         self._failures = {o: (n, at) for o, (n, at) in self._failures.items()  # forget settled ones
                           if o in listed or now_s < at + SWEEP_BACKOFF_MAX}
@@ -85,7 +106,7 @@ class Sweeper:
             await self._swept(order_id, self.saga.refund_again)
         return SWEEP_EVERY if listed else self._idle_wait(found.due)
 
-    async def look(self, tenant: str, look: Callable[[Any], store.ToSweep]) -> store.ToSweep:
+    async def look(self, tenant: str, reads: Callable[[Session | Statements], store.ToSweep]) -> store.ToSweep:
         """What to sweep. A tenant whose SQLite file is closed here is looked at on a connection of its own, and
         its database opened only if there is work: with 1,000 tenants registered, opening a quiet tenant's
         database (an engine, its statements compiled afresh, its outbox relay) 4 times a second for a sweep that
@@ -93,10 +114,12 @@ class Sweeper:
         path = self.service.db.closed_file(tenant)
         if path is not None:
             with contextlib.suppress(DBAPIError):  # an older schema, a file still being made: opening it tells
-                found = await asyncio.to_thread(read_file, path, look)
+                found = await asyncio.to_thread(read_file, path, reads)
                 if not found:
                     return found
-        return await self.service.db.read(look)
+        # Open: through a session on the read pool, not on the loop as a lane's part: a flash sale's thousands of
+        # orders awaiting payment make the overdue and next-due reads a scan of the orders holding stock.
+        return await self.service.db.read(reads)
 
     def _idle_wait(self, due: datetime | None) -> float:
         # A new order comes due a reservation's TTL after it is placed, so it is seen in time too.

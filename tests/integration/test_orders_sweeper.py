@@ -10,7 +10,9 @@ from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import sessionmaker
 
 from cartwheel.contracts.base import utcnow
@@ -64,5 +66,25 @@ def test_a_quiet_tenants_orders_are_swept_without_opening_its_database_until_the
         engine.dispose()
         assert sweep() == sweeping.SWEEP_EVERY and steps.expired == ["o-late"]
         assert dbs.closed_file("calm") is None  # opened for the work (the saga's step writes through it)
+    finally:
+        dbs.close()
+
+
+def test_a_closed_file_the_sweepers_reads_fail_on_is_opened_so_that_the_error_shows(tmp_path: Path) -> None:
+    """A file of an older schema (here: a column the reads name is missing) is not passed over as "nothing to do":
+    the sweep opens the database, and its error is raised where the tenant's rounds log it."""
+    settings = Settings(var_dir=tmp_path)
+    url = settings.database_url("orders", "old")
+    migrate("orders", url)
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE orders RENAME COLUMN reserved_until TO reserved_till")
+    engine.dispose()
+    dbs = TenantDatabases("orders", settings)
+    sweeper = sweeping.Sweeper(Steps(SimpleNamespace(db=dbs, settings=settings)))  # type: ignore[arg-type]
+    try:
+        with context.serving("old", background=True), pytest.raises(OperationalError, match="reserved_until"):
+            asyncio.run(sweeper.sweep())
+        assert dbs.closed_file("old") is None  # opened: its error is the database's own
     finally:
         dbs.close()

@@ -140,6 +140,7 @@ def test_a_quiet_tenants_outbox_is_looked_at_without_opening_its_database(tmp_pa
     from datetime import UTC, datetime
 
     from cartwheel.outbox import unpublished_in
+    from cartwheel.statements import read_file
 
     settings = Settings(var_dir=tmp_path)
     path = Path(make_url(settings.database_url("catalog", "calm")).database or "")
@@ -158,6 +159,8 @@ def test_a_quiet_tenants_outbox_is_looked_at_without_opening_its_database(tmp_pa
         assert unpublished_in(path)  # beside the open database, as another process would see it
         calm.run_sync(lambda s: s.execute(text("UPDATE outbox SET published_at = created_at")))
         assert not unpublished_in(path)
+        with pytest.raises(DBAPIError, match="readonly"):  # a look only: it writes nothing
+            read_file(path, lambda statements: statements.execute("DELETE FROM outbox", ()))
         gone = path.with_name("gone.db")
         with pytest.raises(DBAPIError):  # a file deleted meanwhile is not made again
             unpublished_in(gone)
