@@ -25,7 +25,6 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, ValidationError
-from sqlalchemy.exc import DBAPIError
 
 from cartwheel import natsauth, subjects, tracing
 from cartwheel.bus import ConnectionLog, declare_topology, make_broker
@@ -40,7 +39,7 @@ from cartwheel.observability import (
     start_ops_server,
     unbind_ids,
 )
-from cartwheel.outbox import OutboxRelay, unpublished_in
+from cartwheel.outbox import OutboxRelay, has_unpublished
 from cartwheel.readiness import Readiness
 from cartwheel.requests import RequestServer
 from cartwheel.settings import Settings, get_settings
@@ -296,10 +295,8 @@ class Service:
         tenant = tenant_context.current(self.db.own_name)
         if tenant in self.relays:  # open: its relay is at it
             return OUTBOX_UPKEEP_S
-        path = self.db.closed_file(tenant)
-        with contextlib.suppress(DBAPIError):  # an older schema, a file still being made: opening it tells
-            if path is not None and not await asyncio.to_thread(unpublished_in, path):
-                return OUTBOX_UPKEEP_S  # nothing waits: its database stays closed
+        if await self.db.read_closed(tenant, has_unpublished) is False:
+            return OUTBOX_UPKEEP_S  # nothing waits: its database stays closed
         db = self.db.current()  # opened now: its relay starts (on the loop, after this round) ...
         pending, _ = await db.read(OutboxRelay.backlog)
         relay = self.relays.get(tenant)

@@ -3,22 +3,27 @@ first use and kept in a bounded least-recently-used set, so 1,000 tenants never 
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from cartwheel.db import Database, head_revision
 from cartwheel.errors import NotFound
 from cartwheel.settings import Settings
+from cartwheel.statements import Statements, read_file
 from cartwheel.tenants import context
 from cartwheel.tenants.names import NAME
+
+T = TypeVar("T")
 
 CLOSE_AFTER_S = 30.0
 """An evicted tenant's database is closed this long after: work that took it just before still finishes on it."""
@@ -122,6 +127,19 @@ class TenantDatabases:
                 return None
         parsed = make_url(existing_database_url(self.settings, self.service, tenant))
         return Path(parsed.database or "") if parsed.get_backend_name() == "sqlite" else None
+
+    async def read_closed(self, tenant: str, work: Callable[[Statements], T]) -> T | None:
+        """``work`` on ``tenant``'s SQLite file while its database is not open here, read on a connection of its own
+        off the loop (:func:`~cartwheel.statements.read_file`) so that upkeep finding nothing to do leaves it closed.
+        None: open here (or the own one, or on a server: open it), or the read failed (an older schema, a file
+        still being made: opening it tells). :class:`UnknownTenant` if it has none."""
+        path = self.closed_file(tenant)
+        if path is None:
+            return None
+        try:
+            return await asyncio.to_thread(read_file, path, work)
+        except DBAPIError:
+            return None
 
     def busy(self, tenant: str) -> bool:
         """Open for a shopper's work (not only upkeep's): its upkeep keeps the pace that work asks."""

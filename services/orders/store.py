@@ -30,7 +30,7 @@ from cartwheel.contracts.payments import CheckoutSessionView, IntentView
 from cartwheel.errors import Invalid, NotFound
 from cartwheel.outbox import record_events
 from cartwheel.statements import Statements, statements_of
-from services.orders.domain import HOLDS_STOCK, PLACED_PATH, IllegalTransition, check_transition, total_cents
+from services.orders.domain import HOLDS_STOCK, PLACED_PATH, RESUMABLE, IllegalTransition, check_transition, total_cents
 from services.orders.models import OPEN, OrderRow, OrderTransitionRow
 
 log = logging.getLogger("cartwheel.orders")
@@ -270,8 +270,7 @@ _OVERDUE = (select(OrderRow.id)
             .where(OrderRow.status.in_(sorted(HOLDS_STOCK)), OrderRow.reserved_until < bindparam("now"))
             .order_by(OrderRow.reserved_until).limit(_LIMIT))
 _STALLED = (select(OrderRow.id)
-            .where(OrderRow.status.in_(bindparam("statuses", expanding=True)),
-                   OrderRow.updated_at < bindparam("before"),
+            .where(OrderRow.status.in_(RESUMABLE), OrderRow.updated_at < bindparam("before"),
                    not_(and_(func.coalesce(OrderRow.payment_status, "") == QUEUED,
                              OrderRow.updated_at >= bindparam("queued_before"))))
             .order_by(OrderRow.updated_at).limit(_LIMIT))
@@ -307,7 +306,7 @@ class ToSweep:
 
 
 def to_sweep(where: Session | Statements, *, now: datetime, stalled_before: datetime, queued_before: datetime,
-             resumable: Sequence[str], cancels_after: str = "", limit: int = 100) -> ToSweep:
+             cancels_after: str = "", limit: int = 100) -> ToSweep:
     """What the sweeper has to do in one tenant's orders: five indexed reads, prebuilt (:mod:`cartwheel.statements`)
     so they run on a SQLite file's own connection, a closed tenant's too (:func:`~cartwheel.statements.read_file`)."""
     statements = statements_of(where)
@@ -317,6 +316,6 @@ def to_sweep(where: Session | Statements, *, now: datetime, stalled_before: date
 
     [(due,)] = statements.rows(_NEXT_DUE, {})
     return ToSweep(overdue=ids(_OVERDUE, now=now),
-                   stalled=ids(_STALLED, statuses=list(resumable), before=stalled_before, queued_before=queued_before),
+                   stalled=ids(_STALLED, before=stalled_before, queued_before=queued_before),
                    uncancelled=ids(_INTENTS_TO_CANCEL, after=cancels_after),
                    refunding=ids(_REFUNDS_LEFT, before=stalled_before), due=due)

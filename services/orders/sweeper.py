@@ -18,18 +18,16 @@ from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from cartwheel.contracts.base import utcnow
 from cartwheel.errors import DomainError, ServiceUnavailable
 from cartwheel.service import Service
 from cartwheel.settings import Settings
-from cartwheel.statements import Statements, read_file
+from cartwheel.statements import Statements
 from cartwheel.tenants import context as tenant_context
 from services.orders import store
 from services.orders.claims import OrderBusy
-from services.orders.domain import RESUMABLE
 
 log = logging.getLogger("cartwheel.orders")
 
@@ -89,7 +87,7 @@ class Sweeper:
         stalled_before = now - timedelta(seconds=self.settings.checkout_resume_seconds)
         found = await self.look(tenant, functools.partial(
             store.to_sweep, now=now, stalled_before=stalled_before,
-            queued_before=now - timedelta(seconds=QUEUED_RESUME_S), resumable=RESUMABLE,
+            queued_before=now - timedelta(seconds=QUEUED_RESUME_S),
             cancels_after=self._cancels_after.get(tenant, "")))
         self._cancels_after[tenant] = found.uncancelled[-1] if found.uncancelled else ""  # the next sweep goes on
         listed, now_s = {*found.overdue, *found.stalled, *found.uncancelled, *found.refunding}, time.monotonic()
@@ -111,12 +109,9 @@ class Sweeper:
         its database opened only if there is work: with 1,000 tenants registered, opening a quiet tenant's
         database (an engine, its statements compiled afresh, its outbox relay) 4 times a second for a sweep that
         found nothing was most of an idle orders service's CPU, and a tenth of a core beside 100 busy tenants."""
-        path = self.service.db.closed_file(tenant)
-        if path is not None:
-            with contextlib.suppress(DBAPIError):  # an older schema, a file still being made: opening it tells
-                found = await asyncio.to_thread(read_file, path, reads)
-                if not found:
-                    return found
+        found = await self.service.db.read_closed(tenant, reads)
+        if found is not None and not found:
+            return found
         # Open: through a session on the read pool, not on the loop as a lane's part: a flash sale's thousands of
         # orders awaiting payment make the overdue and next-due reads a scan of the orders holding stock.
         return await self.service.db.read(reads)

@@ -50,7 +50,6 @@ from cartwheel.errors import DomainError, ServiceUnavailable
 from cartwheel.lanes.client import LaneClient
 from cartwheel.requests import failure
 from services.orders import sweeper
-from services.orders.domain import RESUMABLE
 from tests.integration.conftest import Client
 from tests.integration.test_cart_service import product
 
@@ -1109,7 +1108,7 @@ def test_the_sweeper_goes_round_every_intent_left_to_cancel_so_a_hundred_failing
 
         def round_from(session: Any, after: str) -> list[str]:
             return orders_store.to_sweep(session, now=now, stalled_before=now, queued_before=now,
-                                         resumable=RESUMABLE, cancels_after=after).uncancelled
+                                         cancels_after=after).uncancelled
 
         with sessionmaker(engine).begin() as session:
             first = round_from(session, "")
@@ -1156,8 +1155,7 @@ def test_the_sweepers_look_finds_each_kind_of_work_the_same_through_a_session_an
             order("o-refunding", "paid", -minute, payment_status=orders_store.REFUNDING),
             order("o-refund-fresh", "paid", minute, payment_status=orders_store.REFUNDING),
             order("o-paid", "paid", -minute)]
-    look = functools.partial(orders_store.to_sweep, now=now, stalled_before=now, queued_before=now - 5 * minute,
-                             resumable=RESUMABLE)
+    look = functools.partial(orders_store.to_sweep, now=now, stalled_before=now, queued_before=now - 5 * minute)
     expected = orders_store.ToSweep(overdue=["o-overdue"], stalled=["o-queued-long", "o-stalled"],
                                     uncancelled=["o-uncancelled"], refunding=["o-refunding"], due=now - minute)
     try:

@@ -137,9 +137,10 @@ def test_a_quiet_tenants_outbox_is_looked_at_without_opening_its_database(tmp_pa
     """With 1,000 tenants registered, each service's upkeep opened a quiet tenant's database (engine, relay and all)
     4 times a second to find its outbox empty. Closed, its SQLite file is read on a connection of its own, and the
     database opens only when something waits."""
+    import asyncio
     from datetime import UTC, datetime
 
-    from cartwheel.outbox import unpublished_in
+    from cartwheel.outbox import has_unpublished
     from cartwheel.statements import read_file
 
     settings = Settings(var_dir=tmp_path)
@@ -150,20 +151,23 @@ def test_a_quiet_tenants_outbox_is_looked_at_without_opening_its_database(tmp_pa
     dbs = TenantDatabases("catalog", settings)
     try:
         assert dbs.closed_file(dbs.own_name) is None and dbs.closed_file("calm") == path
-        assert not unpublished_in(path)
+        assert asyncio.run(dbs.read_closed("calm", has_unpublished)) is False  # read, and left closed
+        assert dbs.closed_file("calm") == path
+        assert asyncio.run(dbs.read_closed("calm", lambda s: s.execute("SELECT nothing FROM outbox", ()))) is None
         calm = dbs.of("calm")
         assert dbs.closed_file("calm") is None  # open here: its relay looks
+        assert asyncio.run(dbs.read_closed("calm", has_unpublished)) is None
         calm.run_sync(lambda s: s.execute(text(
             "INSERT INTO outbox (event_id, subject, payload, created_at, attempts) VALUES ('e', 's', '{}', :at, 0)"),
             {"at": datetime.now(UTC).replace(tzinfo=None)}))
-        assert unpublished_in(path)  # beside the open database, as another process would see it
+        assert read_file(path, has_unpublished)  # beside the open database, as another process would see it
         calm.run_sync(lambda s: s.execute(text("UPDATE outbox SET published_at = created_at")))
-        assert not unpublished_in(path)
+        assert not read_file(path, has_unpublished)
         with pytest.raises(DBAPIError, match="readonly"):  # a look only: it writes nothing
             read_file(path, lambda statements: statements.execute("DELETE FROM outbox", ()))
         gone = path.with_name("gone.db")
         with pytest.raises(DBAPIError):  # a file deleted meanwhile is not made again
-            unpublished_in(gone)
+            read_file(gone, has_unpublished)
         assert not gone.exists()
     finally:
         dbs.close()
