@@ -49,7 +49,7 @@ from cartwheel.contracts.payments import (
 from cartwheel.errors import DomainError, ServiceUnavailable
 from cartwheel.lanes.client import LaneClient
 from cartwheel.requests import failure
-from services.orders import sweeper
+from services.orders import retries, sweeper
 from tests.integration.conftest import Client
 from tests.integration.test_cart_service import product
 
@@ -862,7 +862,8 @@ def test_a_sweep_step_that_fails_for_good_backs_off_then_puts_the_order_aside_in
     # step's wait doubling from 0.5 s to a cap of 1 s (not 2, 4, 8 ... s to 300 s): the same back-off, doubling
     # then capped, in a few seconds.
     monkeypatch.setattr(sweeper, "SWEEP_EVERY", 0.25)
-    monkeypatch.setattr(sweeper, "SWEEP_BACKOFF_MAX", 1.0)
+    monkeypatch.setattr(retries, "BACKOFF_FIRST", 0.5)
+    monkeypatch.setattr(retries, "BACKOFF_MAX", 1.0)
     mug = new_product(client, 2)
     payments.cancel_refusal = "not_found"  # the embedded payment server restarted empty: it has no such intent
     order = ask(client, buy(mug, 1))
@@ -875,7 +876,7 @@ def test_a_sweep_step_that_fails_for_good_backs_off_then_puts_the_order_aside_in
     # Before: tried again at every sweep (once a second), for ever, a warning each time.
     wait_for(lambda: status_of(client, order["order_id"]) == "needs_review", "put aside", timeout=30)
     tried = cancels()
-    assert tried == 1 + sweeper.SWEEP_GIVE_UP  # the expiry's own try, then the sweeper's, further and further apart
+    assert tried == 1 + retries.GIVE_UP  # the expiry's own try, then the sweeper's, further and further apart
     found = ask(client, GetOrder(order_id=order["order_id"]))
     assert found["payment"]["status"] == "unknown_to_provider"
     assert "Stripe has no such object" in found["history"][-1]["reason"]

@@ -39,6 +39,14 @@ class Steps:
     async def expire(self, order_id: str) -> None:
         self.expired.append(order_id)
 
+    async def resume(self, order_id: str) -> None:
+        raise AssertionError(f"no order here stalls: {order_id}")
+
+    cancel_intent_again = refund_again = resume
+
+    async def give_up(self, order_id: str, reason: str) -> None:
+        raise AssertionError(f"no step here fails: {order_id} ({reason})")
+
 
 def test_a_quiet_tenants_orders_are_swept_without_opening_its_database_until_there_is_work(tmp_path: Path) -> None:
     """With 1,000 tenants registered, the sweeper opened a quiet tenant's database (an engine, its statements
