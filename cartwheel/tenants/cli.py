@@ -24,6 +24,7 @@ from cartwheel.tenants.registry import HostTaken, NoSuchTenant, Registry, Tenant
 LET_GO_WAIT_S = 3.0
 """How long delete waits, after telling the shop, for every process to let go of the tenant's databases (they
 look every second: cartwheel/service.py LET_GO_EVERY_S)."""
+INTERRUPTED = 130  # the exit status of a command stopped by Ctrl-C (128 + SIGINT), as a shell reports it
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -101,7 +102,7 @@ def _migrate(plan: migrate.Plan, registry: Registry, parallel: int, *, dry_run: 
         return 0
     outcome = migrate.run(registry, plan.todo, parallel=max(1, parallel))
     print(migrate.summary(outcome, plan.done))
-    return 1 if outcome.failures else 0
+    return INTERRUPTED if outcome.interrupted else 1 if outcome.failures else 0
 
 
 def _create(args: argparse.Namespace, settings: Settings, registry: Registry) -> int:

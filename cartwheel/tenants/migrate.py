@@ -2,11 +2,13 @@
 
 N databases at a time (processes: a migration is Python work), a journal in the control database
 (a rerun skips what is done at the current head and retries what failed), progress as it goes,
-and a summary naming each failure. A tenant that fails never holds up the others.
+and a summary naming each failure. A tenant that fails never holds up the others. Ctrl-C stops it
+after the migrations under way (the workers ignore it), with the summary: a rerun goes on.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -47,6 +49,7 @@ class Outcome:
     failures: dict[tuple[str, str], str] = field(default_factory=dict)
     skipped: int = 0
     seconds: float = 0.0
+    interrupted: int = 0  # Ctrl-C: how many were left for a rerun (not started, or cut off in one process)
 
     @property
     def failed_tenants(self) -> list[str]:
@@ -95,18 +98,21 @@ def run(registry: Registry, jobs: list[Job], *, parallel: int, out: TextIO = sys
     outcome = Outcome()
     started = time.monotonic()
     with _Progress(len(jobs), out) as progress:
-        if parallel <= 1:
-            for job in jobs:
-                _finish(registry, job, work(job), outcome, progress)
-        else:
-            pending = list(reversed(jobs))
-            while pending:  # a pool whose worker died (a crash, the OOM killer) is replaced; the rest go on
-                pending, suspects = _in_processes(registry, pending, parallel, work, outcome, progress)
-                for job in suspects:  # each one in flight then, alone: the one that dies again is the cause
-                    _, died = _in_processes(registry, [job], 1, work, outcome, progress)
-                    if died:
-                        _finish(registry, job, "its migration process died (a crash, or out of memory)", outcome,
-                                progress)
+        try:
+            if parallel <= 1:
+                for job in jobs:
+                    _finish(registry, job, work(job), outcome, progress)
+            else:
+                pending = list(reversed(jobs))
+                while pending:  # a pool whose worker died (a crash, the OOM killer) is replaced; the rest go on
+                    pending, suspects = _in_processes(registry, pending, parallel, work, outcome, progress)
+                    for job in suspects:  # each one in flight then, alone: the one that dies again is the cause
+                        _, died = _in_processes(registry, [job], 1, work, outcome, progress)
+                        if died:
+                            _finish(registry, job, "its migration process died (a crash, or out of memory)",
+                                    outcome, progress)
+        except KeyboardInterrupt:  # what ended is in the journal; the rest is for a rerun
+            outcome.interrupted = len(jobs) - outcome.migrated - len(outcome.failures)
     outcome.seconds = time.monotonic() - started
     return outcome
 
@@ -116,21 +122,37 @@ def _in_processes(registry: Registry, pending: list[Job], parallel: int, work: C
     """Run ``pending`` (taken from its end) in one pool, recording each; when a worker process dies (and the pool
     with it): what was not started yet, and the jobs in flight then (one of them killed it)."""
     # forkserver: a fork of this process would copy the progress thread's locks mid-use
-    with ProcessPoolExecutor(max_workers=parallel, mp_context=get_context("forkserver")) as pool:
+    with ProcessPoolExecutor(max_workers=parallel, mp_context=get_context("forkserver"),
+                             initializer=_ignore_interrupts) as pool:
         waiting: dict[Future[str | None], Job] = {}
-        while pending or waiting:
-            while pending and len(waiting) < parallel * 4:  # a bounded window: the journal keeps pace
-                job = pending.pop()
-                waiting[pool.submit(work, job)] = job
-            ended, _ = wait(waiting, return_when=FIRST_COMPLETED)
-            if any(isinstance(future.exception(), BrokenProcessPool) for future in ended):
-                return pending, list(waiting.values())
-            for future in ended:
-                job = waiting.pop(future)
-                error = future.exception()
-                _finish(registry, job, f"{type(error).__name__}: {error}" if error else future.result(), outcome,
-                        progress)
+        try:
+            while pending or waiting:
+                while pending and len(waiting) < parallel * 4:  # a bounded window: the journal keeps pace
+                    job = pending.pop()
+                    waiting[pool.submit(work, job)] = job
+                ended, _ = wait(waiting, return_when=FIRST_COMPLETED)
+                if any(isinstance(future.exception(), BrokenProcessPool) for future in ended):
+                    return pending, list(waiting.values())
+                for future in ended:
+                    _record(registry, waiting.pop(future), future, outcome, progress)
+        except KeyboardInterrupt:
+            pool.shutdown(cancel_futures=True)  # the ones under way end (a database or two each); none starts
+            for future, job in waiting.items():
+                if future.done() and not future.cancelled():
+                    _record(registry, job, future, outcome, progress)
+            raise
     return pending, []
+
+
+def _ignore_interrupts() -> None:
+    """In a worker: Ctrl-C reaches the whole process group, and only the parent decides (lets the work under way
+    end, then stops)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _record(registry: Registry, job: Job, future: Future[str | None], outcome: Outcome, progress: _Progress) -> None:
+    error = future.exception()
+    _finish(registry, job, f"{type(error).__name__}: {error}" if error else future.result(), outcome, progress)
 
 
 def _finish(registry: Registry, job: Job, error: str | None, outcome: Outcome, progress: _Progress) -> None:
@@ -148,7 +170,10 @@ def summary(outcome: Outcome, skipped: int) -> str:
              f"{len(outcome.failures)} failed"]
     for (tenant, service), error in sorted(outcome.failures.items()):
         lines.append(f"  FAILED {tenant} {service}: {error}")
-    if outcome.failures:
+    if outcome.interrupted:
+        lines.append(f"interrupted: {outcome.interrupted} not migrated; run `cartwheel migrate --all-tenants` to "
+                     "go on (it skips what is done)")
+    elif outcome.failures:
         lines.append("fix the cause and run the same command again: it retries the failures and skips the rest")
     return "\n".join(lines)
 

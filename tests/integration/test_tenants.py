@@ -7,9 +7,11 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -385,3 +387,70 @@ def test_a_migration_process_that_dies_fails_its_tenant_and_the_others_are_migra
             ("t0001", "cart"), ("t0003", "cart"), ("t0003", "catalog")]
     finally:
         registry.close()
+
+
+def test_ctrl_c_stops_a_migration_of_every_tenant_without_a_traceback_and_the_rerun_goes_on(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the command's process group, as a terminal sends it) during ``cartwheel tenants create``'s
+    migrations printed a KeyboardInterrupt traceback from the parent, and each worker process printed its own. Now the
+    migrations under way end, the summary says how many are left, the exit status is 130, no worker is left behind,
+    and ``cartwheel migrate --all-tenants`` goes on from the journal."""
+    listing = tmp_path / "tenants.txt"
+    listing.write_text("".join(f"t{i:04d} t{i:04d}.shops.test\n" for i in range(1, 201)))
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("CARTWHEEL_")}
+    environ |= {"CARTWHEEL_VAR_DIR": str(tmp_path), "CARTWHEEL_NATS_URL": "nats://127.0.0.1:1"}
+    each = len(DATABASES)
+    creating = subprocess.Popen([sys.executable, "-m", "cartwheel.cli", "tenants", "create", "--file", str(listing),
+                                 "--parallel", "2"], cwd=ROOT, env=environ, text=True, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, start_new_session=True,  # its own group, as a shell's job
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        assert creating.stdout is not None
+        line = creating.stdout.readline()
+        while "tenant databases to migrate" not in line:
+            assert line, f"ended before migrating: {creating.communicate()}"
+            line = creating.stdout.readline()
+        time.sleep(1.0)  # some migrated, most not yet (200 tenants: about 15 s here)
+        workers = _children(creating.pid)
+        assert workers, "no migration process running"
+        os.killpg(creating.pid, signal.SIGINT)
+        out, err = creating.communicate(timeout=60)
+    finally:
+        if creating.poll() is None:
+            os.killpg(creating.pid, signal.SIGKILL)
+    assert creating.returncode == 130, out + err
+    assert "Traceback" not in out + err and "KeyboardInterrupt" not in err
+    lines = out.splitlines()
+    summary = next(i for i, line in enumerate(lines) if line.startswith("migrated "))
+    migrated = int(lines[summary].split()[1])
+    assert 0 < migrated < 200 * each, out
+    assert lines[summary + 1].startswith(f"interrupted: {200 * each - migrated} not migrated;"), out
+    deadline = time.monotonic() + 5  # the forkserver and the resource tracker end when they see their parent gone
+    while (left := [pid for pid in workers if _alive(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert left == [], [Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")[:120] for pid in left]
+    again = cartwheel(tmp_path, "migrate", "--all-tenants")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"{migrated} already done" in again.stdout  # the journal kept each one that ended
+    assert f"migrated {200 * each - migrated + each} tenant databases" in again.stdout  # the rest, and the own's
+
+
+def _children(pid: int) -> list[int]:
+    """The processes ``pid`` started (the pool's forkserver, its workers, the resource tracker), from /proc."""
+    found = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+             and _parent_of(int(p.name)) == pid]
+    return found + [grandchild for child in found for grandchild in _children(child)]
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting to be reaped has ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
