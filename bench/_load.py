@@ -63,34 +63,37 @@ def host_busy_seconds() -> float | None:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
-def main_thread_schedstat(pid: int) -> tuple[float, float] | None:
-    """Seconds a process's main thread (its event loop, in a service) has run on a CPU and waited for one,
-    from /proc/<pid>/task/<pid>/schedstat (Linux; ``None`` where unreadable)."""
+def main_thread_schedstat(pid: int) -> tuple[float, float, int] | None:
+    """Seconds a process's main thread (its event loop, in a service) has run on a CPU and waited for one, from
+    /proc/<pid>/task/<pid>/schedstat, and the process's start time (a pid used again reads as another process);
+    ``None`` where unreadable (Linux only)."""
     try:
         on_cpu_ns, waiting_ns = map(int, Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[:2])
-    except (OSError, ValueError):
+        started = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
         return None
-    return on_cpu_ns / 1e9, waiting_ns / 1e9
+    return on_cpu_ns / 1e9, waiting_ns / 1e9, started
 
 
 class LoopMeter:
-    """How much of the wall time one process's main thread was running or runnable: the share of its event loop
-    taken, whatever else the machine did. Near 1.0 the loop is where a load queues (more CPU elsewhere cannot
-    raise the rate); the rest is time it slept (idle, or blocked in a system call)."""
+    """How one process's main thread spent the wall time: on a CPU, waiting for one (runnable, another process's
+    turn), and ``occupied``, the two together. Near 1.0 its event loop never waited for work: that is where a load
+    queues. The rest it slept: idle, or blocked (in a system call, on the GIL another thread holds)."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
-        self.before: tuple[float, float] | None = None
+        self.before: tuple[float, float, int] | None = None
         self.began = 0.0
 
     def start(self) -> None:
         self.before, self.began = main_thread_schedstat(self.pid), time.monotonic()
 
     def stop(self, digits: int = 3) -> dict[str, float] | None:
+        """The shares since :meth:`start`; None if the process is gone or was replaced meanwhile."""
         after, wall = main_thread_schedstat(self.pid), time.monotonic() - self.began
-        if self.before is None or after is None:
+        if self.before is None or after is None or after[2] != self.before[2]:
             return None
-        on_cpu, waiting = ((a - b) / wall for a, b in zip(after, self.before, strict=True))
+        on_cpu, waiting = ((a - b) / wall for a, b in zip(after[:2], self.before[:2], strict=True))
         return {"on_cpu": round(on_cpu, digits), "waiting_for_cpu": round(waiting, digits),
                 "occupied": round(on_cpu + waiting, digits)}
 

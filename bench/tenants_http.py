@@ -17,10 +17,10 @@ products to check out (a stock they cannot sell out), and ``--active`` x 10 cart
 - ``checkout``: buy-now ``POST /api/checkout`` with an Idempotency-Key each, 200 connections;
 - ``add_to_cart``: ``POST /api/cart/items`` to the next cart (its cookie), 100 connections.
 
-One JSON line per shop and round (with each process's CPU, in cores, per load, and each service's
-``loop_occupied``: the share of the wall time its event loop's thread ran or waited for a CPU; near 1.0 that loop
-is where the load queues); then a summary: medians per shop and load, ``many / one`` per figure, and the target
-(requests/s at least 0.8 of one's, p99 at most 1.2x) per load.
+One JSON line per shop and round (with each process's CPU, in cores, per load, and each service's ``loop``: the
+shares of the wall time its event loop's thread ran on a CPU, waited for one, and the two together, ``occupied``;
+near 1.0 that loop is where the load queues); then a summary: medians per shop and load, ``many / one`` per
+figure, and the target (requests/s at least 0.8 of one's, p99 at most 1.2x) per load.
 Not part of the test run.
 
     python bench/tenants_http.py
@@ -217,11 +217,11 @@ def measure(system: System, targets: list[Target], args: argparse.Namespace, lab
             r = run_wrk(system.base_url, loads[name], threads=2, connections=connections, duration=args.duration,
                         statuses=True, timeout_s=30)
             cores = cpu.stop()
-            occupied = {service: (loop.stop() or {}).get("occupied") for service, loop in loops.items()}
+            occupied = {service: loop.stop() for service, loop in loops.items()}
         seconds = r["duration_us"] / 1e6
         figures[name] = {"requests_per_s": round(r["requests"] / seconds, 1), "p50_ms": r["p50_us"] / 1000,
                          "p99_ms": r["p99_us"] / 1000, "non_2xx": r["non_2xx"], "socket_errors": r["socket_errors"],
-                         "statuses": r["statuses"], "cpu_cores": cores, "loop_occupied": occupied}
+                         "statuses": r["statuses"], "cpu_cores": cores, "loop": occupied}
     return figures
 
 

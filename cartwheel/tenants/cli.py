@@ -77,6 +77,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     except (BadName, TenantExists, HostTaken, NoSuchTenant) as exc:
         print(f"tenants {args.verb}: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"tenants {args.verb}: interrupted", file=sys.stderr)
+        return INTERRUPTED
     finally:
         registry.close()
 
@@ -86,6 +89,9 @@ def migrate_all(args: argparse.Namespace, settings: Settings) -> int:
     try:
         plan = migrate.plan(settings, registry, services=args.services or DATABASES)
         return _migrate(plan, registry, args.parallel, dry_run=args.dry_run)
+    except KeyboardInterrupt:
+        print("migrate: interrupted", file=sys.stderr)
+        return INTERRUPTED
     finally:
         registry.close()
 
@@ -93,7 +99,7 @@ def migrate_all(args: argparse.Namespace, settings: Settings) -> int:
 def _migrate(plan: migrate.Plan, registry: Registry, parallel: int, *, dry_run: bool = False) -> int:
     tenants = len({job.tenant for job in plan.todo})
     print(f"{len(plan.todo)} tenant databases to migrate ({tenants} tenants; {plan.retrying} failed before), "
-          f"{plan.done} already done")
+          f"{plan.done} already done", flush=True)  # before the progress, which goes to stderr
     if not plan.todo:
         return 0
     if dry_run:

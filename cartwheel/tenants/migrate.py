@@ -3,12 +3,12 @@
 N databases at a time (processes: a migration is Python work), a journal in the control database
 (a rerun skips what is done at the current head and retries what failed), progress as it goes,
 and a summary naming each failure. A tenant that fails never holds up the others. Ctrl-C stops it
-after the migrations under way (the workers ignore it), with the summary: a rerun goes on.
+after the migrations under way, with the summary (after a second one, those are not recorded: the rerun looks at
+them again; a database's migration is one transaction); a rerun goes on.
 """
 
 from __future__ import annotations
 
-import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -22,10 +22,12 @@ from typing import TextIO
 from sqlalchemy.engine import make_url
 
 from cartwheel.db import head_revision, make_postgres_database, migrate
+from cartwheel.interrupts import StopAsked, forkserver_ignoring_interrupts
 from cartwheel.settings import DATABASES, Settings
+from cartwheel.tenants.progress import Progress
 from cartwheel.tenants.registry import Registry
 
-PLAIN_EVERY_S = 5.0  # a line of progress this often where the output is not a terminal (CI logs, journald)
+STOP_LOOK_S = 0.2  # how often the pool's loop looks whether Ctrl-C asked it to stop
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class Outcome:
     failures: dict[tuple[str, str], str] = field(default_factory=dict)
     skipped: int = 0
     seconds: float = 0.0
-    interrupted: int = 0  # Ctrl-C: how many were left for a rerun (not started, or cut off in one process)
+    interrupted: int = 0  # stopped by Ctrl-C: how many were left for a rerun
 
     @property
     def failed_tenants(self) -> list[str]:
@@ -97,65 +99,62 @@ def run(registry: Registry, jobs: list[Job], *, parallel: int, out: TextIO = sys
     """Migrate ``jobs``, ``parallel`` at a time, recording each in the journal as it ends."""
     outcome = Outcome()
     started = time.monotonic()
-    with _Progress(len(jobs), out) as progress:
+    with Progress(len(jobs), out) as progress, StopAsked() as stop:
         try:
             if parallel <= 1:
                 for job in jobs:
+                    if stop.asked:
+                        break
                     _finish(registry, job, work(job), outcome, progress)
             else:
+                forkserver_ignoring_interrupts()  # Ctrl-C reaches the workers too: only this process decides
                 pending = list(reversed(jobs))
-                while pending:  # a pool whose worker died (a crash, the OOM killer) is replaced; the rest go on
-                    pending, suspects = _in_processes(registry, pending, parallel, work, outcome, progress)
+                while pending and not stop.asked:  # a pool whose worker died (a crash, the OOM killer) is replaced
+                    pending, suspects = _in_processes(registry, pending, parallel, work, outcome, progress, stop)
                     for job in suspects:  # each one in flight then, alone: the one that dies again is the cause
-                        _, died = _in_processes(registry, [job], 1, work, outcome, progress)
+                        _, died = _in_processes(registry, [job], 1, work, outcome, progress, stop)
                         if died:
                             _finish(registry, job, "its migration process died (a crash, or out of memory)",
                                     outcome, progress)
-        except KeyboardInterrupt:  # what ended is in the journal; the rest is for a rerun
+        except KeyboardInterrupt:  # a second Ctrl-C: what ended is in the journal
+            stop.asked = True
+        if stop.asked:
             outcome.interrupted = len(jobs) - outcome.migrated - len(outcome.failures)
     outcome.seconds = time.monotonic() - started
     return outcome
 
 
 def _in_processes(registry: Registry, pending: list[Job], parallel: int, work: Callable[[Job], str | None],
-                  outcome: Outcome, progress: _Progress) -> tuple[list[Job], list[Job]]:
+                  outcome: Outcome, progress: Progress, stop: StopAsked) -> tuple[list[Job], list[Job]]:
     """Run ``pending`` (taken from its end) in one pool, recording each; when a worker process dies (and the pool
-    with it): what was not started yet, and the jobs in flight then (one of them killed it)."""
+    with it): what was not started yet, and the jobs in flight then (one of them killed it). Once a stop is asked,
+    no job starts and the ones started end."""
     # forkserver: a fork of this process would copy the progress thread's locks mid-use
-    with ProcessPoolExecutor(max_workers=parallel, mp_context=get_context("forkserver"),
-                             initializer=_ignore_interrupts) as pool:
+    with ProcessPoolExecutor(max_workers=parallel, mp_context=get_context("forkserver")) as pool:
         waiting: dict[Future[str | None], Job] = {}
         try:
-            while pending or waiting:
-                while pending and len(waiting) < parallel * 4:  # a bounded window: the journal keeps pace
+            while waiting or (pending and not stop.asked):
+                while pending and len(waiting) < parallel * 4 and not stop.asked:  # a window: the journal keeps pace
                     job = pending.pop()
                     waiting[pool.submit(work, job)] = job
-                ended, _ = wait(waiting, return_when=FIRST_COMPLETED)
+                ended, _ = wait(waiting, timeout=STOP_LOOK_S, return_when=FIRST_COMPLETED)
                 if any(isinstance(future.exception(), BrokenProcessPool) for future in ended):
                     return pending, list(waiting.values())
                 for future in ended:
-                    _record(registry, waiting.pop(future), future, outcome, progress)
+                    job = waiting.pop(future)
+                    error = future.exception()
+                    _finish(registry, job, f"{type(error).__name__}: {error}" if error else future.result(), outcome,
+                            progress)
+                if stop.asked:
+                    for future in [f for f in waiting if f.cancel()]:  # not started: left for a rerun
+                        pending.append(waiting.pop(future))
         except KeyboardInterrupt:
-            pool.shutdown(cancel_futures=True)  # the ones under way end (a database or two each); none starts
-            for future, job in waiting.items():
-                if future.done() and not future.cancelled():
-                    _record(registry, job, future, outcome, progress)
+            pool.shutdown(wait=False, cancel_futures=True)  # a second Ctrl-C: the ones under way end, unrecorded
             raise
     return pending, []
 
 
-def _ignore_interrupts() -> None:
-    """In a worker: Ctrl-C reaches the whole process group, and only the parent decides (lets the work under way
-    end, then stops)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _record(registry: Registry, job: Job, future: Future[str | None], outcome: Outcome, progress: _Progress) -> None:
-    error = future.exception()
-    _finish(registry, job, f"{type(error).__name__}: {error}" if error else future.result(), outcome, progress)
-
-
-def _finish(registry: Registry, job: Job, error: str | None, outcome: Outcome, progress: _Progress) -> None:
+def _finish(registry: Registry, job: Job, error: str | None, outcome: Outcome, progress: Progress) -> None:
     registry.record(job.tenant, job.service, job.revision, error)
     if error:
         outcome.failures[(job.tenant, job.service)] = error
@@ -176,47 +175,3 @@ def summary(outcome: Outcome, skipped: int) -> str:
     elif outcome.failures:
         lines.append("fix the cause and run the same command again: it retries the failures and skips the rest")
     return "\n".join(lines)
-
-
-class _Progress:
-    """done / failed / remaining and the rate: a live bar on a terminal, a line every few seconds elsewhere."""
-
-    def __init__(self, total: int, out: TextIO) -> None:
-        from rich.console import Console
-
-        self.total, self.done, self.failed = total, 0, 0
-        self.console = Console(file=out, highlight=False)
-        self.started = self.printed = time.monotonic()
-        self._bar: object | None = None
-
-    def __enter__(self) -> _Progress:
-        if self.console.is_terminal:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-            bar = Progress(TextColumn("migrating"), BarColumn(), TextColumn("{task.description}"),
-                           TimeRemainingColumn(), console=self.console)
-            bar.start()
-            self._task = bar.add_task(self._text(), total=self.total)
-            self._bar = bar
-        return self
-
-    def step(self, *, failed: bool) -> None:
-        self.done += not failed
-        self.failed += failed
-        if self._bar is not None:
-            self._bar.update(self._task, advance=1, description=self._text())  # type: ignore[attr-defined]
-        elif time.monotonic() - self.printed >= PLAIN_EVERY_S:
-            self.printed = time.monotonic()
-            self.console.print(f"migrating: {self._text()}")
-
-    def _text(self) -> str:
-        elapsed = time.monotonic() - self.started
-        rate = (self.done + self.failed) / elapsed if elapsed > 0 else 0.0
-        remaining = self.total - self.done - self.failed
-        return f"{self.done} done, {self.failed} failed, {remaining} remaining, {rate:.0f}/s"
-
-    def __exit__(self, *_: object) -> None:
-        if self._bar is not None:
-            self._bar.stop()  # type: ignore[attr-defined]
-        else:
-            self.console.print(f"migrating: {self._text()}")

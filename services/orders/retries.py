@@ -25,13 +25,19 @@ Step = Callable[[str], Awaitable[Any]]
 
 class Retries:
     """Each order's failed sweep steps: how many, and when the next try may come. ``give_up(order_id, reason)``
-    puts an order aside whose step failed for good :data:`GIVE_UP` times."""
+    puts an order aside whose step failed for good :data:`GIVE_UP` times; a step that raises one of ``not_tried``
+    (the order is busy with another step, say) was not taken: its count and wait stay as they were."""
 
-    def __init__(self, give_up: Callable[[str, str], Awaitable[None]],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, give_up: Callable[[str, str], Awaitable[None]], *,
+                 not_tried: tuple[type[Exception], ...] = (), clock: Callable[[], float] = time.monotonic) -> None:
         self.give_up = give_up
+        self.not_tried = not_tried
         self.clock = clock
         self._failures: dict[str, tuple[int, float]] = {}  # order id -> failed tries, next try not before
+
+    def failures(self, order_id: str) -> int:
+        """How many tries of the order's step failed since it last succeeded (0: none, or forgotten)."""
+        return self._failures.get(order_id, (0, 0.0))[0]
 
     def keep_only(self, listed: Iterable[str]) -> None:
         """Forget the orders a sweep no longer lists (settled meanwhile), once their back-off has run out."""
@@ -40,12 +46,14 @@ class Retries:
 
     async def attempt(self, order_id: str, step: Step) -> None:
         """Take ``step`` on the order unless it failed lately. A refusal (:class:`DomainError`) or an unreachable
-        service counts as a failure; any other error (an order another step holds, say) is the caller's."""
+        service counts as a failure; any other error is the caller's."""
         failures, not_before = self._failures.get(order_id, (0, 0.0))
         if self.clock() < not_before:
             return
         try:
             await step(order_id)
+        except self.not_tried:
+            return
         except (DomainError, ServiceUnavailable) as failure:
             failures += 1
             if isinstance(failure, DomainError) and failure.code == "not_found" and failures >= GIVE_UP:

@@ -58,7 +58,7 @@ class Sweeper:
         self.saga = saga
         self.service = saga.service
         self.settings = saga.settings
-        self.retries = Retries(self._give_up)  # a failing step backs off, one failing for good is put aside
+        self.retries = Retries(self._give_up, not_tried=(OrderBusy,))  # a failing step backs off; put aside for good
         self._cancels_after: dict[str, str] = {}  # per tenant: where the round of intents to cancel again goes on
         self._task: asyncio.Task[None] | None = None
 
@@ -109,9 +109,8 @@ class Sweeper:
     async def _swept(self, order_id: str, step: Callable[[str], Awaitable[Any]]) -> None:
         """One sweep step on an order this process holds for it; one another step holds waits for the next sweep."""
         async def held(order_id: str) -> None:
-            with contextlib.suppress(OrderBusy):
-                async with self.saga.claims.held(order_id, wait=0):
-                    await step(order_id)
+            async with self.saga.claims.held(order_id, wait=0):
+                await step(order_id)
 
         await self.retries.attempt(order_id, held)
 

@@ -1,4 +1,5 @@
-"""A failing sweep step backs off, doubling to a cap; one failing for good is put aside; a success forgets."""
+"""A failing sweep step backs off, doubling to a cap; one failing for good is put aside; a success forgets; an order
+busy with another step keeps its count."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ import pytest
 
 from cartwheel.errors import DomainError, ServiceUnavailable
 from services.orders import retries
+from services.orders.claims import OrderBusy
 from services.orders.retries import Retries
+
+UNREACHABLE = ServiceUnavailable("payments", "down")
+NOT_FOUND = DomainError("Stripe has no such object", code="not_found")
 
 
 class Clock:
@@ -32,85 +37,90 @@ class Step:
             raise self.error
 
 
-def make() -> tuple[Retries, Clock, list[tuple[str, str]]]:
-    clock, given_up = Clock(), []
+class Sweeps:
+    """Retries as the sweeper makes them, on a clock of its own; ``given_up``: the orders put aside, and why."""
 
-    async def give_up(order_id: str, reason: str) -> None:
-        given_up.append((order_id, reason))
+    def __init__(self) -> None:
+        self.clock, self.given_up = Clock(), []
+        self.retries = Retries(self._give_up, not_tried=(OrderBusy,), clock=self.clock)
 
-    return Retries(give_up, clock), clock, given_up
+    async def _give_up(self, order_id: str, reason: str) -> None:
+        self.given_up.append((order_id, reason))
 
+    def sweep(self, step: Step, order_id: str = "o1") -> bool:
+        """One sweep's try of the step; whether it was taken."""
+        tried = step.tries
+        asyncio.run(self.retries.attempt(order_id, step))
+        return step.tries > tried
 
-def attempt(r: Retries, step: Step, order_id: str = "o1") -> None:
-    asyncio.run(r.attempt(order_id, step))
+    def next_try(self, step: Step, order_id: str = "o1") -> float:
+        """Sweep every 0.5 s (a sum a float keeps exactly) until the step is tried again; the seconds that took."""
+        started = self.clock.now
+        while not self.sweep(step, order_id):
+            self.clock.now += 0.5
+        return self.clock.now - started
 
 
 def test_a_failing_step_waits_twice_as_long_after_each_failure_up_to_the_cap() -> None:
-    r, clock, given_up = make()
-    step = Step(ServiceUnavailable("payments", "down"))
-    waits = []
-    for _ in range(10):
-        attempt(r, step)
-        tried, started = step.tries, clock.now
-        while step.tries == tried:  # the next sweep that tries it again
-            clock.now += 0.5
-            attempt(r, step)
-        waits.append(clock.now - started)
-        step.tries -= 1  # count the waits, not this probe's try
+    sweeps, step = Sweeps(), Step(UNREACHABLE)
+    assert sweeps.sweep(step)
+    waits = [sweeps.next_try(step) for _ in range(9)]
     assert waits[:4] == [2.0, 4.0, 8.0, 16.0]
-    assert max(waits) == retries.BACKOFF_MAX and waits[-1] == retries.BACKOFF_MAX
-    assert given_up == []  # unreachable is not "failed for good": tried for as long as it takes
+    assert waits[-1] == max(waits) == retries.BACKOFF_MAX
+    assert sweeps.retries.failures("o1") == 10 and sweeps.given_up == []  # unreachable: tried as long as it takes
 
 
-def test_a_step_refused_as_not_found_is_put_aside_after_the_last_try_and_not_tried_again() -> None:
-    r, clock, given_up = make()
-    step = Step(DomainError("Stripe has no such object", code="not_found"))
-    while not given_up:
-        attempt(r, step)
-        clock.now += retries.BACKOFF_MAX
+def test_a_step_refused_as_not_found_is_put_aside_after_the_last_try() -> None:
+    sweeps, step = Sweeps(), Step(NOT_FOUND)
+    assert sweeps.sweep(step)
+    while not sweeps.given_up:
+        sweeps.next_try(step)
     assert step.tries == retries.GIVE_UP
-    assert given_up == [("o1", f"the sweeper gave up after {retries.GIVE_UP} tries: Stripe has no such object")]
+    assert sweeps.given_up == [("o1", f"the sweeper gave up after {retries.GIVE_UP} tries: Stripe has no such object")]
 
 
 def test_another_refusal_backs_off_but_is_never_given_up() -> None:
-    r, clock, given_up = make()
-    step = Step(DomainError("not now"))
+    sweeps, step = Sweeps(), Step(DomainError("not now"))
+    assert sweeps.sweep(step)
     for _ in range(retries.GIVE_UP * 2):
-        attempt(r, step)
-        clock.now += retries.BACKOFF_MAX
-    assert step.tries == retries.GIVE_UP * 2 and given_up == []
+        sweeps.next_try(step)
+    assert step.tries == 1 + retries.GIVE_UP * 2 and sweeps.given_up == []
+
+
+def test_an_order_busy_with_another_step_keeps_its_count_and_its_wait() -> None:
+    """Review: the busy order's try counted as a success, and the count of tries before giving up began again."""
+    sweeps, refused = Sweeps(), Step(NOT_FOUND)
+    for _ in range(retries.GIVE_UP - 1):
+        sweeps.clock.now += retries.BACKOFF_MAX
+        assert sweeps.sweep(refused)
+    sweeps.clock.now += retries.BACKOFF_MAX
+    assert sweeps.sweep(Step(OrderBusy("o1")))  # another step holds it: not taken
+    assert sweeps.retries.failures("o1") == retries.GIVE_UP - 1 and sweeps.given_up == []
+    assert sweeps.sweep(refused) and len(sweeps.given_up) == 1  # the last try, as if the busy sweep had not been
 
 
 def test_a_success_forgets_the_failures() -> None:
-    r, clock, _ = make()
-    failing = Step(ServiceUnavailable("payments", "down"))
-    attempt(r, failing)
-    attempt(r, failing)  # within its back-off: not tried
-    assert failing.tries == 1
-    clock.now += 2.0
-    ok = Step(None)
-    attempt(r, ok)
-    attempt(r, failing)  # forgotten: tried at once, its wait starting again from the first
-    assert (ok.tries, failing.tries) == (1, 2)
-    clock.now += 1.9
-    attempt(r, failing)
-    assert failing.tries == 2
+    sweeps, failing = Sweeps(), Step(UNREACHABLE)
+    assert sweeps.sweep(failing) and not sweeps.sweep(failing)  # within its back-off: not tried
+    sweeps.clock.now += 2.0
+    assert sweeps.sweep(Step(None)) and sweeps.retries.failures("o1") == 0
+    assert sweeps.sweep(failing)  # forgotten: tried at once, its wait starting again from the first
+    assert sweeps.next_try(failing) == 2.0
 
 
 def test_orders_no_longer_listed_are_forgotten_once_their_back_off_ran_out() -> None:
-    r, clock, _ = make()
-    step = Step(ServiceUnavailable("payments", "down"))
-    attempt(r, step, "gone")
-    attempt(r, step, "kept")
-    r.keep_only(["kept"])  # within the back-off: both kept (a sweep may miss an order for a moment)
-    assert len(r._failures) == 2
-    clock.now += 2.0 + retries.BACKOFF_MAX  # past its next try by the longest back-off
-    r.keep_only(["kept"])
-    assert set(r._failures) == {"kept"}
+    sweeps, step = Sweeps(), Step(UNREACHABLE)
+    sweeps.sweep(step, "gone")
+    sweeps.sweep(step, "kept")
+    sweeps.retries.keep_only(["kept"])  # within the back-off: both kept (a sweep may miss an order for a moment)
+    assert sweeps.retries.failures("gone") == sweeps.retries.failures("kept") == 1
+    sweeps.clock.now += 2.0 + retries.BACKOFF_MAX  # past its next try by the longest back-off
+    sweeps.retries.keep_only(["kept"])
+    assert (sweeps.retries.failures("gone"), sweeps.retries.failures("kept")) == (0, 1)
 
 
 def test_an_error_that_is_not_a_steps_failure_is_the_callers() -> None:
-    r, _, given_up = make()
+    sweeps = Sweeps()
     with pytest.raises(KeyError):
-        attempt(r, Step(KeyError("bug")))
-    assert r._failures == {} and given_up == []
+        sweeps.sweep(Step(KeyError("bug")))
+    assert sweeps.retries.failures("o1") == 0 and sweeps.given_up == []
