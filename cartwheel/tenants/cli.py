@@ -78,7 +78,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"tenants {args.verb}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"tenants {args.verb}: interrupted", file=sys.stderr)
+        print(f"tenants {args.verb}: interrupted" + ("; `cartwheel migrate --all-tenants` migrates the tenants "
+              "registered" if args.verb == "create" else ""), file=sys.stderr)
         return INTERRUPTED
     finally:
         registry.close()
