@@ -437,6 +437,33 @@ def test_ctrl_c_stops_a_migration_of_every_tenant_without_a_traceback_and_the_re
     assert f"migrated {200 * each - migrated + each} tenant databases" in again.stdout  # the rest, and the own's
 
 
+def test_ctrl_c_while_the_migration_processes_start_fails_no_tenant(tmp_path: Path) -> None:
+    """Review: a worker process only ignored Ctrl-C once its imports were done; one interrupted before died, broke
+    the pool, and every job in flight was journalled as failed (``BrokenProcessPool``)."""
+    listing = tmp_path / "tenants.txt"
+    listing.write_text("".join(f"t{i:04d} t{i:04d}.shops.test\n" for i in range(1, 41)))
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("CARTWHEEL_")}
+    environ |= {"CARTWHEEL_VAR_DIR": str(tmp_path), "CARTWHEEL_NATS_URL": "nats://127.0.0.1:1"}
+    creating = subprocess.Popen([sys.executable, "-m", "cartwheel.cli", "tenants", "create", "--file", str(listing),
+                                 "--parallel", "2"], cwd=ROOT, env=environ, text=True, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        assert creating.stdout is not None
+        while "tenant databases to migrate" not in (line := creating.stdout.readline()):
+            assert line, f"ended before migrating: {creating.communicate()}"
+        time.sleep(0.3)  # the pool's processes are starting: importing what a migration needs takes about a second
+        os.killpg(creating.pid, signal.SIGINT)
+        out, err = creating.communicate(timeout=60)
+    finally:
+        if creating.poll() is None:
+            os.killpg(creating.pid, signal.SIGKILL)
+    assert creating.returncode == 130, out + err
+    assert "Traceback" not in out + err and "FAILED" not in out and "BrokenProcessPool" not in out + err, out + err
+    with contextlib.closing(sqlite3.connect(tmp_path / "control.db")) as db:
+        assert db.execute("SELECT count(*) FROM tenant_migrations WHERE status = 'failed'").fetchone() == (0,)
+
+
 def _journal_done(var_dir: Path) -> int:
     """Databases the migration journal says are done (0 before the control database has its table)."""
     try:
