@@ -9,6 +9,7 @@ from pathlib import Path
 
 from cartwheel import subjects
 from cartwheel.files import PRIVATE_UMASK
+from cartwheel.interrupts import INTERRUPTED
 from cartwheel.settings import DATABASES, SERVICES, get_settings
 from cartwheel.tenants import cli as tenant_commands
 
@@ -79,6 +80,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:  # Ctrl-C: a line, not a traceback (a long command that can stop cleanly says more)
+        print(f"cartwheel {args.command}: interrupted", file=sys.stderr)
+        return INTERRUPTED
+
+
+def _run(args: argparse.Namespace) -> int:
     os.umask(PRIVATE_UMASK)  # what this process and its children write (var/, databases) is the owner's alone
     settings = get_settings()
     if args.command == "up":

@@ -9,6 +9,8 @@ import signal
 import threading
 from types import FrameType, TracebackType
 
+INTERRUPTED = 130  # the exit status of a command stopped by Ctrl-C (128 + SIGINT), as a shell reports it
+
 
 class StopAsked:
     """While entered (on the main thread): SIGINT sets :attr:`asked`; a second one raises ``KeyboardInterrupt``."""
@@ -39,8 +41,14 @@ def forkserver_ignoring_interrupts() -> None:
     if threading.current_thread() is not threading.main_thread():  # signals are the main thread's to set
         multiprocessing.forkserver.ensure_running()
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Blocked meanwhile, not lost: a Ctrl-C while it starts stays pending (Linux never drops a blocked signal as
+    # ignored), and reaches this process's own handler once the handler is back.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
-        multiprocessing.forkserver.ensure_running()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            multiprocessing.forkserver.ensure_running()
+        finally:
+            signal.signal(signal.SIGINT, previous)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})

@@ -14,6 +14,7 @@ from pathlib import Path
 import nats.errors
 
 from cartwheel.db import drop_database
+from cartwheel.interrupts import INTERRUPTED
 from cartwheel.settings import DATABASES, Settings
 from cartwheel.tenants import migrate
 from cartwheel.tenants.erase import erase_messages
@@ -24,7 +25,6 @@ from cartwheel.tenants.registry import HostTaken, NoSuchTenant, Registry, Tenant
 LET_GO_WAIT_S = 3.0
 """How long delete waits, after telling the shop, for every process to let go of the tenant's databases (they
 look every second: cartwheel/service.py LET_GO_EVERY_S)."""
-INTERRUPTED = 130  # the exit status of a command stopped by Ctrl-C (128 + SIGINT), as a shell reports it
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -77,10 +77,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     except (BadName, TenantExists, HostTaken, NoSuchTenant) as exc:
         print(f"tenants {args.verb}: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"tenants {args.verb}: interrupted" + ("; `cartwheel migrate --all-tenants` migrates the tenants "
-              "registered" if args.verb == "create" else ""), file=sys.stderr)
-        return INTERRUPTED
     finally:
         registry.close()
 
@@ -90,9 +86,6 @@ def migrate_all(args: argparse.Namespace, settings: Settings) -> int:
     try:
         plan = migrate.plan(settings, registry, services=args.services or DATABASES)
         return _migrate(plan, registry, args.parallel, dry_run=args.dry_run)
-    except KeyboardInterrupt:
-        print("migrate: interrupted", file=sys.stderr)
-        return INTERRUPTED
     finally:
         registry.close()
 

@@ -99,7 +99,7 @@ def run(registry: Registry, jobs: list[Job], *, parallel: int, out: TextIO = sys
     """Migrate ``jobs``, ``parallel`` at a time, recording each in the journal as it ends."""
     outcome = Outcome()
     started = time.monotonic()
-    with Progress(len(jobs), out) as progress, StopAsked() as stop:
+    with StopAsked() as stop, Progress(len(jobs), out) as progress:
         try:
             if parallel <= 1:
                 for job in jobs:

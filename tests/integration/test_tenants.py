@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +34,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def cartwheel(var_dir: Path, *argv: str, **env: str) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("CARTWHEEL_")}
-    environ |= {"CARTWHEEL_VAR_DIR": str(var_dir), "CARTWHEEL_NATS_URL": "nats://127.0.0.1:1", **env}
-    return subprocess.run([sys.executable, "-m", "cartwheel.cli", *argv], cwd=ROOT, env=environ, text=True,
-                          capture_output=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "cartwheel.cli", *argv], cwd=ROOT, env=_environ(var_dir, **env),
+                          text=True, capture_output=True, timeout=300)
+
+
+def _environ(var_dir: Path, **env: str) -> dict[str, str]:
+    """This process's environment for a ``cartwheel`` command on ``var_dir``, with no NATS to reach."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("CARTWHEEL_") and k != "PYTHONUNBUFFERED"}
+    return environ | {"CARTWHEEL_VAR_DIR": str(var_dir), "CARTWHEEL_NATS_URL": "nats://127.0.0.1:1", **env}
 
 
 def test_a_tenant_is_created_listed_disabled_and_deleted_with_every_byte(tmp_path: Path, nats_url: str) -> None:
@@ -394,33 +399,15 @@ def test_ctrl_c_stops_a_migration_of_every_tenant_without_a_traceback_and_the_re
     migrations printed a KeyboardInterrupt traceback from the parent, and each worker process printed its own. Now the
     migrations under way end, the summary says how many are left, the exit status is 130, no worker is left behind,
     and ``cartwheel migrate --all-tenants`` goes on from the journal (every one that ended is in it: none failed)."""
-    listing = tmp_path / "tenants.txt"
-    listing.write_text("".join(f"t{i:04d} t{i:04d}.shops.test\n" for i in range(1, 201)))
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("CARTWHEEL_") and k != "PYTHONUNBUFFERED"}
-    environ |= {"CARTWHEEL_VAR_DIR": str(tmp_path), "CARTWHEEL_NATS_URL": "nats://127.0.0.1:1"}
     each = len(DATABASES)
-    creating = subprocess.Popen([sys.executable, "-m", "cartwheel.cli", "tenants", "create", "--file", str(listing),
-                                 "--parallel", "2"], cwd=ROOT, env=environ, text=True, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, start_new_session=True,  # its own group, as a shell's job
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
-        assert creating.stdout is not None
-        line = creating.stdout.readline()  # printed before the migrations start, through a pipe too
-        while "tenant databases to migrate" not in line:
-            assert line, f"ended before migrating: {creating.communicate()}"
-            line = creating.stdout.readline()
+    with _migrating(tmp_path, 200) as creating:
         deadline = time.monotonic() + 60
         while _journal_done(tmp_path) < 4:  # some migrated, most not yet (200 tenants: about 15 s here)
             assert time.monotonic() < deadline and creating.poll() is None, "no migration ended within 60 s"
             time.sleep(0.05)
         workers = _children(creating.pid)
         assert len(workers) >= 3, workers  # the forkserver and two workers at least
-        os.killpg(creating.pid, signal.SIGINT)
-        out, err = creating.communicate(timeout=60)
-    finally:
-        if creating.poll() is None:
-            os.killpg(creating.pid, signal.SIGKILL)
-    assert creating.returncode == 130, out + err
+        out, err = _ctrl_c(creating)
     assert "Traceback" not in out + err and "KeyboardInterrupt" not in err
     lines = out.splitlines()
     summary = next(i for i, line in enumerate(lines) if line.startswith("migrated "))
@@ -440,28 +427,40 @@ def test_ctrl_c_stops_a_migration_of_every_tenant_without_a_traceback_and_the_re
 def test_ctrl_c_while_the_migration_processes_start_fails_no_tenant(tmp_path: Path) -> None:
     """Review: a worker process only ignored Ctrl-C once its imports were done; one interrupted before died, broke
     the pool, and every job in flight was journalled as failed (``BrokenProcessPool``)."""
-    listing = tmp_path / "tenants.txt"
-    listing.write_text("".join(f"t{i:04d} t{i:04d}.shops.test\n" for i in range(1, 41)))
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("CARTWHEEL_")}
-    environ |= {"CARTWHEEL_VAR_DIR": str(tmp_path), "CARTWHEEL_NATS_URL": "nats://127.0.0.1:1"}
-    creating = subprocess.Popen([sys.executable, "-m", "cartwheel.cli", "tenants", "create", "--file", str(listing),
-                                 "--parallel", "2"], cwd=ROOT, env=environ, text=True, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, start_new_session=True,
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
-        assert creating.stdout is not None
-        while "tenant databases to migrate" not in (line := creating.stdout.readline()):
-            assert line, f"ended before migrating: {creating.communicate()}"
+    with _migrating(tmp_path, 40) as creating:
         time.sleep(0.3)  # the pool's processes are starting: importing what a migration needs takes about a second
-        os.killpg(creating.pid, signal.SIGINT)
-        out, err = creating.communicate(timeout=60)
-    finally:
-        if creating.poll() is None:
-            os.killpg(creating.pid, signal.SIGKILL)
-    assert creating.returncode == 130, out + err
+        out, err = _ctrl_c(creating)
     assert "Traceback" not in out + err and "FAILED" not in out and "BrokenProcessPool" not in out + err, out + err
     with contextlib.closing(sqlite3.connect(tmp_path / "control.db")) as db:
         assert db.execute("SELECT count(*) FROM tenant_migrations WHERE status = 'failed'").fetchone() == (0,)
+
+
+@contextlib.contextmanager
+def _migrating(var_dir: Path, tenants: int) -> Iterator[subprocess.Popen[str]]:
+    """``cartwheel tenants create --file`` for ``tenants`` tenants in a process group of its own (as a shell runs a
+    job, Ctrl-C reaching it whole), once it has printed its plan: its migrations start now."""
+    listing = var_dir / "tenants.txt"
+    listing.write_text("".join(f"t{i:04d} t{i:04d}.shops.test\n" for i in range(1, tenants + 1)))
+    creating = subprocess.Popen([sys.executable, "-m", "cartwheel.cli", "tenants", "create", "--file", str(listing),
+                                 "--parallel", "2"], cwd=ROOT, env=_environ(var_dir), text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        assert creating.stdout is not None
+        while "tenant databases to migrate" not in (line := creating.stdout.readline()):  # flushed, through a pipe
+            assert line, f"ended before migrating: {creating.communicate()}"
+        yield creating
+    finally:
+        if creating.poll() is None:
+            os.killpg(creating.pid, signal.SIGKILL)
+
+
+def _ctrl_c(creating: subprocess.Popen[str]) -> tuple[str, str]:
+    """SIGINT to the command's process group, as a terminal sends Ctrl-C; its output once it ended with 130."""
+    os.killpg(creating.pid, signal.SIGINT)
+    out, err = creating.communicate(timeout=60)
+    assert creating.returncode == 130, out + err
+    return out, err
 
 
 def _journal_done(var_dir: Path) -> int:
