@@ -5,6 +5,7 @@ don't see Ctrl-C (the terminal sends it to the whole process group): :func:`fork
 from __future__ import annotations
 
 import multiprocessing.forkserver
+import multiprocessing.resource_tracker
 import signal
 import threading
 from types import FrameType, TracebackType
@@ -35,20 +36,17 @@ class StopAsked:
 
 
 def forkserver_ignoring_interrupts() -> None:
-    """Start this process's multiprocessing forkserver (if not running) with SIGINT ignored: it and every worker it
-    forks are born ignoring Ctrl-C, before they import anything (a worker set up afterwards could die of a Ctrl-C
-    during its imports, and break its pool)."""
-    if threading.current_thread() is not threading.main_thread():  # signals are the main thread's to set
-        multiprocessing.forkserver.ensure_running()
-        return
-    # Blocked meanwhile, not lost: a Ctrl-C while it starts stays pending (Linux never drops a blocked signal as
-    # ignored), and reaches this process's own handler once the handler is back.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    """Start this process's multiprocessing forkserver (if not running) with SIGINT blocked: it and every worker it
+    forks are born with Ctrl-C held back, before they import anything (a worker set up afterwards could die of a
+    Ctrl-C during its imports, and break its pool).
+
+    Only this thread's mask changes, and only for the moment of the start: SIGINT is never ignored here, so a
+    Ctrl-C meanwhile is not lost (setting SIG_IGN discards a pending one, and drops one another thread takes).
+    It reaches another thread, or stays pending until the mask is back, and then this process's handler."""
+    # The resource tracker first: its own start blocks SIGINT and then *unblocks* it in the calling thread.
+    multiprocessing.resource_tracker.ensure_running()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            multiprocessing.forkserver.ensure_running()
-        finally:
-            signal.signal(signal.SIGINT, previous)
+        multiprocessing.forkserver.ensure_running()  # a fork and exec: the child keeps this thread's mask
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
