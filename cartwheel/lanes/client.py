@@ -22,6 +22,20 @@ FIRST_WAIT = 1.0
 """Seconds before the first resend; each later wait doubles. A healthy lane answers in milliseconds;
 resending sooner only adds load to a lane that is slow because it is busy."""
 
+_IN_THIS_PROCESS: dict[str, LaneClient] = {}  # started clients by reply inbox: a worker here answers them directly
+
+
+def answer_in_process(reply_to: str, data: bytes) -> bool:
+    """Hand a lane worker's reply to the client that waits for it, when that client is in this process and on
+    this event loop (a cart request applied by the cart's own lane worker): no trip through NATS and back, a
+    publish and a message fewer. False: it is elsewhere, and the reply goes to ``reply_to`` over NATS."""
+    inbox, _, command_id = reply_to.rpartition(".")
+    client = _IN_THIS_PROCESS.get(inbox)
+    if client is None or client._loop is not asyncio.get_running_loop():
+        return False
+    client._deliver(command_id, data)
+    return True
+
 
 class LaneClient:
     """One shared reply inbox for all calls of this client; safe to use from many tasks at once.
@@ -40,22 +54,29 @@ class LaneClient:
         self._inbox = ""
         self._sub: Subscription | None = None
         self._waiting: dict[str, list[asyncio.Future[bytes]]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> LaneClient:
         prefix, token = self.nc.new_inbox().rsplit(".", 1)
         self._inbox = subjects.lane_replies(prefix, token)  # lane workers may answer here, nowhere else of ours
         self._sub = await self.nc.subscribe(f"{self._inbox}.*", cb=self._on_reply)
+        self._loop = asyncio.get_running_loop()
+        _IN_THIS_PROCESS[self._inbox] = self
         return self
 
     async def close(self) -> None:
+        _IN_THIS_PROCESS.pop(self._inbox, None)
         if self._sub:
             await self._sub.unsubscribe()
             self._sub = None
 
     async def _on_reply(self, msg: Msg) -> None:
-        for waiter in self._waiting.get(msg.subject.rsplit(".", 1)[1], ()):
+        self._deliver(msg.subject.rsplit(".", 1)[1], msg.data)
+
+    def _deliver(self, command_id: str, data: bytes) -> None:
+        for waiter in self._waiting.get(command_id, ()):
             if not waiter.done():
-                waiter.set_result(msg.data)
+                waiter.set_result(data)
 
     async def call(
         self, key: str, kind: str, body: dict[str, Any], command_id: str | None = None, timeout: float = 5.0,

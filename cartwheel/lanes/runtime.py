@@ -27,6 +27,7 @@ from cartwheel.bus import ensure_stream, stream_led
 from cartwheel.contracts.base import utcnow
 from cartwheel.db import Database
 from cartwheel.lanes import store
+from cartwheel.lanes.client import answer_in_process
 from cartwheel.lanes.models import LaneAlarm
 from cartwheel.lanes.ownership import Ownership
 from cartwheel.lanes.store import Incoming
@@ -534,7 +535,8 @@ class PartitionWorker:
         rt.metrics.duplicates.inc(result.duplicates)
         nc = rt.service.broker.connection
         for reply_to, data in result.replies:
-            await nc.publish(reply_to, data)
+            if not answer_in_process(reply_to, data):
+                await nc.publish(reply_to, data)
         if result.events:
             rt.service.outbox_committed(result.events)
         if result.earliest_alarm and result.earliest_alarm < rt.alarm_check_at:

@@ -25,13 +25,16 @@ from cartwheel.contracts.cart import (
     MergeCarts,
     MergeResult,
     RemoveFromCart,
+    RemoveItem,
 )
 from cartwheel.contracts.catalog import CreateProduct, ProductDraft, ProductPatch, UpdateProduct
 from cartwheel.contracts.inventory import GetStock, SetStock
 from cartwheel.contracts.orders import OrderPaid, OrderView
 from cartwheel.db import Database
 from cartwheel.errors import DomainError
+from cartwheel.lanes.client import LaneClient
 from cartwheel.lanes.store import load_states
+from cartwheel.natsauth import inbox_prefix
 from tests.helpers import random_sku
 from tests.integration.conftest import Client
 
@@ -97,6 +100,39 @@ def test_concurrent_edits_from_many_tabs_lose_nothing(shop, client: Client) -> N
         assert final["item_count"] == 30 and final["total_cents"] == 30 * 1200
         # Each reply is the cart after its command, in lane order: item counts 1..25 steps, each seen once.
         assert sorted(r["item_count"] for r in replies) == sorted({r["item_count"] for r in replies})
+
+    client.run(scenario)
+
+
+def test_the_carts_own_lane_worker_answers_its_requests_without_a_trip_through_nats(shop, client: Client) -> None:
+    """The cart's lane client and the lane's workers share a process and a loop: a reply is handed over there, not
+    published to the client's inbox and received back (a publish and a message fewer per change). A caller in
+    another process is still answered through NATS."""
+
+    async def scenario(nc: nats.NATS) -> None:
+        cart, mug = new_cart(), await product(nc, stock=100)
+        replies: list[str] = []
+
+        async def heard(msg: nats.aio.msg.Msg) -> None:
+            replies.append(msg.subject)
+
+        sniffers = [await nc.subscribe(subjects.lane_replies(prefix, ">"), cb=heard)
+                    for prefix in (inbox_prefix("cart"), "_INBOX")]  # the cart's inbox, and this process's
+        await nc.flush()
+        elsewhere = await LaneClient(nc, CART_LANE).start()
+        remove = RemoveItem(id=uuid.uuid4().hex, cart_id=cart, product_id=mug["id"])
+        with pytest.raises(DomainError):  # refused (not in the cart), and answered to this process over NATS
+            await elsewhere.call(cart, remove.kind, remove.model_dump(mode="json"), command_id=remove.id)
+        assert len(replies) == 1, replies
+        for _ in range(5):
+            await request(nc, AddToCart(cart_id=cart, product_id=mug["id"], quantity=1), TIMEOUT)
+        assert (await request(nc, GetCart(cart_id=cart), TIMEOUT))["item_count"] == 5
+        await nc.flush()
+        await asyncio.sleep(0.2)
+        assert len(replies) == 1, replies  # none of the five went through NATS
+        await elsewhere.close()
+        for sniffer in sniffers:
+            await sniffer.unsubscribe()
 
     client.run(scenario)
 

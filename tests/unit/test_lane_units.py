@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from cartwheel import subjects
 from cartwheel.bus import unwrap
 from cartwheel.errors import DomainError
 from cartwheel.lanes import partition_of
@@ -100,3 +101,46 @@ def test_a_command_the_lane_cannot_read_says_why(data: bytes, problem: str) -> N
     kind, body, said = decode_envelope(data)
     assert (kind, body) == ("", {}) and said is not None and said.startswith(problem)
     assert decode_envelope(b'{"kind": "add", "body": {"n": 1}}') == ("add", {"n": 1}, None)
+
+
+def test_a_reply_is_handed_over_in_process_only_to_a_started_client_on_this_loop() -> None:
+    import threading
+    from types import SimpleNamespace
+
+    from cartwheel.lanes.client import LaneClient, answer_in_process
+
+    sent: list[str] = []
+
+    async def publish(subject: str, payload: bytes, headers: dict[str, str]) -> None:
+        sent.append(headers[subjects.LANE_REPLY_HEADER])
+
+    async def subscribe(subject: str, cb: object) -> SimpleNamespace:
+        async def unsubscribe() -> None:
+            pass
+
+        return SimpleNamespace(unsubscribe=unsubscribe)
+
+    nc = SimpleNamespace(jetstream=lambda: None, new_inbox=lambda: "_INBOX.abc", publish=publish, subscribe=subscribe)
+
+    async def scenario() -> None:
+        client = await LaneClient(nc, "test").start()  # type: ignore[arg-type]
+        calling = asyncio.create_task(client.call("k1", "append", {}, command_id="c1", timeout=5))
+        while not sent:
+            await asyncio.sleep(0)
+        on_another_loop: list[bool] = []
+        thread = threading.Thread(target=lambda: on_another_loop.append(
+            asyncio.run(_answer("_INBOX.lane.abc.c1"))))
+        thread.start()
+        thread.join()
+        assert on_another_loop == [False]  # a future of this loop is never set from another thread
+        assert not answer_in_process("_INBOX.lane.other.c1", b"{}")  # not a client here: goes over NATS
+        assert sent == ["_INBOX.lane.abc.c1"]
+        assert answer_in_process("_INBOX.lane.abc.c1", _success({"n": 1}).encode())
+        assert await calling == {"n": 1}
+        await client.close()
+        assert not answer_in_process("_INBOX.lane.abc.c1", b"{}")  # closed: forgotten
+
+    async def _answer(reply_to: str) -> bool:
+        return answer_in_process(reply_to, b"{}")
+
+    asyncio.run(scenario())
