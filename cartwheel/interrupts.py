@@ -1,6 +1,6 @@
 """Ctrl-C for a long command that works in batches: the first asks it to stop after the work under way (a loop
 looks at :attr:`StopAsked.asked`), a second stops it at once (``KeyboardInterrupt``). Worker processes it starts
-don't see Ctrl-C (the terminal sends it to the whole process group): :func:`forkserver_ignoring_interrupts`."""
+don't see Ctrl-C (the terminal sends it to the whole process group): :func:`start_forkserver_with_sigint_blocked`."""
 
 from __future__ import annotations
 
@@ -35,15 +35,17 @@ class StopAsked:
         self.asked = True
 
 
-def forkserver_ignoring_interrupts() -> None:
+def start_forkserver_with_sigint_blocked() -> None:
     """Start this process's multiprocessing forkserver (if not running) with SIGINT blocked: it and every worker it
     forks are born with Ctrl-C held back, before they import anything (a worker set up afterwards could die of a
-    Ctrl-C during its imports, and break its pool).
+    Ctrl-C during its imports, and break its pool). Call it before each pool: a forkserver that died is started
+    again by the next pool, with this thread's mask of the moment.
 
-    Only this thread's mask changes, and only for the moment of the start: SIGINT is never ignored here, so a
-    Ctrl-C meanwhile is not lost (setting SIG_IGN discards a pending one, and drops one another thread takes).
-    It reaches another thread, or stays pending until the mask is back, and then this process's handler."""
-    # The resource tracker first: its own start blocks SIGINT and then *unblocks* it in the calling thread.
+    SIGINT is never ignored here, so a Ctrl-C meanwhile is not lost (setting SIG_IGN discards a pending one, and
+    drops one another thread takes): it reaches another thread, or stays pending until the mask is back, and then
+    this process's handler. The thread's mask is as before afterwards, but for SIGTERM, which the resource tracker's
+    start leaves unblocked."""
+    # The resource tracker first: its own start blocks SIGINT and SIGTERM and then *unblocks* them in this thread.
     multiprocessing.resource_tracker.ensure_running()
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:

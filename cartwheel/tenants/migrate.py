@@ -9,6 +9,7 @@ them again; a database's migration is one transaction); a rerun goes on.
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -22,7 +23,7 @@ from typing import TextIO
 from sqlalchemy.engine import make_url
 
 from cartwheel.db import head_revision, make_postgres_database, migrate
-from cartwheel.interrupts import StopAsked, forkserver_ignoring_interrupts
+from cartwheel.interrupts import StopAsked, start_forkserver_with_sigint_blocked
 from cartwheel.settings import DATABASES, Settings
 from cartwheel.tenants.progress import Progress
 from cartwheel.tenants.registry import Registry
@@ -107,7 +108,6 @@ def run(registry: Registry, jobs: list[Job], *, parallel: int, out: TextIO = sys
                         break
                     _finish(registry, job, work(job), outcome, progress)
             else:
-                forkserver_ignoring_interrupts()  # Ctrl-C reaches the workers too: only this process decides
                 pending = list(reversed(jobs))
                 while pending and not stop.asked:  # a pool whose worker died (a crash, the OOM killer) is replaced
                     pending, suspects = _in_processes(registry, pending, parallel, work, outcome, progress, stop)
@@ -129,8 +129,12 @@ def _in_processes(registry: Registry, pending: list[Job], parallel: int, work: C
     """Run ``pending`` (taken from its end) in one pool, recording each; when a worker process dies (and the pool
     with it): what was not started yet, and the jobs in flight then (one of them killed it). Once a stop is asked,
     no job starts and the ones started end."""
-    # forkserver: a fork of this process would copy the progress thread's locks mid-use
-    with ProcessPoolExecutor(max_workers=parallel, mp_context=get_context("forkserver")) as pool:
+    # forkserver: a fork of this process would copy the progress thread's locks mid-use. Ctrl-C reaches the workers
+    # too (the terminal sends it to the process group), and only this process decides: each is born with SIGINT
+    # blocked, then ignores it (a Ctrl-C held back meanwhile is dropped).
+    start_forkserver_with_sigint_blocked()
+    with ProcessPoolExecutor(max_workers=parallel, mp_context=get_context("forkserver"), initializer=signal.signal,
+                             initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
         waiting: dict[Future[str | None], Job] = {}
         try:
             while waiting or (pending and not stop.asked):

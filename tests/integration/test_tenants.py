@@ -394,6 +394,39 @@ def test_a_migration_process_that_dies_fails_its_tenant_and_the_others_are_migra
         registry.close()
 
 
+def _tells_whether_it_takes_ctrl_c(job: Any) -> str | None:
+    """For t0002, kill the pool's forkserver (the next pool starts another) and die; for the others, fail when
+    this process would take a Ctrl-C: it must be born with SIGINT blocked, then ignore it."""
+    if job.tenant == "t0002":
+        os.kill(os.getppid(), signal.SIGKILL)  # a worker's parent is the forkserver that forked it
+        os._exit(9)
+    time.sleep(0.2)  # in flight when the pool breaks: run again in the next pools, from the next forkserver
+    status = Path("/proc/self/status").read_text()
+    blocked, ignored = (int(status.split(f"{name}:")[1].split()[0], 16) for name in ("SigBlk", "SigIgn"))
+    sigint = 1 << (signal.SIGINT - 1)
+    if blocked & sigint and ignored & sigint:
+        return None
+    return f"takes Ctrl-C: SigBlk {blocked:x}, SigIgn {ignored:x}"
+
+
+def test_a_migration_process_never_takes_ctrl_c_even_from_a_forkserver_started_again(tmp_path: Path) -> None:
+    """Review: the forkserver was started with SIGINT held back once per run; when it died, the next pool started
+    another with the usual mask, whose workers a Ctrl-C killed mid-migration."""
+    from cartwheel.tenants import migrate
+
+    settings = Settings(var_dir=tmp_path)
+    registry = Registry(settings.control_url, reserved=[settings.tenant])
+    try:
+        registry.create_many([(f"t{i:04d}", [f"t{i:04d}.test"], {}) for i in range(1, 7)])
+        plan = migrate.plan(settings, registry, tenants=registry.names(), services=["catalog"])
+        with open(os.devnull, "w") as quiet:
+            outcome = migrate.run(registry, plan.todo, parallel=2, work=_tells_whether_it_takes_ctrl_c, out=quiet)
+        assert list(outcome.failures) == [("t0002", "catalog")], outcome.failures
+        assert outcome.migrated == 5
+    finally:
+        registry.close()
+
+
 def test_ctrl_c_stops_a_migration_of_every_tenant_without_a_traceback_and_the_rerun_goes_on(tmp_path: Path) -> None:
     """Ctrl-C (SIGINT to the command's process group, as a terminal sends it) during ``cartwheel tenants create``'s
     migrations printed a KeyboardInterrupt traceback from the parent, and each worker process printed its own. Now the
@@ -436,6 +469,32 @@ def test_ctrl_c_while_the_migration_processes_start_fails_no_tenant(tmp_path: Pa
     assert "Traceback" not in out + err and "FAILED" not in out and "BrokenProcessPool" not in out + err, out + err
     with contextlib.closing(sqlite3.connect(tmp_path / "control.db")) as db:
         assert db.execute("SELECT count(*) FROM tenant_migrations WHERE status = 'failed'").fetchone() == (0,)
+
+
+CTRL_C_WHILE_THE_FORKSERVER_STARTS = """
+import multiprocessing.forkserver, os, signal, sys, time
+from cartwheel import interrupts
+starting = multiprocessing.forkserver.ensure_running
+def ctrl_c_meanwhile():
+    os.kill(os.getpid(), signal.SIGINT)  # a Ctrl-C while the forkserver starts
+    starting()
+multiprocessing.forkserver.ensure_running = ctrl_c_meanwhile
+with interrupts.StopAsked() as stop:
+    getattr(interrupts, sys.argv[1])()
+    deadline = time.monotonic() + 5
+    while not stop.asked and time.monotonic() < deadline:
+        time.sleep(0.01)
+print("asked" if stop.asked else "lost")
+"""
+
+
+def test_a_ctrl_c_while_the_forkserver_starts_reaches_the_command() -> None:
+    """The window the timed Ctrl-C tests above aim at, hit every time: the command ignored SIGINT while it started
+    the forkserver, and the resource tracker's start unblocked it meanwhile, so a Ctrl-C then was dropped."""
+    done = subprocess.run([sys.executable, "-c", CTRL_C_WHILE_THE_FORKSERVER_STARTS,
+                           "start_forkserver_with_sigint_blocked"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert (done.returncode, done.stdout.strip()) == (0, "asked"), done.stdout + done.stderr
 
 
 @contextlib.contextmanager
