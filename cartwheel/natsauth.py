@@ -14,8 +14,8 @@ The permissions name what each identity owns and calls, derived from :mod:`cartw
 - the gateway may publish only the request subjects it calls, read the buckets it serves from,
   and write product images;
 - replies come back on an inbox of the identity's own (``_INBOX_<identity>.``), so nobody else can
-  subscribe to them; lane replies, which a lane worker publishes to its caller's inbox, are the
-  only publishing into another identity's inbox;
+  subscribe to them; lane replies, which a lane worker publishes to its caller's inbox (a caller in
+  its own process gets them by hand), are the only publishing into another identity's inbox;
 - JetStream access is per stream: the streams and buckets an identity uses, nothing else.
 """
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 import uuid
+import weakref
 from typing import Any
 
 import nats.errors
@@ -22,19 +23,26 @@ FIRST_WAIT = 1.0
 """Seconds before the first resend; each later wait doubles. A healthy lane answers in milliseconds;
 resending sooner only adds load to a lane that is slow because it is busy."""
 
-_IN_THIS_PROCESS: dict[str, LaneClient] = {}  # started clients by reply inbox: a worker here answers them directly
+# Started clients by reply inbox, for a worker here to answer directly (weakly: one never closed still goes).
+_IN_THIS_PROCESS: weakref.WeakValueDictionary[str, LaneClient] = weakref.WeakValueDictionary()
 
 
 def answer_in_process(reply_to: str, data: bytes) -> bool:
     """Hand a lane worker's reply to the client that waits for it, when that client is in this process and on
     this event loop (a cart request applied by the cart's own lane worker): no trip through NATS and back, a
     publish and a message fewer. False: it is elsewhere, and the reply goes to ``reply_to`` over NATS."""
-    inbox, _, command_id = reply_to.rpartition(".")
+    inbox, command_id = _reply_address(reply_to)
     client = _IN_THIS_PROCESS.get(inbox)
     if client is None or client._loop is not asyncio.get_running_loop():
         return False
     client._deliver(command_id, data)
     return True
+
+
+def _reply_address(reply_to: str) -> tuple[str, str]:
+    """A reply's subject, ``<client's inbox>.<command id>`` (the header :meth:`LaneClient.call` sends): both."""
+    inbox, _, command_id = reply_to.rpartition(".")
+    return inbox, command_id
 
 
 class LaneClient:
@@ -71,7 +79,7 @@ class LaneClient:
             self._sub = None
 
     async def _on_reply(self, msg: Msg) -> None:
-        self._deliver(msg.subject.rsplit(".", 1)[1], msg.data)
+        self._deliver(_reply_address(msg.subject)[1], msg.data)
 
     def _deliver(self, command_id: str, data: bytes) -> None:
         for waiter in self._waiting.get(command_id, ()):

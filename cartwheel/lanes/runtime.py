@@ -10,7 +10,7 @@ import logging
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -415,14 +415,13 @@ class PartitionWorker:
             if own or time.monotonic() >= self._low_water_at + LOW_WATER_EVERY or (
                     soon is not None and soon <= utcnow() + timedelta(seconds=LOW_WATER_EVERY)):
                 await self._apply_own(own, through=self.through)
-        nc = rt.service.broker.connection
         for tenant, item in refused:
             log.error("lane %s partition %d: command %s (%s on %s, sequence %d) is for tenant %r, which has no "
                       "database here; answered unknown_tenant, not applied", rt.spec.name, self.partition,
                       item.command.id, item.command.kind, item.command.key, item.command.sequence, tenant)
             rt.metrics.unknown_tenants.inc()
             if item.reply_to:
-                await nc.publish(item.reply_to, unknown_tenant_reply(tenant))
+                await self._reply([(item.reply_to, unknown_tenant_reply(tenant))])
 
     async def _tenant_database(self, tenant: str) -> Database:
         """``tenant``'s database, its cursor read the first time this worker meets it; :class:`UnknownTenant` if
@@ -533,14 +532,19 @@ class PartitionWorker:
         rt.metrics.batch.observe(commands)
         rt.metrics.commands.inc(commands - result.duplicates)
         rt.metrics.duplicates.inc(result.duplicates)
-        nc = rt.service.broker.connection
-        for reply_to, data in result.replies:
-            if not answer_in_process(reply_to, data):
-                await nc.publish(reply_to, data)
+        await self._reply(result.replies)
         if result.events:
             rt.service.outbox_committed(result.events)
         if result.earliest_alarm and result.earliest_alarm < rt.alarm_check_at:
             rt.alarms_changed.set()  # due before the alarm loop's next look: look now
+
+    async def _reply(self, replies: Iterable[tuple[str, bytes]]) -> None:
+        """Answer the callers: by hand to one waiting in this process and loop (:func:`answer_in_process`: the
+        cart's requests, applied by the cart's own lane), else over NATS to its inbox."""
+        nc = self.runtime.service.broker.connection
+        for reply_to, data in replies:
+            if not answer_in_process(reply_to, data):
+                await nc.publish(reply_to, data)
 
     async def _apply_one_by_one(self, batch: list[Msg]) -> None:
         """Apply ``batch`` a command at a time; one the database refuses for good becomes a dead letter."""
@@ -570,8 +574,7 @@ class PartitionWorker:
         self.cursor = result.last_sequence
         self.states.pop(item.command.key, None)  # as the database has it, read again next time
         rt.metrics.dead_letters.inc()
-        for reply_to, data in result.replies:
-            await rt.service.broker.connection.publish(reply_to, data)
+        await self._reply(result.replies)
 
     async def _dead_letter_of_tenant(self, tenant: str, item: Incoming, error: Exception) -> None:
         """Another tenant's dead letter: in its database, past its cursor (the low-water mark follows with the
@@ -590,8 +593,7 @@ class PartitionWorker:
         self.tenant_cursors[tenant] = result.last_sequence
         self.tenant_states.pop((tenant, item.command.key), None)
         rt.metrics.dead_letters.inc()
-        for reply_to, data in result.replies:
-            await rt.service.broker.connection.publish(reply_to, data)
+        await self._reply(result.replies)
 
     async def _purge_applied(self) -> None:
         """Drop what this partition applied from the stream; the database keeps the record of it."""

@@ -410,6 +410,7 @@ def _start_killing(tmp_path: Path, name: str, kills: int) -> tuple[object, io.St
     finally:
         started.set()
         killer.join(5)
+    assert not killer.is_alive()
     return shop, out, error, killed
 
 
@@ -438,7 +439,10 @@ def test_a_service_that_keeps_exiting_while_the_shop_starts_fails_the_start_nami
     from cartwheel.supervisor import START_ATTEMPTS, StartupError
 
     shop, out, error, killed = _start_killing(tmp_path, "cart", kills=START_ATTEMPTS)
-    assert len(killed) == START_ATTEMPTS, out.getvalue()[-3000:]
-    assert isinstance(error, StartupError), f"{error!r}\n{out.getvalue()[-3000:]}"
-    assert f"cart exited while starting, {START_ATTEMPTS} times in a row (last: signal SIGKILL)" in str(error)
-    assert not any(child.alive for child in shop.children.all.values())  # type: ignore[attr-defined]
+    try:
+        assert len(killed) == START_ATTEMPTS, out.getvalue()[-3000:]
+        assert isinstance(error, StartupError), f"{error!r}\n{out.getvalue()[-3000:]}"
+        assert f"cart exited while starting, {START_ATTEMPTS} times in a row (last: signal SIGKILL)" in str(error)
+        assert not any(child.alive for child in shop.children.all.values())  # type: ignore[attr-defined]
+    finally:
+        shop.stop()  # type: ignore[attr-defined]  # nothing left, unless the start came through after all
