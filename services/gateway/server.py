@@ -232,6 +232,16 @@ def close_bridge(server: Any, worker: Any) -> None:
     app = getattr(worker, "wsgi", None)
     if app is not None:
         app.extensions[EXTENSION].bus.close(timeout=2.0)
+    forget_log_handlers()
+
+
+def forget_log_handlers() -> None:
+    """Flush and close the log handlers now, and let ``logging`` forget them: at the worker's interpreter teardown,
+    each handler collected called back into ``logging``, whose lock asked gevent's thread module for the thread's
+    id after that module was gone, printing a ``TypeError`` traceback per handler at every stop (gevent issue
+    #2148). With its list of handlers empty, ``logging``'s callback does nothing."""
+    logging.shutdown()
+    logging._handlerList.clear()  # type: ignore[attr-defined]  # what logging.shutdown walks: done already
 
 
 def serve_metrics(settings: Settings) -> Callable[[Any], None]:
