@@ -422,7 +422,7 @@ def test_a_service_killed_while_the_shop_starts_is_restarted_and_the_shop_starts
     try:
         # Started: every service answered healthy over NATS, the restarted cart too.
         assert error is None, f"{error}\n{out.getvalue()[-3000:]}"
-        assert len(killed) == 1
+        assert len(killed) == 1, out.getvalue()[-3000:]
         text = out.getvalue()
         assert "cart exited unexpectedly (signal SIGKILL); restarting it in 1 s (crash 1 in a row)" in text, text
         assert "cart restarted" in text
