@@ -19,8 +19,10 @@ products to check out (a stock they cannot sell out), and ``--active`` x 10 cart
 
 One JSON line per shop and round (with each process's CPU, in cores, per load, and each service's ``loop``: the
 shares of the wall time its event loop's thread ran on a CPU, waited for one, and the two together, ``occupied``;
-near 1.0 that loop is where the load queues); then a summary: medians per shop and load, ``many / one`` per
-figure, and the target (requests/s at least 0.8 of one's, p99 at most 1.2x) per load.
+near 1.0 that loop is where the load queues; and ``gc_full``: each service's full runs of the cyclic collector
+during the load, and the milliseconds they stopped it, from its ``cartwheel_gc_pause_seconds``); then a summary:
+medians per shop and load, ``many / one`` per figure, and the target (requests/s at least 0.8 of one's, p99 at
+most 1.2x) per load.
 Not part of the test run.
 
     python bench/tenants_http.py
@@ -51,7 +53,9 @@ import requests
 from _load import ONE_ADDRESS_IS_MANY_CLIENTS, CpuMeter, LoopMeter
 from _wrk import run_wrk
 from cart import roles
+from prometheus_client.parser import text_string_to_metric_families
 
+from cartwheel.health import PORTS_FILE
 from cartwheel.natsserver import free_port
 from cartwheel.settings import SERVICES, Settings
 from cartwheel.supervisor import System
@@ -141,7 +145,8 @@ def register(var_dir: Path, tenants: int) -> tuple[dict[str, str], float]:
 @contextmanager
 def shop(var_dir: Path, workers: int) -> Iterator[System]:
     settings = Settings(var_dir=var_dir, nats_url=f"nats://127.0.0.1:{free_port()}", embedded_nats=True,
-                        gateway_host="127.0.0.1", gateway_port=free_port(), metrics_port=0, gateway_workers=workers,
+                        gateway_host="127.0.0.1", gateway_port=free_port(), gateway_workers=workers,
+                        metrics_port=free_port(),  # the services' on the ports after it: their collectors' runs
                         **ONE_ADDRESS_IS_MANY_CLIENTS)
     with (var_dir / "system.log").open("a", encoding="utf-8") as log:
         system = System(settings, out=log, colour=False, seed=False)
@@ -198,6 +203,30 @@ def profiled(system: System, child: str | None, out: Path, gil: bool = False) ->
         spy.wait(timeout=60)
 
 
+def full_collections(system: System, since: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Each service's full runs of the cyclic collector (``cartwheel_gc_pause_seconds``, generation 2): how many,
+    and the milliseconds its threads stood still, since ``since`` (a reading of this). None: no metrics."""
+    ports = json.loads((system.var_dir / PORTS_FILE).read_text(encoding="utf-8"))["metrics"]
+    found: dict[str, Any] = {}
+    for service in SERVICES:
+        try:
+            text = requests.get(f"http://127.0.0.1:{ports[service][0]}/metrics", timeout=10).text
+        except (KeyError, IndexError, requests.RequestException):
+            found[service] = None
+            continue
+        runs = ms = 0.0
+        for family in text_string_to_metric_families(text):
+            if family.name == "cartwheel_gc_pause_seconds":
+                for sample in family.samples:
+                    if sample.labels.get("generation") == "2" and sample.name.endswith("_count"):
+                        runs = sample.value
+                    elif sample.labels.get("generation") == "2" and sample.name.endswith("_sum"):
+                        ms = sample.value * 1000
+        before = (since or {}).get(service) or {"runs": 0, "ms": 0.0}
+        found[service] = {"runs": int(runs - before["runs"]), "ms": round(ms - before["ms"], 1)}
+    return found
+
+
 def measure(system: System, targets: list[Target], args: argparse.Namespace, label: str) -> dict[str, Any]:
     loads = scripts(targets, args.active)
     figures: dict[str, Any] = {}
@@ -211,6 +240,7 @@ def measure(system: System, targets: list[Target], args: argparse.Namespace, lab
         loops = {service: LoopMeter(system.children.all[service].process.pid) for service in SERVICES}
         with profiled(system, args.profile, Path(tempfile.gettempdir()) / f"tenants_http-{label}-{name}.txt",
                       args.profile_gil):
+            collections = full_collections(system)
             cpu.start()
             for loop in loops.values():
                 loop.start()
@@ -218,10 +248,12 @@ def measure(system: System, targets: list[Target], args: argparse.Namespace, lab
                         statuses=True, timeout_s=30)
             cores = cpu.stop()
             occupied = {service: loop.stop() for service, loop in loops.items()}
+            collections = full_collections(system, since=collections)
         seconds = r["duration_us"] / 1e6
         figures[name] = {"requests_per_s": round(r["requests"] / seconds, 1), "p50_ms": r["p50_us"] / 1000,
                          "p99_ms": r["p99_us"] / 1000, "non_2xx": r["non_2xx"], "socket_errors": r["socket_errors"],
-                         "statuses": r["statuses"], "cpu_cores": cores, "loop": occupied}
+                         "statuses": r["statuses"], "cpu_cores": cores, "loop": occupied,
+                         "gc_full": collections}
     return figures
 
 

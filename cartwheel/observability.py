@@ -22,6 +22,7 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    Histogram,
     make_wsgi_app,
 )
 
@@ -195,6 +196,9 @@ def add_process_metrics(registry: CollectorRegistry, service: str) -> None:
           registry=registry).labels(service, __version__, platform.python_version()).set(1)
 
 
+GC_PAUSE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
 class ServiceMetrics:
     """A service's own metrics beyond FastStream's (requests: :mod:`cartwheel.requests`; lanes: their runtime)."""
 
@@ -229,6 +233,9 @@ class ServiceMetrics:
                                       "not been given yet", ["service", "consumer"], registry=registry)
         self.consumer_unacked = Gauge("cartwheel_event_consumer_ack_pending", "Events given to this consumer and "
                                       "not yet acknowledged", ["service", "consumer"], registry=registry)
+        self.gc_pauses = Histogram("cartwheel_gc_pause_seconds", "The cyclic garbage collector's runs, by generation "
+                                   "(2: a full run), each stopping the process's every thread",
+                                   ["service", "generation"], buckets=GC_PAUSE_BUCKETS, registry=registry)
         self.redeliveries = Counter("cartwheel_event_consumer_redeliveries", "Events handled again: an earlier "
                                     "delivery failed or was not acknowledged in time", ["service", "consumer"],
                                     registry=registry)

@@ -30,7 +30,7 @@ from cartwheel import natsauth, subjects, tracing
 from cartwheel.bus import ConnectionLog, declare_topology, make_broker
 from cartwheel.contracts.base import Message
 from cartwheel.db import Database, migrate
-from cartwheel.heap import freeze_startup_heap
+from cartwheel.heap import HeapSettler, freeze_startup_heap, time_collections
 from cartwheel.observability import (
     ServiceMetrics,
     bind_ids,
@@ -82,6 +82,8 @@ class Service:
         self.relay: OutboxRelay | None = None  # the installation's own tenant's
         self.relays: dict[str, OutboxRelay] = {}  # every open tenant database's, that one too
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.heap: HeapSettler | None = None
+        """A process of its own (:func:`main`): freezes tenants' databases once opened (:mod:`cartwheel.heap`)."""
         self._upkeep: asyncio.Task[None] | None = None
         self._letting_go: asyncio.Task[None] | None = None
         self._stopping_relays: set[asyncio.Task[None]] = set()
@@ -224,13 +226,19 @@ class Service:
 
     def _opened(self, tenant: str, db: Database) -> None:
         """Another tenant's database opened: its outbox gets a relay (events it recorded before go out now)."""
-        if self._loop is None or tenant in self.relays:
+        if self._loop is None:
+            return
+        if self.heap is not None:
+            self.heap.opened()
+        if tenant in self.relays:
             return
         relay = self.relays[tenant] = self._relay(db)
         self._loop.call_soon_threadsafe(relay.start)
 
     def _closing(self, tenant: str, db: Database) -> None:
         relay, loop = self.relays.pop(tenant, None), self._loop
+        if self.heap is not None:
+            self.heap.closed()
         if relay is not None and loop is not None:  # it sends what is pending one last time, then ends
             loop.call_soon_threadsafe(self._stop_relay, relay)
 
@@ -331,6 +339,8 @@ class Service:
                 self.log.exception("stop hook %s failed", getattr(hook, "__qualname__", hook))
         # Before the broker drains: events recorded after this go out at the next start.
         self._loop = None  # no new relays
+        if self.heap is not None:
+            self.heap.stop()
         for relay in list(self.relays.values()):
             await relay.stop()
         if self._stopping_relays:
@@ -362,6 +372,9 @@ def main(name: str) -> int:
     @service.app.after_startup
     async def freeze() -> None:  # a process of its own (not a test's thread): what it started with stays for life
         service.log.info("%d startup objects frozen out of the collector's full runs", freeze_startup_heap())
+        service.heap = HeapSettler(asyncio.get_running_loop())
+        pauses = service.metrics.gc_pauses
+        time_collections(lambda generation, seconds: pauses.labels(name, str(generation)).observe(seconds))
 
     asyncio.run(service.app.run())
     return 0

@@ -5,6 +5,7 @@ cache or stream, and each one's admin token works at its own host only."""
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -215,3 +216,29 @@ def _next_cart(lines: Iterator[str]) -> dict[str, Any]:
         elif line.startswith("data: ") and name == "cart":
             return json.loads(line.removeprefix("data: "))
     raise AssertionError("the stream ended without a cart")
+
+
+def test_a_service_freezes_what_its_tenants_databases_opened_out_of_the_collectors_full_runs(
+    shop: System, tenants: tuple[Shop, Shop, Shop],
+) -> None:
+    """cartwheel.heap.HeapSettler: a tenant's engine, pools and relay live as long as it is open; left in the
+    collector's reach, 100 busy tenants made the cart's every full collection stop its loop 60-90 ms."""
+    a, b, _ = tenants
+    a.product(), b.product()  # the catalog opens both tenants' databases, if it had not
+    log = shop.settings.var_dir / "system.log"
+    startup = re.compile(r"(\d+) startup objects frozen")
+    settled = re.compile(r"(\d+) objects frozen once tenants' databases opened")
+    deadline = time.monotonic() + 15
+    while True:  # a second after the last opening (cartwheel.heap.SETTLE_QUIET_S)
+        frozen: dict[str, list[int]] = {"startup": [], "settled": []}
+        for line in log.read_text(encoding="utf-8").splitlines():
+            process, _, text = line.partition("|")
+            if process.strip() == "catalog":
+                for kind, pattern in (("startup", startup), ("settled", settled)):
+                    if found := pattern.search(text):
+                        frozen[kind].append(int(found.group(1)))
+        if frozen["settled"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert frozen["startup"] and frozen["settled"], frozen
+    assert max(frozen["settled"]) > frozen["startup"][0]
