@@ -38,6 +38,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -142,11 +143,24 @@ def register(var_dir: Path, tenants: int) -> tuple[dict[str, str], float]:
     return tokens, seconds
 
 
+def free_ports(count: int) -> int:
+    """The first of ``count`` ports in a row that nobody listens on right now."""
+    while True:
+        base = free_port()
+        try:
+            for port in range(base + 1, base + count):
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+
+
 @contextmanager
 def shop(var_dir: Path, workers: int) -> Iterator[System]:
     settings = Settings(var_dir=var_dir, nats_url=f"nats://127.0.0.1:{free_port()}", embedded_nats=True,
                         gateway_host="127.0.0.1", gateway_port=free_port(), gateway_workers=workers,
-                        metrics_port=free_port(),  # the services' on the ports after it: their collectors' runs
+                        metrics_port=free_ports(1 + len(SERVICES)),  # the gateway's, then each service's
                         **ONE_ADDRESS_IS_MANY_CLIENTS)
     with (var_dir / "system.log").open("a", encoding="utf-8") as log:
         system = System(settings, out=log, colour=False, seed=False)

@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import bisect
+import gc
+import itertools
 import json
 import logging
 import platform
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar, Token
 from datetime import UTC, datetime
 from typing import Any
@@ -22,9 +25,11 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
-    Histogram,
     make_wsgi_app,
 )
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from cartwheel import __version__
 from cartwheel.tenants import context as tenant_context
@@ -196,9 +201,6 @@ def add_process_metrics(registry: CollectorRegistry, service: str) -> None:
           registry=registry).labels(service, __version__, platform.python_version()).set(1)
 
 
-GC_PAUSE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
-
-
 class ServiceMetrics:
     """A service's own metrics beyond FastStream's (requests: :mod:`cartwheel.requests`; lanes: their runtime)."""
 
@@ -233,12 +235,53 @@ class ServiceMetrics:
                                       "not been given yet", ["service", "consumer"], registry=registry)
         self.consumer_unacked = Gauge("cartwheel_event_consumer_ack_pending", "Events given to this consumer and "
                                       "not yet acknowledged", ["service", "consumer"], registry=registry)
-        self.gc_pauses = Histogram("cartwheel_gc_pause_seconds", "The cyclic garbage collector's runs, by generation "
-                                   "(2: a full run), each stopping the process's every thread",
-                                   ["service", "generation"], buckets=GC_PAUSE_BUCKETS, registry=registry)
         self.redeliveries = Counter("cartwheel_event_consumer_redeliveries", "Events handled again: an earlier "
                                     "delivery failed or was not acknowledged in time", ["service", "consumer"],
                                     registry=registry)
+
+
+class CollectorPauses(Collector):
+    """``cartwheel_gc_pause_seconds``: the cyclic collector's runs, by generation (2: a full run), each a stop of the
+    whole process. A process's own (the callbacks are the interpreter's): :meth:`install` it once, in ``main``.
+
+    Counted in plain lists, exported by :meth:`collect`: a collection starts inside whatever allocation crosses the
+    threshold, on any thread, maybe one holding a metric's lock (a scrape copying its children), which a
+    ``Histogram.labels()`` here would wait for forever."""
+
+    BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self._counts = [[0] * (len(self.BUCKETS) + 1) for _ in range(3)]  # per generation, per bucket (+Inf last)
+        self._sums = [0.0] * 3
+        self._started = 0.0
+
+    def install(self) -> None:
+        gc.callbacks.append(self._timed)
+
+    def uninstall(self) -> None:
+        gc.callbacks.remove(self._timed)
+
+    def _timed(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        seconds = time.perf_counter() - self._started
+        generation = info["generation"]
+        self._counts[generation][bisect.bisect_left(self.BUCKETS, seconds)] += 1
+        self._sums[generation] += seconds
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily("cartwheel_gc_pause_seconds", "The cyclic garbage collector's runs, by "
+                                       "generation (2: a full run), each a stop of the whole process",
+                                       labels=["service", "generation"])
+        for generation, counts in enumerate(self._counts):
+            cumulative = list(itertools.accumulate(counts))
+            if cumulative[-1]:
+                bounds = [floatToGoString(b) for b in self.BUCKETS] + ["+Inf"]
+                family.add_metric([self.service, str(generation)], list(zip(bounds, cumulative, strict=True)),
+                                  self._sums[generation])
+        yield family
 
 
 class _QuietHandler(WSGIRequestHandler):

@@ -30,8 +30,9 @@ from cartwheel import natsauth, subjects, tracing
 from cartwheel.bus import ConnectionLog, declare_topology, make_broker
 from cartwheel.contracts.base import Message
 from cartwheel.db import Database, migrate
-from cartwheel.heap import HeapSettler, freeze_startup_heap, time_collections
+from cartwheel.heap import HeapSettler, freeze_startup_heap
 from cartwheel.observability import (
+    CollectorPauses,
     ServiceMetrics,
     bind_ids,
     configure_logging,
@@ -74,6 +75,7 @@ class Service:
         self.connection_log = ConnectionLog(name, reconnected=self.metrics.nats_reconnects.inc)
         self.broker = make_broker(self.settings, name, self.registry, self.connection_log)
         self.db = TenantDatabases(name, self.settings, on_open=self._opened, on_close=self._closing,
+                                  on_closed=self._closed,
                                   gone=lambda tenant: self.tenants.gone(tenant))
         """The current tenant's database (``self.db.run(...)``), each tenant's by ``self.db.of(tenant)``."""
         self.instance = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
@@ -237,10 +239,13 @@ class Service:
 
     def _closing(self, tenant: str, db: Database) -> None:
         relay, loop = self.relays.pop(tenant, None), self._loop
-        if self.heap is not None:
-            self.heap.closed()
         if relay is not None and loop is not None:  # it sends what is pending one last time, then ends
             loop.call_soon_threadsafe(self._stop_relay, relay)
+
+    def _closed(self) -> None:
+        """Tenants' databases closed (a while after :meth:`_closing`): what they left frozen can be freed."""
+        if self.heap is not None:
+            self.heap.closed()
 
     def _stop_relay(self, relay: OutboxRelay) -> None:
         task = asyncio.get_running_loop().create_task(relay.stop())
@@ -373,8 +378,9 @@ def main(name: str) -> int:
     async def freeze() -> None:  # a process of its own (not a test's thread): what it started with stays for life
         service.log.info("%d startup objects frozen out of the collector's full runs", freeze_startup_heap())
         service.heap = HeapSettler(asyncio.get_running_loop())
-        pauses = service.metrics.gc_pauses
-        time_collections(lambda generation, seconds: pauses.labels(name, str(generation)).observe(seconds))
+        pauses = CollectorPauses(name)
+        service.registry.register(pauses)
+        pauses.install()
 
     asyncio.run(service.app.run())
     return 0

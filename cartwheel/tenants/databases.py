@@ -53,18 +53,19 @@ def existing_database_url(settings: Settings, service: str, tenant: str) -> str:
 
 class TenantDatabases:
     """``service``'s database of each tenant. ``on_open(tenant, db)`` runs when one opens, ``on_close(tenant, db)``
-    before one closes (its relay, say)."""
+    before one closes (its relay, say), ``on_closed()`` after one or more closed."""
 
     def __init__(self, service: str, settings: Settings, *, pool_size: int = 10,
                  on_open: Callable[[str, Database], None] | None = None,
                  on_close: Callable[[str, Database], None] | None = None,
+                 on_closed: Callable[[], None] | None = None,
                  gone: Callable[[str], bool] | None = None) -> None:
         self.service = service
         self.settings = settings
         self.own_name = settings.tenant
         self.own = Database(settings.database_url(service), pool_size=pool_size)
         self.capacity = settings.tenant_databases_open
-        self.on_open, self.on_close = on_open, on_close
+        self.on_open, self.on_close, self.on_closed = on_open, on_close, on_closed
         self.gone = gone or (lambda tenant: False)  # being deleted (or unregistered): refused, let go of
         self._open: OrderedDict[str, Database] = OrderedDict()
         self._closing: list[tuple[float, str, Database]] = []
@@ -220,6 +221,8 @@ class TenantDatabases:
         for _, db in due:
             self._let_go.discard(db)
             db.close()
+        if due and self.on_closed is not None:
+            self.on_closed()
 
     def close(self) -> None:
         with self._lock:

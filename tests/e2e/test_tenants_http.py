@@ -227,7 +227,7 @@ def test_a_service_freezes_what_its_tenants_databases_opened_out_of_the_collecto
     a.product(), b.product()  # the catalog opens both tenants' databases, if it had not
     log = shop.settings.var_dir / "system.log"
     startup = re.compile(r"(\d+) startup objects frozen")
-    settled = re.compile(r"(\d+) objects frozen once tenants' databases opened")
+    settled = re.compile(r"(\d+) objects frozen once tenants' databases opened or closed")
     deadline = time.monotonic() + 15
     while True:  # a second after the last opening (cartwheel.heap.SETTLE_QUIET_S)
         frozen: dict[str, list[int]] = {"startup": [], "settled": []}

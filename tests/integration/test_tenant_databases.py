@@ -45,6 +45,31 @@ def test_at_most_n_tenant_databases_are_open_and_each_tenant_reads_its_own(tmp_p
         dbs.close()
 
 
+def test_on_closed_is_told_after_an_evicted_database_closed_not_when_it_is_evicted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The heap settler reclaims what a closed database left frozen (cartwheel.heap): told at the eviction, it would
+    freeze the engine again before it is closed, CLOSE_AFTER_S later."""
+    monkeypatch.setattr(databases, "CLOSE_AFTER_S", 0.3)
+    settings = Settings(var_dir=tmp_path, tenant_databases_open=1)
+    migrate("catalog", settings.database_url("catalog"))
+    make_tenants(settings, ["shop-a", "shop-b", "shop-c"])
+    evicted: list[str] = []
+    closed: list[bool] = []
+    dbs = TenantDatabases("catalog", settings, on_close=lambda tenant, db: evicted.append(tenant),
+                          on_closed=lambda: closed.append(all(d.engine.pool.checkedin() == 0 for d in first)))
+    try:
+        first = [dbs.of("shop-a")]
+        first[0].read_sync(lambda s: s.execute(text("SELECT 1")))  # a connection in its pool until it closes
+        assert first[0].engine.pool.checkedin() == 1
+        dbs.of("shop-b")  # evicts shop-a: closed 0.3 s later
+        assert evicted == ["shop-a"] and closed == []
+        time.sleep(0.4)
+        dbs.of("shop-c")  # the next use reaps what is due
+        assert evicted == ["shop-a", "shop-b"] and closed == [True]
+    finally:
+        dbs.close()
+
+
 def test_an_unknown_tenant_is_refused_and_gets_no_file(tmp_path: Path) -> None:
     settings = Settings(var_dir=tmp_path)
     dbs = TenantDatabases("catalog", settings)
