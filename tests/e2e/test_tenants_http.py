@@ -224,7 +224,8 @@ def test_a_service_freezes_what_its_tenants_databases_opened_out_of_the_collecto
     """cartwheel.heap.HeapSettler: a tenant's engine, pools and relay live as long as it is open; left in the
     collector's reach, 100 busy tenants made the cart's every full collection stop its loop 60-90 ms."""
     a, b, _ = tenants
-    a.product(), b.product()  # the catalog opens both tenants' databases, if it had not
+    for shop_ in (a, b):  # the catalog opens both tenants' databases, if it had not
+        shop_.product()
     log = shop.settings.var_dir / "system.log"
     startup = re.compile(r"(\d+) startup objects frozen")
     settled = re.compile(r"(\d+) objects frozen once tenants' databases opened or closed")
